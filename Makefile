@@ -1,0 +1,32 @@
+# The two commands: `make demo` runs the main job, `make test` runs the tests.
+# Each creates the virtual environment it needs.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Data root: LEALLA_DATA_DIR if set, else ../shared/data when it exists.
+LEALLA_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
+export LEALLA_DATA_DIR
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: venv test demo bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+test: venv
+	$(PY) -m pytest -q tests
+
+demo: venv
+	$(VENV)/bin/lealla demo --output results/demo
+
+bench: venv
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/encoder_speed.py
+
+clean:
+	rm -rf $(VENV) results build *.egg-info

@@ -1,0 +1,365 @@
+"""Typed configuration for lealla_tf, loaded from YAML with dotted overrides.
+
+Every knob of the pipeline is a field of a dataclass below. A YAML file fills an
+:class:`ExperimentConfig`; it may name a ``base:`` file (relative to itself) whose
+values it overrides, the way Model Garden layers experiment configs. Unknown keys
+and values of the wrong type raise :class:`ConfigError` naming the offending key.
+
+Example::
+
+    from lealla_tf import config
+    cfg = config.load("configs/lealla_small.yaml", overrides=["train.steps=100"])
+    cfg.model.hidden_size  # 128
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override names an unknown key or holds a bad value."""
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Shape of the Transformer encoder (BERT-style, as in LEALLA and LaBSE)."""
+
+    name: str = "lealla_small"
+    vocab_size: int = 501153
+    hidden_size: int = 128
+    num_layers: int = 24
+    num_attention_heads: int = 8
+    intermediate_size: int = 512
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    hidden_act: str = "gelu"
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
+    initializer_range: float = 0.02
+
+    def validate(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"model.hidden_size ({self.hidden_size}) must be divisible by "
+                f"model.num_attention_heads ({self.num_attention_heads})")
+        for key in ("vocab_size", "hidden_size", "num_layers", "num_attention_heads",
+                    "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"model.{key} must be positive, got {getattr(self, key)}")
+        for key in ("dropout_rate", "attention_dropout_rate"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"model.{key} must be in [0, 1), got {getattr(self, key)}")
+
+
+@dataclasses.dataclass
+class VocabConfig:
+    """SentencePiece vocabulary training (unigram, no byte fallback: TFLite-safe)."""
+
+    vocab_size: int = 501153
+    sentences_per_language: int = 100000
+    sampling_alpha: float = 0.3
+    character_coverage: float = 0.9995
+    max_sentence_length: int = 4192
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class PreprocessConfig:
+    """Strings to BERT-style inputs."""
+
+    seq_length: int = 64
+
+
+@dataclasses.dataclass
+class LossConfig:
+    """Bidirectional additive-margin softmax plus distillation terms."""
+
+    margin: float = 0.3
+    scale: float = 100.0
+    bidirectional: bool = True
+    ams_weight: float = 1.0
+    feature_distill_weight: float = 0.0
+    logit_distill_weight: float = 0.0
+    logit_distill_type: str = "mse"  # "mse" or "kl"
+    logit_distill_temperature: float = 1.0
+
+    def validate(self) -> None:
+        if self.logit_distill_type not in ("mse", "kl"):
+            raise ConfigError(
+                f"loss.logit_distill_type must be 'mse' or 'kl', got {self.logit_distill_type!r}")
+        if self.scale <= 0:
+            raise ConfigError(f"loss.scale must be positive, got {self.scale}")
+        if self.logit_distill_temperature <= 0:
+            raise ConfigError("loss.logit_distill_temperature must be positive")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Parallel training data: TSV files of ``foreign<TAB>English`` pairs."""
+
+    # Glob patterns; relative patterns are resolved against ``data_dir``.
+    train_files: List[str] = dataclasses.field(default_factory=lambda: ["train/*-eng.tsv"])
+    # Root for relative patterns; empty means $LEALLA_DATA_DIR.
+    data_dir: str = ""
+    # Restrict to these language codes (file prefix before "-eng"); empty = all.
+    languages: List[str] = dataclasses.field(default_factory=list)
+    max_pairs_per_language: int = 0  # 0 = no limit
+    sampling_alpha: float = 0.3
+    shuffle_buffer: int = 10000
+    # Directory of precomputed teacher embeddings (``lealla teacher embed``); empty = none.
+    teacher_embeddings: str = ""
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class TeacherConfig:
+    """Where teacher embeddings come from (see lealla_tf.teachers)."""
+
+    # "muse", "hub:<preprocessor>|<encoder>", "hub:<handle>", "savedmodel:<path>", or "".
+    spec: str = ""
+    dim: int = 0
+    batch_size: int = 64
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimiser, schedule and bookkeeping of the training job."""
+
+    global_batch_size: int = 64
+    steps: int = 1000
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    end_learning_rate: float = 0.0
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0
+    steps_per_loop: int = 1
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    summary_every: int = 10
+    mixed_precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.mixed_precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
+            raise ConfigError(
+                "train.mixed_precision must be float32, mixed_float16 or mixed_bfloat16, "
+                f"got {self.mixed_precision!r}")
+        for key in ("global_batch_size", "steps", "steps_per_loop", "checkpoint_every",
+                    "keep_checkpoints", "summary_every"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"train.{key} must be positive, got {getattr(self, key)}")
+
+
+@dataclasses.dataclass
+class DistributeConfig:
+    """Which tf.distribute strategy runs training."""
+
+    strategy: str = "one_device"  # one_device | mirrored | multi_worker | tpu
+    # mirrored: split the CPU into this many logical devices when no GPU is present (0 = off).
+    num_logical_cpus: int = 0
+    tpu: str = ""  # TPU name or grpc address for TPUClusterResolver ("" = local/env)
+    communication: str = "auto"  # multi_worker: auto | ring | nccl
+
+    def validate(self) -> None:
+        if self.strategy not in ("one_device", "mirrored", "multi_worker", "tpu"):
+            raise ConfigError(
+                "distribute.strategy must be one_device, mirrored, multi_worker or tpu, "
+                f"got {self.strategy!r}")
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """Evaluation settings used by training-time and post-training evaluation."""
+
+    tatoeba_languages: List[str] = dataclasses.field(default_factory=list)
+    batch_size: int = 128
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """Everything a run needs; what ``lealla train`` writes into the model dir."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    vocab: VocabConfig = dataclasses.field(default_factory=VocabConfig)
+    preprocess: PreprocessConfig = dataclasses.field(default_factory=PreprocessConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    distribute: DistributeConfig = dataclasses.field(default_factory=DistributeConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+    def validate(self) -> "ExperimentConfig":
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate"):
+                section.validate()
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------
+# Building dataclasses from plain dicts, with strict checking.
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Checks ``value`` against the annotation ``tp``; returns the converted value."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _from_dict(tp, value, prefix=key + ".")
+    if origin in (list, List):
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return str(value)
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _from_dict(cls: Any, data: Dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"valid keys{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _deep_merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_yaml(path: str, _seen: Optional[set] = None) -> Dict[str, Any]:
+    path = os.path.abspath(path)
+    _seen = set() if _seen is None else _seen
+    if path in _seen:
+        raise ConfigError(f"config {path}: 'base' files form a cycle")
+    _seen.add(path)
+    if not os.path.exists(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: top level must be a mapping")
+    bases = data.pop("base", None)
+    if bases:
+        merged: Dict[str, Any] = {}
+        for b in [bases] if isinstance(bases, str) else bases:
+            merged = _deep_merge(merged, _read_yaml(os.path.join(os.path.dirname(path), b), _seen))
+        data = _deep_merge(merged, data)
+    return data
+
+
+def parse_override(text: str) -> Dict[str, Any]:
+    """Turns ``"a.b=value"`` into ``{"a": {"b": value}}`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    out: Dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def from_dict(data: Dict[str, Any], overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Builds and validates an :class:`ExperimentConfig` from a dict plus overrides."""
+    for o in overrides:
+        data = _deep_merge(data, parse_override(o))
+    return _from_dict(ExperimentConfig, data).validate()
+
+
+def load(path: Optional[str] = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Loads a YAML config (with its ``base:`` chain) and applies ``a.b=value`` overrides.
+
+    Args:
+      path: YAML file; None gives the defaults (LEALLA-small shape).
+      overrides: strings like ``"train.steps=10"``; values are parsed as YAML.
+
+    Raises:
+      ConfigError: on a missing file, unknown key or value of the wrong type.
+    """
+    data = _read_yaml(path) if path else {}
+    return from_dict(data, overrides)
+
+
+def save(cfg: ExperimentConfig, path: str) -> None:
+    """Writes ``cfg`` as YAML (loadable again with :func:`load`)."""
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False, allow_unicode=True)
+
+
+def data_dir(cfg_dir: str = "") -> str:
+    """The data root: an explicit directory, else ``$LEALLA_DATA_DIR``.
+
+    Raises:
+      ConfigError: if neither names an existing directory.
+    """
+    root = cfg_dir or os.environ.get("LEALLA_DATA_DIR", "")
+    if not root:
+        raise ConfigError(
+            "no data directory: pass --data-dir / set data.data_dir, or set LEALLA_DATA_DIR")
+    if not os.path.isdir(root):
+        raise ConfigError(f"data directory does not exist: {root}")
+    return root
