@@ -1,0 +1,385 @@
+"""Parallel corpora -> tf.data batches for dual-encoder training.
+
+Pipeline (the same on every worker; deterministic for a seed; resumable):
+
+1. :func:`load_corpus` reads ``xxx-eng.tsv`` files with :func:`lealla_tf.corpus.iter_tsv`
+   (malformed lines -- wrong number of fields, an empty side, invalid UTF-8 -- are skipped
+   and counted, and physical line indices are kept), groups them by language, and attaches
+   precomputed teacher embeddings by physical line, so a skipped line never shifts the
+   alignment. A line whose teacher row is marked invalid is skipped too (``teacher_invalid``).
+2. :class:`GlobalBatchSampler` draws *global* batches: a language with probability
+   ``p_l ∝ n_l^α`` (Conneau & Lample, 2019; LaBSE and LEALLA sample languages this way),
+   then that language's next pair in a per-epoch random permutation (shuffling without
+   replacement). A pair whose source or target sentence is already in the batch is skipped
+   (a duplicate would be a false negative for the in-batch softmax) and counted. The
+   sampler's state is a few integers per language; :class:`DataState` puts it into the
+   training checkpoint, so a resumed run sees exactly the batches an uninterrupted run does.
+3. :func:`make_dataset` turns the stream into per-replica batches for
+   ``strategy.distribute_datasets_from_function``: every input pipeline builds the same
+   global batch, keeps the rows of *its* replicas (replica ``r`` gets rows
+   ``[r * b, (r + 1) * b)``, which is where the loss looks for positives), and tokenizes only
+   those. So deduplication holds over the whole global batch, across workers, and
+   MirroredStrategy over ``R`` devices sees exactly what one device fed the global batch
+   sees.
+
+Each element is ``{"src": inputs, "tgt": inputs[, "teacher_src": [b, D],
+"teacher_tgt": [b, D]]}`` with ``inputs`` the Preprocessor's int32 dict.
+
+Example::
+
+    corpus_ = data.load_corpus(corpus.find_files(["train/*-eng.tsv"], root))
+    sampler = data.GlobalBatchSampler(corpus_, global_batch_size=64, alpha=0.3, seed=0)
+    dataset = strategy.distribute_datasets_from_function(
+        lambda ctx: data.make_dataset(corpus_, sampler, preprocessor, ctx))
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import threading
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from lealla_tf import corpus as corpus_lib
+
+log = logging.getLogger(__name__)
+
+TeacherLoader = Callable[[str], Tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+# ---------------------------------------------------------------------------- corpus
+@dataclasses.dataclass
+class LanguageData:
+    """The usable pairs of one language (all its files)."""
+
+    language: str
+    src: np.ndarray  # object [n] str
+    tgt: np.ndarray  # object [n] str
+    teacher_src: Optional[np.ndarray] = None  # [n, D] float16, aligned to src
+    teacher_tgt: Optional[np.ndarray] = None
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
+@dataclasses.dataclass
+class ParallelCorpus:
+    """Parallel pairs grouped by language, with the reading statistics."""
+
+    languages: List[LanguageData]
+    stats: Dict[str, corpus_lib.Stats]  # per file: ok, malformed reasons, teacher_invalid
+    teacher_dim: int = 0
+
+    @property
+    def num_pairs(self) -> int:
+        return sum(len(lang) for lang in self.languages)
+
+    def total_stats(self) -> corpus_lib.Stats:
+        total = corpus_lib.Stats()
+        for s in self.stats.values():
+            total.update(s)
+        return total
+
+
+def load_corpus(files: Sequence[str], max_pairs_per_language: int = 0,
+                teacher_embeddings: str = "",
+                teacher_loader: Optional[TeacherLoader] = None) -> ParallelCorpus:
+    """Reads TSV pair files into a :class:`ParallelCorpus` (grouped by base language).
+
+    Args:
+      files: ``xxx-eng.tsv`` paths (see :func:`lealla_tf.corpus.find_files`).
+      max_pairs_per_language: keep at most this many pairs per language (first ones in
+        file order); 0 keeps all.
+      teacher_embeddings: directory of precomputed teacher embeddings
+        (:func:`lealla_tf.teachers.precompute`); empty for none.
+      teacher_loader: ``tsv_path -> (src, tgt, valid)`` with one row per physical line;
+        defaults to :func:`lealla_tf.teachers.load_precomputed` on ``teacher_embeddings``.
+
+    Raises:
+      FileNotFoundError: a file is missing.
+      ValueError: no usable pair, or teacher rows that do not cover the file's lines.
+    """
+    if not files:
+        raise ValueError("load_corpus: no training files given")
+    if teacher_loader is None and teacher_embeddings:
+        from lealla_tf import teachers
+
+        def teacher_loader(path):
+            return teachers.load_precomputed(teacher_embeddings, path)
+
+    stats: Dict[str, corpus_lib.Stats] = {}
+    languages: List[LanguageData] = []
+    teacher_dim = 0
+    for lang, lang_files in corpus_lib.group_by_language(files).items():
+        src: List[str] = []
+        tgt: List[str] = []
+        t_src: List[np.ndarray] = []
+        t_tgt: List[np.ndarray] = []
+        for path in lang_files:
+            st = stats[path] = corpus_lib.Stats()
+            rows = teacher_loader(path) if teacher_loader is not None else None
+            if rows is not None:
+                r_src, r_tgt, r_valid = rows
+                teacher_dim = teacher_dim or int(r_src.shape[1])
+                if int(r_src.shape[1]) != teacher_dim:
+                    raise ValueError(f"teacher embeddings of {path} have dim {r_src.shape[1]}, "
+                                     f"others {teacher_dim}")
+            keep: List[int] = []
+            for index, s, t in corpus_lib.iter_tsv(path, st):
+                if max_pairs_per_language and len(src) >= max_pairs_per_language:
+                    break
+                if rows is not None:
+                    if index >= len(r_valid):
+                        raise ValueError(
+                            f"teacher embeddings of {path} have {len(r_valid)} rows but the "
+                            f"file has a line {index}: recompute them")
+                    if not r_valid[index]:
+                        st["teacher_invalid"] += 1
+                        continue
+                    keep.append(index)
+                src.append(s)
+                tgt.append(t)
+            if rows is not None and keep:
+                t_src.append(np.asarray(r_src[keep], dtype=np.float16))
+                t_tgt.append(np.asarray(r_tgt[keep], dtype=np.float16))
+            if st.malformed or st["teacher_invalid"]:
+                log.warning("%s: skipped %d malformed line(s) %s, %d without teacher rows",
+                            path, st.malformed,
+                            {r: st[r] for r in corpus_lib.MALFORMED_REASONS if st[r]},
+                            st["teacher_invalid"])
+        if not src:
+            continue
+        data = LanguageData(lang, np.array(src, dtype=object), np.array(tgt, dtype=object))
+        if teacher_loader is not None:
+            data.teacher_src = np.concatenate(t_src) if t_src else None
+            data.teacher_tgt = np.concatenate(t_tgt) if t_tgt else None
+        languages.append(data)
+    out = ParallelCorpus(languages, stats, teacher_dim)
+    if not out.num_pairs:
+        raise ValueError(f"no usable pairs in {len(files)} file(s): {out.total_stats()}")
+    total = out.total_stats()
+    log.info("corpus: %d pairs in %d languages from %d files; skipped %d malformed lines",
+             out.num_pairs, len(languages), len(files), total.malformed)
+    return out
+
+
+def load_corpus_from_config(data_cfg) -> ParallelCorpus:
+    """:func:`load_corpus` for a :class:`lealla_tf.config.DataConfig`."""
+    from lealla_tf import config as config_lib
+    relative = any(not p.startswith("/") for p in data_cfg.train_files)
+    root = config_lib.data_dir(data_cfg.data_dir) if relative else ""
+    files = corpus_lib.find_files(data_cfg.train_files, root, data_cfg.languages)
+    if not files:
+        raise FileNotFoundError(
+            f"no training files for languages {data_cfg.languages} in {data_cfg.train_files}")
+    return load_corpus(files, data_cfg.max_pairs_per_language, data_cfg.teacher_embeddings)
+
+
+# ---------------------------------------------------------------------------- sampler
+def language_probabilities(sizes: Sequence[int], alpha: float) -> np.ndarray:
+    """``p_l ∝ n_l^alpha`` (alpha 1: proportional; 0: uniform over languages)."""
+    sizes = np.asarray(sizes, dtype=np.float64)
+    if np.any(sizes <= 0):
+        raise ValueError(f"every language needs at least one pair, got sizes {sizes}")
+    w = sizes ** alpha
+    return w / w.sum()
+
+
+class GlobalBatchSampler:
+    """Deterministic, resumable stream of duplicate-free global batches.
+
+    Batch ``g`` draws languages from a generator seeded with ``(seed, g)``; the pairs of a
+    language come in the order of per-epoch permutations seeded with
+    ``(seed, language, epoch)``. The state between batches is the batch index and how many
+    pairs of each language have been drawn: :meth:`state_before` gives it for any recently
+    produced batch, :meth:`restore` restarts from one.
+
+    Args:
+      corpus: the pairs.
+      global_batch_size: pairs per global batch.
+      alpha: language sampling exponent.
+      seed: seed of the whole stream.
+      history: how many recent states to remember (must exceed how far the input
+        pipeline runs ahead of training).
+    """
+
+    def __init__(self, corpus: ParallelCorpus, global_batch_size: int, alpha: float = 0.3,
+                 seed: int = 0, history: int = 4096):
+        if global_batch_size <= 0:
+            raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
+        self.corpus = corpus
+        self.batch_size = int(global_batch_size)
+        self.seed = int(seed)
+        self.sizes = np.array([len(lang) for lang in corpus.languages], dtype=np.int64)
+        self.probs = language_probabilities(self.sizes, alpha)
+        self._start = {"batch": 0, "drawn": [0] * len(self.sizes)}
+        self._history: "collections.OrderedDict[int, dict]" = collections.OrderedDict()
+        self._history_size = int(history)
+        self._lock = threading.Lock()
+        self.duplicates_skipped = 0
+
+    # -- state
+    def restore(self, state: dict) -> None:
+        """Makes the next :meth:`batches` iteration start at ``state``."""
+        if len(state["drawn"]) != len(self.sizes):
+            raise ValueError(f"sampler state has {len(state['drawn'])} languages, the corpus "
+                             f"{len(self.sizes)}: the data changed since the checkpoint")
+        self._start = {"batch": int(state["batch"]), "drawn": [int(x) for x in state["drawn"]]}
+
+    def state_before(self, batch: int) -> dict:
+        """The state from which batch ``batch`` is drawn (a recently produced one)."""
+        with self._lock:
+            if batch in self._history:
+                return dict(self._history[batch])
+        if batch == self._start["batch"]:
+            return dict(self._start)
+        raise KeyError(f"sampler state before batch {batch} is no longer (or not yet) known")
+
+    # -- drawing
+    def _permutation(self, lang: int, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, 1, lang, epoch])
+        return rng.permutation(int(self.sizes[lang]))
+
+    def batches(self) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        """Yields ``(language_ids, pair_indices)`` int64 [global_batch] forever."""
+        g = self._start["batch"]
+        drawn = np.array(self._start["drawn"], dtype=np.int64)
+        perms: Dict[Tuple[int, int], np.ndarray] = {}
+        max_tries = 50 * self.batch_size + 1000
+        while True:
+            with self._lock:
+                self._history[g] = {"batch": g, "drawn": drawn.tolist()}
+                while len(self._history) > self._history_size:
+                    self._history.popitem(last=False)
+            rng = np.random.default_rng([self.seed, 2, g])
+            langs, idx = [], []
+            seen_src, seen_tgt = set(), set()
+            tries = 0
+            while len(langs) < self.batch_size:
+                for lang in rng.choice(len(self.sizes), size=self.batch_size, p=self.probs):
+                    if len(langs) == self.batch_size:
+                        break
+                    tries += 1
+                    if tries > max_tries:
+                        raise ValueError(
+                            f"could not fill a batch of {self.batch_size} pairs without "
+                            f"repeated sentences after {max_tries} draws: the corpus has too "
+                            "few distinct sentences for this global batch size")
+                    n = int(self.sizes[lang])
+                    epoch, pos = divmod(int(drawn[lang]), n)
+                    drawn[lang] += 1
+                    key = (int(lang), epoch)
+                    if key not in perms:
+                        perms = {k: v for k, v in perms.items() if k[0] != lang}
+                        perms[key] = self._permutation(int(lang), epoch)
+                    i = int(perms[key][pos])
+                    data = self.corpus.languages[lang]
+                    s, t = data.src[i], data.tgt[i]
+                    if s in seen_src or t in seen_tgt:
+                        self.duplicates_skipped += 1
+                        continue
+                    seen_src.add(s)
+                    seen_tgt.add(t)
+                    langs.append(lang)
+                    idx.append(i)
+            yield np.array(langs, dtype=np.int64), np.array(idx, dtype=np.int64)
+            g += 1
+
+    def text_batches(self) -> Iterator[Tuple[np.ndarray, ...]]:
+        """Yields ``(src, tgt[, teacher_src, teacher_tgt])`` global batches as arrays."""
+        teacher = self.corpus.teacher_dim > 0
+        for langs, idx in self.batches():
+            rows = [(self.corpus.languages[l], i) for l, i in zip(langs, idx)]
+            src = np.array([d.src[i].encode("utf-8") for d, i in rows], dtype=object)
+            tgt = np.array([d.tgt[i].encode("utf-8") for d, i in rows], dtype=object)
+            if teacher:
+                yield (src, tgt, np.stack([d.teacher_src[i] for d, i in rows]),
+                       np.stack([d.teacher_tgt[i] for d, i in rows]))
+            else:
+                yield src, tgt
+
+
+class DataState(tf.train.experimental.PythonState):
+    """The sampler's position, saved in training checkpoints.
+
+    Args:
+      sampler: the sampler feeding training.
+      step_fn: returns how many global batches training has consumed (the step).
+    """
+
+    def __init__(self, sampler: GlobalBatchSampler, step_fn: Callable[[], int]):
+        self.sampler = sampler
+        self.step_fn = step_fn
+
+    def serialize(self) -> str:
+        return json.dumps(self.sampler.state_before(int(self.step_fn())))
+
+    def deserialize(self, string_value) -> None:
+        if isinstance(string_value, bytes):
+            string_value = string_value.decode("utf-8")
+        self.sampler.restore(json.loads(string_value))
+
+
+# ---------------------------------------------------------------------------- tf.data
+def make_dataset(corpus: ParallelCorpus, sampler: GlobalBatchSampler, preprocessor=None,
+                 input_context: Optional[tf.distribute.InputContext] = None,
+                 use_teacher: Optional[bool] = None) -> tf.data.Dataset:
+    """Per-replica batches of this input pipeline (see the module docstring).
+
+    Args:
+      corpus: the pairs (also gives the teacher dimension).
+      sampler: the global-batch stream (its ``batch_size`` is the global batch size).
+      preprocessor: strings [b] -> dict of int32 [b, L]; None keeps the strings.
+      input_context: from ``distribute_datasets_from_function``; None: one replica.
+      use_teacher: include teacher embeddings (default: when the corpus has them).
+
+    Raises:
+      ValueError: if the global batch does not split evenly over replicas or pipelines.
+    """
+    use_teacher = corpus.teacher_dim > 0 if use_teacher is None else use_teacher
+    if use_teacher and not corpus.teacher_dim:
+        raise ValueError("distillation needs teacher embeddings (data.teacher_embeddings)")
+    gbs = sampler.batch_size
+    replicas = input_context.num_replicas_in_sync if input_context else 1
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    pipeline = input_context.input_pipeline_id if input_context else 0
+    if gbs % replicas or replicas % pipelines:
+        raise ValueError(f"global batch size {gbs} must split evenly over {replicas} "
+                         f"replicas in {pipelines} input pipelines")
+    local = gbs // replicas
+    mine = replicas // pipelines
+    dim = corpus.teacher_dim
+    signature = [tf.TensorSpec([gbs], tf.string), tf.TensorSpec([gbs], tf.string)]
+    if corpus.teacher_dim:
+        signature += [tf.TensorSpec([gbs, dim], tf.float16)] * 2
+
+    ds = tf.data.Dataset.from_generator(sampler.text_batches, output_signature=tuple(signature))
+
+    def split(*parts):
+        out = []
+        for p in parts[:4 if use_teacher else 2]:
+            p = tf.reshape(p, tf.concat([[replicas, local], tf.shape(p)[1:]], 0))
+            out.append(p[pipeline * mine:(pipeline + 1) * mine])
+        return tuple(out)
+
+    ds = ds.map(split).unbatch()  # one element per replica of this pipeline, in order
+
+    def to_features(src, tgt, *teacher):
+        if preprocessor is not None:
+            src, tgt = preprocessor(src), preprocessor(tgt)
+        feats = {"src": src, "tgt": tgt}
+        if teacher:
+            feats["teacher_src"] = tf.cast(teacher[0], tf.float32)
+            feats["teacher_tgt"] = tf.cast(teacher[1], tf.float32)
+        return feats
+
+    ds = ds.map(to_features, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    options.deterministic = True
+    return ds.with_options(options).prefetch(2)
