@@ -62,6 +62,9 @@ class VocabConfig:
     """SentencePiece vocabulary training (unigram, no byte fallback: TFLite-safe)."""
 
     vocab_size: int = 501153
+    # An existing SentencePiece model (spm.model) to use; empty: `lealla train` trains one
+    # into the model dir. A relative path is tried against the cwd, then the model dir.
+    model_file: str = ""
     sentences_per_language: int = 100000
     sampling_alpha: float = 0.3
     character_coverage: float = 0.9995
@@ -142,13 +145,14 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     summary_every: int = 10
-    mixed_precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
+    # float32 | mixed (bfloat16 on TPU and CPU, float16 on GPU) | mixed_float16 | mixed_bfloat16
+    mixed_precision: str = "float32"
     seed: int = 0
 
     def validate(self) -> None:
-        if self.mixed_precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
+        if self.mixed_precision not in ("float32", "mixed", "mixed_float16", "mixed_bfloat16"):
             raise ConfigError(
-                "train.mixed_precision must be float32, mixed_float16 or mixed_bfloat16, "
+                "train.mixed_precision must be float32, mixed, mixed_float16 or mixed_bfloat16, "
                 f"got {self.mixed_precision!r}")
         for key in ("global_batch_size", "steps", "steps_per_loop", "checkpoint_every",
                     "keep_checkpoints", "summary_every"):
