@@ -1,0 +1,65 @@
+"""Shared fixtures. TF sees 2 logical CPU devices so MirroredStrategy tests are real."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+try:
+    tf.config.set_logical_device_configuration(
+        _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+except RuntimeError:  # TF already initialised by another plugin: keep what is there
+    pass
+
+# Languages whose training files give the test vocabulary many scripts.
+VOCAB_LANGS = ("deu", "rus", "ara", "cmn", "jpn", "tha", "hin", "ell", "heb", "kor")
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    root = os.environ.get("LEALLA_DATA_DIR", "")
+    if not root:
+        pytest.skip("LEALLA_DATA_DIR is not set (make test sets it)")
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"LEALLA_DATA_DIR={root} does not exist")
+    return root
+
+
+@pytest.fixture(scope="session")
+def train_files(data_dir):
+    from lealla_tf import corpus
+    return corpus.find_files(["train/*-eng.tsv"], data_dir, VOCAB_LANGS)
+
+
+@pytest.fixture(scope="session")
+def tiny_vocab(tmp_path_factory, train_files):
+    """A 4000-piece (at most) unigram vocabulary trained on real text in 10 scripts (seconds)."""
+    from lealla_tf import preprocessing
+    out = tmp_path_factory.mktemp("vocab")
+    return preprocessing.train_vocab(train_files, str(out), vocab_size=4000,
+                                     sentences_per_language=400, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_vocab):
+    """The tiny model shape with the vocabulary size of ``tiny_vocab``."""
+    import sentencepiece as spm
+    from lealla_tf import config
+    n = spm.SentencePieceProcessor(model_file=tiny_vocab).get_piece_size()
+    return config.load(os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.yaml"),
+                       [f"model.vocab_size={n}"])
+
+
+@pytest.fixture(scope="session")
+def two_cpu_strategy():
+    """One ``MirroredStrategy`` over 2 logical CPUs, shared by the whole session.
+
+    Several strategies with collectives in one process can collide on collective keys.
+    """
+    cpus = tf.config.list_logical_devices("CPU")
+    if len(cpus) < 2:
+        pytest.skip("needs 2 logical CPUs (configured before TensorFlow starts)")
+    return tf.distribute.MirroredStrategy([c.name for c in cpus[:2]])
