@@ -58,7 +58,8 @@ def chunk_sizes(num_queries: int, dim: int, k: int,
 
     Per step the search holds a float32 candidate chunk ``[c, dim]``, a float32 score
     block ``[q, c]`` and, for ``k > 1``, the int64 output of ``argpartition`` ``[q, c]``:
-    at most ``4 * (c * dim + 3 * q * c)`` bytes. Queries are taken in chunks of up to
+    at most ``4 * (c * dim + 3 * q * c)`` bytes (``4 * (c * dim + q * c)`` for k = 1),
+    besides the queries and the ``[Q, k]`` results. Queries are taken in chunks of up to
     2048.
     """
     if max_memory_bytes <= 0:
@@ -121,7 +122,8 @@ def topk(queries: ArrayOrPath, candidates: ArrayOrPath, k: int = 1,
         c1 = min(c0 + c_chunk, n)
         block = np.array(cand[c0:c1], dtype=np.float32)  # a copy: memmaps stay untouched
         if normalize:
-            block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+            norms = np.sqrt(np.einsum("ij,ij->i", block, block))  # no [c, dim] temporary
+            block /= np.maximum(norms, 1e-12)[:, None]
         width = c1 - c0
         kk = min(k, width)
         for q0 in range(0, nq, q_chunk):
@@ -133,16 +135,18 @@ def topk(queries: ArrayOrPath, candidates: ArrayOrPath, k: int = 1,
                 better = s > best_s[q0:q1, 0]  # strict: earlier (lower) index wins ties
                 best_s[q0:q1, 0] = np.where(better, s, best_s[q0:q1, 0])
                 best_i[q0:q1, 0] = np.where(better, j + c0, best_i[q0:q1, 0])
+                del scores  # free the block before the next one is allocated
                 continue
             np.negative(scores, out=scores)  # in place: no second [q, c] float block
             if kk < width:
-                j = np.argpartition(scores, kk - 1, axis=1)[:, :kk]
+                j = np.argpartition(scores, kk - 1, axis=1)[:, :kk].copy()  # frees [q, c]
             else:
                 j = np.broadcast_to(np.arange(width), (q1 - q0, width))
             s = -np.take_along_axis(scores, j, axis=1)
             best_s[q0:q1], best_i[q0:q1] = _merge_topk(
                 best_s[q0:q1], best_i[q0:q1], s, j.astype(np.int64) + c0, k)
-            del scores
+            del scores, j
+        del block  # free the chunk before the next one is read
     return best_s, best_i
 
 
