@@ -129,3 +129,21 @@ def test_load_callable_spec(tmp_path, monkeypatch):
         runner.load_callable("py:my_encoders:nope")
     with pytest.raises(ValueError, match="must look like"):
         runner.load_callable("py:my_encoders")
+
+
+def test_cache_misses_when_a_model_on_disk_changes(tmp_path):
+    f = _write(tmp_path / "s.txt", ["hello", "world"])
+    model_dir = tmp_path / "export"
+    model_dir.mkdir()
+    (model_dir / "saved_model.pb").write_bytes(b"v1")
+    rec = Recorder(name=str(model_dir))
+    runner.embed_file(rec, f, progress=False)
+    runner.embed_file(rec, f, progress=False)
+    assert len(rec.batches) == 1
+    (model_dir / "saved_model.pb").write_bytes(b"version 2")  # re-exported to the same path
+    runner.embed_file(rec, f, progress=False)
+    assert len(rec.batches) == 2
+    rec.fingerprint = "weights-sha-123"  # an explicit fingerprint wins
+    runner.embed_file(rec, f, progress=False)
+    runner.embed_file(rec, f, progress=False)
+    assert len(rec.batches) == 3

@@ -199,8 +199,41 @@ def cache_dir(path: Optional[str] = None) -> str:
     return os.path.join(root, "embeddings")
 
 
+def model_identity(embedder: Embedder) -> str:
+    """What identifies a model in cache keys.
+
+    An embedder's ``fingerprint`` attribute when it has one; else its ``name``, plus,
+    when the name (or a ``path`` attribute) is a file or folder on disk, the size and
+    modification time of its files, so that re-exporting a model to the same path
+    does not serve stale embeddings.
+    """
+    fingerprint = getattr(embedder, "fingerprint", None)
+    if fingerprint:
+        return str(fingerprint)
+    name = str(embedder.name)
+    parts = [name]
+    for path in (name, getattr(embedder, "path", None)):
+        if not isinstance(path, str) or not path or not os.path.exists(path):
+            continue
+        if os.path.isfile(path):
+            st = os.stat(path)
+            parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+        else:
+            entries = []
+            for folder, _, files in os.walk(path):
+                for f in files:
+                    st = os.stat(os.path.join(folder, f))
+                    entries.append(f"{os.path.relpath(os.path.join(folder, f), path)}:"
+                                   f"{st.st_size}:{st.st_mtime_ns}")
+                if len(entries) > 2000:  # a model folder is small; never walk a whole disk
+                    break
+            parts.extend(sorted(entries))
+        break
+    return "\0".join(parts)
+
+
 def cache_key(model_name: str, content_digest: str) -> str:
-    """Key of one (model, sentence file) pair."""
+    """Key of one (model identity, sentence content) pair."""
     return hashlib.sha256(f"{model_name}\0{content_digest}".encode("utf-8")).hexdigest()
 
 
@@ -221,7 +254,7 @@ def _atomic_save(path: str, array: np.ndarray, meta: dict) -> None:
 
 def cached_path(embedder: Embedder, path: str, cache: Optional[str] = None) -> str:
     """Where :func:`embed_file` keeps (or would keep) the embeddings of ``path``."""
-    key = cache_key(embedder.name, file_digest(path))
+    key = cache_key(model_identity(embedder), file_digest(path))
     return os.path.join(cache_dir(cache), key[:2], key + ".npy")
 
 
@@ -281,7 +314,7 @@ def embed_texts(embedder: Embedder, sentences: Sequence[str],
     for s in sentences:
         h.update(s.encode("utf-8", errors="surrogatepass"))
         h.update(b"\n")
-    key = cache_key(embedder.name, "texts:" + h.hexdigest())
+    key = cache_key(model_identity(embedder), "texts:" + h.hexdigest())
     target = os.path.join(cache_dir(cache), key[:2], key + ".npy")
     if os.path.exists(target):
         try:
