@@ -180,10 +180,10 @@ def build_preprocessor_module(preprocessor) -> Tuple[tf.train.Checkpoint, Dict[s
     """The preprocessor of the TF Hub text API.
 
     ``__call__(sentences)`` packs one segment to ``seq_length``; ``tokenize(sentences)``
-    gives int32 RaggedTensors; ``bert_pack_inputs(segments, seq_length=...)`` packs 1 or
-    2 segments (ragged rank 1 or 2) like Model Garden's ``BertPackInputs``, with a
-    ``seq_length`` that may differ from the default; ``tokenize.get_special_tokens_dict()``
-    gives the special ids.
+    gives int32 RaggedTensors ``[batch, (pieces)]``; ``bert_pack_inputs(segments,
+    seq_length=...)`` packs 1 or 2 segments like Model Garden's ``BertPackInputs``, with
+    the default length or any other given as an int32 tensor (``tf.constant(128)``);
+    ``tokenize.get_special_tokens_dict()`` gives the special ids.
     """
     from official.nlp.modeling import layers as nlp_layers
 
@@ -197,8 +197,10 @@ def build_preprocessor_module(preprocessor) -> Tuple[tf.train.Checkpoint, Dict[s
     obj.__call__ = call
 
     obj.tokenize = tf.train.Checkpoint()
-    obj.tokenize.__call__ = tf.function(lambda sentences: preprocessor.tokenize(sentences),
-                                        input_signature=[_STRINGS])
+    # int64 row splits, like TF Text's tokenizers (and what bert_pack_inputs is traced for).
+    obj.tokenize.__call__ = tf.function(
+        lambda sentences: preprocessor.tokenize(sentences).with_row_splits_dtype(tf.int64),
+        input_signature=[_STRINGS])
     special = {"vocab_size": int(preprocessor.vocab_size),
                "start_of_sequence_id": preprocessing.CLS_ID,
                "end_of_segment_id": preprocessing.SEP_ID,
@@ -216,11 +218,12 @@ def build_preprocessor_module(preprocessor) -> Tuple[tf.train.Checkpoint, Dict[s
 
     obj.bert_pack_inputs = tf.train.Checkpoint()
     obj.bert_pack_inputs.__call__ = pack
-    for ragged_rank in (1, 2):
-        for num_segments in (1, 2):
-            pack.get_concrete_function(
-                [tf.RaggedTensorSpec([None] * (ragged_rank + 1), tf.int32)
-                 for _ in range(num_segments)], seq_length=tf.TensorSpec([], tf.int32))
+    # Restored functions match traced argument types exactly: trace the default length
+    # (a Python int) and any length given as an int32 tensor, for 1 and 2 segments.
+    for num_segments in (1, 2):
+        segments = [tf.RaggedTensorSpec([None, None], tf.int32) for _ in range(num_segments)]
+        pack.get_concrete_function(segments)
+        pack.get_concrete_function(segments, seq_length=tf.TensorSpec([], tf.int32))
     return obj, {SIGNATURE: call}
 
 
