@@ -92,7 +92,8 @@ def main() -> None:
 
     from lealla_tf.evaluation import retrieval
 
-    threads = os.environ.get("OMP_NUM_THREADS") or os.environ.get("OPENBLAS_NUM_THREADS") or "default"
+    threads = (os.environ.get("OMP_NUM_THREADS") or os.environ.get("OPENBLAS_NUM_THREADS")
+               or "default")
     print(f"exact top-1 by cosine, dim {DIM}, {args.queries} queries, memory bound "
           f"{args.memory_mb} MiB, {os.cpu_count()} CPUs, BLAS threads: {threads}")
     header = (f"{'candidates':>11} {'chunk(q,c)':>14} {'time_s':>8} {'Gsim/s':>7} "

@@ -294,7 +294,8 @@ def embed_file(embedder: Embedder, path: str, batch_size: int = DEFAULT_BATCH_SI
     emb = embed_sentences(embedder, sentences, batch_size, progress,
                           desc=os.path.basename(path))
     _atomic_save(target, emb, {"model": embedder.name, "file": os.path.abspath(path),
-                               "lines": len(sentences), "dim": int(emb.shape[1]) if emb.size else 0})
+                               "lines": len(sentences),
+                               "dim": int(emb.shape[1]) if emb.size else 0})
     return np.load(target, mmap_mode="r") if mmap else emb
 
 
