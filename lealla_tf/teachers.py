@@ -56,6 +56,8 @@ or from the shell::
 from __future__ import annotations
 
 import collections
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -467,7 +469,8 @@ def precompute(teacher: Teacher, inputs: Sequence[str], output_dir: str,
 
     Raises:
       ValueError: if ``output_dir`` holds embeddings of another teacher/dim/shard size, or
-        of a TSV whose content changed since (without ``overwrite``).
+        of a TSV whose content changed since (without ``overwrite``), or another process
+        is writing to it.
       FileNotFoundError: for a missing input.
     """
     if shard_size < 1 or batch_size < 1:
@@ -480,6 +483,26 @@ def precompute(teacher: Teacher, inputs: Sequence[str], output_dir: str,
         if not os.path.isfile(path):
             raise FileNotFoundError(f"corpus file not found: {path}")
     os.makedirs(output_dir, exist_ok=True)
+    with _exclusive(output_dir):
+        return _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite,
+                           progress)
+
+
+@contextlib.contextmanager
+def _exclusive(output_dir: str):
+    """Holds an advisory lock on ``output_dir`` (released by the OS if the process dies)."""
+    with open(os.path.join(output_dir, ".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ValueError(f"{output_dir} is being written by another process") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, progress):
     for name in os.listdir(output_dir):  # leftovers of a killed manifest write
         if ".tmp-" in name:
             os.remove(os.path.join(output_dir, name))

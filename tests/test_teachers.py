@@ -317,6 +317,58 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
     assert teachers.verify(out) == []
 
 
+KILL_SCRIPT = """
+import hashlib, os, signal, sys
+import numpy as np
+from lealla_tf import teachers
+calls = 0
+def fn(sentences):
+    global calls
+    calls += 1
+    if calls > int(sys.argv[3]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    out = []
+    for s in sentences:
+        seed = int.from_bytes(hashlib.sha256(s.encode()).digest()[:8], "little")
+        out.append(np.random.default_rng(seed).normal(size=%d))
+    return np.asarray(out, np.float32)
+teachers.precompute(teachers.CallableTeacher(fn, name="hash", dim=%d), [sys.argv[1]],
+                    sys.argv[2], shard_size=7, batch_size=4, progress=False)
+""" % (DIM, DIM)
+
+
+def test_resume_after_sigkill(tmp_path):
+    """A process killed with SIGKILL mid-run leaves complete shards only; rerun finishes."""
+    import subprocess
+    import sys
+    lines = LINES + [f"Satz {i}.\tSentence {i}.\n".encode() for i in range(30)]
+    tsv = _write(tmp_path / "deu-eng.tsv", lines)
+    out = str(tmp_path / "killed")
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, tsv, out, "7"],
+                          capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    entry = json.load(open(os.path.join(out, "manifest.json")))["files"][os.path.abspath(tsv)]
+    assert 0 < len(entry["shards"]) < entry["num_shards"]
+    teacher, fn = _counting_teacher()
+    teachers.precompute(teacher, [tsv], out, shard_size=7, batch_size=4, progress=False)
+    full = str(tmp_path / "full")
+    teachers.precompute(_counting_teacher()[0], [tsv], full, shard_size=7, batch_size=4,
+                        progress=False)
+    for a, b in zip(teachers.load_precomputed(out, tsv), teachers.load_precomputed(full, tsv)):
+        assert np.array_equal(a, b)
+    assert teachers.verify(out) == []
+
+
+def test_one_writer_per_directory(tmp_path):
+    tsv = _write(tmp_path / "deu-eng.tsv", LINES)
+    out = str(tmp_path / "emb")
+    os.makedirs(out)
+    with teachers._exclusive(out):
+        with pytest.raises(ValueError, match="another process"):
+            teachers.precompute(_counting_teacher()[0], [tsv], out, progress=False)
+    teachers.precompute(_counting_teacher()[0], [tsv], out, progress=False)
+
+
 def test_resume_adopts_shard_written_before_manifest(tmp_path):
     """A kill between a shard's rename and the manifest update loses no work."""
     tsv = _write(tmp_path / "deu-eng.tsv", LINES)
