@@ -65,7 +65,32 @@ def _vocab(args) -> int:
 
 # ---------------------------------------------------------------- train
 def _add_train(sub) -> None:
-    pass  # filled in by the training job
+    p = sub.add_parser(
+        "train", help="train (or resume) a dual encoder: AMS with cross-replica negatives "
+        "plus optional distillation")
+    _config_args(p, required=True)
+    p.add_argument("--model-dir", required=True,
+                   help="run directory: config, vocabulary, checkpoints, TensorBoard logs; "
+                   "rerunning resumes from its latest checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+
+def _train(args) -> int:
+    import logging
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from lealla_tf import training
+    cfg = _load_config(args)
+    try:
+        result = training.train(cfg, args.model_dir, progress=not args.no_progress)
+    except training.TrainingDiverged as e:
+        print(f"lealla: {e}", file=sys.stderr)
+        return 1
+    summary = ", ".join(f"{k} {result.metrics[k]:.4f}" for k in ("loss", "accuracy")
+                        if k in result.metrics)
+    print(f"step {result.step}: {summary}; checkpoint {result.checkpoint}; "
+          f"{result.examples_per_second:.1f} pairs/s")
+    return 0
 
 
 # ---------------------------------------------------------------- export / publish / embed
@@ -439,15 +464,24 @@ def _teacher_verify(args) -> int:
 
 # ---------------------------------------------------------------- demo
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="run the main job end to end")
-    p.add_argument("--output", default="results/demo")
+    p = sub.add_parser("demo", help="distil a teacher into a small student, export, evaluate")
+    _config_args(p)
+    p.add_argument("--output", default="results/demo", help="results folder (resumable)")
     p.add_argument("--data-dir", default="", help="data root (default $LEALLA_DATA_DIR)")
+    p.add_argument("--teacher", default=None, help="teacher spec (default: the recipe's)")
+    p.add_argument("--pairs-per-language", type=int, default=1500,
+                   help="training pairs sampled per language (0 = all)")
+    p.add_argument("--languages", default=None,
+                   help="comma-separated Tatoeba languages to evaluate (default: the recipe's)")
     p.set_defaults(func=_demo)
 
 
 def _demo(args) -> int:
     from lealla_tf import demo
-    return demo.run(args.output, data_dir=args.data_dir)
+    return demo.run(args.output, data_dir=args.data_dir, config_path=args.config,
+                    overrides=args.overrides, teacher_spec=args.teacher,
+                    pairs_per_language=args.pairs_per_language,
+                    eval_languages=args.languages.split(",") if args.languages else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
