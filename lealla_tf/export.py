@@ -65,6 +65,8 @@ from lealla_tf import modeling, preprocessing
 LEALLA, PREPROCESSOR, ENCODER = "lealla", "preprocessor", "encoder"
 SAVED_MODELS = (LEALLA, PREPROCESSOR, ENCODER)
 TFLITE_VARIANTS = ("fp32", "fp16", "int8")
+# Each TFLite file must reach this cosine to the SavedModel on PROBE_SENTENCES.
+TFLITE_MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99}
 INFO_FILE = "export_info.json"
 CARD_FILE = "README.md"
 INPUT_KEY = "sentences"
@@ -550,11 +552,24 @@ def export_model(preprocessor, encoder, output_dir: str,
             fname = tflite_file_name(variant)
             with open(os.path.join(tmp, fname), "wb") as f:
                 f.write(content)
-            runner = tflite_interpreter(model_content=content).get_signature_runner(SIGNATURE)
-            got = runner(**{INPUT_KEY: np.array(list(PROBE_SENTENCES), dtype=object)})[OUTPUT_KEY]
+            try:
+                runner = tflite_interpreter(model_content=content).get_signature_runner(
+                    SIGNATURE)
+                got = runner(**{INPUT_KEY: np.array(list(PROBE_SENTENCES), dtype=object)})[
+                    OUTPUT_KEY]
+            except (RuntimeError, ValueError) as e:
+                raise RuntimeError(
+                    f"the {variant} TFLite model does not run with TFLite builtins plus TF "
+                    f"Text's ops: {e}. The converter keeps ops TFLite lacks as custom ops; "
+                    "e.g. new-axis slicing (x[:, None]) becomes a StridedSlice TFLite cannot "
+                    "run: use tf.expand_dims or tf.reshape in the model") from e
+            min_cos = float(cosine_rows(got, exported).min())
+            if min_cos < TFLITE_MIN_COSINE[variant]:
+                raise RuntimeError(
+                    f"the {variant} TFLite model differs from the SavedModel: min cosine "
+                    f"{min_cos:.6f} < {TFLITE_MIN_COSINE[variant]} on the probe sentences")
             info["files"][f"tflite-{variant}"] = {
-                "path": fname, "bytes": len(content),
-                "min_cosine": float(cosine_rows(got, exported).min())}
+                "path": fname, "bytes": len(content), "min_cosine": min_cos}
             bar.update()
 
         info["files_total_bytes"] = sum(e["bytes"] for e in info["files"].values())
@@ -825,8 +840,10 @@ class Embedder:
       batch_size: default number of sentences per model call.
     """
 
-    def __init__(self, name: str, batch_size: int = 64):
+    def __init__(self, name: str, batch_size: int = 64, fingerprint: Optional[str] = None):
         self.name = name
+        # What the evaluation cache keys on: changes whenever the weights do.
+        self.fingerprint = fingerprint or name
         self.batch_size = int(batch_size)
         self._dim: Optional[int] = None
 
@@ -960,7 +977,10 @@ class CheckpointEmbedder(Embedder):
         checkpoint = checkpoint or tf.train.latest_checkpoint(
             os.path.join(model_dir, training.CHECKPOINT_DIR))
         _, preprocessor, encoder = training.restore_encoder(model_dir, checkpoint)
-        super().__init__(f"run:{model_dir}@{os.path.basename(checkpoint or '')}", batch_size)
+        name = f"run:{model_dir}@{os.path.basename(checkpoint)}"
+        index = checkpoint + ".index"
+        super().__init__(name, batch_size, fingerprint=name + (
+            f"@{_sha256(index)[:16]}" if os.path.exists(index) else ""))
         model = modeling.StringEncoder(preprocessor, encoder)
         self._fn = tf.function(lambda s: model(s, training=False), input_signature=[_STRINGS])
 
