@@ -37,7 +37,7 @@ zero rows and ``valid=False``, so it never shifts what follows. Shards are writt
 temporary file and renamed, so a killed run leaves only complete shards, and rerunning
 resumes at the first missing one. Each distinct sentence is encoded once: a repeat (in the
 same shard, an earlier shard or another input file) is copied from where it was first
-stored, also across resumed runs.
+stored, also across resumed runs (only the shard a killed run was working on is redone).
 
 Example::
 
