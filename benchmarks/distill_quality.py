@@ -1,0 +1,138 @@
+"""Distillation quality: the demo recipe, longer, evaluated on all 112 Tatoeba languages.
+
+Runs the demo job (``lealla_tf.demo``: slice pairs, vocabulary, teacher embeddings,
+distillation, export, evaluation on the teacher's languages) with a longer recipe, then:
+
+- the Tatoeba learning curve: every kept checkpoint evaluated on the teacher's languages;
+- teacher and student on all 112 Tatoeba languages (zero-shot languages included);
+- retention (student / teacher) on both sets and the student's speed-up over the teacher.
+
+Prints one table, writes ``distill_quality.json``, ``learning_curve.png`` and the demo's
+results into ``--output``. Resumable: rerun the same command after an interruption.
+
+    LEALLA_DATA_DIR=../shared/data python benchmarks/distill_quality.py \\
+        --output results/distill_quality --pairs-per-language 4000 --set train.steps=4000
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import tensorflow as tf  # noqa: E402
+
+from lealla_tf import config, demo, export, teachers, training  # noqa: E402
+from lealla_tf.evaluation import tatoeba  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def learning_curve(run_dir, languages, data_dir, cache):
+    """Tatoeba average (teacher's languages) of every checkpoint kept in ``run_dir``."""
+    state = tf.train.get_checkpoint_state(os.path.join(run_dir, training.CHECKPOINT_DIR))
+    points = []
+    for path in (state.all_model_checkpoint_paths if state else []):
+        embedder = export.CheckpointEmbedder(run_dir, checkpoint=path)
+        res = tatoeba.evaluate(embedder, languages, data_dir=data_dir, cache=cache,
+                               progress=False)
+        step = int(path.rsplit("-", 1)[-1])  # checkpoints are numbered by training step
+        points.append({"checkpoint": os.path.basename(path), "step": step,
+                       "tatoeba": res["average"]["mean"]})
+        print(f"  {os.path.basename(path)} (step {step}): {res['average']['mean']:.1f}",
+              flush=True)
+    return sorted(points, key=lambda p: p["step"])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--output", default="results/distill_quality")
+    p.add_argument("--data-dir", default=os.environ.get("LEALLA_DATA_DIR", ""))
+    p.add_argument("--config", default=os.path.join(HERE, "..", "configs",
+                                                    "distill_quality.yaml"))
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--pairs-per-language", type=int, default=4000)
+    p.add_argument("--all-languages", default="all",
+                   help="the wide Tatoeba set: all (112), xtreme36 or a list")
+    args = p.parse_args(argv)
+    root = config.data_dir(args.data_dir)
+    output = os.path.abspath(args.output)
+    start = time.perf_counter()
+
+    demo.run(output, data_dir=root, config_path=args.config, overrides=args.overrides,
+             pairs_per_language=args.pairs_per_language)
+    results = json.load(open(os.path.join(output, "results.json"), encoding="utf-8"))
+    cfg = config.load(args.config, args.overrides)
+    own = results["languages"]
+    cache = os.path.join(output, "embedding_cache")
+
+    print("\nlearning curve (Tatoeba average over the teacher's languages):")
+    curve = learning_curve(os.path.join(output, "run"), own, root, cache)
+
+    print(f"\nTatoeba, {args.all_languages} languages: teacher and student")
+    teacher = teachers.load_teacher(results["teacher"])
+    student = export.load_embedder(os.path.join(output, "export"))
+    wide = {name: tatoeba.evaluate(m, args.all_languages, data_dir=root, cache=cache)
+            for name, m in (("teacher", teacher), ("student", student))}
+    for name, res in wide.items():
+        tatoeba.save(res, os.path.join(output, f"tatoeba_all_{name}.json"),
+                     plot=os.path.join(output, f"tatoeba_all_{name}.png"))
+    zero_shot = [l for l in wide["student"]["languages"] if l not in own]
+
+    def avg(res, langs):
+        return sum(res["per_language"][l]["mean"] for l in langs) / max(len(langs), 1)
+
+    models = results["models"]
+    rows = [
+        ("teacher's languages", len(own), models["teacher"]["tatoeba"]["average"]["mean"],
+         models["student"]["tatoeba"]["average"]["mean"]),
+        ("zero-shot languages", len(zero_shot), avg(wide["teacher"], zero_shot),
+         avg(wide["student"], zero_shot)),
+        ("all languages", len(wide["student"]["languages"]),
+         wide["teacher"]["average"]["mean"], wide["student"]["average"]["mean"]),
+    ]
+    speedup = (models["student"]["sentences_per_second"]
+               / models["teacher"]["sentences_per_second"])
+    speedup_int8 = (models["student_int8"]["sentences_per_second"]
+                    / models["teacher"]["sentences_per_second"])
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([c["step"] for c in curve], [c["tatoeba"] for c in curve], marker="o",
+            label="student")
+    ax.axhline(models["teacher"]["tatoeba"]["average"]["mean"], ls="--", c="gray",
+               label="teacher")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("Tatoeba accuracy (%)")
+    ax.set_title(f"Distillation on {len(own)} languages")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(output, "learning_curve.png"), dpi=120)
+
+    lines = ["| languages | n | teacher | student | retention |", "|---|---:|---:|---:|---:|"]
+    for name, n, t, s in rows:
+        lines.append(f"| {name} | {n} | {t:.1f} | {s:.1f} | {100 * s / t if t else 0:.1f}% |")
+    lines += ["", "| step | Tatoeba (teacher's languages) |", "|---:|---:|"]
+    lines += [f"| {c['step']} | {c['tatoeba']:.1f} |" for c in curve]
+    lines += ["", f"student speed-up over the teacher: {speedup:.1f}× (SavedModel fp32), "
+                  f"{speedup_int8:.1f}× (TFLite int8); "
+                  f"student shape: {cfg.model.num_layers} layers, hidden {cfg.model.hidden_size}, "
+                  f"{results['pairs']} training pairs, {results['train_steps']} steps, "
+                  f"{results['train_seconds'] / 60:.0f} min of training"]
+    table = "\n".join(lines)
+    print("\n" + table)
+    with open(os.path.join(output, "distill_quality.md"), "w", encoding="utf-8") as f:
+        f.write(table + "\n")
+    with open(os.path.join(output, "distill_quality.json"), "w", encoding="utf-8") as f:
+        json.dump({"rows": rows, "learning_curve": curve, "speedup": speedup,
+                   "speedup_int8": speedup_int8, "config": cfg.to_dict(),
+                   "seconds": time.perf_counter() - start}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
