@@ -136,7 +136,7 @@ def test_failed_export_leaves_nothing(run_dir, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(export, "build_encoder_module", broken)
+    monkeypatch.setattr(export.formats, "build_encoder_module", broken)
     with pytest.raises(RuntimeError, match="boom"):
         export.export_model(preprocessor, encoder, str(target), tflite="none", progress=False)
     assert os.listdir(tmp_path) == []
@@ -150,8 +150,8 @@ def test_commit_dir_overwrite(tmp_path):
     new.mkdir()
     (new / "new.txt").write_text("new")
     with pytest.raises(FileExistsError):
-        export._commit_dir(str(new), str(target), overwrite=False)
-    export._commit_dir(str(new), str(target), overwrite=True)
+        export.exporter._commit_dir(str(new), str(target), overwrite=False)
+    export.exporter._commit_dir(str(new), str(target), overwrite=True)
     assert sorted(os.listdir(target)) == ["new.txt"]
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
@@ -340,6 +340,9 @@ def test_publish_and_load_through_hub_cache(exported, reference, tmp_path, monke
         pre = hub.load(f"{base}/preprocessor/preprocessor.tar.gz")
         enc = hub.KerasLayer(f"{base}/encoder/encoder.tar.gz")
         np.testing.assert_allclose(enc(pre(x))["default"].numpy(), reference, atol=1e-6)
+        url_embedder = export.load_embedder(f"{base}/lealla/lealla.tar.gz")
+        assert url_embedder.name == f"hub:{base}/lealla/lealla.tar.gz"
+        np.testing.assert_allclose(url_embedder.encode(SENTENCES), reference, atol=1e-6)
     cached = [d for d in os.listdir(cache) if os.path.isdir(cache / d)]
     assert len(cached) == 3  # downloaded and extracted into the TF Hub cache
     assert all(os.path.isfile(cache / d / "saved_model.pb") for d in cached)

@@ -1,0 +1,269 @@
+"""Writing an export folder atomically, from in-memory models or a training run."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import Any, Dict, Optional, Sequence, Union
+
+import numpy as np
+import tensorflow as tf
+
+from lealla_tf import modeling, preprocessing
+from lealla_tf.export import formats
+from lealla_tf.export.card import (human_bytes, local_handles, render_model_card,
+                                   summarise_metrics)
+from lealla_tf.export.formats import (CARD_FILE, DEFAULT_CARD_TEMPLATE, ENCODER, INFO_FILE,
+                                      INPUT_KEY, LEALLA, OUTPUT_KEY, PREPROCESSOR,
+                                      PROBE_SENTENCES, SAVED_MODELS, SIGNATURE,
+                                      TFLITE_MIN_COSINE, TFLITE_VARIANTS, tflite_file_name)
+
+
+def _dir_bytes(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
+def _shape_info(encoder, preprocessor) -> Dict[str, Any]:
+    shape = {}
+    if hasattr(encoder, "get_config"):
+        try:
+            shape = {k: v for k, v in encoder.get_config().items()
+                     if isinstance(v, (int, float, str))}
+        except NotImplementedError:
+            shape = {}
+    shape["parameters"] = int(sum(int(np.prod(v.shape)) for v in encoder.weights))
+    shape["embedding_dim"] = int(getattr(encoder, "embedding_dim", 0) or
+                                 encoder(encoder.dummy_inputs())["default"].shape[-1])
+    shape["seq_length"] = int(preprocessor.seq_length)
+    shape["vocab_pieces"] = int(preprocessor.vocab_size)
+    return shape
+
+
+
+
+def _check_target(output_dir: str, overwrite: bool) -> None:
+    if os.path.exists(output_dir) and not overwrite:
+        raise FileExistsError(f"{output_dir} already exists: pass --overwrite "
+                              "(overwrite=True) to replace it")
+
+
+def _commit_dir(tmp: str, output_dir: str, overwrite: bool) -> None:
+    """Renames ``tmp`` to ``output_dir`` (replacing it only when ``overwrite``)."""
+    old = None
+    if os.path.exists(output_dir):
+        _check_target(output_dir, overwrite)
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-",
+                               dir=os.path.dirname(output_dir))
+        os.rmdir(old)
+        os.rename(output_dir, old)
+    os.rename(tmp, output_dir)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _tmp_dir_beside(output_dir: str) -> str:
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is a normal folder
+    return tmp
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("lealla_tf")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        return "unknown"
+
+
+def export_model(preprocessor, encoder, output_dir: str,
+                 tflite: Union[str, Sequence[str], None] = TFLITE_VARIANTS,
+                 model_card_info: Optional[Dict[str, Any]] = None, overwrite: bool = False,
+                 card_template: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
+    """Exports an in-memory preprocessor + encoder (see the module docstring for the layout).
+
+    Args:
+      preprocessor: a ``preprocessing.Preprocessor``.
+      encoder: a built ``modeling.LeallaEncoder``.
+      output_dir: the export folder (must not exist unless ``overwrite``).
+      tflite: TFLite variants to write (``fp32``, ``fp16``, ``int8``; comma-separated
+        string or list; empty/``"none"`` for none).
+      model_card_info: optional ``title``, ``description``, ``training`` and ``metrics``
+        (strings or dicts of label -> value) for the model card.
+      overwrite: replace an existing ``output_dir``.
+      card_template: model-card template (default ``export/model_card.md``).
+      progress: print progress and the file sizes.
+
+    Returns:
+      The ``export_info.json`` dict (file sizes, parity checks, ...).
+
+    Raises:
+      FileExistsError: ``output_dir`` exists and ``overwrite`` is False.
+    """
+    import tensorflow_text  # noqa: F401  (ops of the tokenizer)
+    from tqdm.auto import tqdm
+
+    output_dir = os.path.abspath(output_dir)
+    variants = formats.parse_tflite_variants(tflite)
+    _check_target(output_dir, overwrite)
+    template = card_template or DEFAULT_CARD_TEMPLATE
+    if not os.path.isfile(template):
+        raise FileNotFoundError(f"model card template not found: {template}")
+    steps = ["savedmodel " + n for n in SAVED_MODELS] + ["check"] + [
+        "tflite " + v for v in variants] + ["model card"]
+    bar = tqdm(total=len(steps), desc="export", unit="step", disable=not progress)
+    tmp = _tmp_dir_beside(output_dir)
+    try:
+        info: Dict[str, Any] = {
+            "format_version": 1,
+            "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "lealla_tf_version": _version(), "tensorflow": tf.__version__,
+            "model": _shape_info(encoder, preprocessor), "files": {}, "checks": {},
+            "card": dict(model_card_info or {}),
+        }
+        with tempfile.TemporaryDirectory() as vocab_tmp:
+            sp_path = os.path.join(vocab_tmp, preprocessing.MODEL_FILE)
+            with open(sp_path, "wb") as f:
+                f.write(preprocessor.model_bytes)
+            builders = {LEALLA: lambda: formats.build_lealla_module(preprocessor, encoder),
+                        PREPROCESSOR: lambda: formats.build_preprocessor_module(preprocessor),
+                        ENCODER: lambda: formats.build_encoder_module(encoder)}
+            for name in SAVED_MODELS:
+                bar.set_postfix_str(name)
+                obj, signatures = builders[name]()
+                formats.save_saved_model(obj, signatures, os.path.join(tmp, name),
+                      sp_path if name != ENCODER else None)
+                info["files"][name] = {"path": name + "/",
+                                       "bytes": _dir_bytes(os.path.join(tmp, name))}
+                bar.update()
+
+        probe = tf.constant(list(PROBE_SENTENCES))
+        expected = modeling.StringEncoder(preprocessor, encoder)(probe, training=False).numpy()
+        loaded = tf.saved_model.load(os.path.join(tmp, LEALLA))
+        exported = loaded.signatures[SIGNATURE](sentences=probe)[OUTPUT_KEY].numpy()
+        info["checks"]["savedmodel_max_abs_diff"] = float(np.abs(exported - expected).max())
+        del loaded
+        bar.update()
+
+        for variant in variants:
+            bar.set_postfix_str("tflite " + variant)
+            content = formats.convert_tflite(os.path.join(tmp, LEALLA), variant)
+            fname = tflite_file_name(variant)
+            with open(os.path.join(tmp, fname), "wb") as f:
+                f.write(content)
+            try:
+                runner = formats.tflite_interpreter(model_content=content).get_signature_runner(
+                    SIGNATURE)
+                got = runner(**{INPUT_KEY: np.array(list(PROBE_SENTENCES), dtype=object)})[
+                    OUTPUT_KEY]
+            except (RuntimeError, ValueError) as e:
+                raise RuntimeError(
+                    f"the {variant} TFLite model does not run with TFLite builtins plus TF "
+                    f"Text's ops: {e}. The converter keeps ops TFLite lacks as custom ops; "
+                    "e.g. new-axis slicing (x[:, None]) becomes a StridedSlice TFLite cannot "
+                    "run: use tf.expand_dims or tf.reshape in the model") from e
+            min_cos = float(formats.cosine_rows(got, exported).min())
+            if min_cos < TFLITE_MIN_COSINE[variant]:
+                raise RuntimeError(
+                    f"the {variant} TFLite model differs from the SavedModel: min cosine "
+                    f"{min_cos:.6f} < {TFLITE_MIN_COSINE[variant]} on the probe sentences")
+            info["files"][f"tflite-{variant}"] = {
+                "path": fname, "bytes": len(content), "min_cosine": min_cos}
+            bar.update()
+
+        info["files_total_bytes"] = sum(e["bytes"] for e in info["files"].values())
+        with open(os.path.join(tmp, INFO_FILE), "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=1, ensure_ascii=False)
+        card = render_model_card(info, local_handles(output_dir, info), template)
+        with open(os.path.join(tmp, CARD_FILE), "w", encoding="utf-8") as f:
+            f.write(card)
+        bar.update()
+        bar.close()
+        _commit_dir(tmp, output_dir, overwrite)
+    except BaseException:
+        bar.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if progress:
+        print(format_sizes(info, output_dir), flush=True)
+    return info
+
+
+def format_sizes(info: Dict[str, Any], output_dir: str = "") -> str:
+    """A small table of the exported files and their sizes."""
+    lines = [f"exported to {output_dir}" if output_dir else "exported files:"]
+    for name, entry in info["files"].items():
+        extra = f"  min cosine vs SavedModel {entry['min_cosine']:.6f}" if "min_cosine" in entry \
+            else ""
+        path = entry.get("path", name + "/")
+        lines.append(f"  {path:<22} {human_bytes(entry['bytes']):>10}{extra}")
+    return "\n".join(lines)
+
+
+def run_card_info(model_dir: str, cfg, checkpoint: str,
+                  metrics: Sequence[Union[str, dict]] = ()) -> Dict[str, Any]:
+    """Model-card facts about a training run: data, loss, steps, metrics."""
+    from lealla_tf import corpus
+    training: Dict[str, Any] = {}
+    stats_path = os.path.join(model_dir, "data_stats.json")
+    if os.path.exists(stats_path):
+        with open(stats_path, encoding="utf-8") as f:
+            stats = json.load(f)
+        langs = sorted({corpus.language_of(p).split("-")[0] for p in stats.get("files", {})})
+        training["parallel pairs"] = f"{stats.get('pairs', 0):,} (each paired with English)"
+        training["languages"] = f"{len(langs)}: {', '.join(langs)}"
+    else:
+        training["training files"] = ", ".join(cfg.data.train_files)
+    loss = cfg.loss
+    terms = [f"bidirectional additive-margin softmax (margin {loss.margin}, scale {loss.scale})"]
+    if loss.feature_distill_weight:
+        terms.append(f"feature distillation (weight {loss.feature_distill_weight})")
+    if loss.logit_distill_weight:
+        terms.append(f"logit distillation ({loss.logit_distill_type}, weight "
+                     f"{loss.logit_distill_weight})")
+    training["objective"] = " + ".join(terms)
+    if cfg.teacher.spec:
+        training["teacher"] = cfg.teacher.spec
+    match = re.search(r"ckpt-(\d+)$", checkpoint or "")
+    training["steps"] = (f"{int(match.group(1)):,}" if match else "?") + \
+        f" of {cfg.train.steps:,}, global batch {cfg.train.global_batch_size}"
+    return {"title": f"LEALLA {cfg.model.name}", "training": training,
+            "metrics": summarise_metrics(metrics), "checkpoint": checkpoint}
+
+
+def export_run(model_dir: str, output_dir: str, checkpoint: Optional[str] = None,
+               tflite: Union[str, Sequence[str], None] = TFLITE_VARIANTS,
+               metrics: Sequence[Union[str, dict]] = (), overwrite: bool = False,
+               model_card_info: Optional[Dict[str, Any]] = None,
+               progress: bool = True) -> Dict[str, Any]:
+    """Exports the encoder of a training model dir (``lealla export``).
+
+    Args:
+      model_dir: a directory written by ``lealla train`` (config.yaml, vocab/spm.model,
+        checkpoints/).
+      output_dir: the export folder.
+      checkpoint: a checkpoint path (default: the latest).
+      tflite: TFLite variants (see :func:`export_model`).
+      metrics: ``lealla eval`` result JSONs (paths or dicts) to quote in the model card.
+      overwrite: replace an existing ``output_dir``.
+      model_card_info: overrides of the card facts derived from the run.
+      progress: print progress and file sizes.
+    """
+    from lealla_tf import training
+    _check_target(os.path.abspath(output_dir), overwrite)
+    checkpoint = checkpoint or tf.train.latest_checkpoint(
+        os.path.join(model_dir, training.CHECKPOINT_DIR))
+    cfg, preprocessor, encoder = training.restore_encoder(model_dir, checkpoint)
+    card = run_card_info(model_dir, cfg, checkpoint, metrics)
+    card.update(model_card_info or {})
+    return export_model(preprocessor, encoder, output_dir, tflite=tflite, model_card_info=card,
+                        overwrite=overwrite, progress=progress)

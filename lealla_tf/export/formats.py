@@ -1,0 +1,241 @@
+"""The exported formats: reusable TF Hub SavedModels and TFLite flatbuffers.
+
+Names and constants shared by the export package live here too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import tensorflow as tf
+
+from lealla_tf import modeling, preprocessing
+
+LEALLA, PREPROCESSOR, ENCODER = "lealla", "preprocessor", "encoder"
+SAVED_MODELS = (LEALLA, PREPROCESSOR, ENCODER)
+TFLITE_VARIANTS = ("fp32", "fp16", "int8")
+# Each TFLite file must reach this cosine to the SavedModel on PROBE_SENTENCES.
+TFLITE_MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99}
+INFO_FILE = "export_info.json"
+CARD_FILE = "README.md"
+INPUT_KEY = "sentences"
+OUTPUT_KEY = "default"
+SIGNATURE = "serving_default"
+ENCODER_OUTPUTS = ("default", "pooled_output", "sequence_output")
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_CARD_TEMPLATE = os.path.join(_REPO_ROOT, "export", "model_card.md")
+_STRINGS = tf.TensorSpec([None], tf.string, name=INPUT_KEY)
+
+# A multilingual set with the awkward inputs; every export checks its files on it.
+_PROBE = (
+    "The weather is nice today.", "Das Wetter ist heute schön.", "Сегодня хорошая погода.",
+    "今天天气很好。", "الطقس جميل اليوم.", "आज मौसम अच्छा है।", "今日は天気がいいです。",
+    "วันนี้อากาศดี", "오늘 날씨가 좋네요.", "Ο καιρός είναι ωραίος σήμερα.",
+    "היום מזג האוויר נעים.", "dog", "Hund 🐕", "", " ", "\t \n ", "Wort " * 20000,
+    b"\xff\xfe\xfd invalid", b"abc\x80def", b"\xe4\xb8",
+)
+PROBE_SENTENCES: Tuple[bytes, ...] = tuple(
+    s.encode("utf-8") if isinstance(s, str) else s for s in _PROBE)
+
+
+def tflite_file_name(variant: str) -> str:
+    """``lealla-<variant>.tflite``."""
+    return f"lealla-{variant}.tflite"
+
+
+def parse_tflite_variants(value: Union[str, Sequence[str], None]) -> Tuple[str, ...]:
+    """``"fp32,fp16,int8"`` (or a list; ``"none"``/empty for none) -> checked tuple.
+
+    Raises:
+      ValueError: naming an unknown variant.
+    """
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    items = [v.strip().lower() for v in items if v and v.strip()]
+    if items == ["none"]:
+        return ()
+    bad = [v for v in items if v not in TFLITE_VARIANTS]
+    if bad:
+        raise ValueError(f"unknown TFLite variant(s) {bad}: choose from {list(TFLITE_VARIANTS)}")
+    return tuple(dict.fromkeys(items))
+
+
+# ----------------------------------------------------------------------------- SavedModels
+
+
+def _reusable(model=None) -> tf.train.Checkpoint:
+    """A trackable root carrying the reusable-SavedModel attributes of ``model``'s weights."""
+    obj = tf.train.Checkpoint()
+    obj.variables = list(model.variables) if model is not None else []
+    obj.trainable_variables = list(model.trainable_variables) if model is not None else []
+    # Keras keeps weight regularizers as zero-argument callables (not public API).
+    callables = list(getattr(model, "_callable_losses", []) or []) if model is not None else []
+    obj.regularization_losses = [tf.function(fn, input_signature=[]) for fn in callables]
+    return obj
+
+
+def build_lealla_module(preprocessor, encoder) -> Tuple[tf.train.Checkpoint, Dict[str, Any]]:
+    """The end-to-end reusable SavedModel root and its signatures.
+
+    Args:
+      preprocessor: a ``preprocessing.Preprocessor`` (or any layer strings -> token dict).
+      encoder: a built ``modeling.LeallaEncoder`` (same call contract).
+
+    Returns:
+      ``(root, signatures)`` for ``tf.saved_model.save``.
+    """
+    model = modeling.StringEncoder(preprocessor, encoder)
+    model(tf.constant([""]))
+    obj = _reusable(model)
+
+    @tf.function
+    def call(sentences, training=False):
+        return model(sentences, training=training)
+
+    for training in (False, True):
+        call.get_concrete_function(_STRINGS, training=training)
+    obj.__call__ = call
+
+    @tf.function(input_signature=[_STRINGS])
+    def serve(sentences):
+        return {OUTPUT_KEY: model(sentences, training=False)}
+
+    return obj, {SIGNATURE: serve}
+
+
+def build_encoder_module(encoder) -> Tuple[tf.train.Checkpoint, Dict[str, Any]]:
+    """The encoder of the TF Hub text API (token dict -> default, pooled/sequence outputs)."""
+    specs = {k: tf.TensorSpec([None, None], tf.int32, name=k) for k in modeling.INPUT_KEYS}
+    obj = _reusable(encoder)
+
+    @tf.function
+    def call(inputs, training=False):
+        out = encoder(inputs, training=training)
+        result = {k: out[k] for k in ENCODER_OUTPUTS}
+        result["encoder_outputs"] = list(out["encoder_outputs"])
+        return result
+
+    for training in (False, True):
+        call.get_concrete_function(specs, training=training)
+    obj.__call__ = call
+
+    @tf.function(input_signature=[specs[k] for k in modeling.INPUT_KEYS])
+    def serve(input_word_ids, input_mask, input_type_ids):
+        out = encoder({"input_word_ids": input_word_ids, "input_mask": input_mask,
+                       "input_type_ids": input_type_ids}, training=False)
+        return {k: out[k] for k in ENCODER_OUTPUTS}
+
+    return obj, {SIGNATURE: serve}
+
+
+def build_preprocessor_module(preprocessor) -> Tuple[tf.train.Checkpoint, Dict[str, Any]]:
+    """The preprocessor of the TF Hub text API.
+
+    ``__call__(sentences)`` packs one segment to ``seq_length``; ``tokenize(sentences)``
+    gives int32 RaggedTensors ``[batch, (pieces)]``; ``bert_pack_inputs(segments,
+    seq_length=...)`` packs 1 or 2 segments like Model Garden's ``BertPackInputs``, with
+    the default length or any other given as an int32 tensor (``tf.constant(128)``);
+    ``tokenize.get_special_tokens_dict()`` gives the special ids.
+    """
+    from official.nlp.modeling import layers as nlp_layers
+
+    obj = _reusable(None)
+    default_seq_length = int(preprocessor.seq_length)
+
+    @tf.function(input_signature=[_STRINGS])
+    def call(sentences):
+        return dict(preprocessor(sentences))
+
+    obj.__call__ = call
+
+    obj.tokenize = tf.train.Checkpoint()
+    # int64 row splits, like TF Text's tokenizers (and what bert_pack_inputs is traced for).
+    obj.tokenize.__call__ = tf.function(
+        lambda sentences: preprocessor.tokenize(sentences).with_row_splits_dtype(tf.int64),
+        input_signature=[_STRINGS])
+    special = {"vocab_size": int(preprocessor.vocab_size),
+               "start_of_sequence_id": preprocessing.CLS_ID,
+               "end_of_segment_id": preprocessing.SEP_ID,
+               "padding_id": preprocessing.PAD_ID, "mask_id": preprocessing.MASK_ID}
+    obj.tokenize.get_special_tokens_dict = tf.train.Checkpoint()
+    obj.tokenize.get_special_tokens_dict.__call__ = tf.function(
+        lambda: {k: tf.constant(v, tf.int32) for k, v in special.items()}, input_signature=[])
+
+    @tf.function(autograph=False)
+    def pack(inputs, seq_length=default_seq_length):
+        out = nlp_layers.BertPackInputs.bert_pack_inputs(
+            inputs, seq_length=seq_length, start_of_sequence_id=preprocessing.CLS_ID,
+            end_of_segment_id=preprocessing.SEP_ID, padding_id=preprocessing.PAD_ID)
+        return {k: tf.cast(v, tf.int32) for k, v in out.items()}
+
+    obj.bert_pack_inputs = tf.train.Checkpoint()
+    obj.bert_pack_inputs.__call__ = pack
+    # Restored functions match traced argument types exactly: trace the default length
+    # (a Python int) and any length given as an int32 tensor, for 1 and 2 segments.
+    for num_segments in (1, 2):
+        segments = [tf.RaggedTensorSpec([None, None], tf.int32) for _ in range(num_segments)]
+        pack.get_concrete_function(segments)
+        pack.get_concrete_function(segments, seq_length=tf.TensorSpec([], tf.int32))
+    return obj, {SIGNATURE: call}
+
+
+def save_saved_model(obj, signatures, path: str, sp_model_file: Optional[str] = None) -> None:
+    """``tf.saved_model.save`` with the SentencePiece model attached as an asset."""
+    if sp_model_file:
+        obj.sp_model_file = tf.saved_model.Asset(sp_model_file)
+    tf.saved_model.save(obj, path, signatures=signatures)
+
+
+# ----------------------------------------------------------------------------- TFLite
+
+
+def convert_tflite(saved_model_dir: str, variant: str = "fp32") -> bytes:
+    """Converts the ``serving_default`` of an end-to-end SavedModel to a TFLite flatbuffer.
+
+    Args:
+      saved_model_dir: an exported ``lealla`` folder.
+      variant: ``fp32``; ``fp16`` (float16 weights); ``int8`` (dynamic-range: int8
+        weights, float activations).
+    """
+    (variant,) = parse_tflite_variants([variant])
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir,
+                                                         signature_keys=[SIGNATURE])
+    # TF Text's FastSentencepieceTokenizer ops are custom ops (no Flex delegate needed).
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.allow_custom_ops = True
+    if variant in ("fp16", "int8"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    return converter.convert()
+
+
+def tflite_interpreter(model_path: Optional[str] = None, model_content: Optional[bytes] = None,
+                       num_threads: Optional[int] = None):
+    """A LiteRT interpreter with TF Text's custom ops registered."""
+    import tensorflow_text as tf_text
+    from ai_edge_litert.interpreter import InterpreterWithCustomOps
+    return InterpreterWithCustomOps(
+        custom_op_registerers=tf_text.tflite_registrar.SELECT_TFTEXT_OPS,
+        model_path=model_path, model_content=model_content, num_threads=num_threads)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two ``[N, D]`` arrays."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(1) / np.maximum(den, 1e-30)
+
+
+def sha256_file(path: str) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
