@@ -42,8 +42,15 @@ class ModelConfig:
     dropout_rate: float = 0.1
     attention_dropout_rate: float = 0.1
     initializer_range: float = 0.02
+    # Inference path: "fast" (plain tf.nn ops over BertEncoderV2's weights) or "keras"
+    # (BertEncoderV2's layers); same weights, same outputs. jit_compile: XLA for inference.
+    implementation: str = "fast"
+    jit_compile: bool = False
 
     def validate(self) -> None:
+        if self.implementation not in ("fast", "keras"):
+            raise ConfigError(
+                f"model.implementation must be 'fast' or 'keras', got {self.implementation!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"model.hidden_size ({self.hidden_size}) must be divisible by "

@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Optional
 
 import tensorflow as tf
@@ -28,6 +29,7 @@ from official.nlp.modeling import networks
 from lealla_tf.config import ModelConfig
 
 INPUT_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
+IMPLEMENTATIONS = ("fast", "keras")
 
 
 def bert_param_count(cfg: ModelConfig) -> int:
@@ -45,6 +47,83 @@ def bert_param_count(cfg: ModelConfig) -> int:
     return embeddings + n * layer + pooler
 
 
+def _layer_norm(x: tf.Tensor, norm: tf_keras.layers.LayerNormalization) -> tf.Tensor:
+    mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
+    return tf.nn.batch_normalization(x, mean, var, norm.beta, norm.gamma, norm.epsilon)
+
+
+def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
+                      ) -> Dict[str, Any]:
+    """Inference forward pass of a ``BertEncoderV2`` with plain ``tf.nn`` ops.
+
+    Reads the weights of ``bert`` (so checkpoints and parameter counts are those of
+    ``BertEncoderV2``) and computes the same function without Keras layer calls:
+    tokens are kept as one ``[batch * seq, hidden]`` matrix, so every projection is a
+    single 2-D ``MatMul`` + ``BiasAdd`` (which oneDNN and XNNPACK fuse), Q, K and V come
+    from one fused ``[hidden, 3 * hidden]`` matrix with the 1/sqrt(d) scale folded in,
+    and heads are split with reshapes/transposes TFLite and XNNPACK run natively. Thin
+    layers (hidden 128-256) spend most of their time outside the matrix products, which
+    is what this removes. Dropout is not applied: use it with ``training=False`` only.
+
+    Args:
+      bert: a built ``BertEncoderV2`` (post-norm, no embedding projection).
+      inputs: dict of int32 ``[batch, seq]`` ``input_word_ids``, ``input_mask``,
+        ``input_type_ids``.
+
+    Returns:
+      dict with ``sequence_output``, ``pooled_output`` and ``encoder_outputs`` as
+      ``BertEncoderV2`` returns them.
+    """
+    ids = inputs["input_word_ids"]
+    shape = tf.shape(ids)
+    batch, seq = shape[0], shape[1]
+    table = bert._embedding_layer.embeddings
+    hidden = int(table.shape[-1])
+    positions = bert._position_embedding_layer._position_embeddings
+    x = tf.gather(table, ids) + tf.expand_dims(tf.slice(positions, [0, 0], [seq, hidden]), 0)
+    x += tf.gather(bert._type_embedding_layer.embeddings, inputs["input_type_ids"])
+    x = _layer_norm(tf.reshape(x, [-1, hidden]), bert._embedding_norm_layer)
+    # Additive mask as in Keras' masked softmax: 0 for tokens, -1e9 for padding.
+    mask_bias = (1.0 - tf.cast(inputs["input_mask"], x.dtype)) * -1e9
+    mask_bias = tf.reshape(mask_bias, [batch, 1, 1, seq])  # (no new-axis slices: TFLite)
+    outputs = []
+    for layer in bert._transformer_layers:
+        att = layer._attention_layer
+        heads, head_dim = att._num_heads, att._key_dim
+        width = heads * head_dim
+        scale = 1.0 / math.sqrt(float(head_dim))
+        kernel = tf.concat([tf.reshape(att._query_dense.kernel, [hidden, width]) * scale,
+                            tf.reshape(att._key_dense.kernel, [hidden, width]),
+                            tf.reshape(att._value_dense.kernel, [hidden, width])], axis=1)
+        bias = tf.concat([tf.reshape(att._query_dense.bias, [-1]) * scale,
+                          tf.reshape(att._key_dense.bias, [-1]),
+                          tf.reshape(att._value_dense.bias, [-1])], axis=0)
+        qkv = tf.nn.bias_add(tf.matmul(x, kernel), bias)  # [B*S, 3*N*d]
+        q, k, v = [tf.reshape(t, [batch, seq, heads, head_dim])
+                   for t in tf.split(qkv, 3, axis=1)]
+        q = tf.transpose(q, [0, 2, 1, 3])  # [B, N, S, d]
+        k = tf.transpose(k, [0, 2, 3, 1])  # [B, N, d, S]
+        v = tf.transpose(v, [0, 2, 1, 3])  # [B, N, S, d]
+        probs = tf.nn.softmax(tf.matmul(q, k) + mask_bias, axis=-1)
+        context = tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3])  # [B, S, N, d]
+        context = tf.reshape(context, [-1, width])
+        attended = tf.nn.bias_add(
+            tf.matmul(context, tf.reshape(att._output_dense.kernel, [width, hidden])),
+            att._output_dense.bias)
+        x = _layer_norm(x + attended, layer._attention_layer_norm)
+        inner = tf.nn.bias_add(tf.matmul(x, layer._intermediate_dense.kernel),
+                               layer._intermediate_dense.bias)
+        inner = layer._intermediate_activation_layer(inner)
+        out = tf.nn.bias_add(tf.matmul(inner, layer._output_dense.kernel),
+                             layer._output_dense.bias)
+        x = _layer_norm(x + out, layer._output_layer_norm)
+        outputs.append(x)
+    outputs = [tf.reshape(o, [batch, seq, hidden]) for o in outputs]
+    pooled = bert._pooler_layer(outputs[-1][:, 0, :])
+    return {"sequence_output": outputs[-1], "pooled_output": pooled,
+            "encoder_outputs": outputs}
+
+
 @tf_keras.utils.register_keras_serializable(package="lealla")
 class LeallaEncoder(tf_keras.Model):
     """Token inputs -> sentence embeddings (and the usual BERT outputs).
@@ -53,6 +132,12 @@ class LeallaEncoder(tf_keras.Model):
       vocab_size, hidden_size, num_layers, num_attention_heads, intermediate_size,
       max_position_embeddings, type_vocab_size, hidden_act, dropout_rate,
       attention_dropout_rate, initializer_range: the shape, as in :class:`ModelConfig`.
+      implementation: ``"fast"`` (default) runs inference (``training`` false) through
+        :func:`fast_bert_forward`; ``"keras"`` through ``BertEncoderV2``'s own layers.
+        Both use the same weights and give the same outputs (to float rounding);
+        training always runs through ``BertEncoderV2``, dropout included.
+      jit_compile: compile the inference forward pass with XLA (one compilation per
+        input shape; pair it with length buckets, see ``Preprocessor``).
       initializer: overrides the truncated-normal initializer (not serialised; e.g.
         zeros to count weights quickly).
 
@@ -72,6 +157,7 @@ class LeallaEncoder(tf_keras.Model):
                  max_position_embeddings: int = 512, type_vocab_size: int = 2,
                  hidden_act: str = "gelu", dropout_rate: float = 0.1,
                  attention_dropout_rate: float = 0.1, initializer_range: float = 0.02,
+                 implementation: str = "fast", jit_compile: bool = False,
                  initializer: Optional[tf_keras.initializers.Initializer] = None, **kwargs):
         kwargs.pop("name_", None)
         super().__init__(**kwargs)
@@ -80,7 +166,15 @@ class LeallaEncoder(tf_keras.Model):
             num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
             max_position_embeddings=max_position_embeddings, type_vocab_size=type_vocab_size,
             hidden_act=hidden_act, dropout_rate=dropout_rate,
-            attention_dropout_rate=attention_dropout_rate, initializer_range=initializer_range)
+            attention_dropout_rate=attention_dropout_rate, initializer_range=initializer_range,
+            implementation=implementation, jit_compile=bool(jit_compile))
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, "
+                             f"got {implementation!r}")
+        self.implementation = implementation
+        self._fast_forward = tf.function(
+            lambda inputs: fast_bert_forward(self.bert, inputs), jit_compile=bool(jit_compile),
+            autograph=False)
         self.bert = networks.BertEncoderV2(
             vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers,
             num_attention_heads=num_attention_heads, max_sequence_length=max_position_embeddings,
@@ -94,11 +188,13 @@ class LeallaEncoder(tf_keras.Model):
 
     @classmethod
     def from_model_config(cls, cfg: ModelConfig, **kwargs) -> "LeallaEncoder":
-        """Builds an encoder of the shape in ``cfg`` (``name`` becomes the Keras name)."""
+        """Builds an encoder of the shape in ``cfg`` (``name`` becomes the Keras name);
+        ``kwargs`` override config fields (e.g. ``implementation``)."""
         cfg.validate()
         shape = {k: v for k, v in vars(cfg).items() if k != "name"}
-        kwargs.setdefault("name", cfg.name)
-        return cls(**shape, **kwargs)
+        shape.update(kwargs)
+        shape.setdefault("name", cfg.name)
+        return cls(**shape)
 
     @property
     def embedding_dim(self) -> int:
@@ -115,7 +211,12 @@ class LeallaEncoder(tf_keras.Model):
 
     def call(self, inputs: Dict[str, tf.Tensor], training=None) -> Dict[str, Any]:
         inputs = {k: inputs[k] for k in INPUT_KEYS}
-        outputs = self.bert(inputs, training=training)
+        inference = training is None or training is False
+        if (self.implementation == "fast" and inference and self.bert.built
+                and self.bert.compute_dtype == "float32"):
+            outputs = self._fast_forward(inputs)
+        else:
+            outputs = self.bert(inputs, training=training)
         pooled = tf.cast(outputs["pooled_output"], tf.float32)
         return {
             "default": tf.math.l2_normalize(pooled, axis=-1),
@@ -139,24 +240,39 @@ class StringEncoder(tf_keras.Model):
     Args:
       preprocessor: a ``lealla_tf.preprocessing.Preprocessor``.
       encoder: a :class:`LeallaEncoder` (or any model with the same call contract).
+      dynamic_length: pad each batch only to its longest sentence (the embeddings are
+        the same as with fixed-length padding, short sentences cost far less); needs a
+        preprocessor whose call takes ``dynamic_length``. False packs to the
+        preprocessor's own setting.
+      length_multiple: round dynamic lengths up to a multiple of this (fewer distinct
+        shapes, e.g. for an encoder compiled with XLA).
     """
 
-    def __init__(self, preprocessor, encoder, **kwargs):
+    def __init__(self, preprocessor, encoder, dynamic_length: bool = True,
+                 length_multiple: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.preprocessor = preprocessor
         self.encoder = encoder
+        self.dynamic_length = bool(dynamic_length)
+        self.length_multiple = int(length_multiple)
 
     def build_from_config(self, config):
         self(tf.constant([""]))
 
     def call(self, strings: tf.Tensor, training=None) -> tf.Tensor:
-        inputs = self.preprocessor(strings)
+        if self.dynamic_length:
+            inputs = self.preprocessor(strings, dynamic_length=True,
+                                       length_multiple=self.length_multiple)
+        else:
+            inputs = self.preprocessor(strings)
         return self.encoder(inputs, training=training)["default"]
 
     def get_config(self) -> Dict[str, Any]:
         return {
             "preprocessor": tf_keras.layers.serialize(self.preprocessor),
             "encoder": tf_keras.layers.serialize(self.encoder),
+            "dynamic_length": self.dynamic_length,
+            "length_multiple": self.length_multiple,
             "name": self.name,
         }
 

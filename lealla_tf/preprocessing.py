@@ -237,7 +237,8 @@ def read_model(sp_model: Union[str, bytes, os.PathLike]) -> bytes:
 
 def pack_dense(token_values: tf.Tensor, row_splits: tf.Tensor, seq_length: int,
                cls_id: int = CLS_ID, sep_id: int = SEP_ID,
-               pad_id: int = PAD_ID) -> Dict[str, tf.Tensor]:
+               pad_id: int = PAD_ID, dynamic_length: bool = False,
+               length_multiple: int = 1) -> Dict[str, tf.Tensor]:
     """Packs one segment per row as ``[CLS] tokens [SEP] [PAD]...`` with dense ops only.
 
     Equivalent to ``tensorflow_text.combine_segments`` + ``pad_model_inputs`` for a
@@ -249,6 +250,12 @@ def pack_dense(token_values: tf.Tensor, row_splits: tf.Tensor, seq_length: int,
       row_splits: int tensor [batch + 1].
       seq_length: output length (at least 2); rows are truncated to seq_length - 2
         tokens.
+      dynamic_length: pad only to the batch's longest row (``[CLS]`` and ``[SEP]``
+        included), rounded up to ``length_multiple`` and capped at ``seq_length``,
+        instead of always to ``seq_length``. Embeddings do not change (padding is
+        masked); short sentences cost far less.
+      length_multiple: with ``dynamic_length``, round the length up to a multiple of
+        this (few distinct shapes, e.g. for XLA's per-shape compilation).
 
     Returns:
       dict of int32 [batch, seq_length]: input_word_ids, input_mask, input_type_ids.
@@ -259,6 +266,12 @@ def pack_dense(token_values: tf.Tensor, row_splits: tf.Tensor, seq_length: int,
     row_splits = tf.cast(row_splits, tf.int32)
     starts = row_splits[:-1]
     lengths = tf.minimum(row_splits[1:] - starts, seq_length - 2)  # [B]
+    if dynamic_length:
+        if length_multiple < 1:
+            raise ValueError(f"length_multiple must be positive, got {length_multiple}")
+        longest = tf.maximum(tf.reduce_max(tf.concat([lengths, [0]], 0)) + 2, 2)
+        longest = (longest + length_multiple - 1) // length_multiple * length_multiple
+        seq_length = tf.minimum(longest, seq_length)
     body = seq_length - 2
     cols = tf.range(body, dtype=tf.int32)  # [L-2]
     idx = starts[:, None] + cols[None, :]  # [B, L-2]
@@ -291,9 +304,15 @@ class Preprocessor(tf_keras.layers.Layer):
       sp_model: a SentencePiece unigram model: bytes, a ``.model`` file, or a
         directory holding ``spm.model``.
       seq_length: length of the packed inputs ([CLS] + up to seq_length-2 pieces + [SEP]).
+      dynamic_length: pad each batch only to its longest sentence (at most
+        ``seq_length``) instead of to ``seq_length`` (see :func:`pack_dense`); calls
+        may override it. Off by default: the TF Hub preprocessor API packs to a fixed
+        length.
+      length_multiple: with ``dynamic_length``, round lengths up to a multiple of this.
     """
 
-    def __init__(self, sp_model: Union[str, bytes], seq_length: int = 64, **kwargs):
+    def __init__(self, sp_model: Union[str, bytes], seq_length: int = 64,
+                 dynamic_length: bool = False, length_multiple: int = 1, **kwargs):
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
         if isinstance(sp_model, str) and sp_model.startswith("base64:"):
@@ -302,6 +321,10 @@ class Preprocessor(tf_keras.layers.Layer):
         if seq_length < 2:
             raise ValueError(f"seq_length must be at least 2, got {seq_length}")
         self.seq_length = int(seq_length)
+        if length_multiple < 1:
+            raise ValueError(f"length_multiple must be positive, got {length_multiple}")
+        self.dynamic_length = bool(dynamic_length)
+        self.length_multiple = int(length_multiple)
         self.tokenizer = tf_text.FastSentencepieceTokenizer(self._model_bytes)
         self.vocab_size = int(self.tokenizer.vocab_size())
 
@@ -336,17 +359,25 @@ class Preprocessor(tf_keras.layers.Layer):
                 "input_mask": tf.cast(mask, tf.int32),
                 "input_type_ids": tf.cast(type_ids, tf.int32)}
 
-    def call(self, strings: tf.Tensor) -> Dict[str, tf.Tensor]:
+    def call(self, strings: tf.Tensor, dynamic_length: Optional[bool] = None,
+             length_multiple: Optional[int] = None) -> Dict[str, tf.Tensor]:
+        """Strings [batch] -> packed inputs; ``dynamic_length``/``length_multiple``
+        override the layer's settings for this call."""
         strings = tf.convert_to_tensor(strings, dtype=tf.string)
         strings = tf.reshape(strings, [-1])
         tokens = self.tokenizer.tokenize(strings)
-        return pack_dense(tokens.flat_values, tokens.row_splits, self.seq_length)
+        dynamic = self.dynamic_length if dynamic_length is None else bool(dynamic_length)
+        return pack_dense(tokens.flat_values, tokens.row_splits, self.seq_length,
+                          dynamic_length=dynamic,
+                          length_multiple=int(length_multiple or self.length_multiple))
 
     def get_config(self):
         config = super().get_config()
         config.update({
             "sp_model": "base64:" + base64.b64encode(self._model_bytes).decode("ascii"),
             "seq_length": self.seq_length,
+            "dynamic_length": self.dynamic_length,
+            "length_multiple": self.length_multiple,
         })
         return config
 

@@ -1,0 +1,137 @@
+"""Every inference speed-up gives the outputs of the reference path.
+
+Reference: ``BertEncoderV2``'s own Keras layers (``implementation="keras"``) on inputs
+packed to a fixed ``seq_length``. Speed-ups: the fused ``tf.nn`` forward pass
+(``implementation="fast"``), XLA (``jit_compile=True``), padding to the batch's longest
+sentence (``dynamic_length``), and all of them through a TFLite export.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from lealla_tf import modeling, preprocessing
+
+SENTENCES = ["A dog.", "Ein kleiner Hund läuft über die Straße.", "Собака.", "犬。", "",
+             "x" * 3000, "Hello world"]
+
+
+def _encoder(cfg, **kwargs):
+    enc = modeling.LeallaEncoder.from_model_config(cfg, **kwargs)
+    enc(enc.dummy_inputs())
+    return enc
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_config):
+    tf_keras.utils.set_random_seed(1)
+    return _encoder(tiny_config.model, implementation="keras")
+
+
+@pytest.fixture(scope="module")
+def pre(tiny_vocab, tiny_config):
+    return preprocessing.Preprocessor(tiny_vocab, seq_length=tiny_config.preprocess.seq_length)
+
+
+def _copy(reference, cfg, **kwargs):
+    enc = _encoder(cfg, **kwargs)
+    enc.set_weights(reference.get_weights())
+    return enc
+
+
+def test_default_implementation_is_fast(tiny_config):
+    assert tiny_config.model.implementation == "fast"
+    enc = modeling.LeallaEncoder.from_model_config(tiny_config.model)
+    assert enc.implementation == "fast"
+    with pytest.raises(ValueError, match="implementation"):
+        modeling.LeallaEncoder.from_model_config(tiny_config.model, implementation="slow")
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fast_forward_equals_bert_encoder_v2(reference, pre, tiny_config, jit_compile):
+    fast = _copy(reference, tiny_config.model, implementation="fast", jit_compile=jit_compile)
+    inputs = pre(tf.constant(SENTENCES))  # rows of very different lengths: padding masked
+    want = reference(inputs, training=False)
+    got = fast(inputs, training=False)
+    for key in ("default", "pooled_output", "sequence_output"):
+        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), atol=1e-5, rtol=1e-5)
+    assert len(got["encoder_outputs"]) == len(want["encoder_outputs"])
+    for a, b in zip(got["encoder_outputs"], want["encoder_outputs"]):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, rtol=1e-5)
+    # The fast path is really taken (not a fallback to the Keras layers).
+    traced = fast._fast_forward.get_concrete_function(
+        {k: tf.TensorSpec([None, None], tf.int32) for k in modeling.INPUT_KEYS})
+    op_types = {op.type for op in traced.graph.get_operations()}
+    assert "Einsum" not in op_types and "MatMul" in op_types
+
+
+def test_fast_encoder_keeps_weights_and_checkpoints(reference, pre, tiny_config, tmp_path):
+    fast = _encoder(tiny_config.model)
+    assert [w.name for w in fast.weights] == [w.name for w in reference.weights]
+    assert fast.count_params() == reference.count_params()
+    path = tf.train.Checkpoint(encoder=reference).write(str(tmp_path / "ckpt"))
+    tf.train.Checkpoint(encoder=fast).read(path).assert_consumed()
+    inputs = pre(tf.constant(SENTENCES))
+    np.testing.assert_allclose(fast(inputs)["default"].numpy(),
+                               reference(inputs)["default"].numpy(), atol=1e-5)
+
+
+def test_training_runs_through_keras_layers_with_dropout(reference, pre, tiny_config):
+    fast = _copy(reference, tiny_config.model)
+    inputs = pre(tf.constant(SENTENCES))
+    tf_keras.utils.set_random_seed(3)
+    a = fast(inputs, training=True)["default"].numpy()
+    tf_keras.utils.set_random_seed(3)
+    b = reference(inputs, training=True)["default"].numpy()
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert not np.allclose(a, fast(inputs, training=False)["default"].numpy(), atol=1e-4)
+
+
+def test_dynamic_length_pads_to_the_longest_sentence(tiny_vocab):
+    pre = preprocessing.Preprocessor(tiny_vocab, seq_length=32, dynamic_length=True)
+    texts = tf.constant(["Hallo Welt", "Ein kleiner Hund läuft."])
+    fixed = preprocessing.Preprocessor(tiny_vocab, seq_length=32)(texts)
+    got = pre(texts)
+    longest = int(fixed["input_mask"].numpy().sum(axis=1).max())
+    assert got["input_word_ids"].shape == (2, longest)
+    for key in fixed:
+        np.testing.assert_array_equal(got[key].numpy(), fixed[key].numpy()[:, :longest])
+    # Rounded up to a multiple, capped at seq_length, never shorter than [CLS] [SEP].
+    eight = pre(texts, length_multiple=8)["input_word_ids"]
+    assert eight.shape[1] == min(32, -(-longest // 8) * 8)
+    assert pre(tf.constant(["x" * 3000]), length_multiple=7)["input_word_ids"].shape == (1, 32)
+    assert pre(tf.constant([""]))["input_word_ids"].shape == (1, 2)
+    assert pre(tf.constant([], tf.string))["input_word_ids"].shape[0] == 0
+    # The per-call override switches back to fixed length.
+    assert pre(texts, dynamic_length=False)["input_word_ids"].shape == (2, 32)
+    clone = preprocessing.Preprocessor.from_config(pre.get_config())
+    assert clone.dynamic_length and clone.length_multiple == 1
+
+
+@pytest.mark.parametrize("length_multiple", [1, 8])
+def test_dynamic_length_string_encoder_equals_fixed_padding(reference, pre, tiny_config,
+                                                             length_multiple):
+    fast = _copy(reference, tiny_config.model, jit_compile=length_multiple > 1)
+    texts = tf.constant(SENTENCES)
+    want = modeling.StringEncoder(pre, reference, dynamic_length=False)(texts).numpy()
+    for batch in ([0, 1], [2, 3, 4], [5, 6], list(range(len(SENTENCES)))):
+        model = modeling.StringEncoder(pre, fast, length_multiple=length_multiple)
+        got = model(tf.gather(texts, batch)).numpy()
+        np.testing.assert_allclose(got, want[batch], atol=1e-5)
+
+
+def test_tflite_of_fast_dynamic_model_equals_reference(reference, pre, tiny_config, tmp_path):
+    from lealla_tf import export
+    fast = _copy(reference, tiny_config.model)
+    obj, signatures = export.build_lealla_module(pre, fast)
+    tf.saved_model.save(obj, str(tmp_path / "lealla"), signatures=signatures)
+    content = export.convert_tflite(str(tmp_path / "lealla"), "fp32")
+    runner = export.tflite_interpreter(model_content=content).get_signature_runner(
+        export.SIGNATURE)
+    texts = np.array(SENTENCES, dtype=object)
+    want = modeling.StringEncoder(pre, reference, dynamic_length=False)(
+        tf.constant(SENTENCES)).numpy()
+    for batch in ([0, 1], [5, 6], list(range(len(SENTENCES)))):
+        got = runner(**{export.INPUT_KEY: texts[batch]})[export.OUTPUT_KEY]
+        np.testing.assert_allclose(got, want[batch], atol=1e-5)
