@@ -175,13 +175,15 @@ def _embed(args) -> int:
 
     from lealla_tf import export
     from lealla_tf.evaluation import runner
-    sentences = _read_sentences(args.input)
+    if args.input != "-" and not os.path.isfile(args.input):
+        raise FileNotFoundError(f"input file not found: {args.input}")
     try:
         embedder = export.load_embedder(args.model, batch_size=args.batch_size,
                                         num_threads=args.threads or None)
     except ValueError as e:
         print(f"lealla: error: {e}", file=sys.stderr)
         return 2
+    sentences = _read_sentences(args.input)
     out = None
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
