@@ -378,6 +378,19 @@ def test_embed_cli_export_tflite_and_run_agree(exported, run_dir, reference, tmp
     np.testing.assert_allclose(tsv, vectors["export"], atol=1e-5)
 
 
+def test_embed_cli_stdin_and_errors(exported, tmp_path, monkeypatch, capsys):
+    out, model = exported
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"dog\r\n\nHund\n")))
+    target = tmp_path / "stdin.npy"
+    assert cli.main(["embed", "--model", out, "--output", str(target)]) == 0
+    want = model(tf.constant(["dog", "", "Hund"]), training=False).numpy()
+    np.testing.assert_allclose(np.load(target), want, atol=1e-6)
+    capsys.readouterr()
+    assert cli.main(["embed", "--model", str(tmp_path / "missing"), "--output",
+                     str(target)]) == 2
+    assert "model source not found" in capsys.readouterr().err
+
+
 def test_embedder_batches_by_length_and_keeps_order(exported, reference):
     out, _ = exported
     embedder = export.load_embedder(out)
