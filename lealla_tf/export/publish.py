@@ -84,8 +84,12 @@ def publish(export_dir: str, output_dir: str, base_url: Optional[str] = None,
     card = render_model_card(info, handles)
     tmp = _tmp_dir_beside(output_dir)
     manifest: Dict[str, Any] = {"export": export_dir, "base_url": base_url or "", "files": {}}
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(SAVED_MODELS) + len(tflites), desc="publish", unit="file",
+               disable=not progress)
     try:
         for name in SAVED_MODELS:
+            bar.set_postfix_str(name)
             os.makedirs(os.path.join(tmp, name))
             archive = make_hub_archive(os.path.join(export_dir, name),
                                        os.path.join(tmp, name, f"{name}.tar.gz"))
@@ -93,6 +97,7 @@ def publish(export_dir: str, output_dir: str, base_url: Optional[str] = None,
                 f.write(card)
             manifest["files"][f"{name}/{name}.tar.gz"] = {
                 "bytes": os.path.getsize(archive), "sha256": sha256_file(archive)}
+            bar.update()
         if tflites:
             os.makedirs(os.path.join(tmp, "tflite"))
             for fname in tflites:
@@ -100,14 +105,17 @@ def publish(export_dir: str, output_dir: str, base_url: Optional[str] = None,
                 shutil.copyfile(os.path.join(export_dir, fname), target)
                 manifest["files"][f"tflite/{fname}"] = {
                     "bytes": os.path.getsize(target), "sha256": sha256_file(target)}
+                bar.update()
             with open(os.path.join(tmp, "tflite", CARD_FILE), "w", encoding="utf-8") as f:
                 f.write(card)
         with open(os.path.join(tmp, "publish_info.json"), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=1)
         with open(os.path.join(tmp, CARD_FILE), "w", encoding="utf-8") as f:
             f.write(_publish_readme(manifest, info))
+        bar.close()
         _commit_dir(tmp, output_dir, overwrite)
     except BaseException:
+        bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if progress:
@@ -120,7 +128,7 @@ def publish(export_dir: str, output_dir: str, base_url: Optional[str] = None,
 def _publish_readme(manifest: Dict[str, Any], info: Dict[str, Any]) -> str:
     rows = "\n".join(f"| `{rel}` | {human_bytes(e['bytes'])} | `{e['sha256'][:16]}…` |"
                      for rel, e in manifest["files"].items())
-    title = info.get("card", {}).get("title") or "LEALLA"
+    title = info.get("card", {}).get("title") or f"LEALLA {info['model'].get('name', '')}"
     return f"""# {title}: files to publish
 
 | file | size | sha256 |
