@@ -98,6 +98,9 @@ class LossConfig:
     logit_distill_weight: float = 0.0
     logit_distill_type: str = "mse"  # "mse" or "kl"
     logit_distill_temperature: float = 1.0
+    # Negatives from every replica's batch (LaBSE); false: each replica's own batch only
+    # (Model Garden's dual encoder), cheaper but with fewer negatives.
+    cross_replica_negatives: bool = True
 
     def validate(self) -> None:
         if self.logit_distill_type not in ("mse", "kl"):

@@ -17,6 +17,9 @@ batch size. Every value returned is therefore this replica's share of the global
 gradients of one device fed the whole global batch. Outside a strategy the default replica
 context has one replica, and the share is the whole value.
 
+With ``loss.cross_replica_negatives: false`` each replica ranks only within its own batch
+(what Model Garden's dual encoder does), for comparison and for speed.
+
 Distillation from a teacher (our defaults; every weight is a config value):
 
 - feature distillation: a trainable linear map W (student dim -> teacher dim, used only in
@@ -122,8 +125,10 @@ def additive_margin_softmax_loss(src: tf.Tensor, tgt: tf.Tensor, margin: float =
     return _ams_terms(src, tgt, src_all, tgt_all, offset, margin, scale, bidirectional)
 
 
-def _ams_terms(src, tgt, src_all, tgt_all, offset, margin, scale, bidirectional):
-    global_batch = tf.cast(tf.shape(src_all)[0], tf.float32)
+def _ams_terms(src, tgt, src_all, tgt_all, offset, margin, scale, bidirectional,
+               global_batch=None):
+    if global_batch is None:
+        global_batch = tf.cast(tf.shape(src_all)[0], tf.float32)
     labels = tf.range(tf.shape(src)[0], dtype=tf.int32) + offset
     s2t, acc_s2t = _ranking_direction(src, tgt_all, labels, margin, scale, global_batch)
     if bidirectional:
@@ -193,8 +198,9 @@ def logit_distillation_loss(src: tf.Tensor, tgt: tf.Tensor, teacher_src: tf.Tens
 
 
 def _logit_terms(src, tgt, t_src, t_tgt, src_all, tgt_all, t_src_all, t_tgt_all, kind,
-                 temperature, scale, bidirectional):
-    global_batch = tf.cast(tf.shape(src_all)[0], tf.float32)
+                 temperature, scale, bidirectional, global_batch=None):
+    if global_batch is None:
+        global_batch = tf.cast(tf.shape(src_all)[0], tf.float32)
     loss = _logit_direction(src, tgt_all, t_src, t_tgt_all, kind, temperature, scale,
                             global_batch)
     if bidirectional:
@@ -253,14 +259,18 @@ class DualEncoderLoss(tf_keras.layers.Layer):
         if self.uses_teacher and (teacher_src is None or teacher_tgt is None):
             raise ValueError("this loss has distillation terms: pass teacher_src and teacher_tgt")
         src, tgt = _normalize(src), _normalize(tgt)
+        parts = [src, tgt]
         if c.logit_distill_weight > 0:
             t_src, t_tgt = _normalize(teacher_src), _normalize(teacher_tgt)
-            gathered, offset = gather_global(src, tgt, tf.stop_gradient(t_src),
-                                             tf.stop_gradient(t_tgt))
-        else:
-            gathered, offset = gather_global(src, tgt)
+            parts += [tf.stop_gradient(t_src), tf.stop_gradient(t_tgt)]
+        replicas = _replica_context().num_replicas_in_sync
+        global_batch = tf.cast(tf.shape(src)[0] * replicas, tf.float32)
+        if c.cross_replica_negatives:
+            gathered, offset = gather_global(*parts)
+        else:  # each replica ranks within its own batch; still a share of the global mean
+            gathered, offset = parts, tf.constant(0, tf.int32)
         terms = _ams_terms(src, tgt, gathered[0], gathered[1], offset, c.margin, c.scale,
-                           c.bidirectional)
+                           c.bidirectional, global_batch)
         zero = tf.zeros_like(terms["ams"])
         terms["feature_distill"] = zero
         terms["logit_distill"] = zero
@@ -272,7 +282,7 @@ class DualEncoderLoss(tf_keras.layers.Layer):
             terms["logit_distill"] = _logit_terms(
                 src, tgt, t_src, t_tgt, *gathered, kind=c.logit_distill_type,
                 temperature=c.logit_distill_temperature, scale=c.scale,
-                bidirectional=c.bidirectional)
+                bidirectional=c.bidirectional, global_batch=global_batch)
         terms["loss"] = (c.ams_weight * terms["ams"]
                          + c.feature_distill_weight * terms["feature_distill"]
                          + c.logit_distill_weight * terms["logit_distill"])

@@ -175,3 +175,24 @@ def test_mirrored_two_replicas_equals_one_device(distill, two_cpu_strategy):
         np.testing.assert_allclose(g_m.numpy(), g.numpy(), rtol=1e-4, atol=1e-5)
     assert terms["loss"].numpy() > 0
     assert max(float(np.abs(g.numpy()).max()) for g in grads) > 1e-3
+
+
+def test_local_negatives_option(two_cpu_strategy):
+    # Without cross-replica negatives, 2 replicas equal the mean of two half-batch losses.
+    rng = np.random.default_rng(9)
+    x, y = (rng.normal(size=(8, 6)).astype(np.float32) for _ in range(2))
+    cfg = LossConfig(margin=0.3, scale=10.0, cross_replica_negatives=False)
+    with two_cpu_strategy.scope():
+        loss_fn = losses.DualEncoderLoss(cfg)
+
+    def shard(ctx):
+        i = ctx.replica_id_in_sync_group
+        return x[i * 4:(i + 1) * 4], y[i * 4:(i + 1) * 4]
+
+    per_replica = two_cpu_strategy.run(
+        tf.function(lambda a, b: loss_fn(a, b)["ams"]),
+        args=two_cpu_strategy.experimental_distribute_values_from_function(shard))
+    got = two_cpu_strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+    ref = (numpy_ams(x[:4], y[:4], 0.3, 10.0) + numpy_ams(x[4:], y[4:], 0.3, 10.0)) / 2
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5)
+    assert abs(ref - numpy_ams(x, y, 0.3, 10.0)) > 1e-3

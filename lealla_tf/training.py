@@ -1,0 +1,505 @@
+"""The training job: a dual encoder trained with AMS (+ distillation) under any strategy.
+
+One shared encoder embeds both sides of each pair; :class:`lealla_tf.losses.DualEncoderLoss`
+scores them against the global batch (cross-replica negatives). The recipe follows LaBSE's
+reference config (Model Garden ``official/projects/labse``): AdamW (BERT's
+``AdamWeightDecay``; LayerNorm and bias weights not decayed) with linear warm-up to
+``train.learning_rate`` and linear decay to ``train.end_learning_rate``, built with
+``official.modeling.optimization``.
+Gradients are summed across replicas first and then clipped by their global norm, so the
+update does not depend on how the global batch is split. Several steps run per call
+(``train.steps_per_loop``, for TPUs); mixed precision is optional (``train.mixed_precision``:
+``mixed`` picks bfloat16 on TPU and CPU, float16 with loss scaling on GPU).
+
+Model dir layout (everything export needs)::
+
+    config.yaml             the full config of the run (vocab.model_file: vocab/spm.model)
+    vocab/spm.model         the SentencePiece model (copied from vocab.model_file, or
+                            trained here from the training files when that is empty)
+    checkpoints/ckpt-N.*    tf.train.Checkpoint(encoder=, loss=, optimizer=, data=,
+                            dropout_rng=) (data: the sampler's position), the last
+                            train.keep_checkpoints of them, every train.checkpoint_every steps
+                            and at the end; ``encoder`` alone restores the exportable model:
+                            tf.train.Checkpoint(encoder=encoder).restore(path).expect_partial()
+    logs/train/             TensorBoard: each loss term, in-batch accuracy, learning rate,
+                            gradient norm, examples/s
+    data_stats.json         lines read, skipped (by reason) per training file
+    DIVERGED                only after a stop on a NaN/inf loss: the message
+
+Rerunning the same command resumes from the latest checkpoint (weights, optimizer, and the
+data sampler's position: the resumed run sees the batches an uninterrupted run would).
+A non-finite loss stops the run with :class:`TrainingDiverged`; the last good checkpoint is
+kept. :func:`restore_encoder` gives ``(cfg, preprocessor, encoder)`` back from a model dir.
+
+The input pipeline uses ``tf.data.Dataset.from_generator`` on each worker's host: it runs on
+CPU/GPU hosts and TPU VMs (not on the legacy TPU-node setup, whose input runs remotely).
+
+Example::
+
+    lealla train --config configs/train_tiny.yaml --model-dir results/tiny \\
+        --set train.steps=200
+
+or from Python::
+
+    from lealla_tf import config, training
+    cfg = config.load("configs/train_tiny.yaml")
+    result = training.train(cfg, "results/tiny")
+    cfg, preprocessor, encoder = training.restore_encoder("results/tiny")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from lealla_tf import config as config_lib
+from lealla_tf import corpus as corpus_lib
+from lealla_tf import data as data_lib
+from lealla_tf import distribute as distribute_lib
+from lealla_tf import losses as losses_lib
+from lealla_tf import modeling, preprocessing
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+VOCAB_FILE = os.path.join("vocab", preprocessing.MODEL_FILE)
+CHECKPOINT_DIR = "checkpoints"
+LOG_DIR = os.path.join("logs", "train")
+DIVERGED_FILE = "DIVERGED"
+# Sections that fix what a checkpoint contains: a resumed run must not change them.
+_FROZEN_SECTIONS = ("model", "preprocess")
+# LaBSE reference config (official/projects/labse/experiments/labse_base.yaml).
+_ADAM_BETA_1, _ADAM_BETA_2, _ADAM_EPSILON = 0.9, 0.999, 1e-5
+_NO_DECAY = ["LayerNorm", "layer_norm", "bias"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the model dir keeps the last good checkpoint."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a finished (or stopped) run reports."""
+
+    step: int
+    metrics: Dict[str, float]
+    checkpoint: Optional[str]
+    examples_per_second: float
+
+
+# ---------------------------------------------------------------------------- pieces
+def build_optimizer(train_cfg: config_lib.TrainConfig):
+    """AdamW + warm-up + linear decay via ``official.modeling.optimization``.
+
+    The learning rate rises linearly to ``train.learning_rate`` over ``train.warmup_steps``,
+    then falls linearly to ``train.end_learning_rate`` at ``train.steps``. Gradient clipping
+    is left to the train step (after the cross-replica sum).
+
+    Returns:
+      ``(optimizer, learning_rate_schedule)``.
+    """
+    from official.modeling.optimization import optimizer_factory
+    from official.modeling.optimization.configs import optimization_config
+
+    params = {
+        "optimizer": {"type": "adamw", "adamw": {
+            "weight_decay_rate": train_cfg.weight_decay,
+            "exclude_from_weight_decay": _NO_DECAY,
+            "beta_1": _ADAM_BETA_1, "beta_2": _ADAM_BETA_2, "epsilon": _ADAM_EPSILON,
+            "gradient_clip_norm": 0.0}},
+        "learning_rate": {"type": "polynomial", "polynomial": {
+            "initial_learning_rate": train_cfg.learning_rate,
+            "decay_steps": max(1, train_cfg.steps - train_cfg.warmup_steps),
+            "offset": train_cfg.warmup_steps,
+            "end_learning_rate": train_cfg.end_learning_rate, "power": 1.0}},
+    }
+    if train_cfg.warmup_steps > 0:
+        params["warmup"] = {"type": "polynomial", "polynomial": {
+            "warmup_steps": train_cfg.warmup_steps, "power": 1.0}}
+    factory = optimizer_factory.OptimizerFactory(optimization_config.OptimizationConfig(params))
+    schedule = factory.build_learning_rate()
+    return factory.build_optimizer(schedule), schedule
+
+
+def precision_policy(name: str, strategy: tf.distribute.Strategy) -> str:
+    """The Keras policy for ``train.mixed_precision`` on this strategy's devices."""
+    device = distribute_lib.device_type(strategy)
+    if name == "mixed":
+        return "mixed_float16" if device == "gpu" else "mixed_bfloat16"
+    if name == "mixed_float16" and device == "tpu":
+        log.warning("float16 is not supported on TPU: using mixed_bfloat16")
+        return "mixed_bfloat16"
+    return name
+
+
+def resolve_vocab(cfg: config_lib.ExperimentConfig, model_dir: str,
+                  strategy: Optional[tf.distribute.Strategy] = None,
+                  progress: bool = True) -> str:
+    """Makes sure ``model_dir/vocab/spm.model`` exists; returns its path.
+
+    Copies ``vocab.model_file`` there, or trains a vocabulary from the training files when
+    that is empty. Non-chief workers wait for the chief's copy.
+
+    Raises:
+      FileNotFoundError: ``vocab.model_file`` names a missing file.
+    """
+    target = os.path.join(model_dir, VOCAB_FILE)
+    chief = strategy is None or distribute_lib.is_chief(strategy)
+    if os.path.exists(target):
+        return target
+    if not chief:
+        for _ in range(1200):
+            if os.path.exists(target):
+                return target
+            time.sleep(0.5)
+        raise FileNotFoundError(f"the chief did not write {target} within 10 minutes")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    source = cfg.vocab.model_file
+    if source:
+        candidates = [source] if os.path.isabs(source) else [source,
+                                                             os.path.join(model_dir, source)]
+        found = next((c for c in candidates if os.path.isfile(c)), None)
+        if found is None:
+            raise FileNotFoundError(f"vocab.model_file not found: {source}")
+        shutil.copyfile(found, target + ".tmp")
+        os.replace(target + ".tmp", target)
+        return target
+    files = _training_files(cfg.data)
+    tmp = os.path.join(model_dir, "vocab.tmp")
+    path = preprocessing.train_vocab(
+        files, tmp, vocab_size=cfg.vocab.vocab_size,
+        sentences_per_language=cfg.vocab.sentences_per_language,
+        sampling_alpha=cfg.vocab.sampling_alpha, character_coverage=cfg.vocab.character_coverage,
+        max_sentence_length=cfg.vocab.max_sentence_length, seed=cfg.vocab.seed,
+        progress=progress)
+    os.replace(path, target)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _training_files(data_cfg: config_lib.DataConfig):
+    relative = any(not os.path.isabs(p) for p in data_cfg.train_files)
+    root = config_lib.data_dir(data_cfg.data_dir) if relative else ""
+    return corpus_lib.find_files(data_cfg.train_files, root, data_cfg.languages)
+
+
+def _check_resume_config(cfg: config_lib.ExperimentConfig, model_dir: str) -> None:
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return
+    old = config_lib.load(path).to_dict()
+    new = cfg.to_dict()
+    for section in _FROZEN_SECTIONS:
+        if old[section] != new[section]:
+            diff = {k: (old[section][k], new[section][k]) for k in old[section]
+                    if old[section][k] != new[section][k]}
+            raise config_lib.ConfigError(
+                f"{model_dir} holds a run with another {section} config {diff} (old, new): "
+                "use a new --model-dir")
+
+
+# ---------------------------------------------------------------------------- the trainer
+class Trainer:
+    """Builds model, loss, optimizer, checkpoint and data for one run, and runs it.
+
+    Args:
+      cfg: the experiment config.
+      model_dir: where config, vocabulary, checkpoints and logs live.
+      strategy: a strategy (default: from ``cfg.distribute``).
+      progress: show a tqdm progress bar (chief only).
+      corpus: an already loaded corpus (default: read ``cfg.data``).
+    """
+
+    def __init__(self, cfg: config_lib.ExperimentConfig, model_dir: str,
+                 strategy: Optional[tf.distribute.Strategy] = None, progress: bool = True,
+                 corpus: Optional[data_lib.ParallelCorpus] = None):
+        cfg.validate()
+        self.cfg = cfg
+        self.model_dir = os.path.abspath(model_dir)
+        self.strategy = strategy or distribute_lib.get_strategy(cfg.distribute)
+        self.chief = distribute_lib.is_chief(self.strategy)
+        self.progress = progress and self.chief
+        os.makedirs(self.model_dir, exist_ok=True)
+        _check_resume_config(cfg, self.model_dir)
+
+        self.vocab_path = resolve_vocab(cfg, self.model_dir, self.strategy, progress=progress)
+        self.preprocessor_bytes = preprocessing.read_model(self.vocab_path)
+        vocab_size = preprocessing.Preprocessor(self.preprocessor_bytes, 2).vocab_size
+        if vocab_size > cfg.model.vocab_size:
+            raise config_lib.ConfigError(
+                f"the vocabulary has {vocab_size} pieces but model.vocab_size is "
+                f"{cfg.model.vocab_size}")
+        if self.chief:
+            saved = dataclasses.replace(cfg, vocab=dataclasses.replace(
+                cfg.vocab, model_file=VOCAB_FILE))
+            config_lib.save(saved, os.path.join(self.model_dir, CONFIG_FILE))
+
+        self.corpus = corpus or data_lib.load_corpus_from_config(cfg.data)
+        if self.chief:
+            stats = {path: dict(s) for path, s in self.corpus.stats.items()}
+            with open(os.path.join(self.model_dir, "data_stats.json"), "w") as f:
+                json.dump({"pairs": self.corpus.num_pairs, "files": stats}, f, indent=1)
+        self.sampler = data_lib.GlobalBatchSampler(
+            self.corpus, cfg.train.global_batch_size, alpha=cfg.data.sampling_alpha,
+            seed=cfg.data.seed, history=max(4096, 4 * cfg.train.steps_per_loop))
+
+        self._previous_policy = tf_keras.mixed_precision.global_policy()
+        self.policy = precision_policy(cfg.train.mixed_precision, self.strategy)
+        tf_keras.mixed_precision.set_global_policy(self.policy)
+        try:
+            self._build()
+        finally:
+            tf_keras.mixed_precision.set_global_policy(self._previous_policy)
+
+    # -- construction
+    def _build(self) -> None:
+        cfg = self.cfg
+        uses_teacher = cfg.loss.feature_distill_weight > 0 or cfg.loss.logit_distill_weight > 0
+        if uses_teacher and not self.corpus.teacher_dim:
+            raise config_lib.ConfigError(
+                "loss.feature_distill_weight / logit_distill_weight > 0 need precomputed "
+                "teacher embeddings: set data.teacher_embeddings (lealla teacher embed)")
+        self.uses_teacher = uses_teacher
+        tf_keras.utils.set_random_seed(cfg.train.seed)
+        with self.strategy.scope():
+            # Dropout draws from tf.random.Generator variables (created when the layers are
+            # built): their state is saved in checkpoints, so a resumed run draws the masks
+            # an uninterrupted run would (Keras' default stateful ops restart their streams).
+            was_enabled = tf_keras.backend.experimental.is_tf_random_generator_enabled()
+            tf_keras.backend.experimental.enable_tf_random_generator()
+            try:
+                self.encoder = modeling.LeallaEncoder.from_model_config(cfg.model)
+                self.encoder(self.encoder.dummy_inputs())
+            finally:
+                if not was_enabled:
+                    tf_keras.backend.experimental.disable_tf_random_generator()
+            # Keras does not track these generators itself: collect them for the checkpoint.
+            self.dropout_rng = tf.Module(name="dropout_rng")
+            self.dropout_rng.generators = [
+                layer._random_generator._generator for layer in self.encoder.submodules
+                if getattr(getattr(layer, "_random_generator", None), "_generator", None)
+                is not None]
+            self.loss_layer = losses_lib.DualEncoderLoss(
+                cfg.loss, teacher_dim=self.corpus.teacher_dim if uses_teacher else 0,
+                student_dim=self.encoder.embedding_dim)
+            self.optimizer, self.schedule = build_optimizer(cfg.train)
+            if self.policy == "mixed_float16":
+                self.optimizer = tf_keras.mixed_precision.LossScaleOptimizer(self.optimizer)
+            self.variables = (self.encoder.trainable_variables
+                              + self.loss_layer.trainable_variables)
+        self.data_state = data_lib.DataState(self.sampler, lambda: int(self.step.numpy()))
+        self.checkpoint = tf.train.Checkpoint(encoder=self.encoder, loss=self.loss_layer,
+                                              optimizer=self.optimizer, data=self.data_state,
+                                              dropout_rng=self.dropout_rng)
+        self.checkpoint_dir = os.path.join(self.model_dir, CHECKPOINT_DIR)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint,
+            distribute_lib.writable_dir(self.model_dir, self.strategy, CHECKPOINT_DIR),
+            max_to_keep=cfg.train.keep_checkpoints)
+        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            log.info("resumed from %s at step %d", latest, int(self.step.numpy()))
+        self.restored_from = latest
+
+        self._train_loop = self._make_train_loop()
+        if self.chief:
+            self.writer = tf.summary.create_file_writer(os.path.join(self.model_dir, LOG_DIR))
+        else:
+            self.writer = tf.summary.create_noop_writer()
+
+    @property
+    def step(self) -> tf.Variable:
+        return self.optimizer.iterations
+
+    def make_iterator(self):
+        """A distributed iterator starting at the sampler's (restored) position."""
+        seq_length = self.cfg.preprocess.seq_length
+        vocab = self.preprocessor_bytes
+
+        def dataset_fn(ctx):
+            pre = preprocessing.Preprocessor(vocab, seq_length)
+            return data_lib.make_dataset(self.corpus, self.sampler, pre, ctx,
+                                         use_teacher=self.uses_teacher)
+
+        dist = self.strategy.distribute_datasets_from_function(dataset_fn)
+        return iter(dist)
+
+    # -- the step
+    def _replica_step(self, batch):
+        clip = self.cfg.train.clip_norm
+        scaled = isinstance(self.optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+        with tf.GradientTape() as tape:
+            src = self.encoder(batch["src"], training=True)["default"]
+            tgt = self.encoder(batch["tgt"], training=True)["default"]
+            terms = self.loss_layer(src, tgt, batch.get("teacher_src"), batch.get("teacher_tgt"))
+            loss = terms["loss"]
+            if scaled:
+                loss = self.optimizer.get_scaled_loss(loss)
+        grads = tape.gradient(loss, self.variables)
+        if scaled:
+            grads = self.optimizer.get_unscaled_gradients(grads)
+        ctx = tf.distribute.get_replica_context()
+        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        if clip > 0:
+            grads, norm = tf.clip_by_global_norm(grads, clip)
+        else:
+            norm = tf.linalg.global_norm(grads)
+        self.optimizer.apply_gradients(zip(grads, self.variables),
+                                       experimental_aggregate_gradients=False)
+        terms = dict(terms)
+        # The norm is already global; divide so that the SUM over replicas gives it back.
+        terms["grad_norm"] = norm / tf.cast(ctx.num_replicas_in_sync, norm.dtype)
+        return terms
+
+    def _make_train_loop(self):
+        strategy = self.strategy
+
+        @tf.function
+        def train_loop(iterator, num_steps):
+            sums = {k: tf.constant(0.0) for k in losses_lib.LOSS_TERMS + ("grad_norm",)}
+            for _ in tf.range(num_steps):
+                terms = strategy.run(self._replica_step, args=(next(iterator),))
+                sums = {k: sums[k] + strategy.reduce(tf.distribute.ReduceOp.SUM, terms[k],
+                                                     axis=None) for k in sums}
+            return {k: v / tf.cast(num_steps, v.dtype) for k, v in sums.items()}
+
+        return train_loop
+
+    # -- the loop
+    def run(self, on_loop_end: Optional[Callable[[int, Dict[str, float]], None]] = None
+            ) -> TrainResult:
+        """Trains until ``train.steps`` (resuming where the checkpoint left off).
+
+        Args:
+          on_loop_end: called with ``(step, metrics)`` after every call of the train loop.
+
+        Raises:
+          TrainingDiverged: on a NaN/inf loss (after writing ``DIVERGED``).
+        """
+        cfg = self.cfg.train
+        total = cfg.steps
+        step = int(self.step.numpy())
+        metrics: Dict[str, float] = {}
+        if step >= total:
+            log.info("nothing to do: step %d >= train.steps %d", step, total)
+            return TrainResult(step, metrics, self.manager.latest_checkpoint or self.restored_from,
+                               0.0)
+        iterator = self.make_iterator()
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True)
+        seen_examples, seen_time = 0, 0.0
+        eps = 0.0
+        last_summary = step
+        try:
+            while step < total:
+                n = min(cfg.steps_per_loop, total - step,
+                        cfg.checkpoint_every - step % cfg.checkpoint_every)
+                start = time.perf_counter()
+                out = self._train_loop(iterator, tf.constant(n, tf.int32))
+                metrics = {k: float(v) for k, v in out.items()}
+                elapsed = time.perf_counter() - start
+                step += n
+                eps = n * cfg.global_batch_size / max(elapsed, 1e-9)
+                seen_examples += n * cfg.global_batch_size
+                seen_time += elapsed
+                metrics["examples_per_second"] = eps
+                metrics["learning_rate"] = float(self.schedule(step - 1))
+                if not all(math.isfinite(metrics[k]) for k in ("loss", "grad_norm")):
+                    self._diverged(step, metrics)
+                if step - last_summary >= cfg.summary_every or step == total:
+                    self._summaries(step, metrics)
+                    last_summary = step
+                if step % cfg.checkpoint_every == 0 or step == total:
+                    self.manager.save(checkpoint_number=step)
+                if bar is not None:
+                    bar.update(n)
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}",
+                                    acc=f"{metrics['accuracy']:.3f}", refresh=False)
+                if on_loop_end is not None:
+                    on_loop_end(step, metrics)
+        finally:
+            if bar is not None:
+                bar.close()
+            self.writer.flush()
+        return TrainResult(step, metrics, self.manager.latest_checkpoint,
+                           seen_examples / max(seen_time, 1e-9))
+
+    def _summaries(self, step: int, metrics: Dict[str, float]) -> None:
+        with self.writer.as_default(step=step):
+            for key, value in metrics.items():
+                if key in ("learning_rate", "examples_per_second", "grad_norm"):
+                    tf.summary.scalar(key, value)
+                else:
+                    tf.summary.scalar(f"loss/{key}" if "accuracy" not in key
+                                      else f"accuracy/{key}", value)
+
+    def _diverged(self, step: int, metrics: Dict[str, float]) -> None:
+        good = self.manager.latest_checkpoint or self.restored_from
+        message = (f"training stopped: the loss became {metrics['loss']} (grad norm "
+                   f"{metrics['grad_norm']}) in the steps up to {step}; the last good checkpoint "
+                   f"is {good or 'none (no checkpoint was written yet)'}. Lower "
+                   "train.learning_rate or loss.scale, or check the data.")
+        if self.chief:
+            with open(os.path.join(self.model_dir, DIVERGED_FILE), "w") as f:
+                f.write(message + "\n")
+        raise TrainingDiverged(message)
+
+
+def train(cfg: config_lib.ExperimentConfig, model_dir: str,
+          strategy: Optional[tf.distribute.Strategy] = None, progress: bool = True,
+          on_loop_end: Optional[Callable[[int, Dict[str, float]], None]] = None,
+          corpus: Optional[data_lib.ParallelCorpus] = None) -> TrainResult:
+    """Runs (or resumes) a training job; see :class:`Trainer` and the module docstring.
+
+    Args:
+      cfg: the experiment config.
+      model_dir: the run's directory (created; resumed from when it holds checkpoints).
+      strategy: a strategy (default: from ``cfg.distribute``).
+      progress: show a progress bar.
+      on_loop_end: called with ``(step, metrics)`` after every train-loop call.
+      corpus: an already loaded corpus (default: read ``cfg.data``).
+    """
+    return Trainer(cfg, model_dir, strategy, progress, corpus).run(on_loop_end)
+
+
+# ---------------------------------------------------------------------------- reading back
+def restore_encoder(model_dir: str, checkpoint: Optional[str] = None
+                    ) -> Tuple[config_lib.ExperimentConfig, "preprocessing.Preprocessor",
+                               "modeling.LeallaEncoder"]:
+    """The trained encoder of a model dir, with its config and preprocessor.
+
+    Args:
+      model_dir: a directory written by :func:`train`.
+      checkpoint: a checkpoint path (default: the latest in ``model_dir/checkpoints``).
+
+    Raises:
+      FileNotFoundError: no config, vocabulary or checkpoint in ``model_dir``.
+    """
+    cfg_path = os.path.join(model_dir, CONFIG_FILE)
+    vocab_path = os.path.join(model_dir, VOCAB_FILE)
+    for path in (cfg_path, vocab_path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} not found: is {model_dir} a training model dir?")
+    checkpoint = checkpoint or tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
+    if not checkpoint:
+        raise FileNotFoundError(f"no checkpoint in {os.path.join(model_dir, CHECKPOINT_DIR)}")
+    cfg = config_lib.load(cfg_path)
+    preprocessor = preprocessing.Preprocessor(vocab_path, cfg.preprocess.seq_length)
+    encoder = modeling.LeallaEncoder.from_model_config(cfg.model)
+    encoder(encoder.dummy_inputs())
+    tf.train.Checkpoint(encoder=encoder).restore(checkpoint).expect_partial() \
+        .assert_existing_objects_matched()
+    return cfg, preprocessor, encoder
