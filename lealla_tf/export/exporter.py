@@ -175,7 +175,8 @@ def export_model(preprocessor, encoder, output_dir: str,
             if min_cos < TFLITE_MIN_COSINE[variant]:
                 raise RuntimeError(
                     f"the {variant} TFLite model differs from the SavedModel: min cosine "
-                    f"{min_cos:.6f} < {TFLITE_MIN_COSINE[variant]} on the probe sentences")
+                    f"{min_cos:.6f} < {TFLITE_MIN_COSINE[variant]} on the probe sentences; "
+                    f"leave it out (e.g. --tflite fp32,fp16) or check the conversion")
             info["files"][f"tflite-{variant}"] = {
                 "path": fname, "bytes": len(content), "min_cosine": min_cos}
             bar.update()
