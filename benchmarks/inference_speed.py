@@ -1,0 +1,649 @@
+"""Inference speed and peak memory of every export, with peers, in one run and one table.
+
+Rows: the LEALLA-small/base/large and LaBSE shapes (random weights; the vocabulary only
+decides token lengths, the embedding table keeps the released 501,153 rows). Columns, for
+each runtime: sentences/s strings -> embeddings on real Tatoeba sentences (their real
+length distribution, all 112 languages, batches of ``--batch-size`` after sorting by
+length) and on a fixed batch of 256 sentences of exactly 32 tokens, achieved GFLOP/s on
+the fixed batch, and the peak resident memory of the process that ran it.
+
+Runtimes (each in its own process, so that peak memory is its own):
+
+- ``tf-keras``: ``BertEncoderV2``'s Keras layers, inputs padded to a fixed 64 tokens
+  (the encoder as it comes, before the speed-ups; in memory, not exported);
+- ``tf``: the end-to-end SavedModel as ``lealla_tf.export`` writes it (fused forward
+  pass, padding to the batch's longest sentence);
+- ``tf-xla``: the same with the encoder compiled by XLA (lengths rounded up to 8);
+- ``tflite-fp32/fp16/int8``: the TFLite exports run by LiteRT (XNNPACK);
+- peers, on the same encoder weights and the same token ids (tokenization excluded for
+  them, included for ours): ``ort-fp32`` (ONNX Runtime, graph exported from
+  ``transformers.BertModel``), ``ort-int8`` (its dynamic quantization), ``torch`` (eager).
+
+Before the table, the same process times a large fp32 matrix product (the machine's
+practical GFLOP/s). Every runtime is measured ``--repeats`` times in round-robin order
+(all runtimes of a shape, then again), and the table shows medians: the machine may be
+shared, so compare ratios within one run.
+
+    LEALLA_DATA_DIR=../shared/data python benchmarks/inference_speed.py
+    python benchmarks/inference_speed.py --shapes lealla_small --runtimes tf,tflite-fp32,ort-fp32
+
+Needs the ``bench`` extra (onnxruntime, onnx, torch, transformers) for the peers;
+runtimes whose packages are missing are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, _ROOT)
+
+import numpy as np  # noqa: E402
+
+CONFIGS = os.path.join(_ROOT, "configs")
+SHAPES = ("lealla_small", "lealla_base", "lealla_large", "labse")
+LABELS = {"lealla_small": "LEALLA-small", "lealla_base": "LEALLA-base",
+          "lealla_large": "LEALLA-large", "labse": "LaBSE shape"}
+RUNTIMES = ("tf-keras", "tf", "tf-xla", "tflite-fp32", "tflite-fp16", "tflite-int8",
+            "ort-fp32", "ort-int8", "torch")
+FIXED_BATCH, FIXED_TOKENS = 256, 32
+SEQ_LENGTH = 64
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def tatoeba_sentences(data_dir: str, n: int, seed: int = 0):
+    """``n`` sentences drawn uniformly from both sides of all Tatoeba test sets."""
+    from lealla_tf.evaluation import tatoeba
+    directory = tatoeba.find_local_dir(data_dir)
+    pool = []
+    for lang in tatoeba.LANGUAGES:
+        try:
+            xx, en = tatoeba.load_pair(lang, directory)
+        except FileNotFoundError:
+            continue
+        pool.extend(xx)
+        pool.extend(en)
+    rng = np.random.default_rng(seed)
+    return [pool[i] for i in rng.choice(len(pool), size=min(n, len(pool)), replace=False)]
+
+
+def exact_length_sentences(sentences, vocab: str, pieces: int, n: int):
+    """Sentences cut to exactly ``pieces`` SentencePiece pieces (re-tokenized to check)."""
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=vocab)
+    out = []
+    pool = sorted(sentences, key=len, reverse=True)
+    i = 0
+    while len(out) < n:
+        text = pool[i % len(pool)]
+        if i >= len(pool):  # reuse long sentences, joined, when the sample runs short
+            text = text + " " + pool[(i * 7 + 1) % len(pool)]
+        i += 1
+        ids = sp.encode(text)
+        if len(ids) < pieces:
+            continue
+        cut = sp.decode(ids[:pieces])
+        if len(sp.encode(cut)) == pieces:
+            out.append(cut)
+        if i > 50 * n:
+            raise RuntimeError("could not build fixed-length sentences")
+    return out
+
+
+def batches_of(sentences, batch_size: int, sort: bool = True):
+    """Sentence batches; sorted by length (in characters) first when ``sort``."""
+    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i])) if sort else \
+        list(range(len(sentences)))
+    return [[sentences[i] for i in order[j:j + batch_size]]
+            for j in range(0, len(order), batch_size)]
+
+
+def encoder_flops(cfg, lengths) -> float:
+    """Multiply-adds x 2 of the encoder (+ pooler) for sentences padded to ``lengths``."""
+    h, f, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_layers"]
+    total = 0.0
+    for s in lengths:
+        per_layer = 2 * s * (4 * h * h + 2 * h * f) + 2 * 2 * s * s * h
+        total += layers * per_layer + 2 * h * h
+    return total
+
+
+# ----------------------------------------------------------------------------- artefacts
+
+
+def _model_cfg(shape: str):
+    from lealla_tf import config
+    return config.load(os.path.join(CONFIGS, f"{shape}.yaml")).model
+
+
+def prepare(shape: str, work: str, vocab: str, runtimes, seed: int = 0) -> None:
+    """Builds the encoder with random weights and writes every artefact ``runtimes`` need."""
+    import tensorflow as tf
+    import tf_keras
+    from lealla_tf import export, modeling, preprocessing
+
+    os.makedirs(work, exist_ok=True)
+    cfg = _model_cfg(shape)
+    tf_keras.utils.set_random_seed(seed)
+    encoder = modeling.LeallaEncoder.from_model_config(cfg)
+    encoder(encoder.dummy_inputs())
+    weights = os.path.join(work, "weights.h5")
+    if not os.path.exists(weights):
+        encoder.save_weights(weights)
+    pre = preprocessing.Preprocessor(vocab, seq_length=SEQ_LENGTH)
+
+    def save(name, enc, length_multiple=1):
+        path = os.path.join(work, name)
+        if os.path.exists(path):
+            return path
+        obj, signatures = export.build_lealla_module(pre, enc)
+        if length_multiple > 1:  # the exported model with rounded lengths
+            model = modeling.StringEncoder(pre, enc, length_multiple=length_multiple)
+
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+            def serve(sentences):
+                return {export.OUTPUT_KEY: model(sentences, training=False)}
+            signatures = {export.SIGNATURE: serve}
+        tf.saved_model.save(obj, path + ".tmp", signatures=signatures)
+        os.rename(path + ".tmp", path)
+        return path
+
+    if any(r == "tf" or r.startswith("tflite") for r in runtimes):
+        sm = save("lealla", encoder)
+        for r in runtimes:
+            if r.startswith("tflite"):
+                variant = r.split("-")[1]
+                path = os.path.join(work, f"lealla-{variant}.tflite")
+                if not os.path.exists(path):
+                    content = export.convert_tflite(sm, variant)
+                    with open(path + ".tmp", "wb") as f:
+                        f.write(content)
+                    os.rename(path + ".tmp", path)
+    if "tf-xla" in runtimes:
+        xla = modeling.LeallaEncoder.from_model_config(cfg, jit_compile=True)
+        xla(xla.dummy_inputs())
+        xla.set_weights(encoder.get_weights())
+        save("lealla-xla", xla, length_multiple=8)
+    if any(r.startswith("ort") or r == "torch" for r in runtimes):
+        _prepare_peers(encoder, cfg, work, runtimes)
+
+
+def _hf_config(cfg):
+    from transformers import BertConfig
+    return BertConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+                      num_hidden_layers=cfg.num_layers,
+                      num_attention_heads=cfg.num_attention_heads,
+                      intermediate_size=cfg.intermediate_size,
+                      max_position_embeddings=cfg.max_position_embeddings,
+                      type_vocab_size=cfg.type_vocab_size, hidden_act="gelu_pytorch_tanh",
+                      layer_norm_eps=1e-12, hidden_dropout_prob=0.0,
+                      attention_probs_dropout_prob=0.0)
+
+
+def _torch_state(encoder, cfg):
+    """transformers.BertModel state dict holding the weights of our ``BertEncoderV2``."""
+    import torch
+    bert = encoder.bert
+    h = cfg.hidden_size
+
+    def t(x, transpose=False):
+        a = np.asarray(x.numpy() if hasattr(x, "numpy") else x, np.float32)
+        return torch.from_numpy(np.ascontiguousarray(a.T if transpose else a))
+
+    sd = {
+        "embeddings.word_embeddings.weight": t(bert._embedding_layer.embeddings),
+        "embeddings.position_embeddings.weight": t(
+            bert._position_embedding_layer._position_embeddings),
+        "embeddings.token_type_embeddings.weight": t(bert._type_embedding_layer.embeddings),
+        "embeddings.LayerNorm.weight": t(bert._embedding_norm_layer.gamma),
+        "embeddings.LayerNorm.bias": t(bert._embedding_norm_layer.beta),
+        "pooler.dense.weight": t(bert._pooler_layer.kernel, True),
+        "pooler.dense.bias": t(bert._pooler_layer.bias),
+    }
+    for i, layer in enumerate(bert._transformer_layers):
+        att = layer._attention_layer
+        p = f"encoder.layer.{i}."
+        for name, dense in (("query", att._query_dense), ("key", att._key_dense),
+                            ("value", att._value_dense)):
+            sd[p + f"attention.self.{name}.weight"] = t(np.reshape(dense.kernel.numpy(), [h, h]), True)
+            sd[p + f"attention.self.{name}.bias"] = t(np.reshape(dense.bias.numpy(), [h]))
+        sd[p + "attention.output.dense.weight"] = t(
+            np.reshape(att._output_dense.kernel.numpy(), [h, h]), True)
+        sd[p + "attention.output.dense.bias"] = t(att._output_dense.bias)
+        sd[p + "attention.output.LayerNorm.weight"] = t(layer._attention_layer_norm.gamma)
+        sd[p + "attention.output.LayerNorm.bias"] = t(layer._attention_layer_norm.beta)
+        sd[p + "intermediate.dense.weight"] = t(layer._intermediate_dense.kernel, True)
+        sd[p + "intermediate.dense.bias"] = t(layer._intermediate_dense.bias)
+        sd[p + "output.dense.weight"] = t(layer._output_dense.kernel, True)
+        sd[p + "output.dense.bias"] = t(layer._output_dense.bias)
+        sd[p + "output.LayerNorm.weight"] = t(layer._output_layer_norm.gamma)
+        sd[p + "output.LayerNorm.bias"] = t(layer._output_layer_norm.beta)
+    return sd
+
+
+def _prepare_peers(encoder, cfg, work, runtimes):
+    try:
+        import torch
+        from transformers import BertModel
+    except ImportError:
+        print("peers skipped: torch/transformers not installed", flush=True)
+        return
+    state = os.path.join(work, "torch_state.pt")
+    onnx_path = os.path.join(work, "bert.onnx")
+    if os.path.exists(state) and (os.path.exists(onnx_path) or
+                                  not any(r.startswith("ort") for r in runtimes)):
+        return
+    model = BertModel(_hf_config(cfg), add_pooling_layer=True).eval()
+    sd = _torch_state(encoder, cfg)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [m for m in missing if "position_ids" not in m and "token_type_ids" not in m]
+    if missing or unexpected:
+        raise RuntimeError(f"weight transfer incomplete: missing {missing}, extra {unexpected}")
+    # Same function: compare pooled outputs on one batch.
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, cfg.vocab_size, (4, 12)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, 7:] = 0
+    ids[1, 7:] = 0
+    out = encoder({"input_word_ids": ids, "input_mask": mask,
+                   "input_type_ids": np.zeros_like(ids)})["pooled_output"].numpy()
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(ids).long(), torch.from_numpy(mask).long(),
+                    torch.zeros(ids.shape, dtype=torch.long)).pooler_output.numpy()
+    diff = float(np.abs(out - ref).max())
+    print(f"  peer weights check: max |TF - torch| pooled = {diff:.2e}", flush=True)
+    if diff > 1e-3:
+        raise RuntimeError(f"peer model differs from ours ({diff})")
+    torch.save(model.state_dict(), state + ".tmp")
+    os.rename(state + ".tmp", state)
+    if any(r.startswith("ort") for r in runtimes) and not os.path.exists(onnx_path):
+        class Pooled(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                return self.m(input_ids, attention_mask, token_type_ids).pooler_output
+
+        example = tuple(torch.from_numpy(a).long() for a in (ids, mask, np.zeros_like(ids)))
+        axes = {"batch": 0, "seq": 1}
+        torch.onnx.export(
+            Pooled(model), example, onnx_path + ".tmp.onnx",
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["pooled"], opset_version=17, dynamo=False,
+            dynamic_axes={n: {v: k for k, v in axes.items()}
+                          for n in ("input_ids", "attention_mask", "token_type_ids")})
+        os.rename(onnx_path + ".tmp.onnx", onnx_path)
+    if "ort-int8" in runtimes:
+        q = os.path.join(work, "bert-int8.onnx")
+        if not os.path.exists(q):
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+            quantize_dynamic(onnx_path, q + ".tmp.onnx", weight_type=QuantType.QInt8)
+            os.rename(q + ".tmp.onnx", q)
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _packed(vocab, batches, fixed_length=None):
+    """Token ids exactly as our preprocessor packs each batch (the peers' inputs)."""
+    import tensorflow as tf
+    from lealla_tf import preprocessing
+    pre = preprocessing.Preprocessor(vocab, seq_length=fixed_length or SEQ_LENGTH,
+                                     dynamic_length=fixed_length is None)
+    out = []
+    for b in batches:
+        d = pre(tf.constant(b))
+        out.append(tuple(d[k].numpy() for k in ("input_word_ids", "input_mask",
+                                                 "input_type_ids")))
+    return out
+
+
+def make_runner(runtime: str, work: str, shape: str, vocab: str, threads: int, real, fixed):
+    """Returns ``(fn, real_inputs, fixed_inputs)``: ``fn(batch)`` embeds one batch."""
+    if runtime.startswith("tf"):
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    if runtime == "tf-keras":
+        import tf_keras
+        from lealla_tf import modeling, preprocessing
+        cfg = _model_cfg(shape)
+        enc = modeling.LeallaEncoder.from_model_config(cfg, implementation="keras")
+        enc(enc.dummy_inputs())
+        enc.load_weights(os.path.join(work, "weights.h5"))
+        pre = preprocessing.Preprocessor(vocab, seq_length=SEQ_LENGTH)
+        model = modeling.StringEncoder(pre, enc, dynamic_length=False)
+        fn = tf.function(lambda s: model(s, training=False),
+                         input_signature=[tf.TensorSpec([None], tf.string)])
+        conv = lambda b: tf.constant(b)  # noqa: E731
+        return (lambda x: fn(x).numpy()), [conv(b) for b in real], [conv(b) for b in fixed]
+    if runtime in ("tf", "tf-xla"):
+        import tensorflow_text  # noqa: F401
+        from lealla_tf import export
+        loaded = tf.saved_model.load(os.path.join(work, "lealla" if runtime == "tf"
+                                                  else "lealla-xla"))
+        sig = loaded.signatures[export.SIGNATURE]
+        conv = lambda b: tf.constant(b)  # noqa: E731
+        return ((lambda x: sig(sentences=x)[export.OUTPUT_KEY].numpy()),
+                [conv(b) for b in real], [conv(b) for b in fixed])
+    if runtime.startswith("tflite"):
+        from lealla_tf import export
+        interp = export.tflite_interpreter(
+            model_path=os.path.join(work, f"lealla-{runtime.split('-')[1]}.tflite"),
+            num_threads=threads)
+        runner = interp.get_signature_runner(export.SIGNATURE)
+        conv = lambda b: np.array([s.encode("utf-8") for s in b], dtype=object)  # noqa: E731
+        return ((lambda x: runner(**{export.INPUT_KEY: x})[export.OUTPUT_KEY]),
+                [conv(b) for b in real], [conv(b) for b in fixed])
+    real_ids, fixed_ids = _packed(vocab, real), _packed(vocab, fixed)
+    if runtime.startswith("ort"):
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        path = os.path.join(work, "bert.onnx" if runtime == "ort-fp32" else "bert-int8.onnx")
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+        def fn(x):
+            return sess.run(None, {"input_ids": x[0].astype(np.int64),
+                                   "attention_mask": x[1].astype(np.int64),
+                                   "token_type_ids": x[2].astype(np.int64)})[0]
+        return fn, real_ids, fixed_ids
+    if runtime == "torch":
+        import torch
+        from transformers import BertModel
+        torch.set_num_threads(threads)
+        model = BertModel(_hf_config(_model_cfg(shape))).eval()
+        model.load_state_dict(torch.load(os.path.join(work, "torch_state.pt")))
+        conv = lambda x: tuple(torch.from_numpy(a.astype(np.int64)) for a in x)  # noqa: E731
+
+        def fn(x):
+            with torch.inference_mode():
+                return model(*x).pooler_output.numpy()
+        return fn, [conv(x) for x in real_ids], [conv(x) for x in fixed_ids]
+    raise ValueError(f"unknown runtime {runtime!r}")
+
+
+def worker(args) -> None:
+    """Runs one runtime on one shape; prints one JSON line."""
+    with open(args.inputs, encoding="utf-8") as f:
+        data = json.load(f)
+    real = batches_of(data["real"], args.batch_size)
+    fixed = batches_of(data["fixed"], FIXED_BATCH, sort=False)
+    rss_before = _peak_rss_mib()
+    t0 = time.perf_counter()
+    fn, real_in, fixed_in = make_runner(args.runtime, args.work, args.shape, args.vocab,
+                                        args.threads, real, fixed)
+    for i, x in enumerate(real_in + fixed_in[:1]):  # warm-up: traces, XLA, allocations
+        out = np.asarray(fn(x), np.float64)
+        if i == 0:  # first (shortest) real batch, kept to compare runtimes
+            out /= np.linalg.norm(out, axis=1, keepdims=True)
+            np.save(os.path.join(args.work, f"out-{args.runtime}.npy"), out)
+    load_s = time.perf_counter() - t0
+    result = {"real_s": [], "fixed_s": [], "real_cpu_s": []}
+    for _ in range(args.inner_repeats):
+        t, c = time.perf_counter(), time.process_time()
+        for x in real_in:
+            fn(x)
+        result["real_s"].append(time.perf_counter() - t)
+        result["real_cpu_s"].append(time.process_time() - c)
+        t = time.perf_counter()
+        for x in fixed_in:
+            fn(x)
+        result["fixed_s"].append(time.perf_counter() - t)
+    result.update(runtime=args.runtime, shape=args.shape, load_s=load_s,
+                  peak_rss_mib=_peak_rss_mib(), rss_after_imports_mib=rss_before,
+                  n_real=len(data["real"]), n_fixed=len(data["fixed"]))
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def matmul_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of an n x n x n fp32 matrix product (TF, ``threads`` intra-op threads)."""
+    code = (
+        "import time, numpy as np, tensorflow as tf\n"
+        f"tf.config.threading.set_intra_op_parallelism_threads({threads})\n"
+        f"a = tf.random.normal([{n}, {n}]); b = tf.random.normal([{n}, {n}])\n"
+        "f = tf.function(lambda a, b: tf.matmul(a, b)); f(a, b).numpy(); ts = []\n"
+        f"for _ in range({repeats}):\n"
+        "    t = time.perf_counter(); f(a, b).numpy(); ts.append(time.perf_counter() - t)\n"
+        f"print('RESULT', 2 * {n} ** 3 / float(np.median(ts)) / 1e9)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    return float(out.split("RESULT")[-1])
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def _run_worker(args, shape, runtime, work, inputs):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--runtime", runtime,
+           "--shape", shape, "--work", work, "--vocab", args.vocab, "--inputs", inputs,
+           "--threads", str(args.threads), "--batch-size", str(args.batch_size),
+           "--inner-repeats", str(args.inner_repeats)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    print(f"  {shape} {runtime} failed:\n{proc.stderr[-3000:]}", flush=True)
+    return None
+
+
+def _fmt(x, digits=0):
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", default=os.environ.get("LEALLA_DATA_DIR", ""))
+    p.add_argument("--vocab", default="", help="SentencePiece model (default: train 32k)")
+    p.add_argument("--shapes", default=",".join(SHAPES))
+    p.add_argument("--runtimes", default=",".join(RUNTIMES))
+    p.add_argument("--sentences", type=int, default=1024, help="real sentences per shape")
+    p.add_argument("--labse-sentences", type=int, default=256,
+                   help="real sentences for the (slow) LaBSE shape")
+    p.add_argument("--labse-runtimes", default="",
+                   help="runtimes for the LaBSE shape (default: --runtimes)")
+    p.add_argument("--fixed-batches", type=int, default=2,
+                   help="batches of 256 x 32 tokens (LaBSE: 1)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2, help="round-robin rounds")
+    p.add_argument("--inner-repeats", type=int, default=2, help="timed passes per process")
+    p.add_argument("--work", default=os.path.join(_ROOT, "results", "bench", "inference"))
+    p.add_argument("--json", default="", help="also write all measurements here")
+    # Internal: one measurement process.
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--runtime", default="", help=argparse.SUPPRESS)
+    p.add_argument("--shape", default="", help=argparse.SUPPRESS)
+    p.add_argument("--inputs", default="", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    if not args.data_dir:
+        p.error("--data-dir or LEALLA_DATA_DIR is required (Tatoeba sentences)")
+    shapes = [s for s in args.shapes.split(",") if s]
+    runtimes = [r for r in args.runtimes.split(",") if r]
+    for r in runtimes:
+        if r not in RUNTIMES:
+            p.error(f"unknown runtime {r!r}: choose from {RUNTIMES}")
+    os.makedirs(args.work, exist_ok=True)
+    if not args.vocab:
+        args.vocab = os.path.join(args.work, "vocab32k", "spm.model")
+        if not os.path.exists(args.vocab):
+            from lealla_tf import corpus, preprocessing
+            files = corpus.find_files(["train/*-eng.tsv"], args.data_dir, [])
+            preprocessing.train_vocab(files, os.path.dirname(args.vocab), 32000,
+                                      sentences_per_language=3000, progress=False)
+    sentences = tatoeba_sentences(args.data_dir, args.sentences)
+    fixed = exact_length_sentences(sentences, args.vocab, FIXED_TOKENS - 2,
+                                   FIXED_BATCH * args.fixed_batches)
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=args.vocab)
+    lengths = np.array([min(len(sp.encode(s)), SEQ_LENGTH - 2) + 2 for s in sentences])
+    print(f"{len(sentences)} Tatoeba sentences, tokens incl. [CLS]/[SEP] (32k vocab): "
+          f"median {np.median(lengths):.0f}, mean {lengths.mean():.1f}, "
+          f"p90 {np.percentile(lengths, 90):.0f}, max {lengths.max()}", flush=True)
+
+    gflops_peak = statistics.median(matmul_gflops(args.threads) for _ in range(3))
+    print(f"fp32 matmul 2048^3, {args.threads} threads: {gflops_peak:.1f} GFLOP/s", flush=True)
+
+    results = {}
+    for shape in shapes:
+        work = os.path.join(args.work, shape)
+        shape_runtimes = runtimes
+        if shape == "labse" and args.labse_runtimes:
+            shape_runtimes = [r for r in args.labse_runtimes.split(",") if r]
+        t = time.time()
+        cmd = [sys.executable, "-c",
+               "import sys; sys.path.insert(0, %r); import runpy; "
+               "m = runpy.run_path(%r); m['prepare'](%r, %r, %r, %r)"
+               % (_ROOT, os.path.abspath(__file__), shape, work, args.vocab, shape_runtimes)]
+        subprocess.run(cmd, check=True)
+        print(f"{shape}: artefacts ready ({time.time() - t:.0f}s)", flush=True)
+        n = args.labse_sentences if shape == "labse" else len(sentences)
+        nf = FIXED_BATCH if shape == "labse" else len(fixed)
+        inputs = os.path.join(work, "inputs.json")
+        with open(inputs, "w", encoding="utf-8") as f:
+            json.dump({"real": sentences[:n], "fixed": fixed[:nf]}, f, ensure_ascii=False)
+        cfg = vars(_model_cfg(shape))
+        real_lengths = []
+        # Padded lengths of the sorted real batches (for GFLOP/s).
+        order = sorted(range(n), key=lambda i: len(sentences[i]))
+        for j in range(0, n, args.batch_size):
+            batch = [lengths[i] for i in order[j:j + args.batch_size]]
+            real_lengths += [max(batch)] * len(batch)
+        flops_real = encoder_flops(cfg, real_lengths)
+        flops_fixed = encoder_flops(cfg, [FIXED_TOKENS] * nf)
+        for rep in range(args.repeats):
+            for runtime in shape_runtimes:
+                r = _run_worker(args, shape, runtime, work, inputs)
+                if r is None:
+                    continue
+                entry = results.setdefault((shape, runtime), {
+                    "real": [], "fixed": [], "rss": [], "cpu": [], "n": n, "nf": nf,
+                    "flops_real": flops_real, "flops_fixed": flops_fixed})
+                entry["real"] += [n / s for s in r["real_s"]]
+                entry["fixed"] += [nf / s for s in r["fixed_s"]]
+                entry["cpu"] += [n / s for s in r["real_cpu_s"]]
+                entry["rss"].append(r["peak_rss_mib"])
+                print(f"  {shape:13s} {runtime:12s} round {rep + 1}: real "
+                      f"{statistics.median(entry['real']):8.1f}/s  fixed "
+                      f"{statistics.median(entry['fixed']):8.1f}/s  peak "
+                      f"{r['peak_rss_mib']:7.0f} MiB", flush=True)
+    print()
+    print(f"Inference speed, {args.threads} CPU threads, median of "
+          f"{args.repeats}x{args.inner_repeats} passes (sentences/s; GFLOP/s on the "
+          f"256x32 batch; peak RSS of the process; size of the artefact; min cosine to "
+          f"tf-keras on the first batch). Matmul: {gflops_peak:.1f} GFLOP/s.")
+    header = ["shape", "runtime", "real sent/s", "real sent/CPU-s", "256x32 sent/s",
+              "GFLOP/s", "% matmul",
+              "peak MiB", "size MiB", "min cos"]
+    rows = []
+    summary = {}
+    for shape in shapes:
+        for runtime in runtimes:
+            e = results.get((shape, runtime))
+            if not e:
+                continue
+            real = statistics.median(e["real"])
+            fixedv = statistics.median(e["fixed"])
+            gf = e["flops_fixed"] / (e["nf"] / fixedv) / 1e9
+            size = _artefact_mib(os.path.join(args.work, shape), runtime)
+            cos = _min_cosine(os.path.join(args.work, shape), runtime)
+            summary[(shape, runtime)] = dict(real=real, fixed=fixedv, gflops=gf,
+                                             rss=max(e["rss"]), size=size, cos=cos)
+            cpu = statistics.median(e["cpu"])
+            summary[(shape, runtime)]["cpu"] = cpu
+            rows.append([LABELS.get(shape, shape), runtime, _fmt(real, 1), _fmt(cpu, 1),
+                         _fmt(fixedv, 1),
+                         _fmt(gf, 1), _fmt(100 * gf / gflops_peak, 0), _fmt(max(e["rss"])),
+                         _fmt(size), _fmt(cos, 5)])
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(str(c).rjust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    print(line(header))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print(line(r))
+    _print_targets(summary, gflops_peak)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"matmul_gflops": gflops_peak,
+                       "results": {f"{k[0]}/{k[1]}": v for k, v in summary.items()}}, f,
+                      indent=1)
+    return 0
+
+
+def _min_cosine(work, runtime, reference="tf-keras"):
+    """Smallest cosine between this runtime's and the reference's embeddings (one batch)."""
+    a, b = (os.path.join(work, f"out-{r}.npy") for r in (runtime, reference))
+    if not (os.path.exists(a) and os.path.exists(b)):
+        return None
+    x, y = np.load(a), np.load(b)
+    return float(np.min(np.sum(x * y, axis=1)))
+
+
+def _artefact_mib(work, runtime):
+    names = {"tf": "lealla", "tf-xla": "lealla-xla", "tflite-fp32": "lealla-fp32.tflite",
+             "tflite-fp16": "lealla-fp16.tflite", "tflite-int8": "lealla-int8.tflite",
+             "ort-fp32": "bert.onnx", "ort-int8": "bert-int8.onnx",
+             "torch": "torch_state.pt", "tf-keras": "weights.h5"}
+    path = os.path.join(work, names[runtime])
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path)
+                   for f in fs) / 2 ** 20
+    return os.path.getsize(path) / 2 ** 20 if os.path.exists(path) else None
+
+
+def _print_targets(s, peak):
+    small = [k for k in s if k[0] == "lealla_small"]
+    if not small:
+        return
+    ours = [k for k in small if k[1].startswith("tf")]
+    if not ours:
+        return
+    best = max(ours, key=lambda k: s[k]["real"])
+    print(f"\nBest export of LEALLA-small on real sentences: {best[1]} "
+          f"({s[best]['real']:.1f}/s)")
+    for peer in ("ort-fp32", "torch"):
+        if ("lealla_small", peer) in s:
+            for col in ("real", "fixed"):
+                b = max(ours, key=lambda k: s[k][col])
+                print(f"  {col:5s}: best {b[1]} / {peer} = "
+                      f"{s[b][col] / s[('lealla_small', peer)][col]:.2f}x")
+    for col in ("real", "fixed"):
+        if any(k[0] == "labse" for k in s):
+            b = max(ours, key=lambda k: s[k][col])
+            lb = max((k for k in s if k[0] == "labse" and k[1].startswith("tf")),
+                     key=lambda k: s[k][col], default=None)
+            if lb:
+                print(f"  {col:5s}: best LEALLA-small {b[1]} / best LaBSE-shape {lb[1]} = "
+                      f"{s[b][col] / s[lb][col]:.1f}x")
+    bf = max(ours, key=lambda k: s[k]["fixed"])
+    print(f"  GFLOP/s of {bf[1]} on 256x32: {s[bf]['gflops']:.1f} = "
+          f"{100 * s[bf]['gflops'] / peak:.0f}% of the matmul's {peak:.1f}")
+    f32, i8 = ("lealla_small", "tflite-fp32"), ("lealla_small", "tflite-int8")
+    if f32 in s and i8 in s:
+        print(f"  TFLite int8 / fp32: real {s[i8]['real'] / s[f32]['real']:.2f}x, 256x32 "
+              f"{s[i8]['fixed'] / s[f32]['fixed']:.2f}x, size "
+              f"{s[f32]['size'] / s[i8]['size']:.1f}x smaller")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
