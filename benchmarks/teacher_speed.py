@@ -2,8 +2,8 @@
 
 Reads the first ``--pairs`` well-formed lines of ``train/<lang>-eng.tsv`` under the data root
 and prints two tables: sentences/s of ``MuseTeacher.encode`` per BLAS thread count and batch
-size, and the wall time of ``teachers.precompute`` (shards, dedup, float16 writes) over the
-same lines.
+size, and the wall time of ``teacher_embeddings.precompute`` (shards, dedup, float16 writes)
+over the same lines.
 
 Usage::
 
@@ -18,7 +18,7 @@ import os
 import tempfile
 import time
 
-from lealla_tf import config, corpus, teachers
+from lealla_tf import config, corpus, teacher_embeddings, teachers
 
 
 def _throughput(teacher, sentences, batch_size):
@@ -60,12 +60,14 @@ def main():
             dst.writelines(itertools.islice(src, last_line))
         teacher = teachers.MuseTeacher(threads=1)
         t0 = time.perf_counter()
-        manifest = teachers.precompute(teacher, [tsv], os.path.join(tmp, "emb"),
-                                       shard_size=1000, batch_size=64, progress=False)
+        manifest = teacher_embeddings.precompute(teacher, [tsv], os.path.join(tmp, "emb"),
+                                                 shard_size=1000, batch_size=64,
+                                                 progress=False)
         seconds = time.perf_counter() - t0
         encoded = manifest["last_run"]["sentences_encoded"]
         t0 = time.perf_counter()
-        src_emb, _, valid = teachers.load_precomputed(os.path.join(tmp, "emb"), tsv)
+        src_emb, _, valid = teacher_embeddings.load_precomputed(os.path.join(tmp, "emb"),
+                                                                tsv)
         load_s = time.perf_counter() - t0
     print("\n| precompute (muse, threads=1) | lines | sentences encoded | seconds | "
           "lines/s | load_precomputed s |\n|---|---|---|---|---|---|")

@@ -434,12 +434,12 @@ def _add_teacher(sub) -> None:
 
 
 def _teacher_embed(args) -> int:
-    from lealla_tf import corpus, teachers
+    from lealla_tf import corpus, teacher_embeddings, teachers
     files = corpus.find_files(args.input, root=args.data_dir)
     kwargs = {"threads": args.threads or None} if args.teacher == "muse" else {}
     try:
         teacher = teachers.load_teacher(args.teacher, **kwargs)
-        manifest = teachers.precompute(
+        manifest = teacher_embeddings.precompute(
             teacher, files, args.output, shard_size=args.shard_size,
             batch_size=args.batch_size, overwrite=args.overwrite)
     except (ValueError, ImportError) as e:
@@ -455,8 +455,8 @@ def _teacher_embed(args) -> int:
 
 
 def _teacher_verify(args) -> int:
-    from lealla_tf import teachers
-    problems = teachers.verify(args.output)
+    from lealla_tf import teacher_embeddings
+    problems = teacher_embeddings.verify(args.output)
     for line in problems:
         print(line)
     print("OK: all shards complete and aligned" if not problems

@@ -96,9 +96,10 @@ def load_corpus(files: Sequence[str], max_pairs_per_language: int = 0,
       max_pairs_per_language: keep at most this many pairs per language (first ones in
         file order); 0 keeps all.
       teacher_embeddings: directory of precomputed teacher embeddings
-        (:func:`lealla_tf.teachers.precompute`); empty for none.
+        (:func:`lealla_tf.teacher_embeddings.precompute`); empty for none.
       teacher_loader: ``tsv_path -> (src, tgt, valid)`` with one row per physical line;
-        defaults to :func:`lealla_tf.teachers.load_precomputed` on ``teacher_embeddings``.
+        defaults to :func:`lealla_tf.teacher_embeddings.load_precomputed` on
+        ``teacher_embeddings``.
 
     Raises:
       FileNotFoundError: a file is missing.
@@ -107,10 +108,10 @@ def load_corpus(files: Sequence[str], max_pairs_per_language: int = 0,
     if not files:
         raise ValueError("load_corpus: no training files given")
     if teacher_loader is None and teacher_embeddings:
-        from lealla_tf import teachers
+        from lealla_tf import teacher_embeddings as store
 
         def teacher_loader(path):
-            return teachers.load_precomputed(teacher_embeddings, path)
+            return store.load_precomputed(teacher_embeddings, path)
 
     stats: Dict[str, corpus_lib.Stats] = {}
     languages: List[LanguageData] = []

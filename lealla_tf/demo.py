@@ -141,7 +141,7 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
     """
     import numpy as np
 
-    from lealla_tf import export, modeling, preprocessing, teachers, training
+    from lealla_tf import export, modeling, preprocessing, teacher_embeddings, teachers, training
     from lealla_tf.evaluation import plots, runner, tatoeba
 
     start_all = time.perf_counter()
@@ -178,7 +178,7 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
     t0 = _stage(3, total, f"teacher embeddings ({spec})")
     teacher = teachers.load_teacher(spec)
     emb_dir = os.path.join(output, "teacher_embeddings")
-    teachers.precompute(teacher, files, emb_dir, progress=progress)
+    teacher_embeddings.precompute(teacher, files, emb_dir, progress=progress)
     print(f"  {teacher.name}: {teacher.dim}-d ({time.perf_counter() - t0:.0f}s)")
 
     t0 = _stage(4, total, "distilling the student")

@@ -1,0 +1,505 @@
+"""Teacher-embedding store: a teacher's embeddings of TSV corpora, precomputed once into shards.
+
+Distillation needs the teacher's embedding of both sides of every training pair. Encoding
+them once, before training, keeps the teacher (see :mod:`lealla_tf.teachers`) out of the
+training job: :func:`precompute` runs it over some ``xxx-eng.tsv`` corpora and stores float16
+shards; training reads them back with :func:`load_precomputed`, and :func:`verify` re-reads
+the corpora to check every shard against them. Layout of ``DIR``::
+
+    manifest.json                 teacher name, dim, dtype, shard size; per TSV: absolute
+                                  path, size, sha256, physical lines, shards, completion
+    <tsv name>-<hash>/
+      000000000-000005000.npz     src [n, D] float16, tgt [n, D] float16, valid bool [n],
+      000005000-000010000.npz     meta (JSON: line range, byte range, sha256 of the lines)
+      ...
+
+Rows are indexed by *physical* line (see :mod:`lealla_tf.corpus`): a malformed line gets
+zero rows and ``valid=False``, so it never shifts what follows. Shards are written to a
+temporary file and renamed, so a killed run leaves only complete shards, and rerunning
+resumes at the first missing one. Each distinct sentence is encoded once: a repeat (in the
+same shard, an earlier shard or another input file) is copied from where it was first
+stored, also across resumed runs (only the shard a killed run was working on is redone).
+One process at a time writes to a directory (an advisory lock; a second writer gets a
+``ValueError``).
+
+Example::
+
+    from lealla_tf import teacher_embeddings, teachers
+    teacher = teachers.load_teacher("muse")
+    teacher_embeddings.precompute(teacher, ["train/deu-eng.tsv"], "results/teacher/muse")
+    src, tgt, valid = teacher_embeddings.load_precomputed("results/teacher/muse",
+                                                          "train/deu-eng.tsv")
+    assert not teacher_embeddings.verify("results/teacher/muse")  # [] when all aligned
+
+or from the shell::
+
+    lealla teacher embed --teacher muse --input 'train/*.tsv' --output results/teacher/muse
+    lealla teacher verify --output results/teacher/muse
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from lealla_tf import corpus
+from lealla_tf.teachers import Teacher
+
+# ====================================================================== precomputing
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+DTYPE = "float16"
+DEFAULT_SHARD_SIZE = 5000
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _iter_shards(path: str, shard_size: int) -> Iterator[Tuple[int, int, List[bytes]]]:
+    """Yields ``(start_line, byte_start, raw_lines)`` for consecutive blocks of lines."""
+    with open(path, "rb") as f:
+        start, offset, block = 0, 0, []
+        for raw in f:
+            block.append(raw)
+            if len(block) == shard_size:
+                yield start, offset, block
+                start += len(block)
+                offset += sum(map(len, block))
+                block = []
+        if block:
+            yield start, offset, block
+
+
+def _shard_name(start: int, end: int) -> str:
+    return f"{start:09d}-{end:09d}.npz"
+
+
+def _scan(path: str, shard_size: int) -> dict:
+    """Size, sha256, line count, malformed-line stats and shard records of a TSV file."""
+    file_hash, stats, shards, n_lines = hashlib.sha256(), corpus.Stats(), [], 0
+    for start, offset, lines in _iter_shards(path, shard_size):
+        h, n_valid = hashlib.sha256(), 0
+        for raw in lines:
+            h.update(raw)
+            file_hash.update(raw)
+            pair, reason = corpus.parse_tsv_line(raw)
+            stats[reason] += 1
+            n_valid += pair is not None
+        end = start + len(lines)
+        shards.append({"file": _shard_name(start, end), "start": start, "end": end,
+                       "byte_start": offset, "byte_end": offset + sum(map(len, lines)),
+                       "lines_sha256": h.hexdigest(), "num_valid": n_valid})
+        n_lines = end
+    if n_lines != corpus.count_lines(path):  # both count physical lines the same way
+        raise AssertionError(f"line count mismatch while scanning {path}")
+    return {"path": path, "size": os.path.getsize(path), "sha256": file_hash.hexdigest(),
+            "num_lines": n_lines, "stats": dict(stats), "shards": shards}
+
+
+def _read_manifest(output_dir: str) -> Optional[dict]:
+    path = os.path.join(output_dir, MANIFEST)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_atomic(path: str, write: Callable) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_manifest(output_dir: str, manifest: dict) -> None:
+    data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    _write_atomic(os.path.join(output_dir, MANIFEST), lambda f: f.write(data))
+
+
+def _shard_meta(npz_path: str) -> Optional[dict]:
+    try:
+        with np.load(npz_path) as z:
+            return json.loads(str(z["meta"]))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _digest(sentence: str) -> bytes:
+    return hashlib.blake2b(sentence.encode("utf-8"), digest_size=16).digest()
+
+
+class _ShardCache:
+    """Reads rows of already written shards (a few shards kept in memory)."""
+
+    def __init__(self, capacity: int = 8):
+        self._cache: "collections.OrderedDict[str, tuple]" = collections.OrderedDict()
+        self._capacity = capacity
+
+    def rows(self, path: str):
+        if path in self._cache:
+            self._cache.move_to_end(path)
+        else:
+            with np.load(path) as z:
+                self._cache[path] = (z["src"], z["tgt"])
+            if len(self._cache) > self._capacity:
+                self._cache.popitem(last=False)
+        return self._cache[path]
+
+
+def precompute(teacher: Teacher, inputs: Sequence[str], output_dir: str,
+               shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = 64,
+               overwrite: bool = False, progress: bool = True) -> dict:
+    """Embeds both sides of every line of TSV corpora with ``teacher`` into float16 shards.
+
+    Resumes where a previous (killed) run stopped. Each distinct sentence is encoded once.
+
+    Args:
+      teacher: a teacher (see :func:`lealla_tf.teachers.load_teacher`).
+      inputs: TSV files (``foreign<TAB>English`` per line).
+      output_dir: where the manifest and shards go (created if needed).
+      shard_size: physical lines per shard (fixed for the life of ``output_dir``).
+      batch_size: sentences per ``teacher.encode`` call.
+      overwrite: recompute the given inputs from scratch instead of resuming; also the way
+        to replace embeddings of a changed TSV or from another teacher.
+      progress: show a tqdm bar over sentences.
+
+    Returns:
+      The manifest (also written to ``output_dir/manifest.json``).
+
+    Raises:
+      ValueError: if ``output_dir`` holds embeddings of another teacher/dim/shard size, or
+        of a TSV whose content changed since (without ``overwrite``), or another process
+        is writing to it.
+      FileNotFoundError: for a missing input.
+    """
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size}, "
+                         f"{batch_size}")
+    files = list(dict.fromkeys(os.path.abspath(p) for p in inputs))
+    if not files:
+        raise ValueError("no input TSV files given")
+    for path in files:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"corpus file not found: {path}")
+    os.makedirs(output_dir, exist_ok=True)
+    with _exclusive(output_dir):
+        return _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite,
+                           progress)
+
+
+@contextlib.contextmanager
+def _exclusive(output_dir: str):
+    """Holds an advisory lock on ``output_dir`` (released by the OS if the process dies)."""
+    with open(os.path.join(output_dir, ".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ValueError(f"{output_dir} is being written by another process") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, progress):
+    for name in os.listdir(output_dir):  # leftovers of a killed manifest write
+        if ".tmp-" in name:
+            os.remove(os.path.join(output_dir, name))
+
+    header = {"format_version": FORMAT_VERSION, "teacher": teacher.name,
+              "dim": int(teacher.dim), "dtype": DTYPE, "shard_size": int(shard_size)}
+    manifest = _read_manifest(output_dir)
+    if manifest is not None and manifest.get("files"):
+        old = {k: manifest.get(k) for k in header}
+        if old != header:
+            if not overwrite:
+                diff = ", ".join(f"{k}: {old[k]!r} here, {header[k]!r} now"
+                                 for k in header if old[k] != header[k])
+                raise ValueError(
+                    f"{output_dir} holds other teacher embeddings ({diff}); use another "
+                    "output directory, or --overwrite / overwrite=True to replace them")
+            for entry in manifest["files"].values():
+                shutil.rmtree(os.path.join(output_dir, entry["dir"]), ignore_errors=True)
+            manifest = None
+    if manifest is None or not manifest.get("files"):
+        manifest = dict(header, files={})
+    _write_manifest(output_dir, manifest)
+
+    # Pass 1: hash and count every input; decide which shards are already done.
+    plans = []
+    for file_index, path in enumerate(files):
+        scan = _scan(path, shard_size)
+        entry = manifest["files"].get(path)
+        if entry is not None and (entry["size"], entry["sha256"]) != (scan["size"],
+                                                                      scan["sha256"]):
+            if not overwrite:
+                raise ValueError(
+                    f"{path} changed since its teacher embeddings were computed in "
+                    f"{output_dir} (size {entry['size']} -> {scan['size']}, sha256 "
+                    f"{entry['sha256'][:12]}.. -> {scan['sha256'][:12]}..); rerun with "
+                    "--overwrite to recompute it, or use another output directory")
+        if entry is not None and overwrite:
+            shutil.rmtree(os.path.join(output_dir, entry["dir"]), ignore_errors=True)
+            entry = None
+        folder = (entry["dir"] if entry is not None else
+                  f"{os.path.basename(path)}-{hashlib.sha256(path.encode()).hexdigest()[:8]}")
+        shard_dir = os.path.join(output_dir, folder)
+        os.makedirs(shard_dir, exist_ok=True)
+        for name in os.listdir(shard_dir):
+            if ".tmp-" in name:
+                os.remove(os.path.join(shard_dir, name))
+        done = []
+        for rec in scan["shards"]:
+            meta = _shard_meta(os.path.join(shard_dir, rec["file"]))
+            done.append(meta is not None and meta.get("teacher") == teacher.name and all(
+                meta.get(k) == rec[k] for k in ("start", "end", "lines_sha256")))
+        entry = {k: scan[k] for k in ("path", "size", "sha256", "num_lines", "stats")}
+        entry.update(dir=folder, num_shards=len(scan["shards"]),
+                     shards=[r for r, d in zip(scan["shards"], done) if d],
+                     complete=all(done))
+        manifest["files"][path] = entry
+        plans.append((file_index, path, shard_dir, scan["shards"], done))
+    _write_manifest(output_dir, manifest)
+
+    # Pass 2: index the sentences of finished shards, so repeats are copied, not encoded.
+    index: Dict[bytes, int] = {}  # digest -> (file_index << 41) | (line << 1) | side
+
+    def register(file_index, start, lines):
+        for i, raw in enumerate(lines):
+            pair, _ = corpus.parse_tsv_line(raw)
+            if pair is not None:
+                for side, sentence in enumerate(pair):
+                    index.setdefault(_digest(sentence), (file_index << 41) | ((start + i) << 1)
+                                     | side)
+
+    for file_index, path, _, records, done in plans:
+        if any(done):
+            for (start, _, lines), d in zip(_iter_shards(path, shard_size), done):
+                if d:
+                    register(file_index, start, lines)
+
+    # Pass 3: encode the missing shards.
+    todo = sum(2 * r["num_valid"] for *_, records, done in plans
+               for r, d in zip(records, done) if not d)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=todo, unit="sent", desc=f"teacher {teacher.name}")
+    reader = _ShardCache()
+    dim, n_encoded = int(teacher.dim), 0
+    try:
+        for file_index, path, shard_dir, records, done in plans:
+            entry = manifest["files"][path]
+            if bar is not None:
+                bar.set_postfix_str(os.path.basename(path))
+            for (start, offset, lines), rec, d in zip(_iter_shards(path, shard_size), records,
+                                                      done):
+                if d:
+                    continue
+                n = len(lines)
+                src = np.zeros((n, dim), np.float16)
+                tgt = np.zeros((n, dim), np.float16)
+                valid = np.zeros((n,), bool)
+                new: Dict[bytes, Tuple[str, list]] = {}  # digest -> (sentence, [(row, side)])
+                old = collections.defaultdict(list)  # shard path -> [(row, side, src row, side)]
+                for i, raw in enumerate(lines):
+                    pair, _ = corpus.parse_tsv_line(raw)
+                    if pair is None:
+                        continue
+                    valid[i] = True
+                    for side, sentence in enumerate(pair):
+                        key = _digest(sentence)
+                        loc = index.get(key)
+                        if loc is not None:
+                            f_i, line, s = loc >> 41, (loc >> 1) & ((1 << 40) - 1), loc & 1
+                            k = line // shard_size
+                            p = plans[f_i]
+                            old[os.path.join(p[2], p[3][k]["file"])].append(
+                                (i, side, line - p[3][k]["start"], s))
+                        else:
+                            new.setdefault(key, (sentence, []))[1].append((i, side))
+                out = (src, tgt)
+                for shard_path, refs in old.items():
+                    stored = reader.rows(shard_path)
+                    for i, side, row, s in refs:
+                        out[side][i] = stored[s][row]
+                if bar is not None:
+                    bar.update(2 * int(valid.sum()) - sum(len(v[1]) for v in new.values()))
+                items = list(new.values())
+                for b in range(0, len(items), batch_size):
+                    batch = items[b:b + batch_size]
+                    emb = teacher.encode([s for s, _ in batch]).astype(np.float16)
+                    for vec, (_, refs) in zip(emb, batch):
+                        for i, side in refs:
+                            out[side][i] = vec
+                    n_encoded += len(batch)
+                    if bar is not None:
+                        bar.update(sum(len(r) for _, r in batch))
+                meta = dict(rec, teacher=teacher.name, dim=dim, dtype=DTYPE,
+                            tsv_sha256=entry["sha256"])
+                _write_atomic(os.path.join(shard_dir, rec["file"]), lambda f: np.savez(
+                    f, src=src, tgt=tgt, valid=valid, meta=np.array(json.dumps(meta))))
+                register(file_index, start, lines)
+                entry["shards"].append(rec)
+                entry["complete"] = len(entry["shards"]) == entry["num_shards"]
+                _write_manifest(output_dir, manifest)
+    finally:
+        if bar is not None:
+            bar.close()
+    manifest["last_run"] = {"sentences_encoded": n_encoded}
+    _write_manifest(output_dir, manifest)
+    return manifest
+
+
+# ====================================================================== reading
+def _find_entry(manifest: dict, path: str, embeddings_dir: str) -> dict:
+    entry = manifest["files"].get(path)
+    if entry is None:  # same content under another path (a moved data directory)
+        size, sha = os.path.getsize(path), None
+        for candidate in manifest["files"].values():
+            if candidate["size"] == size:
+                sha = sha or _sha256_file(path)
+                if candidate["sha256"] == sha:
+                    return candidate
+        raise ValueError(f"{embeddings_dir} has no teacher embeddings for {path}; run "
+                         f"`lealla teacher embed --input {path} --output {embeddings_dir}`")
+    return entry
+
+
+def load_precomputed(embeddings_dir: str, tsv_path: str,
+                     check_sha: bool = True) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Teacher embeddings of one TSV file, one row per physical line.
+
+    Args:
+      embeddings_dir: output directory of :func:`precompute`.
+      tsv_path: the TSV file (matched by absolute path, else by content).
+      check_sha: verify the file's sha256 against the manifest (size is always checked).
+
+    Returns:
+      ``(src, tgt, valid)``: float16 ``[num_lines, dim]`` twice and bool ``[num_lines]``;
+      rows of malformed lines are zero with ``valid=False``.
+
+    Raises:
+      FileNotFoundError: no manifest or no TSV file.
+      ValueError: incomplete, changed or misaligned embeddings.
+    """
+    path = os.path.abspath(tsv_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"corpus file not found: {path}")
+    manifest = _read_manifest(embeddings_dir)
+    if manifest is None:
+        raise FileNotFoundError(f"no {MANIFEST} in {embeddings_dir}: run `lealla teacher "
+                                "embed` first")
+    entry = _find_entry(manifest, path, embeddings_dir)
+    if not entry["complete"]:
+        raise ValueError(f"teacher embeddings of {path} in {embeddings_dir} are incomplete "
+                         f"({len(entry['shards'])} of {entry['num_shards']} shards); rerun "
+                         "`lealla teacher embed` with the same arguments to resume")
+    if os.path.getsize(path) != entry["size"] or (check_sha and
+                                                  _sha256_file(path) != entry["sha256"]):
+        raise ValueError(f"{path} changed since its teacher embeddings were computed in "
+                         f"{embeddings_dir}; recompute them (lealla teacher embed --overwrite)")
+    shards = sorted(entry["shards"], key=lambda r: r["start"])
+    expected = 0
+    parts = []
+    for rec in shards:
+        if rec["start"] != expected:
+            raise ValueError(f"{embeddings_dir}: shards of {path} are not contiguous at line "
+                             f"{expected}")
+        shard_path = os.path.join(embeddings_dir, entry["dir"], rec["file"])
+        with np.load(shard_path) as z:
+            meta = json.loads(str(z["meta"]))
+            src, tgt, valid = z["src"], z["tgt"], z["valid"]
+        n = rec["end"] - rec["start"]
+        if (meta.get("lines_sha256") != rec["lines_sha256"] or src.shape != tgt.shape
+                or src.shape != (n, manifest["dim"]) or valid.shape != (n,)):
+            raise ValueError(f"{shard_path} does not match the manifest (lines "
+                             f"{rec['start']}-{rec['end']} of {path})")
+        parts.append((src, tgt, valid))
+        expected = rec["end"]
+    if expected != entry["num_lines"]:
+        raise ValueError(f"{embeddings_dir}: shards of {path} cover {expected} of "
+                         f"{entry['num_lines']} lines")
+    if not parts:
+        dim = manifest["dim"]
+        return np.zeros((0, dim), np.float16), np.zeros((0, dim), np.float16), np.zeros(0, bool)
+    return tuple(np.concatenate(a) for a in zip(*parts))
+
+
+def verify(embeddings_dir: str) -> List[str]:
+    """Re-reads every TSV of a precomputed directory and checks each shard against it.
+
+    Checks, per shard: the sha256 of its raw lines, ``valid`` against
+    :func:`lealla_tf.corpus.parse_tsv_line`, zero rows for malformed lines and unit-norm
+    rows for the others; per file: completeness and contiguity.
+
+    Args:
+      embeddings_dir: output directory of :func:`precompute`.
+
+    Returns:
+      A list of problems (empty when everything is complete and aligned).
+    """
+    manifest = _read_manifest(embeddings_dir)
+    if manifest is None:
+        raise FileNotFoundError(f"no {MANIFEST} in {embeddings_dir}")
+    problems = []
+    shard_size = manifest["shard_size"]
+    for path, entry in manifest["files"].items():
+        if not os.path.isfile(path):
+            problems.append(f"{path}: corpus file is missing")
+            continue
+        if not entry["complete"]:
+            problems.append(f"{path}: incomplete ({len(entry['shards'])} of "
+                            f"{entry['num_shards']} shards)")
+        recs = {r["start"]: r for r in entry["shards"]}
+        n_lines = 0
+        for start, _, lines in _iter_shards(path, shard_size):
+            n_lines = start + len(lines)
+            rec = recs.pop(start, None)
+            if rec is None:
+                continue
+            where = f"{path} lines {start}-{start + len(lines)}"
+            h = hashlib.sha256(b"".join(lines)).hexdigest()
+            if rec["end"] != start + len(lines) or h != rec["lines_sha256"]:
+                problems.append(f"{where}: lines changed since the shard was written")
+                continue
+            shard_path = os.path.join(embeddings_dir, entry["dir"], rec["file"])
+            try:
+                with np.load(shard_path) as z:
+                    meta = json.loads(str(z["meta"]))
+                    src, tgt, valid = (z["src"].astype(np.float32), z["tgt"].astype(np.float32),
+                                       z["valid"])
+            except (OSError, ValueError, KeyError) as e:
+                problems.append(f"{where}: unreadable shard {shard_path} ({e})")
+                continue
+            if meta.get("lines_sha256") != h or len(valid) != len(lines):
+                problems.append(f"{where}: shard {shard_path} belongs to other lines")
+                continue
+            expect = np.array([corpus.parse_tsv_line(raw)[0] is not None for raw in lines])
+            if not np.array_equal(valid, expect):
+                problems.append(f"{where}: valid flags disagree with the corpus parser")
+            for side, emb in (("src", src), ("tgt", tgt)):
+                norms = np.linalg.norm(emb, axis=1)
+                if np.any(norms[~expect] != 0) or np.any(np.abs(norms[expect] - 1) > 1e-2):
+                    problems.append(f"{where}: {side} rows are not zero (malformed lines) "
+                                    "and unit norm (others)")
+        if n_lines != entry["num_lines"]:
+            problems.append(f"{path}: has {n_lines} lines, manifest says {entry['num_lines']}")
+        for start in recs:
+            problems.append(f"{path}: shard at line {start} lies beyond the file")
+    return problems
