@@ -8,7 +8,7 @@ LEALLA_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 export LEALLA_DATA_DIR
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench distill-quality clean
 
 venv: $(VENV)/.installed
 
@@ -24,9 +24,18 @@ test: venv
 demo: venv
 	$(VENV)/bin/lealla demo --output results/demo
 
+# The quick benchmarks (minutes each); every script prints its own table.
 bench: venv
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/encoder_speed.py
+	$(PY) benchmarks/inference_speed.py
+	$(PY) benchmarks/train_speed.py
+	$(PY) benchmarks/retrieval_scale.py
+	$(PY) benchmarks/teacher_speed.py
+
+# About an hour on 2 CPU cores: the demo recipe for longer, on all 112 Tatoeba languages.
+distill-quality: venv
+	$(PY) benchmarks/distill_quality.py --output results/distill_quality
 
 clean:
 	rm -rf $(VENV) results build *.egg-info
