@@ -307,8 +307,10 @@ class Trainer:
             distribute_lib.writable_dir(self.model_dir, self.strategy, CHECKPOINT_DIR),
             max_to_keep=cfg.train.keep_checkpoints)
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)
+        self._restore_status = None
         if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            self._restore_status = self.checkpoint.restore(latest)
+            self._restore_status.assert_existing_objects_matched()
             log.info("resumed from %s at step %d", latest, int(self.step.numpy()))
         self.restored_from = latest
 
@@ -317,6 +319,10 @@ class Trainer:
             self.writer = tf.summary.create_file_writer(os.path.join(self.model_dir, LOG_DIR))
         else:
             self.writer = tf.summary.create_noop_writer()
+
+    @property
+    def _loss_scaled(self) -> bool:
+        return isinstance(self.optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
 
     @property
     def step(self) -> tf.Variable:
@@ -338,7 +344,7 @@ class Trainer:
     # -- the step
     def _replica_step(self, batch):
         clip = self.cfg.train.clip_norm
-        scaled = isinstance(self.optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+        scaled = self._loss_scaled
         with tf.GradientTape() as tape:
             src = self.encoder(batch["src"], training=True)["default"]
             tgt = self.encoder(batch["tgt"], training=True)["default"]
@@ -393,6 +399,8 @@ class Trainer:
         metrics: Dict[str, float] = {}
         if step >= total:
             log.info("nothing to do: step %d >= train.steps %d", step, total)
+            if self._restore_status is not None:  # optimizer slots were never created
+                self._restore_status.expect_partial()
             return TrainResult(step, metrics, self.manager.latest_checkpoint or self.restored_from,
                                0.0)
         iterator = self.make_iterator()
@@ -417,13 +425,16 @@ class Trainer:
                 seen_time += elapsed
                 metrics["examples_per_second"] = eps
                 metrics["learning_rate"] = float(self.schedule(step - 1))
-                if not all(math.isfinite(metrics[k]) for k in ("loss", "grad_norm")):
+                # With float16 loss scaling an overflowing gradient is expected now and then:
+                # the optimizer skips that update and lowers the scale.
+                watched = ("loss",) if self._loss_scaled else ("loss", "grad_norm")
+                if not all(math.isfinite(metrics[k]) for k in watched):
                     self._diverged(step, metrics)
                 if step - last_summary >= cfg.summary_every or step == total:
                     self._summaries(step, metrics)
                     last_summary = step
                 if step % cfg.checkpoint_every == 0 or step == total:
-                    self.manager.save(checkpoint_number=step)
+                    self._save(step)
                 if bar is not None:
                     bar.update(n)
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}",
@@ -434,8 +445,15 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self.writer.flush()
+            log.info("skipped %d sampled pairs that repeated a sentence of their batch",
+                     self.sampler.duplicates_skipped)
         return TrainResult(step, metrics, self.manager.latest_checkpoint,
                            seen_examples / max(seen_time, 1e-9))
+
+    def _save(self, step: int) -> None:
+        self.manager.save(checkpoint_number=step)
+        if not self.chief:  # saving is collective; only the chief's copy is kept
+            shutil.rmtree(self.manager.directory, ignore_errors=True)
 
     def _summaries(self, step: int, metrics: Dict[str, float]) -> None:
         with self.writer.as_default(step=step):

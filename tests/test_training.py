@@ -208,3 +208,16 @@ def test_resume_refuses_another_model_shape(tmp_path, tiny_vocab, data_dir):
 def test_restore_encoder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.yaml"):
         training.restore_encoder(str(tmp_path))
+
+
+def test_mixed_precision_trains_in_bfloat16_on_cpu(tmp_path, tiny_vocab, data_dir):
+    import tf_keras
+    cfg = config.load(TRAIN_TINY, _overrides(tiny_vocab, "train.steps=2", "train.warmup_steps=1",
+                                              "train.mixed_precision=mixed"))
+    trainer = training.Trainer(cfg, str(tmp_path / "bf16"), progress=False)
+    assert trainer.policy == "mixed_bfloat16"
+    assert tf_keras.mixed_precision.global_policy().name == "float32"  # restored
+    result = trainer.run()
+    assert np.isfinite(result.metrics["loss"])
+    assert all(v.dtype == tf.float32 for v in trainer.encoder.trainable_variables)
+    assert trainer.encoder.bert._transformer_layers[0].compute_dtype == "bfloat16"
