@@ -39,7 +39,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import tensorflow as tf
 import tf_keras

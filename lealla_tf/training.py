@@ -58,7 +58,6 @@ import shutil
 import time
 from typing import Callable, Dict, Optional, Tuple
 
-import numpy as np
 import tensorflow as tf
 import tf_keras
 
