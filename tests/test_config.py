@@ -30,6 +30,8 @@ def test_overrides_are_typed():
     assert cfg.train.steps == 7 and isinstance(cfg.train.steps, int)
     assert cfg.loss.margin == 0.25
     assert cfg.data.languages == ["deu", "fra"]
+    # YAML 1.1 reads 2e-3 as a string; float fields accept it.
+    assert config.load(None, ["train.learning_rate=2e-3"]).train.learning_rate == 0.002
 
 
 def test_base_chain_and_override_order(tmp_path):
@@ -50,6 +52,7 @@ def test_base_cycle_is_an_error(tmp_path):
     ("model.hidden_sise=3", "unknown config key.*model.hidden_sise"),
     ("modle.hidden_size=3", "unknown config key.*modle"),
     ("train.steps=many", "train.steps: expected an integer"),
+    ("train.learning_rate=fast", "train.learning_rate: expected a number"),
     ("loss.bidirectional=maybe", "loss.bidirectional: expected true or false"),
     ("distribute.strategy=gpu_farm", "distribute.strategy must be"),
     ("model.num_attention_heads=3", "divisible"),
