@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import glob
+import hashlib
 import os
 import re
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -70,6 +71,15 @@ def iter_tsv(path: str, stats: Optional[Stats] = None) -> Iterator[Tuple[int, st
                 stats[reason] += 1
             if pair is not None:
                 yield index, pair[0], pair[1]
+
+
+def sha256_file(path: str) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def count_lines(path: str) -> int:

@@ -60,12 +60,7 @@ DTYPE = "float16"
 DEFAULT_SHARD_SIZE = 5000
 
 
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+_sha256_file = corpus.sha256_file
 
 
 def _iter_shards(path: str, shard_size: int) -> Iterator[Tuple[int, int, List[bytes]]]:

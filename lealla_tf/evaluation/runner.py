@@ -36,6 +36,8 @@ from typing import Callable, List, Optional, Protocol, Sequence, runtime_checkab
 
 import numpy as np
 
+from lealla_tf import corpus
+
 DEFAULT_BATCH_SIZE = 64
 CACHE_ENV = "LEALLA_CACHE_DIR"
 
@@ -120,13 +122,7 @@ def read_lines(path: str) -> List[str]:
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
-def file_digest(path: str) -> str:
-    """SHA-256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+file_digest = corpus.sha256_file  # SHA-256 hex digest of a file's bytes
 
 
 # ----------------------------------------------------------------------------- embedding

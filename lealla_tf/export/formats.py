@@ -5,14 +5,13 @@ Names and constants shared by the export package live here too.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 
-from lealla_tf import modeling, preprocessing
+from lealla_tf import corpus, modeling, preprocessing
 
 LEALLA, PREPROCESSOR, ENCODER = "lealla", "preprocessor", "encoder"
 SAVED_MODELS = (LEALLA, PREPROCESSOR, ENCODER)
@@ -232,10 +231,4 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.maximum(den, 1e-30)
 
 
-def sha256_file(path: str) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sha256_file = corpus.sha256_file
