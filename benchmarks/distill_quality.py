@@ -10,7 +10,7 @@ distillation, export, evaluation on the teacher's languages) with a longer recip
 Prints one table, writes ``distill_quality.json``, ``learning_curve.png`` and the demo's
 results into ``--output``. Resumable: rerun the same command after an interruption.
 
-    LEALLA_DATA_DIR=../shared/data python benchmarks/distill_quality.py \\
+    LEALLA_DATA_DIR=/path/to/data python benchmarks/distill_quality.py \\
         --output results/distill_quality --pairs-per-language 3000
 """
 

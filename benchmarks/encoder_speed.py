@@ -4,7 +4,7 @@ Embeds real Tatoeba sentences (their real length distribution) with randomly
 initialised encoders of each shape, tokenization included, on this machine's CPU,
 and prints one table with the ratio to the LaBSE shape (all measured in the same run).
 
-    LEALLA_DATA_DIR=../shared/data python benchmarks/encoder_speed.py
+    LEALLA_DATA_DIR=/path/to/data python benchmarks/encoder_speed.py
     python benchmarks/encoder_speed.py --data-dir DATA --sentences 1000 --batch-size 128
 
 The vocabulary only decides token lengths: a small unigram vocabulary is trained on

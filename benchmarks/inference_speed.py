@@ -24,7 +24,7 @@ practical GFLOP/s). Every runtime is measured ``--repeats`` times in round-robin
 (all runtimes of a shape, then again), and the table shows medians: the machine may be
 shared, so compare ratios within one run.
 
-    LEALLA_DATA_DIR=../shared/data python benchmarks/inference_speed.py
+    LEALLA_DATA_DIR=/path/to/data python benchmarks/inference_speed.py
     python benchmarks/inference_speed.py --shapes lealla_small --runtimes tf,tflite-fp32,ort-fp32
 
 Needs the ``bench`` extra (onnxruntime, onnx, torch, transformers) for the peers;
