@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -77,6 +78,24 @@ def _tmp_dir_beside(output_dir: str) -> str:
     return tmp
 
 
+@contextlib.contextmanager
+def atomic_dir(output_dir: str, overwrite: bool, bar=None):
+    """Yields a temporary folder beside ``output_dir`` that replaces it when the block
+    succeeds (an existing ``output_dir`` only with ``overwrite``) and is removed when the
+    block fails; ``bar`` (a tqdm bar) is closed either way."""
+    tmp = _tmp_dir_beside(output_dir)
+    try:
+        yield tmp
+        if bar is not None:
+            bar.close()
+        _commit_dir(tmp, output_dir, overwrite)
+    except BaseException:
+        if bar is not None:
+            bar.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _version() -> str:
     try:
         from importlib.metadata import version
@@ -121,8 +140,7 @@ def export_model(preprocessor, encoder, output_dir: str,
     steps = ["savedmodel " + n for n in SAVED_MODELS] + ["check"] + [
         "tflite " + v for v in variants] + ["model card"]
     bar = tqdm(total=len(steps), desc="export", unit="step", disable=not progress)
-    tmp = _tmp_dir_beside(output_dir)
-    try:
+    with atomic_dir(output_dir, overwrite, bar) as tmp:
         info: Dict[str, Any] = {
             "format_version": 1,
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -188,12 +206,6 @@ def export_model(preprocessor, encoder, output_dir: str,
         with open(os.path.join(tmp, CARD_FILE), "w", encoding="utf-8") as f:
             f.write(card)
         bar.update()
-        bar.close()
-        _commit_dir(tmp, output_dir, overwrite)
-    except BaseException:
-        bar.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if progress:
         print(format_sizes(info, output_dir), flush=True)
     return info

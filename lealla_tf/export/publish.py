@@ -10,7 +10,7 @@ import tarfile
 from typing import Any, Dict, Optional
 
 from lealla_tf.export.card import human_bytes, render_model_card
-from lealla_tf.export.exporter import _check_target, _commit_dir, _tmp_dir_beside
+from lealla_tf.export.exporter import _check_target, atomic_dir
 from lealla_tf.export.formats import (CARD_FILE, INFO_FILE, SAVED_MODELS, TFLITE_VARIANTS,
                                       sha256_file, tflite_file_name)
 
@@ -82,12 +82,11 @@ def publish(export_dir: str, output_dir: str, base_url: Optional[str] = None,
     if tflites:
         handles["tflite"] = tflites[0]
     card = render_model_card(info, handles)
-    tmp = _tmp_dir_beside(output_dir)
     manifest: Dict[str, Any] = {"export": export_dir, "base_url": base_url or "", "files": {}}
     from tqdm.auto import tqdm
     bar = tqdm(total=len(SAVED_MODELS) + len(tflites), desc="publish", unit="file",
                disable=not progress)
-    try:
+    with atomic_dir(output_dir, overwrite, bar) as tmp:
         for name in SAVED_MODELS:
             bar.set_postfix_str(name)
             os.makedirs(os.path.join(tmp, name))
@@ -112,12 +111,6 @@ def publish(export_dir: str, output_dir: str, base_url: Optional[str] = None,
             json.dump(manifest, f, indent=1)
         with open(os.path.join(tmp, CARD_FILE), "w", encoding="utf-8") as f:
             f.write(_publish_readme(manifest, info))
-        bar.close()
-        _commit_dir(tmp, output_dir, overwrite)
-    except BaseException:
-        bar.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if progress:
         print(f"published to {output_dir}")
         for rel, entry in manifest["files"].items():
