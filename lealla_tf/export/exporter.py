@@ -24,7 +24,8 @@ from lealla_tf.export.formats import (CARD_FILE, DEFAULT_CARD_TEMPLATE, ENCODER,
                                       TFLITE_MIN_COSINE, TFLITE_VARIANTS, tflite_file_name)
 
 
-def _dir_bytes(path: str) -> int:
+def disk_bytes(path: str) -> int:
+    """Bytes on disk of a file, or of every file below a folder."""
     if os.path.isfile(path):
         return os.path.getsize(path)
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
@@ -161,7 +162,7 @@ def export_model(preprocessor, encoder, output_dir: str,
                 formats.save_saved_model(obj, signatures, os.path.join(tmp, name),
                       sp_path if name != ENCODER else None)
                 info["files"][name] = {"path": name + "/",
-                                       "bytes": _dir_bytes(os.path.join(tmp, name))}
+                                       "bytes": disk_bytes(os.path.join(tmp, name))}
                 bar.update()
 
         probe = tf.constant(list(PROBE_SENTENCES))
