@@ -2,10 +2,16 @@
 
 Rows: the LEALLA-small/base/large and LaBSE shapes (random weights; the vocabulary only
 decides token lengths, the embedding table keeps the released 501,153 rows). Columns, for
-each runtime: sentences/s strings -> embeddings on real Tatoeba sentences (their real
-length distribution, all 112 languages, batches of ``--batch-size`` after sorting by
-length) and on a fixed batch of 256 sentences of exactly 32 tokens, achieved GFLOP/s on
-the fixed batch, and the peak resident memory of the process that ran it.
+each runtime, sentences/s strings -> embeddings on
+
+- real Tatoeba sentences (their real length distribution, all 112 languages; the same
+  sentences for every shape), in batches of ``--batch-size`` after sorting by token
+  count, as ``lealla_tf.export.load_embedder`` batches them;
+- the first ``--single`` of them one per call (the latency setting of an app);
+- a fixed batch of 256 sentences of exactly 32 tokens;
+
+then achieved GFLOP/s on the fixed batch, the peak resident memory of the process that ran
+it, the artefact's size and the smallest cosine to the reference embeddings.
 
 Runtimes (each in its own process, so that peak memory is its own):
 
@@ -19,8 +25,9 @@ Runtimes (each in its own process, so that peak memory is its own):
   them, included for ours): ``ort-fp32`` (ONNX Runtime, graph exported from
   ``transformers.BertModel``), ``ort-int8`` (its dynamic quantization), ``torch`` (eager).
 
-Before the table, the same process times a large fp32 matrix product (the machine's
-practical GFLOP/s). Every runtime is measured ``--repeats`` times in round-robin order
+Before the table, the same run times a 2048^3 fp32 matrix product with TF and with
+LiteRT/XNNPACK (the faster is the machine's practical GFLOP/s), and LEALLA-small's own
+matrix shapes with fp32 and int8 weights (what int8 can gain on this CPU at best). Every runtime is measured ``--repeats`` times in round-robin order
 (all runtimes of a shape, then again), and the table shows medians: the machine may be
 shared, so compare ratios within one run.
 
@@ -100,9 +107,16 @@ def exact_length_sentences(sentences, vocab: str, pieces: int, n: int):
     return out
 
 
-def batches_of(sentences, batch_size: int, sort: bool = True):
-    """Sentence batches; sorted by length (in characters) first when ``sort``."""
-    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i])) if sort else \
+def token_counts(sentences, vocab: str):
+    """SentencePiece pieces per sentence (the sort key of ``lealla_tf.export`` embedders)."""
+    import sentencepiece as spm
+    return [len(ids) for ids in spm.SentencePieceProcessor(model_file=vocab).encode(
+        list(sentences))]
+
+
+def batches_of(sentences, batch_size: int, keys=None):
+    """Sentence batches; sorted by ``keys`` (e.g. token counts) first when given."""
+    order = sorted(range(len(sentences)), key=lambda i: keys[i]) if keys is not None else \
         list(range(len(sentences)))
     return [[sentences[i] for i in order[j:j + batch_size]]
             for j in range(0, len(order), batch_size)]
@@ -391,22 +405,24 @@ def worker(args) -> None:
     """Runs one runtime on one shape; prints one JSON line."""
     with open(args.inputs, encoding="utf-8") as f:
         data = json.load(f)
-    real = batches_of(data["real"], args.batch_size)
-    fixed = batches_of(data["fixed"], FIXED_BATCH, sort=False)
+    real = batches_of(data["real"], args.batch_size, token_counts(data["real"], args.vocab))
+    single = [[s] for s in data["single"]]  # one at a time, in sample order
+    fixed = batches_of(data["fixed"], FIXED_BATCH)
     rss_before = _peak_rss_mib()
     t0 = time.perf_counter()
     fn, real_in, fixed_in = make_runner(args.runtime, args.work, args.shape, args.vocab,
-                                        args.threads, real, fixed)
+                                        args.threads, real + single, fixed)
+    real_in, single_in = real_in[:len(real)], real_in[len(real):]
     # Warm-up: traces, allocations and (XLA) one compilation per batch shape.
-    warm = real_in + fixed_in[:1] if args.runtime == "tf-xla" else real_in[:1] + [
-        _head(fixed_in[0], 8)]
+    warm = real_in + single_in + fixed_in[:1] if args.runtime == "tf-xla" else \
+        real_in[:1] + single_in[:8] + [_head(fixed_in[0], 8)]
     for i, x in enumerate(warm):
         out = np.asarray(fn(x), np.float64)
         if i == 0:  # first (shortest) real batch, kept to compare runtimes
             out /= np.linalg.norm(out, axis=1, keepdims=True)
             np.save(os.path.join(args.work, f"out-{args.runtime}.npy"), out)
     load_s = time.perf_counter() - t0
-    result = {"real_s": [], "fixed_s": [], "real_cpu_s": []}
+    result = {"real_s": [], "fixed_s": [], "real_cpu_s": [], "single_s": []}
     for _ in range(args.inner_repeats):
         t, c = time.perf_counter(), time.process_time()
         for x in real_in:
@@ -414,12 +430,17 @@ def worker(args) -> None:
         result["real_s"].append(time.perf_counter() - t)
         result["real_cpu_s"].append(time.process_time() - c)
         t = time.perf_counter()
+        for x in single_in:
+            fn(x)
+        result["single_s"].append(time.perf_counter() - t)
+        t = time.perf_counter()
         for x in fixed_in:
             fn(x)
         result["fixed_s"].append(time.perf_counter() - t)
     result.update(runtime=args.runtime, shape=args.shape, load_s=load_s,
                   peak_rss_mib=_peak_rss_mib(), rss_after_imports_mib=rss_before,
-                  n_real=len(data["real"]), n_fixed=len(data["fixed"]))
+                  n_real=len(data["real"]), n_fixed=len(data["fixed"]),
+                  n_single=len(data["single"]))
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -436,6 +457,49 @@ def matmul_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     return float(out.split("RESULT")[-1])
+
+
+_GEMM_CODE = """
+import json, sys, time, numpy as np, tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+threads, repeats = int(sys.argv[1]), int(sys.argv[2])
+
+def gflops(m, k, n, int8):
+    w = tf.constant(np.random.default_rng(0).standard_normal([k, n]).astype(np.float32) * 0.05)
+    f = tf.function(lambda x: tf.matmul(x, w),
+                    input_signature=[tf.TensorSpec([m, k], tf.float32)])
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()])
+    if int8:  # int8 weights, activations quantized on the fly (as the int8 export)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    it = Interpreter(model_content=conv.convert(), num_threads=threads)
+    it.allocate_tensors()
+    i = it.get_input_details()[0]["index"]
+    x = np.random.default_rng(1).standard_normal([m, k]).astype(np.float32)
+    it.set_tensor(i, x)
+    it.invoke()
+    ts = []
+    for _ in range(repeats):
+        it.set_tensor(i, x)
+        t = time.perf_counter()
+        it.invoke()
+        ts.append(time.perf_counter() - t)
+    return 2 * m * k * n / float(np.median(ts)) / 1e9
+
+out = {"square": gflops(2048, 2048, 2048, False)}
+for name, (m, k, n) in {"thin_ffn": (8192, 128, 512), "thin_qkv": (8192, 128, 384)}.items():
+    out[name + "_fp32"] = gflops(m, k, n, False)
+    out[name + "_int8"] = gflops(m, k, n, True)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def tflite_gemm_gflops(threads: int, repeats: int = 7) -> dict:
+    """LiteRT/XNNPACK ``FULLY_CONNECTED`` GFLOP/s: 2048^3 fp32 (``square``), and
+    LEALLA-small's FFN-in and QKV products (8192 x 128 x 512 / 384) in fp32 and with
+    int8 weights (``thin_*_fp32`` / ``thin_*_int8``): what int8 can gain at best."""
+    out = subprocess.run([sys.executable, "-c", _GEMM_CODE, str(threads), str(repeats)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.split("RESULT ")[-1])
 
 
 # ----------------------------------------------------------------------------- main
@@ -464,14 +528,20 @@ def main(argv=None) -> int:
     p.add_argument("--vocab", default="", help="SentencePiece model (default: train 32k)")
     p.add_argument("--shapes", default=",".join(SHAPES))
     p.add_argument("--runtimes", default=",".join(RUNTIMES))
-    p.add_argument("--sentences", type=int, default=1024, help="real sentences per shape")
-    p.add_argument("--labse-sentences", type=int, default=256,
-                   help="real sentences for the (slow) LaBSE shape")
+    p.add_argument("--sentences", type=int, default=512,
+                   help="real sentences (the same for every shape)")
+    p.add_argument("--single", type=int, default=64,
+                   help="real sentences also embedded one at a time (latency setting)")
+    p.add_argument("--labse-sentences", type=int, default=0,
+                   help="fewer real sentences for the (slow) LaBSE shape (default: the same; "
+                        "then its real-sentence ratio is not like for like)")
     p.add_argument("--labse-runtimes", default="",
                    help="runtimes for the LaBSE shape (default: --runtimes)")
     p.add_argument("--fixed-batches", type=int, default=2,
                    help="batches of 256 x 32 tokens (LaBSE: 1)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="real sentences per call, after sorting by token count (as "
+                        "lealla_tf.export.load_embedder does)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2, help="round-robin rounds")
     p.add_argument("--inner-repeats", type=int, default=2, help="timed passes per process")
@@ -504,15 +574,22 @@ def main(argv=None) -> int:
     sentences = tatoeba_sentences(args.data_dir, args.sentences)
     fixed = exact_length_sentences(sentences, args.vocab, FIXED_TOKENS - 2,
                                    FIXED_BATCH * args.fixed_batches)
-    import sentencepiece as spm
-    sp = spm.SentencePieceProcessor(model_file=args.vocab)
-    lengths = np.array([min(len(sp.encode(s)), SEQ_LENGTH - 2) + 2 for s in sentences])
+    raw_lengths = token_counts(sentences, args.vocab)
+    lengths = np.array([min(k, SEQ_LENGTH - 2) + 2 for k in raw_lengths])
     print(f"{len(sentences)} Tatoeba sentences, tokens incl. [CLS]/[SEP] (32k vocab): "
           f"median {np.median(lengths):.0f}, mean {lengths.mean():.1f}, "
           f"p90 {np.percentile(lengths, 90):.0f}, max {lengths.max()}", flush=True)
 
-    gflops_peak = statistics.median(matmul_gflops(args.threads) for _ in range(3))
-    print(f"fp32 matmul 2048^3, {args.threads} threads: {gflops_peak:.1f} GFLOP/s", flush=True)
+    gflops_tf = statistics.median(matmul_gflops(args.threads) for _ in range(3))
+    gemm = tflite_gemm_gflops(args.threads)
+    gflops_peak = max(gflops_tf, gemm["square"])
+    print(f"fp32 matmul 2048^3, {args.threads} threads: TF {gflops_tf:.1f} GFLOP/s, "
+          f"LiteRT/XNNPACK {gemm['square']:.1f} GFLOP/s; the machine's practical limit: "
+          f"{gflops_peak:.1f}", flush=True)
+    for name in ("thin_ffn", "thin_qkv"):
+        print(f"LiteRT {name} (8192x128x{512 if name == 'thin_ffn' else 384}): fp32 "
+              f"{gemm[name + '_fp32']:.1f}, int8 weights {gemm[name + '_int8']:.1f} GFLOP/s "
+              f"(int8/fp32 {gemm[name + '_int8'] / gemm[name + '_fp32']:.2f}x)", flush=True)
 
     results = {}
     for shape in shapes:
@@ -527,15 +604,22 @@ def main(argv=None) -> int:
                % (_ROOT, os.path.abspath(__file__), shape, work, args.vocab, shape_runtimes)]
         subprocess.run(cmd, check=True)
         print(f"{shape}: artefacts ready ({time.time() - t:.0f}s)", flush=True)
-        n = args.labse_sentences if shape == "labse" else len(sentences)
+        n = len(sentences)
+        if shape == "labse" and args.labse_sentences:
+            n = min(n, args.labse_sentences)
         nf = FIXED_BATCH if shape == "labse" else len(fixed)
+        ns = min(args.single, n)
         inputs = os.path.join(work, "inputs.json")
         with open(inputs, "w", encoding="utf-8") as f:
-            json.dump({"real": sentences[:n], "fixed": fixed[:nf]}, f, ensure_ascii=False)
+            json.dump({"real": sentences[:n], "fixed": fixed[:nf], "single": sentences[:ns]},
+                      f, ensure_ascii=False)
+        for name in os.listdir(work):  # embeddings of an earlier run are no reference
+            if name.startswith("out-") and name.endswith(".npy"):
+                os.remove(os.path.join(work, name))
         cfg = vars(_model_cfg(shape))
         real_lengths = []
         # Padded lengths of the sorted real batches (for GFLOP/s).
-        order = sorted(range(n), key=lambda i: len(sentences[i]))
+        order = sorted(range(n), key=lambda i: raw_lengths[i])
         for j in range(0, n, args.batch_size):
             batch = [lengths[i] for i in order[j:j + args.batch_size]]
             real_lengths += [max(batch)] * len(batch)
@@ -547,22 +631,27 @@ def main(argv=None) -> int:
                 if r is None:
                     continue
                 entry = results.setdefault((shape, runtime), {
-                    "real": [], "fixed": [], "rss": [], "cpu": [], "n": n, "nf": nf,
-                    "flops_real": flops_real, "flops_fixed": flops_fixed})
+                    "real": [], "fixed": [], "rss": [], "cpu": [], "single": [], "n": n,
+                    "nf": nf, "flops_real": flops_real, "flops_fixed": flops_fixed})
                 entry["real"] += [n / s for s in r["real_s"]]
+                entry["single"] += [ns / s for s in r["single_s"]]
                 entry["fixed"] += [nf / s for s in r["fixed_s"]]
                 entry["cpu"] += [n / s for s in r["real_cpu_s"]]
                 entry["rss"].append(r["peak_rss_mib"])
                 print(f"  {shape:13s} {runtime:12s} round {rep + 1}: real "
-                      f"{statistics.median(entry['real']):8.1f}/s  fixed "
+                      f"{statistics.median(entry['real']):8.1f}/s  1-by-1 "
+                      f"{statistics.median(entry['single']):7.1f}/s  fixed "
                       f"{statistics.median(entry['fixed']):8.1f}/s  peak "
                       f"{r['peak_rss_mib']:7.0f} MiB", flush=True)
     print()
     print(f"Inference speed, {args.threads} CPU threads, median of "
-          f"{args.repeats}x{args.inner_repeats} passes (sentences/s; GFLOP/s on the "
-          f"256x32 batch; peak RSS of the process; size of the artefact; min cosine to "
-          f"tf-keras on the first batch). Matmul: {gflops_peak:.1f} GFLOP/s.")
-    header = ["shape", "runtime", "real sent/s", "real sent/CPU-s", "256x32 sent/s",
+          f"{args.repeats}x{args.inner_repeats} passes (sentences/s: real = {len(sentences)} Tatoeba "
+          f"sentences sorted by token count in batches of {args.batch_size}, 1-by-1 = {args.single} "
+          f"of them one per call; GFLOP/s on the 256x32 batch; peak RSS of the process; size "
+          f"of the artefact; min cosine to the reference on the shortest real batch). "
+          f"Matmul: {gflops_peak:.1f} GFLOP/s.")
+    header = ["shape", "runtime", "real sent/s", "real sent/CPU-s", "1-by-1 sent/s",
+              "256x32 sent/s",
               "GFLOP/s", "% matmul",
               "peak MiB", "size MiB", "min cos"]
     rows = []
@@ -580,9 +669,10 @@ def main(argv=None) -> int:
             summary[(shape, runtime)] = dict(real=real, fixed=fixedv, gflops=gf,
                                              rss=max(e["rss"]), size=size, cos=cos)
             cpu = statistics.median(e["cpu"])
-            summary[(shape, runtime)]["cpu"] = cpu
+            single = statistics.median(e["single"]) if e["single"] else None
+            summary[(shape, runtime)].update(cpu=cpu, single=single)
             rows.append([LABELS.get(shape, shape), runtime, _fmt(real, 1), _fmt(cpu, 1),
-                         _fmt(fixedv, 1),
+                         _fmt(single, 1), _fmt(fixedv, 1),
                          _fmt(gf, 1), _fmt(100 * gf / gflops_peak, 0), _fmt(max(e["rss"])),
                          _fmt(size), _fmt(cos, 5)])
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
@@ -591,19 +681,23 @@ def main(argv=None) -> int:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
         print(line(r))
-    _print_targets(summary, gflops_peak)
+    _print_targets(summary, gflops_peak, gemm)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"matmul_gflops": gflops_peak,
+            json.dump({"matmul_gflops": gflops_peak, "matmul_gflops_tf": gflops_tf,
+                       "tflite_gemm": gemm,
                        "results": {f"{k[0]}/{k[1]}": v for k, v in summary.items()}}, f,
                       indent=1)
     return 0
 
 
-def _min_cosine(work, runtime, reference="tf-keras"):
-    """Smallest cosine between this runtime's and the reference's embeddings (one batch)."""
-    a, b = (os.path.join(work, f"out-{r}.npy") for r in (runtime, reference))
-    if not (os.path.exists(a) and os.path.exists(b)):
+def _min_cosine(work, runtime, references=("tf-keras", "tf")):
+    """Smallest cosine between this runtime's embeddings and those of the first of
+    ``references`` measured in this run (the Keras layers, else the SavedModel)."""
+    a = os.path.join(work, f"out-{runtime}.npy")
+    b = next((os.path.join(work, f"out-{r}.npy") for r in references
+              if os.path.exists(os.path.join(work, f"out-{r}.npy"))), None)
+    if b is None or not os.path.exists(a):
         return None
     x, y = np.load(a), np.load(b)
     return float(np.min(np.sum(x * y, axis=1)))
@@ -621,38 +715,46 @@ def _artefact_mib(work, runtime):
     return os.path.getsize(path) / 2 ** 20 if os.path.exists(path) else None
 
 
-def _print_targets(s, peak):
-    small = [k for k in s if k[0] == "lealla_small"]
-    if not small:
-        return
-    ours = [k for k in small if k[1].startswith("tf")]
+def _print_targets(s, peak, gemm):
+    """The issue's ratios, from the table's medians."""
+    small = {k[1]: v for k, v in s.items() if k[0] == "lealla_small"}
+    labse = {k[1]: v for k, v in s.items() if k[0] == "labse"}
+    ours = [r for r in small if r.startswith("tf")]
     if not ours:
         return
-    best = max(ours, key=lambda k: s[k]["real"])
-    print(f"\nBest export of LEALLA-small on real sentences: {best[1]} "
-          f"({s[best]['real']:.1f}/s)")
-    for peer in ("ort-fp32", "torch"):
-        if ("lealla_small", peer) in s:
-            for col in ("real", "fixed"):
-                b = max(ours, key=lambda k: s[k][col])
-                print(f"  {col:5s}: best {b[1]} / {peer} = "
-                      f"{s[b][col] / s[('lealla_small', peer)][col]:.2f}x")
-    for col in ("real", "fixed"):
-        if any(k[0] == "labse" for k in s):
-            b = max(ours, key=lambda k: s[k][col])
-            lb = max((k for k in s if k[0] == "labse" and k[1].startswith("tf")),
-                     key=lambda k: s[k][col], default=None)
-            if lb:
-                print(f"  {col:5s}: best LEALLA-small {b[1]} / best LaBSE-shape {lb[1]} = "
-                      f"{s[b][col] / s[lb][col]:.1f}x")
-    bf = max(ours, key=lambda k: s[k]["fixed"])
-    print(f"  GFLOP/s of {bf[1]} on 256x32: {s[bf]['gflops']:.1f} = "
-          f"{100 * s[bf]['gflops'] / peak:.0f}% of the matmul's {peak:.1f}")
-    f32, i8 = ("lealla_small", "tflite-fp32"), ("lealla_small", "tflite-int8")
-    if f32 in s and i8 in s:
-        print(f"  TFLite int8 / fp32: real {s[i8]['real'] / s[f32]['real']:.2f}x, 256x32 "
-              f"{s[i8]['fixed'] / s[f32]['fixed']:.2f}x, size "
-              f"{s[f32]['size'] / s[i8]['size']:.1f}x smaller")
+    cols = (("real", "real sentences"), ("single", "1-by-1"), ("fixed", "256x32"))
+
+    def best(rows, col):
+        cands = [r for r in rows if r.startswith("tf") and rows[r].get(col)]
+        return max(cands, key=lambda r: rows[r][col], default=None)
+
+    print("\nLEALLA-small, best export per column:")
+    for col, label in cols:
+        b = best(small, col)
+        if b is None:
+            continue
+        parts = [f"{label:14s}: {b} {small[b][col]:.1f}/s"]
+        for peer in ("ort-fp32", "torch"):
+            if small.get(peer, {}).get(col):
+                parts.append(f"{small[b][col] / small[peer][col]:.2f}x {peer}")
+        lb = best(labse, col)
+        if lb:
+            parts.append(f"{small[b][col] / labse[lb][col]:.1f}x best LaBSE shape ({lb})")
+            if labse.get(b, {}).get(col):
+                parts.append(f"{small[b][col] / labse[b][col]:.1f}x LaBSE shape {b}")
+        print("  " + ", ".join(parts))
+    bf = best(small, "fixed")
+    print(f"  GFLOP/s of {bf} on 256x32: {small[bf]['gflops']:.1f} = "
+          f"{100 * small[bf]['gflops'] / peak:.0f}% of the practical matmul's {peak:.1f}")
+    if "tflite-fp32" in small and "tflite-int8" in small:
+        f32, i8 = small["tflite-fp32"], small["tflite-int8"]
+        ratios = ", ".join(f"{label} {i8[c] / f32[c]:.2f}x" for c, label in cols
+                           if i8.get(c) and f32.get(c))
+        print(f"  TFLite int8 / fp32 speed: {ratios}; size {f32['size'] / i8['size']:.1f}x "
+              f"smaller; min cosine to the reference {i8['cos']:.5f}")
+        print(f"  (int8-weight GEMM / fp32 GEMM on this CPU, same shapes: "
+              f"{gemm['thin_ffn_int8'] / gemm['thin_ffn_fp32']:.2f}x FFN, "
+              f"{gemm['thin_qkv_int8'] / gemm['thin_qkv_fp32']:.2f}x QKV)")
 
 
 if __name__ == "__main__":

@@ -402,6 +402,34 @@ def test_embedder_batches_by_length_and_keeps_order(exported, reference):
     assert _cos(tfl.encode(SENTENCES), reference).min() >= TOLERANCE["fp32"]
 
 
+def test_embedders_order_batches_by_token_count(exported, reference):
+    """Exports carry their vocabulary, so the embedders batch sentences of equal token
+    count (the least padding) instead of equal UTF-8 length, and still return every
+    embedding in input order."""
+    import sentencepiece as spm
+    out, _ = exported
+    sp = spm.SentencePieceProcessor(
+        model_file=os.path.join(out, export.LEALLA, "assets", preprocessing.MODEL_FILE))
+    data = _bytes(SENTENCES)
+    tokens = [len(sp.encode(s.decode("utf-8", errors="replace"))) for s in data]
+    assert tokens != [len(s) for s in data]
+    for embedder in (export.load_embedder(out),
+                     export.load_embedder(os.path.join(out, "lealla-fp32.tflite"))):
+        assert embedder.lengths(data) == tokens
+        seen = []
+        encode_batch = embedder._encode_batch
+        embedder._encode_batch = lambda b, f=encode_batch: (seen.append(b), f(b))[1]
+        got = embedder.encode(SENTENCES, batch_size=4)
+        assert _cos(got, reference).min() >= TOLERANCE["fp32"]
+        # Batches come longest first, each holding the next-longest sentences by tokens.
+        batch_tokens = [sorted(tokens[data.index(x)] for x in b) for b in seen]
+        flat = [t for b in batch_tokens for t in reversed(b)]
+        assert flat == sorted(tokens, reverse=True)
+    # Without a vocabulary (e.g. a TF Hub model that ships none): UTF-8 length.
+    bare = export.Embedder("bare")
+    assert bare.lengths(data) == [len(s) for s in data]
+
+
 def test_load_embedder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="TF Hub handle"):
         export.load_embedder(str(tmp_path / "missing"))

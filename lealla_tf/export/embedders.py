@@ -22,22 +22,50 @@ def _as_bytes(s: Union[str, bytes]) -> bytes:
         return s.encode("utf-8", errors="replace")
 
 
+ASSET_VOCAB = os.path.join("assets", "spm.model")  # where exports keep the vocabulary
+
+
+def _existing(*paths: Optional[str]) -> Optional[str]:
+    return next((p for p in paths if p and os.path.isfile(p)), None)
+
+
 class Embedder:
     """Base class: ``encode`` sorts by length, batches, and restores the input order.
+
+    The exported models pad each batch to its longest sentence, so batches of sentences
+    of equal *token* count waste the least work. With a SentencePiece model
+    (``length_model``; the embedders below find the one an export carries) sentences are
+    ordered by their token count; without one, by their UTF-8 length, a weaker proxy
+    across scripts. The order changes which sentences share a batch, never their
+    embeddings, which come back in input order.
 
     Subclasses implement ``_encode_batch(list[bytes]) -> np.ndarray [n, D]``.
 
     Args:
       name: stable model name (keys the evaluation cache).
       batch_size: default number of sentences per model call.
+      fingerprint: what the evaluation cache keys on (default ``name``).
+      length_model: SentencePiece model file used to order sentences by token count.
     """
 
-    def __init__(self, name: str, batch_size: int = 64, fingerprint: Optional[str] = None):
+    def __init__(self, name: str, batch_size: int = 64, fingerprint: Optional[str] = None,
+                 length_model: Optional[str] = None):
         self.name = name
         # What the evaluation cache keys on: changes whenever the weights do.
         self.fingerprint = fingerprint or name
         self.batch_size = int(batch_size)
         self._dim: Optional[int] = None
+        self._sp = None
+        if length_model:
+            import sentencepiece as spm
+            self._sp = spm.SentencePieceProcessor(model_file=length_model)
+
+    def lengths(self, data: Sequence[bytes]) -> List[int]:
+        """The sort keys of ``encode``: token counts, or UTF-8 lengths without a vocabulary."""
+        if self._sp is None:
+            return [len(s) for s in data]
+        texts = [s.decode("utf-8", errors="replace") for s in data]
+        return [len(ids) for ids in self._sp.encode(texts)]
 
     @property
     def dim(self) -> int:
@@ -64,7 +92,7 @@ class Embedder:
         n = len(data)
         if n == 0:
             return np.zeros((0, self.dim), np.float32)
-        order = np.argsort([-len(s) for s in data], kind="stable")
+        order = np.argsort([-k for k in self.lengths(data)], kind="stable")
         out = None
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
@@ -102,6 +130,7 @@ class SavedModelEmbedder(Embedder):
         import tensorflow_hub as hub
         import tensorflow_text  # noqa: F401
         local = os.path.isdir(handle)
+        folder = handle if local else hub.resolve(handle)
         if local:
             handle = os.path.abspath(handle)
             fp = os.path.join(handle, "fingerprint.pb")
@@ -110,7 +139,8 @@ class SavedModelEmbedder(Embedder):
             name = f"savedmodel:{handle}@{digest}"
         else:
             name = f"hub:{handle}"
-        super().__init__(name, batch_size)
+        super().__init__(name, batch_size,
+                         length_model=_existing(os.path.join(folder, ASSET_VOCAB)))
         self.handle = handle
         self._model = hub.load(handle)
 
@@ -126,11 +156,17 @@ class TFLiteEmbedder(Embedder):
       path: the ``.tflite`` file.
       batch_size: default sentences per call (and the padded batch shape).
       num_threads: interpreter threads (default: LiteRT's).
+      length_model: SentencePiece model to order sentences by token count (default:
+        the one of the export folder holding ``path``, if any).
     """
 
-    def __init__(self, path: str, batch_size: int = 64, num_threads: Optional[int] = None):
+    def __init__(self, path: str, batch_size: int = 64, num_threads: Optional[int] = None,
+                 length_model: Optional[str] = None):
         path = os.path.abspath(path)
-        super().__init__(f"tflite:{path}@{sha256_file(path)[:16]}", batch_size)
+        length_model = length_model or _existing(
+            os.path.join(os.path.dirname(path), LEALLA, ASSET_VOCAB))
+        super().__init__(f"tflite:{path}@{sha256_file(path)[:16]}", batch_size,
+                         length_model=length_model)
         self.path = path
         self._interpreter = tflite_interpreter(model_path=path, num_threads=num_threads)
         signatures = self._interpreter.get_signature_list()
@@ -172,7 +208,8 @@ class CheckpointEmbedder(Embedder):
         name = f"run:{model_dir}@{os.path.basename(checkpoint)}"
         index = checkpoint + ".index"
         super().__init__(name, batch_size, fingerprint=name + (
-            f"@{sha256_file(index)[:16]}" if os.path.exists(index) else ""))
+            f"@{sha256_file(index)[:16]}" if os.path.exists(index) else ""),
+            length_model=_existing(os.path.join(model_dir, training.VOCAB_FILE)))
         model = modeling.StringEncoder(preprocessor, encoder)
         self._fn = tf.function(lambda s: model(s, training=False), input_signature=[_STRINGS])
 
