@@ -430,6 +430,28 @@ def test_embedders_order_batches_by_token_count(exported, reference):
     assert bare.lengths(data) == [len(s) for s in data]
 
 
+def test_tflite_embedder_static_batch(exported, reference, tmp_path):
+    """A TFLite model with a fixed batch dimension gets its batches cut and padded to it;
+    the exports themselves take any batch as it is."""
+    out, _ = exported
+    assert export.load_embedder(os.path.join(out, "lealla-fp32.tflite")).static_batch is None
+    loaded = tf.saved_model.load(os.path.join(out, export.LEALLA))
+    serve = loaded.signatures[export.SIGNATURE]
+    fn = tf.function(lambda s: serve(sentences=s),
+                     input_signature=[tf.TensorSpec([3], tf.string, name="sentences")])
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()],
+                                                           loaded)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    conv.allow_custom_ops = True
+    path = tmp_path / "static3.tflite"
+    path.write_bytes(conv.convert())
+    embedder = export.TFLiteEmbedder(str(path), batch_size=5)
+    assert embedder.static_batch == 3
+    got = embedder.encode(SENTENCES[:13])  # batches of 5 -> calls of 3 + 2 (padded)
+    assert got.shape == (13, reference.shape[1])
+    assert _cos(got, reference[:13]).min() >= TOLERANCE["fp32"]
+
+
 def test_load_embedder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="TF Hub handle"):
         export.load_embedder(str(tmp_path / "missing"))

@@ -149,12 +149,16 @@ class SavedModelEmbedder(Embedder):
 
 
 class TFLiteEmbedder(Embedder):
-    """A ``.tflite`` export run with LiteRT; batches are padded to ``batch_size`` so the
-    interpreter never reallocates.
+    """A ``.tflite`` export run with LiteRT.
+
+    The exports take any number of sentences and pad each batch to its longest sentence,
+    so batches go in as they are (the interpreter resizes per call anyway, since the
+    padded length changes). A model with a fixed batch dimension gets its batches cut
+    to that size and padded with empty strings.
 
     Args:
       path: the ``.tflite`` file.
-      batch_size: default sentences per call (and the padded batch shape).
+      batch_size: default sentences per call.
       num_threads: interpreter threads (default: LiteRT's).
       length_model: SentencePiece model to order sentences by token count (default:
         the one of the export folder holding ``path``, if any).
@@ -177,17 +181,19 @@ class TFLiteEmbedder(Embedder):
         self._input = signatures[key]["inputs"][0]
         outputs = signatures[key]["outputs"]
         self._output = OUTPUT_KEY if OUTPUT_KEY in outputs else outputs[0]
-        self._shape = self.batch_size
-
-    def encode(self, sentences, batch_size=None):
-        self._shape = int(batch_size or self.batch_size)
-        return super().encode(sentences, batch_size)
+        shape = self._runner.get_input_details()[self._input]["shape_signature"]
+        self.static_batch = int(shape[0]) if len(shape) and shape[0] > 0 else None
 
     def _encode_batch(self, batch):
-        n = len(batch)
-        size = max(n, self._shape)
-        padded = np.array(list(batch) + [b""] * (size - n), dtype=object)
-        return self._runner(**{self._input: padded})[self._output][:n]
+        if self.static_batch is None:
+            return self._runner(**{self._input: np.array(list(batch), dtype=object)})[
+                self._output]
+        size, parts = self.static_batch, []
+        for start in range(0, len(batch), size):
+            chunk = list(batch[start:start + size])
+            padded = np.array(chunk + [b""] * (size - len(chunk)), dtype=object)
+            parts.append(self._runner(**{self._input: padded})[self._output][:len(chunk)])
+        return np.concatenate(parts, axis=0)
 
 
 class CheckpointEmbedder(Embedder):
