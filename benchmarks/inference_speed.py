@@ -533,8 +533,9 @@ def main(argv=None) -> int:
     p.add_argument("--single", type=int, default=64,
                    help="real sentences also embedded one at a time (latency setting)")
     p.add_argument("--labse-sentences", type=int, default=0,
-                   help="fewer real sentences for the (slow) LaBSE shape (default: the same; "
-                        "then its real-sentence ratio is not like for like)")
+                   help="fewer real sentences for the (slow) LaBSE shape (default 0: the "
+                        "same sentences; with fewer, its real-sentence ratio is not like for "
+                        "like)")
     p.add_argument("--labse-runtimes", default="",
                    help="runtimes for the LaBSE shape (default: --runtimes)")
     p.add_argument("--fixed-batches", type=int, default=2,
