@@ -207,8 +207,11 @@ def _add_eval(sub) -> None:
                   "a teacher spec (muse, labse, hub:..., savedmodel:...), or a Python "
                   "callable py:package.module:function")
 
-    def common(s, memory=True, output_help="results JSON file", output_required=False):
-        s.add_argument("--model", required=True, help=model_help)
+    def common(s, memory=True, output_help="results JSON file", output_required=False,
+               model_required=True):
+        s.add_argument("--model", required=model_required, default="",
+                       help=model_help + ("" if model_required else
+                                          " (not needed when every input is a .npy file)"))
         s.add_argument("--batch-size", type=int, default=64, help="sentences per encode call")
         s.add_argument("--cache-dir", default="",
                        help="embedding cache (default $LEALLA_CACHE_DIR/embeddings)")
@@ -266,7 +269,7 @@ def _add_eval(sub) -> None:
     n.set_defaults(func=_eval_ntrex)
 
     u = esub.add_parser("un", help="P@1 of line-aligned queries in a large candidate pool")
-    common(u)
+    common(u, model_required=False)
     u.add_argument("--source", required=True, help="query sentences (text or .npy)")
     u.add_argument("--target", required=True, help="their translations, line-aligned")
     u.add_argument("--extra", nargs="*", default=[],
@@ -299,7 +302,7 @@ def _load_eval_model(spec: str):
 def _run_eval(args, body) -> int:
     from lealla_tf.evaluation.tatoeba import ChecksumError
     try:
-        return body(_load_eval_model(args.model))
+        return body(_load_eval_model(args.model) if args.model else None)
     except (ValueError, ChecksumError, ConnectionError, ImportError) as e:
         print(f"lealla: error: {e}", file=sys.stderr)
         return 2

@@ -250,6 +250,18 @@ def test_cli_eval_bucc_ntrex_un_and_mine(tmp_path, word_model, capsys):
     assert cli.main(["eval", "un", "--model", word_model, "--source", src, "--target", tgt,
                      "--output", str(out)]) == 0
     assert json.loads(out.read_text())["p_at_1"]["src2tgt"] == 100.0
+    # Precomputed embeddings need no model; a text input without one is a clear error.
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((20, 8)).astype(np.float32)
+    np.save(tmp_path / "a.npy", emb)
+    np.save(tmp_path / "b.npy", emb + 0.01 * rng.standard_normal((20, 8)).astype(np.float32))
+    assert cli.main(["eval", "un", "--source", str(tmp_path / "a.npy"), "--target",
+                     str(tmp_path / "b.npy"), "--output", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["model"] == "precomputed" and res["p_at_1"]["src2tgt"] == 100.0
+    capsys.readouterr()
+    assert cli.main(["eval", "un", "--source", src, "--target", str(tmp_path / "b.npy")]) == 2
+    assert "a model is needed" in capsys.readouterr().err
 
     mined = tmp_path / "mined.tsv"
     assert cli.main(["mine", "--model", word_model, "--source", src, "--target", tgt,
