@@ -317,6 +317,12 @@ def _write_json(path: str, result: dict) -> None:
         print(f"results written to {path}")
 
 
+def _mining_kwargs(args) -> dict:
+    """The flags ``mining_args`` adds (plus --memory-mb), as mining keyword arguments."""
+    return {"k": args.k, "margin": args.margin, "retrieval_mode": args.retrieval,
+            "max_memory_bytes": args.memory_mb << 20}
+
+
 def _eval_kwargs(args) -> dict:
     return {"batch_size": args.batch_size, "cache": args.cache_dir or None,
             "use_cache": not args.no_cache}
@@ -350,9 +356,8 @@ def _eval_bucc(args) -> int:
             raise ValueError("give --src, --tgt and --gold, or --data-dir with gold files")
         res = bucc.evaluate_files(
             model, files["src"], files["tgt"], files["gold"], threshold=args.threshold,
-            k=args.k, margin=args.margin, retrieval_mode=args.retrieval,
-            predictions=args.predictions or None,
-            max_memory_bytes=args.memory_mb << 20, **_eval_kwargs(args))
+            predictions=args.predictions or None, **_mining_kwargs(args),
+            **_eval_kwargs(args))
         print(bucc.format_table(res))
         _write_json(args.output, res)
         return 0
@@ -372,8 +377,7 @@ def _eval_ntrex(args) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             res = bucc.evaluate_ntrex(
                 model, root, langs, args.work_dir or tmp, n_pairs=args.pairs, seed=args.seed,
-                k=args.k, margin=args.margin, retrieval_mode=args.retrieval,
-                max_memory_bytes=args.memory_mb << 20, **_eval_kwargs(args))
+                **_mining_kwargs(args), **_eval_kwargs(args))
         print(bucc.format_table(res))
         _write_json(args.output, res)
         return 0
@@ -400,9 +404,8 @@ def _mine(args) -> int:
     from lealla_tf.evaluation import mining
 
     def body(model):
-        n = mining.mine_files(model, args.source, args.target, args.output, k=args.k,
-                              margin=args.margin, retrieval_mode=args.retrieval,
-                              threshold=args.threshold, max_memory_bytes=args.memory_mb << 20,
+        n = mining.mine_files(model, args.source, args.target, args.output,
+                              threshold=args.threshold, **_mining_kwargs(args),
                               **_eval_kwargs(args))
         print(f"{n} pairs written to {args.output}")
         return 0
