@@ -486,18 +486,23 @@ def gflops(m, k, n, int8):
     return 2 * m * k * n / float(np.median(ts)) / 1e9
 
 out = {"square": gflops(2048, 2048, 2048, False)}
-for name, (m, k, n) in {"thin_ffn": (8192, 128, 512), "thin_qkv": (8192, 128, 384)}.items():
+for name, (m, k, n) in json.loads(sys.argv[3]).items():
     out[name + "_fp32"] = gflops(m, k, n, False)
     out[name + "_int8"] = gflops(m, k, n, True)
 print("RESULT " + json.dumps(out))
 """
 
 
+# LEALLA-small's FFN-in and QKV products at 256 x 32 tokens: (rows, hidden, outputs).
+THIN_GEMMS = {"thin_ffn": (8192, 128, 512), "thin_qkv": (8192, 128, 384)}
+
+
 def tflite_gemm_gflops(threads: int, repeats: int = 7) -> dict:
     """LiteRT/XNNPACK ``FULLY_CONNECTED`` GFLOP/s: 2048^3 fp32 (``square``), and
-    LEALLA-small's FFN-in and QKV products (8192 x 128 x 512 / 384) in fp32 and with
-    int8 weights (``thin_*_fp32`` / ``thin_*_int8``): what int8 can gain at best."""
-    out = subprocess.run([sys.executable, "-c", _GEMM_CODE, str(threads), str(repeats)],
+    the ``THIN_GEMMS`` products in fp32 and with int8 weights (``thin_*_fp32`` /
+    ``thin_*_int8``): what int8 can gain at best."""
+    out = subprocess.run([sys.executable, "-c", _GEMM_CODE, str(threads), str(repeats),
+                          json.dumps(THIN_GEMMS)],
                          capture_output=True, text=True, check=True).stdout
     return json.loads(out.split("RESULT ")[-1])
 
@@ -587,8 +592,8 @@ def main(argv=None) -> int:
     print(f"fp32 matmul 2048^3, {args.threads} threads: TF {gflops_tf:.1f} GFLOP/s, "
           f"LiteRT/XNNPACK {gemm['square']:.1f} GFLOP/s; the machine's practical limit: "
           f"{gflops_peak:.1f}", flush=True)
-    for name in ("thin_ffn", "thin_qkv"):
-        print(f"LiteRT {name} (8192x128x{512 if name == 'thin_ffn' else 384}): fp32 "
+    for name, dims in THIN_GEMMS.items():
+        print(f"LiteRT {name} ({'x'.join(map(str, dims))}): fp32 "
               f"{gemm[name + '_fp32']:.1f}, int8 weights {gemm[name + '_int8']:.1f} GFLOP/s "
               f"(int8/fp32 {gemm[name + '_int8'] / gemm[name + '_fp32']:.2f}x)", flush=True)
 
@@ -618,12 +623,9 @@ def main(argv=None) -> int:
             if name.startswith("out-") and name.endswith(".npy"):
                 os.remove(os.path.join(work, name))
         cfg = vars(_model_cfg(shape))
-        real_lengths = []
-        # Padded lengths of the sorted real batches (for GFLOP/s).
-        order = sorted(range(n), key=lambda i: raw_lengths[i])
-        for j in range(0, n, args.batch_size):
-            batch = [lengths[i] for i in order[j:j + args.batch_size]]
-            real_lengths += [max(batch)] * len(batch)
+        # Padded lengths of the real batches, batched as the workers batch them.
+        real_lengths = [max(b) for b in batches_of(list(lengths[:n]), args.batch_size,
+                                                   raw_lengths[:n]) for _ in b]
         flops_real = encoder_flops(cfg, real_lengths)
         flops_fixed = encoder_flops(cfg, [FIXED_TOKENS] * nf)
         for rep in range(args.repeats):
@@ -696,8 +698,8 @@ def _min_cosine(work, runtime, references=("tf-keras", "tf")):
     """Smallest cosine between this runtime's embeddings and those of the first of
     ``references`` measured in this run (the Keras layers, else the SavedModel)."""
     a = os.path.join(work, f"out-{runtime}.npy")
-    b = next((os.path.join(work, f"out-{r}.npy") for r in references
-              if os.path.exists(os.path.join(work, f"out-{r}.npy"))), None)
+    b = next((p for p in (os.path.join(work, f"out-{r}.npy") for r in references)
+              if os.path.exists(p)), None)
     if b is None or not os.path.exists(a):
         return None
     x, y = np.load(a), np.load(b)

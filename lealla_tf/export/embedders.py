@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-from lealla_tf import modeling
+from lealla_tf import modeling, preprocessing
 from lealla_tf.export.formats import (_STRINGS, LEALLA, OUTPUT_KEY, SIGNATURE, sha256_file,
                                       tflite_interpreter)
 
@@ -22,7 +22,8 @@ def _as_bytes(s: Union[str, bytes]) -> bytes:
         return s.encode("utf-8", errors="replace")
 
 
-ASSET_VOCAB = os.path.join("assets", "spm.model")  # where exports keep the vocabulary
+# Where exported SavedModels keep their vocabulary (``formats.save_saved_model``).
+ASSET_VOCAB = os.path.join("assets", preprocessing.MODEL_FILE)
 
 
 def _existing(*paths: Optional[str]) -> Optional[str]:
