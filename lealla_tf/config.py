@@ -26,6 +26,12 @@ class ConfigError(ValueError):
     """A configuration file or override names an unknown key or holds a bad value."""
 
 
+ARCHITECTURES = ("transformer", "static")
+POOLINGS = ("cls", "mean")
+EMBEDDING_INITS = ("random", "teacher", "teacher_table")
+VOCAB_SOURCES = ("train", "teacher")
+
+
 @dataclasses.dataclass
 class ModelConfig:
     """Shape of the Transformer encoder (BERT-style, as in LEALLA and LaBSE)."""
@@ -46,8 +52,30 @@ class ModelConfig:
     # (BertEncoderV2's layers); same weights, same outputs. jit_compile: XLA for inference.
     implementation: str = "fast"
     jit_compile: bool = False
+    # "transformer" (BertEncoderV2) or "static": a bag of token embeddings, mean-pooled, with
+    # an optional linear map (static_projection), trained and exported the same way.
+    architecture: str = "transformer"
+    # Sentence vector: "cls" ([CLS] -> dense -> tanh, the LEALLA/LaBSE pooler) or "mean"
+    # (mean of the last layer over the tokens, [CLS]/[SEP] included). Static models: mean.
+    pooling: str = "cls"
+    static_projection: bool = False
+    # Word-embedding table at the start of training: "random"; "teacher" (embed every
+    # vocabulary piece with the teacher, PCA to hidden_size); "teacher_table" (the teacher's
+    # own token-embedding table, PCA to hidden_size; teachers that expose one, e.g. muse).
+    embedding_init: str = "random"
 
     def validate(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"model.architecture must be one of {', '.join(ARCHITECTURES)}, "
+                              f"got {self.architecture!r}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"model.pooling must be one of {', '.join(POOLINGS)}, "
+                              f"got {self.pooling!r}")
+        if self.architecture == "static" and self.pooling != "mean":
+            raise ConfigError("model.architecture static pools by mean: set model.pooling: mean")
+        if self.embedding_init not in EMBEDDING_INITS:
+            raise ConfigError(f"model.embedding_init must be one of {', '.join(EMBEDDING_INITS)}"
+                              f", got {self.embedding_init!r}")
         if self.implementation not in ("fast", "keras"):
             raise ConfigError(
                 f"model.implementation must be 'fast' or 'keras', got {self.implementation!r}")
@@ -69,6 +97,12 @@ class VocabConfig:
     """SentencePiece vocabulary training (unigram, no byte fallback: TFLite-safe)."""
 
     vocab_size: int = 501153
+    # "train": a unigram SentencePiece model trained on the training files (vocab_size
+    # pieces); "teacher": the teacher's own SentencePiece model (muse, or a SavedModel with a
+    # SentencePiece asset), pruned to the pieces the training files use (at most max_pieces,
+    # the most frequent first; 0 = all used), ids remapped, [PAD] [UNK] [CLS] [SEP] [MASK] kept.
+    source: str = "train"
+    max_pieces: int = 0
     # An existing SentencePiece model (spm.model) to use; empty: `lealla train` trains one
     # into the model dir. A relative path is tried against the cwd, then the model dir.
     model_file: str = ""
@@ -77,6 +111,13 @@ class VocabConfig:
     character_coverage: float = 0.9995
     max_sentence_length: int = 4192
     seed: int = 0
+
+    def validate(self) -> None:
+        if self.source not in VOCAB_SOURCES:
+            raise ConfigError(f"vocab.source must be one of {', '.join(VOCAB_SOURCES)}, "
+                              f"got {self.source!r}")
+        if self.max_pieces < 0:
+            raise ConfigError(f"vocab.max_pieces must be >= 0, got {self.max_pieces}")
 
 
 @dataclasses.dataclass

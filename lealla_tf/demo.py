@@ -51,32 +51,48 @@ def _stage(n: int, total: int, text: str) -> float:
 
 
 def slice_pairs(files: Sequence[str], output_dir: str, pairs_per_language: int,
-                seed: int = 0) -> List[str]:
+                seed: int = 0, dev_dir: Optional[str] = None,
+                dev_pairs_per_language: int = 0) -> List[str]:
     """Writes a seeded random sample of the well-formed pairs of each language.
 
     Args:
       files: ``xxx-eng.tsv`` files (several files of one language are pooled).
       output_dir: where ``xxx-eng.tsv`` samples go (one per base language).
-      pairs_per_language: pairs kept per language (0 = all).
+      pairs_per_language: pairs kept per language (0 = all but the development pairs).
       seed: sampling seed.
+      dev_dir: where a development split goes (``xxx-eng.tsv``, pairs never in the
+        training sample, for choosing recipes without touching test sets).
+      dev_pairs_per_language: pairs per language held out into ``dev_dir`` (at most a
+        fifth of a language's pairs).
 
     Returns:
-      The written files.
+      The written training files.
     """
     os.makedirs(output_dir, exist_ok=True)
+    if dev_dir:
+        os.makedirs(dev_dir, exist_ok=True)
     written = []
     for lang, paths in corpus.group_by_language(files).items():
         pairs = [(s, t) for p in paths for _, s, t in corpus.iter_tsv(p)]
-        if pairs_per_language and len(pairs) > pairs_per_language:
-            pairs = random.Random(f"{seed}-{lang}").sample(pairs, pairs_per_language)
+        random.Random(f"{seed}-{lang}").shuffle(pairs)
+        n_dev = min(dev_pairs_per_language, len(pairs) // 5) if dev_dir else 0
+        dev, pairs = pairs[:n_dev], pairs[n_dev:]
+        if pairs_per_language:
+            pairs = pairs[:pairs_per_language]
         out = os.path.join(output_dir, f"{lang}-eng.tsv")
-        tmp = out + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for s, t in pairs:
-                f.write(f"{s}\t{t}\n")
-        os.replace(tmp, out)
+        _write_pairs(out, pairs)
+        if dev_dir:
+            _write_pairs(os.path.join(dev_dir, f"{lang}-eng.tsv"), dev)
         written.append(out)
     return written
+
+
+def _write_pairs(path: str, pairs) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for s, t in pairs:
+            f.write(f"{s}\t{t}\n")
+    os.replace(tmp, path)
 
 
 def _speed(embedder, sentences: Sequence[str], repeats: int = 2) -> float:

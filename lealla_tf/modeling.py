@@ -30,6 +30,17 @@ from lealla_tf.config import ModelConfig
 
 INPUT_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
 IMPLEMENTATIONS = ("fast", "keras")
+POOLINGS = ("cls", "mean")
+# ModelConfig fields that are not constructor arguments of the encoders.
+_NOT_SHAPE = ("name", "architecture", "static_projection", "embedding_init")
+
+
+def mean_pool(sequence: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Mean of ``sequence`` ``[B, S, H]`` over the positions where ``mask`` ``[B, S]`` is 1
+    (float32 ``[B, H]``; an all-padding row gives zeros)."""
+    mask = tf.cast(mask, tf.float32)[:, :, None]
+    total = tf.reduce_sum(tf.cast(sequence, tf.float32) * mask, axis=1)
+    return total / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
 
 def bert_param_count(cfg: ModelConfig) -> int:
@@ -158,16 +169,20 @@ class LeallaEncoder(tf_keras.Model):
                  hidden_act: str = "gelu", dropout_rate: float = 0.1,
                  attention_dropout_rate: float = 0.1, initializer_range: float = 0.02,
                  implementation: str = "fast", jit_compile: bool = False,
+                 pooling: str = "cls",
                  initializer: Optional[tf_keras.initializers.Initializer] = None, **kwargs):
         kwargs.pop("name_", None)
         super().__init__(**kwargs)
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
         self._shape_config = dict(
             vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers,
             num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
             max_position_embeddings=max_position_embeddings, type_vocab_size=type_vocab_size,
             hidden_act=hidden_act, dropout_rate=dropout_rate,
             attention_dropout_rate=attention_dropout_rate, initializer_range=initializer_range,
-            implementation=implementation, jit_compile=bool(jit_compile))
+            implementation=implementation, jit_compile=bool(jit_compile), pooling=pooling)
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, "
                              f"got {implementation!r}")
@@ -184,6 +199,8 @@ class LeallaEncoder(tf_keras.Model):
             initializer=initializer or tf_keras.initializers.TruncatedNormal(
                 stddev=initializer_range),
             name="bert")
+        if pooling == "mean":  # the pooler's weights stay (checkpoints, counts) but do not train
+            self.bert.pooler_layer.trainable = False
         self.hidden_size = hidden_size
 
     @classmethod
@@ -191,7 +208,7 @@ class LeallaEncoder(tf_keras.Model):
         """Builds an encoder of the shape in ``cfg`` (``name`` becomes the Keras name);
         ``kwargs`` override config fields (e.g. ``implementation``)."""
         cfg.validate()
-        shape = {k: v for k, v in vars(cfg).items() if k != "name"}
+        shape = {k: v for k, v in vars(cfg).items() if k not in _NOT_SHAPE}
         shape.update(kwargs)
         shape.setdefault("name", cfg.name)
         return cls(**shape)
@@ -199,6 +216,11 @@ class LeallaEncoder(tf_keras.Model):
     @property
     def embedding_dim(self) -> int:
         return self.hidden_size
+
+    @property
+    def word_embeddings(self) -> tf.Variable:
+        """The ``[vocab_size, hidden_size]`` word-embedding table."""
+        return self.bert.get_embedding_table()
 
     def dummy_inputs(self, batch_size: int = 1, seq_length: int = 8) -> Dict[str, tf.Tensor]:
         ids = tf.zeros([batch_size, seq_length], tf.int32)
@@ -217,7 +239,10 @@ class LeallaEncoder(tf_keras.Model):
             outputs = self._fast_forward(inputs)
         else:
             outputs = self.bert(inputs, training=training)
-        pooled = tf.cast(outputs["pooled_output"], tf.float32)
+        if self.pooling == "mean":
+            pooled = mean_pool(outputs["sequence_output"], inputs["input_mask"])
+        else:
+            pooled = tf.cast(outputs["pooled_output"], tf.float32)
         return {
             "default": tf.math.l2_normalize(pooled, axis=-1),
             "pooled_output": pooled,
@@ -231,6 +256,93 @@ class LeallaEncoder(tf_keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         return cls(**config)
+
+
+@tf_keras.utils.register_keras_serializable(package="lealla")
+class StaticEncoder(tf_keras.Model):
+    """A static (bag-of-tokens) sentence encoder: the mean of the tokens' embedding rows.
+
+    The fastest model a user can ship and the baseline every Transformer student is
+    measured against. Same call contract as :class:`LeallaEncoder` (token dict in; dict with
+    ``default``, ``pooled_output``, ``sequence_output``, ``encoder_outputs`` out), so it
+    trains with the same losses and exports through the same SavedModel/TFLite paths.
+
+    Args:
+      vocab_size, hidden_size: the embedding table's shape.
+      projection: apply a bias-free linear map ``[hidden, hidden]`` to the mean.
+      initializer_range: stddev of the truncated-normal initializer.
+      initializer: overrides the initializer (not serialised).
+
+    Example::
+
+        enc = modeling.StaticEncoder(vocab_size=8000, hidden_size=128)
+        enc(enc.dummy_inputs())["default"].shape  # [1, 128]
+    """
+
+    def __init__(self, vocab_size: int, hidden_size: int, projection: bool = False,
+                 initializer_range: float = 0.02,
+                 initializer: Optional[tf_keras.initializers.Initializer] = None, **kwargs):
+        super().__init__(**kwargs)
+        self._shape_config = dict(vocab_size=vocab_size, hidden_size=hidden_size,
+                                  projection=bool(projection),
+                                  initializer_range=initializer_range)
+        self.hidden_size = hidden_size
+        init = initializer or tf_keras.initializers.TruncatedNormal(stddev=initializer_range)
+        self.embedding = tf_keras.layers.Embedding(vocab_size, hidden_size,
+                                                   embeddings_initializer=init,
+                                                   name="word_embeddings")
+        self.projection = tf_keras.layers.Dense(
+            hidden_size, use_bias=False, kernel_initializer=tf_keras.initializers.Identity(),
+            name="projection") if projection else None
+
+    @classmethod
+    def from_model_config(cls, cfg: ModelConfig, **kwargs) -> "StaticEncoder":
+        cfg.validate()
+        args = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+                    projection=cfg.static_projection, initializer_range=cfg.initializer_range,
+                    name=cfg.name)
+        args.update({k: v for k, v in kwargs.items() if k in ("initializer", "name")})
+        return cls(**args)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.hidden_size
+
+    @property
+    def word_embeddings(self) -> tf.Variable:
+        return self.embedding.embeddings
+
+    def dummy_inputs(self, batch_size: int = 1, seq_length: int = 8) -> Dict[str, tf.Tensor]:
+        ids = tf.zeros([batch_size, seq_length], tf.int32)
+        return {"input_word_ids": ids, "input_mask": tf.ones_like(ids),
+                "input_type_ids": tf.zeros_like(ids)}
+
+    def build_from_config(self, config):
+        self(self.dummy_inputs())
+
+    def call(self, inputs: Dict[str, tf.Tensor], training=None) -> Dict[str, Any]:
+        sequence = self.embedding(inputs["input_word_ids"])
+        pooled = mean_pool(sequence, inputs["input_mask"])
+        if self.projection is not None:
+            pooled = tf.cast(self.projection(pooled), tf.float32)
+        return {"default": tf.math.l2_normalize(pooled, axis=-1), "pooled_output": pooled,
+                "sequence_output": sequence, "encoder_outputs": [sequence]}
+
+    def get_config(self) -> Dict[str, Any]:
+        return dict(self._shape_config, name=self.name)
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(**config)
+
+
+def build_encoder(cfg: ModelConfig, **kwargs):
+    """The encoder ``cfg.architecture`` names (:class:`LeallaEncoder` or
+    :class:`StaticEncoder`), of the shape in ``cfg``; ``kwargs`` as in ``from_model_config``."""
+    cfg.validate()
+    if cfg.architecture == "static":
+        return StaticEncoder.from_model_config(cfg, **kwargs)
+    return LeallaEncoder.from_model_config(cfg, **kwargs)
 
 
 @tf_keras.utils.register_keras_serializable(package="lealla")
@@ -285,8 +397,8 @@ class StringEncoder(tf_keras.Model):
 
 
 def count_params(cfg: ModelConfig) -> int:
-    """Exact number of weights of :class:`LeallaEncoder` with shape ``cfg`` (built)."""
-    encoder = LeallaEncoder.from_model_config(cfg, initializer=tf_keras.initializers.Zeros())
+    """Exact number of weights of the encoder with shape ``cfg`` (built)."""
+    encoder = build_encoder(cfg, initializer=tf_keras.initializers.Zeros())
     encoder(encoder.dummy_inputs())
     return int(sum(int(tf.size(w)) for w in encoder.weights))
 
@@ -295,12 +407,19 @@ def summary_text(cfg: ModelConfig) -> str:
     """Human-readable shape and exact parameter count (what ``lealla model summary`` prints)."""
     n = count_params(cfg)
     h = cfg.hidden_size
+    if cfg.architecture == "static":
+        return "\n".join([
+            f"model: {cfg.name} (static: mean of token embeddings"
+            f"{', linear map' if cfg.static_projection else ''})",
+            f"  vocab {cfg.vocab_size:,}, hidden {h}",
+            f"  parameters: {n:,} ({n / 1e6:.2f}M)",
+            f"  embedding dim: {h}"])
     embedding = (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * h + 2 * h
     lines = [
         f"model: {cfg.name}",
         f"  layers {cfg.num_layers}, hidden {h}, heads {cfg.num_attention_heads}, "
         f"FFN {cfg.intermediate_size}, vocab {cfg.vocab_size:,}, positions "
-        f"{cfg.max_position_embeddings}, activation {cfg.hidden_act}",
+        f"{cfg.max_position_embeddings}, activation {cfg.hidden_act}, pooling {cfg.pooling}",
         f"  parameters: {n:,} ({n / 1e6:.2f}M)",
         f"    embeddings {embedding:,}  transformer+pooler {n - embedding:,}",
         f"  embedding dim: {h}",

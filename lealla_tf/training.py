@@ -66,7 +66,7 @@ from lealla_tf import corpus as corpus_lib
 from lealla_tf import data as data_lib
 from lealla_tf import distribute as distribute_lib
 from lealla_tf import losses as losses_lib
-from lealla_tf import modeling, preprocessing
+from lealla_tf import modeling, preprocessing, student_init
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +143,13 @@ def precision_policy(name: str, strategy: tf.distribute.Strategy) -> str:
 
 def resolve_vocab(cfg: config_lib.ExperimentConfig, model_dir: str,
                   strategy: Optional[tf.distribute.Strategy] = None,
-                  progress: bool = True) -> str:
+                  progress: bool = True, teacher_fn: Optional[Callable[[], object]] = None
+                  ) -> str:
     """Makes sure ``model_dir/vocab/spm.model`` exists; returns its path.
 
-    Copies ``vocab.model_file`` there, or trains a vocabulary from the training files when
-    that is empty. Non-chief workers wait for the chief's copy.
+    Copies ``vocab.model_file`` there; when that is empty, builds the teacher's pruned
+    vocabulary (``vocab.source: teacher``; ``teacher_fn`` gives the teacher) or trains one
+    from the training files. Non-chief workers wait for the chief's copy.
 
     Raises:
       FileNotFoundError: ``vocab.model_file`` names a missing file.
@@ -172,8 +174,17 @@ def resolve_vocab(cfg: config_lib.ExperimentConfig, model_dir: str,
             raise FileNotFoundError(f"vocab.model_file not found: {source}")
         shutil.copyfile(found, target + ".tmp")
         os.replace(target + ".tmp", target)
+        info = os.path.join(os.path.dirname(found), student_init.INFO_FILE)
+        if os.path.exists(info):  # teacher ids, for model.embedding_init: teacher_table
+            shutil.copyfile(info, os.path.join(os.path.dirname(target), student_init.INFO_FILE))
         return target
     files = _training_files(cfg.data)
+    if cfg.vocab.source == "teacher":
+        if teacher_fn is None:
+            raise config_lib.ConfigError("vocab.source: teacher needs a teacher (teacher.spec)")
+        return student_init.build_teacher_vocab(teacher_fn(), files, os.path.dirname(target),
+                                                max_pieces=cfg.vocab.max_pieces,
+                                                progress=progress)
     tmp = os.path.join(model_dir, "vocab.tmp")
     path = preprocessing.train_vocab(
         files, tmp, vocab_size=cfg.vocab.vocab_size,
@@ -221,19 +232,23 @@ class Trainer:
 
     def __init__(self, cfg: config_lib.ExperimentConfig, model_dir: str,
                  strategy: Optional[tf.distribute.Strategy] = None, progress: bool = True,
-                 corpus: Optional[data_lib.ParallelCorpus] = None):
+                 corpus: Optional[data_lib.ParallelCorpus] = None, teacher=None):
         cfg.validate()
         self.cfg = cfg
         self.model_dir = os.path.abspath(model_dir)
         self.strategy = strategy or distribute_lib.get_strategy(cfg.distribute)
         self.chief = distribute_lib.is_chief(self.strategy)
         self.progress = progress and self.chief
+        self._teacher = teacher
         os.makedirs(self.model_dir, exist_ok=True)
-        _check_resume_config(cfg, self.model_dir)
 
-        self.vocab_path = resolve_vocab(cfg, self.model_dir, self.strategy, progress=progress)
+        self.vocab_path = resolve_vocab(cfg, self.model_dir, self.strategy, progress=progress,
+                                        teacher_fn=self.teacher)
         self.preprocessor_bytes = preprocessing.read_model(self.vocab_path)
         vocab_size = preprocessing.Preprocessor(self.preprocessor_bytes, 2).vocab_size
+        if cfg.vocab.source == "teacher" and not cfg.vocab.model_file:
+            cfg.model.vocab_size = vocab_size  # known only once the corpus is tokenized
+        _check_resume_config(cfg, self.model_dir)
         if vocab_size > cfg.model.vocab_size:
             raise config_lib.ConfigError(
                 f"the vocabulary has {vocab_size} pieces but model.vocab_size is "
@@ -260,6 +275,35 @@ class Trainer:
         finally:
             tf_keras.mixed_precision.set_global_policy(self._previous_policy)
 
+    def teacher(self):
+        """The teacher of ``teacher.spec`` (loaded once, on first use)."""
+        if self._teacher is None:
+            if not self.cfg.teacher.spec:
+                raise config_lib.ConfigError(
+                    "vocab.source: teacher and model.embedding_init: teacher/teacher_table need "
+                    "a teacher: set teacher.spec")
+            from lealla_tf import teachers
+            self._teacher = teachers.load_teacher(self.cfg.teacher.spec)
+        return self._teacher
+
+    def _initialise_embeddings(self) -> None:
+        """Fills the word-embedding table from the teacher (``model.embedding_init``)."""
+        kind = self.cfg.model.embedding_init
+        source = self.cfg.vocab.model_file
+        cache = os.path.dirname(os.path.abspath(source)) if source and os.path.isfile(source) \
+            else os.path.dirname(self.vocab_path)
+        table = student_init.initial_table(kind, self.teacher(), self.vocab_path,
+                                           self.cfg.model.hidden_size,
+                                           self.cfg.model.initializer_range, cache_dir=cache,
+                                           progress=self.progress)
+        variable = self.encoder.word_embeddings
+        if tuple(variable.shape) != table.shape:
+            raise config_lib.ConfigError(
+                f"embedding init gives a {table.shape} table but the encoder's is "
+                f"{tuple(variable.shape)}: model.vocab_size must equal the vocabulary's size")
+        variable.assign(tf.cast(table, variable.dtype))
+        log.info("word embeddings initialised from the teacher (%s)", kind)
+
     # -- construction
     def _build(self) -> None:
         cfg = self.cfg
@@ -277,7 +321,7 @@ class Trainer:
             was_enabled = tf_keras.backend.experimental.is_tf_random_generator_enabled()
             tf_keras.backend.experimental.enable_tf_random_generator()
             try:
-                self.encoder = modeling.LeallaEncoder.from_model_config(cfg.model)
+                self.encoder = modeling.build_encoder(cfg.model)
                 self.encoder(self.encoder.dummy_inputs())
             finally:
                 if not was_enabled:
@@ -307,6 +351,9 @@ class Trainer:
             max_to_keep=cfg.train.keep_checkpoints)
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)
         self._restore_status = None
+        if not latest and cfg.model.embedding_init != "random":
+            with self.strategy.scope():
+                self._initialise_embeddings()
         if latest:
             self._restore_status = self.checkpoint.restore(latest)
             self._restore_status.assert_existing_objects_matched()
@@ -478,7 +525,7 @@ class Trainer:
 def train(cfg: config_lib.ExperimentConfig, model_dir: str,
           strategy: Optional[tf.distribute.Strategy] = None, progress: bool = True,
           on_loop_end: Optional[Callable[[int, Dict[str, float]], None]] = None,
-          corpus: Optional[data_lib.ParallelCorpus] = None) -> TrainResult:
+          corpus: Optional[data_lib.ParallelCorpus] = None, teacher=None) -> TrainResult:
     """Runs (or resumes) a training job; see :class:`Trainer` and the module docstring.
 
     Args:
@@ -488,8 +535,10 @@ def train(cfg: config_lib.ExperimentConfig, model_dir: str,
       progress: show a progress bar.
       on_loop_end: called with ``(step, metrics)`` after every train-loop call.
       corpus: an already loaded corpus (default: read ``cfg.data``).
+      teacher: an already loaded teacher (default: loaded from ``teacher.spec`` when the
+        vocabulary or the embedding init needs it).
     """
-    return Trainer(cfg, model_dir, strategy, progress, corpus).run(on_loop_end)
+    return Trainer(cfg, model_dir, strategy, progress, corpus, teacher).run(on_loop_end)
 
 
 # ---------------------------------------------------------------------------- reading back
@@ -515,7 +564,7 @@ def restore_encoder(model_dir: str, checkpoint: Optional[str] = None
         raise FileNotFoundError(f"no checkpoint in {os.path.join(model_dir, CHECKPOINT_DIR)}")
     cfg = config_lib.load(cfg_path)
     preprocessor = preprocessing.Preprocessor(vocab_path, cfg.preprocess.seq_length)
-    encoder = modeling.LeallaEncoder.from_model_config(cfg.model)
+    encoder = modeling.build_encoder(cfg.model)
     encoder(encoder.dummy_inputs())
     tf.train.Checkpoint(encoder=encoder).restore(checkpoint).expect_partial() \
         .assert_existing_objects_matched()

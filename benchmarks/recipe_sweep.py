@@ -1,0 +1,192 @@
+"""Recipe sweep: which settings make a student learn fast on CPU, chosen on development data.
+
+Prepares the demo's data once (training pairs of the teacher's 14 languages, a disjoint
+development split held out of ``train/``, the teacher's pruned vocabulary, the teacher's
+embeddings of the training pairs), then trains one student per variant with the real
+training job and scores each on the development pairs (retrieval within each language's
+held-out pairs, mean of both directions, averaged over the languages). The Tatoeba test
+sets are never read here.
+
+Each variant is a recipe file plus ``--set``-style overrides; a variant whose name ends
+in ``@0`` is the same student before any training step (its initialisation alone).
+Every run is resumable: rerunning skips finished variants.
+
+    LEALLA_DATA_DIR=/path/to/data python benchmarks/recipe_sweep.py \\
+        --output results/recipe_sweep [--variants static,tiny_mean_teacher] [--list]
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIGS = os.path.join(HERE, "..", "configs")
+DEMO, STATIC = os.path.join(CONFIGS, "demo.yaml"), os.path.join(CONFIGS, "demo_static.yaml")
+OLD = ["vocab.source=train", "model.embedding_init=random", "model.pooling=cls"]
+
+# name -> (recipe, overrides, what it tests)
+VARIANTS = {
+    "static@0": (STATIC, [], "static, teacher init, no training"),
+    "static": (STATIC, [], "static, teacher init, 2000 x 256"),
+    "static_random": (STATIC, ["model.embedding_init=random"], "static, random init"),
+    "transformer@0": (DEMO, [], "4x128 mean, teacher init, no training"),
+    "demo": (DEMO, [], "4x128 mean, teacher init (demo.yaml)"),
+    "cls": (DEMO, ["model.pooling=cls"], "demo with [CLS] pooling"),
+    "random_init": (DEMO, ["model.embedding_init=random"], "demo with a random table"),
+    "teacher_table": (DEMO, ["model.embedding_init=teacher_table"],
+                      "demo, table from muse's own token embeddings"),
+    "lr3e-3": (DEMO, ["train.learning_rate=0.003"], "demo, lr 3e-3"),
+    "lr3e-4": (DEMO, ["train.learning_rate=0.0003"], "demo, lr 3e-4"),
+    "batch256": (DEMO, ["train.global_batch_size=256", "train.steps=300"],
+                 "demo, 300 x 256 (same pairs)"),
+    "batch64": (DEMO, ["train.global_batch_size=64", "train.steps=1200"],
+                "demo, 1200 x 64 (same pairs)"),
+    "feature0": (DEMO, ["loss.feature_distill_weight=0"], "demo without feature distillation"),
+    "feature300": (DEMO, ["loss.feature_distill_weight=300"], "demo, feature weight 300"),
+    "logit10": (DEMO, ["loss.logit_distill_weight=10"], "demo + logit distillation 10"),
+    "scale50": (DEMO, ["loss.scale=50"], "demo, AMS scale 50"),
+    "layers2": (DEMO, ["model.num_layers=2"], "demo with 2 layers"),
+    "seq48": (DEMO, ["preprocess.seq_length=48"], "demo, sequence length 48"),
+    "steps1200": (DEMO, ["train.steps=1200"], "demo, 1200 steps"),
+    "old_demo": (DEMO, OLD, "the previous recipe: own vocabulary, random, [CLS]"),
+}
+
+
+def prepare(output, root, pairs_per_language, dev_pairs, spec, progress=True):
+    """Training slice, development split, teacher vocabulary and teacher embeddings."""
+    from lealla_tf import corpus, demo, student_init, teacher_embeddings, teachers
+
+    teacher = teachers.load_teacher(spec)
+    train_dir, dev_dir = os.path.join(output, "data"), os.path.join(output, "dev")
+    if not os.path.isdir(train_dir):
+        source = corpus.find_files(["train/*-eng.tsv"], root, list(demo.DEMO_LANGUAGES))
+        demo.slice_pairs(source, train_dir, pairs_per_language, dev_dir=dev_dir,
+                         dev_pairs_per_language=dev_pairs)
+    files = sorted(os.path.join(train_dir, f) for f in os.listdir(train_dir))
+    dev = sorted(os.path.join(dev_dir, f) for f in os.listdir(dev_dir))
+    vocab = student_init.build_teacher_vocab(teacher, files, os.path.join(output, "vocab"),
+                                             progress=progress)
+    emb = os.path.join(output, "teacher_embeddings")
+    teacher_embeddings.precompute(teacher, files, emb, progress=progress)
+    return teacher, files, dev, vocab, emb
+
+
+def run_variant(name, recipe, overrides, output, files, vocab, emb, teacher, dev, cache):
+    """Trains (or initialises) one variant and scores it on the development pairs."""
+    import tensorflow as tf
+
+    from lealla_tf import config, modeling, preprocessing, training
+    from lealla_tf.evaluation import pairs, runner
+
+    untrained = name.endswith("@0")
+    cfg = config.load(recipe, overrides)
+    n = preprocessing.Preprocessor(vocab, 2).vocab_size
+    if cfg.vocab.source == "teacher":
+        cfg.vocab.model_file = vocab
+        cfg.model.vocab_size = n
+    else:
+        cfg.model.vocab_size = max(cfg.vocab.vocab_size, 8)
+    cfg.data.train_files, cfg.data.data_dir = files, ""
+    cfg.data.teacher_embeddings = emb
+    run_dir = os.path.join(output, "runs", name)
+    start = time.perf_counter()
+    trainer = training.Trainer(cfg, run_dir, progress=False, teacher=teacher)
+    if not untrained:
+        trainer.run()
+    seconds = time.perf_counter() - start
+    pre = preprocessing.Preprocessor(trainer.vocab_path, cfg.preprocess.seq_length)
+    model = modeling.StringEncoder(pre, trainer.encoder)
+    fn = tf.function(lambda x: model(x, training=False),
+                     input_signature=[tf.TensorSpec([None], tf.string)])
+    embedder = runner.as_embedder(lambda s: fn(tf.constant(s)).numpy(), name=f"sweep-{name}")
+    res = pairs.evaluate_pair_files(embedder, dev, use_cache=False)
+    return {"name": name, "recipe": os.path.basename(recipe), "overrides": overrides,
+            "steps": 0 if untrained else cfg.train.steps,
+            "batch": cfg.train.global_batch_size, "seconds": seconds,
+            "vocab_size": cfg.model.vocab_size, "dev": res}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--output", default="results/recipe_sweep")
+    p.add_argument("--data-dir", default=os.environ.get("LEALLA_DATA_DIR", ""))
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--pairs-per-language", type=int, default=3000)
+    p.add_argument("--dev-pairs-per-language", type=int, default=300)
+    p.add_argument("--teacher", default="muse")
+    p.add_argument("--list", action="store_true", help="list the variants and exit")
+    args = p.parse_args(argv)
+    if args.list:
+        for name, (recipe, overrides, what) in VARIANTS.items():
+            print(f"{name:16s} {os.path.basename(recipe):18s} {' '.join(overrides):50s} {what}")
+        return 0
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant(s) {unknown}; --list shows them")
+
+    from lealla_tf import config
+    from lealla_tf.evaluation import pairs
+
+    root = config.data_dir(args.data_dir)
+    output = os.path.abspath(args.output)
+    os.makedirs(output, exist_ok=True)
+    cpu = _cpu_line()
+    print(f"# recipe sweep on {cpu}", flush=True)
+    teacher, files, dev, vocab, emb = prepare(output, root, args.pairs_per_language,
+                                              args.dev_pairs_per_language, args.teacher)
+    cache = os.path.join(output, "embedding_cache")
+    results_path = os.path.join(output, "sweep.json")
+    results = json.load(open(results_path)) if os.path.exists(results_path) else {}
+    if "teacher" not in results:
+        results["teacher"] = pairs.evaluate_pair_files(teacher, dev, cache=cache)
+    t_dev = results["teacher"]["average"]["mean"]
+    print(f"teacher ({args.teacher}) dev: {t_dev:.1f}", flush=True)
+    for name in names:
+        if name not in results:
+            recipe, overrides, _ = VARIANTS[name]
+            results[name] = run_variant(name, recipe, overrides, output, files, vocab, emb,
+                                        teacher, dev, cache)
+            with open(results_path + ".tmp", "w") as f:
+                json.dump(results, f, indent=1)
+            os.replace(results_path + ".tmp", results_path)
+        r = results[name]
+        print(f"  {name}: dev {r['dev']['average']['mean']:.1f} "
+              f"({r['steps']} x {r['batch']}, {r['seconds']:.0f}s)", flush=True)
+    print(format_table(results, names, args.teacher, cpu))
+    return 0
+
+
+def _cpu_line():
+    import platform
+    model = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def format_table(results, names, teacher, cpu):
+    t_dev = results["teacher"]["average"]["mean"]
+    lines = [f"\nDevelopment pairs held out of train/ ({cpu}); teacher {teacher}: {t_dev:.1f}",
+             "", "| variant | what | steps x batch | train s | dev accuracy | retention |",
+             "|---|---|---:|---:|---:|---:|"]
+    for name in names:
+        r = results[name]
+        acc = r["dev"]["average"]["mean"]
+        lines.append(f"| {name} | {VARIANTS[name][2]} | {r['steps']} x {r['batch']} | "
+                     f"{r['seconds']:.0f} | {acc:.1f} | {100 * acc / t_dev:.1f}% |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

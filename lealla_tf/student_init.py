@@ -1,0 +1,312 @@
+"""Starting a student from its teacher: the teacher's vocabulary and token embeddings.
+
+A student that starts from a random table over a small vocabulary trained on a few
+thousand sentences learns slowly. Two things the teacher already knows give it a head
+start (README, "Students that keep the teacher's quality"):
+
+- **The teacher's vocabulary** (``vocab.source: teacher``): the teacher's own SentencePiece
+  model, pruned to the pieces the training corpus uses (optionally to the ``max_pieces``
+  most frequent), ids remapped so that ``[PAD] [UNK] [CLS] [SEP] [MASK]`` keep ids 0-4, the
+  teacher's normaliser and piece scores kept. The result is an ordinary unigram model
+  without byte fallback: the TFLite-safe ``FastSentencepieceTokenizer`` runs it. Every
+  character seen in the corpus keeps its single-character piece when the teacher has one,
+  so words the corpus never used still segment into known pieces. On the corpus itself
+  the segmentation is the teacher's (removing pieces a Viterbi path does not use cannot
+  change that path).
+- **Teacher-initialised token embeddings** (``model.embedding_init``): ``teacher`` embeds
+  every vocabulary piece with the teacher (the piece's text, ``▁`` read as a space), and
+  ``teacher_table`` takes the teacher's own token-embedding rows where the teacher exposes
+  them (``muse``); either is reduced to the student's width by PCA (centred, top
+  components) and rescaled so that its entries have the initializer's standard deviation.
+  Special pieces get zero rows. Piece vectors are cached on disk.
+
+Example::
+
+    from lealla_tf import student_init, teachers
+    teacher = teachers.load_teacher("muse")
+    path = student_init.build_teacher_vocab(teacher, ["data/deu-eng.tsv"], "vocab/")
+    table = student_init.initial_table("teacher", teacher, path, dim=128, stddev=0.02)
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import re
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from lealla_tf import corpus, preprocessing
+
+INFO_FILE = "vocab_info.json"
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED = 1, 2, 3, 4
+_KEPT_TYPES = (_NORMAL, _USER_DEFINED)
+WORD_BOUNDARY = "\u2581"
+
+
+def _model_proto(model_bytes: bytes):
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    proto = pb.ModelProto()
+    proto.ParseFromString(model_bytes)
+    return proto
+
+
+def teacher_sentencepiece(teacher) -> bytes:
+    """The serialized SentencePiece model a teacher tokenizes with.
+
+    Raises:
+      ValueError: the teacher exposes none (e.g. a WordPiece model such as LaBSE, or a
+        Python callable).
+    """
+    fn = getattr(teacher, "sentencepiece_model", None)
+    model = fn() if callable(fn) else None
+    if not model:
+        raise ValueError(
+            f"teacher {getattr(teacher, 'name', teacher)!r} exposes no SentencePiece model, so "
+            "vocab.source: teacher cannot use its vocabulary; use vocab.source: train, or a "
+            "teacher with a SentencePiece vocabulary (muse, or a SavedModel with a "
+            "SentencePiece .model asset)")
+    proto = _model_proto(model)
+    if proto.trainer_spec.model_type != 1:
+        raise ValueError(f"teacher {teacher.name!r}: its SentencePiece model is not unigram "
+                         "(TF Text's FastSentencepieceTokenizer reproduces unigram models only)")
+    return model
+
+
+def _corpus_sentences(files: Sequence[str]) -> Iterable[str]:
+    for path in files:
+        if path.endswith(".tsv"):
+            for _, src, tgt in corpus.iter_tsv(path):
+                yield src
+                yield tgt
+        else:
+            yield from corpus.iter_text(path)
+
+
+def prune_sentencepiece(model_bytes: bytes, sentences: Iterable[str], max_pieces: int = 0,
+                        progress: bool = False) -> Tuple[bytes, np.ndarray, Dict[str, int]]:
+    """The teacher's unigram model restricted to the pieces ``sentences`` use.
+
+    Args:
+      model_bytes: the teacher's serialized SentencePiece (unigram) model.
+      sentences: the corpus whose pieces are kept.
+      max_pieces: keep at most this many teacher pieces (the corpus's characters first,
+        then the most frequent pieces); 0 keeps every used piece.
+      progress: show a progress bar while tokenizing.
+
+    Returns:
+      ``(model, teacher_ids, stats)``: the new serialized model (ids 0-4 are
+      ``preprocessing.SPECIAL_PIECES``, then the kept pieces in the teacher's order),
+      ``teacher_ids[i]`` = the teacher id of new piece ``i`` (-1 for the specials), and
+      counts of what was kept.
+    """
+    import sentencepiece as spm
+    from tqdm.auto import tqdm
+
+    proto = _model_proto(model_bytes)
+    sp = spm.SentencePieceProcessor(model_proto=model_bytes)
+    counts: collections.Counter = collections.Counter()
+    chars: set = set()
+    n_sentences = 0
+    for sentence in tqdm(sentences, desc="teacher pieces", unit=" sent", disable=not progress,
+                         mininterval=1.0):
+        counts.update(sp.encode(sentence))
+        chars.update(sp.normalize(sentence))
+        n_sentences += 1
+    piece_id = {p.piece: i for i, p in enumerate(proto.pieces)}
+    keepable = lambda i: i is not None and proto.pieces[i].type in _KEPT_TYPES
+    char_ids = {piece_id.get(c) for c in chars} | {piece_id.get(WORD_BOUNDARY + c) for c in chars}
+    char_ids = sorted(i for i in char_ids if keepable(i))
+    used = sorted((i for i in counts if keepable(i)), key=lambda i: (-counts[i], i))
+    kept = list(dict.fromkeys(char_ids + used))
+    if max_pieces:
+        if max_pieces < len(char_ids):
+            kept = sorted(char_ids, key=lambda i: (-counts.get(i, 0), i))[:max_pieces]
+        else:
+            kept = kept[:max_pieces]
+    kept = sorted(kept)
+
+    old = list(proto.pieces)
+    del proto.pieces[:]
+    for n, piece in enumerate(preprocessing.SPECIAL_PIECES):
+        new = proto.pieces.add()
+        new.piece, new.score = piece, 0.0
+        new.type = _UNKNOWN if n == preprocessing.UNK_ID else _CONTROL
+    for i in kept:
+        new = proto.pieces.add()
+        new.CopyFrom(old[i])
+    spec = proto.trainer_spec
+    spec.unk_id, spec.pad_id, spec.bos_id, spec.eos_id = (preprocessing.UNK_ID,
+                                                          preprocessing.PAD_ID, -1, -1)
+    spec.unk_piece = preprocessing.SPECIAL_PIECES[preprocessing.UNK_ID]
+    spec.pad_piece = preprocessing.SPECIAL_PIECES[preprocessing.PAD_ID]
+    spec.byte_fallback = False
+    spec.vocab_size = len(proto.pieces)
+    teacher_ids = np.array([-1] * len(preprocessing.SPECIAL_PIECES) + kept, np.int64)
+    stats = {"sentences": n_sentences, "teacher_pieces": len(old),
+             "used_pieces": len(used), "character_pieces": len(char_ids),
+             "kept_pieces": len(kept), "vocab_size": len(proto.pieces),
+             "unknown_tokens_in_corpus": int(counts.get(sp.unk_id(), 0))}
+    return proto.SerializeToString(), teacher_ids, stats
+
+
+def build_teacher_vocab(teacher, files: Sequence[str], output_dir: str, max_pieces: int = 0,
+                        progress: bool = True) -> str:
+    """Writes the teacher's vocabulary pruned to ``files`` as ``output_dir/spm.model``.
+
+    Also writes ``vocab_info.json`` (sizes, the teacher, ``teacher_ids``: the teacher id of
+    every piece). An existing model there is reused.
+
+    Args:
+      teacher: a teacher exposing ``sentencepiece_model()`` (see :func:`teacher_sentencepiece`).
+      files: ``.tsv`` pair files (both sides) or text files.
+      output_dir: the vocabulary folder.
+      max_pieces: see :func:`prune_sentencepiece`.
+      progress: progress bar and a summary line.
+
+    Returns:
+      The path of ``spm.model``.
+    """
+    path = os.path.join(output_dir, preprocessing.MODEL_FILE)
+    if os.path.exists(path) and os.path.exists(os.path.join(output_dir, INFO_FILE)):
+        return path
+    model = teacher_sentencepiece(teacher)
+    pruned, teacher_ids, stats = prune_sentencepiece(model, _corpus_sentences(files),
+                                                     max_pieces, progress=progress)
+    os.makedirs(output_dir, exist_ok=True)
+    info = dict(stats, source="teacher", teacher=teacher.name, max_pieces=max_pieces,
+                special_pieces=list(preprocessing.SPECIAL_PIECES),
+                inputs=[os.path.abspath(f) for f in files], teacher_ids=teacher_ids.tolist())
+    _atomic_write(os.path.join(output_dir, INFO_FILE),
+                  json.dumps(info, indent=1, ensure_ascii=False).encode("utf-8"))
+    _atomic_write(path, pruned)
+    if progress:
+        print(f"teacher vocabulary ({teacher.name}): {stats['vocab_size']:,} pieces kept of "
+              f"{stats['teacher_pieces']:,} ({stats['used_pieces']:,} used by "
+              f"{stats['sentences']:,} sentences, {stats['character_pieces']:,} characters)",
+              flush=True)
+    return path
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def piece_texts(model_bytes: bytes) -> List[str]:
+    """The text each piece stands for (``▁`` as a space; special pieces give ``""``)."""
+    proto = _model_proto(model_bytes)
+    return [p.piece.replace(WORD_BOUNDARY, " ") if p.type in _KEPT_TYPES else ""
+            for p in proto.pieces]
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:60]
+
+
+def teacher_piece_vectors(teacher, model_bytes: bytes, cache_dir: Optional[str] = None,
+                          batch_size: int = 512, progress: bool = True) -> np.ndarray:
+    """The teacher's embedding of every piece's text, float32 ``[vocab, teacher_dim]``.
+
+    Special pieces get zero rows. Cached in ``cache_dir`` (keyed by teacher and vocabulary).
+    """
+    from tqdm.auto import tqdm
+
+    digest = hashlib.sha256(model_bytes).hexdigest()[:16]
+    cache = (os.path.join(cache_dir, f"piece_vectors.{_slug(teacher.name)}.{digest}.npy")
+             if cache_dir else None)
+    if cache and os.path.exists(cache):
+        return np.load(cache)
+    texts = piece_texts(model_bytes)
+    rows = [i for i, t in enumerate(texts) if t.strip()]
+    out = np.zeros((len(texts), teacher.dim), np.float32)
+    for start in tqdm(range(0, len(rows), batch_size), desc="embedding vocabulary pieces",
+                      unit=" batch", disable=not progress, mininterval=1.0):
+        chunk = rows[start:start + batch_size]
+        out[chunk] = teacher.encode([texts[i] for i in chunk])
+    if cache:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = cache + ".tmp.npy"
+        np.save(tmp, out)
+        os.replace(tmp, cache)
+    return out
+
+
+def teacher_table_rows(teacher, vocab_dir: str) -> np.ndarray:
+    """The teacher's own token-embedding rows for the pieces of a teacher vocabulary.
+
+    Args:
+      teacher: a teacher with ``token_embeddings(ids) -> [len(ids), D]``.
+      vocab_dir: a folder written by :func:`build_teacher_vocab` (its ``teacher_ids``).
+
+    Raises:
+      ValueError: the teacher has no token table, or the vocabulary is not the teacher's.
+    """
+    fn = getattr(teacher, "token_embeddings", None)
+    if not callable(fn):
+        raise ValueError(f"teacher {teacher.name!r} exposes no token-embedding table: use "
+                         "model.embedding_init: teacher (embeds the pieces) instead")
+    info_path = os.path.join(vocab_dir, INFO_FILE)
+    info = json.load(open(info_path, encoding="utf-8")) if os.path.exists(info_path) else {}
+    if info.get("source") != "teacher" or info.get("teacher") != teacher.name:
+        raise ValueError(f"model.embedding_init: teacher_table needs the teacher's own "
+                         f"vocabulary (vocab.source: teacher with teacher {teacher.name!r}); "
+                         f"{vocab_dir} holds another")
+    ids = np.asarray(info["teacher_ids"], np.int64)
+    known = ids >= 0
+    rows = np.asarray(fn(ids[known]), np.float32)
+    out = np.zeros((len(ids), rows.shape[1]), np.float32)
+    out[known] = rows
+    return out
+
+
+def pca_table(vectors: np.ndarray, dim: int, stddev: float) -> np.ndarray:
+    """Rows reduced to ``dim`` by PCA, entries rescaled to standard deviation ``stddev``.
+
+    All-zero rows (special pieces) stay zero. The components are those of the centred
+    non-zero rows (``numpy.linalg.svd``); with fewer source dimensions than ``dim``
+    the remaining columns are zero.
+    """
+    vectors = np.asarray(vectors, np.float64)
+    live = np.any(vectors != 0, axis=1)
+    if not live.any():
+        raise ValueError("no non-zero piece vectors to reduce")
+    x = vectors[live] - vectors[live].mean(axis=0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    k = min(dim, vt.shape[0])
+    reduced = x @ vt[:k].T
+    reduced *= stddev / max(reduced.std(), 1e-12)
+    out = np.zeros((vectors.shape[0], dim), np.float32)
+    out[live, :k] = reduced
+    return out
+
+
+def initial_table(kind: str, teacher, vocab_path: str, dim: int, stddev: float,
+                  cache_dir: Optional[str] = None, progress: bool = True) -> np.ndarray:
+    """The student's initial word-embedding table for ``model.embedding_init``.
+
+    Args:
+      kind: ``teacher`` or ``teacher_table``.
+      teacher: the teacher.
+      vocab_path: the student's ``spm.model`` (for ``teacher_table``: written by
+        :func:`build_teacher_vocab`, with its ``vocab_info.json`` beside it).
+      dim: the student's hidden size.
+      stddev: the initializer's standard deviation (``model.initializer_range``).
+      cache_dir: where piece vectors are cached (default: the vocabulary's folder).
+      progress: progress bars.
+    """
+    model_bytes = preprocessing.read_model(vocab_path)
+    if kind == "teacher":
+        vectors = teacher_piece_vectors(teacher, model_bytes,
+                                        cache_dir or os.path.dirname(vocab_path),
+                                        progress=progress)
+    elif kind == "teacher_table":
+        vectors = teacher_table_rows(teacher, os.path.dirname(vocab_path))
+    else:
+        raise ValueError(f"unknown embedding init {kind!r}: expected teacher or teacher_table")
+    return pca_table(vectors, dim, stddev)
