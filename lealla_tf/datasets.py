@@ -106,7 +106,7 @@ def table() -> Tuple[Entry, ...]:
     return tuple(Entry(s, n, r, p, t, h, int(b)) for s, n, r, p, t, h, b in rows)
 
 
-def languages(set_name: str) -> List[str]:
+def codes(set_name: str) -> List[str]:
     """The language codes of one set (``tatoeba``: 112, ``train``: file names such as
     ``cmn_Hans``, ``ntrex``: NTREX codes such as ``zho_Hans``)."""
     if set_name not in SETS:
@@ -143,7 +143,7 @@ def test_languages(train_name: str) -> List[str]:
     test set -> ``[]``.
     """
     base = train_name.split("_")[0]
-    known = set(languages("tatoeba"))
+    known = set(codes("tatoeba"))
     return [l for l in TRAIN_TEST_LANGUAGES.get(base, (base,)) if l in known]
 
 
@@ -176,7 +176,7 @@ def _select(sets: Sequence[str], langs: Optional[Set[str]]) -> Tuple[List[Entry]
         if unmatched:
             raise ValueError(
                 f"unknown language(s) {', '.join(sorted(unmatched))} in {', '.join(sets)}; "
-                f"e.g. {', '.join(languages(sets[0])[:10])}, ... (or 'all')")
+                f"e.g. {', '.join(codes(sets[0])[:10])}, ... (or 'all')")
     return chosen, skipped
 
 
