@@ -396,7 +396,7 @@ def fetch(sets: Union[str, Sequence[str]] = SETS, languages: Union[str, Sequence
     p = plan(sets, languages, output, cache)
     from tqdm.auto import tqdm
     if p.downloads:
-        with tqdm(total=p.download_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+        with tqdm(total=p.download_bytes, unit="B", unit_scale=True,
                   desc=f"downloading {len(p.downloads)} files", disable=not progress) as bar:
             for entry, dest in p.downloads:
                 part = dest + ".part"
