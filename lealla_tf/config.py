@@ -410,16 +410,41 @@ def save(cfg: ExperimentConfig, path: str) -> None:
         yaml.safe_dump(cfg.to_dict(), f, sort_keys=False, allow_unicode=True)
 
 
+CACHE_ENV = "LEALLA_CACHE_DIR"
+DATA_ENV = "LEALLA_DATA_DIR"
+
+
+def cache_root() -> str:
+    """The cache folder: ``$LEALLA_CACHE_DIR``, else the user's cache directory
+    (``platformdirs.user_cache_dir("lealla_tf")``: ``~/.cache/lealla_tf`` on Linux)."""
+    root = os.environ.get(CACHE_ENV)
+    if root:
+        return root
+    import platformdirs
+    return platformdirs.user_cache_dir("lealla_tf", appauthor=False)
+
+
+def default_data_root() -> str:
+    """Where ``lealla data fetch`` puts the public data when no data root is set:
+    ``<cache_root()>/datasets`` (``tatoeba/v1``, ``train``, ``ntrex`` inside)."""
+    return os.path.join(cache_root(), "datasets")
+
+
 def data_dir(cfg_dir: str = "") -> str:
-    """The data root: an explicit directory, else ``$LEALLA_DATA_DIR``.
+    """The data root: an explicit directory, else ``$LEALLA_DATA_DIR``, else the cache
+    (:func:`default_data_root`, filled by ``lealla data fetch``).
 
     Raises:
-      ConfigError: if neither names an existing directory.
+      ConfigError: if the directory chosen does not exist.
     """
-    root = cfg_dir or os.environ.get("LEALLA_DATA_DIR", "")
+    root = cfg_dir or os.environ.get(DATA_ENV, "")
     if not root:
-        raise ConfigError(
-            "no data directory: pass --data-dir / set data.data_dir, or set LEALLA_DATA_DIR")
+        root = default_data_root()
+        if not os.path.isdir(root):
+            raise ConfigError(
+                "no data directory: pass --data-dir / set data.data_dir, set LEALLA_DATA_DIR, "
+                f"or run `lealla data fetch` to download the public data into {root}")
+        return root
     if not os.path.isdir(root):
         raise ConfigError(f"data directory does not exist: {root}")
     return root

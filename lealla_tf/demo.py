@@ -30,7 +30,7 @@ import random
 import time
 from typing import Dict, List, Optional, Sequence
 
-from lealla_tf import config, corpus
+from lealla_tf import config, corpus, datasets
 
 # Tatoeba codes of the languages the offline teacher (multilingual USE v3) covers.
 DEMO_LANGUAGES = ("ara", "cmn", "deu", "fra", "ita", "jpn", "kor", "nld", "pol", "por",
@@ -155,7 +155,7 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
     from lealla_tf.evaluation import plots, runner, tatoeba
 
     start_all = time.perf_counter()
-    root = config.data_dir(data_dir)
+    root = datasets.ensure_data(("train", "tatoeba", "ntrex"), DEMO_LANGUAGES, data_dir)
     output = os.path.abspath(output)
     os.makedirs(output, exist_ok=True)
     cfg = config.load(config_path or _config_path("demo.yaml"), overrides)

@@ -82,8 +82,12 @@ def test_save_roundtrip(tmp_path):
 
 def test_data_dir_errors(monkeypatch, tmp_path):
     monkeypatch.delenv("LEALLA_DATA_DIR", raising=False)
-    with pytest.raises(config.ConfigError, match="LEALLA_DATA_DIR"):
+    monkeypatch.setenv("LEALLA_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(config.ConfigError, match="LEALLA_DATA_DIR.*lealla data fetch"):
         config.data_dir()
+    # Neither set: the cache's data root once it exists.
+    (tmp_path / "cache" / "datasets").mkdir(parents=True)
+    assert config.data_dir() == str(tmp_path / "cache" / "datasets")
     monkeypatch.setenv("LEALLA_DATA_DIR", str(tmp_path / "missing"))
     with pytest.raises(config.ConfigError, match="does not exist"):
         config.data_dir()

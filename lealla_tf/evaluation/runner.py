@@ -186,13 +186,13 @@ def embed_sentences(embedder: Embedder, sentences: Sequence[str],
 
 
 def cache_dir(path: Optional[str] = None) -> str:
-    """The embedding cache folder: ``path``, else ``$LEALLA_CACHE_DIR/embeddings``,
-    else ``~/.cache/lealla_tf/embeddings``."""
+    """The embedding cache folder: ``path``, else ``embeddings`` under the cache
+    (:func:`lealla_tf.config.cache_root`: ``$LEALLA_CACHE_DIR``, else the user's cache
+    directory, ``~/.cache/lealla_tf`` on Linux)."""
     if path:
         return path
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache",
-                                                     "lealla_tf")
-    return os.path.join(root, "embeddings")
+    from lealla_tf import config
+    return os.path.join(config.cache_root(), "embeddings")
 
 
 def model_identity(embedder: Embedder) -> str:

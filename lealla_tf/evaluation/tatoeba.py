@@ -11,9 +11,10 @@ reverse) and their mean, per language and averaged over the chosen languages
 (LaBSE, Feng et al. 2022, and LEALLA, Mao & Nakagawa 2023, report the average over
 the 112 languages).
 
-Without a local directory the files are downloaded from LASER's GitHub repository into
-``$LEALLA_CACHE_DIR/datasets/tatoeba/v1`` (default ``~/.cache/lealla_tf/...``) and
-checked against SHA-256 sums; with one, it is read as is.
+Without a local directory the files are downloaded from LASER's GitHub repository (at the
+commit pinned in :mod:`lealla_tf.datasets`) into ``<cache>/datasets/tatoeba/v1`` (the cache's
+data root, see :func:`lealla_tf.config.default_data_root`) and checked against the SHA-256
+sums of the package's data table; with one, it is read as is.
 
 Example::
 
@@ -25,20 +26,23 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
-import urllib.error
-import urllib.request
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from lealla_tf import config, datasets
+from lealla_tf.datasets import ChecksumError
 from lealla_tf.evaluation import retrieval, runner
-from lealla_tf.evaluation._tatoeba_checksums import SHA256
 
-BASE_URL = "https://raw.githubusercontent.com/facebookresearch/LASER/main/data/tatoeba/v1"
+#: File name -> SHA-256 of the published files (from the package's data table).
+SHA256: Dict[str, str] = {os.path.basename(e.path): e.sha256 for e in datasets.table()
+                          if e.set == "tatoeba"}
+_SIZES: Dict[str, int] = {os.path.basename(e.path): e.bytes for e in datasets.table()
+                          if e.set == "tatoeba"}
+_LASER, _COMMIT = datasets.REPOSITORIES["laser"]
+BASE_URL = f"{datasets.MIRROR}/{_LASER}/{_COMMIT}/data/tatoeba/v1"
 URL_ENV = "LEALLA_TATOEBA_URL"
 
 #: The 112 languages of the LASER Tatoeba test set (ISO 639-3 codes, as in the files).
@@ -54,10 +58,6 @@ XTREME36: Tuple[str, ...] = (
 )
 
 LANGUAGE_SETS = {"all": LANGUAGES, "xtreme36": XTREME36}
-
-
-class ChecksumError(ValueError):
-    """A downloaded file does not have the published SHA-256 sum."""
 
 
 def resolve_languages(spec: Union[str, Sequence[str]]) -> List[str]:
@@ -87,39 +87,8 @@ def file_names(lang: str) -> Tuple[str, str]:
 
 
 def default_cache_dir() -> str:
-    root = os.environ.get(runner.CACHE_ENV) or os.path.join(os.path.expanduser("~"),
-                                                            ".cache", "lealla_tf")
-    return os.path.join(root, "datasets", "tatoeba", "v1")
-
-
-def _sha256(path: str) -> str:
-    return runner.file_digest(path)
-
-
-def _fetch(url: str, dest: str, expected: str) -> None:
-    folder = os.path.dirname(dest)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-    try:
-        h = hashlib.sha256()
-        try:
-            with urllib.request.urlopen(url, timeout=60) as resp, os.fdopen(fd, "wb") as out:
-                for block in iter(lambda: resp.read(1 << 16), b""):
-                    h.update(block)
-                    out.write(block)
-        except (urllib.error.URLError, OSError) as e:
-            raise ConnectionError(
-                f"could not download {url}: {e}. Pass a local copy of LASER's "
-                "data/tatoeba/v1 with --data-dir") from e
-        got = h.hexdigest()
-        if got != expected:
-            raise ChecksumError(
-                f"checksum mismatch for {os.path.basename(dest)} downloaded from {url}: "
-                f"expected sha256 {expected}, got {got}")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """``tatoeba/v1`` under the cache's data root (where ``lealla data fetch`` puts it)."""
+    return os.path.join(config.default_data_root(), "tatoeba", "v1")
 
 
 def download(languages: Union[str, Sequence[str]] = "all", cache_dir: Optional[str] = None,
@@ -128,12 +97,13 @@ def download(languages: Union[str, Sequence[str]] = "all", cache_dir: Optional[s
     """Downloads (once) and verifies the Tatoeba files of ``languages``.
 
     A cached file with the right checksum is kept; a missing or damaged one is fetched
-    again into a temporary file, verified, then moved into place.
+    again into a ``.part`` file (resumed when a run was interrupted), verified, then moved
+    into place (:func:`lealla_tf.datasets.fetch_file`).
 
     Args:
       languages: see :func:`resolve_languages`.
       cache_dir: destination (default ``$LEALLA_CACHE_DIR/datasets/tatoeba/v1``).
-      base_url: folder URL holding the files (default LASER's GitHub, or
+      base_url: folder URL holding the files (default LASER's GitHub at the pinned commit, or
         ``$LEALLA_TATOEBA_URL``); ``file://`` and ``http://`` URLs work too.
       checksums: file name -> SHA-256 (default: the published files' sums).
       progress: show a progress bar.
@@ -156,9 +126,12 @@ def download(languages: Union[str, Sequence[str]] = "all", cache_dir: Optional[s
         if name not in checksums:
             raise ValueError(f"no checksum known for {name}")
         dest = os.path.join(cache_dir, name)
-        if os.path.isfile(dest) and _sha256(dest) == checksums[name]:
+        if os.path.isfile(dest) and runner.file_digest(dest) == checksums[name]:
             continue
-        _fetch(f"{base_url}/{name}", dest, checksums[name])
+        datasets.fetch_file(f"{base_url}/{name}", dest, checksums[name],
+                            _SIZES.get(name) if checksums is SHA256 else None,
+                            hint=". Pass a local copy of LASER's data/tatoeba/v1 with "
+                                 "--data-dir")
     return cache_dir
 
 
