@@ -38,7 +38,7 @@ _NOT_SHAPE = ("name", "architecture", "static_projection", "embedding_init")
 def mean_pool(sequence: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     """Mean of ``sequence`` ``[B, S, H]`` over the positions where ``mask`` ``[B, S]`` is 1
     (float32 ``[B, H]``; an all-padding row gives zeros)."""
-    mask = tf.cast(mask, tf.float32)[:, :, None]
+    mask = tf.expand_dims(tf.cast(mask, tf.float32), -1)  # (no new-axis slices: TFLite)
     total = tf.reduce_sum(tf.cast(sequence, tf.float32) * mask, axis=1)
     return total / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
