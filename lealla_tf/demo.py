@@ -73,7 +73,9 @@ def slice_pairs(files: Sequence[str], output_dir: str, pairs_per_language: int,
         os.makedirs(dev_dir, exist_ok=True)
     written = []
     for lang, paths in corpus.group_by_language(files).items():
-        pairs = [(s, t) for p in paths for _, s, t in corpus.iter_tsv(p)]
+        # Files of one language can repeat a pair (jpn and jpn_Hira, say): keep it once, so
+        # that no pair is both a training and a development pair.
+        pairs = list(dict.fromkeys((s, t) for p in paths for _, s, t in corpus.iter_tsv(p)))
         random.Random(f"{seed}-{lang}").shuffle(pairs)
         n_dev = min(dev_pairs_per_language, len(pairs) // 5) if dev_dir else 0
         dev, pairs = pairs[:n_dev], pairs[n_dev:]
