@@ -55,6 +55,9 @@ def main(argv=None):
                                                     "distill_quality.yaml"))
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--pairs-per-language", type=int, default=3000)
+    p.add_argument("--lealla-small-config",
+                   default=os.path.join(HERE, "..", "configs", "distill_lealla_small_cpu.yaml"),
+                   help="also distil the LEALLA-small shape with this recipe ('' to skip)")
     p.add_argument("--all-languages", default="all",
                    help="the wide Tatoeba set: all (112), xtreme36 or a list")
     args = p.parse_args(argv)
@@ -72,11 +75,33 @@ def main(argv=None):
     print("\nlearning curve (Tatoeba average over the teacher's languages):")
     curve = learning_curve(os.path.join(output, "run"), own, root, cache)
 
-    print(f"\nTatoeba, {args.all_languages} languages: teacher and student")
     teacher = teachers.load_teacher(results["teacher"])
-    student = export.load_embedder(os.path.join(output, "export"))
+    small = None
+    if args.lealla_small_config:
+        print("\nLEALLA-small shape (24 x 128) with the same recipe and data")
+        scfg = config.load(args.lealla_small_config, args.overrides)
+        vocab = os.path.join(output, "vocab", "spm.model")
+        files = sorted(os.path.join(output, "data", f) for f in os.listdir(
+            os.path.join(output, "data")) if f.endswith(".tsv"))
+        small_run, small_export = os.path.join(output, "lealla_small_run"), os.path.join(
+            output, "lealla_small_export")
+        _, small_seconds = demo._train_student(scfg, small_run, vocab, files,
+                                               os.path.join(output, "teacher_embeddings"),
+                                               results["teacher"], teacher, True)
+        if not os.path.exists(os.path.join(small_export, export.LEALLA, "saved_model.pb")):
+            export.export_run(small_run, small_export, tflite=("int8",), overwrite=True)
+        small = export.load_embedder(small_export)
+        print("learning curve of LEALLA-small:")
+        small_curve = learning_curve(small_run, own, root, cache)
+
+    print(f"\nTatoeba, {args.all_languages} languages: teacher and students")
+    wide_models = [("teacher", teacher),
+                   ("student", export.load_embedder(os.path.join(output, "export"))),
+                   ("static", export.load_embedder(os.path.join(output, "static_export")))]
+    if small is not None:
+        wide_models.append(("lealla_small", small))
     wide = {name: tatoeba.evaluate(m, args.all_languages, data_dir=root, cache=cache)
-            for name, m in (("teacher", teacher), ("student", student))}
+            for name, m in wide_models}
     for name, res in wide.items():
         tatoeba.save(res, os.path.join(output, f"tatoeba_all_{name}.json"),
                      plot=os.path.join(output, f"tatoeba_all_{name}.png"))
@@ -86,14 +111,12 @@ def main(argv=None):
         return sum(res["per_language"][l]["mean"] for l in langs) / max(len(langs), 1)
 
     models = results["models"]
-    rows = [
-        ("teacher's languages", len(own), models["teacher"]["tatoeba"]["average"]["mean"],
-         models["student"]["tatoeba"]["average"]["mean"]),
-        ("zero-shot languages", len(zero_shot), avg(wide["teacher"], zero_shot),
-         avg(wide["student"], zero_shot)),
-        ("all languages", len(wide["student"]["languages"]),
-         wide["teacher"]["average"]["mean"], wide["student"]["average"]["mean"]),
-    ]
+    students = [n for n in wide if n != "teacher"]
+    rows = [(f"{label} ({student})", len(langs), avg(wide["teacher"], langs),
+             avg(wide[student], langs))
+            for student in students
+            for label, langs in (("teacher's languages", own), ("zero-shot languages", zero_shot),
+                                 ("all languages", wide["student"]["languages"]))]
     speedup = (models["student"]["sentences_per_second"]
                / models["teacher"]["sentences_per_second"])
     speedup_int8 = (models["student_int8"]["sentences_per_second"]
@@ -119,6 +142,10 @@ def main(argv=None):
         lines.append(f"| {name} | {n} | {t:.1f} | {s:.1f} | {100 * s / t if t else 0:.1f}% |")
     lines += ["", "| step | Tatoeba (teacher's languages) |", "|---:|---:|"]
     lines += [f"| {c['step']} | {c['tatoeba']:.1f} |" for c in curve]
+    if small is not None:
+        lines += ["", "| step | LEALLA-small, Tatoeba (teacher's languages) |", "|---:|---:|"]
+        lines += [f"| {c['step']} | {c['tatoeba']:.1f} |" for c in small_curve]
+        lines += ["", f"LEALLA-small: {small_seconds / 60:.0f} min of training"]
     lines += ["", f"student speed-up over the teacher: {speedup:.1f}× (SavedModel fp32), "
                   f"{speedup_int8:.1f}× (TFLite int8); "
                   f"student shape: {cfg.model.num_layers} layers, hidden {cfg.model.hidden_size}, "

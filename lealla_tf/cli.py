@@ -533,7 +533,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--output", default="results/demo", help="results folder (resumable)")
     p.add_argument("--data-dir", default="", help="data root (default $LEALLA_DATA_DIR)")
     p.add_argument("--teacher", default=None, help="teacher spec (default: the recipe's)")
-    p.add_argument("--pairs-per-language", type=int, default=1500,
+    p.add_argument("--pairs-per-language", type=int, default=3000,
                    help="training pairs sampled per language (0 = all)")
     p.add_argument("--languages", default=None,
                    help="comma-separated Tatoeba languages to evaluate (default: the recipe's)")

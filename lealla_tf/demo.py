@@ -1,15 +1,19 @@
 """``make demo``: the main job of lealla_tf, end to end on a small machine.
 
-Distils a real multilingual teacher into a small student, exports it, and evaluates both:
+Distils a real multilingual teacher into two small students, exports them, and evaluates:
 
-1. slice the training pairs of the teacher's languages (``--pairs-per-language``);
-2. train a unigram SentencePiece vocabulary on them;
+1. slice the training pairs of the teacher's languages (``--pairs-per-language``), with a
+   development split held out (``dev/``, never trained on);
+2. the teacher's own SentencePiece vocabulary, pruned to the pieces the pairs use;
 3. precompute the teacher's embeddings of both sides (float16 shards, resumable);
-4. distil the student: AMS + feature distillation + logit distillation (``configs/demo.yaml``);
-5. export TF Hub SavedModels and TFLite fp32/fp16/int8;
-6. evaluate teacher, student (SavedModel and TFLite int8) and an untrained student on the
-   Tatoeba test sets of those languages, and measure each one's sentences/s;
-7. print one table and write ``results.json``, ``tatoeba.png`` and the exports.
+4. train the static student: a bag of token embeddings initialised from the teacher
+   (``configs/demo_static.yaml``), the baseline;
+5. train the Transformer student: 4 x 128, mean pooling, the same teacher-initialised table,
+   AMS + feature distillation (``configs/demo.yaml``);
+6. export TF Hub SavedModels and TFLite (student fp32/fp16/int8, static int8);
+7. evaluate teacher, students (SavedModel and TFLite int8) on the Tatoeba test sets and on
+   NTREX-128 (long news sentences) of those languages, and measure each one's sentences/s;
+8. print one table and write ``results.json``, ``results.md``, ``tatoeba.png`` and the exports.
 
 Every stage writes into the results folder and is skipped when its output is already there,
 so an interrupted demo resumes. The teacher is the multilingual Universal Sentence Encoder v3
@@ -112,75 +116,126 @@ def _mb(n: int) -> str:
 
 
 def format_table(results: Dict) -> str:
-    """The demo's table: Tatoeba accuracy per language and the models' size and speed."""
+    """The demo's table: Tatoeba and NTREX accuracy per language, retention, size, speed."""
     models = results["models"]
     names = list(models)
-    head = "| language | " + " | ".join(names) + " | retention (student/teacher) |"
-    lines = [head, "|---|" + "---:|" * (len(names) + 1)]
-    teacher, student = models["teacher"]["tatoeba"], models["student"]["tatoeba"]
+    teacher = models["teacher"]
+    lines = ["Tatoeba (mean of xx->en and en->xx, %)", "",
+             "| language | " + " | ".join(names) + " | retention (student/teacher) |",
+             "|---|" + "---:|" * (len(names) + 1)]
     for lang in results["languages"]:
         cells = [f"{models[n]['tatoeba']['per_language'][lang]['mean']:.1f}" for n in names]
-        t = teacher["per_language"][lang]["mean"]
-        s = student["per_language"][lang]["mean"]
+        t = teacher["tatoeba"]["per_language"][lang]["mean"]
+        s = models["student"]["tatoeba"]["per_language"][lang]["mean"]
         lines.append(f"| {lang} | " + " | ".join(cells) + f" | {100 * s / t if t else 0:.1f}% |")
     avg = [f"**{models[n]['tatoeba']['average']['mean']:.1f}**" for n in names]
-    t, s = teacher["average"]["mean"], student["average"]["mean"]
-    lines.append("| **average** | " + " | ".join(avg) + f" | **{100 * s / t:.1f}%** |")
-    lines.append("")
-    lines.append("| model | what | size | sentences/s |")
-    lines.append("|---|---|---:|---:|")
+    lines.append("| **average** | " + " | ".join(avg) +
+                 f" | **{100 * results['retention']:.1f}%** |")
+    ntrex = [n for n in names if "ntrex" in models[n]]
+    if ntrex:
+        lines += ["", "NTREX-128 (1,997 news sentences, xx <-> eng retrieval, mean of both "
+                  "directions, %)", "", "| language | " + " | ".join(ntrex) + " |",
+                  "|---|" + "---:|" * len(ntrex)]
+        for lang in results["languages"]:
+            lines.append(f"| {lang} | " + " | ".join(
+                f"{models[n]['ntrex']['per_language'][lang]['mean']:.1f}" for n in ntrex) + " |")
+        lines.append("| **average** | " + " | ".join(
+            f"**{models[n]['ntrex']['average']['mean']:.1f}**" for n in ntrex) + " |")
+    lines += ["", "| model | what | Tatoeba retention | NTREX retention | size | sentences/s |",
+              "|---|---|---:|---:|---:|---:|"]
     for n in names:
         m = models[n]
-        lines.append(f"| {n} | {m['what']} | {m['size']} | {m['sentences_per_second']:.0f} |")
+        tat = m["tatoeba"]["average"]["mean"] / max(teacher["tatoeba"]["average"]["mean"], 1e-9)
+        ntr = (f"{100 * m['ntrex']['average']['mean'] / teacher['ntrex']['average']['mean']:.1f}%"
+               if "ntrex" in m and "ntrex" in teacher else "")
+        lines.append(f"| {n} | {m['what']} | {100 * tat:.1f}% | {ntr} | {m['size']} | "
+                     f"{m['sentences_per_second']:.0f} |")
     return "\n".join(lines)
+
+
+def _train_student(cfg, run_dir: str, vocab: str, files, emb_dir: str, spec: str, teacher,
+                   progress: bool):
+    """Fills in the demo's data, vocabulary and teacher, then trains (or resumes) a run."""
+    from lealla_tf import modeling, preprocessing, training
+    cfg.model.vocab_size = preprocessing.Preprocessor(vocab, 2).vocab_size
+    cfg.vocab.model_file = vocab
+    cfg.data.train_files, cfg.data.data_dir = list(files), ""
+    cfg.data.max_pairs_per_language = 0
+    cfg.data.teacher_embeddings = emb_dir
+    cfg.teacher.spec, cfg.teacher.dim = spec, teacher.dim
+    print(modeling.summary_text(cfg.model))
+    t0 = time.perf_counter()
+    result = training.train(cfg, run_dir, progress=progress, teacher=teacher)
+    seconds = time.perf_counter() - t0
+    print(f"  step {result.step}: " + ", ".join(
+        f"{k} {v:.4f}" for k, v in sorted(result.metrics.items()) if k in (
+            "loss", "ams", "feature_distill", "logit_distill", "accuracy")) +
+        f" ({seconds:.0f}s, {result.examples_per_second:.0f} pairs/s)")
+    return result, seconds
 
 
 def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
         overrides: Sequence[str] = (), teacher_spec: Optional[str] = None,
-        pairs_per_language: int = 1500, eval_languages: Optional[Sequence[str]] = None,
-        progress: bool = True) -> int:
+        pairs_per_language: int = 3000, eval_languages: Optional[Sequence[str]] = None,
+        progress: bool = True, static_config_path: Optional[str] = None,
+        static_overrides: Optional[Sequence[str]] = None, ntrex: bool = True,
+        dev_pairs_per_language: int = 300) -> int:
     """Runs the demo; returns a process exit code.
 
     Args:
       output: the results folder (created; reused to resume).
-      data_dir: data root with ``train/`` and ``tatoeba/v1`` (default ``$LEALLA_DATA_DIR``).
-      config_path: the recipe (default ``configs/demo.yaml``).
-      overrides: ``a.b=value`` config overrides.
+      data_dir: data root with ``train/``, ``tatoeba/v1`` and ``ntrex/`` (default
+        ``$LEALLA_DATA_DIR``, else the fetched cache).
+      config_path: the Transformer student's recipe (default ``configs/demo.yaml``).
+      overrides: ``a.b=value`` overrides of that recipe.
       teacher_spec: teacher (default: the recipe's ``teacher.spec``).
       pairs_per_language: training pairs sampled per language (0 = all).
-      eval_languages: Tatoeba languages (default: the recipe's ``data.languages``).
+      eval_languages: evaluation languages (default: the recipe's ``data.languages``).
       progress: show progress bars.
+      static_config_path: the static student's recipe (default ``configs/demo_static.yaml``).
+      static_overrides: its overrides (default: ``overrides``).
+      ntrex: also evaluate on NTREX-128.
+      dev_pairs_per_language: pairs per language held out of the sample into ``dev/``
+        (never trained on; ``benchmarks/recipe_sweep.py`` chooses recipes on them).
     """
-    import numpy as np
-
-    from lealla_tf import export, modeling, preprocessing, teacher_embeddings, teachers, training
-    from lealla_tf.evaluation import plots, runner, tatoeba
+    from lealla_tf import export, preprocessing, student_init, teacher_embeddings, teachers
+    from lealla_tf.evaluation import pairs as pair_eval
+    from lealla_tf.evaluation import plots, tatoeba
 
     start_all = time.perf_counter()
     root = datasets.ensure_data(("train", "tatoeba", "ntrex"), DEMO_LANGUAGES, data_dir)
     output = os.path.abspath(output)
     os.makedirs(output, exist_ok=True)
     cfg = config.load(config_path or _config_path("demo.yaml"), overrides)
+    static_cfg = config.load(static_config_path or _config_path("demo_static.yaml"),
+                             overrides if static_overrides is None else static_overrides)
     spec = teacher_spec or cfg.teacher.spec
     langs = list(cfg.data.languages or DEMO_LANGUAGES)
     eval_langs = list(eval_languages or langs)
-    total = 7
+    total = 8
 
     t0 = _stage(1, total, f"training pairs: {pairs_per_language or 'all'} per language, "
-                          f"{len(langs)} languages")
+                          f"{len(langs)} languages (+{dev_pairs_per_language} held out)")
     train_dir = os.path.join(output, "data")
-    files = sorted(os.path.join(train_dir, f) for f in os.listdir(train_dir)) \
-        if os.path.isdir(train_dir) and os.listdir(train_dir) else []
+    files = sorted(os.path.join(train_dir, f) for f in os.listdir(train_dir)
+                   if f.endswith(".tsv")) if os.path.isdir(train_dir) else []
     if not files:
         source = corpus.find_files(["train/*-eng.tsv"], root, langs)
-        files = slice_pairs(source, train_dir, pairs_per_language, seed=cfg.data.seed)
+        files = slice_pairs(source, train_dir, pairs_per_language, seed=cfg.data.seed,
+                            dev_dir=os.path.join(output, "dev"),
+                            dev_pairs_per_language=dev_pairs_per_language)
     n_pairs = sum(corpus.count_lines(f) for f in files)
     print(f"  {n_pairs} pairs in {len(files)} files ({time.perf_counter() - t0:.0f}s)")
 
-    t0 = _stage(2, total, f"vocabulary ({cfg.vocab.vocab_size} pieces)")
-    vocab = os.path.join(output, "vocab", preprocessing.MODEL_FILE)
-    if not os.path.exists(vocab):
-        preprocessing.train_vocab(files, os.path.dirname(vocab), cfg.vocab.vocab_size,
+    teacher = teachers.load_teacher(spec)
+    vocab_dir = os.path.join(output, "vocab")
+    vocab = os.path.join(vocab_dir, preprocessing.MODEL_FILE)
+    t0 = _stage(2, total, f"vocabulary ({cfg.vocab.source})")
+    if cfg.vocab.source == "teacher":
+        student_init.build_teacher_vocab(teacher, files, vocab_dir,
+                                         max_pieces=cfg.vocab.max_pieces, progress=progress)
+    elif not os.path.exists(vocab):
+        preprocessing.train_vocab(files, vocab_dir, cfg.vocab.vocab_size,
                                   sentences_per_language=cfg.vocab.sentences_per_language,
                                   sampling_alpha=cfg.vocab.sampling_alpha, seed=cfg.vocab.seed,
                                   progress=progress)
@@ -188,51 +243,42 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
     print(f"  {pre.vocab_size} pieces ({time.perf_counter() - t0:.0f}s)")
 
     t0 = _stage(3, total, f"teacher embeddings ({spec})")
-    teacher = teachers.load_teacher(spec)
     emb_dir = os.path.join(output, "teacher_embeddings")
     teacher_embeddings.precompute(teacher, files, emb_dir, progress=progress)
     print(f"  {teacher.name}: {teacher.dim}-d ({time.perf_counter() - t0:.0f}s)")
 
-    t0 = _stage(4, total, "distilling the student")
-    cfg.model.vocab_size = pre.vocab_size
-    cfg.vocab.model_file = vocab
-    cfg.data.train_files = files
-    cfg.data.data_dir = ""
-    cfg.data.max_pairs_per_language = 0
-    cfg.data.teacher_embeddings = emb_dir
-    cfg.teacher.spec = spec
-    cfg.teacher.dim = teacher.dim
-    run_dir = os.path.join(output, "run")
-    print(modeling.summary_text(cfg.model))
-    result = training.train(cfg, run_dir, progress=progress)
-    train_seconds = time.perf_counter() - t0
-    print(f"  step {result.step}: " + ", ".join(
-        f"{k} {v:.4f}" for k, v in sorted(result.metrics.items()) if k in (
-            "loss", "ams", "feature_distill", "logit_distill", "accuracy")) +
-        f" ({train_seconds:.0f}s, {result.examples_per_second:.0f} pairs/s)")
+    _stage(4, total, "static student (bag of teacher-initialised token embeddings)")
+    static_result, static_seconds = _train_student(
+        static_cfg, os.path.join(output, "static_run"), vocab, files, emb_dir, spec, teacher,
+        progress)
+    _stage(5, total, "Transformer student")
+    result, train_seconds = _train_student(cfg, os.path.join(output, "run"), vocab, files,
+                                           emb_dir, spec, teacher, progress)
 
-    t0 = _stage(5, total, "export: TF Hub SavedModels and TFLite fp32/fp16/int8")
-    export_dir = os.path.join(output, "export")
-    if not os.path.exists(os.path.join(export_dir, export.LEALLA, "saved_model.pb")):
-        export.export_run(run_dir, export_dir, overwrite=True, progress=progress)
-    print(f"  {export_dir} ({time.perf_counter() - t0:.0f}s)")
+    t0 = _stage(6, total, "export: TF Hub SavedModels and TFLite (student fp32/fp16/int8, "
+                          "static int8)")
+    export_dir, static_dir = os.path.join(output, "export"), os.path.join(output, "static_export")
+    for run_dir, out, variants in ((os.path.join(output, "run"), export_dir, None),
+                                   (os.path.join(output, "static_run"), static_dir, ("int8",))):
+        if not os.path.exists(os.path.join(out, export.LEALLA, "saved_model.pb")):
+            kwargs = {"tflite": variants} if variants else {}
+            export.export_run(run_dir, out, overwrite=True, progress=progress, **kwargs)
+    print(f"  {export_dir}, {static_dir} ({time.perf_counter() - t0:.0f}s)")
 
-    t0 = _stage(6, total, f"Tatoeba on {len(eval_langs)} languages: teacher, student, "
-                          "student TFLite int8, untrained student")
-    untrained_encoder = modeling.LeallaEncoder.from_model_config(cfg.model)
-    untrained_model = modeling.StringEncoder(pre, untrained_encoder)
-    import tensorflow as tf
-    untrained_fn = tf.function(lambda x: untrained_model(x, training=False),
-                               input_signature=[tf.TensorSpec([None], tf.string)])
+    t0 = _stage(7, total, f"Tatoeba{' and NTREX-128' if ntrex else ''} on {len(eval_langs)} "
+                          "languages")
     int8 = os.path.join(export_dir, export.tflite_file_name("int8"))
-    candidates = {
-        "teacher": (teacher, f"{spec} (teacher)", None),
-        "student": (export.load_embedder(export_dir), "SavedModel (fp32)",
-                    os.path.join(export_dir, export.LEALLA)),
-        "student_int8": (export.load_embedder(int8), "TFLite int8", int8),
-        "untrained": (runner.as_embedder(lambda s: untrained_fn(tf.constant(s)).numpy(),
-                                         name=f"untrained-{os.path.basename(output)}"),
-                      "same shape, random weights", None),
+    static_int8 = os.path.join(static_dir, export.tflite_file_name("int8"))
+    candidates = {  # name: (embedder, what, path, evaluate on NTREX)
+        "teacher": (teacher, f"{spec} (teacher)", None, True),
+        "student": (export.load_embedder(export_dir),
+                    f"{cfg.model.num_layers} x {cfg.model.hidden_size}, SavedModel fp32",
+                    os.path.join(export_dir, export.LEALLA), True),
+        "student_int8": (export.load_embedder(int8), "TFLite int8", int8, False),
+        "static": (export.load_embedder(static_dir), "static, SavedModel fp32",
+                   os.path.join(static_dir, export.LEALLA), True),
+        "static_int8": (export.load_embedder(static_int8), "static, TFLite int8", static_int8,
+                        False),
     }
     cache = os.path.join(output, "embedding_cache")
     speed_sample = []
@@ -240,29 +286,40 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
     for lang in eval_langs[:4]:
         speed_sample.extend(tatoeba.load_pair(lang, directory)[0][:125])
     models: Dict[str, dict] = {}
-    for name, (embedder, what, path) in candidates.items():
+    for name, (embedder, what, path, on_ntrex) in candidates.items():
         res = tatoeba.evaluate(embedder, eval_langs, data_dir=root, cache=cache,
-                               use_cache=name != "untrained", progress=progress)
-        size = _mb(export.disk_bytes(path)) if path else (
-            "n/a" if name == "untrained" else teacher_size(spec))
+                               progress=progress)
+        size = _mb(export.disk_bytes(path)) if path else teacher_size(spec)
         models[name] = {"what": what, "tatoeba": res, "size": size,
                         "sentences_per_second": _speed(embedder, speed_sample)}
-        print(f"  {name}: average accuracy {res['average']['mean']:.1f}")
+        line = f"  {name}: Tatoeba {res['average']['mean']:.1f}"
+        if ntrex and on_ntrex:
+            models[name]["ntrex"] = pair_eval.evaluate_ntrex(embedder, root, eval_langs,
+                                                             cache=cache, progress=progress)
+            line += f", NTREX {models[name]['ntrex']['average']['mean']:.1f}"
+        print(line, flush=True)
     print(f"  ({time.perf_counter() - t0:.0f}s)")
 
-    _stage(7, total, "results")
+    _stage(8, total, "results")
+    t_avg = models["teacher"]["tatoeba"]["average"]["mean"]
     results = {
         "teacher": spec, "languages": eval_langs, "pairs": n_pairs,
-        "config": cfg.to_dict(), "train_steps": result.step,
-        "train_seconds": train_seconds, "train_metrics": result.metrics,
+        "config": cfg.to_dict(), "static_config": static_cfg.to_dict(),
+        "train_steps": result.step, "train_seconds": train_seconds,
+        "static_train_seconds": static_seconds, "train_metrics": result.metrics,
         "models": models,
-        "retention": models["student"]["tatoeba"]["average"]["mean"]
-        / max(models["teacher"]["tatoeba"]["average"]["mean"], 1e-9),
+        "retention": models["student"]["tatoeba"]["average"]["mean"] / max(t_avg, 1e-9),
+        "static_retention": models["static"]["tatoeba"]["average"]["mean"] / max(t_avg, 1e-9),
         "tflite_sizes": {v: _mb(export.disk_bytes(
             os.path.join(export_dir, export.tflite_file_name(v))))
                          for v in ("fp32", "fp16", "int8")},
         "total_seconds": time.perf_counter() - start_all,
     }
+    if ntrex:
+        n_t = models["teacher"]["ntrex"]["average"]["mean"]
+        results["ntrex_retention"] = models["student"]["ntrex"]["average"]["mean"] / max(n_t, 1e-9)
+        results["static_ntrex_retention"] = (models["static"]["ntrex"]["average"]["mean"]
+                                             / max(n_t, 1e-9))
     with open(os.path.join(output, "results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2, ensure_ascii=False)
     plots.bar_chart({lang: models["student"]["tatoeba"]["per_language"][lang]["mean"]
@@ -272,9 +329,13 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
     with open(os.path.join(output, "results.md"), "w", encoding="utf-8") as f:
         f.write(table + "\n")
     print(table)
-    print(f"\nTFLite sizes: " + ", ".join(f"{k} {v}" for k, v in results["tflite_sizes"].items()))
-    print(f"retention of the teacher's accuracy: {100 * results['retention']:.1f}%; "
-          f"total {results['total_seconds'] / 60:.1f} min; everything in {output}/")
+    print("\nTFLite sizes: " + ", ".join(f"{k} {v}" for k, v in results["tflite_sizes"].items()))
+    summary = (f"retention of the teacher's accuracy: Tatoeba {100 * results['retention']:.1f}% "
+               f"(static {100 * results['static_retention']:.1f}%)")
+    if ntrex:
+        summary += (f", NTREX {100 * results['ntrex_retention']:.1f}% "
+                    f"(static {100 * results['static_ntrex_retention']:.1f}%)")
+    print(f"{summary}; total {results['total_seconds'] / 60:.1f} min; everything in {output}/")
     return 0
 
 

@@ -42,11 +42,20 @@ def test_demo_pipeline_end_to_end(tmp_path, data_dir, capsys):
     results = json.load(open(out / "results.json"))
     assert results["pairs"] == 240 and results["train_steps"] == 40
     models = results["models"]
-    assert set(models) == {"teacher", "student", "student_int8", "untrained"}
+    assert set(models) == {"teacher", "student", "student_int8", "static", "static_int8"}
     for name, m in models.items():
         avg = m["tatoeba"]["average"]
         assert 0 <= avg["mean"] <= 100 and m["sentences_per_second"] > 0, name
         assert set(m["tatoeba"]["per_language"]) == {"deu", "fra"}
+        if name in ("teacher", "student", "static"):  # NTREX-128 retrieval, long sentences
+            assert set(m["ntrex"]["per_language"]) == {"deu", "fra"}
+            assert m["ntrex"]["per_language"]["deu"]["n"] == 1997
+    assert models["teacher"]["ntrex"]["average"]["mean"] > 90
+    # The students start from the teacher's vocabulary and token embeddings: far above chance
+    # after 40 tiny steps.
+    assert models["static"]["tatoeba"]["average"]["mean"] > 20
+    assert models["student"]["tatoeba"]["average"]["mean"] > 10
+    assert (out / "dev" / "deu-eng.tsv").exists()
     # The teacher is strong on its own languages; int8 TFLite tracks the fp32 student.
     assert models["teacher"]["tatoeba"]["average"]["mean"] > 80
     assert abs(models["student_int8"]["tatoeba"]["average"]["mean"]
@@ -56,7 +65,8 @@ def test_demo_pipeline_end_to_end(tmp_path, data_dir, capsys):
                  "README.md"):
         assert (out / "export" / name).exists(), name
     assert (out / "tatoeba.png").stat().st_size > 1000
-    assert "| **average** |" in printed and "retention" in printed
+    assert "| **average** |" in printed and "retention" in printed and "NTREX" in printed
+    assert (out / "static_export" / "lealla-int8.tflite").exists()
     # Rerunning resumes: every stage finds its output and nothing is recomputed.
     assert demo.run(str(out), data_dir=data_dir, overrides=OVERRIDES, pairs_per_language=60,
                     eval_languages=["deu", "fra"], progress=False) == 0
