@@ -12,7 +12,11 @@ in ``@0`` is the same student before any training step (its initialisation alone
 Every run is resumable: rerunning skips finished variants.
 
     LEALLA_DATA_DIR=/path/to/data python benchmarks/recipe_sweep.py \\
-        --output results/recipe_sweep [--variants static,tiny_mean_teacher] [--list]
+        --output results/recipe_sweep [--variants static,demo,random_pos] [--ntrex] [--list]
+    # the same on the teacher vocabulary pruned to the training pairs:
+    ... --output results/recipe_sweep_pruned --set vocab.keep_unused=false
+
+``--ntrex`` also scores NTREX-128 retrieval (long news sentences; development data too).
 """
 
 import argparse
@@ -54,10 +58,12 @@ VARIANTS = {
     "seq48": (DEMO, ["preprocess.seq_length=48"], "demo, sequence length 48"),
     "steps1200": (DEMO, ["train.steps=1200"], "demo, 1200 steps"),
     "old_demo": (DEMO, OLD, "the previous recipe: own vocabulary, random, [CLS]"),
+    "random_pos": (DEMO, ["model.position_init=random"],
+                   "demo with random position/type init"),
 }
 
 
-def prepare(output, root, pairs_per_language, dev_pairs, spec, progress=True):
+def prepare(output, root, pairs_per_language, dev_pairs, spec, progress=True, sets=()):
     """Training slice, development split, teacher vocabulary and teacher embeddings."""
     from lealla_tf import corpus, demo, student_init, teacher_embeddings, teachers
 
@@ -69,14 +75,19 @@ def prepare(output, root, pairs_per_language, dev_pairs, spec, progress=True):
                          dev_pairs_per_language=dev_pairs)
     files = sorted(os.path.join(train_dir, f) for f in os.listdir(train_dir))
     dev = sorted(os.path.join(dev_dir, f) for f in os.listdir(dev_dir))
+    from lealla_tf import config
+    vocab_cfg = config.load(DEMO, sets).vocab  # the demo's vocabulary settings
     vocab = student_init.build_teacher_vocab(teacher, files, os.path.join(output, "vocab"),
+                                             max_pieces=vocab_cfg.max_pieces,
+                                             keep_unused=vocab_cfg.keep_unused,
                                              progress=progress)
     emb = os.path.join(output, "teacher_embeddings")
     teacher_embeddings.precompute(teacher, files, emb, progress=progress)
     return teacher, files, dev, vocab, emb
 
 
-def run_variant(name, recipe, overrides, output, files, vocab, emb, teacher, dev, cache):
+def run_variant(name, recipe, overrides, output, files, vocab, emb, teacher, dev, cache,
+                ntrex_root="", ntrex_languages=()):
     """Trains (or initialises) one variant and scores it on the development pairs."""
     import tensorflow as tf
 
@@ -99,16 +110,20 @@ def run_variant(name, recipe, overrides, output, files, vocab, emb, teacher, dev
     if not untrained:
         trainer.run()
     seconds = time.perf_counter() - start
-    pre = preprocessing.Preprocessor(trainer.vocab_path, cfg.preprocess.seq_length)
+    pre = preprocessing.Preprocessor(trainer.vocab_path, cfg.preprocess.export_seq_length)
     model = modeling.StringEncoder(pre, trainer.encoder)
     fn = tf.function(lambda x: model(x, training=False),
                      input_signature=[tf.TensorSpec([None], tf.string)])
     embedder = runner.as_embedder(lambda s: fn(tf.constant(s)).numpy(), name=f"sweep-{name}")
     res = pairs.evaluate_pair_files(embedder, dev, use_cache=False)
-    return {"name": name, "recipe": os.path.basename(recipe), "overrides": overrides,
-            "steps": 0 if untrained else cfg.train.steps,
-            "batch": cfg.train.global_batch_size, "seconds": seconds,
-            "vocab_size": cfg.model.vocab_size, "dev": res}
+    out = {"name": name, "recipe": os.path.basename(recipe), "overrides": overrides,
+           "steps": 0 if untrained else cfg.train.steps,
+           "batch": cfg.train.global_batch_size, "seconds": seconds,
+           "vocab_size": cfg.model.vocab_size, "dev": res}
+    if ntrex_root:  # NTREX-128 is development data too: long news sentences
+        out["ntrex"] = pairs.evaluate_ntrex(embedder, ntrex_root, ntrex_languages,
+                                            use_cache=False, progress=False)
+    return out
 
 
 def main(argv=None):
@@ -119,6 +134,11 @@ def main(argv=None):
     p.add_argument("--pairs-per-language", type=int, default=3000)
     p.add_argument("--dev-pairs-per-language", type=int, default=300)
     p.add_argument("--teacher", default="muse")
+    p.add_argument("--set", dest="sets", action="append", default=[],
+                   help="an override applied to every variant and to the shared vocabulary, "
+                        "e.g. vocab.keep_unused=false (use a separate --output)")
+    p.add_argument("--ntrex", action="store_true",
+                   help="also score NTREX-128 retrieval (long sentences; development data)")
     p.add_argument("--list", action="store_true", help="list the variants and exit")
     args = p.parse_args(argv)
     if args.list:
@@ -139,24 +159,34 @@ def main(argv=None):
     cpu = _cpu_line()
     print(f"# recipe sweep on {cpu}", flush=True)
     teacher, files, dev, vocab, emb = prepare(output, root, args.pairs_per_language,
-                                              args.dev_pairs_per_language, args.teacher)
+                                              args.dev_pairs_per_language, args.teacher,
+                                              sets=args.sets)
     cache = os.path.join(output, "embedding_cache")
     results_path = os.path.join(output, "sweep.json")
     results = json.load(open(results_path)) if os.path.exists(results_path) else {}
+    from lealla_tf import demo
+    ntrex_root, ntrex_langs = (root, list(demo.DEMO_LANGUAGES)) if args.ntrex else ("", ())
     if "teacher" not in results:
         results["teacher"] = pairs.evaluate_pair_files(teacher, dev, cache=cache)
+    if args.ntrex and "ntrex" not in results["teacher"]:
+        results["teacher"]["ntrex"] = pairs.evaluate_ntrex(teacher, root, ntrex_langs,
+                                                           cache=cache, progress=False)
     t_dev = results["teacher"]["average"]["mean"]
-    print(f"teacher ({args.teacher}) dev: {t_dev:.1f}", flush=True)
+    print(f"teacher ({args.teacher}) dev: {t_dev:.1f}" + (
+        f", NTREX {results['teacher']['ntrex']['average']['mean']:.1f}" if args.ntrex else ""),
+        flush=True)
     for name in names:
         if name not in results:
             recipe, overrides, _ = VARIANTS[name]
-            results[name] = run_variant(name, recipe, overrides, output, files, vocab, emb,
-                                        teacher, dev, cache)
+            results[name] = run_variant(name, recipe, overrides + args.sets, output, files,
+                                        vocab, emb, teacher, dev, cache, ntrex_root,
+                                        ntrex_langs)
             with open(results_path + ".tmp", "w") as f:
                 json.dump(results, f, indent=1)
             os.replace(results_path + ".tmp", results_path)
         r = results[name]
-        print(f"  {name}: dev {r['dev']['average']['mean']:.1f} "
+        ntrex = f", NTREX {r['ntrex']['average']['mean']:.1f}" if "ntrex" in r else ""
+        print(f"  {name}: dev {r['dev']['average']['mean']:.1f}{ntrex} "
               f"({r['steps']} x {r['batch']}, {r['seconds']:.0f}s)", flush=True)
     print(format_table(results, names, args.teacher, cpu))
     return 0
@@ -177,14 +207,19 @@ def _cpu_line():
 
 def format_table(results, names, teacher, cpu):
     t_dev = results["teacher"]["average"]["mean"]
-    lines = [f"\nDevelopment pairs held out of train/ ({cpu}); teacher {teacher}: {t_dev:.1f}",
-             "", "| variant | what | steps x batch | train s | dev accuracy | retention |",
-             "|---|---|---:|---:|---:|---:|"]
+    t_ntrex = results["teacher"].get("ntrex", {}).get("average", {}).get("mean")
+    lines = [f"\nDevelopment pairs held out of train/ ({cpu}); teacher {teacher}: {t_dev:.1f}"
+             + (f", NTREX-128 {t_ntrex:.1f}" if t_ntrex else ""),
+             "", "| variant | what | steps x batch | train s | dev accuracy | retention | "
+             "NTREX | NTREX retention |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name in names:
         r = results[name]
         acc = r["dev"]["average"]["mean"]
+        ntrex = r.get("ntrex", {}).get("average", {}).get("mean")
+        cells = (f"{ntrex:.1f} | {100 * ntrex / t_ntrex:.1f}%" if ntrex is not None and t_ntrex
+                 else " | ")
         lines.append(f"| {name} | {VARIANTS[name][2]} | {r['steps']} x {r['batch']} | "
-                     f"{r['seconds']:.0f} | {acc:.1f} | {100 * acc / t_dev:.1f}% |")
+                     f"{r['seconds']:.0f} | {acc:.1f} | {100 * acc / t_dev:.1f}% | {cells} |")
     return "\n".join(lines)
 
 

@@ -63,6 +63,10 @@ class ModelConfig:
     # vocabulary piece with the teacher, PCA to hidden_size); "teacher_table" (the teacher's
     # own token-embedding table, PCA to hidden_size; teachers that expose one, e.g. muse).
     embedding_init: str = "random"
+    # Position and token-type embeddings at the start of training: "random" (BERT's
+    # initializer) or "zero", so that a student whose word table comes from a teacher or a
+    # static run starts as that bag of embeddings instead of adding noise of the same size.
+    position_init: str = "random"
 
     def validate(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -76,6 +80,9 @@ class ModelConfig:
         if self.embedding_init not in EMBEDDING_INITS:
             raise ConfigError(f"model.embedding_init must be one of {', '.join(EMBEDDING_INITS)}"
                               f", got {self.embedding_init!r}")
+        if self.position_init not in ("random", "zero"):
+            raise ConfigError(f"model.position_init must be random or zero, "
+                              f"got {self.position_init!r}")
         if self.implementation not in ("fast", "keras"):
             raise ConfigError(
                 f"model.implementation must be 'fast' or 'keras', got {self.implementation!r}")
@@ -103,6 +110,9 @@ class VocabConfig:
     # the most frequent first; 0 = all used), ids remapped, [PAD] [UNK] [CLS] [SEP] [MASK] kept.
     source: str = "train"
     max_pieces: int = 0
+    # source teacher: also keep the pieces the training files never use (the teacher's whole
+    # vocabulary, or up to max_pieces ranked by the teacher's piece scores after the used ones).
+    keep_unused: bool = False
     # An existing SentencePiece model (spm.model) to use; empty: `lealla train` trains one
     # into the model dir. A relative path is tried against the cwd, then the model dir.
     model_file: str = ""
@@ -124,7 +134,24 @@ class VocabConfig:
 class PreprocessConfig:
     """Strings to BERT-style inputs."""
 
+    # Tokens per training sequence ([CLS] and [SEP] included).
     seq_length: int = 64
+    # Tokens per sequence of exports, `lealla embed` and evaluation of a run; 0 = seq_length.
+    # Exports pad each batch only to its longest sentence, so a long limit costs nothing on
+    # short input, and long sentences (news, documents) are not cut at the training length.
+    inference_seq_length: int = 0
+
+    @property
+    def export_seq_length(self) -> int:
+        """The sequence length of exports and evaluation."""
+        return self.inference_seq_length or self.seq_length
+
+    def validate(self) -> None:
+        if self.seq_length < 3:
+            raise ConfigError(f"preprocess.seq_length must be at least 3, got {self.seq_length}")
+        if self.inference_seq_length < 0:
+            raise ConfigError("preprocess.inference_seq_length must be >= 0 (0 = seq_length), "
+                              f"got {self.inference_seq_length}")
 
 
 @dataclasses.dataclass
@@ -255,6 +282,10 @@ class ExperimentConfig:
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
                 section.validate()
+        longest = max(self.preprocess.seq_length, self.preprocess.export_seq_length)
+        if self.model.architecture == "transformer" and longest > self.model.max_position_embeddings:
+            raise ConfigError(f"preprocess sequence length {longest} exceeds "
+                              f"model.max_position_embeddings ({self.model.max_position_embeddings})")
         return self
 
     def to_dict(self) -> Dict[str, Any]:

@@ -8,8 +8,9 @@ Distils a real multilingual teacher into two small students, exports them, and e
 3. precompute the teacher's embeddings of both sides (float16 shards, resumable);
 4. train the static student: a bag of token embeddings initialised from the teacher
    (``configs/demo_static.yaml``), the baseline;
-5. train the Transformer student: 4 x 128, mean pooling, the same teacher-initialised table,
-   AMS + feature distillation (``configs/demo.yaml``);
+5. train the Transformer student: 4 x 128, mean pooling, the same teacher-initialised table
+   over the teacher's whole vocabulary, position embeddings starting at zero, AMS + feature
+   distillation (``configs/demo.yaml``);
 6. export TF Hub SavedModels and TFLite (student fp32/fp16/int8, static int8);
 7. evaluate teacher, students (SavedModel and TFLite int8) on the Tatoeba test sets and on
    NTREX-128 (long news sentences) of those languages, and measure each one's sentences/s;
@@ -233,7 +234,8 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
     t0 = _stage(2, total, f"vocabulary ({cfg.vocab.source})")
     if cfg.vocab.source == "teacher":
         student_init.build_teacher_vocab(teacher, files, vocab_dir,
-                                         max_pieces=cfg.vocab.max_pieces, progress=progress)
+                                         max_pieces=cfg.vocab.max_pieces,
+                                         keep_unused=cfg.vocab.keep_unused, progress=progress)
     elif not os.path.exists(vocab):
         preprocessing.train_vocab(files, vocab_dir, cfg.vocab.vocab_size,
                                   sentences_per_language=cfg.vocab.sentences_per_language,

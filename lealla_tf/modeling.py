@@ -32,7 +32,8 @@ INPUT_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
 IMPLEMENTATIONS = ("fast", "keras")
 POOLINGS = ("cls", "mean")
 # ModelConfig fields that are not constructor arguments of the encoders.
-_NOT_SHAPE = ("name", "architecture", "static_projection", "embedding_init")
+_NOT_SHAPE = ("name", "architecture", "static_projection", "embedding_init",
+              "position_init")
 
 
 def mean_pool(sequence: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:

@@ -77,6 +77,10 @@ LOG_DIR = os.path.join("logs", "train")
 DIVERGED_FILE = "DIVERGED"
 # Sections that fix what a checkpoint contains: a resumed run must not change them.
 _FROZEN_SECTIONS = ("model", "preprocess")
+# Keys of those sections a resumed run may change: they act only at the start of training
+# (initialisation) or after it (the exports' sequence length).
+_FREE_KEYS = {("preprocess", "inference_seq_length"), ("model", "embedding_init"),
+              ("model", "position_init")}
 # LaBSE reference config (official/projects/labse/experiments/labse_base.yaml).
 _ADAM_BETA_1, _ADAM_BETA_2, _ADAM_EPSILON = 0.9, 0.999, 1e-5
 _NO_DECAY = ["LayerNorm", "layer_norm", "bias"]
@@ -184,6 +188,7 @@ def resolve_vocab(cfg: config_lib.ExperimentConfig, model_dir: str,
             raise config_lib.ConfigError("vocab.source: teacher needs a teacher (teacher.spec)")
         return student_init.build_teacher_vocab(teacher_fn(), files, os.path.dirname(target),
                                                 max_pieces=cfg.vocab.max_pieces,
+                                                keep_unused=cfg.vocab.keep_unused,
                                                 progress=progress)
     tmp = os.path.join(model_dir, "vocab.tmp")
     path = preprocessing.train_vocab(
@@ -210,9 +215,9 @@ def _check_resume_config(cfg: config_lib.ExperimentConfig, model_dir: str) -> No
     old = config_lib.load(path).to_dict()
     new = cfg.to_dict()
     for section in _FROZEN_SECTIONS:
-        if old[section] != new[section]:
-            diff = {k: (old[section][k], new[section][k]) for k in old[section]
-                    if old[section][k] != new[section][k]}
+        diff = {k: (old[section][k], new[section][k]) for k in old[section]
+                if old[section][k] != new[section][k] and (section, k) not in _FREE_KEYS}
+        if diff:
             raise config_lib.ConfigError(
                 f"{model_dir} holds a run with another {section} config {diff} (old, new): "
                 "use a new --model-dir")
@@ -354,6 +359,11 @@ class Trainer:
         if not latest and cfg.model.embedding_init != "random":
             with self.strategy.scope():
                 self._initialise_embeddings()
+        if not latest and cfg.model.position_init == "zero" and hasattr(self.encoder, "bert"):
+            bert = self.encoder.bert
+            for table in (bert._position_embedding_layer._position_embeddings,
+                          bert._type_embedding_layer.embeddings):
+                table.assign(tf.zeros_like(table))
         if latest:
             self._restore_status = self.checkpoint.restore(latest)
             self._restore_status.assert_existing_objects_matched()
@@ -563,7 +573,7 @@ def restore_encoder(model_dir: str, checkpoint: Optional[str] = None
     if not checkpoint:
         raise FileNotFoundError(f"no checkpoint in {os.path.join(model_dir, CHECKPOINT_DIR)}")
     cfg = config_lib.load(cfg_path)
-    preprocessor = preprocessing.Preprocessor(vocab_path, cfg.preprocess.seq_length)
+    preprocessor = preprocessing.Preprocessor(vocab_path, cfg.preprocess.export_seq_length)
     encoder = modeling.build_encoder(cfg.model)
     encoder(encoder.dummy_inputs())
     tf.train.Checkpoint(encoder=encoder).restore(checkpoint).expect_partial() \

@@ -86,6 +86,35 @@ def test_max_pieces_keeps_the_most_frequent(muse, small_corpus):
     assert sp.get_piece_size() == 5 + small_stats["kept_pieces"]
 
 
+def test_keep_unused_keeps_the_teacher_vocabulary(muse, small_corpus, tmp_path):
+    """keep_unused keeps every teacher piece (then the corpus segments exactly as the teacher
+    does, unseen words included); with max_pieces the unused pieces come by teacher score."""
+    model = muse.sentencepiece_model()
+    teacher = spm.SentencePieceProcessor(model_proto=model)
+    sentences = [s for _, a, b in corpus.iter_tsv(small_corpus[0][0]) for s in (a, b)][:200]
+    full, ids, stats = student_init.prune_sentencepiece(model, sentences, keep_unused=True)
+    pieces = student_init._model_proto(model).pieces
+    normal = [i for i, p in enumerate(pieces) if p.type in student_init._KEPT_TYPES]
+    assert sorted(ids[5:].tolist()) == sorted(normal)
+    student = spm.SentencePieceProcessor(model_proto=full)
+    unseen = "Die Bundesregierung veröffentlichte 2019 Quartalszahlen über Photovoltaik."
+    assert student.encode(unseen, out_type=str) == teacher.encode(unseen, out_type=str)
+    _, used_ids, used_stats = student_init.prune_sentencepiece(model, sentences)
+    used_set = set(used_ids[5:].tolist())
+    limit = used_stats["kept_pieces"] + 50
+    _, some_ids, _ = student_init.prune_sentencepiece(model, sentences, max_pieces=limit,
+                                                      keep_unused=True)
+    by_score = sorted((i for i in normal if i not in used_set),
+                      key=lambda i: (-teacher.get_score(i), i))
+    assert set(some_ids[5:].tolist()) - used_set == set(by_score[:50])
+    # A folder built with other settings is not silently reused.
+    student_init.build_teacher_vocab(muse, small_corpus[0][:1], str(tmp_path / "v"),
+                                     max_pieces=300, progress=False)
+    with pytest.raises(ValueError, match="built with"):
+        student_init.build_teacher_vocab(muse, small_corpus[0][:1], str(tmp_path / "v"),
+                                         max_pieces=300, keep_unused=True, progress=False)
+
+
 def test_pca_table_matches_numpy_pca():
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(300, 40)) @ rng.normal(size=(40, 40))
@@ -149,9 +178,33 @@ def test_teacher_table_init_uses_muse_rows(tmp_path, muse, small_corpus, teacher
                                student_init.pca_table(rows, 32, 0.02), atol=1e-7)
 
 
+def test_zero_position_init(tmp_path, muse, small_corpus, teacher_vocab):
+    """position_init: zero starts the Transformer as a function of the teacher-made rows
+    only (word order and lengths never trained on add nothing); training then moves them."""
+    files, _ = small_corpus
+    cfg = _cfg("demo.yaml", teacher_vocab, files, ["model.position_init=zero"])
+    trainer = training.Trainer(cfg, str(tmp_path / "zero"), progress=False, teacher=muse)
+    bert = trainer.encoder.bert
+    positions = bert._position_embedding_layer._position_embeddings
+    assert not np.any(positions.numpy())
+    assert not np.any(bert._type_embedding_layer.embeddings.numpy())
+    pre = preprocessing.Preprocessor(teacher_vocab, 32)
+    model = modeling.StringEncoder(pre, trainer.encoder)
+    a, b = model(tf.constant(["Der Hund schläft heute", "heute schläft Der Hund"])).numpy()
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    trainer.run()
+    trained = positions.numpy()
+    assert np.any(trained[:32]) and not np.any(trained[32:])  # only trained lengths move
+    random_cfg = _cfg("demo.yaml", teacher_vocab, files, ["model.position_init=random"])
+    other = training.Trainer(random_cfg, str(tmp_path / "rand"), progress=False, teacher=muse)
+    assert np.std(other.encoder.bert._position_embedding_layer._position_embeddings.numpy()) > 0.01
+    with pytest.raises(config.ConfigError, match="position_init"):
+        config.load(None, ["model.position_init=sinusoid"])
+
+
 @pytest.mark.parametrize("recipe,overrides", [
     ("demo_static.yaml", []),
-    ("demo.yaml", []),  # transformer, mean pooling
+    ("demo.yaml", ["model.embedding_init=teacher"]),  # transformer, mean pooling
 ])
 def test_train_export_tflite_parity(tmp_path, muse, small_corpus, teacher_vocab, recipe,
                                     overrides):
