@@ -14,7 +14,8 @@ from typing import List, Optional
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--config", required=required, help="YAML config (see configs/)")
+    p.add_argument("--config", required=required, help="YAML config file, or the name of a shipped one "
+                        "(lealla_small, demo, ...; see lealla_tf/configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="override a config value, e.g. train.steps=100")
 

@@ -259,6 +259,10 @@ class Trainer:
             config_lib.save(saved, os.path.join(self.model_dir, CONFIG_FILE))
 
         self.corpus = corpus or data_lib.load_corpus_from_config(cfg.data)
+        if cfg.teacher.dim and self.corpus.teacher_dim not in (0, cfg.teacher.dim):
+            raise config_lib.ConfigError(
+                f"teacher.dim is {cfg.teacher.dim} but the teacher embeddings "
+                f"({cfg.data.teacher_embeddings}) are {self.corpus.teacher_dim}-d")
         if self.chief:
             stats = {path: dict(s) for path, s in self.corpus.stats.items()}
             with open(os.path.join(self.model_dir, "data_stats.json"), "w") as f:

@@ -1,4 +1,4 @@
-"""The model card: ``export/model_card.md`` filled from ``export_info.json``."""
+"""The model card: ``lealla_tf/resources/model_card.md`` filled from ``export_info.json``."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def render_model_card(info: Dict[str, Any], handles: Dict[str, str],
       info: what :func:`export_model` wrote to ``export_info.json``.
       handles: ``lealla``, ``preprocessor``, ``encoder`` handles (paths or URLs) and,
         when TFLite files exist, ``tflite`` (a path).
-      template: template file (default ``export/model_card.md``).
+      template: template file (default ``lealla_tf/resources/model_card.md``).
     """
     template = template or DEFAULT_CARD_TEMPLATE
     if not os.path.isfile(template):

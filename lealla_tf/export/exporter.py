@@ -120,7 +120,7 @@ def export_model(preprocessor, encoder, output_dir: str,
       model_card_info: optional ``title``, ``description``, ``training`` and ``metrics``
         (strings or dicts of label -> value) for the model card.
       overwrite: replace an existing ``output_dir``.
-      card_template: model-card template (default ``export/model_card.md``).
+      card_template: model-card template (default ``lealla_tf/resources/model_card.md``).
       progress: print progress and the file sizes.
 
     Returns:
