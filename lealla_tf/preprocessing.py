@@ -43,7 +43,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 import tf_keras
 
-from lealla_tf import corpus
+from lealla_tf import corpus, fileio
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
 SPECIAL_PIECES = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -223,12 +223,11 @@ def read_model(sp_model: Union[str, bytes, os.PathLike]) -> bytes:
     if isinstance(sp_model, bytes):
         return sp_model
     path = os.fspath(sp_model)
-    if os.path.isdir(path):
-        path = os.path.join(path, MODEL_FILE)
-    if not os.path.exists(path):
+    if fileio.isdir(path):
+        path = fileio.join(path, MODEL_FILE)
+    if not fileio.exists(path):
         raise FileNotFoundError(f"SentencePiece model not found: {path}")
-    with open(path, "rb") as f:
-        return f.read()
+    return fileio.read_bytes(path)
 
 
 # ----------------------------------------------------------------------------

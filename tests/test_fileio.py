@@ -105,3 +105,34 @@ def test_teacher_embeddings_on_ram(hermetic_files):
     shard = next(p for p in fileio.walk_files(out) if p.endswith(".npz"))
     fileio.remove(shard)
     assert any("unreadable shard" in p or "missing" in p for p in teacher_embeddings.verify(out))
+
+
+def _tiny_run_config(files, steps, embeddings=""):
+    from lealla_tf import config
+    return config.load("tiny", [
+        "data.train_files=[" + ",".join(files) + "]", f"data.teacher_embeddings={embeddings}",
+        "vocab.vocab_size=200", "vocab.sentences_per_language=300", "model.vocab_size=200",
+        f"train.steps={steps}", "train.global_batch_size=8", "train.warmup_steps=1",
+        "train.checkpoint_every=2", "train.summary_every=2",
+        "loss.feature_distill_weight=1.0" if embeddings else "loss.feature_distill_weight=0.0"])
+
+
+def test_vocab_teacher_train_resume_on_ram(hermetic_files):
+    """Teacher embeddings, vocabulary, checkpoints, logs and config of a run all live on
+    ``ram://``; a second call resumes from the stored checkpoint; the encoder restores."""
+    import tensorflow as tf
+
+    from lealla_tf import training
+    emb = "ram://pipeline/teacher"
+    teacher_embeddings.precompute(_hash_teacher(), hermetic_files, emb, progress=False)
+    run = "ram://pipeline/run"
+    first = training.train(_tiny_run_config(hermetic_files, 2, emb), run, progress=False)
+    assert first.step == 2 and first.checkpoint.startswith(run)
+    for name in ("config.yaml", "vocab/spm.model", "data_stats.json"):
+        assert fileio.exists(fileio.join(run, name)), name
+    assert fileio.glob(fileio.join(run, "logs", "train", "*"))
+    resumed = training.train(_tiny_run_config(hermetic_files, 4, emb), run, progress=False)
+    assert resumed.step == 4 and resumed.checkpoint.endswith("-4")
+    cfg, pre, encoder = training.restore_encoder(run)
+    vectors = encoder(pre(tf.constant(["dog", "Hund"])))["default"]
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
