@@ -85,13 +85,22 @@ def normpath(path: str) -> str:
 
 
 def exists(path: str) -> bool:
-    """Whether ``path`` exists (file or folder)."""
-    return _gfile().exists(path)
+    """Whether ``path`` exists (file or folder); False on a scheme TensorFlow has no file
+    system for (e.g. ``https://``)."""
+    import tensorflow as tf
+    try:
+        return _gfile().exists(path)
+    except tf.errors.UnimplementedError:
+        return False
 
 
 def isdir(path: str) -> bool:
-    """Whether ``path`` is a folder."""
-    return _gfile().isdir(path)
+    """Whether ``path`` is a folder (False where :func:`exists` is)."""
+    import tensorflow as tf
+    try:
+        return _gfile().isdir(path)
+    except tf.errors.UnimplementedError:
+        return False
 
 
 def glob(pattern: str) -> List[str]:

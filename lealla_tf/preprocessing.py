@@ -117,7 +117,8 @@ def train_vocab(files: Sequence[str], output_dir: str, vocab_size: int,
     Args:
       files: ``.tsv`` parallel files (both sides are used, the second side counted as
         English) or plain text files (one sentence per line; language = file stem).
-      output_dir: where ``spm.model``, ``spm.vocab`` and ``vocab_info.json`` go.
+      output_dir: where ``spm.model``, ``spm.vocab`` and ``vocab_info.json`` go (any
+        tf.io.gfile path).
       vocab_size: number of pieces including the 5 reserved ones. If the text is too
         small for this many pieces, SentencePiece stops earlier (the actual size is
         recorded in ``vocab_info.json`` and printed).
@@ -136,6 +137,12 @@ def train_vocab(files: Sequence[str], output_dir: str, vocab_size: int,
     import sentencepiece as spm
     from tqdm import tqdm
 
+    if not fileio.is_local(output_dir):  # SentencePiece writes real files: stage them
+        with tempfile.TemporaryDirectory(prefix="lealla-vocab-") as tmp:
+            train_vocab(files, tmp, vocab_size, sentences_per_language, sampling_alpha,
+                        character_coverage, max_sentence_length, seed, num_threads, progress)
+            fileio.copytree(tmp, output_dir, overwrite=True)
+        return fileio.join(output_dir, MODEL_FILE)
     if vocab_size <= len(SPECIAL_PIECES) + 1:
         raise ValueError(f"vocab_size must exceed {len(SPECIAL_PIECES) + 1}, got {vocab_size}")
     files = list(files)
