@@ -364,7 +364,10 @@ def load_teacher(spec: str, **kwargs) -> embedders.Embedder:
       ValueError: for an unknown or malformed spec.
       FileNotFoundError: for a local path that does not exist.
     """
-    return embedders.load(spec, **kwargs)
+    try:
+        return embedders.load(spec, **kwargs)
+    except ValueError as e:
+        raise ValueError(f"teacher spec {spec!r}: {e}") from e
 
 
 # Loaders of the teacher kinds of lealla_tf.embedders' registry.
