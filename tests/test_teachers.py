@@ -152,10 +152,8 @@ def test_muse_real_multilingual():
     np.testing.assert_allclose(two, src, atol=1e-5)
 
 
-def test_muse_retrieves_real_pairs():
-    root = os.environ.get("LEALLA_DATA_DIR")
-    if not root:
-        pytest.skip("LEALLA_DATA_DIR is not set")
+def test_muse_retrieves_real_pairs(data_dir):
+    root = data_dir
     pairs = [(s, t) for _, s, t in corpus.iter_tsv(os.path.join(root, "train", "deu-eng.tsv"))]
     pairs = pairs[::len(pairs) // 200][:200]
     teacher = teachers.load_teacher("muse")
