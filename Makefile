@@ -8,7 +8,7 @@ LEALLA_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 export LEALLA_DATA_DIR
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv test demo bench distill-quality clean
+.PHONY: venv test test-hermetic demo bench distill-quality clean
 
 venv: $(VENV)/.installed
 
@@ -20,6 +20,10 @@ $(VENV)/.installed: pyproject.toml
 
 test: venv
 	$(PY) -m pytest -q tests
+
+# The tests that need no data root (a synthetic corpus made in tests/): run anywhere.
+test-hermetic: venv
+	$(PY) -m pytest -q -m "not data" tests
 
 demo: venv
 	$(VENV)/bin/lealla demo --output results/demo

@@ -3,7 +3,7 @@ and (optionally) the archives to publish.
 
 Runs ``lealla export`` and then, with ``--publish``, ``lealla publish`` on the result; the
 library code is ``lealla_tf/export.py`` and the model card is filled from
-``export/model_card.md``.
+``lealla_tf/resources/model_card.md``.
 
 Example::
 

@@ -14,7 +14,8 @@ from typing import List, Optional
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--config", required=required, help="YAML config (see configs/)")
+    p.add_argument("--config", required=required, help="YAML config file, or the name of a shipped one "
+                        "(lealla_small, demo, ...; see lealla_tf/configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="override a config value, e.g. train.steps=100")
 
@@ -122,7 +123,8 @@ def _add_export(sub) -> None:
     e = sub.add_parser("embed", help="embed sentences (one per line) with an export folder, "
                                      "a .tflite file, a run dir or a TF Hub handle")
     e.add_argument("--model", required=True,
-                   help="export folder, .tflite file, run model dir, or TF Hub handle/URL")
+                   help="model spec: export folder, .tflite file, run model dir, TF Hub "
+                        "handle/URL, teacher name, py:module:function (see lealla_tf.embedders)")
     e.add_argument("--input", default="-", help="text file, one sentence per line "
                                                 "(default: stdin)")
     e.add_argument("--output", default="", help=".npy file (default: TSV on stdout)")
@@ -173,13 +175,13 @@ def _read_sentences(path: str) -> List[bytes]:
 def _embed(args) -> int:
     import numpy as np
 
-    from lealla_tf import export
+    from lealla_tf import embedders
     from lealla_tf.evaluation import runner
     if args.input != "-" and not os.path.isfile(args.input):
         raise FileNotFoundError(f"input file not found: {args.input}")
     try:
-        embedder = export.load_embedder(args.model, batch_size=args.batch_size,
-                                        num_threads=args.threads or None)
+        embedder = embedders.load(args.model, batch_size=args.batch_size,
+                                  num_threads=args.threads or None)
     except ValueError as e:
         print(f"lealla: error: {e}", file=sys.stderr)
         return 2
@@ -289,14 +291,8 @@ def _add_eval(sub) -> None:
 
 
 def _load_eval_model(spec: str):
-    if spec.startswith("py:"):
-        from lealla_tf.evaluation import runner
-        return runner.load_callable(spec)
-    if spec in ("muse", "labse") or spec.startswith(("hub:", "savedmodel:")):
-        from lealla_tf import teachers
-        return teachers.load_teacher(spec)
-    from lealla_tf.export import load_embedder
-    return load_embedder(spec)
+    from lealla_tf import embedders
+    return embedders.load(spec)
 
 
 def _run_eval(args, body) -> int:
@@ -310,10 +306,10 @@ def _run_eval(args, body) -> int:
 
 def _write_json(path: str, result: dict) -> None:
     import json
+
+    from lealla_tf import fileio
     if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
+        fileio.atomic_write(path, json.dumps(result, indent=1))
         print(f"results written to {path}")
 
 
@@ -440,11 +436,10 @@ def _add_teacher(sub) -> None:
 
 
 def _teacher_embed(args) -> int:
-    from lealla_tf import corpus, teacher_embeddings, teachers
+    from lealla_tf import corpus, embedders, teacher_embeddings
     files = corpus.find_files(args.input, root=args.data_dir)
-    kwargs = {"threads": args.threads or None} if args.teacher == "muse" else {}
     try:
-        teacher = teachers.load_teacher(args.teacher, **kwargs)
+        teacher = embedders.load(args.teacher, threads=args.threads or None)
         manifest = teacher_embeddings.precompute(
             teacher, files, args.output, shard_size=args.shard_size,
             batch_size=args.batch_size, overwrite=args.overwrite)

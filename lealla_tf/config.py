@@ -5,10 +5,14 @@ Every knob of the pipeline is a field of a dataclass below. A YAML file fills an
 values it overrides, the way Model Garden layers experiment configs. Unknown keys
 and values of the wrong type raise :class:`ConfigError` naming the offending key.
 
+The shipped recipes and shapes are package data (``lealla_tf/configs/``): a bare name
+(``lealla_small``, ``demo.yaml``) loads one of them; anything else is a path (local,
+``gs://`` or ``ram://``, read through :mod:`lealla_tf.fileio`).
+
 Example::
 
     from lealla_tf import config
-    cfg = config.load("configs/lealla_small.yaml", overrides=["train.steps=100"])
+    cfg = config.load("lealla_small", overrides=["train.steps=100"])
     cfg.model.hidden_size  # 128
 """
 
@@ -20,6 +24,8 @@ import typing
 from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
+
+from lealla_tf import fileio
 
 
 class ConfigError(ValueError):
@@ -192,7 +198,6 @@ class DataConfig:
     languages: List[str] = dataclasses.field(default_factory=list)
     max_pairs_per_language: int = 0  # 0 = no limit
     sampling_alpha: float = 0.3
-    shuffle_buffer: int = 10000
     # Directory of precomputed teacher embeddings (``lealla teacher embed``); empty = none.
     teacher_embeddings: str = ""
     seed: int = 0
@@ -204,8 +209,13 @@ class TeacherConfig:
 
     # "muse", "hub:<preprocessor>|<encoder>", "hub:<handle>", "savedmodel:<path>", or "".
     spec: str = ""
+    # The teacher's embedding size; when set, training checks the teacher embeddings
+    # (data.teacher_embeddings) have it (0: not checked).
     dim: int = 0
-    batch_size: int = 64
+
+    def validate(self) -> None:
+        if self.dim < 0:
+            raise ConfigError(f"teacher.dim must be >= 0, got {self.dim}")
 
 
 @dataclasses.dataclass
@@ -257,10 +267,15 @@ class DistributeConfig:
 
 @dataclasses.dataclass
 class EvalConfig:
-    """Evaluation settings used by training-time and post-training evaluation."""
+    """Evaluation after training (``lealla demo``): languages and encode batch size."""
 
+    # Tatoeba languages to evaluate; empty = the training languages (data.languages).
     tatoeba_languages: List[str] = dataclasses.field(default_factory=list)
     batch_size: int = 128
+
+    def validate(self) -> None:
+        if self.batch_size <= 0:
+            raise ConfigError(f"eval.batch_size must be positive, got {self.batch_size}")
 
 
 @dataclasses.dataclass
@@ -369,26 +384,64 @@ def _deep_merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def package_config_dir() -> str:
+    """The folder of the shipped recipes and shapes (``lealla_tf/configs``, package data)."""
+    from importlib import resources
+    return str(resources.files("lealla_tf").joinpath("configs"))
+
+
+def recipe_names() -> List[str]:
+    """Names of the shipped configs (``lealla_small``, ``demo``, ...), sorted."""
+    root = package_config_dir()
+    return sorted(n[:-len(".yaml")] for n in fileio.listdir(root) if n.endswith(".yaml"))
+
+
+def _is_bare_name(text: str) -> bool:
+    return "/" not in text and os.sep not in text and "://" not in text
+
+
+def resolve(path_or_name: str) -> str:
+    """A config argument -> the file it names.
+
+    Args:
+      path_or_name: an existing file (local, ``gs://``, ``ram://``), or the bare name of a
+        shipped config with or without ``.yaml`` (``lealla_small``, ``demo.yaml``). A file
+        in the working directory wins over a shipped config of the same name.
+
+    Raises:
+      ConfigError: if it is neither, listing the shipped names.
+    """
+    if fileio.exists(path_or_name) and not fileio.isdir(path_or_name):
+        return path_or_name
+    if path_or_name and _is_bare_name(path_or_name):
+        name = path_or_name if path_or_name.endswith(".yaml") else path_or_name + ".yaml"
+        candidate = os.path.join(package_config_dir(), name)
+        if fileio.exists(candidate):
+            return candidate
+        raise ConfigError(f"config {path_or_name!r} is neither a file nor a shipped config; "
+                          f"shipped: {', '.join(recipe_names())}")
+    raise ConfigError(f"config file not found: {path_or_name}")
+
+
 def _read_yaml(path: str, _seen: Optional[set] = None) -> Dict[str, Any]:
-    path = os.path.abspath(path)
+    path = fileio.normpath(path)
     _seen = set() if _seen is None else _seen
     if path in _seen:
         raise ConfigError(f"config {path}: 'base' files form a cycle")
     _seen.add(path)
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         raise ConfigError(f"config file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config {path} is not valid YAML: {e}") from e
+    try:
+        data = yaml.safe_load(fileio.read_text(path)) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"config {path}: top level must be a mapping")
     bases = data.pop("base", None)
     if bases:
         merged: Dict[str, Any] = {}
         for b in [bases] if isinstance(bases, str) else bases:
-            merged = _deep_merge(merged, _read_yaml(os.path.join(os.path.dirname(path), b), _seen))
+            merged = _deep_merge(merged, _read_yaml(fileio.join(fileio.dirname(path), b), _seen))
         data = _deep_merge(merged, data)
     return data
 
@@ -425,20 +478,27 @@ def load(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Experimen
     """Loads a YAML config (with its ``base:`` chain) and applies ``a.b=value`` overrides.
 
     Args:
-      path: YAML file; None gives the defaults (LEALLA-small shape).
+      path: YAML file (local or any tf.io.gfile path), or the bare name of a shipped
+        config (``lealla_small``; see :func:`resolve`); None gives the defaults
+        (LEALLA-small shape).
       overrides: strings like ``"train.steps=10"``; values are parsed as YAML.
 
     Raises:
       ConfigError: on a missing file, unknown key or value of the wrong type.
     """
-    data = _read_yaml(path) if path else {}
+    data = _read_yaml(resolve(path)) if path else {}
     return from_dict(data, overrides)
 
 
 def save(cfg: ExperimentConfig, path: str) -> None:
-    """Writes ``cfg`` as YAML (loadable again with :func:`load`)."""
-    with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False, allow_unicode=True)
+    """Writes ``cfg`` as YAML (loadable again with :func:`load`), atomically.
+
+    Args:
+      cfg: the configuration.
+      path: destination (any tf.io.gfile path).
+    """
+    fileio.atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False,
+                                             allow_unicode=True))
 
 
 CACHE_ENV = "LEALLA_CACHE_DIR"

@@ -43,11 +43,7 @@ DEMO_LANGUAGES = ("ara", "cmn", "deu", "fra", "ita", "jpn", "kor", "nld", "pol",
 
 
 def _config_path(name: str) -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    path = os.path.join(here, "..", "configs", name)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"config {name} not found in {os.path.dirname(path)}")
-    return os.path.abspath(path)
+    return config.resolve(name)  # a shipped recipe (package data) or a file
 
 
 def _stage(n: int, total: int, text: str) -> float:
@@ -191,7 +187,8 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
       overrides: ``a.b=value`` overrides of that recipe.
       teacher_spec: teacher (default: the recipe's ``teacher.spec``).
       pairs_per_language: training pairs sampled per language (0 = all).
-      eval_languages: evaluation languages (default: the recipe's ``data.languages``).
+      eval_languages: evaluation languages (default: the recipe's ``eval.tatoeba_languages``,
+        else its ``data.languages``).
       progress: show progress bars.
       static_config_path: the static student's recipe (default ``configs/demo_static.yaml``).
       static_overrides: its overrides (default: ``overrides``).
@@ -212,7 +209,7 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
                              overrides if static_overrides is None else static_overrides)
     spec = teacher_spec or cfg.teacher.spec
     langs = list(cfg.data.languages or DEMO_LANGUAGES)
-    eval_langs = list(eval_languages or langs)
+    eval_langs = list(eval_languages or cfg.eval.tatoeba_languages or langs)
     total = 8
 
     t0 = _stage(1, total, f"training pairs: {pairs_per_language or 'all'} per language, "
@@ -290,14 +287,15 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
     models: Dict[str, dict] = {}
     for name, (embedder, what, path, on_ntrex) in candidates.items():
         res = tatoeba.evaluate(embedder, eval_langs, data_dir=root, cache=cache,
-                               progress=progress)
+                               batch_size=cfg.eval.batch_size, progress=progress)
         size = _mb(export.disk_bytes(path)) if path else teacher_size(spec)
         models[name] = {"what": what, "tatoeba": res, "size": size,
                         "sentences_per_second": _speed(embedder, speed_sample)}
         line = f"  {name}: Tatoeba {res['average']['mean']:.1f}"
         if ntrex and on_ntrex:
-            models[name]["ntrex"] = pair_eval.evaluate_ntrex(embedder, root, eval_langs,
-                                                             cache=cache, progress=progress)
+            models[name]["ntrex"] = pair_eval.evaluate_ntrex(
+                embedder, root, eval_langs, batch_size=cfg.eval.batch_size, cache=cache,
+                progress=progress)
             line += f", NTREX {models[name]['ntrex']['average']['mean']:.1f}"
         print(line, flush=True)
     print(f"  ({time.perf_counter() - t0:.0f}s)")

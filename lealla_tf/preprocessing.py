@@ -43,7 +43,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 import tf_keras
 
-from lealla_tf import corpus
+from lealla_tf import corpus, fileio
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
 SPECIAL_PIECES = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -117,7 +117,8 @@ def train_vocab(files: Sequence[str], output_dir: str, vocab_size: int,
     Args:
       files: ``.tsv`` parallel files (both sides are used, the second side counted as
         English) or plain text files (one sentence per line; language = file stem).
-      output_dir: where ``spm.model``, ``spm.vocab`` and ``vocab_info.json`` go.
+      output_dir: where ``spm.model``, ``spm.vocab`` and ``vocab_info.json`` go (any
+        tf.io.gfile path).
       vocab_size: number of pieces including the 5 reserved ones. If the text is too
         small for this many pieces, SentencePiece stops earlier (the actual size is
         recorded in ``vocab_info.json`` and printed).
@@ -136,6 +137,12 @@ def train_vocab(files: Sequence[str], output_dir: str, vocab_size: int,
     import sentencepiece as spm
     from tqdm import tqdm
 
+    if not fileio.is_local(output_dir):  # SentencePiece writes real files: stage them
+        with tempfile.TemporaryDirectory(prefix="lealla-vocab-") as tmp:
+            train_vocab(files, tmp, vocab_size, sentences_per_language, sampling_alpha,
+                        character_coverage, max_sentence_length, seed, num_threads, progress)
+            fileio.copytree(tmp, output_dir, overwrite=True)
+        return fileio.join(output_dir, MODEL_FILE)
     if vocab_size <= len(SPECIAL_PIECES) + 1:
         raise ValueError(f"vocab_size must exceed {len(SPECIAL_PIECES) + 1}, got {vocab_size}")
     files = list(files)
@@ -223,12 +230,11 @@ def read_model(sp_model: Union[str, bytes, os.PathLike]) -> bytes:
     if isinstance(sp_model, bytes):
         return sp_model
     path = os.fspath(sp_model)
-    if os.path.isdir(path):
-        path = os.path.join(path, MODEL_FILE)
-    if not os.path.exists(path):
+    if fileio.isdir(path):
+        path = fileio.join(path, MODEL_FILE)
+    if not fileio.exists(path):
         raise FileNotFoundError(f"SentencePiece model not found: {path}")
-    with open(path, "rb") as f:
-        return f.read()
+    return fileio.read_bytes(path)
 
 
 # ----------------------------------------------------------------------------

@@ -41,16 +41,15 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import fcntl
 import hashlib
+import io
 import json
 import os
-import shutil
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from lealla_tf import corpus
+from lealla_tf import corpus, fileio
 from lealla_tf.teachers import Teacher
 
 # ====================================================================== precomputing
@@ -105,30 +104,33 @@ def _scan(path: str, shard_size: int) -> dict:
 
 
 def _read_manifest(output_dir: str) -> Optional[dict]:
-    path = os.path.join(output_dir, MANIFEST)
-    if not os.path.exists(path):
+    path = fileio.join(output_dir, MANIFEST)
+    if not fileio.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(fileio.read_text(path))
 
 
 def _write_atomic(path: str, write: Callable) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    write(buffer)
+    fileio.atomic_write(path, buffer.getvalue())
+
+
+def _load_npz(path: str):
+    """``np.load`` of a shard on any file system."""
+    return np.load(io.BytesIO(fileio.read_bytes(path)))
 
 
 def _write_manifest(output_dir: str, manifest: dict) -> None:
     data = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    _write_atomic(os.path.join(output_dir, MANIFEST), lambda f: f.write(data))
+    _write_atomic(fileio.join(output_dir, MANIFEST), lambda f: f.write(data))
 
 
 def _shard_meta(npz_path: str) -> Optional[dict]:
     try:
-        with np.load(npz_path) as z:
+        if not fileio.exists(npz_path):
+            return None
+        with _load_npz(npz_path) as z:
             return json.loads(str(z["meta"]))
     except (OSError, ValueError, KeyError):
         return None
@@ -149,7 +151,7 @@ class _ShardCache:
         if path in self._cache:
             self._cache.move_to_end(path)
         else:
-            with np.load(path) as z:
+            with _load_npz(path) as z:
                 self._cache[path] = (z["src"], z["tgt"])
             if len(self._cache) > self._capacity:
                 self._cache.popitem(last=False)
@@ -191,30 +193,27 @@ def precompute(teacher: Teacher, inputs: Sequence[str], output_dir: str,
     for path in files:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"corpus file not found: {path}")
-    os.makedirs(output_dir, exist_ok=True)
-    with _exclusive(output_dir):
+    fileio.makedirs(output_dir)
+    with _exclusive(output_dir, force=overwrite):
         return _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite,
                            progress)
 
 
 @contextlib.contextmanager
-def _exclusive(output_dir: str):
-    """Holds an advisory lock on ``output_dir`` (released by the OS if the process dies)."""
-    with open(os.path.join(output_dir, ".lock"), "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise ValueError(f"{output_dir} is being written by another process") from None
-        try:
+def _exclusive(output_dir: str, force: bool = False):
+    """Makes this process the only writer of ``output_dir`` (:func:`fileio.writer_lock`: an
+    OS lock on local disks; a checked single-writer marker on ``gs://`` and other stores)."""
+    try:
+        with fileio.writer_lock(fileio.join(output_dir, ".lock"), force=force):
             yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    except fileio.LockedError as e:
+        raise ValueError(f"{output_dir} is being written by another process ({e})") from None
 
 
 def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, progress):
-    for name in os.listdir(output_dir):  # leftovers of a killed manifest write
+    for name in fileio.listdir(output_dir):  # leftovers of a killed manifest write
         if ".tmp-" in name:
-            os.remove(os.path.join(output_dir, name))
+            fileio.remove(fileio.join(output_dir, name))
 
     header = {"format_version": FORMAT_VERSION, "teacher": teacher.name,
               "dim": int(teacher.dim), "dtype": DTYPE, "shard_size": int(shard_size)}
@@ -229,7 +228,7 @@ def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, p
                     f"{output_dir} holds other teacher embeddings ({diff}); use another "
                     "output directory, or --overwrite / overwrite=True to replace them")
             for entry in manifest["files"].values():
-                shutil.rmtree(os.path.join(output_dir, entry["dir"]), ignore_errors=True)
+                fileio.rmtree(fileio.join(output_dir, entry["dir"]))
             manifest = None
     if manifest is None or not manifest.get("files"):
         manifest = dict(header, files={})
@@ -249,18 +248,18 @@ def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, p
                     f"{entry['sha256'][:12]}.. -> {scan['sha256'][:12]}..); rerun with "
                     "--overwrite to recompute it, or use another output directory")
         if entry is not None and overwrite:
-            shutil.rmtree(os.path.join(output_dir, entry["dir"]), ignore_errors=True)
+            fileio.rmtree(fileio.join(output_dir, entry["dir"]))
             entry = None
         folder = (entry["dir"] if entry is not None else
                   f"{os.path.basename(path)}-{hashlib.sha256(path.encode()).hexdigest()[:8]}")
-        shard_dir = os.path.join(output_dir, folder)
-        os.makedirs(shard_dir, exist_ok=True)
-        for name in os.listdir(shard_dir):
+        shard_dir = fileio.join(output_dir, folder)
+        fileio.makedirs(shard_dir)
+        for name in fileio.listdir(shard_dir):
             if ".tmp-" in name:
-                os.remove(os.path.join(shard_dir, name))
+                fileio.remove(fileio.join(shard_dir, name))
         done = []
         for rec in scan["shards"]:
-            meta = _shard_meta(os.path.join(shard_dir, rec["file"]))
+            meta = _shard_meta(fileio.join(shard_dir, rec["file"]))
             done.append(meta is not None and meta.get("teacher") == teacher.name and all(
                 meta.get(k) == rec[k] for k in ("start", "end", "lines_sha256")))
         entry = {k: scan[k] for k in ("path", "size", "sha256", "num_lines", "stats")}
@@ -324,7 +323,7 @@ def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, p
                             f_i, line, s = loc >> 41, (loc >> 1) & ((1 << 40) - 1), loc & 1
                             k = line // shard_size
                             p = plans[f_i]
-                            old[os.path.join(p[2], p[3][k]["file"])].append(
+                            old[fileio.join(p[2], p[3][k]["file"])].append(
                                 (i, side, line - p[3][k]["start"], s))
                         else:
                             new.setdefault(key, (sentence, []))[1].append((i, side))
@@ -347,7 +346,7 @@ def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, p
                         bar.update(sum(len(r) for _, r in batch))
                 meta = dict(rec, teacher=teacher.name, dim=dim, dtype=DTYPE,
                             tsv_sha256=entry["sha256"])
-                _write_atomic(os.path.join(shard_dir, rec["file"]), lambda f: np.savez(
+                _write_atomic(fileio.join(shard_dir, rec["file"]), lambda f: np.savez(
                     f, src=src, tgt=tgt, valid=valid, meta=np.array(json.dumps(meta))))
                 register(file_index, start, lines)
                 entry["shards"].append(rec)
@@ -416,8 +415,8 @@ def load_precomputed(embeddings_dir: str, tsv_path: str,
         if rec["start"] != expected:
             raise ValueError(f"{embeddings_dir}: shards of {path} are not contiguous at line "
                              f"{expected}")
-        shard_path = os.path.join(embeddings_dir, entry["dir"], rec["file"])
-        with np.load(shard_path) as z:
+        shard_path = fileio.join(embeddings_dir, entry["dir"], rec["file"])
+        with _load_npz(shard_path) as z:
             meta = json.loads(str(z["meta"]))
             src, tgt, valid = z["src"], z["tgt"], z["valid"]
         n = rec["end"] - rec["start"]
@@ -473,9 +472,9 @@ def verify(embeddings_dir: str) -> List[str]:
             if rec["end"] != start + len(lines) or h != rec["lines_sha256"]:
                 problems.append(f"{where}: lines changed since the shard was written")
                 continue
-            shard_path = os.path.join(embeddings_dir, entry["dir"], rec["file"])
+            shard_path = fileio.join(embeddings_dir, entry["dir"], rec["file"])
             try:
-                with np.load(shard_path) as z:
+                with _load_npz(shard_path) as z:
                     meta = json.loads(str(z["meta"]))
                     src, tgt, valid = (z["src"].astype(np.float32), z["tgt"].astype(np.float32),
                                        z["valid"])

@@ -2,7 +2,9 @@
 
 A *teacher* is any object with a ``name`` (str), a ``dim`` (int) and
 ``encode(sentences: list[str]) -> np.ndarray`` (float32 ``[N, dim]``, L2-normalised rows).
-Teachers never train. :func:`load_teacher` builds one from a spec:
+Teachers never train. Every teacher is an :class:`lealla_tf.embedders.Embedder`, and
+:func:`load_teacher` is :func:`lealla_tf.embedders.load` (one spec grammar for every model);
+the teacher specs are:
 
 =====================================  ==================================================
 ``muse``                               multilingual Universal Sentence Encoder v3
@@ -22,9 +24,7 @@ Teachers never train. :func:`load_teacher` builds one from a spec:
 and :class:`CallableTeacher` wraps any Python function ``list[str] -> array``.
 
 Training does not call a teacher: its embeddings of the training corpora are precomputed
-once and stored in shards by :mod:`lealla_tf.teacher_embeddings`. For compatibility,
-``teachers.precompute``, ``teachers.load_precomputed``, ``teachers.verify`` and the store's
-constants still resolve here (imported from there on first use).
+once and stored in shards by :mod:`lealla_tf.teacher_embeddings`.
 
 Example::
 
@@ -41,6 +41,8 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
+from lealla_tf import embedders, fileio
+
 LABSE_PREPROCESSOR = (
     "https://tfhub.dev/google/universal-sentence-encoder-cmlm/multilingual-preprocess/2")
 """TF Hub preprocessor that LaBSE/2 documents as its companion (strings -> BERT inputs)."""
@@ -53,8 +55,7 @@ MUSE_DIM = 512
 MUSE_LANGUAGES = ("ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru",
                   "th", "tr", "zh", "zh-TW")
 
-SPEC_HELP = ("'muse', 'labse', 'hub:<handle>', 'hub:<preprocessor>|<encoder>', "
-             "'savedmodel:<path>' or the path of an existing SavedModel directory")
+SPEC_HELP = embedders.SPEC_HELP
 
 
 def l2_normalize(x) -> np.ndarray:
@@ -67,8 +68,12 @@ def l2_normalize(x) -> np.ndarray:
 
 
 # ====================================================================== teachers
-class Teacher:
+class Teacher(embedders.Embedder):
     """Base class: checks inputs and outputs of ``_encode`` and L2-normalises the rows.
+
+    ``encode`` embeds what it is given in one call (callers choose the batches, e.g. the
+    evaluation runner with :func:`lealla_tf.embedders.batch_order`); ``lengths`` counts
+    tokens with the teacher's SentencePiece model when it has one.
 
     Args:
       name: recorded with precomputed embeddings (a resumed run must use the same teacher).
@@ -76,8 +81,17 @@ class Teacher:
     """
 
     def __init__(self, name: str, dim: Optional[int] = None):
-        self.name = name
+        super().__init__(name, batch_size=0)
         self._dim = dim
+
+    def _vocabulary(self):
+        model = getattr(self, "sentencepiece_model", None)
+        if model is None:
+            return None
+        try:
+            return model()
+        except Exception:  # noqa: BLE001 - no usable vocabulary: UTF-8 lengths
+            return None
 
     @property
     def dim(self) -> int:
@@ -92,19 +106,29 @@ class Teacher:
         """Embeds sentences.
 
         Args:
-          sentences: a list of strings.
+          sentences: a list of strings or UTF-8 bytes (TF models take bytes as they are;
+            Python teachers get them decoded, invalid bytes replaced).
 
         Returns:
           float32 ``[len(sentences), dim]`` with unit-norm rows.
         """
-        if isinstance(sentences, str):
+        if isinstance(sentences, (str, bytes)):
             raise TypeError("encode() takes a list of sentences, not one string")
         sentences = list(sentences)
         for s in sentences:
-            if not isinstance(s, str):
+            if not isinstance(s, (str, bytes)):
                 raise TypeError(f"teacher {self.name!r}: sentences must be str, got {type(s)}")
         if not sentences:
             return np.zeros((0, self._dim or 0), np.float32)
+        return super().encode(sentences)
+
+    # Models fed as TF string tensors take UTF-8 bytes as they are (invalid bytes too);
+    # Python teachers get str.
+    accepts_bytes = False
+
+    def _encode_batch(self, batch: List[bytes]) -> np.ndarray:
+        sentences = (list(batch) if self.accepts_bytes
+                     else [s.decode("utf-8", errors="replace") for s in batch])
         out = l2_normalize(self._encode(sentences))
         if out.shape[0] != len(sentences):
             raise ValueError(f"teacher {self.name!r} returned {out.shape[0]} rows for "
@@ -240,6 +264,8 @@ class SavedModelTeacher(Teacher):
         ``tf.saved_model.load``.
     """
 
+    accepts_bytes = True
+
     def __init__(self, handle: str, name: Optional[str] = None,
                  output_key: Optional[str] = None, use_hub: bool = True):
         handle = _check_handle(handle, "SavedModel")
@@ -287,6 +313,8 @@ class HubPairTeacher(Teacher):
       output_key: encoder output to use.
     """
 
+    accepts_bytes = True
+
     def __init__(self, preprocessor: str, encoder: str, name: Optional[str] = None,
                  output_key: str = "default"):
         preprocessor = _check_handle(preprocessor, "preprocessor")
@@ -307,13 +335,11 @@ class HubPairTeacher(Teacher):
 def _sentencepiece_asset(handle: str) -> Optional[bytes]:
     """A serialized SentencePiece model found in ``handle``'s ``assets/`` (local folders or
     TF Hub's cache), or None."""
-    import glob
     folder = handle
-    if "://" in handle:
+    if "://" in handle and not fileio.exists(handle):
         folder = _import_hub().resolve(handle)
-    for path in sorted(glob.glob(os.path.join(folder, "assets", "*.model"))):
-        with open(path, "rb") as f:
-            data = f.read()
+    for path in fileio.glob(fileio.join(folder, "assets", "*.model")):
+        data = fileio.read_bytes(path)
         try:
             from sentencepiece import sentencepiece_model_pb2 as pb
             proto = pb.ModelProto()
@@ -325,51 +351,44 @@ def _sentencepiece_asset(handle: str) -> Optional[bytes]:
     return None
 
 
-def load_teacher(spec: str, **kwargs) -> Teacher:
-    """Builds a teacher from a spec (see the module docstring).
+def load_teacher(spec: str, **kwargs) -> embedders.Embedder:
+    """Builds a teacher from a spec: :func:`lealla_tf.embedders.load` (one grammar for
+    every model; the teacher specs are in the module docstring).
 
     Args:
       spec: ``muse``, ``labse``, ``hub:<handle>``, ``hub:<preprocessor>|<encoder>``,
-        ``savedmodel:<path>`` or an existing SavedModel directory.
-      **kwargs: passed to the teacher class (e.g. ``threads=1`` for muse).
+        ``savedmodel:<path>``, an existing SavedModel directory, or any other model spec.
+      **kwargs: passed to the loader (e.g. ``threads=1`` for muse).
 
     Raises:
       ValueError: for an unknown or malformed spec.
       FileNotFoundError: for a local path that does not exist.
     """
-    spec = (spec or "").strip()
-    if spec == "muse":
-        return MuseTeacher(**kwargs)
-    if spec == "labse":
-        return HubPairTeacher(LABSE_PREPROCESSOR, LABSE_ENCODER, name="labse", **kwargs)
-    if spec.startswith("hub:"):
-        rest = spec[len("hub:"):]
-        if "|" in rest:
-            parts = rest.split("|")
-            if len(parts) != 2 or not all(p.strip() for p in parts):
-                raise ValueError(f"teacher spec {spec!r}: expected hub:<preprocessor>|<encoder>")
-            return HubPairTeacher(parts[0].strip(), parts[1].strip(), **kwargs)
-        return SavedModelTeacher(rest.strip(), use_hub=True, **kwargs)
-    if spec.startswith("savedmodel:"):
-        return SavedModelTeacher(spec[len("savedmodel:"):].strip(), use_hub=False, **kwargs)
-    if spec and os.path.isdir(spec):
-        return SavedModelTeacher(spec, use_hub=False, **kwargs)
-    raise ValueError(f"unknown teacher spec {spec!r}: expected {SPEC_HELP}")
+    try:
+        return embedders.load(spec, **kwargs)
+    except ValueError as e:
+        raise ValueError(f"teacher spec {spec!r}: {e}") from e
 
 
-# ====================================================================== re-exports
-# The precomputed-embedding store lives in lealla_tf.teacher_embeddings, which imports this
-# module; its public names are looked up there on first use (no import cycle).
-_STORE_NAMES = ("precompute", "load_precomputed", "verify", "MANIFEST", "FORMAT_VERSION",
-                "DTYPE", "DEFAULT_SHARD_SIZE")
+# Loaders of the teacher kinds of lealla_tf.embedders' registry.
+def _load_muse(_value: str, threads: Optional[int] = 1, **_options) -> Teacher:
+    return MuseTeacher(threads=threads)
 
 
-def __getattr__(name: str):
-    if name in _STORE_NAMES:
-        from lealla_tf import teacher_embeddings
-        return getattr(teacher_embeddings, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _load_labse(_value: str, **_options) -> Teacher:
+    return HubPairTeacher(LABSE_PREPROCESSOR, LABSE_ENCODER, name="labse")
 
 
-def __dir__():
-    return sorted(list(globals()) + list(_STORE_NAMES))
+def _load_hub(value: str, name: Optional[str] = None, output_key: Optional[str] = None,
+              **_options) -> Teacher:
+    return SavedModelTeacher(value, name=name, output_key=output_key, use_hub=True)
+
+
+def _load_hub_pair(value: str, name: Optional[str] = None, **_options) -> Teacher:
+    preprocessor, encoder = value.split("|")
+    return HubPairTeacher(preprocessor, encoder, name=name)
+
+
+def _load_savedmodel(value: str, name: Optional[str] = None, output_key: Optional[str] = None,
+                     **_options) -> Teacher:
+    return SavedModelTeacher(value, name=name, output_key=output_key, use_hub=False)

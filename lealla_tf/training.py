@@ -54,7 +54,7 @@ import json
 import logging
 import math
 import os
-import shutil
+import tempfile
 import time
 from typing import Callable, Dict, Optional, Tuple
 
@@ -66,7 +66,7 @@ from lealla_tf import corpus as corpus_lib
 from lealla_tf import data as data_lib
 from lealla_tf import distribute as distribute_lib
 from lealla_tf import losses as losses_lib
-from lealla_tf import modeling, preprocessing, student_init
+from lealla_tf import fileio, modeling, preprocessing, student_init
 
 log = logging.getLogger(__name__)
 
@@ -158,29 +158,30 @@ def resolve_vocab(cfg: config_lib.ExperimentConfig, model_dir: str,
     Raises:
       FileNotFoundError: ``vocab.model_file`` names a missing file.
     """
-    target = os.path.join(model_dir, VOCAB_FILE)
+    target = fileio.join(model_dir, VOCAB_FILE)
     chief = strategy is None or distribute_lib.is_chief(strategy)
-    if os.path.exists(target):
+    if fileio.exists(target):
         return target
     if not chief:
         for _ in range(1200):
-            if os.path.exists(target):
+            if fileio.exists(target):
                 return target
             time.sleep(0.5)
         raise FileNotFoundError(f"the chief did not write {target} within 10 minutes")
-    os.makedirs(os.path.dirname(target), exist_ok=True)
+    fileio.makedirs(fileio.dirname(target))
     source = cfg.vocab.model_file
     if source:
-        candidates = [source] if os.path.isabs(source) else [source,
-                                                             os.path.join(model_dir, source)]
-        found = next((c for c in candidates if os.path.isfile(c)), None)
+        absolute = os.path.isabs(source) or not fileio.is_local(source)
+        candidates = [source] if absolute else [source, fileio.join(model_dir, source)]
+        found = next((c for c in candidates
+                      if fileio.exists(c) and not fileio.isdir(c)), None)
         if found is None:
             raise FileNotFoundError(f"vocab.model_file not found: {source}")
-        shutil.copyfile(found, target + ".tmp")
-        os.replace(target + ".tmp", target)
-        info = os.path.join(os.path.dirname(found), student_init.INFO_FILE)
-        if os.path.exists(info):  # teacher ids, for model.embedding_init: teacher_table
-            shutil.copyfile(info, os.path.join(os.path.dirname(target), student_init.INFO_FILE))
+        fileio.atomic_write(target, fileio.read_bytes(found))
+        info = fileio.join(fileio.dirname(found), student_init.INFO_FILE)
+        if fileio.exists(info):  # teacher ids, for model.embedding_init: teacher_table
+            fileio.atomic_write(fileio.join(fileio.dirname(target), student_init.INFO_FILE),
+                                fileio.read_bytes(info))
         return target
     files = _training_files(cfg.data)
     if cfg.vocab.source == "teacher":
@@ -190,15 +191,16 @@ def resolve_vocab(cfg: config_lib.ExperimentConfig, model_dir: str,
                                                 max_pieces=cfg.vocab.max_pieces,
                                                 keep_unused=cfg.vocab.keep_unused,
                                                 progress=progress)
-    tmp = os.path.join(model_dir, "vocab.tmp")
-    path = preprocessing.train_vocab(
-        files, tmp, vocab_size=cfg.vocab.vocab_size,
-        sentences_per_language=cfg.vocab.sentences_per_language,
-        sampling_alpha=cfg.vocab.sampling_alpha, character_coverage=cfg.vocab.character_coverage,
-        max_sentence_length=cfg.vocab.max_sentence_length, seed=cfg.vocab.seed,
-        progress=progress)
-    os.replace(path, target)
-    shutil.rmtree(tmp, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="lealla-vocab-") as tmp:  # SentencePiece: local
+        path = preprocessing.train_vocab(
+            files, tmp, vocab_size=cfg.vocab.vocab_size,
+            sentences_per_language=cfg.vocab.sentences_per_language,
+            sampling_alpha=cfg.vocab.sampling_alpha,
+            character_coverage=cfg.vocab.character_coverage,
+            max_sentence_length=cfg.vocab.max_sentence_length, seed=cfg.vocab.seed,
+            progress=progress)
+        with open(path, "rb") as f:
+            fileio.atomic_write(target, f.read())
     return target
 
 
@@ -209,8 +211,8 @@ def _training_files(data_cfg: config_lib.DataConfig):
 
 
 def _check_resume_config(cfg: config_lib.ExperimentConfig, model_dir: str) -> None:
-    path = os.path.join(model_dir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = fileio.join(model_dir, CONFIG_FILE)
+    if not fileio.exists(path):
         return
     old = config_lib.load(path).to_dict()
     new = cfg.to_dict()
@@ -240,12 +242,12 @@ class Trainer:
                  corpus: Optional[data_lib.ParallelCorpus] = None, teacher=None):
         cfg.validate()
         self.cfg = cfg
-        self.model_dir = os.path.abspath(model_dir)
+        self.model_dir = fileio.normpath(model_dir)
         self.strategy = strategy or distribute_lib.get_strategy(cfg.distribute)
         self.chief = distribute_lib.is_chief(self.strategy)
         self.progress = progress and self.chief
         self._teacher = teacher
-        os.makedirs(self.model_dir, exist_ok=True)
+        fileio.makedirs(self.model_dir)
 
         self.vocab_path = resolve_vocab(cfg, self.model_dir, self.strategy, progress=progress,
                                         teacher_fn=self.teacher)
@@ -261,13 +263,17 @@ class Trainer:
         if self.chief:
             saved = dataclasses.replace(cfg, vocab=dataclasses.replace(
                 cfg.vocab, model_file=VOCAB_FILE))
-            config_lib.save(saved, os.path.join(self.model_dir, CONFIG_FILE))
+            config_lib.save(saved, fileio.join(self.model_dir, CONFIG_FILE))
 
         self.corpus = corpus or data_lib.load_corpus_from_config(cfg.data)
+        if cfg.teacher.dim and self.corpus.teacher_dim not in (0, cfg.teacher.dim):
+            raise config_lib.ConfigError(
+                f"teacher.dim is {cfg.teacher.dim} but the teacher embeddings "
+                f"({cfg.data.teacher_embeddings}) are {self.corpus.teacher_dim}-d")
         if self.chief:
             stats = {path: dict(s) for path, s in self.corpus.stats.items()}
-            with open(os.path.join(self.model_dir, "data_stats.json"), "w") as f:
-                json.dump({"pairs": self.corpus.num_pairs, "files": stats}, f, indent=1)
+            fileio.atomic_write(fileio.join(self.model_dir, "data_stats.json"), json.dumps(
+                {"pairs": self.corpus.num_pairs, "files": stats}, indent=1))
         self.sampler = data_lib.GlobalBatchSampler(
             self.corpus, cfg.train.global_batch_size, alpha=cfg.data.sampling_alpha,
             seed=cfg.data.seed, history=max(4096, 4 * cfg.train.steps_per_loop))
@@ -349,7 +355,7 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(encoder=self.encoder, loss=self.loss_layer,
                                               optimizer=self.optimizer, data=self.data_state,
                                               dropout_rng=self.dropout_rng)
-        self.checkpoint_dir = os.path.join(self.model_dir, CHECKPOINT_DIR)
+        self.checkpoint_dir = fileio.join(self.model_dir, CHECKPOINT_DIR)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint,
             distribute_lib.writable_dir(self.model_dir, self.strategy, CHECKPOINT_DIR),
@@ -372,7 +378,7 @@ class Trainer:
 
         self._train_loop = self._make_train_loop()
         if self.chief:
-            self.writer = tf.summary.create_file_writer(os.path.join(self.model_dir, LOG_DIR))
+            self.writer = tf.summary.create_file_writer(fileio.join(self.model_dir, LOG_DIR))
         else:
             self.writer = tf.summary.create_noop_writer()
 
@@ -509,7 +515,7 @@ class Trainer:
     def _save(self, step: int) -> None:
         self.manager.save(checkpoint_number=step)
         if not self.chief:  # saving is collective; only the chief's copy is kept
-            shutil.rmtree(self.manager.directory, ignore_errors=True)
+            fileio.rmtree(self.manager.directory)
 
     def _summaries(self, step: int, metrics: Dict[str, float]) -> None:
         with self.writer.as_default(step=step):
@@ -527,8 +533,7 @@ class Trainer:
                    f"is {good or 'none (no checkpoint was written yet)'}. Lower "
                    "train.learning_rate or loss.scale, or check the data.")
         if self.chief:
-            with open(os.path.join(self.model_dir, DIVERGED_FILE), "w") as f:
-                f.write(message + "\n")
+            fileio.atomic_write(fileio.join(self.model_dir, DIVERGED_FILE), message + "\n")
         raise TrainingDiverged(message)
 
 
@@ -564,14 +569,14 @@ def restore_encoder(model_dir: str, checkpoint: Optional[str] = None
     Raises:
       FileNotFoundError: no config, vocabulary or checkpoint in ``model_dir``.
     """
-    cfg_path = os.path.join(model_dir, CONFIG_FILE)
-    vocab_path = os.path.join(model_dir, VOCAB_FILE)
+    cfg_path = fileio.join(model_dir, CONFIG_FILE)
+    vocab_path = fileio.join(model_dir, VOCAB_FILE)
     for path in (cfg_path, vocab_path):
-        if not os.path.exists(path):
+        if not fileio.exists(path):
             raise FileNotFoundError(f"{path} not found: is {model_dir} a training model dir?")
-    checkpoint = checkpoint or tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
+    checkpoint = checkpoint or tf.train.latest_checkpoint(fileio.join(model_dir, CHECKPOINT_DIR))
     if not checkpoint:
-        raise FileNotFoundError(f"no checkpoint in {os.path.join(model_dir, CHECKPOINT_DIR)}")
+        raise FileNotFoundError(f"no checkpoint in {fileio.join(model_dir, CHECKPOINT_DIR)}")
     cfg = config_lib.load(cfg_path)
     preprocessor = preprocessing.Preprocessor(vocab_path, cfg.preprocess.export_seq_length)
     encoder = modeling.build_encoder(cfg.model)

@@ -1,4 +1,10 @@
-"""Shared fixtures. TF sees 2 logical CPU devices so MirroredStrategy tests are real."""
+"""Shared fixtures. TF sees 2 logical CPU devices so MirroredStrategy tests are real.
+
+Two tiers: tests that use the ``data_dir`` fixture (the real corpora under
+``$LEALLA_DATA_DIR``) are marked ``data`` automatically; every other test is hermetic
+(``hermetic_*`` fixtures: a synthetic corpus and vocabulary made here), so
+``pytest -m "not data"`` runs anywhere.
+"""
 
 import os
 
@@ -16,6 +22,37 @@ except RuntimeError:  # TF already initialised by another plugin: keep what is t
 
 # Languages whose training files give the test vocabulary many scripts.
 VOCAB_LANGS = ("deu", "rus", "ara", "cmn", "jpn", "tha", "hin", "ell", "heb", "kor")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "data_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.data)
+
+
+@pytest.fixture(scope="session")
+def hermetic_files(tmp_path_factory):
+    """Synthetic ``xxx-eng.tsv`` files (4 languages, 3 scripts, 300 pairs each)."""
+    import hermetic
+    return hermetic.write_corpus(str(tmp_path_factory.mktemp("hermetic_corpus")))
+
+
+@pytest.fixture(scope="session")
+def hermetic_vocab(tmp_path_factory, hermetic_files):
+    """A unigram vocabulary (at most 300 pieces) trained on the synthetic corpus."""
+    from lealla_tf import preprocessing
+    out = tmp_path_factory.mktemp("hermetic_vocab")
+    return preprocessing.train_vocab(hermetic_files, str(out), vocab_size=300,
+                                     sentences_per_language=300, progress=False)
+
+
+@pytest.fixture(scope="session")
+def hermetic_config(hermetic_vocab):
+    """The tiny model shape with the vocabulary size of ``hermetic_vocab``."""
+    import sentencepiece as spm
+    from lealla_tf import config
+    n = spm.SentencePieceProcessor(model_file=hermetic_vocab).get_piece_size()
+    return config.load("tiny", [f"model.vocab_size={n}"])
 
 
 @pytest.fixture(scope="session")

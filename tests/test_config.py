@@ -92,3 +92,32 @@ def test_data_dir_errors(monkeypatch, tmp_path):
     with pytest.raises(config.ConfigError, match="does not exist"):
         config.data_dir()
     assert config.data_dir(str(tmp_path)) == str(tmp_path)
+
+
+def test_shipped_configs_load_by_name(tmp_path, monkeypatch):
+    assert "lealla_small" in config.recipe_names() and "demo" in config.recipe_names()
+    by_name = config.load("lealla_small")
+    assert by_name == config.load("lealla_small.yaml")
+    assert by_name == config.load(os.path.join(config.package_config_dir(), "lealla_small.yaml"))
+    assert by_name.model.hidden_size == 128
+    # A recipe's `base:` chain resolves inside the package too.
+    assert config.load("distill_lealla_small_labse_gpu").model.name == "lealla_small"
+    with pytest.raises(config.ConfigError, match="shipped: .*lealla_small"):
+        config.load("lealla_tiniest")
+    # A file in the working directory wins over a shipped config of the same name.
+    (tmp_path / "tiny.yaml").write_text("model:\n  hidden_size: 48\n  num_attention_heads: 4\n")
+    monkeypatch.chdir(tmp_path)
+    assert config.load("tiny.yaml").model.hidden_size == 48
+    assert config.load("tiny").model.hidden_size == 32
+
+
+def test_configs_on_other_file_systems():
+    """Configs (and their base chain) load from any tf.io.gfile path."""
+    from lealla_tf import fileio
+    fileio.atomic_write("ram://cfgtest/shape.yaml", "model:\n  hidden_size: 64\n")
+    fileio.atomic_write("ram://cfgtest/sub/recipe.yaml",
+                        "base: ../shape.yaml\ntrain:\n  steps: 7\n")
+    cfg = config.load("ram://cfgtest/sub/recipe.yaml")
+    assert (cfg.model.hidden_size, cfg.train.steps) == (64, 7)
+    config.save(cfg, "ram://cfgtest/saved.yaml")
+    assert config.load("ram://cfgtest/saved.yaml") == cfg

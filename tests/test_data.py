@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lealla_tf import corpus, data, teachers
+from lealla_tf import corpus, data, teacher_embeddings, teachers
 
 
 def _write(path, lines):
@@ -52,7 +52,7 @@ def test_malformed_lines_are_skipped_and_counted(messy_corpus):
 def test_teacher_rows_stay_aligned_with_pairs(messy_corpus, tmp_path):
     teacher = teachers.CallableTeacher(lambda ss: np.stack([_vec(s) for s in ss]), dim=8)
     out = str(tmp_path / "emb")
-    teachers.precompute(teacher, messy_corpus, out, progress=False)
+    teacher_embeddings.precompute(teacher, messy_corpus, out, progress=False)
     c = data.load_corpus(messy_corpus, teacher_embeddings=out)
     assert c.teacher_dim == 8
     for lang in c.languages:

@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
-from lealla_tf import corpus
+from lealla_tf import corpus, fileio
 from lealla_tf.evaluation import mining, retrieval, runner
 
 BUCC_LANGUAGES = ("de", "fr", "ru", "zh")
@@ -85,19 +85,13 @@ def read_gold(path: str) -> Set[Tuple[str, str]]:
 
 
 def write_sentences(path: str, ids: Sequence[str], sentences: Sequence[str]) -> None:
-    """Writes ``id<TAB>sentence`` lines."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for i, s in zip(ids, sentences):
-            f.write(f"{i}\t{s}\n")
+    """Writes ``id<TAB>sentence`` lines (any tf.io.gfile path, atomically)."""
+    fileio.atomic_write(path, "".join(f"{i}\t{s}\n" for i, s in zip(ids, sentences)))
 
 
 def write_pairs(path: str, pairs: Sequence[Tuple[str, str]]) -> None:
-    """Writes ``src-id<TAB>tgt-id`` lines (gold or predictions)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for a, b in pairs:
-            f.write(f"{a}\t{b}\n")
+    """Writes ``src-id<TAB>tgt-id`` lines (gold or predictions; any tf.io.gfile path)."""
+    fileio.atomic_write(path, "".join(f"{a}\t{b}\n" for a, b in pairs))
 
 
 def find_files(data_dir: str, lang: str, split: str = "training") -> Dict[str, str]:

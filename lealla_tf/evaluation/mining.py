@@ -34,6 +34,7 @@ from typing import Iterable, Optional, Set, Tuple
 
 import numpy as np
 
+from lealla_tf import fileio
 from lealla_tf.evaluation import retrieval
 
 MARGINS = ("ratio", "distance", "absolute")
@@ -333,9 +334,9 @@ def mine_files(model, source: str, target: str, output: str, k: int = 4,
     y = runner.embed_texts(embedder, tgt_s, batch_size, cache, use_cache, progress, "target")
     pairs = mine(x, y, k=k, margin=margin, retrieval_mode=retrieval_mode,
                  threshold=threshold, max_memory_bytes=max_memory_bytes, progress=progress)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w", encoding="utf-8") as f:
-        for s, t, score in zip(pairs.src.tolist(), pairs.tgt.tolist(), pairs.scores.tolist()):
-            a, b = src_s[s].replace("\t", " "), tgt_s[t].replace("\t", " ")
-            f.write(f"{score:.6f}\t{src_n[s]}\t{tgt_n[t]}\t{a}\t{b}\n")
+    lines = []
+    for s, t, score in zip(pairs.src.tolist(), pairs.tgt.tolist(), pairs.scores.tolist()):
+        a, b = src_s[s].replace("\t", " "), tgt_s[t].replace("\t", " ")
+        lines.append(f"{score:.6f}\t{src_n[s]}\t{tgt_n[t]}\t{a}\t{b}\n")
+    fileio.atomic_write(output, "".join(lines))  # any tf.io.gfile path
     return len(pairs)

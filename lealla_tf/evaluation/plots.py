@@ -8,7 +8,6 @@ Example::
 
 from __future__ import annotations
 
-import os
 from typing import Mapping, Optional
 
 
@@ -52,9 +51,12 @@ def bar_chart(values: Mapping[str, float], path: str, title: str = "",
             ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        import io
+
+        from lealla_tf import fileio
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=120)
+        fileio.atomic_write(path, png.getvalue())  # any tf.io.gfile path
     finally:
         plt.close(fig)
     return path

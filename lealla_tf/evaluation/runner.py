@@ -6,15 +6,16 @@ np.ndarray`` returning float32 ``[N, D]``. Exported models, TFLite files and TF 
 handles are turned into embedders elsewhere; any Python callable (a teacher, a
 baseline) becomes one through :class:`CallableEmbedder`.
 
-:func:`embed_sentences` sorts sentences by length so that each batch holds sentences
-of similar length (less padding), shows a progress bar, and puts the rows back in
-input order. :func:`embed_file` reads a line-aligned text file (every physical line
+:func:`embed_sentences` follows the one batching policy of :mod:`lealla_tf.embedders`
+(token-count order when the model knows its vocabulary, else UTF-8 length, so each batch
+pads the least), shows a progress bar, and puts the rows back in input order. :func:`embed_file` reads a line-aligned text file (every physical line
 is a sentence, empty lines included, so line ``i`` is row ``i``) and caches the matrix
 on disk under a key made of the model name and the SHA-256 of the file's bytes: the
 same model never embeds the same file twice, wherever the file lives.
 
 The cache root is ``$LEALLA_CACHE_DIR`` (default ``~/.cache/lealla_tf``); embeddings
-live in its ``embeddings/`` folder.
+live in its ``embeddings/`` folder. Files and the cache may be on any tf.io.gfile file
+system (local, ``gs://``, ``ram://``); memory-mapped reads need a local cache.
 
 Example::
 
@@ -29,14 +30,15 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import tempfile
-from typing import Callable, List, Optional, Protocol, Sequence, runtime_checkable
+from typing import List, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from lealla_tf import corpus
+from lealla_tf import embedders, fileio
+from lealla_tf.embedders import CallableEmbedder, as_embedder, load_callable  # noqa: F401
 
 DEFAULT_BATCH_SIZE = 64
 CACHE_ENV = "LEALLA_CACHE_DIR"
@@ -52,52 +54,6 @@ class Embedder(Protocol):
         """Returns float32 ``[len(sentences), D]`` embeddings."""
 
 
-class CallableEmbedder:
-    """Adapts a Python callable ``fn(list[str]) -> array-like [N, D]`` to an embedder.
-
-    Example::
-
-        emb = CallableEmbedder(lambda s: teacher(s).numpy(), name="labse")
-
-    Args:
-      fn: the function embedding a list of sentences; its output is converted to a
-        float32 NumPy array (TensorFlow tensors and lists are fine).
-      name: stable model name; it keys the embedding cache, so two different models
-        must not share a name.
-    """
-
-    def __init__(self, fn: Callable[[List[str]], object], name: str):
-        if not callable(fn):
-            raise ValueError(f"CallableEmbedder needs a callable, got {type(fn).__name__}")
-        if not name:
-            raise ValueError("CallableEmbedder needs a non-empty name (it keys the cache)")
-        self._fn = fn
-        self.name = name
-
-    def encode(self, sentences: List[str]) -> np.ndarray:
-        out = self._fn(list(sentences))
-        if hasattr(out, "numpy"):
-            out = out.numpy()
-        return np.asarray(out, dtype=np.float32)
-
-    def __repr__(self) -> str:
-        return f"CallableEmbedder(name={self.name!r})"
-
-
-def as_embedder(model, name: Optional[str] = None) -> Embedder:
-    """Returns ``model`` if it already has ``encode`` and ``name``, else wraps a callable.
-
-    Args:
-      model: an embedder, or a callable mapping a list of strings to ``[N, D]``.
-      name: name for a wrapped callable (default: the callable's ``__name__``).
-    """
-    if hasattr(model, "encode") and getattr(model, "name", None):
-        return model
-    if callable(model):
-        return CallableEmbedder(model, name or getattr(model, "__name__", "") or repr(model))
-    raise ValueError(f"not an embedder or callable: {type(model).__name__}")
-
-
 # ----------------------------------------------------------------------------- reading
 
 
@@ -111,18 +67,25 @@ def read_lines(path: str) -> List[str]:
     Raises:
       FileNotFoundError: naming the file.
     """
-    if not os.path.isfile(path):
+    if not fileio.exists(path) or fileio.isdir(path):
         raise FileNotFoundError(f"sentence file not found: {path}")
-    with open(path, "rb") as f:
-        data = f.read()
-    text = data.decode("utf-8", errors="replace")
+    text = fileio.read_bytes(path).decode("utf-8", errors="replace")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
-file_digest = corpus.sha256_file  # SHA-256 hex digest of a file's bytes
+def file_digest(path: str) -> str:
+    """SHA-256 hex digest of a file's bytes (any tf.io.gfile path)."""
+    h = hashlib.sha256()
+    with fileio.open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- embedding
@@ -140,7 +103,8 @@ def _check_output(out, n: int, name: str) -> np.ndarray:
 def embed_sentences(embedder: Embedder, sentences: Sequence[str],
                     batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
                     desc: str = "embedding", out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Embeds sentences in length-sorted batches; rows come back in input order.
+    """Embeds sentences in batches of the batching policy (:func:`lealla_tf.embedders.
+    batch_order` over :func:`lealla_tf.embedders.sort_keys`); rows come back in input order.
 
     Args:
       embedder: object with ``encode(list[str]) -> [N, D]`` and ``name``.
@@ -165,12 +129,12 @@ def embed_sentences(embedder: Embedder, sentences: Sequence[str],
             return out
         return np.zeros((0, 0), dtype=np.float32)
     # Longest first: the slowest batch runs first and the bar's estimate is honest.
-    order = sorted(range(n), key=lambda i: -len(sentences[i]))
+    batches = embedders.batch_order(embedders.sort_keys(embedder, sentences), batch_size)
     from tqdm.auto import tqdm
     bar = tqdm(total=n, desc=desc, unit="sent", disable=not progress, leave=False)
     try:
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
+        for idx in batches:
+            idx = idx.tolist()
             vecs = _check_output(embedder.encode([sentences[i] for i in idx]), len(idx), name)
             if out is None:
                 out = np.empty((n, vecs.shape[1]), dtype=np.float32)
@@ -192,7 +156,7 @@ def cache_dir(path: Optional[str] = None) -> str:
     if path:
         return path
     from lealla_tf import config
-    return os.path.join(config.cache_root(), "embeddings")
+    return fileio.join(config.cache_root(), "embeddings")
 
 
 def model_identity(embedder: Embedder) -> str:
@@ -234,24 +198,23 @@ def cache_key(model_name: str, content_digest: str) -> str:
 
 
 def _atomic_save(path: str, array: np.ndarray, meta: dict) -> None:
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp.npy")
-    os.close(fd)
-    try:
-        np.save(tmp, array)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    with open(path[:-4] + ".json", "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=1)
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    fileio.atomic_write(path, buffer.getvalue())
+    fileio.atomic_write(path[:-4] + ".json", json.dumps(meta, indent=1))
+
+
+def _load_cached(path: str, mmap: bool = False) -> np.ndarray:
+    """A cached ``.npy`` (memory-mapped when asked and the cache is local)."""
+    if fileio.is_local(path):
+        return np.load(path, mmap_mode="r" if mmap else None)
+    return np.load(io.BytesIO(fileio.read_bytes(path)))
 
 
 def cached_path(embedder: Embedder, path: str, cache: Optional[str] = None) -> str:
     """Where :func:`embed_file` keeps (or would keep) the embeddings of ``path``."""
     key = cache_key(model_identity(embedder), file_digest(path))
-    return os.path.join(cache_dir(cache), key[:2], key + ".npy")
+    return fileio.join(cache_dir(cache), key[:2], key + ".npy")
 
 
 def embed_file(embedder: Embedder, path: str, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -275,24 +238,24 @@ def embed_file(embedder: Embedder, path: str, batch_size: int = DEFAULT_BATCH_SI
     Returns:
       float32 ``[lines, D]``.
     """
-    if not os.path.isfile(path):
+    if not fileio.exists(path) or fileio.isdir(path):
         raise FileNotFoundError(f"sentence file not found: {path}")
     if not use_cache:
         return embed_sentences(embedder, read_lines(path), batch_size, progress,
-                               desc=os.path.basename(path))
+                               desc=fileio.basename(path))
     target = cached_path(embedder, path, cache)
-    if os.path.exists(target):
+    if fileio.exists(target):
         try:
-            return np.load(target, mmap_mode="r" if mmap else None)
+            return _load_cached(target, mmap)
         except (ValueError, OSError):
-            os.remove(target)  # a damaged entry is recomputed
+            fileio.remove(target)  # a damaged entry is recomputed
     sentences = read_lines(path)
     emb = embed_sentences(embedder, sentences, batch_size, progress,
-                          desc=os.path.basename(path))
-    _atomic_save(target, emb, {"model": embedder.name, "file": os.path.abspath(path),
+                          desc=fileio.basename(path))
+    _atomic_save(target, emb, {"model": embedder.name, "file": fileio.normpath(path),
                                "lines": len(sentences),
                                "dim": int(emb.shape[1]) if emb.size else 0})
-    return np.load(target, mmap_mode="r") if mmap else emb
+    return _load_cached(target, mmap) if mmap else emb
 
 
 def embed_texts(embedder: Embedder, sentences: Sequence[str],
@@ -312,37 +275,13 @@ def embed_texts(embedder: Embedder, sentences: Sequence[str],
         h.update(s.encode("utf-8", errors="surrogatepass"))
         h.update(b"\n")
     key = cache_key(model_identity(embedder), "texts:" + h.hexdigest())
-    target = os.path.join(cache_dir(cache), key[:2], key + ".npy")
-    if os.path.exists(target):
+    target = fileio.join(cache_dir(cache), key[:2], key + ".npy")
+    if fileio.exists(target):
         try:
-            return np.load(target)
+            return _load_cached(target)
         except (ValueError, OSError):
-            os.remove(target)
+            fileio.remove(target)
     emb = embed_sentences(embedder, sentences, batch_size, progress, desc)
     _atomic_save(target, emb, {"model": embedder.name, "texts": len(sentences),
                                "dim": int(emb.shape[1]) if emb.size else 0})
     return emb
-
-
-def load_callable(spec: str) -> Embedder:
-    """``py:package.module:attr`` -> embedder: the attribute is an embedder (``encode`` +
-    ``name``) or a callable ``list[str] -> [N, D]`` (wrapped, named after the spec).
-
-    Raises:
-      ValueError: for a malformed spec or an attribute that is neither.
-    """
-    import importlib
-
-    body = spec[3:] if spec.startswith("py:") else spec
-    module, _, attr = body.partition(":")
-    if not module or not attr:
-        raise ValueError(f"python model spec {spec!r} must look like py:package.module:function")
-    try:
-        obj = importlib.import_module(module)
-    except ImportError as e:
-        raise ValueError(f"python model spec {spec!r}: cannot import {module}: {e}") from e
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"python model spec {spec!r}: {module} has no attribute {attr}")
-        obj = getattr(obj, part)
-    return as_embedder(obj, name=spec)

@@ -240,11 +240,11 @@ def format_table(result: dict) -> str:
 
 
 def save(result: dict, path: Optional[str] = None, plot: Optional[str] = None) -> None:
-    """Writes the result as JSON and/or a per-language bar chart (PNG)."""
+    """Writes the result as JSON and/or a per-language bar chart (PNG), on any
+    tf.io.gfile path."""
     if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
+        from lealla_tf import fileio
+        fileio.atomic_write(path, json.dumps(result, indent=1))
     if plot:
         from lealla_tf.evaluation import plots
         plots.bar_chart({l: r["mean"] for l, r in result["per_language"].items()}, plot,

@@ -8,7 +8,7 @@ training model dir) write one folder::
     OUT/encoder/                TF Hub text API: default, pooled_output, sequence_output,
                                 encoder_outputs
     OUT/lealla-fp32.tflite      strings in, embeddings out (also -fp16, -int8 dynamic range)
-    OUT/README.md               model card (from export/model_card.md)
+    OUT/README.md               model card (from lealla_tf/resources/model_card.md)
     OUT/export_info.json        shape, file sizes, parity checks, what the card says
 
 All three SavedModels are *reusable SavedModels* in the sense of TF Hub

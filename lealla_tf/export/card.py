@@ -1,12 +1,12 @@
-"""The model card: ``export/model_card.md`` filled from ``export_info.json``."""
+"""The model card: ``lealla_tf/resources/model_card.md`` filled from ``export_info.json``."""
 
 from __future__ import annotations
 
 import json
-import os
 import string
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
+from lealla_tf import fileio
 from lealla_tf.export.formats import (DEFAULT_CARD_TEMPLATE, ENCODER, LEALLA, PREPROCESSOR,
                                       SAVED_MODELS, TFLITE_VARIANTS, tflite_file_name)
 
@@ -25,8 +25,7 @@ def summarise_metrics(results: Sequence[Union[str, dict]]) -> Dict[str, str]:
     out = {}
     for r in results:
         if isinstance(r, str):
-            with open(r, encoding="utf-8") as f:
-                r = json.load(f)
+            r = json.loads(fileio.read_text(r))
         task = r.get("task", "metric")
         unit = r.get("unit", "")
         if "average" in r:
@@ -65,13 +64,12 @@ def render_model_card(info: Dict[str, Any], handles: Dict[str, str],
       info: what :func:`export_model` wrote to ``export_info.json``.
       handles: ``lealla``, ``preprocessor``, ``encoder`` handles (paths or URLs) and,
         when TFLite files exist, ``tflite`` (a path).
-      template: template file (default ``export/model_card.md``).
+      template: template file (default ``lealla_tf/resources/model_card.md``).
     """
     template = template or DEFAULT_CARD_TEMPLATE
-    if not os.path.isfile(template):
+    if not fileio.exists(template):
         raise FileNotFoundError(f"model card template not found: {template}")
-    with open(template, encoding="utf-8") as f:
-        text = f.read()
+    text = fileio.read_text(template)
     shape, card = info["model"], info.get("card", {})
     rows = [("embedding dimension", str(shape["embedding_dim"])),
             ("sequence length", f"{shape['seq_length']} tokens")]
@@ -137,8 +135,8 @@ print(vectors.shape)
 
 def local_handles(output_dir: str, info: Dict[str, Any]) -> Dict[str, str]:
     """Handles of an export folder's artefacts as absolute paths."""
-    handles = {name: os.path.join(output_dir, name) for name in SAVED_MODELS}
+    handles = {name: fileio.join(output_dir, name) for name in SAVED_MODELS}
     tflites = [v for v in TFLITE_VARIANTS if f"tflite-{v}" in info["files"]]
     if tflites:
-        handles["tflite"] = os.path.join(output_dir, tflite_file_name(tflites[0]))
+        handles["tflite"] = fileio.join(output_dir, tflite_file_name(tflites[0]))
     return handles

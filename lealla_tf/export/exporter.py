@@ -1,4 +1,10 @@
-"""Writing an export folder atomically, from in-memory models or a training run."""
+"""Writing an export folder atomically, from in-memory models or a training run.
+
+The folder is built on the local disk (TensorFlow's SavedModel writer, the TFLite converter
+and the checks need real files), then committed to the destination: a rename on a local
+disk; on other file systems (``gs://``, ``ram://``) a copy in which ``export_info.json``
+comes last, so a folder with that file is complete.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-from lealla_tf import modeling, preprocessing
+from lealla_tf import fileio, modeling, preprocessing
 from lealla_tf.export import formats
 from lealla_tf.export.card import (human_bytes, local_handles, render_model_card,
                                    summarise_metrics)
@@ -25,10 +31,8 @@ from lealla_tf.export.formats import (CARD_FILE, DEFAULT_CARD_TEMPLATE, ENCODER,
 
 
 def disk_bytes(path: str) -> int:
-    """Bytes on disk of a file, or of every file below a folder."""
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+    """Bytes of a file, or of every file below a folder (any tf.io.gfile path)."""
+    return fileio.tree_bytes(path)
 
 
 def _shape_info(encoder, preprocessor) -> Dict[str, Any]:
@@ -50,7 +54,7 @@ def _shape_info(encoder, preprocessor) -> Dict[str, Any]:
 
 
 def _check_target(output_dir: str, overwrite: bool) -> None:
-    if os.path.exists(output_dir) and not overwrite:
+    if fileio.exists(output_dir) and not overwrite:
         raise FileExistsError(f"{output_dir} already exists: pass --overwrite "
                               "(overwrite=True) to replace it")
 
@@ -81,20 +85,46 @@ def _tmp_dir_beside(output_dir: str) -> str:
 
 @contextlib.contextmanager
 def atomic_dir(output_dir: str, overwrite: bool, bar=None):
-    """Yields a temporary folder beside ``output_dir`` that replaces it when the block
+    """Yields a temporary local folder that replaces ``output_dir`` when the block
     succeeds (an existing ``output_dir`` only with ``overwrite``) and is removed when the
-    block fails; ``bar`` (a tqdm bar) is closed either way."""
-    tmp = _tmp_dir_beside(output_dir)
+    block fails; ``bar`` (a tqdm bar) is closed either way.
+
+    Local ``output_dir``: the folder sits beside it and is renamed into place. Other file
+    systems: it is copied there, ``export_info.json`` last.
+    """
+    local = fileio.is_local(output_dir)
+    tmp = _tmp_dir_beside(output_dir) if local else tempfile.mkdtemp(prefix="lealla-export-")
     try:
         yield tmp
         if bar is not None:
             bar.close()
-        _commit_dir(tmp, output_dir, overwrite)
+        if local:
+            _commit_dir(tmp, output_dir, overwrite)
+        else:
+            _copy_out(tmp, output_dir, overwrite)
     except BaseException:
         if bar is not None:
             bar.close()
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _copy_out(tmp: str, output_dir: str, overwrite: bool) -> None:
+    """Copies a finished local export folder to a non-local ``output_dir``."""
+    _check_target(output_dir, overwrite)
+    fileio.rmtree(output_dir)
+    fileio.makedirs(output_dir)
+    for name in sorted(os.listdir(tmp)):
+        if name == INFO_FILE:
+            continue
+        src = os.path.join(tmp, name)
+        if os.path.isdir(src):
+            fileio.copytree(src, fileio.join(output_dir, name))
+        else:
+            fileio.copy(src, fileio.join(output_dir, name))
+    if os.path.exists(os.path.join(tmp, INFO_FILE)):
+        fileio.copy(os.path.join(tmp, INFO_FILE), fileio.join(output_dir, INFO_FILE))
 
 
 def _version() -> str:
@@ -120,7 +150,7 @@ def export_model(preprocessor, encoder, output_dir: str,
       model_card_info: optional ``title``, ``description``, ``training`` and ``metrics``
         (strings or dicts of label -> value) for the model card.
       overwrite: replace an existing ``output_dir``.
-      card_template: model-card template (default ``export/model_card.md``).
+      card_template: model-card template (default ``lealla_tf/resources/model_card.md``).
       progress: print progress and the file sizes.
 
     Returns:
@@ -132,11 +162,11 @@ def export_model(preprocessor, encoder, output_dir: str,
     import tensorflow_text  # noqa: F401  (ops of the tokenizer)
     from tqdm.auto import tqdm
 
-    output_dir = os.path.abspath(output_dir)
+    output_dir = fileio.normpath(output_dir)
     variants = formats.parse_tflite_variants(tflite)
     _check_target(output_dir, overwrite)
     template = card_template or DEFAULT_CARD_TEMPLATE
-    if not os.path.isfile(template):
+    if not fileio.exists(template):
         raise FileNotFoundError(f"model card template not found: {template}")
     steps = ["savedmodel " + n for n in SAVED_MODELS] + ["check"] + [
         "tflite " + v for v in variants] + ["model card"]
@@ -228,10 +258,9 @@ def run_card_info(model_dir: str, cfg, checkpoint: str,
     """Model-card facts about a training run: data, loss, steps, metrics."""
     from lealla_tf import corpus
     training: Dict[str, Any] = {}
-    stats_path = os.path.join(model_dir, "data_stats.json")
-    if os.path.exists(stats_path):
-        with open(stats_path, encoding="utf-8") as f:
-            stats = json.load(f)
+    stats_path = fileio.join(model_dir, "data_stats.json")
+    if fileio.exists(stats_path):
+        stats = json.loads(fileio.read_text(stats_path))
         langs = sorted({corpus.language_of(p).split("-")[0] for p in stats.get("files", {})})
         training["parallel pairs"] = f"{stats.get('pairs', 0):,} (each paired with English)"
         training["languages"] = f"{len(langs)}: {', '.join(langs)}"
@@ -273,9 +302,9 @@ def export_run(model_dir: str, output_dir: str, checkpoint: Optional[str] = None
       progress: print progress and file sizes.
     """
     from lealla_tf import training
-    _check_target(os.path.abspath(output_dir), overwrite)
+    _check_target(fileio.normpath(output_dir), overwrite)
     checkpoint = checkpoint or tf.train.latest_checkpoint(
-        os.path.join(model_dir, training.CHECKPOINT_DIR))
+        fileio.join(model_dir, training.CHECKPOINT_DIR))
     cfg, preprocessor, encoder = training.restore_encoder(model_dir, checkpoint)
     card = run_card_info(model_dir, cfg, checkpoint, metrics)
     card.update(model_card_info or {})

@@ -24,8 +24,9 @@ INPUT_KEY = "sentences"
 OUTPUT_KEY = "default"
 SIGNATURE = "serving_default"
 ENCODER_OUTPUTS = ("default", "pooled_output", "sequence_output")
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_CARD_TEMPLATE = os.path.join(_REPO_ROOT, "export", "model_card.md")
+# The model-card template ships inside the package (lealla_tf/resources/model_card.md).
+DEFAULT_CARD_TEMPLATE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                     "resources", "model_card.md")
 _STRINGS = tf.TensorSpec([None], tf.string, name=INPUT_KEY)
 
 # A multilingual set with the awkward inputs; every export checks its files on it.

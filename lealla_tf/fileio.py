@@ -1,0 +1,319 @@
+"""File access for every path the package reads or writes: local, ``gs://`` or ``ram://``.
+
+Everything that touches a run directory, teacher embeddings, an export, a cache or a
+results file goes through this module, which is a thin layer over ``tf.io.gfile`` (so
+a multi-host TPU pod can keep its runs on Cloud Storage, and tests can prove nothing
+assumes a local disk with TensorFlow's in-memory ``ram://`` file system).
+
+Writes that must never be seen half-done use :func:`atomic_write` (a temporary name,
+then a rename). Libraries that can only read or write real files (SentencePiece,
+the TFLite interpreter, numpy memory maps) get one through :func:`local_copy` and
+:func:`staged_dir`.
+
+Concurrent writers: on a local file system :func:`writer_lock` is an ``fcntl`` lock
+(released when the process dies). Object stores have no locks, so there a directory
+has a *single writer*: the lock is a marker file naming its owner; a second writer
+finds it and stops with an error (a crashed writer's marker is removed with
+``force=True``, e.g. ``--overwrite``).
+
+Example::
+
+    from lealla_tf import fileio
+    fileio.atomic_write("ram://run/config.yaml", "model: {}\\n")
+    fileio.read_text("ram://run/config.yaml")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import socket
+import tempfile
+import uuid
+from typing import Iterator, List, Union
+
+
+def _gfile():
+    import tensorflow as tf  # imported lazily: `lealla --help` stays fast
+    return tf.io.gfile
+
+
+def is_local(path: str) -> bool:
+    """True for plain file-system paths (no ``scheme://``, or ``file://``)."""
+    return "://" not in str(path) or str(path).startswith("file://")
+
+
+def _split_scheme(path: str):
+    scheme, rest = path.split("://", 1)
+    return scheme + "://", rest
+
+
+def join(path: str, *parts: str) -> str:
+    """``os.path.join`` for local paths, ``/``-joins for ``scheme://`` paths (an absolute
+    part or a part with a scheme replaces what comes before, as in ``os.path.join``)."""
+    path = str(path)
+    for part in parts:
+        part = str(part)
+        if "://" in part:
+            path = part
+        elif is_local(path):
+            path = os.path.join(path, part)
+        else:
+            path = posixpath.join(path, part) if not part.startswith("/") else (
+                _split_scheme(path)[0] + part.lstrip("/"))
+    return path
+
+
+def dirname(path: str) -> str:
+    """The folder holding ``path`` (keeps the scheme)."""
+    return os.path.dirname(path) if is_local(path) else posixpath.dirname(str(path).rstrip("/"))
+
+
+def basename(path: str) -> str:
+    """The last component of ``path``."""
+    return os.path.basename(path) if is_local(path) else posixpath.basename(
+        str(path).rstrip("/"))
+
+
+def normpath(path: str) -> str:
+    """Absolute local paths; ``scheme://`` paths with ``.``/``..`` folded."""
+    if is_local(path):
+        return os.path.abspath(path)
+    scheme, rest = _split_scheme(str(path))
+    return scheme + posixpath.normpath(rest)
+
+
+def exists(path: str) -> bool:
+    """Whether ``path`` exists (file or folder); False on a scheme TensorFlow has no file
+    system for (e.g. ``https://``)."""
+    import tensorflow as tf
+    try:
+        return _gfile().exists(path)
+    except tf.errors.UnimplementedError:
+        return False
+
+
+def isdir(path: str) -> bool:
+    """Whether ``path`` is a folder (False where :func:`exists` is)."""
+    import tensorflow as tf
+    try:
+        return _gfile().isdir(path)
+    except tf.errors.UnimplementedError:
+        return False
+
+
+def glob(pattern: str) -> List[str]:
+    """Paths matching ``pattern``, sorted."""
+    return sorted(_gfile().glob(pattern))
+
+
+def listdir(path: str) -> List[str]:
+    """Names in the folder ``path``, sorted (no trailing ``/``)."""
+    return sorted(n.rstrip("/") for n in _gfile().listdir(path))
+
+
+def makedirs(path: str) -> None:
+    """Creates ``path`` and its parents (no error if it exists)."""
+    _gfile().makedirs(path)
+
+
+def remove(path: str) -> None:
+    """Deletes the file ``path``."""
+    _gfile().remove(path)
+
+
+def rmtree(path: str) -> None:
+    """Deletes the folder ``path`` with everything in it (nothing if it does not exist)."""
+    if exists(path):
+        _gfile().rmtree(path)
+
+
+def rename(src: str, dst: str, overwrite: bool = False) -> None:
+    """Moves a file (atomic on local file systems; copy + delete on object stores)."""
+    _gfile().rename(src, dst, overwrite=overwrite)
+
+
+def size(path: str) -> int:
+    """Size of the file ``path`` in bytes."""
+    return int(_gfile().stat(path).length)
+
+
+def open(path: str, mode: str = "r"):  # noqa: A001 - mirrors the builtin on purpose
+    """A ``tf.io.gfile.GFile`` (text modes read/write UTF-8 ``str``)."""
+    return _gfile().GFile(path, mode)
+
+
+def read_bytes(path: str) -> bytes:
+    """The whole file as bytes.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist (on every file system).
+    """
+    import tensorflow as tf
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except tf.errors.NotFoundError:
+        raise FileNotFoundError(f"no such file: {path}") from None
+
+
+def read_text(path: str) -> str:
+    """The whole file as UTF-8 text."""
+    return read_bytes(path).decode("utf-8")
+
+
+def atomic_write(path: str, data: Union[str, bytes]) -> None:
+    """Writes ``data`` to a temporary name beside ``path``, then renames it over ``path``:
+    readers see the old file or the new one, never half of one.
+
+    Args:
+      path: destination file; its folder is created.
+      data: text (written as UTF-8) or bytes.
+    """
+    folder = dirname(path)
+    if folder:
+        makedirs(folder)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    with open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    try:
+        rename(tmp, path, overwrite=True)
+    except Exception:
+        if exists(tmp):
+            remove(tmp)
+        raise
+
+
+def copy(src: str, dst: str, overwrite: bool = False) -> None:
+    """Copies one file (between any two file systems)."""
+    _gfile().copy(src, dst, overwrite=overwrite)
+
+
+def copytree(src: str, dst: str, overwrite: bool = False) -> None:
+    """Copies the folder ``src`` (recursively) to ``dst``, between any two file systems.
+
+    Args:
+      src: folder to copy.
+      dst: destination folder (created).
+      overwrite: replace files that exist in ``dst``.
+    """
+    if not isdir(src):
+        raise FileNotFoundError(f"not a folder: {src}")
+    makedirs(dst)
+    for name in listdir(src):
+        s, d = join(src, name), join(dst, name)
+        if isdir(s):
+            copytree(s, d, overwrite=overwrite)
+        else:
+            copy(s, d, overwrite=overwrite)
+
+
+def walk_files(root: str) -> Iterator[str]:
+    """Every file under ``root`` (recursively), as paths, in sorted order."""
+    for name in listdir(root):
+        p = join(root, name)
+        if isdir(p):
+            yield from walk_files(p)
+        else:
+            yield p
+
+
+def tree_bytes(root: str) -> int:
+    """Total size of the files under ``root`` (a file: its size)."""
+    if not isdir(root):
+        return size(root)
+    return sum(size(p) for p in walk_files(root))
+
+
+@contextlib.contextmanager
+def local_copy(path: str) -> Iterator[str]:
+    """A local path holding ``path`` (file or folder), for libraries that need real files.
+
+    Args:
+      path: any tf.io.gfile path; local paths are yielded as they are.
+    """
+    if is_local(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="lealla-") as tmp:
+        local = os.path.join(tmp, basename(path) or "file")
+        if isdir(path):
+            copytree(path, local)
+        else:
+            copy(path, local)
+        yield local
+
+
+@contextlib.contextmanager
+def staged_dir(path: str) -> Iterator[str]:
+    """A local folder whose files are copied to ``path`` when the block ends without error,
+    for libraries that can only write real files; local paths are used directly.
+
+    Args:
+      path: destination folder (any tf.io.gfile path); created.
+    """
+    if is_local(path):
+        os.makedirs(path, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="lealla-") as tmp:
+        yield tmp
+        copytree(tmp, path, overwrite=True)
+
+
+class LockedError(RuntimeError):
+    """Another writer holds the folder."""
+
+
+@contextlib.contextmanager
+def writer_lock(path: str, force: bool = False) -> Iterator[None]:
+    """Makes the caller the only writer of the lock file ``path`` for the block.
+
+    Local file systems: an exclusive, non-blocking ``fcntl`` lock (freed if the process
+    dies). Other file systems (``gs://``, ``ram://``): a marker file naming the owner; it
+    is checked (a second writer raises) and removed when the block ends. Object stores
+    have no atomic create, so this documents and checks the single-writer rule rather
+    than arbitrating a race.
+
+    Args:
+      path: the lock file.
+      force: remote only: take over a marker left by a writer that crashed.
+
+    Raises:
+      LockedError: another writer holds the lock.
+    """
+    makedirs(dirname(path))
+    if is_local(path):
+        import fcntl
+        with builtins_open(path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LockedError(f"another process is writing here (lock {path})") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return
+    owner = f"{socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex}"
+    if exists(path) and not force:
+        raise LockedError(
+            f"{path} says another writer ({read_text(path).strip()}) is writing here; this "
+            "file system has no locks, so one folder takes one writer. If that writer "
+            "crashed, remove the file or rerun with --overwrite")
+    atomic_write(path, owner + "\n")
+    if read_text(path).strip() != owner:
+        raise LockedError(f"another writer took {path} at the same time")
+    try:
+        yield
+    finally:
+        if exists(path) and read_text(path).strip() == owner:
+            remove(path)
+
+
+def builtins_open(path: str, mode: str = "r"):
+    """The builtin ``open`` (this module's ``open`` is gfile's), for local lock files."""
+    import builtins
+    return builtins.open(path, mode)
+

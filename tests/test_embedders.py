@@ -1,0 +1,114 @@
+"""lealla_tf.embedders: one spec grammar, one registry, one batching policy."""
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+
+from lealla_tf import embedders, fileio, teachers, training
+from lealla_tf.evaluation import runner
+
+
+def test_grammar():
+    P = embedders.parse_spec
+    assert P("muse") == ("muse", "") and P("labse") == ("labse", "")
+    assert P("hub:https://tfhub.dev/google/LaBSE/2") == ("hub", "https://tfhub.dev/google/LaBSE/2")
+    assert P("hub: a | b ") == ("hub_pair", "a|b")
+    assert P("https://example.org/m.tar.gz") == ("hub", "https://example.org/m.tar.gz")
+    assert P("gs://bucket/model") == ("hub", "gs://bucket/model")
+    for kind in ("savedmodel", "export", "tflite", "run"):
+        assert P(f"{kind}:gs://b/x") == (kind, "gs://b/x")
+    assert P("py:pkg.mod:fn") == ("py", "pkg.mod:fn")
+    for bad in ("", "laser", "hub:", "hub:a|b|c", "hub:|x"):
+        with pytest.raises(ValueError):
+            P(bad)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        P("ram://embedders_test/missing")
+    assert embedders.RUN_CONFIG_FILE == training.CONFIG_FILE
+
+
+def test_paths_are_recognised_on_any_file_system(tmp_path):
+    for root in ("ram://embedders_kinds", str(tmp_path)):
+        fileio.atomic_write(f"{root}/m.tflite", b"x")
+        fileio.atomic_write(f"{root}/exp/lealla/saved_model.pb", b"x")
+        fileio.atomic_write(f"{root}/sm/saved_model.pb", b"x")
+        fileio.atomic_write(f"{root}/run/config.yaml", "model: {}\n")
+        fileio.atomic_write(f"{root}/notes.txt", "x")
+        fileio.makedirs(f"{root}/empty")
+        P = embedders.parse_spec
+        assert P(f"{root}/m.tflite").kind == "tflite"
+        assert P(f"{root}/exp").kind == "export"
+        assert P(f"{root}/sm").kind == "savedmodel"
+        assert P(f"{root}/run").kind == "run"
+        with pytest.raises(ValueError, match="not a .tflite"):
+            P(f"{root}/notes.txt")
+        with pytest.raises(ValueError, match="export folder"):
+            P(f"{root}/empty")
+
+
+def test_registry_loads_every_kind_through_one_entry(monkeypatch):
+    calls = []
+    monkeypatch.setitem(embedders._LOADERS, "run",
+                        lambda value, **kw: calls.append((value, kw)) or "loaded")
+    assert embedders.load("run:ram://r", batch_size=7) == "loaded"
+    assert calls == [("ram://r", {"batch_size": 7})]
+    emb = embedders.load("py:numpy:ones_like")
+    assert emb.name == "py:numpy:ones_like"
+    # A teacher by name or spec is the same object kind as from teachers.load_teacher.
+    teacher = teachers.CallableTeacher(lambda s: np.ones((len(s), 3)), name="ones")
+    assert isinstance(teacher, embedders.Embedder)
+
+
+def test_batch_order_is_longest_first_and_complete():
+    keys = [3, 9, 1, 9, 5, 2, 7]
+    batches = embedders.batch_order(keys, 3)
+    assert [len(b) for b in batches] == [3, 3, 1]
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(7))
+    assert [keys[i] for i in flat] == sorted(keys, reverse=True)
+    assert flat[:2].tolist() == [1, 3]  # stable among equals
+    with pytest.raises(ValueError):
+        embedders.batch_order(keys, 0)
+
+
+class _Recorder(embedders.Embedder):
+    """Counts tokens with a vocabulary and records the batches it is given."""
+
+    def __init__(self, vocab):
+        super().__init__("recorder", batch_size=4, length_model=vocab)
+        self.batches = []
+
+    def _encode_batch(self, batch):
+        self.batches.append(list(batch))
+        return np.array([[len(s), 1.0] for s in batch], np.float32)
+
+
+def test_runner_batches_by_token_count_when_the_vocabulary_is_known(hermetic_vocab):
+    """The evaluation runner and the embedder follow one policy: the runner's batches are
+    groups of equal token count (not of equal character count)."""
+    sp = spm.SentencePieceProcessor(model_file=hermetic_vocab)
+    sentences = ["leschoole lecitye", "abcdefghijklmnopqr", "лесонгеов", "x",
+                 "ledoge lecate lebirde lefishe", "qqqqqqqqqqqqqqqqqqqqqqqqqqqq", "dog", "ab"]
+    tokens = [len(sp.encode(s)) for s in sentences]
+    assert sorted(tokens) != [tokens[i] for i in np.argsort([len(s) for s in sentences])]
+    model = _Recorder(hermetic_vocab)
+    assert model.lengths([s.encode() for s in sentences]) == tokens
+    out = runner.embed_sentences(model, sentences, batch_size=3, progress=False)
+    np.testing.assert_array_equal(out[:, 0], [len(s.encode()) for s in sentences])
+    seen = [tokens[sentences.index(s.decode())] for b in model.batches for s in b]
+    assert seen == sorted(tokens, reverse=True)
+    # Without a vocabulary: UTF-8 length.
+    assert embedders.sort_keys(lambda s: s, ["é", "ab"]) == [2, 2]
+
+
+def test_teachers_count_tokens_with_their_sentencepiece(hermetic_vocab):
+    with open(hermetic_vocab, "rb") as f:
+        proto = f.read()
+    teacher = teachers.CallableTeacher(lambda s: np.ones((len(s), 2)), name="sp")
+    teacher.sentencepiece_model = lambda: proto
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    data = [b"leschoole lecitye", b"dog"]
+    assert teacher.lengths(data) == [len(sp.encode(s.decode())) for s in data]
+    assert teachers.CallableTeacher(lambda s: s, name="plain").lengths(data) == [17, 3]
+    # One call for what it is given; bytes are sentences too.
+    np.testing.assert_allclose(teacher.encode([b"a", "b"]), np.full((2, 2), 2 ** -0.5),
+                               rtol=1e-6)
