@@ -46,7 +46,8 @@ def bert_encoder(vocab_size, hidden=32, layers=2, heads=2, ffn=64, positions=64,
         vocab_size=vocab_size, hidden_size=hidden, num_layers=layers, num_attention_heads=heads,
         inner_dim=ffn, max_sequence_length=positions, type_vocab_size=2,
         initializer=tf_keras.initializers.TruncatedNormal(stddev=0.2),
-        output_dropout=0.1, attention_dropout=0.1)
+        output_dropout=0.1, attention_dropout=0.1, dict_outputs=True,
+        return_all_encoder_outputs=True)
     ids = tf.zeros([1, 4], tf.int32)
     encoder({"input_word_ids": ids, "input_mask": ids + 1, "input_type_ids": ids})
     return encoder
