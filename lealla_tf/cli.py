@@ -144,6 +144,28 @@ def _import(args) -> int:
     return 0
 
 
+def _add_prune(sub) -> None:
+    p = sub.add_parser("prune", help="shrink a WordPiece run (e.g. imported LaBSE) to the "
+                                     "tokens a corpus in the wanted languages uses")
+    p.add_argument("--model-dir", required=True, help="run directory with a WordPiece vocab")
+    p.add_argument("--input", nargs="+", required=True, help="TSV or text files (globs ok)")
+    p.add_argument("--output", required=True, help="the pruned run directory")
+    p.add_argument("--max-tokens", type=int, default=0,
+                   help="keep at most this many tokens (default: every token the corpus uses)")
+    p.set_defaults(func=_prune)
+
+
+def _prune(args) -> int:
+    from lealla_tf import corpus, pruning
+    try:
+        pruning.prune_run(args.model_dir, corpus.find_files(args.input), args.output,
+                          max_tokens=args.max_tokens)
+    except ValueError as e:
+        print(f"lealla: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 # ---------------------------------------------------------------- export / publish / embed
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a run as TF Hub SavedModels, TFLite files and "
@@ -603,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lealla", description="LEALLA sentence encoders: train, distil, export, evaluate.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_model, _add_vocab, _add_train, _add_import, _add_export, _add_eval, _add_teacher,
+    for add in (_add_model, _add_vocab, _add_train, _add_import, _add_prune, _add_export, _add_eval, _add_teacher,
                 _add_demo, _add_data):
         add(sub)
     return parser

@@ -338,7 +338,6 @@ def import_model(source: str, output_dir: str, preprocessor: str = "", seq_lengt
       FileExistsError: ``output_dir`` exists and ``overwrite`` is False.
     """
     from lealla_tf.export import formats
-    from lealla_tf import training
 
     if tf.io.gfile.exists(output_dir) and not overwrite:
         raise FileExistsError(f"{output_dir} already exists: pass --overwrite to replace it")
@@ -399,23 +398,36 @@ def import_model(source: str, output_dir: str, preprocessor: str = "", seq_lengt
     cfg.preprocess.seq_length = int(seq_length)
     cfg.validate()
 
-    tmp = output_dir.rstrip("/") + ".importing"
+    info = {"source": source, "resolved": folder, "preprocessor": preprocessor,
+            "layout": layout, "do_lower_case": bool(lower), "seq_length": int(seq_length),
+            "model": dataclasses.asdict(model_cfg), "variables": counts, "parity": parity}
+    checkpoint = write_run(output_dir, cfg, pre.model_bytes, encoder, INFO_FILE, info)
+    return ImportResult(output_dir, layout, cfg, parity, checkpoint)
+
+
+def write_run(output_dir: str, cfg: config_lib.ExperimentConfig, vocab_bytes: bytes,
+              encoder, info_file: str, info: Dict[str, Any]) -> str:
+    """Writes a run directory (config, vocabulary, ``checkpoints/ckpt-0``, an info JSON)
+    atomically (a sibling folder renamed at the end; an existing one is replaced).
+
+    Returns:
+      The checkpoint path.
+    """
+    from lealla_tf import training
+    tmp = output_dir.rstrip("/") + ".writing"
     shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(os.path.join(tmp, "vocab"))
-    with open(os.path.join(tmp, "vocab", wordpiece.VOCAB_FILE), "wb") as f:
-        f.write(pre.model_bytes)
+    vocab_path = os.path.join(tmp, training.vocab_file(cfg))
+    os.makedirs(os.path.dirname(vocab_path))
+    with open(vocab_path, "wb") as f:
+        f.write(vocab_bytes)
     config_lib.save(cfg, os.path.join(tmp, training.CONFIG_FILE))
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(encoder=encoder),
                                          os.path.join(tmp, training.CHECKPOINT_DIR), 1)
     manager.save(checkpoint_number=0)
-    info = {"source": source, "resolved": folder, "preprocessor": preprocessor,
-            "layout": layout, "do_lower_case": bool(lower), "seq_length": int(seq_length),
-            "model": dataclasses.asdict(model_cfg), "variables": counts, "parity": parity,
-            "parameters": int(sum(int(np.prod(v.shape)) for v in encoder.weights))}
-    with open(os.path.join(tmp, INFO_FILE), "w", encoding="utf-8") as f:
+    info = dict(info, parameters=int(sum(int(np.prod(v.shape)) for v in encoder.weights)))
+    with open(os.path.join(tmp, info_file), "w", encoding="utf-8") as f:
         json.dump(info, f, indent=1, ensure_ascii=False)
     if os.path.exists(output_dir):
         shutil.rmtree(output_dir)
     os.replace(tmp, output_dir)
-    checkpoint = os.path.join(output_dir, training.CHECKPOINT_DIR, "ckpt-0")
-    return ImportResult(output_dir, layout, cfg, parity, checkpoint)
+    return os.path.join(output_dir, training.CHECKPOINT_DIR, "ckpt-0")

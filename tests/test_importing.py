@@ -205,3 +205,60 @@ def test_import_downloads_a_published_model_through_the_hub_cache(tmp_path, rele
     assert result.layout == "string" and result.parity["max_abs_diff"] <= 1e-5
     assert os.listdir(cache)  # downloaded into the TF Hub cache
     assert json.load(open(os.path.join(result.run_dir, importing.INFO_FILE)))["source"] == handle
+
+
+def test_prune_to_a_language_subset_keeps_its_embeddings(tmp_path, imported, train_files):
+    deu_rus = [f for f in train_files if os.path.basename(f)[:3] in ("deu", "rus")]
+    files = [str(tmp_path / "deu-rus.tsv")]
+    with open(files[0], "w", encoding="utf-8") as out:
+        for path in deu_rus:
+            out.writelines(open(path, encoding="utf-8").readlines()[:200])
+    small = str(tmp_path / "small")
+    assert cli.main(["prune", "--model-dir", imported["labse"], "--input", *files,
+                     "--output", small]) == 0
+    info = json.load(open(os.path.join(small, "prune_info.json")))
+    assert info["vocab_after"] < info["vocab_before"] / 2
+    assert info["parameters"] < info["parameters_before"]
+    cfg, pre, _ = training.restore_encoder(small)
+    assert cfg.model.vocab_size == pre.vocab_size == info["vocab_after"]
+    # The corpus segments (and so embeds) exactly as with the full vocabulary.
+    texts = [s for line in open(files[0], encoding="utf-8").read().splitlines()[:60]
+             for s in line.split("\t")]
+    full_pre = training.restore_encoder(imported["labse"])[1]
+    full_tokens = [[full_pre.tokens[i] for i in row]
+                   for row in full_pre.tokenize(tf.constant(texts)).to_list()]
+    small_tokens = [[pre.tokens[i] for i in row]
+                    for row in pre.tokenize(tf.constant(texts)).to_list()]
+    assert small_tokens == full_tokens
+    np.testing.assert_allclose(export.load_embedder(small).encode(texts),
+                               export.load_embedder(imported["labse"]).encode(texts), atol=1e-5)
+    # Words outside the corpus still split into characters instead of becoming [UNK].
+    unk = pre.special_ids["unknown_id"]
+    assert unk not in pre.tokenize(tf.constant(["Sonnenblumenfeld"])).to_list()[0]
+    assert cli.main(["prune", "--model-dir", imported["labse"], "--input", *files,
+                     "--output", str(tmp_path / "x"), "--max-tokens", "3"]) == 2
+
+
+def test_fine_tune_with_distillation_from_the_imported_run(tmp_path, imported, data_dir):
+    from lealla_tf import corpus, data
+    cfg = config.load(os.path.join(os.path.dirname(__file__), "..", "configs", "train_tiny.yaml"),
+                      ["data.languages=[deu]", "data.max_pairs_per_language=64",
+                       "train.steps=2", "train.steps_per_loop=1", "train.global_batch_size=8",
+                       "train.warmup_steps=0", "loss.feature_distill_weight=1.0",
+                       "loss.logit_distill_weight=1.0", f"train.init_from={imported['lealla']}"])
+    files = corpus.find_files(cfg.data.train_files, data_dir, cfg.data.languages)
+
+    def teacher(path):  # stand-in teacher embeddings, 16-d
+        n = corpus.count_lines(path)
+        rows = np.random.default_rng(0).normal(size=(n, 16)).astype(np.float16)
+        return rows, rows[::-1].copy(), np.ones(n, bool)
+
+    trainer = training.Trainer(cfg, str(tmp_path / "kd"), progress=False,
+                               corpus=data.load_corpus(files, 64, teacher_loader=teacher))
+    assert trainer.cfg.model.hidden_size == 24 and trainer.cfg.vocab.type == "wordpiece"
+    start = trainer.encoder.word_embeddings.numpy().copy()
+    _, _, source = training.restore_encoder(imported["lealla"])
+    np.testing.assert_array_equal(start, source.word_embeddings.numpy())
+    result = trainer.run()
+    assert result.metrics["feature_distill"] > 0 and result.metrics["logit_distill"] > 0
+    assert np.abs(trainer.encoder.word_embeddings.numpy() - start).max() > 0
