@@ -213,6 +213,10 @@ class TrainConfig:
     # A run directory (e.g. from `lealla import`) whose encoder, vocabulary and model shape
     # a new run starts from (fine-tuning); empty: a new encoder.
     init_from: str = ""
+    # A WordPiece run directory (e.g. `lealla import` of LaBSE) whose word-embedding rows,
+    # matched to the student's tokens by spelling and reduced to model.hidden_size by PCA,
+    # start the student's table (tokens it lacks keep their random rows).
+    embedding_table_from: str = ""
 
     def validate(self) -> None:
         if self.mixed_precision not in ("float32", "mixed", "mixed_float16", "mixed_bfloat16"):

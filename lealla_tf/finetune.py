@@ -70,3 +70,82 @@ def restore_init(encoder, run_dir: str) -> str:
     tf.train.Checkpoint(encoder=encoder).restore(checkpoint).expect_partial() \
         .assert_existing_objects_matched()
     return checkpoint
+
+
+def _wordpiece_form(piece_id: int, text: str) -> str:
+    """A SentencePiece piece's text in WordPiece spelling (`` dog`` -> ``dog``, ``og`` ->
+    ``##og``; our reserved pieces 0-4 -> ``[PAD]`` ... ``[MASK]``)."""
+    from lealla_tf import preprocessing, wordpiece
+    if not text:
+        return preprocessing.SPECIAL_PIECES[piece_id] if piece_id < len(
+            preprocessing.SPECIAL_PIECES) else ""
+    if text.startswith(" "):
+        return text[1:]
+    return wordpiece.SUFFIX_INDICATOR + text
+
+
+def student_tokens(vocab_type: str, vocab_bytes: bytes):
+    """The student's vocabulary in WordPiece spelling, in id order."""
+    from lealla_tf import student_init, wordpiece
+    if vocab_type == "wordpiece":
+        return wordpiece.vocab_tokens(vocab_bytes)
+    return [_wordpiece_form(i, t) for i, t in enumerate(student_init.piece_texts(vocab_bytes))]
+
+
+def table_from_run(run_dir: str, tokens, dim: int, stddev: float):
+    """The word-embedding rows of ``run_dir`` (e.g. imported LaBSE) for ``tokens``, reduced
+    to ``dim`` by PCA (``student_init.pca_table``: centred, top components, entries rescaled
+    to ``stddev``).
+
+    Args:
+      run_dir: a run with a WordPiece vocabulary.
+      tokens: the student's tokens in WordPiece spelling (see :func:`student_tokens`).
+      dim: the student's hidden size.
+      stddev: the initializer's standard deviation.
+
+    Returns:
+      ``(table [len(tokens), dim] float32, found [len(tokens)] bool)``; rows of tokens the
+      run does not have are zero and ``found`` is False there.
+
+    Raises:
+      ValueError: the run's vocabulary is not WordPiece, or no token is shared.
+    """
+    import numpy as np
+
+    from lealla_tf import student_init, training
+    cfg, pre, encoder = training.restore_encoder(run_dir)
+    if cfg.vocab.type != "wordpiece":
+        raise ValueError(f"train.embedding_table_from: {run_dir} has a {cfg.vocab.type} "
+                         "vocabulary; a WordPiece run (lealla import) is expected")
+    index = {t: i for i, t in enumerate(pre.tokens)}
+    rows = np.array([index.get(t, -1) for t in tokens])
+    found = rows >= 0
+    if not found.any():
+        raise ValueError(f"train.embedding_table_from: no token of the student's vocabulary "
+                         f"is in {run_dir}'s")
+    source = encoder.word_embeddings.numpy()
+    vectors = np.zeros((len(tokens), source.shape[1]), np.float32)
+    vectors[found] = source[rows[found]]
+    table = student_init.pca_table(vectors, dim, stddev)
+    return table, found & np.any(vectors != 0, axis=1)
+
+
+def init_table_from_run(encoder, vocab_type: str, vocab_bytes: bytes, run_dir: str,
+                        stddev: float) -> int:
+    """Fills ``encoder``'s word-embedding rows from ``run_dir``'s table (see
+    :func:`table_from_run`); rows of tokens ``run_dir`` lacks keep their initial values.
+
+    Returns:
+      The number of rows filled.
+    """
+    import numpy as np
+    variable = encoder.word_embeddings
+    tokens = student_tokens(vocab_type, vocab_bytes)
+    if len(tokens) > variable.shape[0]:
+        raise config_lib.ConfigError(f"the vocabulary has {len(tokens)} tokens but the word "
+                                     f"embeddings {variable.shape[0]} rows")
+    table, found = table_from_run(run_dir, tokens, int(variable.shape[1]), stddev)
+    current = variable.numpy()
+    current[:len(tokens)][found] = table[found]
+    variable.assign(tf.cast(current, variable.dtype))
+    return int(np.sum(found))

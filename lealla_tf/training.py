@@ -365,6 +365,13 @@ class Trainer:
         if not latest and cfg.model.embedding_init != "random":
             with self.strategy.scope():
                 self._initialise_embeddings()
+        if not latest and cfg.train.embedding_table_from:
+            with self.strategy.scope():
+                n = finetune.init_table_from_run(
+                    self.encoder, cfg.vocab.type, self.preprocessor_bytes,
+                    cfg.train.embedding_table_from, cfg.model.initializer_range)
+            log.info("%d word-embedding rows initialised from %s", n,
+                     cfg.train.embedding_table_from)
         if not latest and cfg.train.init_from:
             log.info("encoder initialised from %s",
                      finetune.restore_init(self.encoder, cfg.train.init_from))

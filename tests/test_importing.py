@@ -262,3 +262,25 @@ def test_fine_tune_with_distillation_from_the_imported_run(tmp_path, imported, d
     result = trainer.run()
     assert result.metrics["feature_distill"] > 0 and result.metrics["logit_distill"] > 0
     assert np.abs(trainer.encoder.word_embeddings.numpy() - start).max() > 0
+
+
+def test_student_on_the_imported_vocabulary_starts_from_its_table(tmp_path, imported,
+                                                                  data_dir):
+    from lealla_tf import corpus, data, student_init
+    vocab = os.path.join(imported["labse"], "vocab", "vocab.txt")
+    n = len(open(vocab, encoding="utf-8").read().splitlines())
+    cfg = config.load(os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.yaml"),
+                      ["vocab.type=wordpiece", f"vocab.model_file={vocab}",
+                       f"model.vocab_size={n}", "model.hidden_size=16",
+                       "model.num_attention_heads=2", "data.languages=[deu]",
+                       f"train.embedding_table_from={imported['labse']}"])
+    files = corpus.find_files(cfg.data.train_files, data_dir, cfg.data.languages)
+    trainer = training.Trainer(cfg, str(tmp_path / "student"), progress=False,
+                               corpus=data.load_corpus(files, 16))
+    _, _, teacher = training.restore_encoder(imported["labse"])
+    want = student_init.pca_table(teacher.word_embeddings.numpy(), 16,
+                                  cfg.model.initializer_range)
+    np.testing.assert_allclose(trainer.encoder.word_embeddings.numpy(), want, atol=1e-6)
+    assert open(os.path.join(tmp_path, "student", "vocab", "vocab.txt"), "rb").read() == \
+        open(vocab, "rb").read()
+    assert isinstance(trainer.make_preprocessor(8), wordpiece.WordpiecePreprocessor)
