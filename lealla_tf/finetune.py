@@ -149,3 +149,26 @@ def init_table_from_run(encoder, vocab_type: str, vocab_bytes: bytes, run_dir: s
     current[:len(tokens)][found] = table[found]
     variable.assign(tf.cast(current, variable.dtype))
     return int(np.sum(found))
+
+
+def check_wordpiece_flags(cfg: config_lib.ExperimentConfig) -> None:
+    """A WordPiece ``vocab.model_file`` inside a run directory (``RUN/vocab/vocab.txt``)
+    must be used with that run's ``do_lower_case``.
+
+    Raises:
+      ConfigError: the flags differ.
+    """
+    from lealla_tf import training
+    path = cfg.vocab.model_file
+    if cfg.vocab.type != "wordpiece" or not path or not os.path.isfile(path):
+        return
+    run_cfg = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))),
+                           training.CONFIG_FILE)
+    if not os.path.isfile(run_cfg):
+        return
+    source = config_lib.load(run_cfg).vocab
+    if source.type == "wordpiece" and source.do_lower_case != cfg.vocab.do_lower_case:
+        raise config_lib.ConfigError(
+            f"vocab.do_lower_case is {cfg.vocab.do_lower_case} but the vocabulary {path} "
+            f"belongs to a run with do_lower_case {source.do_lower_case}: set "
+            f"vocab.do_lower_case={str(source.do_lower_case).lower()}")

@@ -240,6 +240,7 @@ class Trainer:
                  strategy: Optional[tf.distribute.Strategy] = None, progress: bool = True,
                  corpus: Optional[data_lib.ParallelCorpus] = None, teacher=None):
         cfg = finetune.apply_init_from(cfg.validate())
+        finetune.check_wordpiece_flags(cfg)
         self.cfg = cfg
         self.model_dir = os.path.abspath(model_dir)
         self.strategy = strategy or distribute_lib.get_strategy(cfg.distribute)

@@ -284,3 +284,10 @@ def test_student_on_the_imported_vocabulary_starts_from_its_table(tmp_path, impo
     assert open(os.path.join(tmp_path, "student", "vocab", "vocab.txt"), "rb").read() == \
         open(vocab, "rb").read()
     assert isinstance(trainer.make_preprocessor(8), wordpiece.WordpiecePreprocessor)
+    # The run's do_lower_case goes with its vocabulary.
+    wrong = config.load(os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.yaml"),
+                        ["vocab.type=wordpiece", f"vocab.model_file={vocab}",
+                         "vocab.do_lower_case=true", f"model.vocab_size={n}"])
+    with pytest.raises(config.ConfigError, match="vocab.do_lower_case=false"):
+        training.Trainer(wrong, str(tmp_path / "wrong"), progress=False,
+                         corpus=data.load_corpus(files, 16))
