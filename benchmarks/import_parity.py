@@ -29,10 +29,13 @@ def main() -> int:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--seq-length", type=int, default=128)
+    parser.add_argument("--stddev", type=float, default=0.05,
+                        help="standard deviation of the stand-ins' random weights")
     args = parser.parse_args()
 
     import standins
     from lealla_tf import corpus, export, importing
+    from lealla_tf.export import formats
 
     files = corpus.find_files(["train/*-eng.tsv"], args.data_dir,
                               ("deu", "rus", "ara", "cmn", "jpn", "tha", "hin", "ell", "heb",
@@ -49,7 +52,8 @@ def main() -> int:
             n = len(open(vocab, encoding="utf-8").read().splitlines())
             enc = standins.bert_encoder(n, hidden=args.hidden, layers=args.layers,
                                         heads=args.heads, ffn=4 * args.hidden,
-                                        positions=args.seq_length, seed=int(lower))
+                                        positions=args.seq_length, seed=int(lower),
+                                        stddev=args.stddev)
             folder = os.path.join(tmp, f"src{lower}")
             if lower:
                 source = standins.save_string_model(enc, vocab, lower, args.seq_length, folder)
@@ -62,7 +66,13 @@ def main() -> int:
             result = importing.import_model(source, run, preprocessor=pre,
                                             seq_length=args.seq_length, probe=probe)
             out = os.path.join(tmp, f"export{lower}")
-            info = export.export_run(run, out, progress=False)
+            # int8 is converted and measured here rather than gated by the exporter: on
+            # random weights it says little about a trained model.
+            info = export.export_run(run, out, tflite="fp32,fp16", progress=False)
+            content = formats.convert_tflite(os.path.join(out, export.LEALLA), "int8")
+            with open(os.path.join(out, export.tflite_file_name("int8")), "wb") as f:
+                f.write(content)
+            info["files"]["tflite-int8"] = {"bytes": len(content)}
             saved = export.load_embedder(out).encode(probe)
             row = {"layout": kind, "vocab": n, "sentences": len(probe),
                    "import max |diff|": result.parity["max_abs_diff"]}
@@ -75,7 +85,7 @@ def main() -> int:
                 row[f"{variant} MB"] = info["files"][f"tflite-{variant}"]["bytes"] / 1e6
             rows.append(row)
     print(f"shape: {args.layers} layers x {args.hidden}, {args.heads} heads, "
-          f"seq_length {args.seq_length}")
+          f"seq_length {args.seq_length}, random weights with stddev {args.stddev}")
     for row in rows:
         print(json.dumps(row, indent=1))
     return 0

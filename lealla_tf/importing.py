@@ -81,9 +81,8 @@ def resolve(source: str) -> str:
         source = source[len("hub:"):]
     if tf.io.gfile.isdir(source):
         return source
-    if not re.match(r"^[a-z]+://", source) and os.path.sep in source and \
-            not source.startswith(("google/", "tensorflow/")):
-        raise FileNotFoundError(f"import source not found: {source}")
+    if source.startswith(("/", "./", "../", "~")) or os.path.exists(source):
+        raise FileNotFoundError(f"import source not found (or not a folder): {source}")
     import tensorflow_hub as hub
     return hub.resolve(source)
 

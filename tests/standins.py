@@ -39,13 +39,15 @@ def make_vocab(sentences, path, lower_case, vocab_size=600):
     return path
 
 
-def bert_encoder(vocab_size, hidden=32, layers=2, heads=2, ffn=64, positions=64, seed=0):
-    """Model Garden's (legacy) BERT encoder with larger-than-usual random weights."""
+def bert_encoder(vocab_size, hidden=32, layers=2, heads=2, ffn=64, positions=64, seed=0,
+                 stddev=0.2):
+    """Model Garden's (legacy) BERT encoder with random weights (larger than BERT's 0.02 by
+    default, so that different sentences get clearly different vectors)."""
     tf_keras.utils.set_random_seed(seed)
     encoder = networks.BertEncoder(
         vocab_size=vocab_size, hidden_size=hidden, num_layers=layers, num_attention_heads=heads,
         inner_dim=ffn, max_sequence_length=positions, type_vocab_size=2,
-        initializer=tf_keras.initializers.TruncatedNormal(stddev=0.2),
+        initializer=tf_keras.initializers.TruncatedNormal(stddev=stddev),
         output_dropout=0.1, attention_dropout=0.1, dict_outputs=True,
         return_all_encoder_outputs=True)
     ids = tf.zeros([1, 4], tf.int32)
