@@ -625,8 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lealla", description="LEALLA sentence encoders: train, distil, export, evaluate.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_model, _add_vocab, _add_train, _add_import, _add_prune, _add_export, _add_eval, _add_teacher,
-                _add_demo, _add_data):
+    for add in (_add_model, _add_vocab, _add_train, _add_import, _add_prune, _add_export,
+                _add_eval, _add_teacher, _add_demo, _add_data):
         add(sub)
     return parser
 
