@@ -291,3 +291,19 @@ def test_student_on_the_imported_vocabulary_starts_from_its_table(tmp_path, impo
     with pytest.raises(config.ConfigError, match="vocab.do_lower_case=false"):
         training.Trainer(wrong, str(tmp_path / "wrong"), progress=False,
                          corpus=data.load_corpus(files, 16))
+
+
+def test_sentencepiece_student_tokens_match_wordpiece_rows(imported, tiny_vocab):
+    from lealla_tf import finetune, preprocessing
+    import sentencepiece as spm
+    tokens = finetune.student_tokens("sentencepiece", preprocessing.read_model(tiny_vocab))
+    sp = spm.SentencePieceProcessor(model_file=tiny_vocab)
+    assert len(tokens) == sp.get_piece_size()
+    assert tokens[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    for i in range(5, len(tokens)):
+        piece = sp.id_to_piece(i)
+        want = piece[1:] if piece.startswith("\u2581") else "##" + piece
+        assert tokens[i] == want, (i, piece)
+    table, found = finetune.table_from_run(imported["labse"], tokens, 8, 0.02)
+    assert table.shape == (len(tokens), 8) and 100 < found.sum() < len(tokens)
+    assert not table[~found].any() and found[2] and found[3]  # [CLS], [SEP] are shared
