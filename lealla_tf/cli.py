@@ -74,6 +74,9 @@ def _add_train(sub) -> None:
                    help="run directory: config, vocabulary, checkpoints, TensorBoard logs; "
                    "rerunning resumes from its latest checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--init-from", default="", metavar="RUN_DIR",
+                   help="start from the encoder, model shape and vocabulary of another run "
+                        "(e.g. `lealla import` of LaBSE/LEALLA): fine-tuning")
     p.set_defaults(func=_train)
 
 
@@ -82,6 +85,8 @@ def _train(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from lealla_tf import training
     cfg = _load_config(args)
+    if args.init_from:
+        cfg.train.init_from = args.init_from
     try:
         result = training.train(cfg, args.model_dir, progress=not args.no_progress)
     except training.TrainingDiverged as e:
@@ -91,6 +96,74 @@ def _train(args) -> int:
                         if k in result.metrics)
     print(f"step {result.step}: {summary}; checkpoint {result.checkpoint}; "
           f"{result.examples_per_second:.1f} pairs/s")
+    return 0
+
+
+# ---------------------------------------------------------------- import
+def _add_import(sub) -> None:
+    p = sub.add_parser("import", help="import a released LaBSE or LEALLA SavedModel (TF Hub "
+                                      "handle, URL or folder) as a run directory")
+    p.add_argument("--source", required=True,
+                   help="TF Hub handle/URL or SavedModel folder: LaBSE's encoder or a "
+                        "LEALLA (strings in)")
+    p.add_argument("--output", required=True, help="run directory to write")
+    p.add_argument("--preprocessor", default="",
+                   help="LaBSE's preprocessor SavedModel: its vocabulary when the source has "
+                        "none, and its token ids are checked against ours")
+    p.add_argument("--seq-length", type=int, default=128, help="packed length (release: 128)")
+    p.add_argument("--do-lower-case", choices=("true", "false"), default=None,
+                   help="override the source's do_lower_case")
+    p.add_argument("--num-attention-heads", type=int, default=0,
+                   help="only for sources with 2-D attention kernels")
+    p.add_argument("--name", default="", help="model name (default: from the source)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the parity check against the source")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.set_defaults(func=_import)
+
+
+def _import(args) -> int:
+    from lealla_tf import importing
+    lower = None if args.do_lower_case is None else args.do_lower_case == "true"
+    try:
+        result = importing.import_model(
+            args.source, args.output, preprocessor=args.preprocessor,
+            seq_length=args.seq_length, do_lower_case=lower,
+            num_attention_heads=args.num_attention_heads, name=args.name,
+            check=not args.no_check, overwrite=args.overwrite)
+    except (ValueError, FileExistsError) as e:
+        print(f"lealla: error: {e}", file=sys.stderr)
+        return 2
+    m = result.config.model
+    print(f"imported {args.source} ({result.layout}): {m.num_layers} layers x {m.hidden_size}, "
+          f"vocab {m.vocab_size:,} (WordPiece, do_lower_case "
+          f"{result.config.vocab.do_lower_case}) -> {result.run_dir}")
+    if result.parity:
+        print("parity with the source: " + ", ".join(
+            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in result.parity.items()))
+    return 0
+
+
+def _add_prune(sub) -> None:
+    p = sub.add_parser("prune", help="shrink a WordPiece run (e.g. imported LaBSE) to the "
+                                     "tokens a corpus in the wanted languages uses")
+    p.add_argument("--model-dir", required=True, help="run directory with a WordPiece vocab")
+    p.add_argument("--input", nargs="+", required=True, help="TSV or text files (globs ok)")
+    p.add_argument("--output", required=True, help="the pruned run directory")
+    p.add_argument("--max-tokens", type=int, default=0,
+                   help="keep at most this many tokens (default: every token the corpus uses)")
+    p.set_defaults(func=_prune)
+
+
+def _prune(args) -> int:
+    from lealla_tf import corpus, pruning
+    try:
+        pruning.prune_run(args.model_dir, corpus.find_files(args.input), args.output,
+                          max_tokens=args.max_tokens)
+    except ValueError as e:
+        print(f"lealla: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -547,8 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lealla", description="LEALLA sentence encoders: train, distil, export, evaluate.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_model, _add_vocab, _add_train, _add_export, _add_eval, _add_teacher,
-                _add_demo, _add_data):
+    for add in (_add_model, _add_vocab, _add_train, _add_import, _add_prune, _add_export,
+                _add_eval, _add_teacher, _add_demo, _add_data):
         add(sub)
     return parser
 

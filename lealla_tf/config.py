@@ -36,6 +36,7 @@ ARCHITECTURES = ("transformer", "static")
 POOLINGS = ("cls", "mean")
 EMBEDDING_INITS = ("random", "teacher", "teacher_table")
 VOCAB_SOURCES = ("train", "teacher")
+VOCAB_TYPES = ("sentencepiece", "wordpiece")
 
 
 @dataclasses.dataclass
@@ -127,8 +128,18 @@ class VocabConfig:
     character_coverage: float = 0.9995
     max_sentence_length: int = 4192
     seed: int = 0
+    # "sentencepiece" (spm.model) or "wordpiece" (a BERT vocab.txt, e.g. LaBSE's, with
+    # model_file naming it; do_lower_case: BERT's lower-casing and accent stripping).
+    type: str = "sentencepiece"
+    do_lower_case: bool = False
 
     def validate(self) -> None:
+        if self.type not in VOCAB_TYPES:
+            raise ConfigError(f"vocab.type must be one of {', '.join(VOCAB_TYPES)}, "
+                              f"got {self.type!r}")
+        if self.type == "wordpiece" and not self.model_file:
+            raise ConfigError("vocab.type: wordpiece needs vocab.model_file (a vocab.txt; "
+                              "`lealla import` writes one into its run directory)")
         if self.source not in VOCAB_SOURCES:
             raise ConfigError(f"vocab.source must be one of {', '.join(VOCAB_SOURCES)}, "
                               f"got {self.source!r}")
@@ -236,6 +247,13 @@ class TrainConfig:
     # float32 | mixed (bfloat16 on TPU and CPU, float16 on GPU) | mixed_float16 | mixed_bfloat16
     mixed_precision: str = "float32"
     seed: int = 0
+    # A run directory (e.g. from `lealla import`) whose encoder, vocabulary and model shape
+    # a new run starts from (fine-tuning); empty: a new encoder.
+    init_from: str = ""
+    # A WordPiece run directory (e.g. `lealla import` of LaBSE) whose word-embedding rows,
+    # matched to the student's tokens by spelling and reduced to model.hidden_size by PCA,
+    # start the student's table (tokens it lacks keep their random rows).
+    embedding_table_from: str = ""
 
     def validate(self) -> None:
         if self.mixed_precision not in ("float32", "mixed", "mixed_float16", "mixed_bfloat16"):

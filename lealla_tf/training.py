@@ -66,12 +66,18 @@ from lealla_tf import corpus as corpus_lib
 from lealla_tf import data as data_lib
 from lealla_tf import distribute as distribute_lib
 from lealla_tf import losses as losses_lib
-from lealla_tf import fileio, modeling, preprocessing, student_init
+from lealla_tf import fileio, finetune, modeling, preprocessing, student_init, wordpiece
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 VOCAB_FILE = os.path.join("vocab", preprocessing.MODEL_FILE)
+
+
+def vocab_file(cfg: config_lib.ExperimentConfig) -> str:
+    """Where a run keeps its vocabulary: ``vocab/spm.model`` or ``vocab/vocab.txt``
+    (``vocab.type: wordpiece``)."""
+    return os.path.join("vocab", wordpiece.vocab_file_name(cfg.vocab.type))
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = os.path.join("logs", "train")
 DIVERGED_FILE = "DIVERGED"
@@ -158,7 +164,7 @@ def resolve_vocab(cfg: config_lib.ExperimentConfig, model_dir: str,
     Raises:
       FileNotFoundError: ``vocab.model_file`` names a missing file.
     """
-    target = fileio.join(model_dir, VOCAB_FILE)
+    target = fileio.join(model_dir, vocab_file(cfg))
     chief = strategy is None or distribute_lib.is_chief(strategy)
     if fileio.exists(target):
         return target
@@ -240,7 +246,8 @@ class Trainer:
     def __init__(self, cfg: config_lib.ExperimentConfig, model_dir: str,
                  strategy: Optional[tf.distribute.Strategy] = None, progress: bool = True,
                  corpus: Optional[data_lib.ParallelCorpus] = None, teacher=None):
-        cfg.validate()
+        cfg = finetune.apply_init_from(cfg.validate())
+        finetune.check_wordpiece_flags(cfg)
         self.cfg = cfg
         self.model_dir = fileio.normpath(model_dir)
         self.strategy = strategy or distribute_lib.get_strategy(cfg.distribute)
@@ -251,8 +258,8 @@ class Trainer:
 
         self.vocab_path = resolve_vocab(cfg, self.model_dir, self.strategy, progress=progress,
                                         teacher_fn=self.teacher)
-        self.preprocessor_bytes = preprocessing.read_model(self.vocab_path)
-        vocab_size = preprocessing.Preprocessor(self.preprocessor_bytes, 2).vocab_size
+        self.preprocessor_bytes = wordpiece.read_vocab(cfg.vocab.type, self.vocab_path)
+        vocab_size = self.make_preprocessor(2).vocab_size
         if cfg.vocab.source == "teacher" and not cfg.vocab.model_file:
             cfg.model.vocab_size = vocab_size  # known only once the corpus is tokenized
         _check_resume_config(cfg, self.model_dir)
@@ -262,7 +269,7 @@ class Trainer:
                 f"{cfg.model.vocab_size}")
         if self.chief:
             saved = dataclasses.replace(cfg, vocab=dataclasses.replace(
-                cfg.vocab, model_file=VOCAB_FILE))
+                cfg.vocab, model_file=vocab_file(cfg)))
             config_lib.save(saved, fileio.join(self.model_dir, CONFIG_FILE))
 
         self.corpus = corpus or data_lib.load_corpus_from_config(cfg.data)
@@ -285,6 +292,11 @@ class Trainer:
             self._build()
         finally:
             tf_keras.mixed_precision.set_global_policy(self._previous_policy)
+
+    def make_preprocessor(self, seq_length: int):
+        """The run's preprocessor (SentencePiece or WordPiece, ``vocab.type``)."""
+        return wordpiece.make_preprocessor(self.cfg.vocab.type, self.preprocessor_bytes,
+                                           seq_length, self.cfg.vocab.do_lower_case)
 
     def teacher(self):
         """The teacher of ``teacher.spec`` (loaded once, on first use)."""
@@ -365,11 +377,22 @@ class Trainer:
         if not latest and cfg.model.embedding_init != "random":
             with self.strategy.scope():
                 self._initialise_embeddings()
-        if not latest and cfg.model.position_init == "zero" and hasattr(self.encoder, "bert"):
+        if not latest and cfg.train.embedding_table_from:
+            with self.strategy.scope():
+                n = finetune.init_table_from_run(
+                    self.encoder, cfg.vocab.type, self.preprocessor_bytes,
+                    cfg.train.embedding_table_from, cfg.model.initializer_range)
+            log.info("%d word-embedding rows initialised from %s", n,
+                     cfg.train.embedding_table_from)
+        if (not latest and not cfg.train.init_from and cfg.model.position_init == "zero"
+                and hasattr(self.encoder, "bert")):
             bert = self.encoder.bert
             for table in (bert._position_embedding_layer._position_embeddings,
                           bert._type_embedding_layer.embeddings):
                 table.assign(tf.zeros_like(table))
+        if not latest and cfg.train.init_from:
+            log.info("encoder initialised from %s",
+                     finetune.restore_init(self.encoder, cfg.train.init_from))
         if latest:
             self._restore_status = self.checkpoint.restore(latest)
             self._restore_status.assert_existing_objects_matched()
@@ -393,10 +416,9 @@ class Trainer:
     def make_iterator(self):
         """A distributed iterator starting at the sampler's (restored) position."""
         seq_length = self.cfg.preprocess.seq_length
-        vocab = self.preprocessor_bytes
 
         def dataset_fn(ctx):
-            pre = preprocessing.Preprocessor(vocab, seq_length)
+            pre = self.make_preprocessor(seq_length)
             return data_lib.make_dataset(self.corpus, self.sampler, pre, ctx,
                                          use_teacher=self.uses_teacher)
 
@@ -570,15 +592,17 @@ def restore_encoder(model_dir: str, checkpoint: Optional[str] = None
       FileNotFoundError: no config, vocabulary or checkpoint in ``model_dir``.
     """
     cfg_path = fileio.join(model_dir, CONFIG_FILE)
-    vocab_path = fileio.join(model_dir, VOCAB_FILE)
+    cfg = config_lib.load(cfg_path) if fileio.exists(cfg_path) else None
+    vocab_path = fileio.join(model_dir, vocab_file(cfg) if cfg else VOCAB_FILE)
     for path in (cfg_path, vocab_path):
         if not fileio.exists(path):
             raise FileNotFoundError(f"{path} not found: is {model_dir} a training model dir?")
     checkpoint = checkpoint or tf.train.latest_checkpoint(fileio.join(model_dir, CHECKPOINT_DIR))
     if not checkpoint:
         raise FileNotFoundError(f"no checkpoint in {fileio.join(model_dir, CHECKPOINT_DIR)}")
-    cfg = config_lib.load(cfg_path)
-    preprocessor = preprocessing.Preprocessor(vocab_path, cfg.preprocess.export_seq_length)
+    preprocessor = wordpiece.make_preprocessor(cfg.vocab.type, vocab_path,
+                                               cfg.preprocess.export_seq_length,
+                                               cfg.vocab.do_lower_case)
     encoder = modeling.build_encoder(cfg.model)
     encoder(encoder.dummy_inputs())
     tf.train.Checkpoint(encoder=encoder).restore(checkpoint).expect_partial() \

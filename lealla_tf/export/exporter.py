@@ -180,7 +180,9 @@ def export_model(preprocessor, encoder, output_dir: str,
             "card": dict(model_card_info or {}),
         }
         with tempfile.TemporaryDirectory() as vocab_tmp:
-            sp_path = os.path.join(vocab_tmp, preprocessing.MODEL_FILE)
+            sp_path = os.path.join(vocab_tmp, getattr(preprocessor, "asset_name",
+                                                      preprocessing.MODEL_FILE))
+            wordpiece_vocab = sp_path.endswith("vocab.txt")  # the encoder carries it too
             with open(sp_path, "wb") as f:
                 f.write(preprocessor.model_bytes)
             builders = {LEALLA: lambda: formats.build_lealla_module(preprocessor, encoder),
@@ -190,7 +192,8 @@ def export_model(preprocessor, encoder, output_dir: str,
                 bar.set_postfix_str(name)
                 obj, signatures = builders[name]()
                 formats.save_saved_model(obj, signatures, os.path.join(tmp, name),
-                      sp_path if name != ENCODER else None)
+                      sp_path if name != ENCODER or wordpiece_vocab else None,
+                      do_lower_case=getattr(preprocessor, "do_lower_case", None))
                 info["files"][name] = {"path": name + "/",
                                        "bytes": disk_bytes(os.path.join(tmp, name))}
                 bar.update()

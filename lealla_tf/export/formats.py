@@ -157,10 +157,11 @@ def build_preprocessor_module(preprocessor) -> Tuple[tf.train.Checkpoint, Dict[s
     obj.tokenize.__call__ = tf.function(
         lambda sentences: preprocessor.tokenize(sentences).with_row_splits_dtype(tf.int64),
         input_signature=[_STRINGS])
+    ids = special_ids(preprocessor)
     special = {"vocab_size": int(preprocessor.vocab_size),
-               "start_of_sequence_id": preprocessing.CLS_ID,
-               "end_of_segment_id": preprocessing.SEP_ID,
-               "padding_id": preprocessing.PAD_ID, "mask_id": preprocessing.MASK_ID}
+               "start_of_sequence_id": ids["start_of_sequence_id"],
+               "end_of_segment_id": ids["end_of_segment_id"],
+               "padding_id": ids["padding_id"], "mask_id": ids["mask_id"]}
     obj.tokenize.get_special_tokens_dict = tf.train.Checkpoint()
     obj.tokenize.get_special_tokens_dict.__call__ = tf.function(
         lambda: {k: tf.constant(v, tf.int32) for k, v in special.items()}, input_signature=[])
@@ -168,8 +169,8 @@ def build_preprocessor_module(preprocessor) -> Tuple[tf.train.Checkpoint, Dict[s
     @tf.function(autograph=False)
     def pack(inputs, seq_length=default_seq_length):
         out = nlp_layers.BertPackInputs.bert_pack_inputs(
-            inputs, seq_length=seq_length, start_of_sequence_id=preprocessing.CLS_ID,
-            end_of_segment_id=preprocessing.SEP_ID, padding_id=preprocessing.PAD_ID)
+            inputs, seq_length=seq_length, start_of_sequence_id=ids["start_of_sequence_id"],
+            end_of_segment_id=ids["end_of_segment_id"], padding_id=ids["padding_id"])
         return {k: tf.cast(v, tf.int32) for k, v in out.items()}
 
     obj.bert_pack_inputs = tf.train.Checkpoint()
@@ -183,9 +184,30 @@ def build_preprocessor_module(preprocessor) -> Tuple[tf.train.Checkpoint, Dict[s
     return obj, {SIGNATURE: call}
 
 
-def save_saved_model(obj, signatures, path: str, sp_model_file: Optional[str] = None) -> None:
-    """``tf.saved_model.save`` with the SentencePiece model attached as an asset."""
-    if sp_model_file:
+def special_ids(preprocessor) -> Dict[str, int]:
+    """``padding_id``, ``start_of_sequence_id``, ``end_of_segment_id``, ``mask_id`` of a
+    preprocessor (a WordPiece one looks them up in its vocabulary)."""
+    ids = getattr(preprocessor, "special_ids", None)
+    if ids:
+        return dict(ids)
+    return {"padding_id": preprocessing.PAD_ID, "unknown_id": preprocessing.UNK_ID,
+            "start_of_sequence_id": preprocessing.CLS_ID,
+            "end_of_segment_id": preprocessing.SEP_ID, "mask_id": preprocessing.MASK_ID}
+
+
+def save_saved_model(obj, signatures, path: str, sp_model_file: Optional[str] = None,
+                     do_lower_case: Optional[bool] = None) -> None:
+    """``tf.saved_model.save`` with the vocabulary attached as an asset.
+
+    A SentencePiece model becomes ``sp_model_file``; a WordPiece ``vocab.txt`` becomes
+    ``vocab_file`` with a ``do_lower_case`` variable beside it, as in the released
+    LaBSE/LEALLA SavedModels (so ``lealla import`` reads our exports back).
+    """
+    if sp_model_file and os.path.basename(sp_model_file) == "vocab.txt":
+        obj.vocab_file = tf.saved_model.Asset(sp_model_file)
+        obj.do_lower_case = tf.Variable(bool(do_lower_case), trainable=False,
+                                        name="do_lower_case")
+    elif sp_model_file:
         obj.sp_model_file = tf.saved_model.Asset(sp_model_file)
     tf.saved_model.save(obj, path, signatures=signatures)
 

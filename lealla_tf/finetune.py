@@ -1,0 +1,174 @@
+"""Starting a run from another run: fine-tuning an imported LaBSE/LEALLA (or any run).
+
+``train.init_from: RUN_DIR`` (``lealla train --init-from RUN_DIR``) makes a new run start
+from the encoder of ``RUN_DIR`` (a ``lealla import`` or ``lealla train`` directory): the
+new run takes that run's model shape and vocabulary, and, before its first step, its
+latest checkpoint's encoder weights. Everything else (data, loss, distillation, optimiser,
+schedule, ``preprocess.seq_length``, dropout rates) comes from the new config. A resumed
+run continues from its own checkpoints.
+
+Example::
+
+    lealla import --source https://tfhub.dev/google/LEALLA/LEALLA-small/1 --output runs/small
+    lealla train --config configs/finetune.yaml --init-from runs/small --model-dir runs/ft
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import tensorflow as tf
+
+from lealla_tf import config as config_lib
+
+# Model fields the new run keeps from its own config (they do not change the weights).
+_KEEP = ("dropout_rate", "attention_dropout_rate", "implementation", "jit_compile")
+
+
+def _source_files(run_dir: str):
+    from lealla_tf import training
+    cfg_path = os.path.join(run_dir, training.CONFIG_FILE)
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"train.init_from: {cfg_path} not found: is {run_dir} a run "
+                                "directory (lealla import / lealla train)?")
+    checkpoint = tf.train.latest_checkpoint(os.path.join(run_dir, training.CHECKPOINT_DIR))
+    if not checkpoint:
+        raise FileNotFoundError(f"train.init_from: no checkpoint in {run_dir}/checkpoints")
+    return config_lib.load(cfg_path), checkpoint
+
+
+def apply_init_from(cfg: config_lib.ExperimentConfig) -> config_lib.ExperimentConfig:
+    """``cfg`` with the model shape and vocabulary of ``cfg.train.init_from`` (idempotent).
+
+    Args:
+      cfg: the new run's config; unchanged when ``train.init_from`` is empty.
+
+    Raises:
+      FileNotFoundError: ``train.init_from`` is not a run directory with a checkpoint.
+    """
+    run_dir = cfg.train.init_from
+    if not run_dir:
+        return cfg
+    source, _ = _source_files(run_dir)
+    model = dataclasses.replace(source.model, embedding_init="random",
+                                **{k: getattr(cfg.model, k) for k in _KEEP})
+    vocab_file = source.vocab.model_file
+    if not os.path.isabs(vocab_file):
+        vocab_file = os.path.abspath(os.path.join(run_dir, vocab_file))
+    vocab = dataclasses.replace(source.vocab, model_file=vocab_file)
+    return dataclasses.replace(cfg, model=model, vocab=vocab).validate()
+
+
+def restore_init(encoder, run_dir: str) -> str:
+    """Loads the encoder weights of ``run_dir``'s latest checkpoint into ``encoder``.
+
+    Returns:
+      The checkpoint path.
+    """
+    _, checkpoint = _source_files(run_dir)
+    tf.train.Checkpoint(encoder=encoder).restore(checkpoint).expect_partial() \
+        .assert_existing_objects_matched()
+    return checkpoint
+
+
+def _wordpiece_form(piece_id: int, text: str) -> str:
+    """A SentencePiece piece's text in WordPiece spelling (`` dog`` -> ``dog``, ``og`` ->
+    ``##og``; our reserved pieces 0-4 -> ``[PAD]`` ... ``[MASK]``)."""
+    from lealla_tf import preprocessing, wordpiece
+    if not text:
+        return preprocessing.SPECIAL_PIECES[piece_id] if piece_id < len(
+            preprocessing.SPECIAL_PIECES) else ""
+    if text.startswith(" "):
+        return text[1:]
+    return wordpiece.SUFFIX_INDICATOR + text
+
+
+def student_tokens(vocab_type: str, vocab_bytes: bytes):
+    """The student's vocabulary in WordPiece spelling, in id order."""
+    from lealla_tf import student_init, wordpiece
+    if vocab_type == "wordpiece":
+        return wordpiece.vocab_tokens(vocab_bytes)
+    return [_wordpiece_form(i, t) for i, t in enumerate(student_init.piece_texts(vocab_bytes))]
+
+
+def table_from_run(run_dir: str, tokens, dim: int, stddev: float):
+    """The word-embedding rows of ``run_dir`` (e.g. imported LaBSE) for ``tokens``, reduced
+    to ``dim`` by PCA (``student_init.pca_table``: centred, top components, entries rescaled
+    to ``stddev``).
+
+    Args:
+      run_dir: a run with a WordPiece vocabulary.
+      tokens: the student's tokens in WordPiece spelling (see :func:`student_tokens`).
+      dim: the student's hidden size.
+      stddev: the initializer's standard deviation.
+
+    Returns:
+      ``(table [len(tokens), dim] float32, found [len(tokens)] bool)``; rows of tokens the
+      run does not have are zero and ``found`` is False there.
+
+    Raises:
+      ValueError: the run's vocabulary is not WordPiece, or no token is shared.
+    """
+    import numpy as np
+
+    from lealla_tf import student_init, training
+    cfg, pre, encoder = training.restore_encoder(run_dir)
+    if cfg.vocab.type != "wordpiece":
+        raise ValueError(f"train.embedding_table_from: {run_dir} has a {cfg.vocab.type} "
+                         "vocabulary; a WordPiece run (lealla import) is expected")
+    index = {t: i for i, t in enumerate(pre.tokens)}
+    rows = np.array([index.get(t, -1) for t in tokens])
+    found = rows >= 0
+    if not found.any():
+        raise ValueError(f"train.embedding_table_from: no token of the student's vocabulary "
+                         f"is in {run_dir}'s")
+    source = encoder.word_embeddings.numpy()
+    vectors = np.zeros((len(tokens), source.shape[1]), np.float32)
+    vectors[found] = source[rows[found]]
+    table = student_init.pca_table(vectors, dim, stddev)
+    return table, found & np.any(vectors != 0, axis=1)
+
+
+def init_table_from_run(encoder, vocab_type: str, vocab_bytes: bytes, run_dir: str,
+                        stddev: float) -> int:
+    """Fills ``encoder``'s word-embedding rows from ``run_dir``'s table (see
+    :func:`table_from_run`); rows of tokens ``run_dir`` lacks keep their initial values.
+
+    Returns:
+      The number of rows filled.
+    """
+    import numpy as np
+    variable = encoder.word_embeddings
+    tokens = student_tokens(vocab_type, vocab_bytes)
+    if len(tokens) > variable.shape[0]:
+        raise config_lib.ConfigError(f"the vocabulary has {len(tokens)} tokens but the word "
+                                     f"embeddings {variable.shape[0]} rows")
+    table, found = table_from_run(run_dir, tokens, int(variable.shape[1]), stddev)
+    current = variable.numpy()
+    current[:len(tokens)][found] = table[found]
+    variable.assign(tf.cast(current, variable.dtype))
+    return int(np.sum(found))
+
+
+def check_wordpiece_flags(cfg: config_lib.ExperimentConfig) -> None:
+    """A WordPiece ``vocab.model_file`` inside a run directory (``RUN/vocab/vocab.txt``)
+    must be used with that run's ``do_lower_case``.
+
+    Raises:
+      ConfigError: the flags differ.
+    """
+    from lealla_tf import training
+    path = cfg.vocab.model_file
+    if cfg.vocab.type != "wordpiece" or not path or not os.path.isfile(path):
+        return
+    run_cfg = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))),
+                           training.CONFIG_FILE)
+    if not os.path.isfile(run_cfg):
+        return
+    source = config_lib.load(run_cfg).vocab
+    if source.type == "wordpiece" and source.do_lower_case != cfg.vocab.do_lower_case:
+        raise config_lib.ConfigError(
+            f"vocab.do_lower_case is {cfg.vocab.do_lower_case} but the vocabulary {path} "
+            f"belongs to a run with do_lower_case {source.do_lower_case}: set "
+            f"vocab.do_lower_case={str(source.do_lower_case).lower()}")
