@@ -110,7 +110,8 @@ def run_variant(name, recipe, overrides, output, files, vocab, emb, teacher, dev
     if not untrained:
         trainer.run()
     seconds = time.perf_counter() - start
-    pre = preprocessing.Preprocessor(trainer.vocab_path, cfg.preprocess.export_seq_length)
+    pre = preprocessing.Preprocessor(
+        trainer.vocab_path, cfg.preprocess.inference_seq_length or cfg.preprocess.seq_length)
     model = modeling.StringEncoder(pre, trainer.encoder)
     fn = tf.function(lambda x: model(x, training=False),
                      input_signature=[tf.TensorSpec([None], tf.string)])

@@ -158,11 +158,6 @@ class PreprocessConfig:
     # short input, and long sentences (news, documents) are not cut at the training length.
     inference_seq_length: int = 0
 
-    @property
-    def export_seq_length(self) -> int:
-        """The sequence length of exports and evaluation."""
-        return self.inference_seq_length or self.seq_length
-
     def validate(self) -> None:
         if self.seq_length < 3:
             raise ConfigError(f"preprocess.seq_length must be at least 3, got {self.seq_length}")
@@ -315,7 +310,7 @@ class ExperimentConfig:
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
                 section.validate()
-        longest = max(self.preprocess.seq_length, self.preprocess.export_seq_length)
+        longest = max(self.preprocess.seq_length, self.preprocess.inference_seq_length)
         if self.model.architecture == "transformer" and longest > self.model.max_position_embeddings:
             raise ConfigError(f"preprocess sequence length {longest} exceeds "
                               f"model.max_position_embeddings ({self.model.max_position_embeddings})")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import io
 import json
 import os
 import re
@@ -39,7 +40,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from lealla_tf import corpus, preprocessing
+from lealla_tf import corpus, fileio, preprocessing
 
 INFO_FILE = "vocab_info.json"
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED = 1, 2, 3, 4
@@ -180,10 +181,10 @@ def build_teacher_vocab(teacher, files: Sequence[str], output_dir: str, max_piec
     Returns:
       The path of ``spm.model``.
     """
-    path = os.path.join(output_dir, preprocessing.MODEL_FILE)
-    info_path = os.path.join(output_dir, INFO_FILE)
-    if os.path.exists(path) and os.path.exists(info_path):
-        old = json.load(open(info_path, encoding="utf-8"))
+    path = fileio.join(output_dir, preprocessing.MODEL_FILE)
+    info_path = fileio.join(output_dir, INFO_FILE)
+    if fileio.exists(path) and fileio.exists(info_path):
+        old = json.loads(fileio.read_text(info_path))
         wanted = {"teacher": teacher.name, "max_pieces": max_pieces, "keep_unused": keep_unused}
         got = {k: old.get(k, False if k == "keep_unused" else None) for k in wanted}
         if got != wanted:
@@ -194,27 +195,19 @@ def build_teacher_vocab(teacher, files: Sequence[str], output_dir: str, max_piec
     pruned, teacher_ids, stats = prune_sentencepiece(model, _corpus_sentences(files),
                                                      max_pieces, progress=progress,
                                                      keep_unused=keep_unused)
-    os.makedirs(output_dir, exist_ok=True)
+    fileio.makedirs(output_dir)
     info = dict(stats, source="teacher", teacher=teacher.name, max_pieces=max_pieces,
                 keep_unused=keep_unused,
                 special_pieces=list(preprocessing.SPECIAL_PIECES),
-                inputs=[os.path.abspath(f) for f in files], teacher_ids=teacher_ids.tolist())
-    _atomic_write(os.path.join(output_dir, INFO_FILE),
-                  json.dumps(info, indent=1, ensure_ascii=False).encode("utf-8"))
-    _atomic_write(path, pruned)
+                inputs=[fileio.normpath(f) for f in files], teacher_ids=teacher_ids.tolist())
+    fileio.atomic_write(info_path, json.dumps(info, indent=1, ensure_ascii=False))
+    fileio.atomic_write(path, pruned)
     if progress:
         print(f"teacher vocabulary ({teacher.name}): {stats['vocab_size']:,} pieces kept of "
               f"{stats['teacher_pieces']:,} ({stats['used_pieces']:,} used by "
               f"{stats['sentences']:,} sentences, {stats['character_pieces']:,} characters)",
               flush=True)
     return path
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def piece_texts(model_bytes: bytes) -> List[str]:
@@ -237,10 +230,10 @@ def teacher_piece_vectors(teacher, model_bytes: bytes, cache_dir: Optional[str] 
     from tqdm.auto import tqdm
 
     digest = hashlib.sha256(model_bytes).hexdigest()[:16]
-    cache = (os.path.join(cache_dir, f"piece_vectors.{_slug(teacher.name)}.{digest}.npy")
+    cache = (fileio.join(cache_dir, f"piece_vectors.{_slug(teacher.name)}.{digest}.npy")
              if cache_dir else None)
-    if cache and os.path.exists(cache):
-        return np.load(cache)
+    if cache and fileio.exists(cache):
+        return np.load(io.BytesIO(fileio.read_bytes(cache)))
     texts = piece_texts(model_bytes)
     rows = [i for i, t in enumerate(texts) if t.strip()]
     out = np.zeros((len(texts), teacher.dim), np.float32)
@@ -249,10 +242,10 @@ def teacher_piece_vectors(teacher, model_bytes: bytes, cache_dir: Optional[str] 
         chunk = rows[start:start + batch_size]
         out[chunk] = teacher.encode([texts[i] for i in chunk])
     if cache:
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = cache + ".tmp.npy"
-        np.save(tmp, out)
-        os.replace(tmp, cache)
+        fileio.makedirs(cache_dir)
+        buffer = io.BytesIO()
+        np.save(buffer, out)
+        fileio.atomic_write(cache, buffer.getvalue())
     return out
 
 
@@ -270,8 +263,8 @@ def teacher_table_rows(teacher, vocab_dir: str) -> np.ndarray:
     if not callable(fn):
         raise ValueError(f"teacher {teacher.name!r} exposes no token-embedding table: use "
                          "model.embedding_init: teacher (embeds the pieces) instead")
-    info_path = os.path.join(vocab_dir, INFO_FILE)
-    info = json.load(open(info_path, encoding="utf-8")) if os.path.exists(info_path) else {}
+    info_path = fileio.join(vocab_dir, INFO_FILE)
+    info = json.loads(fileio.read_text(info_path)) if fileio.exists(info_path) else {}
     if info.get("source") != "teacher" or info.get("teacher") != teacher.name:
         raise ValueError(f"model.embedding_init: teacher_table needs the teacher's own "
                          f"vocabulary (vocab.source: teacher with teacher {teacher.name!r}); "
@@ -322,10 +315,10 @@ def initial_table(kind: str, teacher, vocab_path: str, dim: int, stddev: float,
     model_bytes = preprocessing.read_model(vocab_path)
     if kind == "teacher":
         vectors = teacher_piece_vectors(teacher, model_bytes,
-                                        cache_dir or os.path.dirname(vocab_path),
+                                        cache_dir or fileio.dirname(vocab_path),
                                         progress=progress)
     elif kind == "teacher_table":
-        vectors = teacher_table_rows(teacher, os.path.dirname(vocab_path))
+        vectors = teacher_table_rows(teacher, fileio.dirname(vocab_path))
     else:
         raise ValueError(f"unknown embedding init {kind!r}: expected teacher or teacher_table")
     return pca_table(vectors, dim, stddev)

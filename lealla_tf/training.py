@@ -193,7 +193,7 @@ def resolve_vocab(cfg: config_lib.ExperimentConfig, model_dir: str,
     if cfg.vocab.source == "teacher":
         if teacher_fn is None:
             raise config_lib.ConfigError("vocab.source: teacher needs a teacher (teacher.spec)")
-        return student_init.build_teacher_vocab(teacher_fn(), files, os.path.dirname(target),
+        return student_init.build_teacher_vocab(teacher_fn(), files, fileio.dirname(target),
                                                 max_pieces=cfg.vocab.max_pieces,
                                                 keep_unused=cfg.vocab.keep_unused,
                                                 progress=progress)
@@ -313,8 +313,9 @@ class Trainer:
         """Fills the word-embedding table from the teacher (``model.embedding_init``)."""
         kind = self.cfg.model.embedding_init
         source = self.cfg.vocab.model_file
-        cache = os.path.dirname(os.path.abspath(source)) if source and os.path.isfile(source) \
-            else os.path.dirname(self.vocab_path)
+        cache = (fileio.dirname(fileio.normpath(source))
+                 if source and fileio.exists(source) and not fileio.isdir(source)
+                 else fileio.dirname(self.vocab_path))
         table = student_init.initial_table(kind, self.teacher(), self.vocab_path,
                                            self.cfg.model.hidden_size,
                                            self.cfg.model.initializer_range, cache_dir=cache,
@@ -600,8 +601,9 @@ def restore_encoder(model_dir: str, checkpoint: Optional[str] = None
     checkpoint = checkpoint or tf.train.latest_checkpoint(fileio.join(model_dir, CHECKPOINT_DIR))
     if not checkpoint:
         raise FileNotFoundError(f"no checkpoint in {fileio.join(model_dir, CHECKPOINT_DIR)}")
-    preprocessor = wordpiece.make_preprocessor(cfg.vocab.type, vocab_path,
-                                               cfg.preprocess.export_seq_length,
+    # Exports and evaluation pack to inference_seq_length (0: the training length).
+    seq_length = cfg.preprocess.inference_seq_length or cfg.preprocess.seq_length
+    preprocessor = wordpiece.make_preprocessor(cfg.vocab.type, vocab_path, seq_length,
                                                cfg.vocab.do_lower_case)
     encoder = modeling.build_encoder(cfg.model)
     encoder(encoder.dummy_inputs())

@@ -215,12 +215,15 @@ def test_train_export_tflite_parity(tmp_path, muse, small_corpus, teacher_vocab,
     run = str(tmp_path / "run")
     training.train(cfg, run, progress=False, teacher=muse)
     _, pre, encoder = training.restore_encoder(run)
+    # Trained at 32 tokens; exports and evaluation take preprocess.inference_seq_length.
+    assert cfg.preprocess.seq_length == 32 and pre.seq_length == 128
     if cfg.model.architecture == "transformer":
         assert encoder.pooling == "mean"
         assert not any("pooler" in v.name for v in encoder.trainable_variables)
     out = str(tmp_path / "export")
     export.export_run(run, out, tflite=("fp32", "int8"), progress=False)
-    sentences = [s for _, s, _ in corpus.iter_tsv(dev[0])][:20] + ["", "dog"]
+    sentences = [s for _, s, _ in corpus.iter_tsv(dev[0])][:20] + ["", "dog", " ".join(
+        ["Hund"] * 40 + ["Katze"] * 40)]  # the last one is longer than 32 pieces
     memory = modeling.StringEncoder(pre, encoder, dynamic_length=False)(
         tf.constant(sentences)).numpy()
     saved = export.load_embedder(out).encode(sentences)

@@ -203,6 +203,11 @@ def test_resume_refuses_another_model_shape(tmp_path, tiny_vocab, data_dir):
     with pytest.raises(config.ConfigError, match="another model config"):
         training.Trainer(config.load(TRAIN_TINY, _overrides(
             tiny_vocab, "train.steps=2", "model.num_layers=1")), model_dir, progress=False)
+    # The exports' sequence length is not part of the trained model: a resumed run may set it.
+    training.Trainer(config.load(TRAIN_TINY, _overrides(
+        tiny_vocab, "train.steps=2", "preprocess.inference_seq_length=48")), model_dir,
+        progress=False)
+    assert training.restore_encoder(model_dir)[1].seq_length == 48
 
 
 def test_restore_encoder_errors(tmp_path):
