@@ -112,11 +112,8 @@ def table_from_run(run_dir: str, tokens, dim: int, stddev: float):
     """
     import numpy as np
 
-    from lealla_tf import student_init, training
-    cfg, pre, encoder = training.restore_encoder(run_dir)
-    if cfg.vocab.type != "wordpiece":
-        raise ValueError(f"train.embedding_table_from: {run_dir} has a {cfg.vocab.type} "
-                         "vocabulary; a WordPiece run (lealla import) is expected")
+    from lealla_tf import student_init
+    cfg, pre, encoder = restore_wordpiece_run(run_dir, "train.embedding_table_from")
     index = {t: i for i, t in enumerate(pre.tokens)}
     rows = np.array([index.get(t, -1) for t in tokens])
     found = rows >= 0
@@ -172,3 +169,17 @@ def check_wordpiece_flags(cfg: config_lib.ExperimentConfig) -> None:
             f"vocab.do_lower_case is {cfg.vocab.do_lower_case} but the vocabulary {path} "
             f"belongs to a run with do_lower_case {source.do_lower_case}: set "
             f"vocab.do_lower_case={str(source.do_lower_case).lower()}")
+
+
+def restore_wordpiece_run(run_dir: str, purpose: str):
+    """``training.restore_encoder`` of a run that must have a WordPiece vocabulary.
+
+    Raises:
+      ValueError: naming ``purpose``, when the run's vocabulary is not WordPiece.
+    """
+    from lealla_tf import training
+    cfg, pre, encoder = training.restore_encoder(run_dir)
+    if cfg.vocab.type != "wordpiece":
+        raise ValueError(f"{purpose}: {run_dir} has a {cfg.vocab.type} vocabulary; a "
+                         "WordPiece run (lealla import of LaBSE or LEALLA) is expected")
+    return cfg, pre, encoder

@@ -19,9 +19,8 @@ Example::
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-from typing import Any, Dict, Iterable, Optional, Sequence
+from typing import Any, Dict, Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -101,11 +100,8 @@ def prune_run(model_dir: str, files: Sequence[str], output_dir: str, max_tokens:
     Raises:
       ValueError: the run's vocabulary is not WordPiece, or no sentences were read.
     """
-    from lealla_tf import importing, training
-    cfg, pre, encoder = training.restore_encoder(model_dir)
-    if cfg.vocab.type != "wordpiece":
-        raise ValueError(f"{model_dir} has a {cfg.vocab.type} vocabulary: pruning works on "
-                         "WordPiece vocabularies (LaBSE's, LEALLA's)")
+    from lealla_tf import finetune, importing
+    cfg, pre, encoder = finetune.restore_wordpiece_run(model_dir, "lealla prune")
     sentences = list(_sentences(files))
     if not sentences:
         raise ValueError(f"no sentences in {list(files)}")

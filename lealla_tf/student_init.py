@@ -34,7 +34,6 @@ import collections
 import hashlib
 import io
 import json
-import os
 import re
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 

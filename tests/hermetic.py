@@ -77,3 +77,45 @@ def write_corpus(directory: str, languages: Sequence[str] = LANGUAGES, pairs: in
                 f.write(f"{translate(en, lang)}\t{en}\n")
         paths.append(path)
     return sorted(paths)
+
+
+def byte_count_teacher(dim: int = 16, name: str = "bytes"):
+    """A deterministic string-in teacher: UTF-8 byte counts times a fixed random map."""
+    import numpy as np
+
+    from lealla_tf import teachers
+    proj = np.random.default_rng(0).normal(size=(256, dim))
+
+    def fn(sentences):
+        counts = np.zeros((len(sentences), 256))
+        for i, s in enumerate(sentences):
+            for b in s.encode("utf-8"):
+                counts[i, b] += 1
+        return counts @ proj
+    return teachers.CallableTeacher(fn, name=name, dim=dim)
+
+
+def serve_directory(directory: str):
+    """A context manager serving ``directory`` over HTTP on 127.0.0.1; yields the base URL."""
+    import contextlib
+    import functools
+    import http.server
+    import threading
+
+    class _Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    @contextlib.contextmanager
+    def serve():
+        server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(_Quiet, directory=directory))
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=10)
+    return serve()

@@ -7,15 +7,11 @@ The tiny model is trained for zero steps (random weights) and exported once per 
 ``lealla export`` on a model dir laid out like a training run.
 """
 
-import functools
-import http.server
 import io
 import json
 import os
 import re
 import tarfile
-import threading
-import contextlib
 
 import numpy as np
 import pytest
@@ -23,6 +19,7 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
 import tf_keras
 
+import hermetic
 from lealla_tf import cli, config, export, modeling, preprocessing, training
 
 # Multilingual, with the bad inputs: empty, whitespace-only, 100,000 characters, invalid UTF-8.
@@ -291,25 +288,8 @@ def test_model_card_snippets_run(exported, capsys):
 # ----------------------------------------------------------------------------- publish
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@contextlib.contextmanager
 def _serve(directory):
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=directory))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-
-
+    return hermetic.serve_directory(directory)
 def test_publish_and_load_through_hub_cache(exported, reference, tmp_path, monkeypatch):
     import tensorflow_hub as hub
     out, _ = exported

@@ -7,21 +7,12 @@ import threading
 import numpy as np
 import pytest
 
-from lealla_tf import fileio, teacher_embeddings, teachers
+import hermetic
+from lealla_tf import fileio, teacher_embeddings
 
 
 def _hash_teacher(dim=16):
-    """A deterministic stand-in teacher: a fixed random projection of character counts."""
-    rng = np.random.default_rng(0)
-    proj = rng.normal(size=(256, dim))
-
-    def fn(sentences):
-        counts = np.zeros((len(sentences), 256))
-        for i, s in enumerate(sentences):
-            for b in s.encode("utf-8"):
-                counts[i, b] += 1
-        return counts @ proj
-    return teachers.CallableTeacher(fn, name="hash", dim=dim)
+    return hermetic.byte_count_teacher(dim, name="hash")
 
 
 @pytest.mark.parametrize("root", ["ram://fileio_basics", "LOCAL"])

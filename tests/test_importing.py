@@ -4,12 +4,8 @@
 download path (``hub.resolve`` of a URL) is served from 127.0.0.1; an unknown model is a
 clear error naming its variables."""
 
-import contextlib
-import functools
-import http.server
 import json
 import os
-import threading
 
 import numpy as np
 import pytest
@@ -17,6 +13,7 @@ import tensorflow as tf
 import tf_keras
 
 import standins
+import hermetic
 from lealla_tf import cli, config, export, importing, training, wordpiece
 
 SEQ = 32
@@ -171,24 +168,8 @@ def test_fine_tune_export_and_eval_the_imported_model(tmp_path, imported, data_d
     assert "deu" in json.dumps(json.load(open(result)))
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@contextlib.contextmanager
 def _serve(directory):
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=directory))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        thread.join()
-
-
+    return hermetic.serve_directory(directory)
 def test_import_downloads_a_published_model_through_the_hub_cache(tmp_path, released,
                                                                    monkeypatch):
     # TF Hub's compressed format: GET <handle>?tf-hub-format=compressed gives a .tar.gz with

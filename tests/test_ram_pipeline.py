@@ -11,7 +11,7 @@ import pytest
 
 import hermetic
 from lealla_tf import (config, embedders, export, fileio, preprocessing, teacher_embeddings,
-                       teachers, training)
+                       training)
 from lealla_tf.evaluation import tatoeba
 
 ROOT = "ram://pipeline_e2e"
@@ -22,15 +22,7 @@ class Killed(Exception):
 
 
 def _teacher(dim=16):
-    proj = np.random.default_rng(0).normal(size=(256, dim))
-
-    def fn(sentences):
-        counts = np.zeros((len(sentences), 256))
-        for i, s in enumerate(sentences):
-            for b in s.encode("utf-8"):
-                counts[i, b] += 1
-        return counts @ proj
-    return teachers.CallableTeacher(fn, name="bytes", dim=dim)
+    return hermetic.byte_count_teacher(dim, name="bytes")
 
 
 def _cfg(files, vocab, emb, steps):
