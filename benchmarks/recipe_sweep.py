@@ -56,6 +56,7 @@ VARIANTS = {
     "scale50": (DEMO, ["loss.scale=50"], "demo, AMS scale 50"),
     "layers2": (DEMO, ["model.num_layers=2"], "demo with 2 layers"),
     "seq48": (DEMO, ["preprocess.seq_length=48"], "demo, sequence length 48"),
+    "steps800": (DEMO, ["train.steps=800"], "demo, 800 steps"),
     "steps1200": (DEMO, ["train.steps=1200"], "demo, 1200 steps"),
     "old_demo": (DEMO, OLD, "the previous recipe: own vocabulary, random, [CLS]"),
     "random_pos": (DEMO, ["model.position_init=random"],
