@@ -302,46 +302,89 @@ def pack_dense(token_values: tf.Tensor, row_splits: tf.Tensor, seq_length: int,
     }
 
 
+def config_bytes(value: Union[str, bytes, Sequence[str]]):
+    """Undoes the ``base64:`` encoding ``get_config`` gives vocabulary bytes; else as is."""
+    if isinstance(value, str) and value.startswith("base64:"):
+        return base64.b64decode(value[len("base64:"):])
+    return value
+
+
+class PackingPreprocessor(tf_keras.layers.Layer):
+    """What the SentencePiece and WordPiece preprocessors share: the packed length and
+    its options, ``tokenize`` and the dense (TFLite-safe) single-segment packing of
+    :meth:`call`. Subclasses set ``self.tokenizer`` and, where the special tokens are not
+    ``CLS_ID``/``SEP_ID``/``PAD_ID``, override :meth:`pack_ids`.
+
+    Args:
+      seq_length: length of the packed inputs ([CLS] + up to seq_length-2 pieces + [SEP]).
+      dynamic_length: pad each batch only to its longest sentence (at most
+        ``seq_length``) instead of to ``seq_length`` (see :func:`pack_dense`); calls
+        may override it.
+      length_multiple: with ``dynamic_length``, round lengths up to a multiple of this.
+    """
+
+    def __init__(self, seq_length: int = 64, dynamic_length: bool = False,
+                 length_multiple: int = 1, **kwargs):
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        if seq_length < 2:
+            raise ValueError(f"seq_length must be at least 2, got {seq_length}")
+        if length_multiple < 1:
+            raise ValueError(f"length_multiple must be positive, got {length_multiple}")
+        self.seq_length = int(seq_length)
+        self.dynamic_length = bool(dynamic_length)
+        self.length_multiple = int(length_multiple)
+
+    def pack_ids(self) -> Dict[str, int]:
+        """The ids :func:`pack_dense` puts around and after the tokens."""
+        return {"cls_id": CLS_ID, "sep_id": SEP_ID, "pad_id": PAD_ID}
+
+    def tokenize(self, strings: tf.Tensor) -> tf.RaggedTensor:
+        """Strings [batch] -> int32 RaggedTensor [batch, (tokens)] (no special tokens)."""
+        strings = tf.convert_to_tensor(strings, dtype=tf.string)
+        return tf.cast(self.tokenizer.tokenize(strings), tf.int32)
+
+    def call(self, strings: tf.Tensor, dynamic_length: Optional[bool] = None,
+             length_multiple: Optional[int] = None) -> Dict[str, tf.Tensor]:
+        """Strings [batch] -> packed inputs with dense ops only (TFLite-safe);
+        ``dynamic_length``/``length_multiple`` override the layer's settings for this call."""
+        strings = tf.reshape(tf.convert_to_tensor(strings, dtype=tf.string), [-1])
+        tokens = self.tokenizer.tokenize(strings)
+        dynamic = self.dynamic_length if dynamic_length is None else bool(dynamic_length)
+        return pack_dense(tokens.flat_values, tokens.row_splits, self.seq_length,
+                          dynamic_length=dynamic,
+                          length_multiple=int(length_multiple or self.length_multiple),
+                          **self.pack_ids())
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"seq_length": self.seq_length, "dynamic_length": self.dynamic_length,
+                       "length_multiple": self.length_multiple})
+        return config
+
+
 @tf_keras.utils.register_keras_serializable(package="lealla")
-class Preprocessor(tf_keras.layers.Layer):
+class Preprocessor(PackingPreprocessor):
     """Strings -> ``input_word_ids``, ``input_mask``, ``input_type_ids`` (int32).
 
     Args:
       sp_model: a SentencePiece unigram model: bytes, a ``.model`` file, or a
         directory holding ``spm.model``.
-      seq_length: length of the packed inputs ([CLS] + up to seq_length-2 pieces + [SEP]).
-      dynamic_length: pad each batch only to its longest sentence (at most
-        ``seq_length``) instead of to ``seq_length`` (see :func:`pack_dense`); calls
-        may override it. Off by default: the TF Hub preprocessor API packs to a fixed
-        length.
-      length_multiple: with ``dynamic_length``, round lengths up to a multiple of this.
+      seq_length, dynamic_length, length_multiple: see :class:`PackingPreprocessor`
+        (``dynamic_length`` is off by default: the TF Hub preprocessor API packs to a
+        fixed length).
     """
 
     def __init__(self, sp_model: Union[str, bytes], seq_length: int = 64,
                  dynamic_length: bool = False, length_multiple: int = 1, **kwargs):
-        kwargs.setdefault("trainable", False)
-        super().__init__(**kwargs)
-        if isinstance(sp_model, str) and sp_model.startswith("base64:"):
-            sp_model = base64.b64decode(sp_model[len("base64:"):])
-        self._model_bytes = read_model(sp_model)
-        if seq_length < 2:
-            raise ValueError(f"seq_length must be at least 2, got {seq_length}")
-        self.seq_length = int(seq_length)
-        if length_multiple < 1:
-            raise ValueError(f"length_multiple must be positive, got {length_multiple}")
-        self.dynamic_length = bool(dynamic_length)
-        self.length_multiple = int(length_multiple)
+        super().__init__(seq_length, dynamic_length, length_multiple, **kwargs)
+        self._model_bytes = read_model(config_bytes(sp_model))
         self.tokenizer = tf_text.FastSentencepieceTokenizer(self._model_bytes)
         self.vocab_size = int(self.tokenizer.vocab_size())
 
     @property
     def model_bytes(self) -> bytes:
         return self._model_bytes
-
-    def tokenize(self, strings: tf.Tensor) -> tf.RaggedTensor:
-        """Strings [batch] -> int32 RaggedTensor [batch, (tokens)] (no special tokens)."""
-        strings = tf.convert_to_tensor(strings, dtype=tf.string)
-        return tf.cast(self.tokenizer.tokenize(strings), tf.int32)
 
     def bert_pack_inputs(self, segments: Sequence[tf.RaggedTensor],
                          seq_length: Optional[int] = None) -> Dict[str, tf.Tensor]:
@@ -365,26 +408,9 @@ class Preprocessor(tf_keras.layers.Layer):
                 "input_mask": tf.cast(mask, tf.int32),
                 "input_type_ids": tf.cast(type_ids, tf.int32)}
 
-    def call(self, strings: tf.Tensor, dynamic_length: Optional[bool] = None,
-             length_multiple: Optional[int] = None) -> Dict[str, tf.Tensor]:
-        """Strings [batch] -> packed inputs; ``dynamic_length``/``length_multiple``
-        override the layer's settings for this call."""
-        strings = tf.convert_to_tensor(strings, dtype=tf.string)
-        strings = tf.reshape(strings, [-1])
-        tokens = self.tokenizer.tokenize(strings)
-        dynamic = self.dynamic_length if dynamic_length is None else bool(dynamic_length)
-        return pack_dense(tokens.flat_values, tokens.row_splits, self.seq_length,
-                          dynamic_length=dynamic,
-                          length_multiple=int(length_multiple or self.length_multiple))
-
     def get_config(self):
         config = super().get_config()
-        config.update({
-            "sp_model": "base64:" + base64.b64encode(self._model_bytes).decode("ascii"),
-            "seq_length": self.seq_length,
-            "dynamic_length": self.dynamic_length,
-            "length_multiple": self.length_multiple,
-        })
+        config["sp_model"] = "base64:" + base64.b64encode(self._model_bytes).decode("ascii")
         return config
 
 

@@ -107,7 +107,7 @@ def special_ids(tokens: Sequence[str]) -> Dict[str, int]:
 
 
 @tf_keras.utils.register_keras_serializable(package="lealla")
-class WordpiecePreprocessor(tf_keras.layers.Layer):
+class WordpiecePreprocessor(preprocessing.PackingPreprocessor):
     """Strings -> ``input_word_ids``, ``input_mask``, ``input_type_ids`` (int32), WordPiece.
 
     Args:
@@ -128,20 +128,10 @@ class WordpiecePreprocessor(tf_keras.layers.Layer):
     def __init__(self, vocab: Union[str, bytes, Sequence[str]], seq_length: int = 64,
                  do_lower_case: bool = False, dynamic_length: bool = False,
                  length_multiple: int = 1, max_bytes_per_word: int = 100, **kwargs):
-        kwargs.setdefault("trainable", False)
-        super().__init__(**kwargs)
-        if isinstance(vocab, str) and vocab.startswith("base64:"):
-            vocab = base64.b64decode(vocab[len("base64:"):])
-        self._vocab_bytes = read_vocab_bytes(vocab)
+        super().__init__(seq_length, dynamic_length, length_multiple, **kwargs)
+        self._vocab_bytes = read_vocab_bytes(preprocessing.config_bytes(vocab))
         self.tokens = vocab_tokens(self._vocab_bytes)
-        if seq_length < 2:
-            raise ValueError(f"seq_length must be at least 2, got {seq_length}")
-        if length_multiple < 1:
-            raise ValueError(f"length_multiple must be positive, got {length_multiple}")
-        self.seq_length = int(seq_length)
         self.do_lower_case = bool(do_lower_case)
-        self.dynamic_length = bool(dynamic_length)
-        self.length_multiple = int(length_multiple)
         self.max_bytes_per_word = int(max_bytes_per_word)
         self.special_ids = special_ids(self.tokens)
         self.vocab_size = len(self.tokens)
@@ -156,10 +146,10 @@ class WordpiecePreprocessor(tf_keras.layers.Layer):
         """The ``vocab.txt`` content (what exports carry as their ``vocab_file`` asset)."""
         return self._vocab_bytes
 
-    def tokenize(self, strings: tf.Tensor) -> tf.RaggedTensor:
-        """Strings [batch] -> int32 RaggedTensor [batch, (tokens)] (no special tokens)."""
-        strings = tf.convert_to_tensor(strings, dtype=tf.string)
-        return tf.cast(self.tokenizer.tokenize(strings), tf.int32)
+    def pack_ids(self) -> Dict[str, int]:
+        ids = self.special_ids
+        return {"cls_id": ids["start_of_sequence_id"], "sep_id": ids["end_of_segment_id"],
+                "pad_id": ids["padding_id"]}
 
     def bert_pack_inputs(self, segments: Sequence[tf.RaggedTensor],
                          seq_length: Optional[int] = None) -> Dict[str, tf.Tensor]:
@@ -182,26 +172,11 @@ class WordpiecePreprocessor(tf_keras.layers.Layer):
             end_of_segment_id=ids["end_of_segment_id"], padding_id=ids["padding_id"])
         return {k: tf.cast(v, tf.int32) for k, v in out.items()}
 
-    def call(self, strings: tf.Tensor, dynamic_length: Optional[bool] = None,
-             length_multiple: Optional[int] = None) -> Dict[str, tf.Tensor]:
-        """Strings [batch] -> packed inputs with dense ops only (TFLite-safe)."""
-        strings = tf.reshape(tf.convert_to_tensor(strings, dtype=tf.string), [-1])
-        tokens = self.tokenizer.tokenize(strings)
-        dynamic = self.dynamic_length if dynamic_length is None else bool(dynamic_length)
-        ids = self.special_ids
-        return preprocessing.pack_dense(
-            tokens.flat_values, tokens.row_splits, self.seq_length,
-            cls_id=ids["start_of_sequence_id"], sep_id=ids["end_of_segment_id"],
-            pad_id=ids["padding_id"], dynamic_length=dynamic,
-            length_multiple=int(length_multiple or self.length_multiple))
-
     def get_config(self):
         config = super().get_config()
         config.update({
             "vocab": "base64:" + base64.b64encode(self._vocab_bytes).decode("ascii"),
-            "seq_length": self.seq_length, "do_lower_case": self.do_lower_case,
-            "dynamic_length": self.dynamic_length, "length_multiple": self.length_multiple,
-            "max_bytes_per_word": self.max_bytes_per_word,
+            "do_lower_case": self.do_lower_case, "max_bytes_per_word": self.max_bytes_per_word,
         })
         return config
 

@@ -20,6 +20,22 @@ try:
 except RuntimeError:  # TF already initialised by another plugin: keep what is there
     pass
 
+def _train_vocab(tmp_path_factory, name, files, vocab_size, sentences_per_language):
+    from lealla_tf import preprocessing
+    return preprocessing.train_vocab(files, str(tmp_path_factory.mktemp(name)),
+                                     vocab_size=vocab_size,
+                                     sentences_per_language=sentences_per_language,
+                                     progress=False)
+
+
+def _tiny_config(vocab):
+    """The shipped tiny model shape with the vocabulary size of ``vocab``."""
+    import sentencepiece as spm
+    from lealla_tf import config
+    n = spm.SentencePieceProcessor(model_file=vocab).get_piece_size()
+    return config.load("tiny", [f"model.vocab_size={n}"])
+
+
 # Languages whose training files give the test vocabulary many scripts.
 VOCAB_LANGS = ("deu", "rus", "ara", "cmn", "jpn", "tha", "hin", "ell", "heb", "kor")
 
@@ -40,19 +56,13 @@ def hermetic_files(tmp_path_factory):
 @pytest.fixture(scope="session")
 def hermetic_vocab(tmp_path_factory, hermetic_files):
     """A unigram vocabulary (at most 300 pieces) trained on the synthetic corpus."""
-    from lealla_tf import preprocessing
-    out = tmp_path_factory.mktemp("hermetic_vocab")
-    return preprocessing.train_vocab(hermetic_files, str(out), vocab_size=300,
-                                     sentences_per_language=300, progress=False)
+    return _train_vocab(tmp_path_factory, "hermetic_vocab", hermetic_files, 300, 300)
 
 
 @pytest.fixture(scope="session")
 def hermetic_config(hermetic_vocab):
     """The tiny model shape with the vocabulary size of ``hermetic_vocab``."""
-    import sentencepiece as spm
-    from lealla_tf import config
-    n = spm.SentencePieceProcessor(model_file=hermetic_vocab).get_piece_size()
-    return config.load("tiny", [f"model.vocab_size={n}"])
+    return _tiny_config(hermetic_vocab)
 
 
 @pytest.fixture(scope="session")
@@ -74,20 +84,13 @@ def train_files(data_dir):
 @pytest.fixture(scope="session")
 def tiny_vocab(tmp_path_factory, train_files):
     """A 4000-piece (at most) unigram vocabulary trained on real text in 10 scripts (seconds)."""
-    from lealla_tf import preprocessing
-    out = tmp_path_factory.mktemp("vocab")
-    return preprocessing.train_vocab(train_files, str(out), vocab_size=4000,
-                                     sentences_per_language=400, progress=False)
+    return _train_vocab(tmp_path_factory, "vocab", train_files, 4000, 400)
 
 
 @pytest.fixture(scope="session")
 def tiny_config(tiny_vocab):
     """The tiny model shape with the vocabulary size of ``tiny_vocab``."""
-    import sentencepiece as spm
-    from lealla_tf import config
-    n = spm.SentencePieceProcessor(model_file=tiny_vocab).get_piece_size()
-    return config.load(os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.yaml"),
-                       [f"model.vocab_size={n}"])
+    return _tiny_config(tiny_vocab)
 
 
 @pytest.fixture(scope="session")
