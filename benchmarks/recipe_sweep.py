@@ -61,6 +61,9 @@ VARIANTS = {
     "old_demo": (DEMO, OLD, "the previous recipe: own vocabulary, random, [CLS]"),
     "random_pos": (DEMO, ["model.position_init=random"],
                    "demo with random position/type init"),
+    "lazy": (DEMO, ["train.optimizer=lazy_adamw"], "demo, lazy AdamW on the table"),
+    "static_lazy": (STATIC, ["train.optimizer=lazy_adamw"],
+                    "static, lazy AdamW on the table"),
 }
 
 

@@ -224,6 +224,9 @@ class TeacherConfig:
             raise ConfigError(f"teacher.dim must be >= 0, got {self.dim}")
 
 
+OPTIMIZERS = ("adamw", "lazy_adamw")
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Optimiser, schedule and bookkeeping of the training job."""
@@ -234,6 +237,10 @@ class TrainConfig:
     warmup_steps: int = 100
     end_learning_rate: float = 0.0
     weight_decay: float = 0.01
+    # adamw: Model Garden's AdamW, whose sparse (embedding-table) updates still decay the
+    # moments and weights of every row; lazy_adamw: the same maths, but an embedding table's
+    # rows that are not in the batch are left alone (cheap with a 128k+ vocabulary).
+    optimizer: str = "adamw"
     clip_norm: float = 1.0
     steps_per_loop: int = 1
     checkpoint_every: int = 500
@@ -251,6 +258,9 @@ class TrainConfig:
     embedding_table_from: str = ""
 
     def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                              f"got {self.optimizer!r}")
         if self.mixed_precision not in ("float32", "mixed", "mixed_float16", "mixed_bfloat16"):
             raise ConfigError(
                 "train.mixed_precision must be float32, mixed, mixed_float16 or mixed_bfloat16, "

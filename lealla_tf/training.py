@@ -110,6 +110,9 @@ class TrainResult:
 def build_optimizer(train_cfg: config_lib.TrainConfig):
     """AdamW + warm-up + linear decay via ``official.modeling.optimization``.
 
+    ``train.optimizer: lazy_adamw`` swaps in :class:`lealla_tf.optimization.LazyAdamWeightDecay`
+    (the same maths; an embedding table's unused rows are left alone).
+
     The learning rate rises linearly to ``train.learning_rate`` over ``train.warmup_steps``,
     then falls linearly to ``train.end_learning_rate`` at ``train.steps``. Gradient clipping
     is left to the train step (after the cross-replica sum).
@@ -137,6 +140,15 @@ def build_optimizer(train_cfg: config_lib.TrainConfig):
             "warmup_steps": train_cfg.warmup_steps, "power": 1.0}}
     factory = optimizer_factory.OptimizerFactory(optimization_config.OptimizationConfig(params))
     schedule = factory.build_learning_rate()
+    if train_cfg.optimizer == "lazy_adamw":
+        from lealla_tf import optimization
+
+        adamw = params["optimizer"]["adamw"]
+        return optimization.LazyAdamWeightDecay(
+            learning_rate=schedule, weight_decay_rate=adamw["weight_decay_rate"],
+            exclude_from_weight_decay=adamw["exclude_from_weight_decay"],
+            beta_1=adamw["beta_1"], beta_2=adamw["beta_2"], epsilon=adamw["epsilon"],
+            gradient_clip_norm=0.0), schedule
     return factory.build_optimizer(schedule), schedule
 
 
