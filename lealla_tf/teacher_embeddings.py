@@ -170,6 +170,14 @@ def load_projection(embeddings_dir: str, manifest: Optional[dict] = None) -> Opt
     return out
 
 
+def teacher_dim(embeddings_dir: str) -> int:
+    """The teacher's own dimension (before any PCA) of an embeddings directory (0: none)."""
+    manifest = _read_manifest(embeddings_dir)
+    if manifest is None:
+        return 0
+    return int(manifest.get("teacher_dim", manifest.get("dim", 0)))
+
+
 def reconstruct(embeddings_dir: str, rows: np.ndarray) -> np.ndarray:
     """Maps stored (possibly PCA-reduced) rows back to the teacher's space (float32)."""
     projection = load_projection(embeddings_dir)

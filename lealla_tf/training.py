@@ -228,6 +228,14 @@ def _training_files(data_cfg: config_lib.DataConfig):
     return corpus_lib.find_files(data_cfg.train_files, root, data_cfg.languages)
 
 
+def _stored_teacher_dim(embeddings_dir: str) -> int:
+    """The teacher's own dimension recorded by a (possibly PCA-reduced) shard directory."""
+    if not embeddings_dir:
+        return 0
+    from lealla_tf import teacher_embeddings
+    return teacher_embeddings.teacher_dim(embeddings_dir)
+
+
 def _check_resume_config(cfg: config_lib.ExperimentConfig, model_dir: str) -> None:
     path = fileio.join(model_dir, CONFIG_FILE)
     if not fileio.exists(path):
@@ -290,7 +298,8 @@ class Trainer:
                         cfg.data.teacher_embeddings)
         self.corpus = corpus or data_lib.load_corpus_from_config(
             dataclasses.replace(cfg.data, teacher_embeddings="") if self.online else cfg.data)
-        if cfg.teacher.dim and self.corpus.teacher_dim not in (0, cfg.teacher.dim):
+        if cfg.teacher.dim and self.corpus.teacher_dim not in (0, cfg.teacher.dim) and (
+                _stored_teacher_dim(cfg.data.teacher_embeddings) != cfg.teacher.dim):
             raise config_lib.ConfigError(
                 f"teacher.dim is {cfg.teacher.dim} but the teacher embeddings "
                 f"({cfg.data.teacher_embeddings}) are {self.corpus.teacher_dim}-d")

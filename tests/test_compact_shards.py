@@ -160,7 +160,12 @@ def test_training_reads_compact_shards(tmp_path, teacher, hermetic_files, hermet
         f"vocab.model_file={hermetic_vocab}", f"model.vocab_size={hermetic_config.model.vocab_size}",
         f"data.train_files=[{','.join(hermetic_files)}]", f"data.teacher_embeddings={folder}",
         "train.steps=2", "train.steps_per_loop=2", "train.global_batch_size=16",
-        "loss.feature_distill_weight=1.0", "loss.logit_distill_weight=1.0", "teacher.dim=6"])
+        "loss.feature_distill_weight=1.0", "loss.logit_distill_weight=1.0"])
+    # teacher.dim is the teacher's own (16), also for shards it reduced to 6.
+    cfg.teacher.dim = DIM + 1
+    with pytest.raises(config.ConfigError, match="teacher.dim is 17"):
+        training.Trainer(cfg, str(tmp_path / "bad"), progress=False)
+    cfg.teacher.dim = DIM
     trainer = training.Trainer(cfg, str(tmp_path / "run"), progress=False)
     assert trainer.loss_layer.teacher_dim == 6
     result = trainer.run()
