@@ -23,7 +23,9 @@ Pipeline (the same on every worker; deterministic for a seed; resumable):
    sees.
 
 Each element is ``{"src": inputs, "tgt": inputs[, "teacher_src": [b, D],
-"teacher_tgt": [b, D]]}`` with ``inputs`` the Preprocessor's int32 dict.
+"teacher_tgt": [b, D]]}`` with ``inputs`` the Preprocessor's int32 dict; with an online
+teacher (``teacher.mode: online``) ``teacher_inputs_src``/``teacher_inputs_tgt`` (the
+teacher's own packed inputs, or the strings) replace the teacher rows.
 
 Example::
 
