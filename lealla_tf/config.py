@@ -232,7 +232,10 @@ class TeacherConfig:
             raise ConfigError(f"teacher.mode must be one of {', '.join(TEACHER_MODES)}, "
                               f"got {self.mode!r}")
         if self.mode == "online" and not self.spec:
-            raise ConfigError("teacher.mode: online needs teacher.spec (a TensorFlow teacher)")
+            raise ConfigError(
+                "teacher.mode: online needs teacher.spec naming a TensorFlow teacher (labse, "
+                "hub:..., savedmodel:..., export:..., run:...); other teachers need "
+                "teacher.mode: precomputed")
 
 
 OPTIMIZERS = ("adamw", "lazy_adamw")

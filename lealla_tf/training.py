@@ -357,11 +357,12 @@ class Trainer:
     def _load_online_teacher(self):
         """The frozen teacher of ``teacher.mode: online``, loaded under the strategy."""
         from lealla_tf import online_teacher
-        if self._teacher is not None and not isinstance(self._teacher,
-                                                        online_teacher.OnlineTeacher):
-            online_teacher.check_teacher(self._teacher)  # a clear error for Python teachers
-        teacher = self._teacher if self._teacher is not None else online_teacher.load(
-            self.cfg.teacher.spec, self.strategy)
+        if isinstance(self._teacher, online_teacher.OnlineTeacher):
+            teacher = self._teacher
+        elif self.cfg.teacher.spec:  # (a teacher object given too serves vocab/init only)
+            teacher = online_teacher.load(self.cfg.teacher.spec, self.strategy)
+        else:  # a clear error for Python teachers
+            teacher = online_teacher.check_teacher(self._teacher)
         if teacher.string_inputs and distribute_lib.device_type(self.strategy) == "tpu":
             raise config_lib.ConfigError(
                 f"teacher {teacher.name} takes strings, which a TPU step cannot: use a "

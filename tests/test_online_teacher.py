@@ -4,7 +4,7 @@ Parity: with the same teacher, an online run and a precomputed run (float32 shar
 store adds no rounding) see the same teacher rows, hence the same loss and gradients at
 step 1 and the same weights after several steps, on one device and under MirroredStrategy
 over 2 logical CPUs. Tolerances (float32): loss rtol 1e-5; gradients atol 1e-5 (their
-largest entries are ~1e-2; the teacher encodes the sentences in other groupings, and two
+largest entries exceed 1e-3; the teacher encodes the sentences in other groupings, and two
 replicas sum in another order); weights atol 1e-5 after 4 AdamW steps.
 """
 
@@ -190,16 +190,20 @@ def test_non_tensorflow_teachers_point_to_precomputed(tmp_path, hermetic_config,
     with pytest.raises(config.ConfigError, match="not a TensorFlow graph.*teacher.mode: "
                                                  "precomputed"):
         training.Trainer(cfg, str(tmp_path / "muse"), progress=False)
-    with pytest.raises(config.ConfigError, match="teacher.mode: precomputed"):
+    cfg = _config(hermetic_config, hermetic_vocab, hermetic_files,
+                  "py:hermetic:byte_count_teacher", "online")
+    with pytest.raises(config.ConfigError, match="Python callable.*teacher.mode: precomputed"):
         training.Trainer(cfg, str(tmp_path / "callable"), progress=False,
                          teacher=hermetic.byte_count_teacher())
+    with pytest.raises(config.ConfigError, match="Python object.*teacher.mode: precomputed"):
+        online_teacher.check_teacher(hermetic.byte_count_teacher())
     with pytest.raises(config.ConfigError, match="teacher.mode must be one of"):
         config.load("tiny", ["teacher.mode=live"]).validate()
-    with pytest.raises(config.ConfigError, match="needs teacher.spec"):
+    with pytest.raises(config.ConfigError, match="needs teacher.spec.*teacher.mode: precomputed"):
         config.load("tiny", ["teacher.mode=online"]).validate()
 
 
-def test_cli_embed_compact_and_train_online(tmp_path, teacher_specs, hermetic_files, capsys):
+def test_cli_embed_compact(tmp_path, teacher_specs, hermetic_files, capsys):
     out = str(tmp_path / "emb")
     assert cli.main(["teacher", "embed", "--teacher", teacher_specs["string"], "--input",
                      *hermetic_files, "--output", out, "--dim", "8", "--dtype", "int8",
