@@ -6,12 +6,20 @@ training job: :func:`precompute` runs it over some ``xxx-eng.tsv`` corpora and s
 shards; training reads them back with :func:`load_precomputed`, and :func:`verify` re-reads
 the corpora to check every shard against them. Layout of ``DIR``::
 
-    manifest.json                 teacher name, dim, dtype, shard size; per TSV: absolute
-                                  path, size, sha256, physical lines, shards, completion
+    manifest.json                 teacher name, dim, dtype, shard size (compact: the
+                                  teacher's own dim, the projection's sha256); per TSV:
+                                  absolute path, size, sha256, physical lines, shards,
+                                  completion
+    projection.npz                compact shards only: the PCA (components [D, teacher dim])
     <tsv name>-<hash>/
       000000000-000005000.npz     src [n, D] float16, tgt [n, D] float16, valid bool [n],
-      000005000-000010000.npz     meta (JSON: line range, byte range, sha256 of the lines)
-      ...
+      000005000-000010000.npz     meta (JSON: line range, byte range, sha256 of the lines,
+      ...                         dtype, projection sha256); int8 rows: src_scale, tgt_scale
+
+Compact shards (``dim``/``dtype`` of :func:`precompute`, ``lealla teacher embed --dim D
+--dtype float16|int8``): rows reduced by a PCA fitted on a sample of the teacher's
+embeddings and/or stored as int8 with a per-row scale; :func:`load_precomputed` returns
+them decoded, so training reads them like any other (its teacher dimension becomes ``D``).
 
 Rows are indexed by *physical* line (see :mod:`lealla_tf.corpus`): a malformed line gets
 zero rows and ``valid=False``, so it never shifts what follows. Shards are written to a
