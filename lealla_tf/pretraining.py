@@ -526,11 +526,15 @@ class Pretrainer:
         teacher = {}
 
         def teacher_fn():
+            if not cfg.teacher.spec:
+                raise config_lib.ConfigError("vocab.source: teacher and model.embedding_init "
+                                             "need a teacher: set teacher.spec")
             if "t" not in teacher:
                 from lealla_tf import teachers
                 teacher["t"] = teachers.load_teacher(cfg.teacher.spec)
             return teacher["t"]
 
+        self._teacher_fn = teacher_fn
         self.vocab_path = training.resolve_vocab(cfg, self.model_dir, self.strategy,
                                                  progress=progress, teacher_fn=teacher_fn)
         self.vocab_bytes = wordpiece.read_vocab(cfg.vocab.type, self.vocab_path)
@@ -562,6 +566,10 @@ class Pretrainer:
         self.stage: Optional[Stage] = None
         self.restored_from: Optional[str] = None
         self._enter(self._latest_stage())
+        # A finished stage hands over at once: the object holds the stacked model before
+        # its first step.
+        while self.step >= self.stage.end and self.stage.index < len(self.plan) - 1:
+            self._enter(self.plan[self.stage.index + 1])
         if self.chief:
             self.writer = tf.summary.create_file_writer(fileio.join(self.model_dir, LOG_DIR))
         else:
@@ -678,6 +686,9 @@ class Pretrainer:
                     self._carry_optimizer(source, parts, pairs)
             log.info("stage %d: %d layers stacked from %d", stage.index, stage.layers,
                      len(source["encoder"].bert._transformer_layers))
+        if not latest and source is None:
+            with self.strategy.scope():
+                self._initialise_embeddings(parts["encoder"])
         self.parts = parts
         self.stage = stage
         self.checkpoint = self._checkpoint(parts)
@@ -692,6 +703,28 @@ class Pretrainer:
             self.restored_from = latest
             log.info("resumed stage %d from %s at step %d", stage.index, latest, self.step)
         self._train_loop = self._make_train_loop()
+
+    def _initialise_embeddings(self, encoder) -> None:
+        """``model.embedding_init`` / ``position_init`` at the very start, as the training
+        job applies them (a teacher-made word table; zero position and type tables)."""
+        cfg = self.cfg
+        if cfg.model.embedding_init != "random":
+            from lealla_tf import student_init
+            table = student_init.initial_table(
+                cfg.model.embedding_init, self._teacher_fn(), self.vocab_path,
+                cfg.model.hidden_size, cfg.model.initializer_range,
+                cache_dir=fileio.dirname(self.vocab_path), progress=self.progress)
+            variable = encoder.word_embeddings
+            if tuple(variable.shape) != table.shape:
+                raise config_lib.ConfigError(
+                    f"embedding init gives a {table.shape} table but the encoder's is "
+                    f"{tuple(variable.shape)}: model.vocab_size must equal the vocabulary's size")
+            variable.assign(tf.cast(table, variable.dtype))
+        if cfg.model.position_init == "zero":
+            bert = encoder.bert
+            for table in (bert._position_embedding_layer._position_embeddings,
+                          bert._type_embedding_layer.embeddings):
+                table.assign(tf.zeros_like(table))
 
     def _carry_optimizer(self, source, parts, pairs) -> None:
         old, new = source["optimizer"], parts["optimizer"]
