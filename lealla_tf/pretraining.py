@@ -509,11 +509,12 @@ class Pretrainer:
       strategy: default from ``cfg.distribute``.
       progress: tqdm progress bar (chief only).
       corpus: an already loaded :class:`PretrainCorpus`.
+      teacher: an already loaded teacher (``vocab.source: teacher``, ``model.embedding_init``).
     """
 
     def __init__(self, cfg: config_lib.ExperimentConfig, model_dir: str,
                  strategy: Optional[tf.distribute.Strategy] = None, progress: bool = True,
-                 corpus: Optional[PretrainCorpus] = None):
+                 corpus: Optional[PretrainCorpus] = None, teacher=None):
         cfg = cfg.validate()
         if cfg.model.architecture != "transformer":
             raise config_lib.ConfigError("lealla pretrain needs model.architecture: transformer")
@@ -523,7 +524,7 @@ class Pretrainer:
         self.chief = distribute_lib.is_chief(self.strategy)
         self.progress = progress and self.chief
         fileio.makedirs(self.model_dir)
-        teacher = {}
+        teacher = {"t": teacher} if teacher is not None else {}
 
         def teacher_fn():
             if not cfg.teacher.spec:
@@ -710,10 +711,14 @@ class Pretrainer:
         cfg = self.cfg
         if cfg.model.embedding_init != "random":
             from lealla_tf import student_init
+            source = cfg.vocab.model_file  # its folder may hold the piece-vector cache
+            cache = (fileio.dirname(fileio.normpath(source))
+                     if source and fileio.exists(source) and not fileio.isdir(source)
+                     else fileio.dirname(self.vocab_path))
             table = student_init.initial_table(
                 cfg.model.embedding_init, self._teacher_fn(), self.vocab_path,
-                cfg.model.hidden_size, cfg.model.initializer_range,
-                cache_dir=fileio.dirname(self.vocab_path), progress=self.progress)
+                cfg.model.hidden_size, cfg.model.initializer_range, cache_dir=cache,
+                progress=self.progress)
             variable = encoder.word_embeddings
             if tuple(variable.shape) != table.shape:
                 raise config_lib.ConfigError(
