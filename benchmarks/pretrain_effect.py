@@ -181,7 +181,7 @@ def run_variant(name, args, plan, teacher, files, zs, vocab, emb, root, output, 
         steps = plan["stacked_steps"] if stacked else [plan["pretrain_steps"]]
         stages = [1, 2, 4] if stacked else []
         total = sum(steps)
-        every = max(1, total // 6)
+        every = max(1, -(-total // 6))  # about 6 points on the curve
         cfg = _pretrain_cfg(args, files + zs, vocab, stages, steps if stacked else [], total,
                             every)
         job = pretraining.Pretrainer(cfg, os.path.join(run_root, "pretrain"), progress=False,
