@@ -76,7 +76,12 @@ def _add_train(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--init-from", default="", metavar="RUN_DIR",
                    help="start from the encoder, model shape and vocabulary of another run "
-                        "(e.g. `lealla import` of LaBSE/LEALLA): fine-tuning")
+                        "(`lealla import` of LaBSE/LEALLA, or `lealla pretrain`): "
+                        "fine-tuning")
+    p.add_argument("--init-checkpoint", default="", metavar="RUN_DIR_OR_CKPT",
+                   help="start from the encoder weights and vocabulary of a run or "
+                        "checkpoint, keeping this config's model shape (every tensor must "
+                        "match)")
     p.set_defaults(func=_train)
 
 
@@ -87,6 +92,8 @@ def _train(args) -> int:
     cfg = _load_config(args)
     if args.init_from:
         cfg.train.init_from = args.init_from
+    if args.init_checkpoint:
+        cfg.train.init_checkpoint = args.init_checkpoint
     try:
         result = training.train(cfg, args.model_dir, progress=not args.no_progress)
     except training.TrainingDiverged as e:
@@ -96,6 +103,37 @@ def _train(args) -> int:
                         if k in result.metrics)
     print(f"step {result.step}: {summary}; checkpoint {result.checkpoint}; "
           f"{result.examples_per_second:.1f} pairs/s")
+    return 0
+
+
+# ---------------------------------------------------------------- pretrain
+def _add_pretrain(sub) -> None:
+    p = sub.add_parser(
+        "pretrain", help="pre-train an encoder as LaBSE does: MLM on sentences + TLM on "
+        "translation pairs, with progressive stacking (pretrain.stages)")
+    _config_args(p, required=True)
+    p.add_argument("--model-dir", required=True,
+                   help="run directory (config, vocabulary, checkpoints, logs); rerunning "
+                        "resumes, also across stage boundaries; `lealla train --init-from` "
+                        "starts from it")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_pretrain)
+
+
+def _pretrain(args) -> int:
+    import logging
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from lealla_tf import pretraining, training
+    cfg = _load_config(args)
+    try:
+        result = pretraining.pretrain(cfg, args.model_dir, progress=not args.no_progress)
+    except training.TrainingDiverged as e:
+        print(f"lealla: {e}", file=sys.stderr)
+        return 1
+    summary = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()
+                        if k in ("loss", "accuracy") or k.startswith("eval/"))
+    print(f"step {result.step}: {summary}; checkpoint {result.checkpoint}; "
+          f"{result.sequences_per_second:.1f} sequences/s")
     return 0
 
 
@@ -628,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lealla", description="LEALLA sentence encoders: train, distil, export, evaluate.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_model, _add_vocab, _add_train, _add_import, _add_prune, _add_export,
+    for add in (_add_model, _add_vocab, _add_train, _add_pretrain, _add_import, _add_prune, _add_export,
                 _add_eval, _add_teacher, _add_demo, _add_data):
         add(sub)
     return parser

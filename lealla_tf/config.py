@@ -270,8 +270,14 @@ class TrainConfig:
     # matched to the student's tokens by spelling and reduced to model.hidden_size by PCA,
     # start the student's table (tokens it lacks keep their random rows).
     embedding_table_from: str = ""
+    # A run directory (e.g. `lealla pretrain`) or one of its checkpoints whose encoder
+    # weights and vocabulary start this run; the model shape stays this config's, and
+    # every encoder tensor must have the checkpoint's shape.
+    init_checkpoint: str = ""
 
     def validate(self) -> None:
+        if self.init_from and self.init_checkpoint:
+            raise ConfigError("set train.init_from or train.init_checkpoint, not both")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, "
                               f"got {self.optimizer!r}")
@@ -283,6 +289,68 @@ class TrainConfig:
                     "keep_checkpoints", "summary_every"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"train.{key} must be positive, got {getattr(self, key)}")
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """Masked-language-model pre-training (``lealla pretrain``; see lealla_tf.pretraining).
+
+    MLM on single sentences (either side of the training pairs, or ``text_files``) and
+    TLM on translation pairs (``[CLS] src [SEP] tgt [SEP]``, no language ids), mixed by
+    ``tlm_fraction``; LaBSE masks 20% of the pieces, at most 80 per sequence, 80/10/10.
+    """
+
+    # Share of the sequences that are TLM pairs (the rest: MLM on one sentence).
+    tlm_fraction: float = 0.5
+    # Share of the pieces chosen for prediction ([CLS]/[SEP]/padding never), and the most
+    # per sequence (also the padded number of predictions).
+    mask_rate: float = 0.2
+    max_predictions: int = 80
+    # Of the chosen pieces: replaced by [MASK] / by a random piece (the rest stay).
+    mask_token_rate: float = 0.8
+    random_token_rate: float = 0.1
+    # Plain-text files (one sentence per line; language = file stem), sampled as languages
+    # of their own beside data.train_files; globs; relative to the data root.
+    text_files: List[str] = dataclasses.field(default_factory=list)
+    # Progressive stacking: the number of layers of each stage (increasing, the last one
+    # model.num_layers) and the steps of each (summing to train.steps); empty: one stage.
+    stages: List[int] = dataclasses.field(default_factory=list)
+    stage_steps: List[int] = dataclasses.field(default_factory=list)
+    # At a stage boundary: "reset" the optimizer's moments, or "carry" them (the copied
+    # layers take the moments of the layers they are copied from).
+    stage_optimizer: str = "reset"
+    # Held-out pairs per language (the last ones read), not trained on; their MLM/TLM
+    # loss and accuracy are logged every eval_every steps (0: never).
+    eval_pairs_per_language: int = 0
+    eval_every: int = 0
+
+    def validate(self) -> None:
+        for key in ("tlm_fraction", "mask_token_rate", "random_token_rate"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"pretrain.{key} must be in [0, 1], got {getattr(self, key)}")
+        if self.mask_token_rate + self.random_token_rate > 1.0:
+            raise ConfigError("pretrain.mask_token_rate + pretrain.random_token_rate must be "
+                              f"<= 1, got {self.mask_token_rate} + {self.random_token_rate}")
+        if not 0.0 < self.mask_rate <= 1.0:
+            raise ConfigError(f"pretrain.mask_rate must be in (0, 1], got {self.mask_rate}")
+        if self.max_predictions <= 0:
+            raise ConfigError(f"pretrain.max_predictions must be positive, "
+                              f"got {self.max_predictions}")
+        if self.stage_optimizer not in ("reset", "carry"):
+            raise ConfigError(f"pretrain.stage_optimizer must be reset or carry, "
+                              f"got {self.stage_optimizer!r}")
+        if len(self.stages) != len(self.stage_steps):
+            raise ConfigError(f"pretrain.stages {self.stages} and pretrain.stage_steps "
+                              f"{self.stage_steps} must have the same length")
+        if any(n <= 0 for n in self.stages) or any(b <= a for a, b in
+                                                   zip(self.stages, self.stages[1:])):
+            raise ConfigError(f"pretrain.stages must be increasing positive layer counts, "
+                              f"got {self.stages}")
+        if any(s <= 0 for s in self.stage_steps):
+            raise ConfigError(f"pretrain.stage_steps must be positive, got {self.stage_steps}")
+        for key in ("eval_pairs_per_language", "eval_every"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"pretrain.{key} must be >= 0, got {getattr(self, key)}")
 
 
 @dataclasses.dataclass
@@ -327,6 +395,7 @@ class ExperimentConfig:
     teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     distribute: DistributeConfig = dataclasses.field(default_factory=DistributeConfig)
+    pretrain: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
     def validate(self) -> "ExperimentConfig":
@@ -334,6 +403,15 @@ class ExperimentConfig:
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
                 section.validate()
+        stages = self.pretrain.stages
+        if stages and stages[-1] != self.model.num_layers:
+            raise ConfigError(f"pretrain.stages {stages} must end with model.num_layers "
+                              f"({self.model.num_layers})")
+        if stages and sum(self.pretrain.stage_steps) != self.train.steps:
+            raise ConfigError(f"pretrain.stage_steps {self.pretrain.stage_steps} sum to "
+                              f"{sum(self.pretrain.stage_steps)} but train.steps is "
+                              f"{self.train.steps}: set train.steps="
+                              f"{sum(self.pretrain.stage_steps)}")
         longest = max(self.preprocess.seq_length, self.preprocess.inference_seq_length)
         if self.model.architecture == "transformer" and longest > self.model.max_position_embeddings:
             raise ConfigError(f"preprocess sequence length {longest} exceeds "

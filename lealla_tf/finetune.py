@@ -34,6 +34,12 @@ def _source_files(run_dir: str):
                                 "directory (lealla import / lealla train)?")
     checkpoint = tf.train.latest_checkpoint(os.path.join(run_dir, training.CHECKPOINT_DIR))
     if not checkpoint:
+        if os.path.isdir(os.path.join(run_dir, "stages")):
+            raise FileNotFoundError(
+                f"{run_dir} is a pre-training run that has not finished its last stage "
+                f"({run_dir}/checkpoints is empty; earlier stages are in {run_dir}/stages): "
+                "finish it with `lealla pretrain`, or name a stage's checkpoint with "
+                "train.init_checkpoint")
         raise FileNotFoundError(f"train.init_from: no checkpoint in {run_dir}/checkpoints")
     return config_lib.load(cfg_path), checkpoint
 
@@ -65,11 +71,112 @@ def restore_init(encoder, run_dir: str) -> str:
 
     Returns:
       The checkpoint path.
+
+    Raises:
+      ConfigError: tensors of the checkpoint and the encoder differ (named).
     """
     _, checkpoint = _source_files(run_dir)
+    restore_encoder_checkpoint(encoder, checkpoint, "train.init_from")
+    return checkpoint
+
+
+def resolve_checkpoint(path: str) -> "tuple[str, str]":
+    """``train.init_checkpoint`` -> ``(run_dir, checkpoint)``: a run directory (its latest
+    checkpoint in ``checkpoints/``) or a checkpoint prefix inside one (``RUN/checkpoints/
+    ckpt-N``, ``RUN/stages/layers-6/ckpt-N``).
+
+    Raises:
+      FileNotFoundError: neither, or no run directory above the checkpoint.
+    """
+    if tf.io.gfile.exists(path + ".index"):
+        run_dir = os.path.dirname(os.path.abspath(path))
+        from lealla_tf import training
+        for _ in range(3):
+            run_dir = os.path.dirname(run_dir)
+            if os.path.isfile(os.path.join(run_dir, training.CONFIG_FILE)):
+                return run_dir, path
+        raise FileNotFoundError(f"train.init_checkpoint: no run directory (config.yaml) "
+                                f"above {path}")
+    if os.path.isdir(path):
+        _, checkpoint = _source_files(path)
+        return path, checkpoint
+    raise FileNotFoundError(f"train.init_checkpoint: {path} is neither a run directory nor "
+                            "a checkpoint (no .index file)")
+
+
+def apply_init_checkpoint(cfg: config_lib.ExperimentConfig) -> config_lib.ExperimentConfig:
+    """``cfg`` with the vocabulary (and vocabulary size) of ``train.init_checkpoint``'s run;
+    the rest of the model shape stays ``cfg``'s (idempotent)."""
+    path = cfg.train.init_checkpoint
+    if not path:
+        return cfg
+    run_dir, _ = resolve_checkpoint(path)
+    from lealla_tf import training
+    source = config_lib.load(os.path.join(run_dir, training.CONFIG_FILE))
+    vocab_file = source.vocab.model_file
+    if not os.path.isabs(vocab_file):
+        vocab_file = os.path.abspath(os.path.join(run_dir, vocab_file))
+    vocab = dataclasses.replace(source.vocab, model_file=vocab_file)
+    model = dataclasses.replace(cfg.model, vocab_size=source.model.vocab_size,
+                                embedding_init="random")
+    return dataclasses.replace(cfg, model=model, vocab=vocab).validate()
+
+
+def checkpoint_mismatches(encoder, checkpoint: str):
+    """The encoder tensors whose shape differs from, or that are missing in, ``checkpoint``
+    (saved as ``tf.train.Checkpoint(encoder=...)``): lines ``path: model (..) vs checkpoint
+    (..)``."""
+    from tensorflow.python.checkpoint import graph_view
+    from tensorflow.python.checkpoint import util as checkpoint_util
+    root = tf.train.Checkpoint(encoder=encoder)
+    trackables, *_, paths = checkpoint_util.objects_ids_and_slot_variables_and_paths(
+        graph_view.ObjectGraphView(root))
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+    reader = tf.train.load_checkpoint(checkpoint)
+    shapes = reader.get_variable_to_shape_map()
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+
+    def saved_key(path: str):
+        # A variable is saved once, under whichever path reached it first (e.g. a tied
+        # embedding table under the MLM head): follow the object graph, not the key.
+        node = 0
+        for name in path.split("/"):
+            node = next((c.node_id for c in graph.nodes[node].children
+                         if c.local_name == name), None)
+            if node is None:
+                return None
+        return next((a.checkpoint_key for a in graph.nodes[node].attributes
+                     if a.name == "VARIABLE_VALUE"), None)
+
+    out = []
+    for obj in trackables:
+        if not isinstance(obj, tf.Variable):
+            continue
+        path = paths[obj]
+        path = path if isinstance(path, str) else "/".join(getattr(p, "name", str(p))
+                                                          for p in path)
+        key = saved_key(path)
+        if key is None or key not in shapes:
+            out.append(f"{path}: model {tuple(obj.shape)}, not in the checkpoint")
+        elif tuple(shapes[key]) != tuple(obj.shape):
+            out.append(f"{path}: model {tuple(obj.shape)} vs checkpoint {tuple(shapes[key])}")
+    return out
+
+
+def restore_encoder_checkpoint(encoder, checkpoint: str, purpose: str) -> None:
+    """Restores ``encoder`` from ``checkpoint`` after checking every tensor's shape.
+
+    Raises:
+      ConfigError: naming every tensor that differs or is missing.
+    """
+    bad = checkpoint_mismatches(encoder, checkpoint)
+    if bad:
+        raise config_lib.ConfigError(
+            f"{purpose}: {checkpoint} does not fit the model ({len(bad)} tensor(s) differ; "
+            "the model shape must be the checkpoint's):\n  " + "\n  ".join(bad))
     tf.train.Checkpoint(encoder=encoder).restore(checkpoint).expect_partial() \
         .assert_existing_objects_matched()
-    return checkpoint
 
 
 def _wordpiece_form(piece_id: int, text: str) -> str:

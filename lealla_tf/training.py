@@ -266,7 +266,7 @@ class Trainer:
     def __init__(self, cfg: config_lib.ExperimentConfig, model_dir: str,
                  strategy: Optional[tf.distribute.Strategy] = None, progress: bool = True,
                  corpus: Optional[data_lib.ParallelCorpus] = None, teacher=None):
-        cfg = finetune.apply_init_from(cfg.validate())
+        cfg = finetune.apply_init_checkpoint(finetune.apply_init_from(cfg.validate()))
         finetune.check_wordpiece_flags(cfg)
         self.cfg = cfg
         self.model_dir = fileio.normpath(model_dir)
@@ -437,7 +437,8 @@ class Trainer:
                     cfg.train.embedding_table_from, cfg.model.initializer_range)
             log.info("%d word-embedding rows initialised from %s", n,
                      cfg.train.embedding_table_from)
-        if (not latest and not cfg.train.init_from and cfg.model.position_init == "zero"
+        initialised = cfg.train.init_from or cfg.train.init_checkpoint
+        if (not latest and not initialised and cfg.model.position_init == "zero"
                 and hasattr(self.encoder, "bert")):
             bert = self.encoder.bert
             for table in (bert._position_embedding_layer._position_embeddings,
@@ -446,6 +447,11 @@ class Trainer:
         if not latest and cfg.train.init_from:
             log.info("encoder initialised from %s",
                      finetune.restore_init(self.encoder, cfg.train.init_from))
+        if not latest and cfg.train.init_checkpoint:
+            _, checkpoint = finetune.resolve_checkpoint(cfg.train.init_checkpoint)
+            finetune.restore_encoder_checkpoint(self.encoder, checkpoint,
+                                                "train.init_checkpoint")
+            log.info("encoder initialised from %s", checkpoint)
         if latest:
             self._restore_status = self.checkpoint.restore(latest)
             self._restore_status.assert_existing_objects_matched()

@@ -10,8 +10,10 @@ import tensorflow as tf
 from lealla_tf import config, losses, modeling, teachers, training
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+# (Pre-training recipes: tests/test_pretraining.py.)
 RECIPES = sorted(p for p in glob.glob(os.path.join(CONFIGS, "*.yaml"))
-                 if config.load(p).teacher.spec or "train" in os.path.basename(p))
+                 if (config.load(p).teacher.spec or "train" in os.path.basename(p))
+                 and not os.path.basename(p).startswith("pretrain_"))
 TINY = ["model.vocab_size=300", "model.hidden_size=16", "model.num_layers=1",
         "model.num_attention_heads=2", "model.intermediate_size=32"]
 

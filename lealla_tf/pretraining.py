@@ -1,0 +1,652 @@
+"""Pre-training as LaBSE does it: MLM + TLM, grown by progressive stacking.
+
+LaBSE (Feng et al., ACL 2022, "Language-agnostic BERT Sentence Embedding", section 3.3)
+pre-trains its encoder before the dual-encoder stage with masked language modelling (MLM)
+on monolingual sentences and translation language modelling (TLM; Conneau & Lample, 2019)
+on translation pairs, without language ids, and grows the L-layer encoder by progressive
+stacking (Gong et al., 2019): L/4 layers first, then L/2 with the trained layers copied on
+top, then L. ``lealla pretrain`` does the same with Model Garden's ``BertPretrainerV2``
+(``layers.MaskedLM``, tied to the word embeddings) over the ``BertEncoderV2`` of
+:class:`lealla_tf.modeling.LeallaEncoder`, so its run directory is one that ``lealla
+train --init-from`` (``train.init_from``) or ``train.init_checkpoint`` starts from.
+
+Inputs (``pretrain.*`` in :class:`lealla_tf.config.PretrainConfig`; built in
+:mod:`lealla_tf.pretrain_data`, whose names this module re-exports):
+
+- every global batch draws pairs as the training job does (:class:`lealla_tf.data.
+  GlobalBatchSampler`: a language with ``p ∝ n^alpha``, then its next pair, no repeated
+  sentence in a batch); plain-text files (``pretrain.text_files``) are languages of their
+  own whose "pairs" are one sentence;
+- each row is TLM with probability ``pretrain.tlm_fraction`` (``[CLS] a [SEP] b [SEP]``,
+  type ids 0 then 1, positions 0..n-1 as BERT, the two sides in random order, trimmed
+  round-robin), else MLM on one side (``[CLS] a [SEP]``); rows of text files are MLM;
+- masking (TF Text ``mask_language_model`` with a ``RandomItemSelector`` and a
+  ``MaskValuesChooser``): ``ceil(mask_rate * n)`` of the ``n`` pieces of a row that are not
+  ``[CLS]``/``[SEP]``/padding, at most ``max_predictions``; of those 80% become ``[MASK]``,
+  10% a random piece, 10% stay (``mask_token_rate``/``random_token_rate``). The random
+  draws are stateless, seeded by ``(data.seed, batch index)``, so a resumed run masks what
+  an uninterrupted one does, and every replica masks the *global* batch and keeps its
+  rows, so ``R`` replicas see what one device fed the global batch sees.
+
+The loss is the mean cross-entropy over all the global batch's predictions (summed per
+replica and divided by the global count), so gradients summed over replicas equal one
+device's. Optimiser, schedule, clipping, mixed precision and strategies are the training
+job's (:func:`lealla_tf.training.build_optimizer`; ``train.*``, ``distribute.*``).
+
+Progressive stacking (``pretrain.stages: [L/4, L/2, L]``, ``pretrain.stage_steps``): at a
+stage boundary the new encoder's layer ``j`` starts from the trained layer ``j mod n``
+(``n`` the previous depth: for a doubling, layers ``i`` and ``i + n`` both start from layer
+``i``); embeddings, pooler and the MLM head are carried over. ``pretrain.stage_optimizer``
+``reset`` starts fresh Adam moments (bias correction restarts too), ``carry`` gives each
+copied layer the moments of its source; the learning-rate schedule runs over all
+``train.steps`` either way.
+
+What stacking preserves, and what it does not: the lower ``n`` layers of the new encoder
+*are* the old encoder, so its ``n``-th layer's output (and an MLM head applied to it) equals
+the old model's output exactly. The stacked model's own output is the old block applied
+twice; with post-LayerNorm Transformer layers (BERT's, ours) that is a different function,
+so its first MLM loss is *not* the smaller model's (it would be only if the added layers
+were identities, which copies are not). Tests check the exact statements.
+
+Run directory::
+
+    config.yaml, vocab/          as for `lealla train` (model: the final shape)
+    stages/layers-N/ckpt-*       checkpoints of the stages before the last
+    checkpoints/ckpt-*           the last stage (the full encoder): what init_from reads
+    logs/pretrain/               TensorBoard: loss, mlm/tlm loss and accuracy, eval/*
+
+Rerunning the command resumes from the latest checkpoint, also across stage boundaries.
+
+Example::
+
+    lealla pretrain --config configs/pretrain_tiny.yaml --model-dir runs/pt
+    lealla train --config configs/train_tiny.yaml --init-from runs/pt --model-dir runs/ft
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import tensorflow as tf
+import tf_keras
+
+from lealla_tf import config as config_lib
+from lealla_tf import data as data_lib
+from lealla_tf import distribute as distribute_lib
+from lealla_tf import fileio, modeling, training, wordpiece
+
+log = logging.getLogger(__name__)
+
+LOG_DIR = os.path.join("logs", "pretrain")
+STAGES_DIR = "stages"
+METRICS = ("loss", "accuracy", "mlm_loss", "tlm_loss", "grad_norm")
+
+from lealla_tf.pretrain_data import (  # noqa: E402,F401  (the inputs, re-exported)
+    FEATURES, PretrainCorpus, StatelessMaskValuesChooser, StatelessRandomItemSelector,
+    eval_batches, load_corpus, make_dataset, make_features_fn, mask_and_pad,
+    pack_pretraining_inputs, special_ids, text_batches)
+
+
+# ---------------------------------------------------------------------------- model
+def build_pretrainer(encoder: modeling.LeallaEncoder, model_cfg: config_lib.ModelConfig):
+    """Model Garden's ``BertPretrainerV2`` (MLM head tied to the word embeddings) over the
+    encoder's ``BertEncoderV2``."""
+    from official.modeling import tf_utils
+    from official.nlp.modeling import models
+    return models.BertPretrainerV2(
+        encoder_network=encoder.bert,
+        mlm_activation=tf_utils.get_activation(model_cfg.hidden_act),
+        mlm_initializer=tf_keras.initializers.TruncatedNormal(
+            stddev=model_cfg.initializer_range), name="pretrainer")
+
+
+def mlm_sums(logits: tf.Tensor, feats: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """Sums over this batch's predictions: cross-entropy, correct, count; by kind too."""
+    logits = tf.cast(logits, tf.float32)
+    labels = feats["masked_lm_ids"]
+    weights = feats["masked_lm_weights"]
+    ce = tf_keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+    tlm = weights * feats["is_tlm"][:, None]
+    mlm = weights - tlm
+    return {"ce": tf.reduce_sum(ce * weights), "correct": tf.reduce_sum(correct * weights),
+            "count": tf.reduce_sum(weights), "ce_tlm": tf.reduce_sum(ce * tlm),
+            "count_tlm": tf.reduce_sum(tlm), "ce_mlm": tf.reduce_sum(ce * mlm),
+            "count_mlm": tf.reduce_sum(mlm)}
+
+
+def model_inputs(feats: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    return {k: feats[k] for k in modeling.INPUT_KEYS + ("masked_lm_positions",)}
+
+
+def evaluate(pretrainer, batches: Sequence[Dict[str, tf.Tensor]]) -> Dict[str, float]:
+    """MLM/TLM loss and accuracy of ``pretrainer`` on fixed masked ``batches`` (no dropout).
+
+    Returns:
+      ``loss``, ``accuracy`` (all predictions), ``mlm_loss``, ``tlm_loss``.
+    """
+    totals: Dict[str, float] = {}
+    for feats in batches:
+        logits = pretrainer(model_inputs(feats), training=False)["mlm_logits"]
+        for k, v in mlm_sums(logits, feats).items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    return {"loss": totals["ce"] / max(totals["count"], 1.0),
+            "accuracy": totals["correct"] / max(totals["count"], 1.0),
+            "mlm_loss": totals["ce_mlm"] / max(totals["count_mlm"], 1.0),
+            "tlm_loss": totals["ce_tlm"] / max(totals["count_tlm"], 1.0)}
+
+
+def stack_pairs(source, target) -> List[Tuple[tf.Variable, tf.Variable]]:
+    """``(target_variable, source_variable)`` for progressive stacking: target layer ``j``
+    from source layer ``j mod n``; every other encoder variable (embeddings, their
+    LayerNorm, pooler) and the MLM head from the same variable of the source.
+
+    Args:
+      source, target: ``(encoder, pretrainer)`` of the smaller and the larger stage.
+    """
+    (s_enc, s_pre), (t_enc, t_pre) = source, target
+    s_layers, t_layers = s_enc.bert._transformer_layers, t_enc.bert._transformer_layers
+    n = len(s_layers)
+    pairs = []
+    for j, layer in enumerate(t_layers):
+        pairs += list(zip(layer.weights, s_layers[j % n].weights))
+    in_layers = {id(w) for layer in t_layers for w in layer.weights}
+    s_in_layers = {id(w) for layer in s_layers for w in layer.weights}
+    rest_t = [w for w in t_enc.weights if id(w) not in in_layers]
+    rest_s = [w for w in s_enc.weights if id(w) not in s_in_layers]
+    seen = {id(w) for w in rest_t}
+    rest_t += [w for w in t_pre.masked_lm.weights if id(w) not in seen]
+    seen_s = {id(w) for w in rest_s}
+    rest_s += [w for w in s_pre.masked_lm.weights if id(w) not in seen_s]
+    if len(rest_t) != len(rest_s):
+        raise ValueError("stacking: the stages' encoders differ beyond their depth")
+    pairs += list(zip(rest_t, rest_s))
+    for t, s in pairs:
+        if t.shape != s.shape:
+            raise ValueError(f"stacking: {t.name} {t.shape} cannot start from {s.name} "
+                             f"{s.shape}")
+    return pairs
+
+
+# ---------------------------------------------------------------------------- the job
+@dataclasses.dataclass
+class Stage:
+    index: int
+    layers: int
+    start: int  # global step at which it starts
+    end: int  # global step at which it ends
+    directory: str  # relative to the model dir
+
+
+def stage_plan(cfg: config_lib.ExperimentConfig) -> List[Stage]:
+    """The stages of ``pretrain.stages`` (one stage of ``model.num_layers`` when empty);
+    the last one checkpoints into ``checkpoints/``, earlier ones into
+    ``stages/layers-N/``."""
+    layers = cfg.pretrain.stages or [cfg.model.num_layers]
+    steps = cfg.pretrain.stage_steps or [cfg.train.steps]
+    plan, start = [], 0
+    for i, (n, s) in enumerate(zip(layers, steps)):
+        last = i == len(layers) - 1
+        plan.append(Stage(i, n, start, start + s, training.CHECKPOINT_DIR if last
+                          else os.path.join(STAGES_DIR, f"layers-{n}")))
+        start += s
+    return plan
+
+
+@dataclasses.dataclass
+class PretrainResult:
+    step: int
+    metrics: Dict[str, float]
+    checkpoint: Optional[str]
+    sequences_per_second: float
+
+
+class _OffsetSchedule(tf_keras.optimizers.schedules.LearningRateSchedule):
+    """``schedule(step + offset)``: the run's schedule for an optimizer that counts its
+    steps from a stage's start."""
+
+    def __init__(self, schedule, offset: int):
+        self.schedule, self.offset = schedule, int(offset)
+
+    def __call__(self, step):
+        return self.schedule(tf.cast(step, tf.int64) + self.offset)
+
+    def get_config(self):
+        return {"offset": self.offset}
+
+
+class Pretrainer:
+    """Builds data, stages, models, optimizers and checkpoints of a pre-training run.
+
+    Args:
+      cfg: the experiment config (``model``: the final shape; ``pretrain``; ``train``).
+      model_dir: the run directory (resumed from when it holds checkpoints).
+      strategy: default from ``cfg.distribute``.
+      progress: tqdm progress bar (chief only).
+      corpus: an already loaded :class:`PretrainCorpus`.
+      teacher: an already loaded teacher (``vocab.source: teacher``, ``model.embedding_init``).
+    """
+
+    def __init__(self, cfg: config_lib.ExperimentConfig, model_dir: str,
+                 strategy: Optional[tf.distribute.Strategy] = None, progress: bool = True,
+                 corpus: Optional[PretrainCorpus] = None, teacher=None):
+        cfg = cfg.validate()
+        if cfg.model.architecture != "transformer":
+            raise config_lib.ConfigError("lealla pretrain needs model.architecture: transformer")
+        self.cfg = cfg
+        self.model_dir = fileio.normpath(model_dir)
+        self.strategy = strategy or distribute_lib.get_strategy(cfg.distribute)
+        self.chief = distribute_lib.is_chief(self.strategy)
+        self.progress = progress and self.chief
+        fileio.makedirs(self.model_dir)
+        teacher = {"t": teacher} if teacher is not None else {}
+
+        def teacher_fn():
+            if not cfg.teacher.spec:
+                raise config_lib.ConfigError("vocab.source: teacher and model.embedding_init "
+                                             "need a teacher: set teacher.spec")
+            if "t" not in teacher:
+                from lealla_tf import teachers
+                teacher["t"] = teachers.load_teacher(cfg.teacher.spec)
+            return teacher["t"]
+
+        self._teacher_fn = teacher_fn
+        self.vocab_path = training.resolve_vocab(cfg, self.model_dir, self.strategy,
+                                                 progress=progress, teacher_fn=teacher_fn)
+        self.vocab_bytes = wordpiece.read_vocab(cfg.vocab.type, self.vocab_path)
+        vocab_size = self.make_preprocessor().vocab_size
+        if cfg.vocab.source == "teacher" and not cfg.vocab.model_file:
+            cfg.model.vocab_size = vocab_size
+        if vocab_size > cfg.model.vocab_size:
+            raise config_lib.ConfigError(f"the vocabulary has {vocab_size} pieces but "
+                                         f"model.vocab_size is {cfg.model.vocab_size}")
+        self.vocab_size = vocab_size
+        training._check_resume_config(cfg, self.model_dir)
+        self._check_resume_plan()
+        if self.chief:
+            saved = dataclasses.replace(cfg, vocab=dataclasses.replace(
+                cfg.vocab, model_file=training.vocab_file(cfg)))
+            config_lib.save(saved, fileio.join(self.model_dir, training.CONFIG_FILE))
+        self.corpus = corpus or load_corpus(cfg)
+        self.sampler = data_lib.GlobalBatchSampler(
+            self.corpus.train, cfg.train.global_batch_size, alpha=cfg.data.sampling_alpha,
+            seed=cfg.data.seed, history=max(4096, 4 * cfg.train.steps_per_loop))
+        self.features_fn = make_features_fn(self.make_preprocessor(), cfg.pretrain,
+                                            cfg.preprocess.seq_length, cfg.data.seed,
+                                            vocab_size)
+        self.eval_batches = (eval_batches(self.corpus.held_out, self.features_fn,
+                                          cfg.eval.batch_size) if self.corpus.held_out else [])
+        self.plan = stage_plan(cfg)
+        self._previous_policy = tf_keras.mixed_precision.global_policy()
+        self.policy = training.precision_policy(cfg.train.mixed_precision, self.strategy)
+        self.stage: Optional[Stage] = None
+        self.restored_from: Optional[str] = None
+        self._enter(self._latest_stage())
+        # A finished stage hands over at once: the object holds the stacked model before
+        # its first step.
+        while self.step >= self.stage.end and self.stage.index < len(self.plan) - 1:
+            self._enter(self.plan[self.stage.index + 1])
+        if self.chief:
+            self.writer = tf.summary.create_file_writer(fileio.join(self.model_dir, LOG_DIR))
+        else:
+            self.writer = tf.summary.create_noop_writer()
+
+    def make_preprocessor(self, seq_length: Optional[int] = None):
+        return wordpiece.make_preprocessor(self.cfg.vocab.type, self.vocab_bytes,
+                                           seq_length or self.cfg.preprocess.seq_length,
+                                           self.cfg.vocab.do_lower_case)
+
+    def _check_resume_plan(self) -> None:
+        path = fileio.join(self.model_dir, training.CONFIG_FILE)
+        if not fileio.exists(path):
+            return
+        old = config_lib.load(path).pretrain
+        new = self.cfg.pretrain
+        if (old.stages, old.stage_steps) != (new.stages, new.stage_steps):
+            raise config_lib.ConfigError(
+                f"{self.model_dir} holds a run with pretrain.stages {old.stages} and "
+                f"stage_steps {old.stage_steps}; this config has {new.stages}, "
+                f"{new.stage_steps}: use a new --model-dir")
+
+    # -- stages
+    def _stage_checkpoint(self, stage: Stage) -> Optional[str]:
+        return tf.train.latest_checkpoint(fileio.join(self.model_dir, stage.directory))
+
+    def _latest_stage(self) -> Stage:
+        for stage in reversed(self.plan):
+            if self._stage_checkpoint(stage):
+                return stage
+        return self.plan[0]
+
+    def _model_cfg(self, stage: Stage) -> config_lib.ModelConfig:
+        return dataclasses.replace(self.cfg.model, num_layers=stage.layers)
+
+    def _build(self, stage: Stage):
+        """Encoder, pretrainer, optimizer and checkpoint of ``stage`` (fresh weights, seeded
+        by ``train.seed`` and the stage)."""
+        tf_keras.mixed_precision.set_global_policy(self.policy)
+        try:
+            tf_keras.utils.set_random_seed(self.cfg.train.seed + 1000 * stage.index)
+            with self.strategy.scope():
+                was = tf_keras.backend.experimental.is_tf_random_generator_enabled()
+                tf_keras.backend.experimental.enable_tf_random_generator()
+                try:
+                    encoder = modeling.build_encoder(self._model_cfg(stage))
+                    encoder(encoder.dummy_inputs())
+                    pretrainer = build_pretrainer(encoder, self._model_cfg(stage))
+                    dummy = dict(encoder.dummy_inputs(),
+                                 masked_lm_positions=tf.zeros([1, 1], tf.int32))
+                    pretrainer(dummy)
+                finally:
+                    if not was:
+                        tf_keras.backend.experimental.disable_tf_random_generator()
+                rng = tf.Module(name="dropout_rng")
+                rng.generators = [
+                    layer._random_generator._generator for layer in encoder.submodules
+                    if getattr(getattr(layer, "_random_generator", None), "_generator", None)
+                    is not None]
+                optimizer, schedule = training.build_optimizer(self.cfg.train)
+                offset = stage.start if self.cfg.pretrain.stage_optimizer == "reset" else 0
+                if offset:
+                    optimizer.learning_rate = _OffsetSchedule(schedule, offset)
+                if self.policy == "mixed_float16":
+                    optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
+        finally:
+            tf_keras.mixed_precision.set_global_policy(self._previous_policy)
+        parts = {"encoder": encoder, "pretrainer": pretrainer, "optimizer": optimizer,
+                 "schedule": schedule, "offset": offset, "rng": rng}
+        # The pooler gets no gradient from MLM (LaBSE has no next-sentence task): it is
+        # carried over to the dual-encoder stage as initialised.
+        pooler = {id(w) for w in encoder.bert.pooler_layer.weights}
+        parts["variables"] = [v for v in pretrainer.trainable_variables if id(v) not in pooler]
+        return parts
+
+    def _checkpoint(self, parts) -> tf.train.Checkpoint:
+        step_fn = lambda: parts["offset"] + int(parts["optimizer"].iterations.numpy())  # noqa
+        return tf.train.Checkpoint(encoder=parts["encoder"], mlm=parts["pretrainer"].masked_lm,
+                                   optimizer=parts["optimizer"],
+                                   data=data_lib.DataState(self.sampler, step_fn),
+                                   dropout_rng=parts["rng"])
+
+    def _enter(self, stage: Stage) -> None:
+        """Makes ``stage`` current: from its own latest checkpoint, else stacked from the
+        previous stage's last checkpoint, else (the first stage) from scratch."""
+        latest = self._stage_checkpoint(stage)
+        source = None
+        if not latest and stage.index > 0:
+            previous = self.plan[stage.index - 1]
+            source_ckpt = self._stage_checkpoint(previous)
+            if not source_ckpt:
+                raise FileNotFoundError(f"stage {stage.index} ({stage.layers} layers) needs "
+                                        f"the checkpoint of stage {previous.index}")
+            source = self._build(previous)
+            status = self._checkpoint(source).restore(source_ckpt)
+            status.assert_existing_objects_matched()
+            if self.cfg.pretrain.stage_optimizer == "carry":
+                with self.strategy.scope():  # slots: restored as they are created
+                    inner = getattr(source["optimizer"], "inner_optimizer", source["optimizer"])
+                    inner._create_all_weights(source["variables"])
+            status.expect_partial()
+            done = source["offset"] + int(source["optimizer"].iterations.numpy())
+            if done != previous.end:
+                raise ValueError(f"{source_ckpt} is at step {done}, not at the end of its "
+                                 f"stage ({previous.end})")
+        parts = self._build(stage)
+        if source is not None:
+            with self.strategy.scope():
+                pairs = stack_pairs((source["encoder"], source["pretrainer"]),
+                                    (parts["encoder"], parts["pretrainer"]))
+                for t, s in pairs:
+                    t.assign(s.read_value())
+                if self.cfg.pretrain.stage_optimizer == "carry":
+                    self._carry_optimizer(source, parts, pairs)
+            log.info("stage %d: %d layers stacked from %d", stage.index, stage.layers,
+                     len(source["encoder"].bert._transformer_layers))
+        if not latest and source is None:
+            with self.strategy.scope():
+                self._initialise_embeddings(parts["encoder"])
+        self.parts = parts
+        self.stage = stage
+        self.checkpoint = self._checkpoint(parts)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, distribute_lib.writable_dir(self.model_dir, self.strategy,
+                                                         stage.directory),
+            max_to_keep=self.cfg.train.keep_checkpoints)
+        self._restore_status = None
+        if latest:
+            self._restore_status = self.checkpoint.restore(latest)
+            self._restore_status.assert_existing_objects_matched()
+            self.restored_from = latest
+            log.info("resumed stage %d from %s at step %d", stage.index, latest, self.step)
+        self._train_loop = self._make_train_loop()
+
+    def _initialise_embeddings(self, encoder) -> None:
+        """``model.embedding_init`` / ``position_init`` at the very start, as the training
+        job applies them (a teacher-made word table; zero position and type tables)."""
+        cfg = self.cfg
+        if cfg.model.embedding_init != "random":
+            from lealla_tf import student_init
+            source = cfg.vocab.model_file  # its folder may hold the piece-vector cache
+            cache = (fileio.dirname(fileio.normpath(source))
+                     if source and fileio.exists(source) and not fileio.isdir(source)
+                     else fileio.dirname(self.vocab_path))
+            table = student_init.initial_table(
+                cfg.model.embedding_init, self._teacher_fn(), self.vocab_path,
+                cfg.model.hidden_size, cfg.model.initializer_range, cache_dir=cache,
+                progress=self.progress)
+            variable = encoder.word_embeddings
+            if tuple(variable.shape) != table.shape:
+                raise config_lib.ConfigError(
+                    f"embedding init gives a {table.shape} table but the encoder's is "
+                    f"{tuple(variable.shape)}: model.vocab_size must equal the vocabulary's size")
+            variable.assign(tf.cast(table, variable.dtype))
+        if cfg.model.position_init == "zero":
+            bert = encoder.bert
+            for table in (bert._position_embedding_layer._position_embeddings,
+                          bert._type_embedding_layer.embeddings):
+                table.assign(tf.zeros_like(table))
+
+    def _carry_optimizer(self, source, parts, pairs) -> None:
+        old, new = source["optimizer"], parts["optimizer"]
+        old = getattr(old, "inner_optimizer", old)
+        new = getattr(new, "inner_optimizer", new)
+        new._create_all_weights(parts["variables"])
+        trainable = {id(v) for v in parts["variables"]}
+        for t, s in pairs:
+            if id(t) not in trainable:
+                continue
+            for name in new.get_slot_names():
+                try:
+                    slot = old.get_slot(s, name)
+                except KeyError:  # never updated (e.g. a frozen pooler): zero moments
+                    continue
+                new.get_slot(t, name).assign(slot.read_value())
+        new.iterations.assign(old.iterations)
+
+    # -- properties
+    @property
+    def encoder(self) -> modeling.LeallaEncoder:
+        return self.parts["encoder"]
+
+    @property
+    def pretrainer(self):
+        return self.parts["pretrainer"]
+
+    @property
+    def optimizer(self):
+        return self.parts["optimizer"]
+
+    @property
+    def step(self) -> int:
+        return self.parts["offset"] + int(self.optimizer.iterations.numpy())
+
+    def evaluate(self) -> Dict[str, float]:
+        """Held-out MLM/TLM loss and accuracy (:func:`evaluate`); empty without held-out
+        pairs."""
+        return evaluate(self.pretrainer, self.eval_batches) if self.eval_batches else {}
+
+    # -- the step
+    def _replica_step(self, feats):
+        ctx = tf.distribute.get_replica_context()
+        optimizer = self.optimizer
+        scaled = isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+        variables = self.parts["variables"]
+        counts = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([
+            tf.reduce_sum(feats["masked_lm_weights"]),
+            tf.reduce_sum(feats["masked_lm_weights"] * feats["is_tlm"][:, None])]))
+        total = tf.maximum(counts[0], 1.0)
+        with tf.GradientTape() as tape:
+            logits = self.pretrainer(model_inputs(feats), training=True)["mlm_logits"]
+            sums = mlm_sums(logits, feats)
+            loss = sums["ce"] / total
+            scaled_loss = optimizer.get_scaled_loss(loss) if scaled else loss
+        grads = tape.gradient(scaled_loss, variables)
+        if scaled:
+            grads = optimizer.get_unscaled_gradients(grads)
+        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        clip = self.cfg.train.clip_norm
+        if clip > 0:
+            grads, norm = tf.clip_by_global_norm(grads, clip)
+        else:
+            norm = tf.linalg.global_norm(grads)
+        optimizer.apply_gradients(zip(grads, variables), experimental_aggregate_gradients=False)
+        replicas = tf.cast(ctx.num_replicas_in_sync, tf.float32)
+        return {"loss": loss, "accuracy": sums["correct"] / total,
+                "tlm_loss": sums["ce_tlm"] / tf.maximum(counts[1], 1.0),
+                "mlm_loss": sums["ce_mlm"] / tf.maximum(counts[0] - counts[1], 1.0),
+                "grad_norm": norm / replicas}
+
+    def _make_train_loop(self):
+        strategy = self.strategy
+
+        @tf.function
+        def train_loop(iterator, num_steps):
+            sums = {k: tf.constant(0.0) for k in METRICS}
+            for _ in tf.range(num_steps):
+                terms = strategy.run(self._replica_step, args=(next(iterator),))
+                sums = {k: sums[k] + strategy.reduce(tf.distribute.ReduceOp.SUM, terms[k],
+                                                     axis=None) for k in sums}
+            return {k: v / tf.cast(num_steps, v.dtype) for k, v in sums.items()}
+
+        return train_loop
+
+    def make_iterator(self):
+        """A distributed iterator from the sampler's (restored) position."""
+        cfg = self.cfg
+
+        def dataset_fn(ctx):
+            return make_dataset(self.corpus, self.sampler, self.features_fn,
+                                cfg.pretrain.tlm_fraction, cfg.data.seed, ctx)
+
+        return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+
+    # -- the loop
+    def run(self, on_loop_end: Optional[Callable[[int, Dict[str, float]], None]] = None
+            ) -> PretrainResult:
+        """Pre-trains until ``train.steps``, through every remaining stage (resuming).
+
+        Args:
+          on_loop_end: called with ``(step, metrics)`` after every train-loop call
+            (``metrics`` has ``eval/*`` entries at ``pretrain.eval_every`` steps).
+
+        Raises:
+          lealla_tf.training.TrainingDiverged: on a NaN/inf loss.
+        """
+        cfg = self.cfg.train
+        total = cfg.steps
+        metrics: Dict[str, float] = {}
+        seen, seconds = 0, 0.0
+        bar = None
+        if self.progress and self.step < total:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=total, initial=self.step, desc="pretrain", unit="step",
+                       dynamic_ncols=True)
+        try:
+            while True:
+                stage = self.stage
+                step = self.step
+                if step >= stage.end:
+                    if stage.index == len(self.plan) - 1:
+                        break
+                    if self._restore_status is not None:
+                        self._restore_status.expect_partial()
+                    self._enter(self.plan[stage.index + 1])
+                    continue
+                iterator = self.make_iterator()
+                if self.cfg.pretrain.eval_every and step == 0 and self.eval_batches:
+                    self._log_eval(0, {})
+                while step < stage.end:
+                    n = min(cfg.steps_per_loop, stage.end - step,
+                            cfg.checkpoint_every - step % cfg.checkpoint_every)
+                    start = time.perf_counter()
+                    out = self._train_loop(iterator, tf.constant(n, tf.int32))
+                    metrics = {k: float(v) for k, v in out.items()}
+                    elapsed = time.perf_counter() - start
+                    step += n
+                    seen += n * cfg.global_batch_size
+                    seconds += elapsed
+                    metrics["sequences_per_second"] = n * cfg.global_batch_size / max(elapsed,
+                                                                                     1e-9)
+                    metrics["learning_rate"] = float(self.parts["schedule"](step - 1))
+                    metrics["layers"] = float(stage.layers)
+                    if not all(math.isfinite(metrics[k]) for k in ("loss", "grad_norm")):
+                        self._diverged(step, metrics)
+                    every = self.cfg.pretrain.eval_every
+                    if every and self.eval_batches and (step % every == 0 or step == total):
+                        self._log_eval(step, metrics)
+                    with self.writer.as_default(step=step):
+                        for key, value in metrics.items():
+                            if not key.startswith("eval/"):
+                                tf.summary.scalar(key, value)
+                    if step % cfg.checkpoint_every == 0 or step == stage.end:
+                        self.manager.save(checkpoint_number=step)
+                        if not self.chief:
+                            fileio.rmtree(self.manager.directory)
+                    if bar is not None:
+                        bar.update(n)
+                        bar.set_postfix(loss=f"{metrics['loss']:.3f}",
+                                        acc=f"{metrics['accuracy']:.3f}",
+                                        layers=stage.layers, refresh=False)
+                    if on_loop_end is not None:
+                        on_loop_end(step, metrics)
+                del iterator
+        finally:
+            if bar is not None:
+                bar.close()
+            self.writer.flush()
+        if self._restore_status is not None and not metrics:
+            self._restore_status.expect_partial()
+        return PretrainResult(self.step, metrics, self.manager.latest_checkpoint
+                              or self.restored_from, seen / max(seconds, 1e-9))
+
+    def _log_eval(self, step: int, metrics: Dict[str, float]) -> None:
+        result = self.evaluate()
+        with self.writer.as_default(step=step):
+            for key, value in result.items():
+                tf.summary.scalar(f"eval/{key}", value)
+                metrics[f"eval/{key}"] = value
+        log.info("step %d held-out: %s", step,
+                 ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+
+    def _diverged(self, step: int, metrics: Dict[str, float]) -> None:
+        good = self.manager.latest_checkpoint or self.restored_from
+        message = (f"pre-training stopped: the loss became {metrics['loss']} (grad norm "
+                   f"{metrics['grad_norm']}) in the steps up to {step}; the last good "
+                   f"checkpoint is {good or 'none'}. Lower train.learning_rate.")
+        if self.chief:
+            fileio.atomic_write(fileio.join(self.model_dir, training.DIVERGED_FILE),
+                                message + "\n")
+        raise training.TrainingDiverged(message)
+
+
+def pretrain(cfg: config_lib.ExperimentConfig, model_dir: str,
+             strategy: Optional[tf.distribute.Strategy] = None, progress: bool = True,
+             on_loop_end: Optional[Callable[[int, Dict[str, float]], None]] = None
+             ) -> PretrainResult:
+    """Runs (or resumes) a pre-training job; see :class:`Pretrainer`."""
+    return Pretrainer(cfg, model_dir, strategy, progress).run(on_loop_end)
