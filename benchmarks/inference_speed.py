@@ -586,6 +586,11 @@ def main(argv=None) -> int:
           f"median {np.median(lengths):.0f}, mean {lengths.mean():.1f}, "
           f"p90 {np.percentile(lengths, 90):.0f}, max {lengths.max()}", flush=True)
 
+    from lealla_tf import hardware
+    cpu, paths = hardware.cpu_info(), hardware.runtime_paths()
+    machine = hardware.describe(paths, cpu)
+    print(machine, flush=True)
+
     gflops_tf = statistics.median(matmul_gflops(args.threads) for _ in range(3))
     gemm = tflite_gemm_gflops(args.threads)
     gflops_peak = max(gflops_tf, gemm["square"])
@@ -647,6 +652,7 @@ def main(argv=None) -> int:
                       f"{statistics.median(entry['fixed']):8.1f}/s  peak "
                       f"{r['peak_rss_mib']:7.0f} MiB", flush=True)
     print()
+    print(machine)
     print(f"Inference speed, {args.threads} CPU threads, median of "
           f"{args.repeats}x{args.inner_repeats} passes (sentences/s: real = {len(sentences)} Tatoeba "
           f"sentences sorted by token count in batches of {args.batch_size}, 1-by-1 = {args.single} "
@@ -687,7 +693,8 @@ def main(argv=None) -> int:
     _print_targets(summary, gflops_peak, gemm)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"matmul_gflops": gflops_peak, "matmul_gflops_tf": gflops_tf,
+            json.dump({"cpu": {k: v for k, v in cpu.items() if k != "flags"},
+                       "runtime_paths": paths, "matmul_gflops": gflops_peak, "matmul_gflops_tf": gflops_tf,
                        "tflite_gemm": gemm,
                        "results": {f"{k[0]}/{k[1]}": v for k, v in summary.items()}}, f,
                       indent=1)
