@@ -638,7 +638,7 @@ def main(argv=None) -> int:
                                    FIXED_BATCH * args.fixed_batches)
     raw_lengths = token_counts(sentences, args.vocab)
     lengths = np.array([min(k, SEQ_LENGTH - 2) + 2 for k in raw_lengths])
-    print(f"{len(sentences)} Tatoeba sentences, tokens incl. [CLS]/[SEP] (32k vocab): "
+    print(f"{len(sentences)} Tatoeba sentences, tokens incl. [CLS]/[SEP] ({pieces:,}-piece vocab): "
           f"median {np.median(lengths):.0f}, mean {lengths.mean():.1f}, "
           f"p90 {np.percentile(lengths, 90):.0f}, max {lengths.max()}", flush=True)
 
