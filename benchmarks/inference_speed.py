@@ -26,6 +26,8 @@ Runtimes (each in its own process, so that peak memory is its own):
   dynamic-range (int8 weights, activations quantised per batch at run time);
 - ``tflite-int8-ruy``: the int8 file on LiteRT's built-in hybrid kernels (ruy), without
   the XNNPACK delegate;
+- ``tflite-int8-full``: the encoder alone as a full-integer file (int8 activations
+  too, calibrated on the probe sentences; token ids in, like the peers);
 - ``tflite-fp32-emb8``, ``tflite-fp16-emb8``: fp32/fp16 files whose word embeddings are
   int8 rows with per-row scales (``lealla export --int8-embeddings``);
 - peers, on the same encoder weights and the same token ids (tokenization excluded for
@@ -73,11 +75,12 @@ SHAPES = ("lealla_small", "lealla_base", "lealla_large", "labse")
 LABELS = {"lealla_small": "LEALLA-small", "lealla_base": "LEALLA-base",
           "lealla_large": "LEALLA-large", "labse": "LaBSE shape"}
 RUNTIMES = ("tf-keras", "tf", "tf-xla", "tf-bf16", "tflite-fp32", "tflite-fp16",
-            "tflite-int8", "tflite-int8-ruy", "tflite-fp32-emb8", "tflite-fp16-emb8",
-            "ort-fp32", "ort-int8", "torch")
+            "tflite-int8", "tflite-int8-ruy", "tflite-int8-full", "tflite-fp32-emb8",
+            "tflite-fp16-emb8", "ort-fp32", "ort-int8", "torch")
 # Each runtime's min cosine to the fp32 reference (the export's gates; bf16 as int8).
 COSINE_GATES = {"tf": 0.9999, "tf-xla": 0.9999, "tf-bf16": 0.99, "tflite-fp32": 0.9999,
                 "tflite-fp16": 0.999, "tflite-int8": 0.99, "tflite-int8-ruy": 0.99,
+                "tflite-int8-full": 0.99,
                 "tflite-fp32-emb8": 0.999, "tflite-fp16-emb8": 0.999, "ort-fp32": 0.9999,
                 "ort-int8": 0.99, "torch": 0.9999}
 # --vocab-rows reaches the preparing and measuring processes through this variable.
@@ -210,7 +213,13 @@ def prepare(shape: str, work: str, vocab: str, runtimes, seed: int = 0) -> None:
             sm8 = save("lealla-emb8", encoder)
             encoder.set_int8_word_embeddings(False)
         for r in runtimes:
-            if r.startswith("tflite"):
+            if r == "tflite-int8-full":
+                path = os.path.join(work, tflite_file(r))
+                if not os.path.exists(path):
+                    with open(path + ".tmp", "wb") as f:
+                        f.write(full_integer_encoder(encoder, pre))
+                    os.rename(path + ".tmp", path)
+            elif r.startswith("tflite"):
                 variant = r.split("-")[1]
                 path = os.path.join(work, tflite_file(r))
                 if not os.path.exists(path):
@@ -225,6 +234,34 @@ def prepare(shape: str, work: str, vocab: str, runtimes, seed: int = 0) -> None:
         save("lealla-xla", xla, length_multiple=8)
     if any(r.startswith("ort") or r == "torch" for r in runtimes):
         _prepare_peers(encoder, cfg, work, runtimes)
+
+
+def full_integer_encoder(encoder, pre) -> bytes:
+    """The encoder alone (token ids in, normalised embeddings out) as a full-integer
+    TFLite file: int8 weights and int8 activations, calibrated on the export's
+    multilingual probe sentences. The end-to-end string model cannot be calibrated (the
+    converter's calibration interpreter lacks TF Text's SentencePiece ops), so this
+    variant gets token ids like the peers (tokenization excluded)."""
+    import tensorflow as tf
+    from lealla_tf import export, modeling
+    specs = [tf.TensorSpec([None, None], tf.int32, name=k) for k in modeling.INPUT_KEYS]
+
+    @tf.function(input_signature=specs)
+    def serve(input_word_ids, input_mask, input_type_ids):
+        out = encoder({"input_word_ids": input_word_ids, "input_mask": input_mask,
+                       "input_type_ids": input_type_ids}, training=False)
+        return {export.OUTPUT_KEY: out["default"]}
+
+    def representative():
+        for s in export.PROBE_SENTENCES:
+            d = pre(tf.constant([s]))
+            yield {k: d[k] for k in modeling.INPUT_KEYS}
+
+    conv = tf.lite.TFLiteConverter.from_concrete_functions(
+        [serve.get_concrete_function()], encoder)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative
+    return conv.convert()
 
 
 def _hf_config(cfg):
@@ -393,6 +430,16 @@ def make_runner(runtime: str, work: str, shape: str, vocab: str, threads: int, r
         conv = lambda b: tf.constant(b)  # noqa: E731
         return ((lambda x: sig(sentences=x)[export.OUTPUT_KEY].numpy()),
                 [conv(b) for b in real], [conv(b) for b in fixed])
+    if runtime == "tflite-int8-full":  # token ids in (see full_integer_encoder)
+        from lealla_tf import export, modeling
+        interp = export.tflite_interpreter(model_path=os.path.join(work, tflite_file(runtime)),
+                                           num_threads=threads)
+        runner = interp.get_signature_runner()
+
+        def fn(x):
+            return runner(**dict(zip(modeling.INPUT_KEYS, (a.astype(np.int32) for a in x))))[
+                export.OUTPUT_KEY]
+        return fn, _packed(vocab, real), _packed(vocab, fixed)
     if runtime.startswith("tflite"):
         from lealla_tf import export
         interp = export.tflite_interpreter(
