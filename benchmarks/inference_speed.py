@@ -848,7 +848,9 @@ def _print_targets(s, peak, gemm):
     cols = (("real", "real sentences"), ("single", "1-by-1"), ("fixed", "256x32"))
 
     def best(rows, col):
-        cands = [r for r in rows if r.startswith("tf") and rows[r].get(col)]
+        # End-to-end exports only (the full-integer encoder skips tokenization).
+        cands = [r for r in rows if r.startswith("tf") and r != "tflite-int8-full"
+                 and rows[r].get(col)]
         return max(cands, key=lambda r: rows[r][col], default=None)
 
     print("\nLEALLA-small, best export per column:")
@@ -875,6 +877,14 @@ def _print_targets(s, peak, gemm):
                            if i8.get(c) and f32.get(c))
         print(f"  TFLite int8 / fp32 speed: {ratios}; size {f32['size'] / i8['size']:.1f}x "
               f"smaller; min cosine to the reference {i8['cos']:.5f}")
+        for other in ("tflite-int8-ruy", "tflite-int8-full", "tf-bf16"):
+            o = small.get(other)
+            base = small.get("tf") if other == "tf-bf16" else f32
+            if o and base:
+                ratios = ", ".join(f"{label} {o[c] / base[c]:.2f}x" for c, label in cols
+                                   if o.get(c) and base.get(c))
+                print(f"  {other} / {'tf' if other == 'tf-bf16' else 'tflite-fp32'}: "
+                      f"{ratios}; min cosine {_fmt(o['cos'], 5)}")
         print(f"  (int8-weight GEMM / fp32 GEMM on this CPU, same shapes: "
               f"{gemm['thin_ffn_int8'] / gemm['thin_ffn_fp32']:.2f}x FFN, "
               f"{gemm['thin_qkv_int8'] / gemm['thin_qkv_fp32']:.2f}x QKV)")
