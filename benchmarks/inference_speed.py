@@ -690,8 +690,8 @@ def main(argv=None) -> int:
           f"p90 {np.percentile(lengths, 90):.0f}, max {lengths.max()}", flush=True)
 
     from lealla_tf import hardware
-    cpu, paths = hardware.cpu_info(), hardware.runtime_paths()
-    machine = hardware.describe(paths, cpu)
+    cpu_desc, paths = hardware.cpu_info(), hardware.runtime_paths()
+    machine = hardware.describe(paths, cpu_desc)
     print(machine, flush=True)
 
     gflops_tf = statistics.median(matmul_gflops(args.threads) for _ in range(3))
@@ -798,7 +798,7 @@ def main(argv=None) -> int:
     _print_targets(summary, gflops_peak, gemm)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"cpu": {k: v for k, v in cpu.items() if k != "flags"},
+            json.dump({"cpu": {k: v for k, v in cpu_desc.items() if k != "flags"},
                        "runtime_paths": paths, "matmul_gflops": gflops_peak, "matmul_gflops_tf": gflops_tf,
                        "tflite_gemm": gemm,
                        "results": {f"{k[0]}/{k[1]}": v for k, v in summary.items()}}, f,
