@@ -4,7 +4,6 @@ and whose TFLite files stay close to the float model while the table shrinks 4x.
 
 import dataclasses
 import json
-import os
 
 import numpy as np
 import pytest
