@@ -20,7 +20,16 @@ Runtimes (each in its own process, so that peak memory is its own):
 - ``tf``: the end-to-end SavedModel as ``lealla_tf.export`` writes it (fused forward
   pass, padding to the batch's longest sentence);
 - ``tf-xla``: the same with the encoder compiled by XLA (lengths rounded up to 8);
-- ``tflite-fp32/fp16/int8``: the TFLite exports run by LiteRT (XNNPACK);
+- ``tf-bf16``: the same SavedModel with Grappler's oneDNN bfloat16 rewrite
+  (``auto_mixed_precision_onednn_bfloat16``; pays on CPUs with AVX-512 BF16 or AMX);
+- ``tflite-fp32/fp16/int8``: the TFLite exports run by LiteRT (XNNPACK); int8 is
+  dynamic-range (int8 weights, activations quantised per batch at run time);
+- ``tflite-int8-ruy``: the int8 file on LiteRT's built-in hybrid kernels (ruy), without
+  the XNNPACK delegate;
+- ``tflite-int8-full``: the encoder alone as a full-integer file (int8 activations
+  too, calibrated on the probe sentences; token ids in, like the peers);
+- ``tflite-fp32-emb8``, ``tflite-fp16-emb8``: fp32/fp16 files whose word embeddings are
+  int8 rows with per-row scales (``lealla export --int8-embeddings``);
 - peers, on the same encoder weights and the same token ids (tokenization excluded for
   them, included for ours): ``ort-fp32`` (ONNX Runtime, graph exported from
   ``transformers.BertModel``), ``ort-int8`` (its dynamic quantization), ``torch`` (eager).
@@ -33,6 +42,12 @@ shared, so compare ratios within one run.
 
     LEALLA_DATA_DIR=/path/to/data python benchmarks/inference_speed.py
     python benchmarks/inference_speed.py --shapes lealla_small --runtimes tf,tflite-fp32,ort-fp32
+
+The CPU model, its instruction sets (AVX2, AVX-512, VNNI, BF16, AMX) and the paths
+TensorFlow (oneDNN version, ISA, matmul kernel) and LiteRT (XNNPACK delegate) take are
+printed first and above the table (``lealla_tf.hardware``). Every row shows its cosine
+gate (``COSINE_GATES``). ``--vocab-rows 128000`` gives every shape a 128k-row table
+(teacher vocabularies): compare sizes and peak memory per export variant.
 
 Needs the ``bench`` extra (onnxruntime, onnx, torch, transformers) for the peers;
 runtimes whose packages are missing are skipped.
@@ -59,8 +74,24 @@ CONFIGS = os.path.join(_ROOT, "configs")
 SHAPES = ("lealla_small", "lealla_base", "lealla_large", "labse")
 LABELS = {"lealla_small": "LEALLA-small", "lealla_base": "LEALLA-base",
           "lealla_large": "LEALLA-large", "labse": "LaBSE shape"}
-RUNTIMES = ("tf-keras", "tf", "tf-xla", "tflite-fp32", "tflite-fp16", "tflite-int8",
-            "ort-fp32", "ort-int8", "torch")
+RUNTIMES = ("tf-keras", "tf", "tf-xla", "tf-bf16", "tflite-fp32", "tflite-fp16",
+            "tflite-int8", "tflite-int8-ruy", "tflite-int8-full", "tflite-fp32-emb8",
+            "tflite-fp16-emb8", "ort-fp32", "ort-int8", "torch")
+# Each runtime's min cosine to the fp32 reference (the export's gates; bf16 as int8).
+COSINE_GATES = {"tf": 0.9999, "tf-xla": 0.9999, "tf-bf16": 0.99, "tflite-fp32": 0.9999,
+                "tflite-fp16": 0.999, "tflite-int8": 0.99, "tflite-int8-ruy": 0.99,
+                "tflite-int8-full": 0.99,
+                "tflite-fp32-emb8": 0.999, "tflite-fp16-emb8": 0.999, "ort-fp32": 0.9999,
+                "ort-int8": 0.99, "torch": 0.9999}
+# --vocab-rows reaches the preparing and measuring processes through this variable.
+VOCAB_ROWS_ENV = "LEALLA_BENCH_VOCAB_ROWS"
+
+
+def tflite_file(runtime: str) -> str:
+    """``tflite-int8-ruy`` -> ``lealla-int8.tflite``; ``tflite-fp32-emb8`` ->
+    ``lealla-fp32-emb8.tflite`` (fp32 with int8 word-embedding rows)."""
+    variant = runtime[len("tflite-"):]
+    return f"lealla-{variant[:-len('-ruy')] if variant.endswith('-ruy') else variant}.tflite"
 FIXED_BATCH, FIXED_TOKENS = 256, 32
 SEQ_LENGTH = 64
 
@@ -137,7 +168,10 @@ def encoder_flops(cfg, lengths) -> float:
 
 def _model_cfg(shape: str):
     from lealla_tf import config
-    return config.load(os.path.join(CONFIGS, f"{shape}.yaml")).model
+    overrides = []
+    if os.environ.get(VOCAB_ROWS_ENV):
+        overrides.append(f"model.vocab_size={int(os.environ[VOCAB_ROWS_ENV])}")
+    return config.load(os.path.join(CONFIGS, f"{shape}.yaml"), overrides).model
 
 
 def prepare(shape: str, work: str, vocab: str, runtimes, seed: int = 0) -> None:
@@ -172,14 +206,24 @@ def prepare(shape: str, work: str, vocab: str, runtimes, seed: int = 0) -> None:
         os.rename(path + ".tmp", path)
         return path
 
-    if any(r == "tf" or r.startswith("tflite") for r in runtimes):
+    if any(r in ("tf", "tf-bf16") or r.startswith("tflite") for r in runtimes):
         sm = save("lealla", encoder)
+        if any(r.endswith("-emb8") for r in runtimes):
+            encoder.set_int8_word_embeddings(True)
+            sm8 = save("lealla-emb8", encoder)
+            encoder.set_int8_word_embeddings(False)
         for r in runtimes:
-            if r.startswith("tflite"):
-                variant = r.split("-")[1]
-                path = os.path.join(work, f"lealla-{variant}.tflite")
+            if r == "tflite-int8-full":
+                path = os.path.join(work, tflite_file(r))
                 if not os.path.exists(path):
-                    content = export.convert_tflite(sm, variant)
+                    with open(path + ".tmp", "wb") as f:
+                        f.write(full_integer_encoder(encoder, pre))
+                    os.rename(path + ".tmp", path)
+            elif r.startswith("tflite"):
+                variant = r.split("-")[1]
+                path = os.path.join(work, tflite_file(r))
+                if not os.path.exists(path):
+                    content = export.convert_tflite(sm8 if r.endswith("-emb8") else sm, variant)
                     with open(path + ".tmp", "wb") as f:
                         f.write(content)
                     os.rename(path + ".tmp", path)
@@ -190,6 +234,34 @@ def prepare(shape: str, work: str, vocab: str, runtimes, seed: int = 0) -> None:
         save("lealla-xla", xla, length_multiple=8)
     if any(r.startswith("ort") or r == "torch" for r in runtimes):
         _prepare_peers(encoder, cfg, work, runtimes)
+
+
+def full_integer_encoder(encoder, pre) -> bytes:
+    """The encoder alone (token ids in, normalised embeddings out) as a full-integer
+    TFLite file: int8 weights and int8 activations, calibrated on the export's
+    multilingual probe sentences. The end-to-end string model cannot be calibrated (the
+    converter's calibration interpreter lacks TF Text's SentencePiece ops), so this
+    variant gets token ids like the peers (tokenization excluded)."""
+    import tensorflow as tf
+    from lealla_tf import export, modeling
+    specs = [tf.TensorSpec([None, None], tf.int32, name=k) for k in modeling.INPUT_KEYS]
+
+    @tf.function(input_signature=specs)
+    def serve(input_word_ids, input_mask, input_type_ids):
+        out = encoder({"input_word_ids": input_word_ids, "input_mask": input_mask,
+                       "input_type_ids": input_type_ids}, training=False)
+        return {export.OUTPUT_KEY: out["default"]}
+
+    def representative():
+        for s in export.PROBE_SENTENCES:
+            d = pre(tf.constant([s]))
+            yield {k: d[k] for k in modeling.INPUT_KEYS}
+
+    conv = tf.lite.TFLiteConverter.from_concrete_functions(
+        [serve.get_concrete_function()], encoder)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative
+    return conv.convert()
 
 
 def _hf_config(cfg):
@@ -346,20 +418,33 @@ def make_runner(runtime: str, work: str, shape: str, vocab: str, threads: int, r
                          input_signature=[tf.TensorSpec([None], tf.string)])
         conv = lambda b: tf.constant(b)  # noqa: E731
         return (lambda x: fn(x).numpy()), [conv(b) for b in real], [conv(b) for b in fixed]
-    if runtime in ("tf", "tf-xla"):
+    if runtime in ("tf", "tf-xla", "tf-bf16"):
         import tensorflow_text  # noqa: F401
         from lealla_tf import export
-        loaded = tf.saved_model.load(os.path.join(work, "lealla" if runtime == "tf"
-                                                  else "lealla-xla"))
+        if runtime == "tf-bf16":  # oneDNN's bf16 kernels through Grappler's rewrite
+            tf.config.optimizer.set_experimental_options(
+                {"auto_mixed_precision_onednn_bfloat16": True})
+        loaded = tf.saved_model.load(os.path.join(work, "lealla-xla" if runtime == "tf-xla"
+                                                  else "lealla"))
         sig = loaded.signatures[export.SIGNATURE]
         conv = lambda b: tf.constant(b)  # noqa: E731
         return ((lambda x: sig(sentences=x)[export.OUTPUT_KEY].numpy()),
                 [conv(b) for b in real], [conv(b) for b in fixed])
+    if runtime == "tflite-int8-full":  # token ids in (see full_integer_encoder)
+        from lealla_tf import export, modeling
+        interp = export.tflite_interpreter(model_path=os.path.join(work, tflite_file(runtime)),
+                                           num_threads=threads)
+        runner = interp.get_signature_runner()
+
+        def fn(x):
+            return runner(**dict(zip(modeling.INPUT_KEYS, (a.astype(np.int32) for a in x))))[
+                export.OUTPUT_KEY]
+        return fn, _packed(vocab, real), _packed(vocab, fixed)
     if runtime.startswith("tflite"):
         from lealla_tf import export
         interp = export.tflite_interpreter(
-            model_path=os.path.join(work, f"lealla-{runtime.split('-')[1]}.tflite"),
-            num_threads=threads)
+            model_path=os.path.join(work, tflite_file(runtime)), num_threads=threads,
+            xnnpack=not runtime.endswith("-ruy"))
         runner = interp.get_signature_runner(export.SIGNATURE)
         conv = lambda b: np.array([s.encode("utf-8") for s in b], dtype=object)  # noqa: E731
         return ((lambda x: runner(**{export.INPUT_KEY: x})[export.OUTPUT_KEY]),
@@ -549,6 +634,10 @@ def main(argv=None) -> int:
                    help="real sentences per call, after sorting by token count (as "
                         "lealla_tf.export.load_embedder does)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--vocab-rows", type=int, default=0,
+                   help="word-embedding rows of every shape (default: the configs' 501,153; "
+                        "e.g. 128000 for a 128k teacher vocabulary); artefacts go to "
+                        "WORK/<shape>-<rows>")
     p.add_argument("--repeats", type=int, default=2, help="round-robin rounds")
     p.add_argument("--inner-repeats", type=int, default=2, help="timed passes per process")
     p.add_argument("--work", default=os.path.join(_ROOT, "results", "bench", "inference"))
@@ -564,6 +653,13 @@ def main(argv=None) -> int:
         return 0
     if not args.data_dir:
         p.error("--data-dir or LEALLA_DATA_DIR is required (Tatoeba sentences)")
+    if args.vocab_rows < 0:
+        p.error("--vocab-rows must be positive")
+    if args.vocab_rows:
+        os.environ[VOCAB_ROWS_ENV] = str(args.vocab_rows)  # for the child processes
+    else:
+        os.environ.pop(VOCAB_ROWS_ENV, None)
+    rows_suffix = f"-{args.vocab_rows}" if args.vocab_rows else ""
     shapes = [s for s in args.shapes.split(",") if s]
     runtimes = [r for r in args.runtimes.split(",") if r]
     for r in runtimes:
@@ -577,14 +673,26 @@ def main(argv=None) -> int:
             files = corpus.find_files(["train/*-eng.tsv"], args.data_dir, [])
             preprocessing.train_vocab(files, os.path.dirname(args.vocab), 32000,
                                       sentences_per_language=3000, progress=False)
+    import sentencepiece as spm
+    if not os.path.exists(args.vocab):
+        p.error(f"--vocab {args.vocab}: no such file")
+    pieces = spm.SentencePieceProcessor(model_file=args.vocab).get_piece_size()
+    if args.vocab_rows and pieces > args.vocab_rows:
+        p.error(f"the vocabulary has {pieces:,} pieces, more than --vocab-rows "
+                f"{args.vocab_rows:,}: its ids would fall outside the table")
     sentences = tatoeba_sentences(args.data_dir, args.sentences)
     fixed = exact_length_sentences(sentences, args.vocab, FIXED_TOKENS - 2,
                                    FIXED_BATCH * args.fixed_batches)
     raw_lengths = token_counts(sentences, args.vocab)
     lengths = np.array([min(k, SEQ_LENGTH - 2) + 2 for k in raw_lengths])
-    print(f"{len(sentences)} Tatoeba sentences, tokens incl. [CLS]/[SEP] (32k vocab): "
+    print(f"{len(sentences)} Tatoeba sentences, tokens incl. [CLS]/[SEP] ({pieces:,}-piece vocab): "
           f"median {np.median(lengths):.0f}, mean {lengths.mean():.1f}, "
           f"p90 {np.percentile(lengths, 90):.0f}, max {lengths.max()}", flush=True)
+
+    from lealla_tf import hardware
+    cpu_desc, paths = hardware.cpu_info(), hardware.runtime_paths()
+    machine = hardware.describe(paths, cpu_desc)
+    print(machine, flush=True)
 
     gflops_tf = statistics.median(matmul_gflops(args.threads) for _ in range(3))
     gemm = tflite_gemm_gflops(args.threads)
@@ -599,7 +707,7 @@ def main(argv=None) -> int:
 
     results = {}
     for shape in shapes:
-        work = os.path.join(args.work, shape)
+        work = os.path.join(args.work, shape + rows_suffix)
         shape_runtimes = runtimes
         if shape == "labse" and args.labse_runtimes:
             shape_runtimes = [r for r in args.labse_runtimes.split(",") if r]
@@ -647,6 +755,7 @@ def main(argv=None) -> int:
                       f"{statistics.median(entry['fixed']):8.1f}/s  peak "
                       f"{r['peak_rss_mib']:7.0f} MiB", flush=True)
     print()
+    print(machine)
     print(f"Inference speed, {args.threads} CPU threads, median of "
           f"{args.repeats}x{args.inner_repeats} passes (sentences/s: real = {len(sentences)} Tatoeba "
           f"sentences sorted by token count in batches of {args.batch_size}, 1-by-1 = {args.single} "
@@ -656,7 +765,7 @@ def main(argv=None) -> int:
     header = ["shape", "runtime", "real sent/s", "real sent/CPU-s", "1-by-1 sent/s",
               "256x32 sent/s",
               "GFLOP/s", "% matmul",
-              "peak MiB", "size MiB", "min cos"]
+              "peak MiB", "size MiB", "min cos", "gate"]
     rows = []
     summary = {}
     for shape in shapes:
@@ -667,17 +776,19 @@ def main(argv=None) -> int:
             real = statistics.median(e["real"])
             fixedv = statistics.median(e["fixed"])
             gf = e["flops_fixed"] / (e["nf"] / fixedv) / 1e9
-            size = _artefact_mib(os.path.join(args.work, shape), runtime)
-            cos = _min_cosine(os.path.join(args.work, shape), runtime)
+            size = _artefact_mib(os.path.join(args.work, shape + rows_suffix), runtime)
+            cos = _min_cosine(os.path.join(args.work, shape + rows_suffix), runtime)
             summary[(shape, runtime)] = dict(real=real, fixed=fixedv, gflops=gf,
                                              rss=max(e["rss"]), size=size, cos=cos)
             cpu = statistics.median(e["cpu"])
             single = statistics.median(e["single"]) if e["single"] else None
             summary[(shape, runtime)].update(cpu=cpu, single=single)
-            rows.append([LABELS.get(shape, shape), runtime, _fmt(real, 1), _fmt(cpu, 1),
+            label = LABELS.get(shape, shape) + (f" {args.vocab_rows // 1000}k rows"
+                                                if args.vocab_rows else "")
+            rows.append([label, runtime, _fmt(real, 1), _fmt(cpu, 1),
                          _fmt(single, 1), _fmt(fixedv, 1),
                          _fmt(gf, 1), _fmt(100 * gf / gflops_peak, 0), _fmt(max(e["rss"])),
-                         _fmt(size), _fmt(cos, 5)])
+                         _fmt(size), _fmt(cos, 5), gate_text(runtime, cos)])
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     line = lambda r: "| " + " | ".join(str(c).rjust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
     print(line(header))
@@ -687,11 +798,20 @@ def main(argv=None) -> int:
     _print_targets(summary, gflops_peak, gemm)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"matmul_gflops": gflops_peak, "matmul_gflops_tf": gflops_tf,
+            json.dump({"cpu": {k: v for k, v in cpu_desc.items() if k != "flags"},
+                       "runtime_paths": paths, "matmul_gflops": gflops_peak, "matmul_gflops_tf": gflops_tf,
                        "tflite_gemm": gemm,
                        "results": {f"{k[0]}/{k[1]}": v for k, v in summary.items()}}, f,
                       indent=1)
     return 0
+
+
+def gate_text(runtime: str, cos) -> str:
+    """``ok >= 0.99`` / ``FAIL < 0.99`` against ``COSINE_GATES`` (``-`` without either)."""
+    gate = COSINE_GATES.get(runtime)
+    if gate is None or cos is None:
+        return "-"
+    return f"ok >= {gate:g}" if cos >= gate else f"FAIL < {gate:g}"
 
 
 def _min_cosine(work, runtime, references=("tf-keras", "tf")):
@@ -707,11 +827,11 @@ def _min_cosine(work, runtime, references=("tf-keras", "tf")):
 
 
 def _artefact_mib(work, runtime):
-    names = {"tf": "lealla", "tf-xla": "lealla-xla", "tflite-fp32": "lealla-fp32.tflite",
-             "tflite-fp16": "lealla-fp16.tflite", "tflite-int8": "lealla-int8.tflite",
+    names = {"tf": "lealla", "tf-xla": "lealla-xla", "tf-bf16": "lealla",
              "ort-fp32": "bert.onnx", "ort-int8": "bert-int8.onnx",
              "torch": "torch_state.pt", "tf-keras": "weights.h5"}
-    path = os.path.join(work, names[runtime])
+    path = os.path.join(work, tflite_file(runtime) if runtime.startswith("tflite")
+                        else names[runtime])
     if os.path.isdir(path):
         return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path)
                    for f in fs) / 2 ** 20
@@ -728,7 +848,9 @@ def _print_targets(s, peak, gemm):
     cols = (("real", "real sentences"), ("single", "1-by-1"), ("fixed", "256x32"))
 
     def best(rows, col):
-        cands = [r for r in rows if r.startswith("tf") and rows[r].get(col)]
+        # End-to-end exports only (the full-integer encoder skips tokenization).
+        cands = [r for r in rows if r.startswith("tf") and r != "tflite-int8-full"
+                 and rows[r].get(col)]
         return max(cands, key=lambda r: rows[r][col], default=None)
 
     print("\nLEALLA-small, best export per column:")
@@ -755,6 +877,14 @@ def _print_targets(s, peak, gemm):
                            if i8.get(c) and f32.get(c))
         print(f"  TFLite int8 / fp32 speed: {ratios}; size {f32['size'] / i8['size']:.1f}x "
               f"smaller; min cosine to the reference {i8['cos']:.5f}")
+        for other in ("tflite-int8-ruy", "tflite-int8-full", "tf-bf16"):
+            o = small.get(other)
+            base = small.get("tf") if other == "tf-bf16" else f32
+            if o and base:
+                ratios = ", ".join(f"{label} {o[c] / base[c]:.2f}x" for c, label in cols
+                                   if o.get(c) and base.get(c))
+                print(f"  {other} / {'tf' if other == 'tf-bf16' else 'tflite-fp32'}: "
+                      f"{ratios}; min cosine {_fmt(o['cos'], 5)}")
         print(f"  (int8-weight GEMM / fp32 GEMM on this CPU, same shapes: "
               f"{gemm['thin_ffn_int8'] / gemm['thin_ffn_fp32']:.2f}x FFN, "
               f"{gemm['thin_qkv_int8'] / gemm['thin_qkv_fp32']:.2f}x QKV)")

@@ -214,6 +214,9 @@ def _add_export(sub) -> None:
     p.add_argument("--tflite", default="fp32,fp16,int8",
                    help="comma-separated TFLite variants: fp32, fp16, int8 (dynamic range); "
                         "'none' for none")
+    p.add_argument("--int8-embeddings", action="store_true",
+                   help="the end-to-end model and the TFLite files read int8 word-embedding "
+                        "rows with per-row scales (a 128k x 128 table: 16 MiB instead of 64)")
     p.add_argument("--checkpoint", default="", help="checkpoint path (default: the latest)")
     p.add_argument("--metrics", nargs="*", default=[],
                    help="`lealla eval` result JSON files to quote in the model card")
@@ -250,7 +253,7 @@ def _export(args) -> int:
     try:
         export.export_run(args.model_dir, args.output, checkpoint=args.checkpoint or None,
                           tflite=args.tflite, metrics=args.metrics, overwrite=args.overwrite,
-                          model_card_info=card)
+                          model_card_info=card, int8_embeddings=args.int8_embeddings)
     except (FileExistsError, ValueError) as e:
         print(f"lealla: error: {e}", file=sys.stderr)
         return 2

@@ -19,7 +19,9 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
 
 import tensorflow as tf
 import tf_keras
@@ -64,7 +66,30 @@ def _layer_norm(x: tf.Tensor, norm: tf_keras.layers.LayerNormalization) -> tf.Te
     return tf.nn.batch_normalization(x, mean, var, norm.beta, norm.gamma, norm.epsilon)
 
 
-def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
+def quantize_rows_int8(table) -> Tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 quantisation of an embedding table with one scale per row.
+
+    Args:
+      table: float ``[rows, dim]`` (array or variable).
+
+    Returns:
+      ``(values, scales)``: int8 ``[rows, dim]`` in [-127, 127] and float32 ``[rows, 1]``
+      with ``values * scales`` ~ ``table`` (error at most half a step, ``scale / 2``, per
+      entry; an all-zero row gets scale 1 and stays zero).
+    """
+    table = np.asarray(table, np.float32)
+    if table.ndim != 2:
+        raise ValueError(f"an embedding table is [rows, dim], got shape {table.shape}")
+    if not np.all(np.isfinite(table)):
+        raise ValueError("the embedding table holds NaN or infinite values")
+    absmax = np.abs(table).max(axis=1, keepdims=True)
+    scales = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
+    values = np.clip(np.round(table / scales), -127, 127).astype(np.int8)
+    return values, scales
+
+
+def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor],
+                      int8_rows: Optional[Tuple[tf.Tensor, tf.Tensor]] = None
                       ) -> Dict[str, Any]:
     """Inference forward pass of a ``BertEncoderV2`` with plain ``tf.nn`` ops.
 
@@ -82,6 +107,9 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
       inputs: dict of int32 ``[batch, seq]`` ``input_word_ids``, ``input_mask``,
         ``input_type_ids``.
 
+      int8_rows: optional ``(values, scales)`` of :func:`quantize_rows_int8` used
+        instead of the word-embedding table (gathered rows are dequantised).
+
     Returns:
       dict with ``sequence_output``, ``pooled_output`` and ``encoder_outputs`` as
       ``BertEncoderV2`` returns them.
@@ -92,7 +120,11 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
     table = bert._embedding_layer.embeddings
     hidden = int(table.shape[-1])
     positions = bert._position_embedding_layer._position_embeddings
-    x = tf.gather(table, ids) + tf.expand_dims(tf.slice(positions, [0, 0], [seq, hidden]), 0)
+    if int8_rows is not None:
+        words = tf.cast(tf.gather(int8_rows[0], ids), tf.float32) * tf.gather(int8_rows[1], ids)
+    else:
+        words = tf.gather(table, ids)
+    x = words + tf.expand_dims(tf.slice(positions, [0, 0], [seq, hidden]), 0)
     x += tf.gather(bert._type_embedding_layer.embeddings, inputs["input_type_ids"])
     x = _layer_norm(tf.reshape(x, [-1, hidden]), bert._embedding_norm_layer)
     # Additive mask as in Keras' masked softmax: 0 for tokens, -1e9 for padding.
@@ -188,9 +220,10 @@ class LeallaEncoder(tf_keras.Model):
             raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, "
                              f"got {implementation!r}")
         self.implementation = implementation
+        object.__setattr__(self, "_int8_rows", None)  # (not a Keras-tracked attribute)
         self._fast_forward = tf.function(
-            lambda inputs: fast_bert_forward(self.bert, inputs), jit_compile=bool(jit_compile),
-            autograph=False)
+            lambda inputs: fast_bert_forward(self.bert, inputs, self._int8_rows),
+            jit_compile=bool(jit_compile), autograph=False)
         self.bert = networks.BertEncoderV2(
             vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers,
             num_attention_heads=num_attention_heads, max_sequence_length=max_position_embeddings,
@@ -222,6 +255,36 @@ class LeallaEncoder(tf_keras.Model):
     def word_embeddings(self) -> tf.Variable:
         """The ``[vocab_size, hidden_size]`` word-embedding table."""
         return self.bert.get_embedding_table()
+
+    @property
+    def int8_word_embeddings(self) -> bool:
+        """Whether inference reads an int8 copy of the word embeddings."""
+        return self._int8_rows is not None
+
+    def set_int8_word_embeddings(self, enabled: bool) -> None:
+        """Makes inference (``implementation="fast"``, ``training=False``) read an int8
+        copy of the word-embedding table with one scale per row
+        (:func:`quantize_rows_int8`), taken from the table now, or go back to the float
+        table. Graphs traced from here on (exports, TFLite conversions) hold the int8
+        rows as constants instead of the float table: a 128k x 128 table is 16 MiB
+        (+ 0.5 MiB of scales) instead of 64. Training, the Keras implementation and the
+        checkpointed variables keep the float table.
+
+        Raises:
+          ValueError: enabling it on an encoder with ``implementation="keras"``.
+        """
+        if enabled and self.implementation != "fast":
+            raise ValueError("int8 word embeddings need implementation='fast' (the fused "
+                             "inference forward pass reads them)")
+        rows = None
+        if enabled:
+            values, scales = quantize_rows_int8(self.word_embeddings.numpy())
+            rows = (tf.constant(values), tf.constant(scales))
+        object.__setattr__(self, "_int8_rows", rows)
+        jit = bool(self._shape_config["jit_compile"])
+        self._fast_forward = tf.function(
+            lambda inputs: fast_bert_forward(self.bert, inputs, self._int8_rows),
+            jit_compile=jit, autograph=False)
 
     def dummy_inputs(self, batch_size: int = 1, seq_length: int = 8) -> Dict[str, tf.Tensor]:
         ids = tf.zeros([batch_size, seq_length], tf.int32)
@@ -312,6 +375,36 @@ class StaticEncoder(tf_keras.Model):
     @property
     def word_embeddings(self) -> tf.Variable:
         return self.embedding.embeddings
+
+    @property
+    def int8_word_embeddings(self) -> bool:
+        """Whether inference reads an int8 copy of the word embeddings."""
+        return self._int8_rows is not None
+
+    def set_int8_word_embeddings(self, enabled: bool) -> None:
+        """Makes inference (``implementation="fast"``, ``training=False``) read an int8
+        copy of the word-embedding table with one scale per row
+        (:func:`quantize_rows_int8`), taken from the table now, or go back to the float
+        table. Graphs traced from here on (exports, TFLite conversions) hold the int8
+        rows as constants instead of the float table: a 128k x 128 table is 16 MiB
+        (+ 0.5 MiB of scales) instead of 64. Training, the Keras implementation and the
+        checkpointed variables keep the float table.
+
+        Raises:
+          ValueError: enabling it on an encoder with ``implementation="keras"``.
+        """
+        if enabled and self.implementation != "fast":
+            raise ValueError("int8 word embeddings need implementation='fast' (the fused "
+                             "inference forward pass reads them)")
+        rows = None
+        if enabled:
+            values, scales = quantize_rows_int8(self.word_embeddings.numpy())
+            rows = (tf.constant(values), tf.constant(scales))
+        object.__setattr__(self, "_int8_rows", rows)
+        jit = bool(self._shape_config["jit_compile"])
+        self._fast_forward = tf.function(
+            lambda inputs: fast_bert_forward(self.bert, inputs, self._int8_rows),
+            jit_compile=jit, autograph=False)
 
     def dummy_inputs(self, batch_size: int = 1, seq_length: int = 8) -> Dict[str, tf.Tensor]:
         ids = tf.zeros([batch_size, seq_length], tf.int32)

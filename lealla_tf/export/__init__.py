@@ -55,6 +55,7 @@ from lealla_tf.export.exporter import (disk_bytes, export_model, export_run, for
 from lealla_tf.export.formats import (CARD_FILE, DEFAULT_CARD_TEMPLATE, ENCODER,
                                       ENCODER_OUTPUTS, INFO_FILE, INPUT_KEY, LEALLA, OUTPUT_KEY,
                                       PREPROCESSOR, PROBE_SENTENCES, SAVED_MODELS, SIGNATURE,
+                                      INT8_EMBEDDINGS_MIN_COSINE,
                                       TFLITE_MIN_COSINE, TFLITE_VARIANTS, build_encoder_module,
                                       build_lealla_module, build_preprocessor_module,
                                       convert_tflite, cosine_rows, parse_tflite_variants,
@@ -64,7 +65,7 @@ from lealla_tf.export.publish import make_hub_archive, publish
 
 __all__ = [
     "CARD_FILE", "DEFAULT_CARD_TEMPLATE", "ENCODER", "ENCODER_OUTPUTS", "INFO_FILE",
-    "INPUT_KEY", "LEALLA", "OUTPUT_KEY", "PREPROCESSOR", "PROBE_SENTENCES", "SAVED_MODELS",
+    "INPUT_KEY", "INT8_EMBEDDINGS_MIN_COSINE", "LEALLA", "OUTPUT_KEY", "PREPROCESSOR", "PROBE_SENTENCES", "SAVED_MODELS",
     "SIGNATURE", "TFLITE_MIN_COSINE", "TFLITE_VARIANTS", "CheckpointEmbedder", "Embedder",
     "SavedModelEmbedder", "TFLiteEmbedder", "build_encoder_module", "build_lealla_module",
     "build_preprocessor_module", "convert_tflite", "cosine_rows", "export_model", "export_run",

@@ -27,7 +27,8 @@ from lealla_tf.export.card import (human_bytes, local_handles, render_model_card
 from lealla_tf.export.formats import (CARD_FILE, DEFAULT_CARD_TEMPLATE, ENCODER, INFO_FILE,
                                       INPUT_KEY, LEALLA, OUTPUT_KEY, PREPROCESSOR,
                                       PROBE_SENTENCES, SAVED_MODELS, SIGNATURE,
-                                      TFLITE_MIN_COSINE, TFLITE_VARIANTS, tflite_file_name)
+                                      TFLITE_MIN_COSINE, TFLITE_VARIANTS, tflite_file_name,
+                                      INT8_EMBEDDINGS_MIN_COSINE)
 
 
 def disk_bytes(path: str) -> int:
@@ -138,7 +139,8 @@ def _version() -> str:
 def export_model(preprocessor, encoder, output_dir: str,
                  tflite: Union[str, Sequence[str], None] = TFLITE_VARIANTS,
                  model_card_info: Optional[Dict[str, Any]] = None, overwrite: bool = False,
-                 card_template: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
+                 card_template: Optional[str] = None, progress: bool = True,
+                 int8_embeddings: bool = False) -> Dict[str, Any]:
     """Exports an in-memory preprocessor + encoder (see the module docstring for the layout).
 
     Args:
@@ -152,12 +154,19 @@ def export_model(preprocessor, encoder, output_dir: str,
       overwrite: replace an existing ``output_dir``.
       card_template: model-card template (default ``lealla_tf/resources/model_card.md``).
       progress: print progress and the file sizes.
+      int8_embeddings: the end-to-end ``lealla`` SavedModel and every TFLite file read
+        an int8 copy of the word-embedding table with one scale per row
+        (``LeallaEncoder.set_int8_word_embeddings``): a 128k x 128 table takes 16 MiB
+        instead of 64 in the fp32/fp16 files. The ``encoder`` SavedModel (for
+        fine-tuning) keeps the float table. Checked: min cosine to the float model on
+        the probe sentences >= ``INT8_EMBEDDINGS_MIN_COSINE``.
 
     Returns:
       The ``export_info.json`` dict (file sizes, parity checks, ...).
 
     Raises:
       FileExistsError: ``output_dir`` exists and ``overwrite`` is False.
+      RuntimeError: a check fails (TFLite or int8-embedding cosine).
     """
     import tensorflow_text  # noqa: F401  (ops of the tokenizer)
     from tqdm.auto import tqdm
@@ -188,18 +197,41 @@ def export_model(preprocessor, encoder, output_dir: str,
             builders = {LEALLA: lambda: formats.build_lealla_module(preprocessor, encoder),
                         PREPROCESSOR: lambda: formats.build_preprocessor_module(preprocessor),
                         ENCODER: lambda: formats.build_encoder_module(encoder)}
-            for name in SAVED_MODELS:
-                bar.set_postfix_str(name)
-                obj, signatures = builders[name]()
-                formats.save_saved_model(obj, signatures, os.path.join(tmp, name),
-                      sp_path if name != ENCODER or wordpiece_vocab else None,
-                      do_lower_case=getattr(preprocessor, "do_lower_case", None))
-                info["files"][name] = {"path": name + "/",
-                                       "bytes": disk_bytes(os.path.join(tmp, name))}
-                bar.update()
+            try:
+                for name in SAVED_MODELS:
+                    bar.set_postfix_str(name)
+                    if int8_embeddings:  # the end-to-end model only
+                        encoder.set_int8_word_embeddings(name == LEALLA)
+                    obj, signatures = builders[name]()
+                    formats.save_saved_model(obj, signatures, os.path.join(tmp, name),
+                          sp_path if name != ENCODER or wordpiece_vocab else None,
+                          do_lower_case=getattr(preprocessor, "do_lower_case", None))
+                    info["files"][name] = {"path": name + "/",
+                                           "bytes": disk_bytes(os.path.join(tmp, name))}
+                    bar.update()
+            finally:
+                if int8_embeddings:
+                    encoder.set_int8_word_embeddings(False)
 
         probe = tf.constant(list(PROBE_SENTENCES))
-        expected = modeling.StringEncoder(preprocessor, encoder)(probe, training=False).numpy()
+        float_model = modeling.StringEncoder(preprocessor, encoder)(probe, training=False).numpy()
+        info["model"]["int8_word_embeddings"] = bool(int8_embeddings)
+        if int8_embeddings:
+            encoder.set_int8_word_embeddings(True)
+            try:
+                expected = modeling.StringEncoder(preprocessor, encoder)(
+                    probe, training=False).numpy()
+            finally:
+                encoder.set_int8_word_embeddings(False)
+            min_cos = float(formats.cosine_rows(expected, float_model).min())
+            info["checks"]["int8_embeddings_min_cosine"] = min_cos
+            if min_cos < INT8_EMBEDDINGS_MIN_COSINE:
+                raise RuntimeError(
+                    f"int8 word embeddings change the embeddings too much: min cosine "
+                    f"{min_cos:.6f} < {INT8_EMBEDDINGS_MIN_COSINE} to the float table on the "
+                    "probe sentences; export without int8_embeddings")
+        else:
+            expected = float_model
         loaded = tf.saved_model.load(os.path.join(tmp, LEALLA))
         exported = loaded.signatures[SIGNATURE](sentences=probe)[OUTPUT_KEY].numpy()
         info["checks"]["savedmodel_max_abs_diff"] = float(np.abs(exported - expected).max())
@@ -290,7 +322,7 @@ def export_run(model_dir: str, output_dir: str, checkpoint: Optional[str] = None
                tflite: Union[str, Sequence[str], None] = TFLITE_VARIANTS,
                metrics: Sequence[Union[str, dict]] = (), overwrite: bool = False,
                model_card_info: Optional[Dict[str, Any]] = None,
-               progress: bool = True) -> Dict[str, Any]:
+               progress: bool = True, int8_embeddings: bool = False) -> Dict[str, Any]:
     """Exports the encoder of a training model dir (``lealla export``).
 
     Args:
@@ -303,6 +335,7 @@ def export_run(model_dir: str, output_dir: str, checkpoint: Optional[str] = None
       overwrite: replace an existing ``output_dir``.
       model_card_info: overrides of the card facts derived from the run.
       progress: print progress and file sizes.
+      int8_embeddings: int8 word-embedding rows (see :func:`export_model`).
     """
     from lealla_tf import training
     _check_target(fileio.normpath(output_dir), overwrite)
@@ -312,4 +345,5 @@ def export_run(model_dir: str, output_dir: str, checkpoint: Optional[str] = None
     card = run_card_info(model_dir, cfg, checkpoint, metrics)
     card.update(model_card_info or {})
     return export_model(preprocessor, encoder, output_dir, tflite=tflite, model_card_info=card,
-                        overwrite=overwrite, progress=progress)
+                        overwrite=overwrite, progress=progress,
+                        int8_embeddings=int8_embeddings)

@@ -18,6 +18,8 @@ SAVED_MODELS = (LEALLA, PREPROCESSOR, ENCODER)
 TFLITE_VARIANTS = ("fp32", "fp16", "int8")
 # Each TFLite file must reach this cosine to the SavedModel on PROBE_SENTENCES.
 TFLITE_MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99}
+# An export with int8 word-embedding rows must reach this cosine to the float model.
+INT8_EMBEDDINGS_MIN_COSINE = 0.999
 INFO_FILE = "export_info.json"
 CARD_FILE = "README.md"
 INPUT_KEY = "sentences"
@@ -237,13 +239,19 @@ def convert_tflite(saved_model_dir: str, variant: str = "fp32") -> bytes:
 
 
 def tflite_interpreter(model_path: Optional[str] = None, model_content: Optional[bytes] = None,
-                       num_threads: Optional[int] = None):
-    """A LiteRT interpreter with TF Text's custom ops registered."""
+                       num_threads: Optional[int] = None, xnnpack: bool = True):
+    """A LiteRT interpreter with TF Text's custom ops registered.
+
+    ``xnnpack=False`` runs LiteRT's built-in kernels (ruy; hybrid int8 kernels for
+    dynamic-range files) without the default XNNPACK delegate.
+    """
     import tensorflow_text as tf_text
-    from ai_edge_litert.interpreter import InterpreterWithCustomOps
+    from ai_edge_litert.interpreter import InterpreterWithCustomOps, OpResolverType
+    kwargs = {} if xnnpack else {
+        "experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
     return InterpreterWithCustomOps(
         custom_op_registerers=tf_text.tflite_registrar.SELECT_TFTEXT_OPS,
-        model_path=model_path, model_content=model_content, num_threads=num_threads)
+        model_path=model_path, model_content=model_content, num_threads=num_threads, **kwargs)
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

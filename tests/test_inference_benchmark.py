@@ -1,0 +1,64 @@
+"""Pieces of benchmarks/inference_speed.py: runtime -> file names, cosine gates, the
+vocabulary-row override, and the full-integer encoder against the in-memory encoder."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_text  # noqa: F401
+import tf_keras
+
+from lealla_tf import export, modeling, preprocessing
+
+_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks",
+                       "inference_speed.py")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("inference_speed", _SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tflite_files_and_gates(bench):
+    assert bench.tflite_file("tflite-int8") == "lealla-int8.tflite"
+    assert bench.tflite_file("tflite-int8-ruy") == "lealla-int8.tflite"
+    assert bench.tflite_file("tflite-fp16-emb8") == "lealla-fp16-emb8.tflite"
+    assert bench.tflite_file("tflite-int8-full") == "lealla-int8-full.tflite"
+    # Every measured runtime but the Keras reference has a gate.
+    assert set(bench.RUNTIMES) - set(bench.COSINE_GATES) == {"tf-keras"}
+    assert bench.gate_text("tflite-int8", 0.995) == "ok >= 0.99"
+    assert bench.gate_text("tflite-fp32", 0.9990) == "FAIL < 0.9999"
+    assert bench.gate_text("tf-keras", 1.0) == "-" and bench.gate_text("tf", None) == "-"
+
+
+def test_vocab_rows_override(bench, monkeypatch):
+    monkeypatch.delenv(bench.VOCAB_ROWS_ENV, raising=False)
+    assert bench._model_cfg("lealla_small").vocab_size == 501153
+    monkeypatch.setenv(bench.VOCAB_ROWS_ENV, "128000")
+    cfg = bench._model_cfg("lealla_small")
+    assert cfg.vocab_size == 128000 and cfg.hidden_size == 128
+
+
+def test_full_integer_encoder_close_to_float(bench, tiny_vocab, tiny_config):
+    tf_keras.utils.set_random_seed(11)
+    encoder = modeling.LeallaEncoder.from_model_config(tiny_config.model)
+    encoder(encoder.dummy_inputs())
+    pre = preprocessing.Preprocessor(tiny_vocab, 64)
+    content = bench.full_integer_encoder(encoder, pre)
+    runner = export.tflite_interpreter(model_content=content).get_signature_runner()
+    packed = preprocessing.Preprocessor(tiny_vocab, 64, dynamic_length=True)(tf.constant(
+        ["The weather is nice today.", "Das Wetter ist heute schön.", "今天天气很好。", "dog"]))
+    x = {k: packed[k].numpy().astype(np.int32) for k in modeling.INPUT_KEYS}
+    got = runner(**x)[export.OUTPUT_KEY]
+    ref = encoder({k: tf.constant(v) for k, v in x.items()}, training=False)["default"].numpy()
+    assert export.cosine_rows(got, ref).min() >= bench.COSINE_GATES["tflite-int8-full"]
+    # int8 activations too: the matrix products read int8 inputs, not float ones.
+    interp = export.tflite_interpreter(model_content=content)
+    dtypes = {d["index"]: d["dtype"] for d in interp.get_tensor_details()}
+    fc = [op for op in interp._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
+    assert fc and all(dtypes[op["inputs"][0]] == np.int8 for op in fc)

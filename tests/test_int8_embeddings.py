@@ -1,0 +1,120 @@
+"""int8 word-embedding rows (per-row scales): the quantiser's error bound, in-memory
+parity with the float table, and exports whose SavedModel equals the in-memory int8 model
+and whose TFLite files stay close to the float model while the table shrinks 4x."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
+import tf_keras
+
+from lealla_tf import export, modeling, preprocessing
+
+SENTENCES = [b"The weather is nice today.", "Das Wetter ist heute schön.".encode(),
+             "Сегодня хорошая погода.".encode(), "今天天气很好。".encode(), b"dog", b"",
+             b"\xff\xfe invalid", ("Satz " * 300).encode()]
+ROWS = 128_000  # a teacher-sized vocabulary (the tokenizer uses only its first pieces)
+
+
+def test_quantize_rows_int8_error_bound_and_errors():
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal([300, 48]).astype(np.float32) * rng.uniform(
+        0.001, 3.0, [300, 1]).astype(np.float32)
+    table[7] = 0.0
+    values, scales = modeling.quantize_rows_int8(table)
+    assert values.dtype == np.int8 and values.shape == table.shape
+    assert scales.dtype == np.float32 and scales.shape == (300, 1)
+    assert values.min() >= -127 and values.max() <= 127
+    # Each row's largest entry maps to +-127; every entry is within half a step.
+    assert np.all(np.abs(values).max(axis=1)[np.arange(300) != 7] == 127)
+    err = np.abs(values * scales - table)
+    assert np.all(err <= scales / 2 + 1e-7)
+    assert not values[7].any() and scales[7, 0] == 1.0
+    with pytest.raises(ValueError, match=r"\[rows, dim\]"):
+        modeling.quantize_rows_int8(np.zeros([5], np.float32))
+    bad = table.copy()
+    bad[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        modeling.quantize_rows_int8(bad)
+
+
+@pytest.fixture(scope="module")
+def big_vocab(tiny_vocab, tiny_config):
+    cfg = dataclasses.replace(tiny_config.model, vocab_size=ROWS)
+    tf_keras.utils.set_random_seed(5)
+    encoder = modeling.LeallaEncoder.from_model_config(cfg)
+    encoder(encoder.dummy_inputs())
+    pre = preprocessing.Preprocessor(tiny_vocab, tiny_config.preprocess.seq_length)
+    return cfg, pre, encoder
+
+
+def _embed(pre, encoder):
+    return modeling.StringEncoder(pre, encoder)(tf.constant(SENTENCES), training=False).numpy()
+
+
+def test_in_memory_int8_rows_close_to_float_and_reversible(big_vocab):
+    cfg, pre, encoder = big_vocab
+    weights = [w.copy() for w in encoder.get_weights()]
+    ref = _embed(pre, encoder)
+    encoder.set_int8_word_embeddings(True)
+    try:
+        assert encoder.int8_word_embeddings
+        got = _embed(pre, encoder)
+        # The variables (checkpoints, training) are untouched.
+        assert len(encoder.get_weights()) == len(weights)
+    finally:
+        encoder.set_int8_word_embeddings(False)
+    cos = export.cosine_rows(got, ref)
+    assert cos.min() >= export.INT8_EMBEDDINGS_MIN_COSINE
+    assert np.abs(got - ref).max() > 0  # the int8 rows were really read
+    assert not encoder.int8_word_embeddings
+    np.testing.assert_array_equal(_embed(pre, encoder), ref)
+    for a, b in zip(encoder.get_weights(), weights):
+        np.testing.assert_array_equal(a, b)
+    keras = modeling.LeallaEncoder.from_model_config(cfg, implementation="keras")
+    with pytest.raises(ValueError, match="implementation='fast'"):
+        keras.set_int8_word_embeddings(True)
+
+
+def test_export_with_int8_rows(big_vocab, tmp_path):
+    _, pre, encoder = big_vocab
+    ref = _embed(pre, encoder)
+    plain = export.export_model(pre, encoder, str(tmp_path / "plain"), tflite="fp32",
+                                progress=False)
+    small = export.export_model(pre, encoder, str(tmp_path / "int8rows"), tflite="fp32,int8",
+                                progress=False, int8_embeddings=True)
+    assert not encoder.int8_word_embeddings  # the caller's encoder is left as it was
+    np.testing.assert_array_equal(_embed(pre, encoder), ref)
+    assert small["model"]["int8_word_embeddings"] and not plain["model"]["int8_word_embeddings"]
+    assert small["checks"]["int8_embeddings_min_cosine"] >= export.INT8_EMBEDDINGS_MIN_COSINE
+    with open(tmp_path / "int8rows" / export.INFO_FILE) as f:
+        assert json.load(f)["model"]["int8_word_embeddings"] is True
+
+    # The end-to-end SavedModel is the in-memory int8 model.
+    encoder.set_int8_word_embeddings(True)
+    try:
+        in_memory_int8 = _embed(pre, encoder)
+    finally:
+        encoder.set_int8_word_embeddings(False)
+    loaded = tf.saved_model.load(str(tmp_path / "int8rows" / export.LEALLA))
+    saved = loaded.signatures[export.SIGNATURE](sentences=tf.constant(SENTENCES))[
+        export.OUTPUT_KEY].numpy()
+    np.testing.assert_allclose(saved, in_memory_int8, atol=1e-5)
+
+    # The fp32 TFLite file loses 3/4 of the table's bytes, and stays close to the float model.
+    table = ROWS * encoder.hidden_size
+    saved_bytes = plain["files"]["tflite-fp32"]["bytes"] - small["files"]["tflite-fp32"]["bytes"]
+    assert saved_bytes > 0.7 * 3 * table, (saved_bytes, table)
+    for variant, gate in (("fp32", export.INT8_EMBEDDINGS_MIN_COSINE),
+                          ("int8", export.TFLITE_MIN_COSINE["int8"])):
+        path = str(tmp_path / "int8rows" / export.tflite_file_name(variant))
+        runner = export.tflite_interpreter(model_path=path).get_signature_runner(
+            export.SIGNATURE)
+        got = runner(**{export.INPUT_KEY: np.array(SENTENCES, dtype=object)})[export.OUTPUT_KEY]
+        assert export.cosine_rows(got, ref).min() >= gate, variant
+    # The fine-tuning encoder SavedModel keeps the float table (same size as without).
+    assert abs(small["files"][export.ENCODER]["bytes"]
+               - plain["files"][export.ENCODER]["bytes"]) < 0.05 * table * 4
