@@ -72,10 +72,9 @@ def main(argv=None):
                    default=["train.optimizer=lazy_adamw"])
     args = p.parse_args(argv)
 
-    import tensorflow as tf
-
-    from lealla_tf import config, modeling, preprocessing, teacher_embeddings, training
-    from lealla_tf.evaluation import pairs, runner
+    from lealla_tf import config, preprocessing, teacher_embeddings, training
+    from lealla_tf.evaluation import pairs
+    from recipe_sweep import trainer_embedder
 
     sweep = os.path.abspath(args.sweep)
     files = sorted(os.path.join(sweep, "data", f) for f in os.listdir(os.path.join(sweep, "data")))
@@ -108,13 +107,7 @@ def main(argv=None):
                                    progress=False, teacher=teacher)
         trainer.run()
         train_s = time.perf_counter() - start
-        pre = preprocessing.Preprocessor(
-            trainer.vocab_path, cfg.preprocess.inference_seq_length or cfg.preprocess.seq_length)
-        model = modeling.StringEncoder(pre, trainer.encoder)
-        fn = tf.function(lambda x: model(x, training=False),
-                         input_signature=[tf.TensorSpec([None], tf.string)])
-        embedder = runner.as_embedder(lambda s: fn(tf.constant(s)).numpy(),
-                                      name=f"compact-{name}")
+        embedder = trainer_embedder(trainer, cfg, f"compact-{name}")
         res = pairs.evaluate_pair_files(embedder, dev, use_cache=False)
         rows = sum(manifest["files"][os.path.abspath(f)]["num_lines"] for f in files) * 2
         results[name] = {"dim": manifest["dim"], "dtype": dtype, "shard_bytes": size,

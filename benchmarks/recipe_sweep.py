@@ -93,13 +93,26 @@ def prepare(output, root, pairs_per_language, dev_pairs, spec, progress=True, se
     return teacher, files, dev, vocab, emb
 
 
+def trainer_embedder(trainer, cfg, name):
+    """The trainer's encoder as a strings-in embedder, packing to the export length."""
+    import tensorflow as tf
+
+    from lealla_tf import modeling, preprocessing
+    from lealla_tf.evaluation import runner
+
+    pre = preprocessing.Preprocessor(
+        trainer.vocab_path, cfg.preprocess.inference_seq_length or cfg.preprocess.seq_length)
+    model = modeling.StringEncoder(pre, trainer.encoder)
+    fn = tf.function(lambda x: model(x, training=False),
+                     input_signature=[tf.TensorSpec([None], tf.string)])
+    return runner.as_embedder(lambda s: fn(tf.constant(s)).numpy(), name=name)
+
+
 def run_variant(name, recipe, overrides, output, files, vocab, emb, teacher, dev, cache,
                 ntrex_root="", ntrex_languages=()):
     """Trains (or initialises) one variant and scores it on the development pairs."""
-    import tensorflow as tf
-
-    from lealla_tf import config, modeling, preprocessing, training
-    from lealla_tf.evaluation import pairs, runner
+    from lealla_tf import config, preprocessing, training
+    from lealla_tf.evaluation import pairs
 
     untrained = name.endswith("@0")
     cfg = config.load(recipe, overrides)
@@ -117,12 +130,7 @@ def run_variant(name, recipe, overrides, output, files, vocab, emb, teacher, dev
     if not untrained:
         trainer.run()
     seconds = time.perf_counter() - start
-    pre = preprocessing.Preprocessor(
-        trainer.vocab_path, cfg.preprocess.inference_seq_length or cfg.preprocess.seq_length)
-    model = modeling.StringEncoder(pre, trainer.encoder)
-    fn = tf.function(lambda x: model(x, training=False),
-                     input_signature=[tf.TensorSpec([None], tf.string)])
-    embedder = runner.as_embedder(lambda s: fn(tf.constant(s)).numpy(), name=f"sweep-{name}")
+    embedder = trainer_embedder(trainer, cfg, f"sweep-{name}")
     res = pairs.evaluate_pair_files(embedder, dev, use_cache=False)
     out = {"name": name, "recipe": os.path.basename(recipe), "overrides": overrides,
            "steps": 0 if untrained else cfg.train.steps,

@@ -335,6 +335,35 @@ class DataState(tf.train.experimental.PythonState):
 
 
 # ---------------------------------------------------------------------------- tf.data
+def replica_layout(global_batch_size: int,
+                   input_context: Optional[tf.distribute.InputContext] = None
+                   ) -> Tuple[int, int, int, int]:
+    """How a global batch splits over the replicas that this input pipeline feeds.
+
+    Returns:
+      ``(replicas, rows per replica, first replica of this pipeline, its replica count)``.
+
+    Raises:
+      ValueError: if the global batch does not split evenly over replicas or pipelines.
+    """
+    replicas = input_context.num_replicas_in_sync if input_context else 1
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    pipeline = input_context.input_pipeline_id if input_context else 0
+    if global_batch_size % replicas or replicas % pipelines:
+        raise ValueError(f"global batch size {global_batch_size} must split evenly over "
+                         f"{replicas} replicas in {pipelines} input pipelines")
+    mine = replicas // pipelines
+    return replicas, global_batch_size // replicas, pipeline * mine, mine
+
+
+def pipeline_rows(values: tf.Tensor, layout: Tuple[int, int, int, int]) -> tf.Tensor:
+    """``[global_batch, ...]`` -> ``[this pipeline's replicas, rows per replica, ...]``
+    (``layout`` from :func:`replica_layout`)."""
+    replicas, local, first, count = layout
+    values = tf.reshape(values, tf.concat([[replicas, local], tf.shape(values)[1:]], 0))
+    return values[first:first + count]
+
+
 def make_dataset(corpus: ParallelCorpus, sampler: GlobalBatchSampler, preprocessor=None,
                  input_context: Optional[tf.distribute.InputContext] = None,
                  use_teacher: Optional[bool] = None,
@@ -358,14 +387,7 @@ def make_dataset(corpus: ParallelCorpus, sampler: GlobalBatchSampler, preprocess
     if use_teacher and not corpus.teacher_dim:
         raise ValueError("distillation needs teacher embeddings (data.teacher_embeddings)")
     gbs = sampler.batch_size
-    replicas = input_context.num_replicas_in_sync if input_context else 1
-    pipelines = input_context.num_input_pipelines if input_context else 1
-    pipeline = input_context.input_pipeline_id if input_context else 0
-    if gbs % replicas or replicas % pipelines:
-        raise ValueError(f"global batch size {gbs} must split evenly over {replicas} "
-                         f"replicas in {pipelines} input pipelines")
-    local = gbs // replicas
-    mine = replicas // pipelines
+    layout = replica_layout(gbs, input_context)
     dim = corpus.teacher_dim
     signature = [tf.TensorSpec([gbs], tf.string), tf.TensorSpec([gbs], tf.string)]
     if corpus.teacher_dim:
@@ -374,11 +396,7 @@ def make_dataset(corpus: ParallelCorpus, sampler: GlobalBatchSampler, preprocess
     ds = tf.data.Dataset.from_generator(sampler.text_batches, output_signature=tuple(signature))
 
     def split(*parts):
-        out = []
-        for p in parts[:4 if use_teacher else 2]:
-            p = tf.reshape(p, tf.concat([[replicas, local], tf.shape(p)[1:]], 0))
-            out.append(p[pipeline * mine:(pipeline + 1) * mine])
-        return tuple(out)
+        return tuple(pipeline_rows(p, layout) for p in parts[:4 if use_teacher else 2])
 
     ds = ds.map(split).unbatch()  # one element per replica of this pipeline, in order
 

@@ -376,36 +376,6 @@ class StaticEncoder(tf_keras.Model):
     def word_embeddings(self) -> tf.Variable:
         return self.embedding.embeddings
 
-    @property
-    def int8_word_embeddings(self) -> bool:
-        """Whether inference reads an int8 copy of the word embeddings."""
-        return self._int8_rows is not None
-
-    def set_int8_word_embeddings(self, enabled: bool) -> None:
-        """Makes inference (``implementation="fast"``, ``training=False``) read an int8
-        copy of the word-embedding table with one scale per row
-        (:func:`quantize_rows_int8`), taken from the table now, or go back to the float
-        table. Graphs traced from here on (exports, TFLite conversions) hold the int8
-        rows as constants instead of the float table: a 128k x 128 table is 16 MiB
-        (+ 0.5 MiB of scales) instead of 64. Training, the Keras implementation and the
-        checkpointed variables keep the float table.
-
-        Raises:
-          ValueError: enabling it on an encoder with ``implementation="keras"``.
-        """
-        if enabled and self.implementation != "fast":
-            raise ValueError("int8 word embeddings need implementation='fast' (the fused "
-                             "inference forward pass reads them)")
-        rows = None
-        if enabled:
-            values, scales = quantize_rows_int8(self.word_embeddings.numpy())
-            rows = (tf.constant(values), tf.constant(scales))
-        object.__setattr__(self, "_int8_rows", rows)
-        jit = bool(self._shape_config["jit_compile"])
-        self._fast_forward = tf.function(
-            lambda inputs: fast_bert_forward(self.bert, inputs, self._int8_rows),
-            jit_compile=jit, autograph=False)
-
     def dummy_inputs(self, batch_size: int = 1, seq_length: int = 8) -> Dict[str, tf.Tensor]:
         ids = tf.zeros([batch_size, seq_length], tf.int32)
         return {"input_word_ids": ids, "input_mask": tf.ones_like(ids),

@@ -52,7 +52,7 @@ from typing import Callable, List, Optional
 import tensorflow as tf
 
 from lealla_tf import config as config_lib
-from lealla_tf import embedders, fileio
+from lealla_tf import embedders, fileio, teachers
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +71,6 @@ def _not_tf_error(what: str, why: str) -> NotATensorFlowTeacher:
         "training step (teacher.mode: online). Use teacher.mode: precomputed: run "
         f"`lealla teacher embed --teacher {what} --input ... --output DIR` once and set "
         "data.teacher_embeddings: DIR")
-
-
-def _pick(out, key: Optional[str], what: str):
-    if isinstance(out, dict):
-        if key is not None:
-            if key not in out:
-                raise ValueError(f"{what} has no output {key!r}; outputs: {sorted(out)}")
-            return out[key]
-        if "default" in out:
-            return out["default"]
-        if len(out) == 1:
-            return next(iter(out.values()))
-        raise ValueError(f"{what} returns several outputs {sorted(out)} and none is 'default'")
-    return out
 
 
 class OnlineTeacher:
@@ -120,7 +106,7 @@ class OnlineTeacher:
 
     def encode(self, inputs) -> tf.Tensor:
         """Frozen float32 ``[b, D]`` unit rows (no gradient flows into the teacher)."""
-        out = _pick(self._encode_fn(inputs), None, f"teacher {self.name}")
+        out = teachers._pick_output(self._encode_fn(inputs), None, f"teacher {self.name}")
         return tf.stop_gradient(tf.math.l2_normalize(tf.cast(out, tf.float32), axis=-1))
 
     def __call__(self, strings) -> tf.Tensor:
@@ -154,7 +140,7 @@ def _load_saved(handle: str, use_hub: bool):
 def _string_model(obj, handle: str, output_key: Optional[str]):
     """The call of a string-in SavedModel (callable, else its serving_default)."""
     if callable(obj):
-        return lambda x: _pick(obj(x), output_key, f"SavedModel {handle}")
+        return lambda x: teachers._pick_output(obj(x), output_key, f"SavedModel {handle}")
     signature = getattr(obj, "signatures", {}).get("serving_default")
     if signature is None:
         raise ValueError(f"SavedModel {handle} is not callable and has no serving_default")
@@ -163,7 +149,8 @@ def _string_model(obj, handle: str, output_key: Optional[str]):
         raise ValueError(f"SavedModel {handle}: serving_default takes {sorted(inputs)}; a "
                          "teacher needs exactly one string input")
     arg = next(iter(inputs))
-    return lambda x: _pick(signature(**{arg: x}), output_key, f"SavedModel {handle}")
+    return lambda x: teachers._pick_output(signature(**{arg: x}), output_key,
+                                           f"SavedModel {handle}")
 
 
 def _variables(obj) -> List[tf.Variable]:
@@ -214,7 +201,7 @@ def load(spec: str, strategy: Optional[tf.distribute.Strategy] = None,
         preprocessor = _load_saved(pre, use_hub=True)  # host side: tables, no variables
         with scope:
             encoder = _load_saved(enc, use_hub=True)
-        return OnlineTeacher(spec, preprocessor, lambda x: _pick(
+        return OnlineTeacher(spec, preprocessor, lambda x: teachers._pick_output(
             encoder(x), output_key or "default", f"encoder {enc}"), _variables(encoder),
             keep=(preprocessor, encoder))
     if kind == "run":

@@ -278,13 +278,7 @@ def make_dataset(corpus: PretrainCorpus, sampler: data_lib.GlobalBatchSampler, f
     the same global batch and keeps its replicas' rows (as :func:`lealla_tf.data.make_dataset`).
     """
     gbs = sampler.batch_size
-    replicas = input_context.num_replicas_in_sync if input_context else 1
-    pipelines = input_context.num_input_pipelines if input_context else 1
-    pipeline = input_context.input_pipeline_id if input_context else 0
-    if gbs % replicas or replicas % pipelines:
-        raise ValueError(f"global batch size {gbs} must split evenly over {replicas} "
-                         f"replicas in {pipelines} input pipelines")
-    local, mine = gbs // replicas, replicas // pipelines
+    layout = data_lib.replica_layout(gbs, input_context)
     signature = (tf.TensorSpec([], tf.int64), tf.TensorSpec([gbs], tf.bool),
                  tf.TensorSpec([gbs], tf.string), tf.TensorSpec([gbs], tf.string))
     ds = tf.data.Dataset.from_generator(
@@ -292,11 +286,7 @@ def make_dataset(corpus: PretrainCorpus, sampler: data_lib.GlobalBatchSampler, f
     ds = ds.map(features_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def split(feats):
-        out = {}
-        for k, v in feats.items():
-            v = tf.reshape(v, tf.concat([[replicas, local], tf.shape(v)[1:]], 0))
-            out[k] = v[pipeline * mine:(pipeline + 1) * mine]
-        return out
+        return {k: data_lib.pipeline_rows(v, layout) for k, v in feats.items()}
 
     ds = ds.map(split).unbatch()
     options = tf.data.Options()

@@ -522,18 +522,7 @@ class Pretrainer:
                 "grad_norm": norm / replicas}
 
     def _make_train_loop(self):
-        strategy = self.strategy
-
-        @tf.function
-        def train_loop(iterator, num_steps):
-            sums = {k: tf.constant(0.0) for k in METRICS}
-            for _ in tf.range(num_steps):
-                terms = strategy.run(self._replica_step, args=(next(iterator),))
-                sums = {k: sums[k] + strategy.reduce(tf.distribute.ReduceOp.SUM, terms[k],
-                                                     axis=None) for k in sums}
-            return {k: v / tf.cast(num_steps, v.dtype) for k, v in sums.items()}
-
-        return train_loop
+        return training.make_train_loop(self.strategy, self._replica_step, METRICS)
 
     def make_iterator(self):
         """A distributed iterator from the sampler's (restored) position."""

@@ -251,6 +251,24 @@ def _check_resume_config(cfg: config_lib.ExperimentConfig, model_dir: str) -> No
                 "use a new --model-dir")
 
 
+def make_train_loop(strategy: tf.distribute.Strategy, replica_step: Callable,
+                    metrics: Tuple[str, ...]):
+    """A ``tf.function(iterator, num_steps)`` that runs ``replica_step`` on ``num_steps``
+    batches under ``strategy`` and returns the mean over those steps of each of ``metrics``
+    (each summed over replicas). Shared by training and pre-training."""
+
+    @tf.function
+    def train_loop(iterator, num_steps):
+        sums = {k: tf.constant(0.0) for k in metrics}
+        for _ in tf.range(num_steps):
+            terms = strategy.run(replica_step, args=(next(iterator),))
+            sums = {k: sums[k] + strategy.reduce(tf.distribute.ReduceOp.SUM, terms[k],
+                                                 axis=None) for k in sums}
+        return {k: v / tf.cast(num_steps, v.dtype) for k, v in sums.items()}
+
+    return train_loop
+
+
 # ---------------------------------------------------------------------------- the trainer
 class Trainer:
     """Builds model, loss, optimizer, checkpoint and data for one run, and runs it.
@@ -524,18 +542,8 @@ class Trainer:
         return terms
 
     def _make_train_loop(self):
-        strategy = self.strategy
-
-        @tf.function
-        def train_loop(iterator, num_steps):
-            sums = {k: tf.constant(0.0) for k in losses_lib.LOSS_TERMS + ("grad_norm",)}
-            for _ in tf.range(num_steps):
-                terms = strategy.run(self._replica_step, args=(next(iterator),))
-                sums = {k: sums[k] + strategy.reduce(tf.distribute.ReduceOp.SUM, terms[k],
-                                                     axis=None) for k in sums}
-            return {k: v / tf.cast(num_steps, v.dtype) for k, v in sums.items()}
-
-        return train_loop
+        return make_train_loop(self.strategy, self._replica_step,
+                               losses_lib.LOSS_TERMS + ("grad_norm",))
 
     # -- the loop
     def run(self, on_loop_end: Optional[Callable[[int, Dict[str, float]], None]] = None

@@ -118,3 +118,13 @@ def test_export_with_int8_rows(big_vocab, tmp_path):
     # The fine-tuning encoder SavedModel keeps the float table (same size as without).
     assert abs(small["files"][export.ENCODER]["bytes"]
                - plain["files"][export.ENCODER]["bytes"]) < 0.05 * table * 4
+
+
+def test_static_encoder_refuses_int8_rows(tmp_path):
+    static = modeling.StaticEncoder(vocab_size=64, hidden_size=8)
+    static(static.dummy_inputs())
+    assert not hasattr(static, "set_int8_word_embeddings")
+    with pytest.raises(ValueError, match="LeallaEncoder.*StaticEncoder"):
+        export.export_model(None, static, str(tmp_path / "out"), tflite="none",
+                            progress=False, int8_embeddings=True)
+    assert not (tmp_path / "out").exists()

@@ -166,10 +166,16 @@ def export_model(preprocessor, encoder, output_dir: str,
 
     Raises:
       FileExistsError: ``output_dir`` exists and ``overwrite`` is False.
+      ValueError: ``int8_embeddings`` with an encoder that has no int8 inference path
+        (the static student).
       RuntimeError: a check fails (TFLite or int8-embedding cosine).
     """
     import tensorflow_text  # noqa: F401  (ops of the tokenizer)
     from tqdm.auto import tqdm
+
+    if int8_embeddings and not hasattr(encoder, "set_int8_word_embeddings"):
+        raise ValueError(f"int8_embeddings needs a Transformer encoder (LeallaEncoder), got "
+                         f"{type(encoder).__name__}: export it without int8 embeddings")
 
     output_dir = fileio.normpath(output_dir)
     variants = formats.parse_tflite_variants(tflite)
