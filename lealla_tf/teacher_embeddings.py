@@ -210,13 +210,20 @@ def _exclusive(output_dir: str, force: bool = False):
         raise ValueError(f"{output_dir} is being written by another process ({e})") from None
 
 
-def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, progress):
+def plan(teacher_name: str, dim: int, files: Sequence[str], output_dir: str, shard_size: int,
+         overwrite: bool) -> Tuple[dict, list]:
+    """Checks and updates the manifest, and finds the finished shards of every input.
+
+    The caller holds the writer lock. Returns ``(manifest, plans)``; each plan is
+    ``(file_index, path, shard_dir, shard records, done flags)``. Shared by the local job
+    and the Beam pipeline (:mod:`lealla_tf.teacher_embeddings_beam`).
+    """
     for name in fileio.listdir(output_dir):  # leftovers of a killed manifest write
         if ".tmp-" in name:
             fileio.remove(fileio.join(output_dir, name))
 
-    header = {"format_version": FORMAT_VERSION, "teacher": teacher.name,
-              "dim": int(teacher.dim), "dtype": DTYPE, "shard_size": int(shard_size)}
+    header = {"format_version": FORMAT_VERSION, "teacher": teacher_name,
+              "dim": int(dim), "dtype": DTYPE, "shard_size": int(shard_size)}
     manifest = _read_manifest(output_dir)
     if manifest is not None and manifest.get("files"):
         old = {k: manifest.get(k) for k in header}
@@ -234,7 +241,7 @@ def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, p
         manifest = dict(header, files={})
     _write_manifest(output_dir, manifest)
 
-    # Pass 1: hash and count every input; decide which shards are already done.
+    # Hash and count every input; decide which shards are already done.
     plans = []
     for file_index, path in enumerate(files):
         scan = _scan(path, shard_size)
@@ -257,11 +264,7 @@ def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, p
         for name in fileio.listdir(shard_dir):
             if ".tmp-" in name:
                 fileio.remove(fileio.join(shard_dir, name))
-        done = []
-        for rec in scan["shards"]:
-            meta = _shard_meta(fileio.join(shard_dir, rec["file"]))
-            done.append(meta is not None and meta.get("teacher") == teacher.name and all(
-                meta.get(k) == rec[k] for k in ("start", "end", "lines_sha256")))
+        done = shards_done(shard_dir, scan["shards"], teacher_name)
         entry = {k: scan[k] for k in ("path", "size", "sha256", "num_lines", "stats")}
         entry.update(dir=folder, num_shards=len(scan["shards"]),
                      shards=[r for r, d in zip(scan["shards"], done) if d],
@@ -269,6 +272,99 @@ def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, p
         manifest["files"][path] = entry
         plans.append((file_index, path, shard_dir, scan["shards"], done))
     _write_manifest(output_dir, manifest)
+    return manifest, plans
+
+
+def shards_done(shard_dir: str, records: Sequence[dict], teacher_name: str) -> List[bool]:
+    """Whether each shard of ``records`` is written, by ``teacher_name``, for those lines."""
+    done = []
+    for rec in records:
+        meta = _shard_meta(fileio.join(shard_dir, rec["file"]))
+        done.append(meta is not None and meta.get("teacher") == teacher_name and all(
+            meta.get(k) == rec[k] for k in ("start", "end", "lines_sha256")))
+    return done
+
+
+def encode_shard(teacher: Teacher, lines: Sequence[bytes], batch_size: int,
+                 copy_rows: Optional[Callable[[List[bytes]], Dict[bytes, np.ndarray]]] = None,
+                 bar=None) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The rows of one shard: both sides of every physical line, encoded by ``teacher``.
+
+    Malformed lines get zero rows and ``valid=False``. Each distinct sentence of the shard
+    is encoded once, in batches of ``batch_size`` in order of first appearance.
+
+    Args:
+      teacher: the teacher.
+      lines: raw physical lines (bytes, newline included).
+      batch_size: sentences per ``teacher.encode`` call.
+      copy_rows: optional ``digests -> {digest: float16 row}`` of sentences stored before
+        (the local job copies repeats from earlier shards; the Beam workers pass None).
+      bar: optional tqdm bar counting sentences.
+
+    Returns:
+      ``(src float16 [n, D], tgt float16 [n, D], valid bool [n], sentences encoded)``.
+    """
+    n, dim = len(lines), int(teacher.dim)
+    src = np.zeros((n, dim), np.float16)
+    tgt = np.zeros((n, dim), np.float16)
+    valid = np.zeros((n,), bool)
+    new: Dict[bytes, Tuple[str, list]] = {}  # digest -> (sentence, [(row, side)])
+    for i, raw in enumerate(lines):
+        pair, _ = corpus.parse_tsv_line(raw)
+        if pair is None:
+            continue
+        valid[i] = True
+        for side, sentence in enumerate(pair):
+            new.setdefault(_digest(sentence), (sentence, []))[1].append((i, side))
+    out = (src, tgt)
+    if copy_rows is not None and new:
+        for key, vec in copy_rows(list(new)).items():
+            for i, side in new.pop(key)[1]:
+                out[side][i] = vec
+    if bar is not None:
+        bar.update(2 * int(valid.sum()) - sum(len(v[1]) for v in new.values()))
+    items = list(new.values())
+    for b in range(0, len(items), batch_size):
+        batch = items[b:b + batch_size]
+        emb = teacher.encode([s for s, _ in batch]).astype(np.float16)
+        for vec, (_, refs) in zip(emb, batch):
+            for i, side in refs:
+                out[side][i] = vec
+        if bar is not None:
+            bar.update(sum(len(r) for _, r in batch))
+    return src, tgt, valid, len(items)
+
+
+def write_shard(shard_dir: str, rec: dict, teacher_name: str, dim: int, tsv_sha256: str,
+                src: np.ndarray, tgt: np.ndarray, valid: np.ndarray) -> None:
+    """Writes one shard (atomically: a temporary file renamed into place)."""
+    meta = dict(rec, teacher=teacher_name, dim=int(dim), dtype=DTYPE, tsv_sha256=tsv_sha256)
+    _write_atomic(fileio.join(shard_dir, rec["file"]), lambda f: np.savez(
+        f, src=src, tgt=tgt, valid=valid, meta=np.array(json.dumps(meta))))
+
+
+def read_shard_lines(path: str, rec: dict) -> List[bytes]:
+    """The raw lines of shard ``rec`` of ``path`` (by byte range), checked against the
+    shard's sha256.
+
+    Raises:
+      ValueError: the file changed since it was scanned.
+    """
+    with open(path, "rb") as f:
+        f.seek(rec["byte_start"])
+        data = f.read(rec["byte_end"] - rec["byte_start"])
+    if hashlib.sha256(data).hexdigest() != rec["lines_sha256"]:
+        raise ValueError(f"{path} changed while its teacher embeddings were computed "
+                         f"(lines {rec['start']}-{rec['end']})")
+    lines = data.splitlines(keepends=True)
+    if len(lines) != rec["end"] - rec["start"]:
+        raise ValueError(f"{path}: lines {rec['start']}-{rec['end']} do not split into "
+                         f"{rec['end'] - rec['start']} physical lines")
+    return lines
+
+
+def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, progress):
+    manifest, plans = plan(teacher.name, teacher.dim, files, output_dir, shard_size, overwrite)
 
     # Pass 2: index the sentences of finished shards, so repeats are copied, not encoded.
     index: Dict[bytes, int] = {}  # digest -> (file_index << 41) | (line << 1) | side
@@ -287,6 +383,24 @@ def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, p
                 if d:
                     register(file_index, start, lines)
 
+    reader = _ShardCache()
+
+    def copy_rows(keys: List[bytes]) -> Dict[bytes, np.ndarray]:
+        by_shard = collections.defaultdict(list)  # shard path -> [(digest, row, side)]
+        for key in keys:
+            loc = index.get(key)
+            if loc is not None:
+                f_i, line, s = loc >> 41, (loc >> 1) & ((1 << 40) - 1), loc & 1
+                p = plans[f_i]
+                rec = p[3][line // shard_size]
+                by_shard[fileio.join(p[2], rec["file"])].append((key, line - rec["start"], s))
+        found = {}
+        for shard_path, refs in by_shard.items():
+            stored = reader.rows(shard_path)
+            for key, row, s in refs:
+                found[key] = stored[s][row]
+        return found
+
     # Pass 3: encode the missing shards.
     todo = sum(2 * r["num_valid"] for *_, records, done in plans
                for r, d in zip(records, done) if not d)
@@ -294,7 +408,6 @@ def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, p
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=todo, unit="sent", desc=f"teacher {teacher.name}")
-    reader = _ShardCache()
     dim, n_encoded = int(teacher.dim), 0
     try:
         for file_index, path, shard_dir, records, done in plans:
@@ -305,49 +418,9 @@ def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, p
                                                       done):
                 if d:
                     continue
-                n = len(lines)
-                src = np.zeros((n, dim), np.float16)
-                tgt = np.zeros((n, dim), np.float16)
-                valid = np.zeros((n,), bool)
-                new: Dict[bytes, Tuple[str, list]] = {}  # digest -> (sentence, [(row, side)])
-                old = collections.defaultdict(list)  # shard path -> [(row, side, src row, side)]
-                for i, raw in enumerate(lines):
-                    pair, _ = corpus.parse_tsv_line(raw)
-                    if pair is None:
-                        continue
-                    valid[i] = True
-                    for side, sentence in enumerate(pair):
-                        key = _digest(sentence)
-                        loc = index.get(key)
-                        if loc is not None:
-                            f_i, line, s = loc >> 41, (loc >> 1) & ((1 << 40) - 1), loc & 1
-                            k = line // shard_size
-                            p = plans[f_i]
-                            old[fileio.join(p[2], p[3][k]["file"])].append(
-                                (i, side, line - p[3][k]["start"], s))
-                        else:
-                            new.setdefault(key, (sentence, []))[1].append((i, side))
-                out = (src, tgt)
-                for shard_path, refs in old.items():
-                    stored = reader.rows(shard_path)
-                    for i, side, row, s in refs:
-                        out[side][i] = stored[s][row]
-                if bar is not None:
-                    bar.update(2 * int(valid.sum()) - sum(len(v[1]) for v in new.values()))
-                items = list(new.values())
-                for b in range(0, len(items), batch_size):
-                    batch = items[b:b + batch_size]
-                    emb = teacher.encode([s for s, _ in batch]).astype(np.float16)
-                    for vec, (_, refs) in zip(emb, batch):
-                        for i, side in refs:
-                            out[side][i] = vec
-                    n_encoded += len(batch)
-                    if bar is not None:
-                        bar.update(sum(len(r) for _, r in batch))
-                meta = dict(rec, teacher=teacher.name, dim=dim, dtype=DTYPE,
-                            tsv_sha256=entry["sha256"])
-                _write_atomic(fileio.join(shard_dir, rec["file"]), lambda f: np.savez(
-                    f, src=src, tgt=tgt, valid=valid, meta=np.array(json.dumps(meta))))
+                src, tgt, valid, n = encode_shard(teacher, lines, batch_size, copy_rows, bar)
+                n_encoded += n
+                write_shard(shard_dir, rec, teacher.name, dim, entry["sha256"], src, tgt, valid)
                 register(file_index, start, lines)
                 entry["shards"].append(rec)
                 entry["complete"] = len(entry["shards"]) == entry["num_shards"]
