@@ -317,7 +317,7 @@ def _add_eval(sub) -> None:
         s.add_argument("--nlist", type=int, default=0,
                        help="index partitions (0: 4 sqrt(N))")
         s.add_argument("--nprobe", type=int, default=0,
-                       help="partitions searched per query (0: nlist/16, at least 16)")
+                       help="partitions searched per query (0: nlist/8, at least 16)")
 
     p = sub.add_parser("eval", help="evaluate a model: tatoeba, bucc, ntrex, un")
     esub = p.add_subparsers(dest="eval_cmd", required=True)

@@ -322,11 +322,12 @@ class IndexConfig:
     add_batch_rows: int = 65536  # rows streamed from the (memory-mapped) matrix per add
     overfetch: int = 2       # neighbours fetched per wanted one, then rescored exactly
     seed: int = 0            # training sample
+    exact_below: int = 0     # matrices with fewer rows are searched exactly (0: never)
 
     def validate(self) -> "IndexConfig":
         if self.kind not in INDEX_KINDS:
             raise ConfigError(f"index kind must be one of {INDEX_KINDS}, got {self.kind!r}")
-        for name in ("nlist", "nprobe", "train_size"):
+        for name in ("nlist", "nprobe", "train_size", "exact_below"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"index {name} must be >= 0 (0 = automatic), "
                                   f"got {getattr(self, name)}")

@@ -4,6 +4,7 @@ reuse, NTREX mining with the muse teacher, and the error without the extras."""
 
 import os
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -158,7 +159,15 @@ def test_index_config_validation():
     with pytest.raises(ConfigError, match="faiss_factory"):
         IndexConfig(kind="scann", faiss_factory="IVF8,Flat").validate()
     assert ann.auto_nlist(10 ** 6) == 4000 and ann.auto_nlist(100) == 2
-    assert ann.auto_nprobe(4000) == 250 and ann.auto_nprobe(8) == 8
+    assert ann.auto_nprobe(4000) == 500 and ann.auto_nprobe(8) == 8
+    # Small candidate matrices can be searched exactly (no index is built).
+    pool, q = _pool(500, queries=20)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = IndexConfig(kind="faiss", directory=tmp, exact_below=1000)
+        s, i = ann.knn(q, pool, 2, cfg)
+        assert os.listdir(tmp) == []
+    es, ei = retrieval.topk(q, pool, 2)
+    np.testing.assert_array_equal(i, ei)
 
 
 @pytest.mark.parametrize("kind,package", [("faiss", "faiss"), ("scann", "scann")])
