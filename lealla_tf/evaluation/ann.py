@@ -147,7 +147,8 @@ class Index:
                     self.native.hnsw.efSearch = max(nprobe, k)
             _, ids = self.native.search(q, k)
             return ids.astype(np.int64)
-        ids, _ = self.native.search_batched(q, final_num_neighbors=k, leaves_to_search=nprobe)
+        ids, _ = self.native.search_batched(q, final_num_neighbors=k, leaves_to_search=nprobe,
+                                            pre_reorder_num_neighbors=max(100, k))
         ids = np.asarray(ids, dtype=np.int64)
         if ids.shape[1] < k:  # fewer points than k in the searched leaves
             ids = np.pad(ids, ((0, 0), (0, k - ids.shape[1])), constant_values=-1)
