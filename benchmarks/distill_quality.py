@@ -11,7 +11,7 @@ Prints one table, writes ``distill_quality.json``, ``learning_curve.png`` and th
 results into ``--output``. Resumable: rerun the same command after an interruption.
 
     LEALLA_DATA_DIR=/path/to/data python benchmarks/distill_quality.py \\
-        --output results/distill_quality --pairs-per-language 3000
+        --output results/distill_quality --pairs-per-language 6000
 """
 
 import argparse
@@ -54,7 +54,7 @@ def main(argv=None):
     p.add_argument("--config", default=os.path.join(HERE, "..", "configs",
                                                     "distill_quality.yaml"))
     p.add_argument("--set", dest="overrides", action="append", default=[])
-    p.add_argument("--pairs-per-language", type=int, default=3000)
+    p.add_argument("--pairs-per-language", type=int, default=6000)
     p.add_argument("--lealla-small-config",
                    default=os.path.join(HERE, "..", "configs", "distill_lealla_small_cpu.yaml"),
                    help="also distil the LEALLA-small shape with this recipe ('' to skip)")

@@ -62,6 +62,9 @@ VARIANTS = {
     "random_pos": (DEMO, ["model.position_init=random"],
                    "demo with random position/type init"),
     "lazy": (DEMO, ["train.optimizer=lazy_adamw"], "demo, lazy AdamW on the table"),
+    "small24": (DEMO, ["model.num_layers=24"], "LEALLA-small shape 24 x 128, demo recipe"),
+    "small24_lr5e-4": (DEMO, ["model.num_layers=24", "train.learning_rate=0.0005"],
+                       "LEALLA-small shape, lr 5e-4"),
     "static_lazy": (STATIC, ["train.optimizer=lazy_adamw"],
                     "static, lazy AdamW on the table"),
 }

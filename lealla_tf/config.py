@@ -37,6 +37,7 @@ POOLINGS = ("cls", "mean")
 EMBEDDING_INITS = ("random", "teacher", "teacher_table")
 VOCAB_SOURCES = ("train", "teacher")
 VOCAB_TYPES = ("sentencepiece", "wordpiece")
+TEACHER_MODES = ("precomputed", "online")
 
 
 @dataclasses.dataclass
@@ -218,10 +219,23 @@ class TeacherConfig:
     # The teacher's embedding size; when set, training checks the teacher embeddings
     # (data.teacher_embeddings) have it (0: not checked).
     dim: int = 0
+    # Where distillation gets teacher embeddings: "precomputed" (the shards of
+    # data.teacher_embeddings, from `lealla teacher embed`) or "online" (the frozen
+    # TensorFlow teacher of teacher.spec runs inside the training step; see
+    # lealla_tf.online_teacher). Online ignores data.teacher_embeddings.
+    mode: str = "precomputed"
 
     def validate(self) -> None:
         if self.dim < 0:
             raise ConfigError(f"teacher.dim must be >= 0, got {self.dim}")
+        if self.mode not in TEACHER_MODES:
+            raise ConfigError(f"teacher.mode must be one of {', '.join(TEACHER_MODES)}, "
+                              f"got {self.mode!r}")
+        if self.mode == "online" and not self.spec:
+            raise ConfigError(
+                "teacher.mode: online needs teacher.spec naming a TensorFlow teacher (labse, "
+                "hub:..., savedmodel:..., export:..., run:...); other teachers need "
+                "teacher.mode: precomputed")
 
 
 OPTIMIZERS = ("adamw", "lazy_adamw")

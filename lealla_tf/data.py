@@ -23,7 +23,9 @@ Pipeline (the same on every worker; deterministic for a seed; resumable):
    sees.
 
 Each element is ``{"src": inputs, "tgt": inputs[, "teacher_src": [b, D],
-"teacher_tgt": [b, D]]}`` with ``inputs`` the Preprocessor's int32 dict.
+"teacher_tgt": [b, D]]}`` with ``inputs`` the Preprocessor's int32 dict; with an online
+teacher (``teacher.mode: online``) ``teacher_inputs_src``/``teacher_inputs_tgt`` (the
+teacher's own packed inputs, or the strings) replace the teacher rows.
 
 Example::
 
@@ -74,6 +76,9 @@ class ParallelCorpus:
     languages: List[LanguageData]
     stats: Dict[str, corpus_lib.Stats]  # per file: ok, malformed reasons, teacher_invalid
     teacher_dim: int = 0
+    # dtype of the teacher rows kept in memory: float16, or float32 when the store holds
+    # float32 rows (``lealla teacher embed --dtype float32``).
+    teacher_dtype: str = "float16"
 
     @property
     def num_pairs(self) -> int:
@@ -116,6 +121,7 @@ def load_corpus(files: Sequence[str], max_pairs_per_language: int = 0,
     stats: Dict[str, corpus_lib.Stats] = {}
     languages: List[LanguageData] = []
     teacher_dim = 0
+    teacher_dtype = "float16"
     for lang, lang_files in corpus_lib.group_by_language(files).items():
         src: List[str] = []
         tgt: List[str] = []
@@ -127,6 +133,8 @@ def load_corpus(files: Sequence[str], max_pairs_per_language: int = 0,
             if rows is not None:
                 r_src, r_tgt, r_valid = rows
                 teacher_dim = teacher_dim or int(r_src.shape[1])
+                if np.asarray(r_src).dtype == np.float32:
+                    teacher_dtype = "float32"
                 if int(r_src.shape[1]) != teacher_dim:
                     raise ValueError(f"teacher embeddings of {path} have dim {r_src.shape[1]}, "
                                      f"others {teacher_dim}")
@@ -146,8 +154,8 @@ def load_corpus(files: Sequence[str], max_pairs_per_language: int = 0,
                 src.append(s)
                 tgt.append(t)
             if rows is not None and keep:
-                t_src.append(np.asarray(r_src[keep], dtype=np.float16))
-                t_tgt.append(np.asarray(r_tgt[keep], dtype=np.float16))
+                t_src.append(np.asarray(r_src[keep]))
+                t_tgt.append(np.asarray(r_tgt[keep]))
             if st.malformed or st["teacher_invalid"]:
                 log.warning("%s: skipped %d malformed line(s) %s, %d without teacher rows",
                             path, st.malformed,
@@ -157,10 +165,10 @@ def load_corpus(files: Sequence[str], max_pairs_per_language: int = 0,
             continue
         data = LanguageData(lang, np.array(src, dtype=object), np.array(tgt, dtype=object))
         if teacher_loader is not None:
-            data.teacher_src = np.concatenate(t_src) if t_src else None
-            data.teacher_tgt = np.concatenate(t_tgt) if t_tgt else None
+            data.teacher_src = np.concatenate(t_src).astype(teacher_dtype) if t_src else None
+            data.teacher_tgt = np.concatenate(t_tgt).astype(teacher_dtype) if t_tgt else None
         languages.append(data)
-    out = ParallelCorpus(languages, stats, teacher_dim)
+    out = ParallelCorpus(languages, stats, teacher_dim, teacher_dtype)
     if not out.num_pairs:
         raise ValueError(f"no usable pairs in {len(files)} file(s): {out.total_stats()}")
     total = out.total_stats()
@@ -329,7 +337,8 @@ class DataState(tf.train.experimental.PythonState):
 # ---------------------------------------------------------------------------- tf.data
 def make_dataset(corpus: ParallelCorpus, sampler: GlobalBatchSampler, preprocessor=None,
                  input_context: Optional[tf.distribute.InputContext] = None,
-                 use_teacher: Optional[bool] = None) -> tf.data.Dataset:
+                 use_teacher: Optional[bool] = None,
+                 teacher_inputs: Optional[Callable] = None) -> tf.data.Dataset:
     """Per-replica batches of this input pipeline (see the module docstring).
 
     Args:
@@ -338,6 +347,9 @@ def make_dataset(corpus: ParallelCorpus, sampler: GlobalBatchSampler, preprocess
       preprocessor: strings [b] -> dict of int32 [b, L]; None keeps the strings.
       input_context: from ``distribute_datasets_from_function``; None: one replica.
       use_teacher: include teacher embeddings (default: when the corpus has them).
+      teacher_inputs: an online teacher's host part (strings [b] -> its encoder's inputs,
+        see :mod:`lealla_tf.online_teacher`): adds ``teacher_inputs_src`` and
+        ``teacher_inputs_tgt``, made from the same per-replica rows as ``src``/``tgt``.
 
     Raises:
       ValueError: if the global batch does not split evenly over replicas or pipelines.
@@ -357,7 +369,7 @@ def make_dataset(corpus: ParallelCorpus, sampler: GlobalBatchSampler, preprocess
     dim = corpus.teacher_dim
     signature = [tf.TensorSpec([gbs], tf.string), tf.TensorSpec([gbs], tf.string)]
     if corpus.teacher_dim:
-        signature += [tf.TensorSpec([gbs, dim], tf.float16)] * 2
+        signature += [tf.TensorSpec([gbs, dim], corpus.teacher_dtype)] * 2
 
     ds = tf.data.Dataset.from_generator(sampler.text_batches, output_signature=tuple(signature))
 
@@ -371,9 +383,13 @@ def make_dataset(corpus: ParallelCorpus, sampler: GlobalBatchSampler, preprocess
     ds = ds.map(split).unbatch()  # one element per replica of this pipeline, in order
 
     def to_features(src, tgt, *teacher):
+        feats = {}
+        if teacher_inputs is not None:
+            feats["teacher_inputs_src"] = teacher_inputs(src)
+            feats["teacher_inputs_tgt"] = teacher_inputs(tgt)
         if preprocessor is not None:
             src, tgt = preprocessor(src), preprocessor(tgt)
-        feats = {"src": src, "tgt": tgt}
+        feats.update(src=src, tgt=tgt)
         if teacher:
             feats["teacher_src"] = tf.cast(teacher[0], tf.float32)
             feats["teacher_tgt"] = tf.cast(teacher[1], tf.float32)

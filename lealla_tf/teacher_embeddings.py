@@ -6,12 +6,20 @@ training job: :func:`precompute` runs it over some ``xxx-eng.tsv`` corpora and s
 shards; training reads them back with :func:`load_precomputed`, and :func:`verify` re-reads
 the corpora to check every shard against them. Layout of ``DIR``::
 
-    manifest.json                 teacher name, dim, dtype, shard size; per TSV: absolute
-                                  path, size, sha256, physical lines, shards, completion
+    manifest.json                 teacher name, dim, dtype, shard size (compact: the
+                                  teacher's own dim, the projection's sha256); per TSV:
+                                  absolute path, size, sha256, physical lines, shards,
+                                  completion
+    projection.npz                compact shards only: the PCA (components [D, teacher dim])
     <tsv name>-<hash>/
       000000000-000005000.npz     src [n, D] float16, tgt [n, D] float16, valid bool [n],
-      000005000-000010000.npz     meta (JSON: line range, byte range, sha256 of the lines)
-      ...
+      000005000-000010000.npz     meta (JSON: line range, byte range, sha256 of the lines,
+      ...                         dtype, projection sha256); int8 rows: src_scale, tgt_scale
+
+Compact shards (``dim``/``dtype`` of :func:`precompute`, ``lealla teacher embed --dim D
+--dtype float16|int8``): rows reduced by a PCA fitted on a sample of the teacher's
+embeddings and/or stored as int8 with a per-row scale; :func:`load_precomputed` returns
+them decoded, so training reads them like any other (its teacher dimension becomes ``D``).
 
 Rows are indexed by *physical* line (see :mod:`lealla_tf.corpus`): a malformed line gets
 zero rows and ``valid=False``, so it never shifts what follows. Shards are written to a
@@ -54,9 +62,13 @@ from lealla_tf.teachers import Teacher
 
 # ====================================================================== precomputing
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # float16 rows of the teacher's own dimension (the original layout)
+COMPACT_FORMAT_VERSION = 2  # another dtype and/or a PCA projection (projection.npz)
 DTYPE = "float16"
+DTYPES = ("float32", "float16", "int8")
 DEFAULT_SHARD_SIZE = 5000
+PROJECTION = "projection.npz"
+DEFAULT_PCA_SAMPLE = 20000
 
 
 _sha256_file = corpus.sha256_file
@@ -75,6 +87,110 @@ def _iter_shards(path: str, shard_size: int) -> Iterator[Tuple[int, int, List[by
                 block = []
         if block:
             yield start, offset, block
+
+
+def _encode_rows(rows: np.ndarray, dtype: str) -> Dict[str, np.ndarray]:
+    """float32 rows -> the arrays stored for them (int8: per-row scale ``max|x| / 127``)."""
+    if dtype == "int8":
+        scale = np.abs(rows).max(axis=1) / 127.0 if rows.size else np.zeros(len(rows))
+        scale = scale.astype(np.float32)
+        q = np.rint(rows / np.maximum(scale, 1e-30)[:, None])
+        return {"": np.clip(q, -127, 127).astype(np.int8), "_scale": scale}
+    return {"": rows.astype(dtype)}
+
+
+def _decode_rows(z, side: str) -> np.ndarray:
+    """Stored rows of one side of a shard -> float32 (int8 rows times their scale)."""
+    rows = z[side]
+    if rows.dtype == np.int8:
+        return rows.astype(np.float32) * z[side + "_scale"][:, None]
+    return rows.astype(np.float32)
+
+
+def _fit_projection(teacher: Teacher, files: Sequence[str], dim: int, sample: int,
+                    batch_size: int) -> dict:
+    """PCA of the teacher's embeddings of ~``sample`` sentences spread over ``files``.
+
+    Not centred (the truncated SVD of the sample): projecting onto the top ``dim`` right
+    singular vectors keeps the dot products, hence the cosines that distillation uses, as
+    well as ``dim`` dimensions can. Returns the arrays of ``projection.npz``.
+    """
+    lines = [corpus.count_lines(p) for p in files]
+    stride = max(1, (2 * sum(lines)) // max(1, sample))
+    sentences: Dict[str, None] = {}
+    k = 0
+    for path in files:
+        for _, s, t in corpus.iter_tsv(path):
+            if k % stride == 0:
+                sentences.setdefault(s)
+                sentences.setdefault(t)
+            k += 1
+    picked = list(sentences)[:sample]
+    if len(picked) < dim:
+        raise ValueError(f"--dim {dim}: the PCA needs at least {dim} distinct sentences, the "
+                         f"corpora give {len(picked)}; lower --dim or raise --pca-sample")
+    x = np.concatenate([teacher.encode(picked[i:i + batch_size])
+                        for i in range(0, len(picked), batch_size)]).astype(np.float64)
+    _, sv, vt = np.linalg.svd(x, full_matrices=False)
+    energy = float((sv[:dim] ** 2).sum() / max((sv ** 2).sum(), 1e-30))
+    return {"components": vt[:dim].astype(np.float32),
+            "singular_values": sv.astype(np.float32),
+            "sample_size": np.array(len(picked)), "energy": np.array(energy),
+            "teacher": np.array(teacher.name)}
+
+
+def load_projection(embeddings_dir: str, manifest: Optional[dict] = None) -> Optional[dict]:
+    """The PCA projection of a compact directory (None when its rows are not reduced).
+
+    Returns a dict with ``components`` float32 ``[dim, teacher_dim]`` (stored rows are
+    ``teacher_rows @ components.T``; ``rows @ components`` maps them back), ``energy`` (the
+    share of the sample's squared norm kept) and ``sample_size``.
+
+    Raises:
+      ValueError: ``projection.npz`` is missing or is not the one the shards were made with.
+    """
+    manifest = manifest if manifest is not None else _read_manifest(embeddings_dir)
+    if manifest is None:
+        raise FileNotFoundError(f"no {MANIFEST} in {embeddings_dir}")
+    expected = manifest.get("projection")
+    if not expected:
+        return None
+    path = fileio.join(embeddings_dir, PROJECTION)
+    if not fileio.exists(path):
+        raise ValueError(f"{embeddings_dir}: the shards are PCA-reduced but {PROJECTION} is "
+                         "missing; recompute them (lealla teacher embed --overwrite)")
+    data = fileio.read_bytes(path)
+    sha = hashlib.sha256(data).hexdigest()
+    if sha != expected:
+        raise ValueError(
+            f"{path} does not match the shards of {embeddings_dir} (sha256 {sha[:12]}.., the "
+            f"manifest records {expected[:12]}..): the shards were reduced with another "
+            "projection; restore the right file or recompute (lealla teacher embed --overwrite)")
+    with np.load(io.BytesIO(data)) as z:
+        out = {k: z[k] for k in z.files}
+    want = (manifest["dim"], manifest.get("teacher_dim", manifest["dim"]))
+    if out["components"].shape != want:
+        raise ValueError(f"{path} maps {out['components'].shape[1]} -> "
+                         f"{out['components'].shape[0]} dimensions, the manifest "
+                         f"{want[1]} -> {want[0]}")
+    out["energy"] = float(out["energy"])
+    out["sample_size"] = int(out["sample_size"])
+    return out
+
+
+def teacher_dim(embeddings_dir: str) -> int:
+    """The teacher's own dimension (before any PCA) of an embeddings directory (0: none)."""
+    manifest = _read_manifest(embeddings_dir)
+    if manifest is None:
+        return 0
+    return int(manifest.get("teacher_dim", manifest.get("dim", 0)))
+
+
+def reconstruct(embeddings_dir: str, rows: np.ndarray) -> np.ndarray:
+    """Maps stored (possibly PCA-reduced) rows back to the teacher's space (float32)."""
+    projection = load_projection(embeddings_dir)
+    rows = np.asarray(rows, np.float32)
+    return rows if projection is None else rows @ projection["components"]
 
 
 def _shard_name(start: int, end: int) -> str:
@@ -152,7 +268,7 @@ class _ShardCache:
             self._cache.move_to_end(path)
         else:
             with _load_npz(path) as z:
-                self._cache[path] = (z["src"], z["tgt"])
+                self._cache[path] = (_decode_rows(z, "src"), _decode_rows(z, "tgt"))
             if len(self._cache) > self._capacity:
                 self._cache.popitem(last=False)
         return self._cache[path]
@@ -160,10 +276,17 @@ class _ShardCache:
 
 def precompute(teacher: Teacher, inputs: Sequence[str], output_dir: str,
                shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = 64,
-               overwrite: bool = False, progress: bool = True) -> dict:
-    """Embeds both sides of every line of TSV corpora with ``teacher`` into float16 shards.
+               overwrite: bool = False, progress: bool = True, dim: int = 0,
+               dtype: str = DTYPE, pca_sample: int = DEFAULT_PCA_SAMPLE) -> dict:
+    """Embeds both sides of every line of TSV corpora with ``teacher`` into shards.
 
     Resumes where a previous (killed) run stopped. Each distinct sentence is encoded once.
+
+    Compact shards: ``dim`` below the teacher's reduces every row with a PCA fitted once on
+    the teacher's embeddings of ``pca_sample`` sentences spread over the inputs (saved as
+    ``projection.npz``, its sha256 in the manifest and in every shard); ``dtype`` stores
+    ``float32``, ``float16`` (default) or ``int8`` rows (per-row scale ``max|x| / 127``,
+    kept as float32 beside them). Training reads any of them the same way.
 
     Args:
       teacher: a teacher (see :func:`lealla_tf.teachers.load_teacher`).
@@ -174,6 +297,9 @@ def precompute(teacher: Teacher, inputs: Sequence[str], output_dir: str,
       overwrite: recompute the given inputs from scratch instead of resuming; also the way
         to replace embeddings of a changed TSV or from another teacher.
       progress: show a tqdm bar over sentences.
+      dim: stored dimension (0 or the teacher's: no PCA).
+      dtype: one of :data:`DTYPES`.
+      pca_sample: sentences the PCA is fitted on (when ``dim`` reduces).
 
     Returns:
       The manifest (also written to ``output_dir/manifest.json``).
@@ -184,9 +310,7 @@ def precompute(teacher: Teacher, inputs: Sequence[str], output_dir: str,
         is writing to it.
       FileNotFoundError: for a missing input.
     """
-    if shard_size < 1 or batch_size < 1:
-        raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size}, "
-                         f"{batch_size}")
+    check_args(shard_size, batch_size, dim, dtype, pca_sample)
     files = list(dict.fromkeys(os.path.abspath(p) for p in inputs))
     if not files:
         raise ValueError("no input TSV files given")
@@ -196,7 +320,7 @@ def precompute(teacher: Teacher, inputs: Sequence[str], output_dir: str,
     fileio.makedirs(output_dir)
     with _exclusive(output_dir, force=overwrite):
         return _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite,
-                           progress)
+                           progress, dim, dtype, pca_sample)
 
 
 @contextlib.contextmanager
@@ -210,23 +334,75 @@ def _exclusive(output_dir: str, force: bool = False):
         raise ValueError(f"{output_dir} is being written by another process ({e})") from None
 
 
-def plan(teacher_name: str, dim: int, files: Sequence[str], output_dir: str, shard_size: int,
-         overwrite: bool) -> Tuple[dict, list]:
+def _header(manifest: dict) -> dict:
+    """The keys that fix what a directory holds (older manifests: no PCA, teacher's dim)."""
+    return {"format_version": manifest.get("format_version"), "teacher": manifest.get("teacher"),
+            "dim": manifest.get("dim"), "dtype": manifest.get("dtype"),
+            "shard_size": manifest.get("shard_size"),
+            "teacher_dim": manifest.get("teacher_dim", manifest.get("dim")),
+            "projection": manifest.get("projection")}
+
+
+def check_args(shard_size: int, batch_size: int, dim: int = 0, dtype: str = DTYPE,
+               pca_sample: int = DEFAULT_PCA_SAMPLE) -> None:
+    """The argument checks of :func:`precompute` (also run by the Beam pipeline's driver)."""
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size}, "
+                         f"{batch_size}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dim < 0 or pca_sample < 1:
+        raise ValueError(f"dim must be >= 0 and pca_sample >= 1, got {dim}, {pca_sample}")
+
+
+def plan(teacher: Teacher, files: Sequence[str], output_dir: str, shard_size: int,
+         overwrite: bool, dim: int = 0, dtype: str = DTYPE,
+         pca_sample: int = DEFAULT_PCA_SAMPLE,
+         batch_size: int = 64) -> Tuple[dict, list, Optional[dict]]:
     """Checks and updates the manifest, and finds the finished shards of every input.
 
-    The caller holds the writer lock. Returns ``(manifest, plans)``; each plan is
-    ``(file_index, path, shard_dir, shard records, done flags)``. Shared by the local job
-    and the Beam pipeline (:mod:`lealla_tf.teacher_embeddings_beam`).
+    For compact shards that reduce the teacher's dimension (``0 < dim < teacher.dim``) it
+    also provides the PCA projection: the one of ``output_dir`` when resuming the same
+    layout, else one fitted on ``pca_sample`` sentences of ``files`` and written to
+    ``projection.npz`` (its sha256 goes in the manifest).
+
+    The caller holds the writer lock. Returns ``(manifest, plans, projection)``; each plan
+    is ``(file_index, path, shard_dir, shard records, done flags)``; ``projection`` is the
+    dict of :func:`load_projection` (None when rows are not reduced). Shared by the local
+    job and the Beam pipeline (:mod:`lealla_tf.teacher_embeddings_beam`).
     """
     for name in fileio.listdir(output_dir):  # leftovers of a killed manifest write
         if ".tmp-" in name:
             fileio.remove(fileio.join(output_dir, name))
 
-    header = {"format_version": FORMAT_VERSION, "teacher": teacher_name,
-              "dim": int(dim), "dtype": DTYPE, "shard_size": int(shard_size)}
+    teacher_dim = int(teacher.dim)
+    if dim > teacher_dim:
+        raise ValueError(f"--dim {dim} exceeds the teacher's dimension {teacher_dim}")
+    reduce = 0 < dim < teacher_dim
+    stored_dim = dim if reduce else teacher_dim
     manifest = _read_manifest(output_dir)
+    header = {"format_version": (FORMAT_VERSION if dtype == DTYPE and not reduce
+                                 else COMPACT_FORMAT_VERSION),
+              "teacher": teacher.name, "dim": stored_dim, "dtype": dtype,
+              "shard_size": int(shard_size), "teacher_dim": teacher_dim, "projection": None}
+    projection, projection_bytes = None, None
+    if reduce:
+        old = _header(manifest) if manifest is not None and manifest.get("files") else None
+        same = old is not None and ({k: v for k, v in old.items() if k != "projection"}
+                                    == {k: v for k, v in header.items() if k != "projection"})
+        if same and old["projection"] and not overwrite:
+            projection = load_projection(output_dir, manifest)  # resume: the same PCA
+            header["projection"] = old["projection"]
+        elif old is not None and not same and not overwrite:
+            header["projection"] = "a new PCA"  # another layout: refused just below
+        else:
+            projection = _fit_projection(teacher, files, dim, pca_sample, batch_size)
+            buffer = io.BytesIO()
+            np.savez(buffer, **projection)
+            projection_bytes = buffer.getvalue()
+            header["projection"] = hashlib.sha256(projection_bytes).hexdigest()
     if manifest is not None and manifest.get("files"):
-        old = {k: manifest.get(k) for k in header}
+        old = _header(manifest)
         if old != header:
             if not overwrite:
                 diff = ", ".join(f"{k}: {old[k]!r} here, {header[k]!r} now"
@@ -239,6 +415,8 @@ def plan(teacher_name: str, dim: int, files: Sequence[str], output_dir: str, sha
             manifest = None
     if manifest is None or not manifest.get("files"):
         manifest = dict(header, files={})
+    if projection_bytes is not None:  # only now: the old one is no longer referenced
+        fileio.atomic_write(fileio.join(output_dir, PROJECTION), projection_bytes)
     _write_manifest(output_dir, manifest)
 
     # Hash and count every input; decide which shards are already done.
@@ -264,7 +442,8 @@ def plan(teacher_name: str, dim: int, files: Sequence[str], output_dir: str, sha
         for name in fileio.listdir(shard_dir):
             if ".tmp-" in name:
                 fileio.remove(fileio.join(shard_dir, name))
-        done = shards_done(shard_dir, scan["shards"], teacher_name)
+        done = shards_done(shard_dir, scan["shards"], teacher.name, header["projection"],
+                           dtype)
         entry = {k: scan[k] for k in ("path", "size", "sha256", "num_lines", "stats")}
         entry.update(dir=folder, num_shards=len(scan["shards"]),
                      shards=[r for r, d in zip(scan["shards"], done) if d],
@@ -272,22 +451,27 @@ def plan(teacher_name: str, dim: int, files: Sequence[str], output_dir: str, sha
         manifest["files"][path] = entry
         plans.append((file_index, path, shard_dir, scan["shards"], done))
     _write_manifest(output_dir, manifest)
-    return manifest, plans
+    return manifest, plans, projection
 
 
-def shards_done(shard_dir: str, records: Sequence[dict], teacher_name: str) -> List[bool]:
-    """Whether each shard of ``records`` is written, by ``teacher_name``, for those lines."""
+def shards_done(shard_dir: str, records: Sequence[dict], teacher_name: str,
+                projection: Optional[str] = None, dtype: str = DTYPE) -> List[bool]:
+    """Whether each shard of ``records`` is written, by ``teacher_name``, for those lines,
+    with the projection of sha256 ``projection`` (None: not reduced) and ``dtype`` rows."""
     done = []
     for rec in records:
         meta = _shard_meta(fileio.join(shard_dir, rec["file"]))
         done.append(meta is not None and meta.get("teacher") == teacher_name and all(
-            meta.get(k) == rec[k] for k in ("start", "end", "lines_sha256")))
+            meta.get(k) == rec[k] for k in ("start", "end", "lines_sha256"))
+            and meta.get("projection") == projection
+            and meta.get("dtype", DTYPE) == dtype)
     return done
 
 
 def encode_shard(teacher: Teacher, lines: Sequence[bytes], batch_size: int,
                  copy_rows: Optional[Callable[[List[bytes]], Dict[bytes, np.ndarray]]] = None,
-                 bar=None) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+                 bar=None, components: Optional[np.ndarray] = None
+                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """The rows of one shard: both sides of every physical line, encoded by ``teacher``.
 
     Malformed lines get zero rows and ``valid=False``. Each distinct sentence of the shard
@@ -297,16 +481,21 @@ def encode_shard(teacher: Teacher, lines: Sequence[bytes], batch_size: int,
       teacher: the teacher.
       lines: raw physical lines (bytes, newline included).
       batch_size: sentences per ``teacher.encode`` call.
-      copy_rows: optional ``digests -> {digest: float16 row}`` of sentences stored before
+      copy_rows: optional ``digests -> {digest: stored row}`` of sentences stored before
         (the local job copies repeats from earlier shards; the Beam workers pass None).
+        The rows are already projected.
       bar: optional tqdm bar counting sentences.
+      components: optional PCA components ``[D, teacher dim]`` (see
+        :func:`load_projection`); encoded rows become ``rows @ components.T``.
 
     Returns:
-      ``(src float16 [n, D], tgt float16 [n, D], valid bool [n], sentences encoded)``.
+      ``(src float32 [n, D], tgt float32 [n, D], valid bool [n], sentences encoded)``;
+      :func:`write_shard` stores the rows in the directory's dtype.
     """
-    n, dim = len(lines), int(teacher.dim)
-    src = np.zeros((n, dim), np.float16)
-    tgt = np.zeros((n, dim), np.float16)
+    n = len(lines)
+    dim = int(teacher.dim) if components is None else int(components.shape[0])
+    src = np.zeros((n, dim), np.float32)
+    tgt = np.zeros((n, dim), np.float32)
     valid = np.zeros((n,), bool)
     new: Dict[bytes, Tuple[str, list]] = {}  # digest -> (sentence, [(row, side)])
     for i, raw in enumerate(lines):
@@ -326,7 +515,9 @@ def encode_shard(teacher: Teacher, lines: Sequence[bytes], batch_size: int,
     items = list(new.values())
     for b in range(0, len(items), batch_size):
         batch = items[b:b + batch_size]
-        emb = teacher.encode([s for s, _ in batch]).astype(np.float16)
+        emb = teacher.encode([s for s, _ in batch]).astype(np.float32)
+        if components is not None:  # in float64: rows independent of the batch's shape
+            emb = (emb.astype(np.float64) @ components.T.astype(np.float64)).astype(np.float32)
         for vec, (_, refs) in zip(emb, batch):
             for i, side in refs:
                 out[side][i] = vec
@@ -336,11 +527,16 @@ def encode_shard(teacher: Teacher, lines: Sequence[bytes], batch_size: int,
 
 
 def write_shard(shard_dir: str, rec: dict, teacher_name: str, dim: int, tsv_sha256: str,
-                src: np.ndarray, tgt: np.ndarray, valid: np.ndarray) -> None:
-    """Writes one shard (atomically: a temporary file renamed into place)."""
-    meta = dict(rec, teacher=teacher_name, dim=int(dim), dtype=DTYPE, tsv_sha256=tsv_sha256)
-    _write_atomic(fileio.join(shard_dir, rec["file"]), lambda f: np.savez(
-        f, src=src, tgt=tgt, valid=valid, meta=np.array(json.dumps(meta))))
+                src: np.ndarray, tgt: np.ndarray, valid: np.ndarray, dtype: str = DTYPE,
+                projection: Optional[str] = None) -> None:
+    """Writes one shard (atomically: a temporary file renamed into place): the rows in
+    ``dtype`` (int8: with their scales) and the meta naming the projection's sha256."""
+    meta = dict(rec, teacher=teacher_name, dim=int(dim), dtype=dtype, tsv_sha256=tsv_sha256,
+                projection=projection)
+    arrays = {"valid": valid, "meta": np.array(json.dumps(meta))}
+    for side, rows in (("src", src), ("tgt", tgt)):
+        arrays.update({side + k: v for k, v in _encode_rows(rows, dtype).items()})
+    _write_atomic(fileio.join(shard_dir, rec["file"]), lambda f: np.savez(f, **arrays))
 
 
 def read_shard_lines(path: str, rec: dict) -> List[bytes]:
@@ -363,8 +559,13 @@ def read_shard_lines(path: str, rec: dict) -> List[bytes]:
     return lines
 
 
-def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, progress):
-    manifest, plans = plan(teacher.name, teacher.dim, files, output_dir, shard_size, overwrite)
+def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, progress,
+                dim=0, dtype=DTYPE, pca_sample=DEFAULT_PCA_SAMPLE):
+    manifest, plans, projection = plan(teacher, files, output_dir, shard_size, overwrite,
+                                       dim=dim, dtype=dtype, pca_sample=pca_sample,
+                                       batch_size=batch_size)
+    components = projection["components"] if projection is not None else None
+    stored_dim = int(manifest["dim"])
 
     # Pass 2: index the sentences of finished shards, so repeats are copied, not encoded.
     index: Dict[bytes, int] = {}  # digest -> (file_index << 41) | (line << 1) | side
@@ -408,7 +609,7 @@ def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, p
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=todo, unit="sent", desc=f"teacher {teacher.name}")
-    dim, n_encoded = int(teacher.dim), 0
+    n_encoded = 0
     try:
         for file_index, path, shard_dir, records, done in plans:
             entry = manifest["files"][path]
@@ -418,9 +619,11 @@ def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, p
                                                       done):
                 if d:
                     continue
-                src, tgt, valid, n = encode_shard(teacher, lines, batch_size, copy_rows, bar)
+                src, tgt, valid, n = encode_shard(teacher, lines, batch_size, copy_rows, bar,
+                                                  components)
                 n_encoded += n
-                write_shard(shard_dir, rec, teacher.name, dim, entry["sha256"], src, tgt, valid)
+                write_shard(shard_dir, rec, teacher.name, stored_dim, entry["sha256"], src,
+                            tgt, valid, dtype, manifest.get("projection"))
                 register(file_index, start, lines)
                 entry["shards"].append(rec)
                 entry["complete"] = len(entry["shards"]) == entry["num_shards"]
@@ -458,12 +661,15 @@ def load_precomputed(embeddings_dir: str, tsv_path: str,
       check_sha: verify the file's sha256 against the manifest (size is always checked).
 
     Returns:
-      ``(src, tgt, valid)``: float16 ``[num_lines, dim]`` twice and bool ``[num_lines]``;
-      rows of malformed lines are zero with ``valid=False``.
+      ``(src, tgt, valid)``: ``[num_lines, dim]`` twice (float32 for a float32 directory,
+      else float16; int8 rows come back scaled) and bool ``[num_lines]``; rows of
+      malformed lines are zero with ``valid=False``. ``dim`` is the stored one (the PCA's
+      in a compact directory).
 
     Raises:
       FileNotFoundError: no manifest or no TSV file.
-      ValueError: incomplete, changed or misaligned embeddings.
+      ValueError: incomplete, changed or misaligned embeddings, or a projection file that
+        is not the one the shards were made with.
     """
     path = os.path.abspath(tsv_path)
     if not os.path.isfile(path):
@@ -472,6 +678,8 @@ def load_precomputed(embeddings_dir: str, tsv_path: str,
     if manifest is None:
         raise FileNotFoundError(f"no {MANIFEST} in {embeddings_dir}: run `lealla teacher "
                                 "embed` first")
+    load_projection(embeddings_dir, manifest)  # a mismatched projection is refused
+    out_dtype = np.float32 if manifest.get("dtype") == "float32" else np.float16
     entry = _find_entry(manifest, path, embeddings_dir)
     if not entry["complete"]:
         raise ValueError(f"teacher embeddings of {path} in {embeddings_dir} are incomplete "
@@ -492,19 +700,25 @@ def load_precomputed(embeddings_dir: str, tsv_path: str,
         with _load_npz(shard_path) as z:
             meta = json.loads(str(z["meta"]))
             src, tgt, valid = z["src"], z["tgt"], z["valid"]
+            if src.dtype == np.int8:
+                src, tgt = _decode_rows(z, "src"), _decode_rows(z, "tgt")
         n = rec["end"] - rec["start"]
         if (meta.get("lines_sha256") != rec["lines_sha256"] or src.shape != tgt.shape
                 or src.shape != (n, manifest["dim"]) or valid.shape != (n,)):
             raise ValueError(f"{shard_path} does not match the manifest (lines "
                              f"{rec['start']}-{rec['end']} of {path})")
-        parts.append((src, tgt, valid))
+        if meta.get("projection") != manifest.get("projection"):
+            raise ValueError(f"{shard_path} was reduced with another projection than "
+                             f"{embeddings_dir}/{PROJECTION}; recompute (--overwrite)")
+        parts.append((src.astype(out_dtype, copy=False), tgt.astype(out_dtype, copy=False),
+                      valid))
         expected = rec["end"]
     if expected != entry["num_lines"]:
         raise ValueError(f"{embeddings_dir}: shards of {path} cover {expected} of "
                          f"{entry['num_lines']} lines")
     if not parts:
         dim = manifest["dim"]
-        return np.zeros((0, dim), np.float16), np.zeros((0, dim), np.float16), np.zeros(0, bool)
+        return np.zeros((0, dim), out_dtype), np.zeros((0, dim), out_dtype), np.zeros(0, bool)
     return tuple(np.concatenate(a) for a in zip(*parts))
 
 
@@ -526,6 +740,11 @@ def verify(embeddings_dir: str) -> List[str]:
         raise FileNotFoundError(f"no {MANIFEST} in {embeddings_dir}")
     problems = []
     shard_size = manifest["shard_size"]
+    reduced = bool(manifest.get("projection"))
+    try:
+        load_projection(embeddings_dir, manifest)
+    except ValueError as e:
+        problems.append(str(e))
     for path, entry in manifest["files"].items():
         if not os.path.isfile(path):
             problems.append(f"{path}: corpus file is missing")
@@ -549,7 +768,7 @@ def verify(embeddings_dir: str) -> List[str]:
             try:
                 with _load_npz(shard_path) as z:
                     meta = json.loads(str(z["meta"]))
-                    src, tgt, valid = (z["src"].astype(np.float32), z["tgt"].astype(np.float32),
+                    src, tgt, valid = (_decode_rows(z, "src"), _decode_rows(z, "tgt"),
                                        z["valid"])
             except (OSError, ValueError, KeyError) as e:
                 problems.append(f"{where}: unreadable shard {shard_path} ({e})")
@@ -560,9 +779,14 @@ def verify(embeddings_dir: str) -> List[str]:
             expect = np.array([corpus.parse_tsv_line(raw)[0] is not None for raw in lines])
             if not np.array_equal(valid, expect):
                 problems.append(f"{where}: valid flags disagree with the corpus parser")
+            if meta.get("projection") != manifest.get("projection"):
+                problems.append(f"{where}: shard {shard_path} was made with another projection")
             for side, emb in (("src", src), ("tgt", tgt)):
                 norms = np.linalg.norm(emb, axis=1)
-                if np.any(norms[~expect] != 0) or np.any(np.abs(norms[expect] - 1) > 1e-2):
+                # PCA-reduced rows keep at most their unit norm (they are not renormalised).
+                bad = (np.any(norms[expect] > 1 + 1e-2) or np.any(norms[expect] <= 0)
+                       if reduced else np.any(np.abs(norms[expect] - 1) > 1e-2))
+                if np.any(norms[~expect] != 0) or bad:
                     problems.append(f"{where}: {side} rows are not zero (malformed lines) "
                                     "and unit norm (others)")
         if n_lines != entry["num_lines"]:

@@ -13,6 +13,13 @@ the local job. When the pipeline is done the driver records the finished shards 
 manifest. A run that fails (or is killed) part-way leaves only complete shards; running
 the same command again submits only the missing ones, on either executor.
 
+Compact shards (``dim``, ``dtype``, ``pca_sample``, as the local job): the driver fits
+the PCA once in :func:`teacher_embeddings.plan` (or, resuming, loads the directory's
+``projection.npz``, checked against the manifest's sha256), writes it to the output
+folder and ships its components to the workers with the DoFn; each worker projects its
+rows with them and writes the shard in the chosen dtype, the projection's sha256 in its
+meta, exactly as the local job does.
+
 Rows equal the local job's for a teacher whose embedding of a sentence does not depend
 on the other sentences of its batch. One difference: a worker only sees its own shard,
 so a sentence repeated in several shards is encoded once per shard (the local job
@@ -64,9 +71,12 @@ class _EmbedShard:
     """DoFn body (a plain class so the module imports without Beam)."""
 
     def __init__(self, teacher_spec: str, teacher_name: str, batch_size: int,
-                 threads: Optional[int]):
+                 threads: Optional[int], dim: int = 0, dtype: str = te.DTYPE,
+                 projection: Optional[str] = None, components=None):
         self.teacher_spec, self.teacher_name = teacher_spec, teacher_name
         self.batch_size, self.threads = batch_size, threads
+        self.dim, self.dtype = dim, dtype  # the stored dimension and row type
+        self.projection, self.components = projection, components  # sha256, [dim, teacher]
         self.teacher = None
 
     def setup(self):
@@ -75,13 +85,18 @@ class _EmbedShard:
         if self.teacher.name != self.teacher_name:
             raise ValueError(f"teacher {self.teacher_spec!r} loads as {self.teacher.name!r} "
                              f"on this worker but as {self.teacher_name!r} on the driver")
+        if self.components is not None and self.components.shape[1] != int(self.teacher.dim):
+            raise ValueError(f"teacher {self.teacher_spec!r} is {self.teacher.dim}-d on this "
+                             f"worker but the projection maps {self.components.shape[1]} "
+                             "dimensions")
 
     def process(self, task):
         path, shard_dir, rec, tsv_sha256 = task
         lines = te.read_shard_lines(path, rec)
-        src, tgt, valid, n = te.encode_shard(self.teacher, lines, self.batch_size)
-        te.write_shard(shard_dir, rec, self.teacher.name, self.teacher.dim, tsv_sha256,
-                       src, tgt, valid)
+        src, tgt, valid, n = te.encode_shard(self.teacher, lines, self.batch_size,
+                                             components=self.components)
+        te.write_shard(shard_dir, rec, self.teacher.name, self.dim or self.teacher.dim,
+                       tsv_sha256, src, tgt, valid, self.dtype, self.projection)
         return n
 
 
@@ -89,7 +104,8 @@ def precompute(teacher_spec: str, inputs: Sequence[str], output_dir: str,
                shard_size: int = te.DEFAULT_SHARD_SIZE, batch_size: int = 64,
                overwrite: bool = False, beam_runner: str = "DirectRunner",
                pipeline_args: Sequence[str] = (), threads: Optional[int] = None,
-               teacher=None) -> dict:
+               teacher=None, dim: int = 0, dtype: str = te.DTYPE,
+               pca_sample: int = te.DEFAULT_PCA_SAMPLE) -> dict:
     """:func:`teacher_embeddings.precompute` on Apache Beam.
 
     Args:
@@ -100,8 +116,10 @@ def precompute(teacher_spec: str, inputs: Sequence[str], output_dir: str,
         ``FlinkRunner``, ``SparkRunner``, ``PortableRunner``...
       pipeline_args: more Beam options (``--direct_num_workers=4``, ``--project=...``).
       threads: BLAS threads of the muse teacher on each worker.
-      teacher: the driver's loaded teacher (name and dimension); loaded from the spec
-        when None.
+      teacher: the driver's loaded teacher (name and dimension; it also encodes the PCA
+        sample); loaded from the spec when None.
+      dim, dtype, pca_sample: compact shards, as the local job (the PCA is fitted once,
+        on the driver).
 
     Returns:
       The manifest (``last_run.sentences_encoded`` counts over all workers).
@@ -110,9 +128,7 @@ def precompute(teacher_spec: str, inputs: Sequence[str], output_dir: str,
     from apache_beam.metrics.metric import Metrics, MetricsFilter
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    if shard_size < 1 or batch_size < 1:
-        raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size}, "
-                         f"{batch_size}")
+    te.check_args(shard_size, batch_size, dim, dtype, pca_sample)
     files = list(dict.fromkeys(os.path.abspath(p) for p in inputs))
     if not files:
         raise ValueError("no input TSV files given")
@@ -140,8 +156,10 @@ def precompute(teacher_spec: str, inputs: Sequence[str], output_dir: str,
             yield task[2]["file"]
 
     with te._exclusive(output_dir, force=overwrite):
-        manifest, plans = te.plan(teacher.name, teacher.dim, files, output_dir, shard_size,
-                                  overwrite)
+        manifest, plans, projection = te.plan(teacher, files, output_dir, shard_size,
+                                              overwrite, dim=dim, dtype=dtype,
+                                              pca_sample=pca_sample, batch_size=batch_size)
+        components = projection["components"] if projection is not None else None
         tasks = [(path, shard_dir, rec, manifest["files"][path]["sha256"])
                  for _, path, shard_dir, records, done in plans
                  for rec, d in zip(records, done) if not d]
@@ -151,7 +169,8 @@ def precompute(teacher_spec: str, inputs: Sequence[str], output_dir: str,
             _ = (p | "Shards" >> beam.Create(tasks)
                  | "Spread" >> beam.Reshuffle()
                  | "Embed" >> beam.ParDo(EmbedShard(_EmbedShard(
-                     teacher_spec, teacher.name, batch_size, threads))))
+                     teacher_spec, teacher.name, batch_size, threads, int(manifest["dim"]),
+                     dtype, manifest.get("projection"), components))))
             result = p.run()
             result.wait_until_finish()
             try:
@@ -162,7 +181,8 @@ def precompute(teacher_spec: str, inputs: Sequence[str], output_dir: str,
                 encoded = -1
         for _, path, shard_dir, records, _ in plans:  # what the workers wrote
             entry = manifest["files"][path]
-            done = te.shards_done(shard_dir, records, teacher.name)
+            done = te.shards_done(shard_dir, records, teacher.name,
+                                  manifest.get("projection"), dtype)
             entry["shards"] = [r for r, d in zip(records, done) if d]
             entry["complete"] = all(done)
         manifest["last_run"] = {"sentences_encoded": encoded, "runner": f"beam:{beam_runner}",

@@ -23,8 +23,10 @@ the teacher specs are:
 
 and :class:`CallableTeacher` wraps any Python function ``list[str] -> array``.
 
-Training does not call a teacher: its embeddings of the training corpora are precomputed
-once and stored in shards by :mod:`lealla_tf.teacher_embeddings`.
+By default training does not call a teacher: its embeddings of the training corpora are
+precomputed once and stored in shards by :mod:`lealla_tf.teacher_embeddings`. With
+``teacher.mode: online`` a TensorFlow teacher runs inside the training step instead
+(:mod:`lealla_tf.online_teacher`).
 
 Example::
 

@@ -228,6 +228,14 @@ def _training_files(data_cfg: config_lib.DataConfig):
     return corpus_lib.find_files(data_cfg.train_files, root, data_cfg.languages)
 
 
+def _stored_teacher_dim(embeddings_dir: str) -> int:
+    """The teacher's own dimension recorded by a (possibly PCA-reduced) shard directory."""
+    if not embeddings_dir:
+        return 0
+    from lealla_tf import teacher_embeddings
+    return teacher_embeddings.teacher_dim(embeddings_dir)
+
+
 def _check_resume_config(cfg: config_lib.ExperimentConfig, model_dir: str) -> None:
     path = fileio.join(model_dir, CONFIG_FILE)
     if not fileio.exists(path):
@@ -284,8 +292,14 @@ class Trainer:
                 cfg.vocab, model_file=vocab_file(cfg)))
             config_lib.save(saved, fileio.join(self.model_dir, CONFIG_FILE))
 
-        self.corpus = corpus or data_lib.load_corpus_from_config(cfg.data)
-        if cfg.teacher.dim and self.corpus.teacher_dim not in (0, cfg.teacher.dim):
+        self.online = cfg.teacher.mode == "online"
+        if self.online and cfg.data.teacher_embeddings:
+            log.warning("teacher.mode: online: data.teacher_embeddings (%s) is not read",
+                        cfg.data.teacher_embeddings)
+        self.corpus = corpus or data_lib.load_corpus_from_config(
+            dataclasses.replace(cfg.data, teacher_embeddings="") if self.online else cfg.data)
+        if cfg.teacher.dim and self.corpus.teacher_dim not in (0, cfg.teacher.dim) and (
+                _stored_teacher_dim(cfg.data.teacher_embeddings) != cfg.teacher.dim):
             raise config_lib.ConfigError(
                 f"teacher.dim is {cfg.teacher.dim} but the teacher embeddings "
                 f"({cfg.data.teacher_embeddings}) are {self.corpus.teacher_dim}-d")
@@ -340,11 +354,37 @@ class Trainer:
         variable.assign(tf.cast(table, variable.dtype))
         log.info("word embeddings initialised from the teacher (%s)", kind)
 
+    def _load_online_teacher(self):
+        """The frozen teacher of ``teacher.mode: online``, loaded under the strategy."""
+        from lealla_tf import online_teacher
+        if isinstance(self._teacher, online_teacher.OnlineTeacher):
+            teacher = self._teacher
+        elif self.cfg.teacher.spec:  # (a teacher object given too serves vocab/init only)
+            teacher = online_teacher.load(self.cfg.teacher.spec, self.strategy)
+        else:  # a clear error for Python teachers
+            teacher = online_teacher.check_teacher(self._teacher)
+        if teacher.string_inputs and distribute_lib.device_type(self.strategy) == "tpu":
+            raise config_lib.ConfigError(
+                f"teacher {teacher.name} takes strings, which a TPU step cannot: use a "
+                "preprocessor|encoder pair (hub:<pre>|<enc>, labse) or a run: dir, or "
+                "teacher.mode: precomputed")
+        if self.cfg.teacher.dim and teacher.dim != self.cfg.teacher.dim:
+            raise config_lib.ConfigError(f"teacher.dim is {self.cfg.teacher.dim} but teacher "
+                                         f"{teacher.name} is {teacher.dim}-d")
+        log.info("online teacher %s (%d-d) runs inside the training step", teacher.name,
+                 teacher.dim)
+        return teacher
+
     # -- construction
     def _build(self) -> None:
         cfg = self.cfg
         uses_teacher = cfg.loss.feature_distill_weight > 0 or cfg.loss.logit_distill_weight > 0
-        if uses_teacher and not self.corpus.teacher_dim:
+        self.online_teacher = None
+        teacher_dim = self.corpus.teacher_dim
+        if self.online and uses_teacher:
+            self.online_teacher = self._load_online_teacher()
+            teacher_dim = self.online_teacher.dim
+        elif uses_teacher and not self.corpus.teacher_dim:
             raise config_lib.ConfigError(
                 "loss.feature_distill_weight / logit_distill_weight > 0 need precomputed "
                 "teacher embeddings: set data.teacher_embeddings (lealla teacher embed)")
@@ -369,7 +409,7 @@ class Trainer:
                 if getattr(getattr(layer, "_random_generator", None), "_generator", None)
                 is not None]
             self.loss_layer = losses_lib.DualEncoderLoss(
-                cfg.loss, teacher_dim=self.corpus.teacher_dim if uses_teacher else 0,
+                cfg.loss, teacher_dim=teacher_dim if uses_teacher else 0,
                 student_dim=self.encoder.embedding_dim)
             self.optimizer, self.schedule = build_optimizer(cfg.train)
             if self.policy == "mixed_float16":
@@ -432,26 +472,38 @@ class Trainer:
 
         def dataset_fn(ctx):
             pre = self.make_preprocessor(seq_length)
-            return data_lib.make_dataset(self.corpus, self.sampler, pre, ctx,
-                                         use_teacher=self.uses_teacher)
+            online = self.online_teacher
+            return data_lib.make_dataset(
+                self.corpus, self.sampler, pre, ctx,
+                use_teacher=self.uses_teacher and online is None,
+                teacher_inputs=online.preprocess if online is not None else None)
 
         dist = self.strategy.distribute_datasets_from_function(dataset_fn)
         return iter(dist)
 
     # -- the step
-    def _replica_step(self, batch):
-        clip = self.cfg.train.clip_norm
+    def _loss_and_gradients(self, batch):
+        """This replica's loss terms and (unreduced) gradients for one batch."""
         scaled = self._loss_scaled
+        teacher_src, teacher_tgt = batch.get("teacher_src"), batch.get("teacher_tgt")
+        if self.online_teacher is not None:  # frozen: outside the tape, no gradient
+            teacher_src = self.online_teacher.encode(batch["teacher_inputs_src"])
+            teacher_tgt = self.online_teacher.encode(batch["teacher_inputs_tgt"])
         with tf.GradientTape() as tape:
             src = self.encoder(batch["src"], training=True)["default"]
             tgt = self.encoder(batch["tgt"], training=True)["default"]
-            terms = self.loss_layer(src, tgt, batch.get("teacher_src"), batch.get("teacher_tgt"))
+            terms = self.loss_layer(src, tgt, teacher_src, teacher_tgt)
             loss = terms["loss"]
             if scaled:
                 loss = self.optimizer.get_scaled_loss(loss)
         grads = tape.gradient(loss, self.variables)
         if scaled:
             grads = self.optimizer.get_unscaled_gradients(grads)
+        return terms, grads
+
+    def _replica_step(self, batch):
+        clip = self.cfg.train.clip_norm
+        terms, grads = self._loss_and_gradients(batch)
         ctx = tf.distribute.get_replica_context()
         grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         if clip > 0:

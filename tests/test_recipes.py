@@ -64,3 +64,14 @@ def test_recipe_builds_at_tiny_size(path):
                 for b, v in zip(before, encoder.trainable_variables))
     assert moved > 0
     assert float(schedule(0)) <= float(schedule(cfg.train.warmup_steps)) + 1e-12
+
+
+@pytest.mark.parametrize("size", ["small", "base", "large"])
+def test_paper_recipes_offer_both_teacher_modes(size):
+    path = os.path.join(CONFIGS, f"distill_lealla_{size}_labse_tpu.yaml")
+    cfg = config.load(path)
+    assert cfg.teacher.mode == "precomputed" and cfg.data.teacher_embeddings
+    online = config.load(path, ["teacher.mode=online"]).validate()
+    assert online.teacher.mode == "online" and online.teacher.spec == "labse"
+    text = open(path).read()
+    assert "teacher.mode=online" in text and "--dim 128 --dtype int8" in text

@@ -1,8 +1,9 @@
 """``lealla teacher embed --runner beam``: on the DirectRunner with 2 worker processes the
-shards equal the local job's (rows, order, checksums, malformed lines included); a run
-killed mid-way and restarted redoes only the missing shards; without Beam the flag names
-the extra."""
+shards equal the local job's (rows, order, checksums, malformed lines included; compact
+shards too, projected with the PCA the driver fitted); a run killed mid-way and restarted
+redoes only the missing shards; without Beam the flag names the extra."""
 
+import hashlib
 import json
 import os
 import signal
@@ -166,6 +167,59 @@ def test_beam_run_killed_midway_resumes_without_redoing_finished_shards(worker_e
     teacher_embeddings.precompute(embedders.load(SPEC), [tsv], full, shard_size=SHARD,
                                   batch_size=2, progress=False)
     _assert_same_store(full, out)
+
+
+def test_beam_writes_compact_shards_with_the_drivers_projection(worker_env, capsys):
+    """--dim/--dtype on Beam: the driver fits the PCA once, the workers project with it and
+    write the local job's shards; the local job then finds them done; a resume with
+    another dtype is refused."""
+    from lealla_tf import teacher_embeddings_beam
+    tsv = _corpus(worker_env / "deu-eng.tsv")
+    teacher = embedders.load(SPEC)
+    local = str(worker_env / "local")
+    teacher_embeddings.precompute(teacher, [tsv], local, shard_size=SHARD, batch_size=3,
+                                  progress=False, dim=6, dtype="float16")
+    beam_out = str(worker_env / "beam")
+    manifest = teacher_embeddings_beam.precompute(
+        SPEC, [tsv], beam_out, shard_size=SHARD, batch_size=3, pipeline_args=THREAD_ARGS,
+        dim=6, dtype="float16")
+    assert manifest["dim"] == 6 and manifest["teacher_dim"] == 16
+    assert manifest["format_version"] == teacher_embeddings.COMPACT_FORMAT_VERSION
+    sha = manifest["projection"]
+    data = open(os.path.join(beam_out, teacher_embeddings.PROJECTION), "rb").read()
+    assert hashlib.sha256(data).hexdigest() == sha
+    _, entry, folder = _shards(beam_out)
+    assert entry["complete"] and entry["num_shards"] == 11
+    for name in os.listdir(folder):
+        with np.load(os.path.join(folder, name)) as z:
+            meta = json.loads(str(z["meta"]))
+            assert meta["projection"] == sha and meta["dtype"] == "float16"
+            assert z["src"].shape[1] == 6
+    assert teacher_embeddings.verify(beam_out) == []
+    assert _shards(local)[0]["projection"] == sha  # the same PCA (a deterministic SVD)
+    for a, b in zip(teacher_embeddings.load_precomputed(local, tsv),
+                    teacher_embeddings.load_precomputed(beam_out, tsv)):
+        assert np.array_equal(a, b)
+    # The local job recognises the Beam shards as done (same projection and dtype).
+    assert teacher_embeddings.precompute(
+        teacher, [tsv], beam_out, shard_size=SHARD, progress=False, dim=6,
+        dtype="float16")["last_run"]["sentences_encoded"] == 0
+    # Another dtype on the same directory is refused without --overwrite.
+    argv = ["teacher", "embed", "--teacher", SPEC, "--input", tsv, "--output", beam_out,
+            "--shard-size", str(SHARD), "--runner", "beam", "--dim", "6"]
+    assert cli.main(argv + ["--dtype", "int8"] + THREAD_ARGS) == 2
+    assert "int8" in capsys.readouterr().err
+    # From the command line: int8 rows with their scales, fitted once on the driver.
+    out = str(worker_env / "int8")
+    argv[argv.index(beam_out)] = out
+    assert cli.main(argv + ["--dtype", "int8", "--pca-sample", "40"] + THREAD_ARGS) == 0
+    manifest, entry, folder = _shards(out)
+    assert entry["complete"] and manifest["dtype"] == "int8" and manifest["dim"] == 6
+    with np.load(os.path.join(folder, sorted(os.listdir(folder))[0])) as z:
+        assert z["src"].dtype == np.int8 and "src_scale" in z.files
+    proj = teacher_embeddings.load_projection(out)
+    assert proj["components"].shape == (6, 16) and proj["sample_size"] <= 40
+    assert teacher_embeddings.verify(out) == []
 
 
 def test_without_beam_the_flag_names_the_extra(tmp_path, monkeypatch, capsys, worker_env):
