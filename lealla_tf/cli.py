@@ -345,6 +345,21 @@ def _add_eval(sub) -> None:
         s.add_argument("--retrieval", choices=("max", "fwd", "bwd", "intersect"),
                        default="max")
 
+    def index_args(s):
+        s.add_argument("--index", choices=("exact", "faiss", "scann"), default="exact",
+                       help="nearest-neighbour search: exact (chunked), or an approximate "
+                            "index built once per embedding matrix and saved (extras "
+                            "[faiss], [scann])")
+        s.add_argument("--index-dir", default="",
+                       help="where indexes are saved and reused (default <cache>/indexes)")
+        s.add_argument("--index-factory", default="",
+                       help="FAISS index_factory string (default IVF<4 sqrt(N)>,Flat; e.g. "
+                            "IVF65536,SQ8 or OPQ32,IVF65536,PQ32 for large pools)")
+        s.add_argument("--nlist", type=int, default=0,
+                       help="index partitions (0: 4 sqrt(N))")
+        s.add_argument("--nprobe", type=int, default=0,
+                       help="partitions searched per query (0: nlist/8, at least 16)")
+
     p = sub.add_parser("eval", help="evaluate a model: tatoeba, bucc, ntrex, un")
     esub = p.add_subparsers(dest="eval_cmd", required=True)
 
@@ -360,6 +375,7 @@ def _add_eval(sub) -> None:
     b = esub.add_parser("bucc", help="BUCC bitext mining F1 (margin scoring, best threshold)")
     common(b)
     mining_args(b)
+    index_args(b)
     b.add_argument("--src", default="", help="xx-en.split.xx file (id<TAB>sentence)")
     b.add_argument("--tgt", default="", help="xx-en.split.en file")
     b.add_argument("--gold", default="", help="xx-en.split.gold file (src-id<TAB>tgt-id)")
@@ -374,6 +390,7 @@ def _add_eval(sub) -> None:
     n = esub.add_parser("ntrex", help="BUCC-style mining benchmark built from NTREX-128")
     common(n)
     mining_args(n)
+    index_args(n)
     n.add_argument("--data-dir", default="",
                    help="data root with ntrex/NTREX-128 (default $LEALLA_DATA_DIR)")
     n.add_argument("--languages", default="deu,fra,rus,zho_Hans",
@@ -386,6 +403,7 @@ def _add_eval(sub) -> None:
 
     u = esub.add_parser("un", help="P@1 of line-aligned queries in a large candidate pool")
     common(u, model_required=False)
+    index_args(u)
     u.add_argument("--source", required=True, help="query sentences (text or .npy)")
     u.add_argument("--target", required=True, help="their translations, line-aligned")
     u.add_argument("--extra", nargs="*", default=[],
@@ -397,6 +415,7 @@ def _add_eval(sub) -> None:
     common(m, output_help="output TSV: score, source line, target line, source, target",
            output_required=True)
     mining_args(m)
+    index_args(m)
     m.add_argument("--source", required=True, help="source text file, one sentence a line")
     m.add_argument("--target", required=True, help="target text file")
     m.add_argument("--threshold", type=float, default=None,
@@ -427,10 +446,24 @@ def _write_json(path: str, result: dict) -> None:
         print(f"results written to {path}")
 
 
+def _index_config(args):
+    """The ``index_args`` flags as a validated IndexConfig (None for exact search); a
+    missing extra is reported here, before any embedding is computed."""
+    from lealla_tf.config import IndexConfig
+    if getattr(args, "index", "exact") == "exact":
+        return None
+    from lealla_tf.evaluation import ann
+    ann.require(args.index)
+    return IndexConfig(kind=args.index, directory=args.index_dir,
+                       faiss_factory=args.index_factory if args.index == "faiss" else "",
+                       nlist=args.nlist, nprobe=args.nprobe).validate()
+
+
 def _mining_kwargs(args) -> dict:
-    """The flags ``mining_args`` adds (plus --memory-mb), as mining keyword arguments."""
+    """The flags ``mining_args`` adds (plus --memory-mb and the index flags), as mining
+    keyword arguments."""
     return {"k": args.k, "margin": args.margin, "retrieval_mode": args.retrieval,
-            "max_memory_bytes": args.memory_mb << 20}
+            "max_memory_bytes": args.memory_mb << 20, "index": _index_config(args)}
 
 
 def _eval_kwargs(args) -> dict:
@@ -503,7 +536,7 @@ def _eval_un(args) -> int:
             print("note: eval un always caches pool embeddings (they are searched from disk)")
         res = un.evaluate(model, args.source, args.target, extra=args.extra,
                           max_queries=args.max_queries, max_memory_bytes=args.memory_mb << 20,
-                          **kw)
+                          index=_index_config(args), **kw)
         print(un.format_table(res))
         _write_json(args.output, res)
         return 0
@@ -549,7 +582,15 @@ def _add_teacher(sub) -> None:
                    help="stored row type (int8: per-row scale)")
     e.add_argument("--pca-sample", type=int, default=20000,
                    help="sentences the PCA of --dim is fitted on")
-    e.set_defaults(func=_teacher_embed)
+    e.add_argument("--runner", choices=("local", "beam"), default="local",
+                   help="local: this process; beam: an Apache Beam pipeline (extra [beam]) "
+                        "that writes the same shards; any further --option=value is passed "
+                        "to Beam (e.g. --direct_num_workers=4, --project, --region, "
+                        "--temp_location, --flink_master)")
+    e.add_argument("--beam-runner", default="DirectRunner",
+                   help="with --runner beam: DirectRunner (default, 2 worker processes), "
+                        "DataflowRunner, FlinkRunner, SparkRunner, PortableRunner")
+    e.set_defaults(func=_teacher_embed, pipeline_args=[])
     v = tsub.add_parser("verify", help="re-read the corpora of an embeddings directory and "
                                        "check that every shard is complete and aligned")
     v.add_argument("--output", required=True, help="embeddings directory")
@@ -560,11 +601,21 @@ def _teacher_embed(args) -> int:
     from lealla_tf import corpus, embedders, teacher_embeddings
     files = corpus.find_files(args.input, root=args.data_dir)
     try:
+        if args.runner == "beam":
+            from lealla_tf import teacher_embeddings_beam
+            teacher_embeddings_beam.require_beam()  # before the teacher is loaded
         teacher = embedders.load(args.teacher, threads=args.threads or None)
-        manifest = teacher_embeddings.precompute(
-            teacher, files, args.output, shard_size=args.shard_size,
-            batch_size=args.batch_size, overwrite=args.overwrite, dim=args.dim,
-            dtype=args.dtype, pca_sample=args.pca_sample)
+        compact = dict(dim=args.dim, dtype=args.dtype, pca_sample=args.pca_sample)
+        if args.runner == "beam":
+            manifest = teacher_embeddings_beam.precompute(
+                args.teacher, files, args.output, shard_size=args.shard_size,
+                batch_size=args.batch_size, overwrite=args.overwrite,
+                beam_runner=args.beam_runner, pipeline_args=args.pipeline_args,
+                threads=args.threads or None, teacher=teacher, **compact)
+        else:
+            manifest = teacher_embeddings.precompute(
+                teacher, files, args.output, shard_size=args.shard_size,
+                batch_size=args.batch_size, overwrite=args.overwrite, **compact)
     except (ValueError, ImportError) as e:
         print(f"lealla: error: {e}", file=sys.stderr)
         return 2
@@ -677,7 +728,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # only `teacher embed --runner beam` passes options on (to Beam)
+        if getattr(args, "runner", None) != "beam":
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.pipeline_args = unknown
     from lealla_tf.config import ConfigError
     try:
         return int(args.func(args) or 0)

@@ -383,6 +383,43 @@ class EvalConfig:
             raise ConfigError(f"eval.batch_size must be positive, got {self.batch_size}")
 
 
+INDEX_KINDS = ("exact", "faiss", "scann")
+
+
+@dataclasses.dataclass
+class IndexConfig:
+    """Nearest-neighbour index of mining and large-pool retrieval (``--index``).
+
+    ``exact`` is the chunked exact search; ``faiss`` and ``scann`` build an approximate
+    index per candidate matrix once, save it under ``directory`` (keyed by the matrix
+    content and the build settings) and reuse it (:mod:`lealla_tf.evaluation.ann`).
+    """
+
+    kind: str = "exact"
+    directory: str = ""      # saved indexes; "" = <cache root>/indexes
+    faiss_factory: str = ""  # FAISS index_factory string; "" = "IVF<nlist>,Flat"
+    nlist: int = 0           # partitions (FAISS IVF lists, ScaNN leaves); 0 = 4 * sqrt(N)
+    nprobe: int = 0          # partitions searched per query; 0 = auto (see ann.auto_nprobe)
+    train_size: int = 0      # rows sampled to train the partitions; 0 = 50 * nlist
+    add_batch_rows: int = 65536  # rows streamed from the (memory-mapped) matrix per add
+    overfetch: int = 2       # neighbours fetched per wanted one, then rescored exactly
+    seed: int = 0            # training sample
+    exact_below: int = 0     # matrices with fewer rows are searched exactly (0: never)
+
+    def validate(self) -> "IndexConfig":
+        if self.kind not in INDEX_KINDS:
+            raise ConfigError(f"index kind must be one of {INDEX_KINDS}, got {self.kind!r}")
+        for name in ("nlist", "nprobe", "train_size", "exact_below"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"index {name} must be >= 0 (0 = automatic), "
+                                  f"got {getattr(self, name)}")
+        if self.add_batch_rows <= 0 or self.overfetch <= 0:
+            raise ConfigError("index add_batch_rows and overfetch must be positive")
+        if self.faiss_factory and self.kind != "faiss":
+            raise ConfigError("faiss_factory is only used with kind 'faiss'")
+        return self
+
+
 @dataclasses.dataclass
 class ExperimentConfig:
     """Everything a run needs; what ``lealla train`` writes into the model dir."""

@@ -310,13 +310,7 @@ def precompute(teacher: Teacher, inputs: Sequence[str], output_dir: str,
         is writing to it.
       FileNotFoundError: for a missing input.
     """
-    if shard_size < 1 or batch_size < 1:
-        raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size}, "
-                         f"{batch_size}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if dim < 0 or pca_sample < 1:
-        raise ValueError(f"dim must be >= 0 and pca_sample >= 1, got {dim}, {pca_sample}")
+    check_args(shard_size, batch_size, dim, dtype, pca_sample)
     files = list(dict.fromkeys(os.path.abspath(p) for p in inputs))
     if not files:
         raise ValueError("no input TSV files given")
@@ -349,8 +343,34 @@ def _header(manifest: dict) -> dict:
             "projection": manifest.get("projection")}
 
 
-def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, progress,
-                dim=0, dtype=DTYPE, pca_sample=DEFAULT_PCA_SAMPLE):
+def check_args(shard_size: int, batch_size: int, dim: int = 0, dtype: str = DTYPE,
+               pca_sample: int = DEFAULT_PCA_SAMPLE) -> None:
+    """The argument checks of :func:`precompute` (also run by the Beam pipeline's driver)."""
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size}, "
+                         f"{batch_size}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dim < 0 or pca_sample < 1:
+        raise ValueError(f"dim must be >= 0 and pca_sample >= 1, got {dim}, {pca_sample}")
+
+
+def plan(teacher: Teacher, files: Sequence[str], output_dir: str, shard_size: int,
+         overwrite: bool, dim: int = 0, dtype: str = DTYPE,
+         pca_sample: int = DEFAULT_PCA_SAMPLE,
+         batch_size: int = 64) -> Tuple[dict, list, Optional[dict]]:
+    """Checks and updates the manifest, and finds the finished shards of every input.
+
+    For compact shards that reduce the teacher's dimension (``0 < dim < teacher.dim``) it
+    also provides the PCA projection: the one of ``output_dir`` when resuming the same
+    layout, else one fitted on ``pca_sample`` sentences of ``files`` and written to
+    ``projection.npz`` (its sha256 goes in the manifest).
+
+    The caller holds the writer lock. Returns ``(manifest, plans, projection)``; each plan
+    is ``(file_index, path, shard_dir, shard records, done flags)``; ``projection`` is the
+    dict of :func:`load_projection` (None when rows are not reduced). Shared by the local
+    job and the Beam pipeline (:mod:`lealla_tf.teacher_embeddings_beam`).
+    """
     for name in fileio.listdir(output_dir):  # leftovers of a killed manifest write
         if ".tmp-" in name:
             fileio.remove(fileio.join(output_dir, name))
@@ -399,7 +419,7 @@ def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, p
         fileio.atomic_write(fileio.join(output_dir, PROJECTION), projection_bytes)
     _write_manifest(output_dir, manifest)
 
-    # Pass 1: hash and count every input; decide which shards are already done.
+    # Hash and count every input; decide which shards are already done.
     plans = []
     for file_index, path in enumerate(files):
         scan = _scan(path, shard_size)
@@ -422,13 +442,8 @@ def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, p
         for name in fileio.listdir(shard_dir):
             if ".tmp-" in name:
                 fileio.remove(fileio.join(shard_dir, name))
-        done = []
-        for rec in scan["shards"]:
-            meta = _shard_meta(fileio.join(shard_dir, rec["file"]))
-            done.append(meta is not None and meta.get("teacher") == teacher.name and all(
-                meta.get(k) == rec[k] for k in ("start", "end", "lines_sha256"))
-                and meta.get("projection") == header["projection"]
-                and meta.get("dtype", DTYPE) == dtype)
+        done = shards_done(shard_dir, scan["shards"], teacher.name, header["projection"],
+                           dtype)
         entry = {k: scan[k] for k in ("path", "size", "sha256", "num_lines", "stats")}
         entry.update(dir=folder, num_shards=len(scan["shards"]),
                      shards=[r for r, d in zip(scan["shards"], done) if d],
@@ -436,6 +451,121 @@ def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, p
         manifest["files"][path] = entry
         plans.append((file_index, path, shard_dir, scan["shards"], done))
     _write_manifest(output_dir, manifest)
+    return manifest, plans, projection
+
+
+def shards_done(shard_dir: str, records: Sequence[dict], teacher_name: str,
+                projection: Optional[str] = None, dtype: str = DTYPE) -> List[bool]:
+    """Whether each shard of ``records`` is written, by ``teacher_name``, for those lines,
+    with the projection of sha256 ``projection`` (None: not reduced) and ``dtype`` rows."""
+    done = []
+    for rec in records:
+        meta = _shard_meta(fileio.join(shard_dir, rec["file"]))
+        done.append(meta is not None and meta.get("teacher") == teacher_name and all(
+            meta.get(k) == rec[k] for k in ("start", "end", "lines_sha256"))
+            and meta.get("projection") == projection
+            and meta.get("dtype", DTYPE) == dtype)
+    return done
+
+
+def encode_shard(teacher: Teacher, lines: Sequence[bytes], batch_size: int,
+                 copy_rows: Optional[Callable[[List[bytes]], Dict[bytes, np.ndarray]]] = None,
+                 bar=None, components: Optional[np.ndarray] = None
+                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The rows of one shard: both sides of every physical line, encoded by ``teacher``.
+
+    Malformed lines get zero rows and ``valid=False``. Each distinct sentence of the shard
+    is encoded once, in batches of ``batch_size`` in order of first appearance.
+
+    Args:
+      teacher: the teacher.
+      lines: raw physical lines (bytes, newline included).
+      batch_size: sentences per ``teacher.encode`` call.
+      copy_rows: optional ``digests -> {digest: stored row}`` of sentences stored before
+        (the local job copies repeats from earlier shards; the Beam workers pass None).
+        The rows are already projected.
+      bar: optional tqdm bar counting sentences.
+      components: optional PCA components ``[D, teacher dim]`` (see
+        :func:`load_projection`); encoded rows become ``rows @ components.T``.
+
+    Returns:
+      ``(src float32 [n, D], tgt float32 [n, D], valid bool [n], sentences encoded)``;
+      :func:`write_shard` stores the rows in the directory's dtype.
+    """
+    n = len(lines)
+    dim = int(teacher.dim) if components is None else int(components.shape[0])
+    src = np.zeros((n, dim), np.float32)
+    tgt = np.zeros((n, dim), np.float32)
+    valid = np.zeros((n,), bool)
+    new: Dict[bytes, Tuple[str, list]] = {}  # digest -> (sentence, [(row, side)])
+    for i, raw in enumerate(lines):
+        pair, _ = corpus.parse_tsv_line(raw)
+        if pair is None:
+            continue
+        valid[i] = True
+        for side, sentence in enumerate(pair):
+            new.setdefault(_digest(sentence), (sentence, []))[1].append((i, side))
+    out = (src, tgt)
+    if copy_rows is not None and new:
+        for key, vec in copy_rows(list(new)).items():
+            for i, side in new.pop(key)[1]:
+                out[side][i] = vec
+    if bar is not None:
+        bar.update(2 * int(valid.sum()) - sum(len(v[1]) for v in new.values()))
+    items = list(new.values())
+    for b in range(0, len(items), batch_size):
+        batch = items[b:b + batch_size]
+        emb = teacher.encode([s for s, _ in batch]).astype(np.float32)
+        if components is not None:  # in float64: rows independent of the batch's shape
+            emb = (emb.astype(np.float64) @ components.T.astype(np.float64)).astype(np.float32)
+        for vec, (_, refs) in zip(emb, batch):
+            for i, side in refs:
+                out[side][i] = vec
+        if bar is not None:
+            bar.update(sum(len(r) for _, r in batch))
+    return src, tgt, valid, len(items)
+
+
+def write_shard(shard_dir: str, rec: dict, teacher_name: str, dim: int, tsv_sha256: str,
+                src: np.ndarray, tgt: np.ndarray, valid: np.ndarray, dtype: str = DTYPE,
+                projection: Optional[str] = None) -> None:
+    """Writes one shard (atomically: a temporary file renamed into place): the rows in
+    ``dtype`` (int8: with their scales) and the meta naming the projection's sha256."""
+    meta = dict(rec, teacher=teacher_name, dim=int(dim), dtype=dtype, tsv_sha256=tsv_sha256,
+                projection=projection)
+    arrays = {"valid": valid, "meta": np.array(json.dumps(meta))}
+    for side, rows in (("src", src), ("tgt", tgt)):
+        arrays.update({side + k: v for k, v in _encode_rows(rows, dtype).items()})
+    _write_atomic(fileio.join(shard_dir, rec["file"]), lambda f: np.savez(f, **arrays))
+
+
+def read_shard_lines(path: str, rec: dict) -> List[bytes]:
+    """The raw lines of shard ``rec`` of ``path`` (by byte range), checked against the
+    shard's sha256.
+
+    Raises:
+      ValueError: the file changed since it was scanned.
+    """
+    with open(path, "rb") as f:
+        f.seek(rec["byte_start"])
+        data = f.read(rec["byte_end"] - rec["byte_start"])
+    if hashlib.sha256(data).hexdigest() != rec["lines_sha256"]:
+        raise ValueError(f"{path} changed while its teacher embeddings were computed "
+                         f"(lines {rec['start']}-{rec['end']})")
+    lines = data.splitlines(keepends=True)
+    if len(lines) != rec["end"] - rec["start"]:
+        raise ValueError(f"{path}: lines {rec['start']}-{rec['end']} do not split into "
+                         f"{rec['end'] - rec['start']} physical lines")
+    return lines
+
+
+def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, progress,
+                dim=0, dtype=DTYPE, pca_sample=DEFAULT_PCA_SAMPLE):
+    manifest, plans, projection = plan(teacher, files, output_dir, shard_size, overwrite,
+                                       dim=dim, dtype=dtype, pca_sample=pca_sample,
+                                       batch_size=batch_size)
+    components = projection["components"] if projection is not None else None
+    stored_dim = int(manifest["dim"])
 
     # Pass 2: index the sentences of finished shards, so repeats are copied, not encoded.
     index: Dict[bytes, int] = {}  # digest -> (file_index << 41) | (line << 1) | side
@@ -454,6 +584,24 @@ def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, p
                 if d:
                     register(file_index, start, lines)
 
+    reader = _ShardCache()
+
+    def copy_rows(keys: List[bytes]) -> Dict[bytes, np.ndarray]:
+        by_shard = collections.defaultdict(list)  # shard path -> [(digest, row, side)]
+        for key in keys:
+            loc = index.get(key)
+            if loc is not None:
+                f_i, line, s = loc >> 41, (loc >> 1) & ((1 << 40) - 1), loc & 1
+                p = plans[f_i]
+                rec = p[3][line // shard_size]
+                by_shard[fileio.join(p[2], rec["file"])].append((key, line - rec["start"], s))
+        found = {}
+        for shard_path, refs in by_shard.items():
+            stored = reader.rows(shard_path)
+            for key, row, s in refs:
+                found[key] = stored[s][row]
+        return found
+
     # Pass 3: encode the missing shards.
     todo = sum(2 * r["num_valid"] for *_, records, done in plans
                for r, d in zip(records, done) if not d)
@@ -461,9 +609,7 @@ def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, p
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=todo, unit="sent", desc=f"teacher {teacher.name}")
-    reader = _ShardCache()
     n_encoded = 0
-    components = projection["components"] if projection is not None else None
     try:
         for file_index, path, shard_dir, records, done in plans:
             entry = manifest["files"][path]
@@ -473,54 +619,11 @@ def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, p
                                                       done):
                 if d:
                     continue
-                n = len(lines)
-                src = np.zeros((n, stored_dim), np.float32)
-                tgt = np.zeros((n, stored_dim), np.float32)
-                valid = np.zeros((n,), bool)
-                new: Dict[bytes, Tuple[str, list]] = {}  # digest -> (sentence, [(row, side)])
-                old = collections.defaultdict(list)  # shard path -> [(row, side, src row, side)]
-                for i, raw in enumerate(lines):
-                    pair, _ = corpus.parse_tsv_line(raw)
-                    if pair is None:
-                        continue
-                    valid[i] = True
-                    for side, sentence in enumerate(pair):
-                        key = _digest(sentence)
-                        loc = index.get(key)
-                        if loc is not None:
-                            f_i, line, s = loc >> 41, (loc >> 1) & ((1 << 40) - 1), loc & 1
-                            k = line // shard_size
-                            p = plans[f_i]
-                            old[fileio.join(p[2], p[3][k]["file"])].append(
-                                (i, side, line - p[3][k]["start"], s))
-                        else:
-                            new.setdefault(key, (sentence, []))[1].append((i, side))
-                out = (src, tgt)
-                for shard_path, refs in old.items():
-                    stored = reader.rows(shard_path)
-                    for i, side, row, s in refs:
-                        out[side][i] = stored[s][row]
-                if bar is not None:
-                    bar.update(2 * int(valid.sum()) - sum(len(v[1]) for v in new.values()))
-                items = list(new.values())
-                for b in range(0, len(items), batch_size):
-                    batch = items[b:b + batch_size]
-                    emb = teacher.encode([s for s, _ in batch]).astype(np.float32)
-                    if components is not None:
-                        emb = emb @ components.T
-                    for vec, (_, refs) in zip(emb, batch):
-                        for i, side in refs:
-                            out[side][i] = vec
-                    n_encoded += len(batch)
-                    if bar is not None:
-                        bar.update(sum(len(r) for _, r in batch))
-                meta = dict(rec, teacher=teacher.name, dim=stored_dim, dtype=dtype,
-                            tsv_sha256=entry["sha256"], projection=header["projection"])
-                arrays = {"valid": valid, "meta": np.array(json.dumps(meta))}
-                for side, rows in (("src", src), ("tgt", tgt)):
-                    arrays.update({side + k: v for k, v in _encode_rows(rows, dtype).items()})
-                _write_atomic(fileio.join(shard_dir, rec["file"]),
-                              lambda f: np.savez(f, **arrays))
+                src, tgt, valid, n = encode_shard(teacher, lines, batch_size, copy_rows, bar,
+                                                  components)
+                n_encoded += n
+                write_shard(shard_dir, rec, teacher.name, stored_dim, entry["sha256"], src,
+                            tgt, valid, dtype, manifest.get("projection"))
                 register(file_index, start, lines)
                 entry["shards"].append(rec)
                 entry["complete"] = len(entry["shards"]) == entry["num_shards"]

@@ -133,7 +133,7 @@ def mine_ids(model, src_ids: Sequence[str], src_sents: Sequence[str],
              margin: str = "ratio", retrieval_mode: str = "max",
              batch_size: int = runner.DEFAULT_BATCH_SIZE, cache: Optional[str] = None,
              use_cache: bool = True, progress: bool = True,
-             max_memory_bytes: int = retrieval.DEFAULT_MEMORY_BYTES
+             max_memory_bytes: int = retrieval.DEFAULT_MEMORY_BYTES, index=None
              ) -> List[Tuple[str, str, float]]:
     """Mines candidate id pairs, best first (no threshold applied).
 
@@ -146,7 +146,7 @@ def mine_ids(model, src_ids: Sequence[str], src_sents: Sequence[str],
     x = runner.embed_texts(embedder, su, batch_size, cache, use_cache, progress, "source")
     y = runner.embed_texts(embedder, tu, batch_size, cache, use_cache, progress, "target")
     pairs = mining.mine(x, y, k=k, margin=margin, retrieval_mode=retrieval_mode,
-                        max_memory_bytes=max_memory_bytes, progress=progress)
+                        max_memory_bytes=max_memory_bytes, progress=progress, index=index)
     out = []
     for s, t, score in zip(pairs.src.tolist(), pairs.tgt.tolist(), pairs.scores.tolist()):
         if sid[s] is not None and tid[t] is not None:
@@ -180,7 +180,7 @@ def evaluate_files(model, src_file: str, tgt_file: str, gold_file: str,
       k, margin, retrieval_mode: mining settings (see :func:`mining.mine`).
       predictions: optional file to write the extracted id pairs to.
       **kwargs: ``batch_size``, ``cache``, ``use_cache``, ``progress``,
-        ``max_memory_bytes``.
+        ``max_memory_bytes``, ``index`` (see :func:`mining.neighbourhoods`).
 
     Returns:
       JSON-able dict with ``precision``, ``recall``, ``f1`` (percent), ``threshold``
@@ -202,7 +202,8 @@ def evaluate_files(model, src_file: str, tgt_file: str, gold_file: str,
             "extracted": res.extracted, "correct": res.correct, "gold": res.gold,
             "candidates": len(cands), "src_sentences": len(src_ids),
             "tgt_sentences": len(tgt_ids), "k": k, "margin": margin,
-            "retrieval": retrieval_mode}
+            "retrieval": retrieval_mode,
+            "index": getattr(kwargs.get("index"), "kind", None) or "exact"}
 
 
 # ----------------------------------------------------------------------------- NTREX

@@ -71,7 +71,7 @@ class Neighbourhoods:
 
 def neighbourhoods(x: np.ndarray, y: np.ndarray, k: int = 4,
                    max_memory_bytes: int = retrieval.DEFAULT_MEMORY_BYTES,
-                   progress: bool = False) -> Neighbourhoods:
+                   progress: bool = False, index=None) -> Neighbourhoods:
     """Cosine k-NN of ``x`` in ``y`` and of ``y`` in ``x`` (k capped by the sizes).
 
     Args:
@@ -80,17 +80,23 @@ def neighbourhoods(x: np.ndarray, y: np.ndarray, k: int = 4,
       k: neighbourhood size (LASER's ``-k``, default 4).
       max_memory_bytes: memory bound of the chunked search.
       progress: show progress bars.
+      index: :class:`lealla_tf.config.IndexConfig`: ``faiss``/``scann`` find the
+        neighbours of each side in an approximate index over the other side (built once
+        and saved, see :mod:`lealla_tf.evaluation.ann`); None or ``exact`` searches
+        exactly.
     """
+    from lealla_tf.evaluation import ann
+
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
     x = retrieval.open_array(x)
     y = retrieval.open_array(y)
     kx = min(k, y.shape[0])
     ky = min(k, x.shape[0])
-    xs, xi = retrieval.topk(x, y, kx, max_memory_bytes=max_memory_bytes, progress=progress,
-                            desc="knn x->y")
-    ys, yi = retrieval.topk(y, x, ky, max_memory_bytes=max_memory_bytes, progress=progress,
-                            desc="knn y->x")
+    xs, xi = ann.knn(x, y, kx, index, max_memory_bytes=max_memory_bytes, progress=progress,
+                     desc="knn x->y")
+    ys, yi = ann.knn(y, x, ky, index, max_memory_bytes=max_memory_bytes, progress=progress,
+                     desc="knn y->x")
     return Neighbourhoods(xs, xi, ys, yi)
 
 
@@ -144,7 +150,7 @@ def _sorted(src, tgt, scores) -> MinedPairs:
 def mine(x: np.ndarray, y: np.ndarray, k: int = 4, margin: str = "ratio",
          retrieval_mode: str = "max", threshold: Optional[float] = None,
          max_memory_bytes: int = retrieval.DEFAULT_MEMORY_BYTES,
-         progress: bool = False) -> MinedPairs:
+         progress: bool = False, index=None) -> MinedPairs:
     """Mines candidate translation pairs between two sets of embeddings (LASER ``mine``).
 
     Args:
@@ -157,6 +163,7 @@ def mine(x: np.ndarray, y: np.ndarray, k: int = 4, margin: str = "ratio",
         None keeps all.
       max_memory_bytes: memory bound of the k-NN search.
       progress: show progress bars.
+      index: nearest-neighbour index settings (see :func:`neighbourhoods`).
 
     Returns:
       :class:`MinedPairs`, best first.
@@ -165,7 +172,7 @@ def mine(x: np.ndarray, y: np.ndarray, k: int = 4, margin: str = "ratio",
         raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {retrieval_mode!r}")
     if margin not in MARGINS:
         raise ValueError(f"margin must be one of {MARGINS}, got {margin!r}")
-    nb = neighbourhoods(x, y, k, max_memory_bytes, progress)
+    nb = neighbourhoods(x, y, k, max_memory_bytes, progress, index=index)
     fwd, bwd = candidate_scores(nb, margin)
     nx, ny = fwd.shape[0], bwd.shape[0]
     # argmax picks the first of equal scores, i.e. the nearer neighbour (as LASER).
@@ -294,7 +301,7 @@ def mine_files(model, source: str, target: str, output: str, k: int = 4,
                margin: str = "ratio", retrieval_mode: str = "max",
                threshold: Optional[float] = None, batch_size: int = 64,
                cache: Optional[str] = None, use_cache: bool = True, progress: bool = True,
-               max_memory_bytes: int = retrieval.DEFAULT_MEMORY_BYTES) -> int:
+               max_memory_bytes: int = retrieval.DEFAULT_MEMORY_BYTES, index=None) -> int:
     """Mines bitext from two plain-text corpora (one sentence per line), like LASER
     ``mine_bitexts.py --unify --mode mine``.
 
@@ -310,6 +317,7 @@ def mine_files(model, source: str, target: str, output: str, k: int = 4,
       threshold: keep pairs scoring above it (None keeps all).
       batch_size, cache, use_cache, progress, max_memory_bytes: embedding and search
         settings.
+      index: nearest-neighbour index settings (see :func:`neighbourhoods`).
 
     Returns:
       Number of pairs written.
@@ -333,7 +341,8 @@ def mine_files(model, source: str, target: str, output: str, k: int = 4,
     x = runner.embed_texts(embedder, src_s, batch_size, cache, use_cache, progress, "source")
     y = runner.embed_texts(embedder, tgt_s, batch_size, cache, use_cache, progress, "target")
     pairs = mine(x, y, k=k, margin=margin, retrieval_mode=retrieval_mode,
-                 threshold=threshold, max_memory_bytes=max_memory_bytes, progress=progress)
+                 threshold=threshold, max_memory_bytes=max_memory_bytes, progress=progress,
+                 index=index)
     lines = []
     for s, t, score in zip(pairs.src.tolist(), pairs.tgt.tolist(), pairs.scores.tolist()):
         a, b = src_s[s].replace("\t", " "), tgt_s[t].replace("\t", " ")

@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from lealla_tf.evaluation import retrieval, runner
+from lealla_tf.evaluation import ann, retrieval, runner
 
 
 def load_side(model, path: str, batch_size: int = runner.DEFAULT_BATCH_SIZE,
@@ -38,15 +38,17 @@ def load_side(model, path: str, batch_size: int = runner.DEFAULT_BATCH_SIZE,
 
 def topk_pools(queries: np.ndarray, pools: Sequence[np.ndarray], k: int = 1,
                max_memory_bytes: int = retrieval.DEFAULT_MEMORY_BYTES,
-               progress: bool = False) -> Tuple[np.ndarray, np.ndarray]:
-    """Exact top-k over the concatenation of several candidate matrices (memmaps),
-    without concatenating them. Indices count through the pools in order."""
+               progress: bool = False, index=None) -> Tuple[np.ndarray, np.ndarray]:
+    """Top-k over the concatenation of several candidate matrices (memmaps), without
+    concatenating them: exact, or with ``index`` (an :class:`IndexConfig`) one
+    approximate index per matrix (a shard), merged. Indices count through the pools in
+    order."""
     best_s = best_i = None
     offset = 0
     for pool in pools:
         kk = min(k, pool.shape[0])
-        s, i = retrieval.topk(queries, pool, kk, max_memory_bytes=max_memory_bytes,
-                              progress=progress)
+        s, i = ann.knn(queries, pool, kk, index, max_memory_bytes=max_memory_bytes,
+                       progress=progress)
         i = i + offset
         offset += pool.shape[0]
         if best_s is None:
@@ -63,7 +65,7 @@ def evaluate(model, source: str, target: str, extra: Sequence[str] = (),
              max_queries: Optional[int] = None, both_directions: bool = True,
              batch_size: int = runner.DEFAULT_BATCH_SIZE, cache: Optional[str] = None,
              max_memory_bytes: int = retrieval.DEFAULT_MEMORY_BYTES,
-             progress: bool = True) -> dict:
+             progress: bool = True, index=None) -> dict:
     """P@1 of line-aligned ``source`` queries against ``target`` (+ ``extra``) candidates.
 
     Args:
@@ -75,6 +77,8 @@ def evaluate(model, source: str, target: str, extra: Sequence[str] = (),
       batch_size, cache: embedding settings.
       max_memory_bytes: memory bound of the search.
       progress: show progress bars.
+      index: :class:`lealla_tf.config.IndexConfig` (``faiss``/``scann``: approximate
+        search through an index per pool file, built once and saved); None = exact.
 
     Returns:
       JSON-able dict with ``p_at_1`` (percent) per direction, ``queries`` and
@@ -90,16 +94,17 @@ def evaluate(model, source: str, target: str, extra: Sequence[str] = (),
     n = x.shape[0] if max_queries is None else min(max_queries, x.shape[0])
     queries = np.asarray(x[:n], dtype=np.float32)
     gold = np.arange(n)
-    _, idx = topk_pools(queries, pools, 1, max_memory_bytes, progress)
+    _, idx = topk_pools(queries, pools, 1, max_memory_bytes, progress, index=index)
     p = {"src2tgt": 100.0 * float(np.mean(idx[:, 0] == gold)) if n else 0.0}
     if both_directions and not extra:
         _, idx = topk_pools(np.asarray(y[:n], dtype=np.float32), [x], 1, max_memory_bytes,
-                            progress)
+                            progress, index=index)
         p["tgt2src"] = 100.0 * float(np.mean(idx[:, 0] == gold)) if n else 0.0
     return {"task": "un-pool", "model": embedder.name if embedder else "precomputed",
             "source": os.path.abspath(source), "target": os.path.abspath(target),
             "extra": [os.path.abspath(p) for p in extra], "queries": n,
             "pool_size": int(sum(pl.shape[0] for pl in pools)), "p_at_1": p,
+            "index": index.kind if index is not None else "exact",
             "unit": "percent"}
 
 

@@ -1,0 +1,195 @@
+"""``lealla teacher embed --runner beam``: the teacher-embedding job as an Apache Beam pipeline.
+
+The same job as :func:`lealla_tf.teacher_embeddings.precompute`, spread over the workers
+of any Beam runner (DirectRunner with several processes locally; Dataflow, Flink or
+Spark on a cluster). The driver plans exactly as the local job (manifest checks, line
+scan, which shards are finished, under the writer lock); the missing shards become the
+elements of a pipeline ``Create -> Reshuffle -> ParDo(EmbedShard)``, where each worker
+loads the teacher once (``DoFn.setup``, from its spec string), reads its shard's lines by
+byte range (checked against the shard's sha256), encodes them with
+:func:`teacher_embeddings.encode_shard` and writes the shard with
+:func:`teacher_embeddings.write_shard`: the same ``.npz`` files, names and metadata as
+the local job. When the pipeline is done the driver records the finished shards in the
+manifest. A run that fails (or is killed) part-way leaves only complete shards; running
+the same command again submits only the missing ones, on either executor.
+
+Compact shards (``dim``, ``dtype``, ``pca_sample``, as the local job): the driver fits
+the PCA once in :func:`teacher_embeddings.plan` (or, resuming, loads the directory's
+``projection.npz``, checked against the manifest's sha256), writes it to the output
+folder and ships its components to the workers with the DoFn; each worker projects its
+rows with them and writes the shard in the chosen dtype, the projection's sha256 in its
+meta, exactly as the local job does.
+
+Rows equal the local job's for a teacher whose embedding of a sentence does not depend
+on the other sentences of its batch. One difference: a worker only sees its own shard,
+so a sentence repeated in several shards is encoded once per shard (the local job
+encodes it once per run); the rows are the same either way.
+
+Workers need the input TSVs and the output folder at the same paths as the driver (a
+shared file system on a cluster) and lealla_tf installed (``--requirements_file`` or a
+custom container on Dataflow). Needs the ``[beam]`` extra.
+
+Example::
+
+    lealla teacher embed --teacher muse --input 'train/*.tsv' --output results/teacher/muse \\
+        --runner beam --direct_num_workers=4
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Sequence
+
+from lealla_tf import fileio
+from lealla_tf import teacher_embeddings as te
+
+DIRECT_DEFAULTS = {"direct_running_mode": "multi_processing", "direct_num_workers": "2"}
+
+
+def require_beam():
+    """The ``apache_beam`` module, or an ImportError naming the extra to install."""
+    try:
+        import apache_beam
+        return apache_beam
+    except ImportError as e:
+        raise ImportError("--runner beam needs Apache Beam, which is not installed: pip "
+                          "install 'lealla_tf[beam]' (or run without --runner beam)") from e
+
+
+def pipeline_options(beam_runner: str = "DirectRunner",
+                     pipeline_args: Sequence[str] = ()) -> List[str]:
+    """Beam command-line options: ``--runner`` plus ``pipeline_args``; on the DirectRunner
+    several worker processes unless the arguments choose otherwise."""
+    args = [f"--runner={beam_runner}"] + list(pipeline_args)
+    if beam_runner in ("DirectRunner", "direct"):
+        given = {a.split("=", 1)[0].lstrip("-") for a in args}
+        args += [f"--{k}={v}" for k, v in DIRECT_DEFAULTS.items() if k not in given]
+    return args
+
+
+class _EmbedShard:
+    """DoFn body (a plain class so the module imports without Beam)."""
+
+    def __init__(self, teacher_spec: str, teacher_name: str, batch_size: int,
+                 threads: Optional[int], dim: int = 0, dtype: str = te.DTYPE,
+                 projection: Optional[str] = None, components=None):
+        self.teacher_spec, self.teacher_name = teacher_spec, teacher_name
+        self.batch_size, self.threads = batch_size, threads
+        self.dim, self.dtype = dim, dtype  # the stored dimension and row type
+        self.projection, self.components = projection, components  # sha256, [dim, teacher]
+        self.teacher = None
+
+    def setup(self):
+        from lealla_tf import embedders
+        self.teacher = embedders.load(self.teacher_spec, threads=self.threads)
+        if self.teacher.name != self.teacher_name:
+            raise ValueError(f"teacher {self.teacher_spec!r} loads as {self.teacher.name!r} "
+                             f"on this worker but as {self.teacher_name!r} on the driver")
+        if self.components is not None and self.components.shape[1] != int(self.teacher.dim):
+            raise ValueError(f"teacher {self.teacher_spec!r} is {self.teacher.dim}-d on this "
+                             f"worker but the projection maps {self.components.shape[1]} "
+                             "dimensions")
+
+    def process(self, task):
+        path, shard_dir, rec, tsv_sha256 = task
+        lines = te.read_shard_lines(path, rec)
+        src, tgt, valid, n = te.encode_shard(self.teacher, lines, self.batch_size,
+                                             components=self.components)
+        te.write_shard(shard_dir, rec, self.teacher.name, self.dim or self.teacher.dim,
+                       tsv_sha256, src, tgt, valid, self.dtype, self.projection)
+        return n
+
+
+def precompute(teacher_spec: str, inputs: Sequence[str], output_dir: str,
+               shard_size: int = te.DEFAULT_SHARD_SIZE, batch_size: int = 64,
+               overwrite: bool = False, beam_runner: str = "DirectRunner",
+               pipeline_args: Sequence[str] = (), threads: Optional[int] = None,
+               teacher=None, dim: int = 0, dtype: str = te.DTYPE,
+               pca_sample: int = te.DEFAULT_PCA_SAMPLE) -> dict:
+    """:func:`teacher_embeddings.precompute` on Apache Beam.
+
+    Args:
+      teacher_spec: the teacher as ``lealla teacher embed --teacher`` takes it (each
+        worker loads it from this string).
+      inputs, output_dir, shard_size, batch_size, overwrite: as the local job.
+      beam_runner: ``DirectRunner`` (default: 2 worker processes), ``DataflowRunner``,
+        ``FlinkRunner``, ``SparkRunner``, ``PortableRunner``...
+      pipeline_args: more Beam options (``--direct_num_workers=4``, ``--project=...``).
+      threads: BLAS threads of the muse teacher on each worker.
+      teacher: the driver's loaded teacher (name and dimension; it also encodes the PCA
+        sample); loaded from the spec when None.
+      dim, dtype, pca_sample: compact shards, as the local job (the PCA is fitted once,
+        on the driver).
+
+    Returns:
+      The manifest (``last_run.sentences_encoded`` counts over all workers).
+    """
+    beam = require_beam()
+    from apache_beam.metrics.metric import Metrics, MetricsFilter
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    te.check_args(shard_size, batch_size, dim, dtype, pca_sample)
+    files = list(dict.fromkeys(os.path.abspath(p) for p in inputs))
+    if not files:
+        raise ValueError("no input TSV files given")
+    for path in files:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"corpus file not found: {path}")
+    if teacher is None:
+        from lealla_tf import embedders
+        teacher = embedders.load(teacher_spec, threads=threads)
+    fileio.makedirs(output_dir)
+    options = PipelineOptions(pipeline_options(beam_runner, pipeline_args))
+
+    class EmbedShard(beam.DoFn):
+        def __init__(self, body):
+            self.body = body
+            self.encoded = Metrics.counter("lealla", "sentences_encoded")
+            self.shards = Metrics.counter("lealla", "shards_written")
+
+        def setup(self):
+            self.body.setup()
+
+        def process(self, task):
+            self.encoded.inc(self.body.process(task))
+            self.shards.inc()
+            yield task[2]["file"]
+
+    with te._exclusive(output_dir, force=overwrite):
+        manifest, plans, projection = te.plan(teacher, files, output_dir, shard_size,
+                                              overwrite, dim=dim, dtype=dtype,
+                                              pca_sample=pca_sample, batch_size=batch_size)
+        components = projection["components"] if projection is not None else None
+        tasks = [(path, shard_dir, rec, manifest["files"][path]["sha256"])
+                 for _, path, shard_dir, records, done in plans
+                 for rec, d in zip(records, done) if not d]
+        encoded = 0
+        if tasks:
+            p = beam.Pipeline(options=options)
+            _ = (p | "Shards" >> beam.Create(tasks)
+                 | "Spread" >> beam.Reshuffle()
+                 | "Embed" >> beam.ParDo(EmbedShard(_EmbedShard(
+                     teacher_spec, teacher.name, batch_size, threads, int(manifest["dim"]),
+                     dtype, manifest.get("projection"), components))))
+            result = p.run()
+            result.wait_until_finish()
+            try:
+                counters = result.metrics().query(
+                    MetricsFilter().with_name("sentences_encoded"))["counters"]
+                encoded = int(sum(c.committed or c.attempted or 0 for c in counters))
+            except (NotImplementedError, KeyError, AttributeError):  # runner without metrics
+                encoded = -1
+        for _, path, shard_dir, records, _ in plans:  # what the workers wrote
+            entry = manifest["files"][path]
+            done = te.shards_done(shard_dir, records, teacher.name,
+                                  manifest.get("projection"), dtype)
+            entry["shards"] = [r for r, d in zip(records, done) if d]
+            entry["complete"] = all(done)
+        manifest["last_run"] = {"sentences_encoded": encoded, "runner": f"beam:{beam_runner}",
+                                "shards_submitted": len(tasks)}
+        te._write_manifest(output_dir, manifest)
+    missing = [p for p, e in manifest["files"].items() if not e["complete"]]
+    if missing:
+        raise RuntimeError(f"the pipeline finished but shards of {missing} are missing; "
+                           "rerun the same command to compute them")
+    return manifest
