@@ -3,14 +3,20 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Apache Beam pins protobuf < 7, which the main environment cannot take: its tests run in a
+# venv of their own.
+BEAM_VENV ?= .venv-beam
+BEAM_PY := $(BEAM_VENV)/bin/python
 # Data root: LEALLA_DATA_DIR if set, else ../shared/data when it exists.
 LEALLA_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 export LEALLA_DATA_DIR
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv test test-hermetic demo bench distill-quality clean
+.PHONY: venv beam-venv test test-hermetic demo bench distill-quality clean
 
 venv: $(VENV)/.installed
+
+beam-venv: $(BEAM_VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +24,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-test: venv
-	$(PY) -m pytest -q tests
+$(BEAM_VENV)/.installed: pyproject.toml
+	test -x $(BEAM_PY) || $(PYTHON) -m venv $(BEAM_VENV)
+	$(BEAM_PY) -m pip install -q --upgrade pip
+	$(BEAM_PY) -m pip install -q -e ".[beam-test]"
+	touch $@
+
+test: venv beam-venv
+	$(PY) -m pytest -q -m "not beam" tests
+	$(BEAM_PY) -m pytest -q -m beam tests/test_teacher_embeddings_beam.py
 
 # The tests that need no data root (a synthetic corpus made in tests/): run anywhere.
 test-hermetic: venv
@@ -42,4 +55,4 @@ distill-quality: venv
 	$(PY) benchmarks/distill_quality.py --output results/distill_quality
 
 clean:
-	rm -rf $(VENV) results build *.egg-info
+	rm -rf $(VENV) $(BEAM_VENV) results build *.egg-info

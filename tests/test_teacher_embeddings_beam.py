@@ -83,6 +83,7 @@ def _assert_same_store(a, b):
             assert json.loads(str(za["meta"])) == json.loads(str(zb["meta"]))
 
 
+@pytest.mark.beam
 def test_beam_direct_runner_two_workers_writes_the_local_shards(worker_env):
     from lealla_tf import teacher_embeddings_beam
     tsv = _corpus(worker_env / "deu-eng.tsv")
@@ -114,6 +115,7 @@ def test_beam_direct_runner_two_workers_writes_the_local_shards(worker_env):
                                          progress=False)["last_run"]["sentences_encoded"] == 0
 
 
+@pytest.mark.beam
 def test_beam_run_killed_midway_resumes_without_redoing_finished_shards(worker_env):
     tsv = _corpus(worker_env / "deu-eng.tsv", n=71)  # 80 lines: 16 shards
     out = str(worker_env / "killed")
@@ -169,6 +171,7 @@ def test_beam_run_killed_midway_resumes_without_redoing_finished_shards(worker_e
     _assert_same_store(full, out)
 
 
+@pytest.mark.beam
 def test_beam_writes_compact_shards_with_the_drivers_projection(worker_env, capsys):
     """--dim/--dtype on Beam: the driver fits the PCA once, the workers project with it and
     write the local job's shards; the local job then finds them done; a resume with
