@@ -158,8 +158,17 @@ class PreprocessConfig:
     # Exports pad each batch only to its longest sentence, so a long limit costs nothing on
     # short input, and long sentences (news, documents) are not cut at the training length.
     inference_seq_length: int = 0
+    # Training batches padded only to their longest sentence, rounded up to a multiple of
+    # length_multiple (at most seq_length), instead of always to seq_length. With
+    # data.bucket_pool this removes most padding; shapes then vary between steps, which
+    # CPUs and GPUs take in their stride but TPUs do not (keep it false there).
+    dynamic_length: bool = False
+    length_multiple: int = 8
 
     def validate(self) -> None:
+        if self.length_multiple < 1:
+            raise ConfigError(
+                f"preprocess.length_multiple must be at least 1, got {self.length_multiple}")
         if self.seq_length < 3:
             raise ConfigError(f"preprocess.seq_length must be at least 3, got {self.seq_length}")
         if self.inference_seq_length < 0:
@@ -208,6 +217,14 @@ class DataConfig:
     # Directory of precomputed teacher embeddings (``lealla teacher embed``); empty = none.
     teacher_embeddings: str = ""
     seed: int = 0
+    # Length bucketing: 0 draws every global batch on its own; K > 1 draws K global
+    # batches at once and regroups them by token count, so that batches hold sentences of
+    # similar length (use with preprocess.dynamic_length). Language sampling is unchanged.
+    bucket_pool: int = 0
+
+    def validate(self) -> None:
+        if self.bucket_pool < 0:
+            raise ConfigError(f"data.bucket_pool must be >= 0, got {self.bucket_pool}")
 
 
 @dataclasses.dataclass

@@ -199,6 +199,35 @@ def language_probabilities(sizes: Sequence[int], alpha: float) -> np.ndarray:
     return w / w.sum()
 
 
+def byte_lengths(data: LanguageData) -> np.ndarray:
+    """UTF-8 length of the longer side of each pair (a stand-in for token counts)."""
+    return np.array([max(len(s.encode("utf-8")), len(t.encode("utf-8")))
+                     for s, t in zip(data.src, data.tgt)], dtype=np.int64)
+
+
+def token_lengths(corpus: ParallelCorpus, tokenize: Callable[[tf.Tensor], tf.RaggedTensor],
+                  batch_size: int = 8192) -> List[np.ndarray]:
+    """Pieces in the longer side of each pair, per language (for length bucketing).
+
+    Args:
+      corpus: the pairs.
+      tokenize: strings [b] -> ragged [b, (pieces)], e.g. a preprocessor's ``tokenize``.
+      batch_size: strings per call.
+    """
+    count = tf.function(lambda x: tokenize(x).row_lengths(),
+                        input_signature=[tf.TensorSpec([None], tf.string)])
+    out = []
+    for data in corpus.languages:
+        sides = []
+        for side in (data.src, data.tgt):
+            parts = [count(tf.constant([t.encode("utf-8") for t in side[i:i + batch_size]],
+                                       tf.string)).numpy()
+                     for i in range(0, len(side), batch_size)]
+            sides.append(np.concatenate(parts) if parts else np.zeros([0], np.int64))
+        out.append(np.maximum(sides[0], sides[1]).astype(np.int64))
+    return out
+
+
 class GlobalBatchSampler:
     """Deterministic, resumable stream of duplicate-free global batches.
 
@@ -215,30 +244,57 @@ class GlobalBatchSampler:
       seed: seed of the whole stream.
       history: how many recent states to remember (must exceed how far the input
         pipeline runs ahead of training).
+      bucket_pool: 0 or 1: every global batch is drawn on its own. ``K > 1``: length
+        bucketing, ``K`` global batches drawn together and regrouped by length (see
+        :meth:`_pooled_batches`), so that padding to each batch's longest pair wastes
+        little. The languages and pairs drawn are the same kind of stream; only which
+        pairs share a batch changes.
+      lengths: per language, a length per pair for bucketing (e.g. :func:`token_lengths`);
+        default: :func:`byte_lengths`.
     """
 
     def __init__(self, corpus: ParallelCorpus, global_batch_size: int, alpha: float = 0.3,
-                 seed: int = 0, history: int = 4096):
+                 seed: int = 0, history: int = 4096, bucket_pool: int = 0,
+                 lengths: Optional[Sequence[np.ndarray]] = None):
         if global_batch_size <= 0:
             raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
+        if bucket_pool < 0:
+            raise ValueError(f"bucket_pool must be >= 0, got {bucket_pool}")
         self.corpus = corpus
         self.batch_size = int(global_batch_size)
         self.seed = int(seed)
         self.sizes = np.array([len(lang) for lang in corpus.languages], dtype=np.int64)
         self.probs = language_probabilities(self.sizes, alpha)
-        self._start = {"batch": 0, "drawn": [0] * len(self.sizes)}
+        self.pool = int(bucket_pool) if bucket_pool > 1 else 0
+        if self.pool:
+            if lengths is None:
+                lengths = [byte_lengths(lang) for lang in corpus.languages]
+            if [len(x) for x in lengths] != self.sizes.tolist():
+                raise ValueError("lengths must give one length per pair of every language")
+            self.lengths = [np.asarray(x, dtype=np.int64) for x in lengths]
+        self._start = self._state(0, [0] * len(self.sizes))
         self._history: "collections.OrderedDict[int, dict]" = collections.OrderedDict()
         self._history_size = int(history)
         self._lock = threading.Lock()
         self.duplicates_skipped = 0
 
     # -- state
+    def _state(self, batch: int, drawn) -> dict:
+        state = {"batch": int(batch), "drawn": [int(x) for x in drawn]}
+        if self.pool:  # "drawn" is then the count before the batch's pool
+            state["pool"] = self.pool
+        return state
+
     def restore(self, state: dict) -> None:
         """Makes the next :meth:`batches` iteration start at ``state``."""
         if len(state["drawn"]) != len(self.sizes):
             raise ValueError(f"sampler state has {len(state['drawn'])} languages, the corpus "
                              f"{len(self.sizes)}: the data changed since the checkpoint")
-        self._start = {"batch": int(state["batch"]), "drawn": [int(x) for x in state["drawn"]]}
+        if int(state.get("pool", 0)) != self.pool:
+            raise ValueError(
+                f"the checkpoint's batches were drawn with data.bucket_pool "
+                f"{state.get('pool', 0)}, this run has {self.pool}: resume with the same value")
+        self._start = self._state(state["batch"], state["drawn"])
 
     def state_before(self, batch: int) -> dict:
         """The state from which batch ``batch`` is drawn (a recently produced one)."""
@@ -249,55 +305,94 @@ class GlobalBatchSampler:
             return dict(self._start)
         raise KeyError(f"sampler state before batch {batch} is no longer (or not yet) known")
 
+    def _remember(self, batch: int, drawn) -> None:
+        with self._lock:
+            self._history[batch] = self._state(batch, drawn)
+            while len(self._history) > self._history_size:
+                self._history.popitem(last=False)
+
     # -- drawing
     def _permutation(self, lang: int, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, 1, lang, epoch])
         return rng.permutation(int(self.sizes[lang]))
 
+    def _draw(self, rng: np.random.Generator, count: int, drawn: np.ndarray,
+              perms: Dict[Tuple[int, int], np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+        """``count`` pairs with no sentence twice; advances ``drawn`` and ``perms``."""
+        max_tries = 50 * count + 1000
+        langs, idx = [], []
+        seen_src, seen_tgt = set(), set()
+        tries = 0
+        while len(langs) < count:
+            for lang in rng.choice(len(self.sizes), size=count, p=self.probs):
+                if len(langs) == count:
+                    break
+                tries += 1
+                if tries > max_tries:
+                    raise ValueError(
+                        f"could not fill a batch of {count} pairs without "
+                        f"repeated sentences after {max_tries} draws: the corpus has too "
+                        "few distinct sentences for this global batch size"
+                        + (" and data.bucket_pool" if self.pool else ""))
+                n = int(self.sizes[lang])
+                epoch, pos = divmod(int(drawn[lang]), n)
+                drawn[lang] += 1
+                key = (int(lang), epoch)
+                if key not in perms:
+                    perms_keep = {k: v for k, v in perms.items() if k[0] != lang}
+                    perms.clear()
+                    perms.update(perms_keep)
+                    perms[key] = self._permutation(int(lang), epoch)
+                i = int(perms[key][pos])
+                data = self.corpus.languages[lang]
+                s, t = data.src[i], data.tgt[i]
+                if s in seen_src or t in seen_tgt:
+                    self.duplicates_skipped += 1
+                    continue
+                seen_src.add(s)
+                seen_tgt.add(t)
+                langs.append(lang)
+                idx.append(i)
+        return np.array(langs, dtype=np.int64), np.array(idx, dtype=np.int64)
+
     def batches(self) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
         """Yields ``(language_ids, pair_indices)`` int64 [global_batch] forever."""
+        if self.pool:
+            yield from self._pooled_batches()
+            return
         g = self._start["batch"]
         drawn = np.array(self._start["drawn"], dtype=np.int64)
         perms: Dict[Tuple[int, int], np.ndarray] = {}
-        max_tries = 50 * self.batch_size + 1000
         while True:
-            with self._lock:
-                self._history[g] = {"batch": g, "drawn": drawn.tolist()}
-                while len(self._history) > self._history_size:
-                    self._history.popitem(last=False)
-            rng = np.random.default_rng([self.seed, 2, g])
-            langs, idx = [], []
-            seen_src, seen_tgt = set(), set()
-            tries = 0
-            while len(langs) < self.batch_size:
-                for lang in rng.choice(len(self.sizes), size=self.batch_size, p=self.probs):
-                    if len(langs) == self.batch_size:
-                        break
-                    tries += 1
-                    if tries > max_tries:
-                        raise ValueError(
-                            f"could not fill a batch of {self.batch_size} pairs without "
-                            f"repeated sentences after {max_tries} draws: the corpus has too "
-                            "few distinct sentences for this global batch size")
-                    n = int(self.sizes[lang])
-                    epoch, pos = divmod(int(drawn[lang]), n)
-                    drawn[lang] += 1
-                    key = (int(lang), epoch)
-                    if key not in perms:
-                        perms = {k: v for k, v in perms.items() if k[0] != lang}
-                        perms[key] = self._permutation(int(lang), epoch)
-                    i = int(perms[key][pos])
-                    data = self.corpus.languages[lang]
-                    s, t = data.src[i], data.tgt[i]
-                    if s in seen_src or t in seen_tgt:
-                        self.duplicates_skipped += 1
-                        continue
-                    seen_src.add(s)
-                    seen_tgt.add(t)
-                    langs.append(lang)
-                    idx.append(i)
-            yield np.array(langs, dtype=np.int64), np.array(idx, dtype=np.int64)
+            self._remember(g, drawn)
+            yield self._draw(np.random.default_rng([self.seed, 2, g]), self.batch_size,
+                             drawn, perms)
             g += 1
+
+    def _pooled_batches(self) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        """Length bucketing: ``pool`` global batches are drawn at once (no sentence twice in
+        the pool), ordered by pair length (the longer side; random among equal lengths),
+        cut into ``pool`` batches of neighbouring lengths, and yielded in a random order.
+        The state of each batch is the pool's start, so resuming mid-pool redraws the
+        pool and skips what was consumed."""
+        k, b = self.pool, self.batch_size
+        g = self._start["batch"]
+        first = g - g % k
+        drawn = np.array(self._start["drawn"], dtype=np.int64)
+        perms: Dict[Tuple[int, int], np.ndarray] = {}
+        while True:
+            at_start = drawn.copy()
+            rng = np.random.default_rng([self.seed, 3, first // k])
+            langs, idx = self._draw(rng, k * b, drawn, perms)
+            lengths = np.array([self.lengths[l][i] for l, i in zip(langs, idx)])
+            order = np.lexsort((rng.random(len(lengths)), lengths)).reshape(k, b)
+            for j, chunk in enumerate(rng.permutation(k)):
+                self._remember(first + j, at_start)
+                if first + j >= g:
+                    rows = order[chunk]
+                    yield langs[rows], idx[rows]
+            first += k
+            g = first
 
     def text_batches(self) -> Iterator[Tuple[np.ndarray, ...]]:
         """Yields ``(src, tgt[, teacher_src, teacher_tgt])`` global batches as arrays."""
@@ -367,7 +462,8 @@ def pipeline_rows(values: tf.Tensor, layout: Tuple[int, int, int, int]) -> tf.Te
 def make_dataset(corpus: ParallelCorpus, sampler: GlobalBatchSampler, preprocessor=None,
                  input_context: Optional[tf.distribute.InputContext] = None,
                  use_teacher: Optional[bool] = None,
-                 teacher_inputs: Optional[Callable] = None) -> tf.data.Dataset:
+                 teacher_inputs: Optional[Callable] = None,
+                 dynamic_length: bool = False, length_multiple: int = 1) -> tf.data.Dataset:
     """Per-replica batches of this input pipeline (see the module docstring).
 
     Args:
@@ -379,6 +475,11 @@ def make_dataset(corpus: ParallelCorpus, sampler: GlobalBatchSampler, preprocess
       teacher_inputs: an online teacher's host part (strings [b] -> its encoder's inputs,
         see :mod:`lealla_tf.online_teacher`): adds ``teacher_inputs_src`` and
         ``teacher_inputs_tgt``, made from the same per-replica rows as ``src``/``tgt``.
+      dynamic_length: pad to the global batch's longest sentence (either side, rounded up
+        to ``length_multiple``, at most the preprocessor's ``seq_length``) instead of to
+        ``seq_length``. One length for the whole global batch, so every replica's
+        tensors (and the sparse gradients of the embedding table that collectives gather)
+        have the same shape. Needs a packing preprocessor (``tokenize``, ``seq_length``).
 
     Raises:
       ValueError: if the global batch does not split evenly over replicas or pipelines.
@@ -395,17 +496,40 @@ def make_dataset(corpus: ParallelCorpus, sampler: GlobalBatchSampler, preprocess
 
     ds = tf.data.Dataset.from_generator(sampler.text_batches, output_signature=tuple(signature))
 
+    dynamic = bool(dynamic_length) and preprocessor is not None
+    if dynamic and length_multiple < 1:
+        raise ValueError(f"length_multiple must be positive, got {length_multiple}")
+
     def split(*parts):
-        return tuple(pipeline_rows(p, layout) for p in parts[:4 if use_teacher else 2])
+        rows = tuple(pipeline_rows(p, layout) for p in parts[:4 if use_teacher else 2])
+        if not dynamic:
+            return rows
+        longest = tf.reduce_max(preprocessor.tokenize(tf.concat(parts[:2], 0)).row_lengths())
+        length = (tf.cast(longest, tf.int32) + 2 + length_multiple - 1) // length_multiple
+        length = tf.minimum(length * length_multiple, preprocessor.seq_length)
+        return rows + (tf.fill([layout[3]], length),)
 
     ds = ds.map(split).unbatch()  # one element per replica of this pipeline, in order
 
-    def to_features(src, tgt, *teacher):
+    def pack(strings, length):
+        inputs = preprocessor(strings, dynamic_length=True, length_multiple=1)
+        pad_id = preprocessor.pack_ids()["pad_id"]
+        extra = [[0, 0], [0, length - tf.shape(inputs["input_word_ids"])[1]]]
+        return {k: tf.pad(v, extra, constant_values=pad_id if k == "input_word_ids" else 0)
+                for k, v in inputs.items()}
+
+    def to_features(src, tgt, *rest):
         feats = {}
+        if dynamic:
+            *teacher, length = rest
+        else:
+            teacher = rest
         if teacher_inputs is not None:
             feats["teacher_inputs_src"] = teacher_inputs(src)
             feats["teacher_inputs_tgt"] = teacher_inputs(tgt)
-        if preprocessor is not None:
+        if dynamic:
+            src, tgt = pack(src, length), pack(tgt, length)
+        elif preprocessor is not None:
             src, tgt = preprocessor(src), preprocessor(tgt)
         feats.update(src=src, tgt=tgt)
         if teacher:

@@ -86,7 +86,8 @@ _FROZEN_SECTIONS = ("model", "preprocess")
 # Keys of those sections a resumed run may change: they act only at the start of training
 # (initialisation) or after it (the exports' sequence length).
 _FREE_KEYS = {("preprocess", "inference_seq_length"), ("model", "embedding_init"),
-              ("model", "position_init")}
+              ("model", "position_init"), ("preprocess", "dynamic_length"),
+              ("preprocess", "length_multiple")}
 # LaBSE reference config (official/projects/labse/experiments/labse_base.yaml).
 _ADAM_BETA_1, _ADAM_BETA_2, _ADAM_EPSILON = 0.9, 0.999, 1e-5
 _NO_DECAY = ["LayerNorm", "layer_norm", "bias"]
@@ -251,6 +252,21 @@ def _check_resume_config(cfg: config_lib.ExperimentConfig, model_dir: str) -> No
                 "use a new --model-dir")
 
 
+def fixed_size_slices(grad: tf.IndexedSlices, rows: int) -> tf.IndexedSlices:
+    """``grad`` padded to ``rows`` rows: zero values at an index it already has, so the
+    dense sum (and which rows a lazy optimizer touches) is unchanged."""
+    n = tf.shape(grad.indices)[0]
+    with tf.control_dependencies([tf.debugging.assert_less_equal(
+            n, rows, message="more gradient rows than tokens in the batch")]):
+        pad = rows - n
+    indices = tf.concat([grad.indices, tf.fill([pad], grad.indices[0])], 0)
+    zeros = tf.zeros(tf.concat([[pad], tf.shape(grad.values)[1:]], 0), grad.values.dtype)
+    values = tf.concat([grad.values, zeros], 0)
+    indices.set_shape([rows])
+    values.set_shape([rows] + grad.values.shape[1:].as_list())
+    return tf.IndexedSlices(values, indices, grad.dense_shape)
+
+
 def make_train_loop(strategy: tf.distribute.Strategy, replica_step: Callable,
                     metrics: Tuple[str, ...]):
     """A ``tf.function(iterator, num_steps)`` that runs ``replica_step`` on ``num_steps``
@@ -325,9 +341,17 @@ class Trainer:
             stats = {path: dict(s) for path, s in self.corpus.stats.items()}
             fileio.atomic_write(fileio.join(self.model_dir, "data_stats.json"), json.dumps(
                 {"pairs": self.corpus.num_pairs, "files": stats}, indent=1))
+        lengths = None
+        if cfg.data.bucket_pool > 1:
+            start = time.perf_counter()
+            lengths = data_lib.token_lengths(self.corpus,
+                                             self.make_preprocessor(2).tokenize)
+            log.info("length bucketing: counted the pieces of %d pairs in %.1f s",
+                     self.corpus.num_pairs, time.perf_counter() - start)
         self.sampler = data_lib.GlobalBatchSampler(
             self.corpus, cfg.train.global_batch_size, alpha=cfg.data.sampling_alpha,
-            seed=cfg.data.seed, history=max(4096, 4 * cfg.train.steps_per_loop))
+            seed=cfg.data.seed, history=max(4096, 4 * cfg.train.steps_per_loop),
+            bucket_pool=cfg.data.bucket_pool, lengths=lengths)
 
         self._previous_policy = tf_keras.mixed_precision.global_policy()
         self.policy = precision_policy(cfg.train.mixed_precision, self.strategy)
@@ -500,7 +524,9 @@ class Trainer:
             return data_lib.make_dataset(
                 self.corpus, self.sampler, pre, ctx,
                 use_teacher=self.uses_teacher and online is None,
-                teacher_inputs=online.preprocess if online is not None else None)
+                teacher_inputs=online.preprocess if online is not None else None,
+                dynamic_length=self.cfg.preprocess.dynamic_length,
+                length_multiple=self.cfg.preprocess.length_multiple)
 
         dist = self.strategy.distribute_datasets_from_function(dataset_fn)
         return iter(dist)
@@ -529,6 +555,14 @@ class Trainer:
         clip = self.cfg.train.clip_norm
         terms, grads = self._loss_and_gradients(batch)
         ctx = tf.distribute.get_replica_context()
+        if self.cfg.preprocess.dynamic_length and ctx.num_replicas_in_sync > 1:
+            # The embedding tables' sparse gradients have a row per token, so their size
+            # changes with the batch's length; collectives inside the step loop need one
+            # size on every step: pad to the longest batch's (zero rows, repeated index).
+            rows = (2 * self.cfg.train.global_batch_size // ctx.num_replicas_in_sync
+                    * self.cfg.preprocess.seq_length)
+            grads = [fixed_size_slices(g, rows) if isinstance(g, tf.IndexedSlices) else g
+                     for g in grads]
         grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         if clip > 0:
             grads, norm = tf.clip_by_global_norm(grads, clip)

@@ -175,3 +175,86 @@ def test_tokenized_dataset_with_teacher(messy_corpus, tmp_path):
     assert el["src"]["input_word_ids"].shape == (3, 8)
     assert el["tgt"]["input_mask"].dtype == tf.int32
     assert el["teacher_src"].shape == (3, 4) and el["teacher_src"].dtype == tf.float32
+
+
+def _varied_corpus(tmp_path, n=120):
+    # Sentences of 1..24 words, English sides shared across languages (duplicates).
+    rng = np.random.default_rng(0)
+    files = []
+    for lang in ["deu", "fra", "spa"]:
+        lines = []
+        for i in range(n):
+            words = int(rng.integers(1, 25))
+            lines.append(" ".join(f"{lang}{i}w{j}" for j in range(words)) + "\t"
+                         + " ".join(f"e{i % 90}w{j}" for j in range(words)))
+        files.append(_write(tmp_path / f"{lang}-eng.tsv", lines))
+    return data.load_corpus(files)
+
+
+def _word_lengths(c):
+    return [np.array([max(len(s.split()), len(t.split())) for s, t in zip(d.src, d.tgt)])
+            for d in c.languages]
+
+
+def test_length_bucketing_groups_similar_lengths(tmp_path):
+    c = _varied_corpus(tmp_path)
+    lengths = _word_lengths(c)
+    plain = data.GlobalBatchSampler(c, global_batch_size=8, seed=4)
+    pooled = data.GlobalBatchSampler(c, global_batch_size=8, seed=4, bucket_pool=6,
+                                     lengths=lengths)
+    pooled_batches = list(itertools.islice(pooled.batches(), 60))
+
+    def padded(batches):  # what padding every batch to its longest pair costs
+        return sum(len(i) * max(lengths[l][j] for l, j in zip(ls, i)) for ls, i in batches)
+
+    plain_cost = padded(itertools.islice(plain.batches(), 60))
+    assert padded(pooled_batches) < 0.7 * plain_cost
+    for p in range(10):  # each pool: 6 batches cutting one length order into 6 ranges
+        spans = sorted((min(lengths[l][j] for l, j in zip(ls, i)),
+                        max(lengths[l][j] for l, j in zip(ls, i)))
+                       for ls, i in pooled_batches[6 * p:6 * p + 6])
+        assert all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:]))
+        rows = [(c.languages[l].src[j], c.languages[l].tgt[j])
+                for ls, i in pooled_batches[6 * p:6 * p + 6] for l, j in zip(ls, i)]
+        assert len({s for s, _ in rows}) == len({t for _, t in rows}) == 48
+    # Batches are drawn in a shuffled order, not shortest first.
+    first_max = [max(lengths[l][j] for l, j in zip(ls, i)) for ls, i in pooled_batches[::6]]
+    assert len(set(first_max)) > 1
+    # Language sampling is unchanged by pooling.
+    counts = collections.Counter(l for ls, _ in pooled_batches for l in ls.tolist())
+    assert sorted(counts) == [0, 1, 2]
+
+
+def test_length_bucketing_resumes_mid_pool_and_checks_the_pool(tmp_path):
+    c = _varied_corpus(tmp_path)
+    lengths = _word_lengths(c)
+    ref = data.GlobalBatchSampler(c, 8, seed=9, bucket_pool=4, lengths=lengths)
+    stream = list(itertools.islice(ref.text_batches(), 14))
+    for at in (4, 6, 11):  # a pool's start, and inside pools
+        state = ref.state_before(at)
+        assert state["pool"] == 4
+        resumed = data.GlobalBatchSampler(c, 8, seed=9, bucket_pool=4, lengths=lengths)
+        resumed.restore(state)
+        for a, b in zip(stream[at:], itertools.islice(resumed.text_batches(), 14 - at)):
+            np.testing.assert_array_equal(a[0], b[0])
+            np.testing.assert_array_equal(a[1], b[1])
+    with pytest.raises(ValueError, match="bucket_pool"):
+        data.GlobalBatchSampler(c, 8, seed=9).restore(ref.state_before(6))
+    with pytest.raises(ValueError, match="bucket_pool"):
+        ref.restore(data.GlobalBatchSampler(c, 8, seed=9).state_before(0))
+    with pytest.raises(ValueError, match="one length per pair"):
+        data.GlobalBatchSampler(c, 8, bucket_pool=4, lengths=[x[:-1] for x in lengths])
+
+
+def test_token_lengths_count_pieces_of_the_longer_side(tmp_path, tiny_vocab):
+    from lealla_tf import preprocessing
+    path = _write(tmp_path / "deu-eng.tsv", ["Hallo Welt\thello", "a\tthe cat sat on the mat",
+                                             "Guten Morgen, wie geht es dir?\tgood morning"])
+    c = data.load_corpus([path])
+    pre = preprocessing.Preprocessor(tiny_vocab, seq_length=16)
+    got = data.token_lengths(c, pre.tokenize, batch_size=2)
+    want = [max(int(pre.tokenize(tf.constant([s])).row_lengths()[0]),
+                int(pre.tokenize(tf.constant([t])).row_lengths()[0]))
+            for s, t in zip(c.languages[0].src, c.languages[0].tgt)]
+    assert got[0].tolist() == want
+    assert want[1] > 3 and want[2] > want[0]

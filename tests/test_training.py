@@ -96,11 +96,16 @@ def _teacher_corpus(cfg):
     return data.load_corpus(files, cfg.data.max_pairs_per_language, teacher_loader=loader)
 
 
-def test_two_replicas_train_like_one_device(tmp_path, tiny_vocab, data_dir, two_cpu_strategy):
+@pytest.mark.parametrize("bucketed", [False, True], ids=["fixed_length", "bucketed"])
+def test_two_replicas_train_like_one_device(tmp_path, tiny_vocab, data_dir, two_cpu_strategy,
+                                            bucketed):
     # With distillation on (AMS-only parity of loss and gradients: tests/test_losses.py).
+    # Bucketed: each replica pads its rows to their own longest sentence.
     distill = True
     extra = ["train.steps=4", "train.steps_per_loop=2", "train.warmup_steps=1",
              "loss.feature_distill_weight=0.5", "loss.logit_distill_weight=2.0"]
+    if bucketed:
+        extra += ["data.bucket_pool=4", "preprocess.dynamic_length=true"]
     cfg = config.load(TRAIN_TINY, _overrides(tiny_vocab, *extra))
     corpus_ = _teacher_corpus(cfg)
     one = training.Trainer(cfg, str(tmp_path / "one"), progress=False, corpus=corpus_,
@@ -124,9 +129,13 @@ def test_two_replicas_train_like_one_device(tmp_path, tiny_vocab, data_dir, two_
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_vocab, data_dir):
-    # Dropout on: its random state must not break the resumed run either.
+    # Dropout on: its random state must not break the resumed run either. With length
+    # bucketing (pools of 3 batches, so the kill and the checkpoint fall inside pools) and
+    # per-batch padding: the sampler's unpooled resume is tested in tests/test_data.py.
     extra = ["train.steps=8", "train.steps_per_loop=2", "train.checkpoint_every=4",
-             "model.dropout_rate=0.1", "model.attention_dropout_rate=0.1"]
+             "model.dropout_rate=0.1", "model.attention_dropout_rate=0.1",
+             "data.bucket_pool=3", "preprocess.dynamic_length=true",
+             "preprocess.length_multiple=4"]
     killed_dir = str(tmp_path / "killed")
     proc = subprocess.run([sys.executable, HELPER, killed_dir, str(tmp_path / "unused.npz"),
                            "--kill-after", "6", *_overrides(tiny_vocab, *extra)],
