@@ -31,7 +31,7 @@ $(BEAM_VENV)/.installed: pyproject.toml
 	touch $@
 
 test: venv beam-venv
-	$(PY) -m pytest -q -m "not beam" tests
+	$(PY) -m pytest -q --durations=15 -m "not beam" tests
 	$(BEAM_PY) -m pytest -q -m beam tests/test_teacher_embeddings_beam.py
 
 # The tests that need no data root (a synthetic corpus made in tests/): run anywhere.

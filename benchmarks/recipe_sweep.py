@@ -34,6 +34,7 @@ DEMO, STATIC = os.path.join(CONFIGS, "demo.yaml"), os.path.join(CONFIGS, "demo_s
 OLD = ["vocab.source=train", "model.embedding_init=random", "model.pooling=cls"]
 
 # name -> (recipe, overrides, what it tests)
+BUCKETED = ["data.bucket_pool=16", "preprocess.dynamic_length=true"]
 VARIANTS = {
     "static@0": (STATIC, [], "static, teacher init, no training"),
     "static": (STATIC, [], "static, teacher init, 2000 x 256"),
@@ -67,6 +68,9 @@ VARIANTS = {
                        "LEALLA-small shape, lr 5e-4"),
     "static_lazy": (STATIC, ["train.optimizer=lazy_adamw"],
                     "static, lazy AdamW on the table"),
+    "bucketed": (DEMO, BUCKETED, "demo, length bucketing (pools of 16) + per-batch padding"),
+    "small24_bucketed": (DEMO, ["model.num_layers=24", *BUCKETED],
+                         "LEALLA-small shape, length bucketing"),
 }
 
 

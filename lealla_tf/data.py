@@ -248,7 +248,8 @@ class GlobalBatchSampler:
         bucketing, ``K`` global batches drawn together and regrouped by length (see
         :meth:`_pooled_batches`), so that padding to each batch's longest pair wastes
         little. The languages and pairs drawn are the same kind of stream; only which
-        pairs share a batch changes.
+        pairs share a batch changes. A pool holds at most half the corpus: ``K`` is lowered
+        (with a warning) for small corpora.
       lengths: per language, a length per pair for bucketing (e.g. :func:`token_lengths`);
         default: :func:`byte_lengths`.
     """
@@ -265,6 +266,15 @@ class GlobalBatchSampler:
         self.seed = int(seed)
         self.sizes = np.array([len(lang) for lang in corpus.languages], dtype=np.int64)
         self.probs = language_probabilities(self.sizes, alpha)
+        if bucket_pool > 1:
+            # A pool holds at most half the corpus, so that it can be filled without
+            # repeating a sentence; a smaller corpus gets smaller pools (none at all below
+            # four global batches).
+            cap = max(1, int(self.sizes.sum()) // (2 * self.batch_size))
+            if cap < bucket_pool:
+                log.warning("data.bucket_pool %d lowered to %d: the corpus has %d pairs",
+                            bucket_pool, cap, int(self.sizes.sum()))
+                bucket_pool = cap
         self.pool = int(bucket_pool) if bucket_pool > 1 else 0
         if self.pool:
             if lengths is None:

@@ -258,3 +258,14 @@ def test_token_lengths_count_pieces_of_the_longer_side(tmp_path, tiny_vocab):
             for s, t in zip(c.languages[0].src, c.languages[0].tgt)]
     assert got[0].tolist() == want
     assert want[1] > 3 and want[2] > want[0]
+
+
+def test_length_bucketing_pool_shrinks_to_fit_a_small_corpus(tmp_path):
+    path = _write(tmp_path / "deu-eng.tsv", [f"s{i} " * (i % 7 + 1) + f"\tt{i}" for i in range(40)])
+    c = data.load_corpus([path])
+    assert data.GlobalBatchSampler(c, 8, bucket_pool=16).pool == 2  # 40 // (2 * 8)
+    tiny = data.GlobalBatchSampler(c, 16, seed=5, bucket_pool=16)  # 40 pairs: no pooling
+    plain = data.GlobalBatchSampler(c, 16, seed=5)
+    assert tiny.pool == 0
+    for a, b in zip(itertools.islice(tiny.batches(), 5), itertools.islice(plain.batches(), 5)):
+        np.testing.assert_array_equal(a[1], b[1])
