@@ -311,12 +311,7 @@ def precompute(teacher: Teacher, inputs: Sequence[str], output_dir: str,
       FileNotFoundError: for a missing input.
     """
     check_args(shard_size, batch_size, dim, dtype, pca_sample)
-    files = list(dict.fromkeys(os.path.abspath(p) for p in inputs))
-    if not files:
-        raise ValueError("no input TSV files given")
-    for path in files:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"corpus file not found: {path}")
+    files = input_files(inputs)
     fileio.makedirs(output_dir)
     with _exclusive(output_dir, force=overwrite):
         return _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite,
@@ -341,6 +336,21 @@ def _header(manifest: dict) -> dict:
             "shard_size": manifest.get("shard_size"),
             "teacher_dim": manifest.get("teacher_dim", manifest.get("dim")),
             "projection": manifest.get("projection")}
+
+
+def input_files(inputs: Sequence[str]) -> List[str]:
+    """The input TSVs as absolute paths, each once, in order.
+
+    Raises:
+      ValueError: for no inputs. FileNotFoundError: for a missing one.
+    """
+    files = list(dict.fromkeys(os.path.abspath(p) for p in inputs))
+    if not files:
+        raise ValueError("no input TSV files given")
+    for path in files:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"corpus file not found: {path}")
+    return files
 
 
 def check_args(shard_size: int, batch_size: int, dim: int = 0, dtype: str = DTYPE,

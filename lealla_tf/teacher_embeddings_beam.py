@@ -37,7 +37,6 @@ Example::
 
 from __future__ import annotations
 
-import os
 from typing import List, Optional, Sequence
 
 from lealla_tf import fileio
@@ -129,12 +128,7 @@ def precompute(teacher_spec: str, inputs: Sequence[str], output_dir: str,
     from apache_beam.options.pipeline_options import PipelineOptions
 
     te.check_args(shard_size, batch_size, dim, dtype, pca_sample)
-    files = list(dict.fromkeys(os.path.abspath(p) for p in inputs))
-    if not files:
-        raise ValueError("no input TSV files given")
-    for path in files:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"corpus file not found: {path}")
+    files = te.input_files(inputs)
     if teacher is None:
         from lealla_tf import embedders
         teacher = embedders.load(teacher_spec, threads=threads)
