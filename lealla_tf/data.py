@@ -327,8 +327,9 @@ class GlobalBatchSampler:
         return rng.permutation(int(self.sizes[lang]))
 
     def _draw(self, rng: np.random.Generator, count: int, drawn: np.ndarray,
-              perms: Dict[Tuple[int, int], np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
-        """``count`` pairs with no sentence twice; advances ``drawn`` and ``perms``."""
+              perms: Dict[int, Tuple[int, np.ndarray]]) -> Tuple[np.ndarray, np.ndarray]:
+        """``count`` pairs with no sentence twice; advances ``drawn`` and ``perms`` (per
+        language: the epoch and its permutation)."""
         max_tries = 50 * count + 1000
         langs, idx = [], []
         seen_src, seen_tgt = set(), set()
@@ -347,13 +348,10 @@ class GlobalBatchSampler:
                 n = int(self.sizes[lang])
                 epoch, pos = divmod(int(drawn[lang]), n)
                 drawn[lang] += 1
-                key = (int(lang), epoch)
-                if key not in perms:
-                    perms_keep = {k: v for k, v in perms.items() if k[0] != lang}
-                    perms.clear()
-                    perms.update(perms_keep)
-                    perms[key] = self._permutation(int(lang), epoch)
-                i = int(perms[key][pos])
+                cached = perms.get(int(lang))
+                if cached is None or cached[0] != epoch:  # this epoch's order of the language
+                    cached = perms[int(lang)] = (epoch, self._permutation(int(lang), epoch))
+                i = int(cached[1][pos])
                 data = self.corpus.languages[lang]
                 s, t = data.src[i], data.tgt[i]
                 if s in seen_src or t in seen_tgt:
@@ -372,7 +370,7 @@ class GlobalBatchSampler:
             return
         g = self._start["batch"]
         drawn = np.array(self._start["drawn"], dtype=np.int64)
-        perms: Dict[Tuple[int, int], np.ndarray] = {}
+        perms: Dict[int, Tuple[int, np.ndarray]] = {}
         while True:
             self._remember(g, drawn)
             yield self._draw(np.random.default_rng([self.seed, 2, g]), self.batch_size,
@@ -389,7 +387,7 @@ class GlobalBatchSampler:
         g = self._start["batch"]
         first = g - g % k
         drawn = np.array(self._start["drawn"], dtype=np.int64)
-        perms: Dict[Tuple[int, int], np.ndarray] = {}
+        perms: Dict[int, Tuple[int, np.ndarray]] = {}
         while True:
             at_start = drawn.copy()
             rng = np.random.default_rng([self.seed, 3, first // k])
