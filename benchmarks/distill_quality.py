@@ -80,6 +80,11 @@ def main(argv=None):
     if args.lealla_small_config:
         print("\nLEALLA-small shape (24 x 128) with the same recipe and data")
         scfg = config.load(args.lealla_small_config, args.overrides)
+        if scfg.train.grow_layers and not scfg.train.init_from:
+            # A grown recipe starts from this run's trained Transformer student.
+            scfg.train.init_from = os.path.join(output, "run")
+            print(f"grown to {scfg.train.grow_layers} layers from the student in "
+                  f"{scfg.train.init_from}")
         vocab = os.path.join(output, "vocab", "spm.model")
         files = sorted(os.path.join(output, "data", f) for f in os.listdir(
             os.path.join(output, "data")) if f.endswith(".tsv"))

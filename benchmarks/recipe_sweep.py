@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "..", "configs")
 DEMO, STATIC = os.path.join(CONFIGS, "demo.yaml"), os.path.join(CONFIGS, "demo_static.yaml")
+SMALL = os.path.join(CONFIGS, "distill_lealla_small_cpu.yaml")
 OLD = ["vocab.source=train", "model.embedding_init=random", "model.pooling=cls"]
 
 # name -> (recipe, overrides, what it tests)
@@ -71,6 +72,16 @@ VARIANTS = {
     "bucketed": (DEMO, BUCKETED, "demo, length bucketing (pools of 16) + per-batch padding"),
     "small24_bucketed": (DEMO, ["model.num_layers=24", *BUCKETED],
                          "LEALLA-small shape, length bucketing"),
+    # Grown from the trained `demo` student (train.init_from=@demo runs it first): its 4
+    # layers plus 20 identity blocks, then trained further.
+    "grown24@0": (SMALL, ["train.init_from=@demo"],
+                  "LEALLA-small grown from the demo student, no training"),
+    "grown24": (SMALL, ["train.init_from=@demo"],
+                "LEALLA-small grown from the demo student (new blocks on top)"),
+    "grown24_bottom": (SMALL, ["train.init_from=@demo", "train.grow_position=bottom"],
+                       "LEALLA-small grown from the demo student, new blocks at the bottom"),
+    "grown24_lr3e-4": (SMALL, ["train.init_from=@demo", "train.learning_rate=0.0003"],
+                       "LEALLA-small grown from the demo student, lr 3e-4"),
 }
 
 
@@ -119,6 +130,8 @@ def run_variant(name, recipe, overrides, output, files, vocab, emb, teacher, dev
     from lealla_tf.evaluation import pairs
 
     untrained = name.endswith("@0")
+    # "@variant" in an override names that variant's run directory (e.g. train.init_from).
+    overrides = [o.replace("=@", "=" + os.path.join(output, "runs", "")) for o in overrides]
     cfg = config.load(recipe, overrides)
     n = preprocessing.Preprocessor(vocab, 2).vocab_size
     if cfg.vocab.source == "teacher":
@@ -196,6 +209,10 @@ def main(argv=None):
         f", NTREX {results['teacher']['ntrex']['average']['mean']:.1f}" if args.ntrex else ""),
         flush=True)
     for name in names:
+        needs = [o.split("=@", 1)[1] for o in VARIANTS[name][1] if "=@" in o]
+        missing = [v for v in needs if v not in results and v not in names[:names.index(name)]]
+        if name not in results and missing:
+            p.error(f"variant {name} starts from variant(s) {missing}: list them before it")
         if name not in results:
             recipe, overrides, _ = VARIANTS[name]
             results[name] = run_variant(name, recipe, overrides + args.sets, output, files,

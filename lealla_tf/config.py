@@ -291,10 +291,22 @@ class TrainConfig:
     # weights and vocabulary start this run; the model shape stays this config's, and
     # every encoder tensor must have the checkpoint's shape.
     init_checkpoint: str = ""
+    # With train.init_from: grow the source run's encoder to this many layers (0: keep its
+    # depth) by adding identity blocks (output projections zero, the neighbouring
+    # LayerNorm's scale and shift moved to the last new block), so the grown encoder starts
+    # with the source's exact outputs; grow_position puts them "top" (after the source's
+    # layers) or "bottom" (between the embeddings and the first layer).
+    grow_layers: int = 0
+    grow_position: str = "top"
 
     def validate(self) -> None:
         if self.init_from and self.init_checkpoint:
             raise ConfigError("set train.init_from or train.init_checkpoint, not both")
+        if self.grow_layers < 0:
+            raise ConfigError(f"train.grow_layers must be >= 0, got {self.grow_layers}")
+        if self.grow_position not in ("top", "bottom"):
+            raise ConfigError(f"train.grow_position must be top or bottom, "
+                              f"got {self.grow_position!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, "
                               f"got {self.optimizer!r}")

@@ -54,11 +54,26 @@ def apply_init_from(cfg: config_lib.ExperimentConfig) -> config_lib.ExperimentCo
       FileNotFoundError: ``train.init_from`` is not a run directory with a checkpoint.
     """
     run_dir = cfg.train.init_from
+    if cfg.train.grow_layers and not run_dir:
+        raise config_lib.ConfigError(
+            "train.grow_layers grows the encoder of train.init_from: set train.init_from "
+            "(lealla train --init-from RUN_DIR) to the run to grow")
     if not run_dir:
         return cfg
     source, _ = _source_files(run_dir)
     model = dataclasses.replace(source.model, embedding_init="random",
                                 **{k: getattr(cfg.model, k) for k in _KEEP})
+    grow = cfg.train.grow_layers
+    if grow and grow != source.model.num_layers:
+        if source.model.architecture != "transformer":
+            raise config_lib.ConfigError(
+                f"train.grow_layers: {run_dir} holds a {source.model.architecture} model; "
+                "only Transformer encoders grow")
+        if grow < source.model.num_layers:
+            raise config_lib.ConfigError(
+                f"train.grow_layers ({grow}) is below the depth of {run_dir} "
+                f"({source.model.num_layers} layers): growing only adds layers")
+        model = dataclasses.replace(model, num_layers=grow, name=cfg.model.name)
     vocab_file = source.vocab.model_file
     if not os.path.isabs(vocab_file):
         vocab_file = os.path.abspath(os.path.join(run_dir, vocab_file))
@@ -66,8 +81,9 @@ def apply_init_from(cfg: config_lib.ExperimentConfig) -> config_lib.ExperimentCo
     return dataclasses.replace(cfg, model=model, vocab=vocab).validate()
 
 
-def restore_init(encoder, run_dir: str) -> str:
-    """Loads the encoder weights of ``run_dir``'s latest checkpoint into ``encoder``.
+def restore_init(encoder, run_dir: str, grow_position: str = "top") -> str:
+    """Loads the encoder weights of ``run_dir``'s latest checkpoint into ``encoder``; an
+    encoder deeper than the source is grown from it (:func:`grow_encoder`).
 
     Returns:
       The checkpoint path.
@@ -75,9 +91,77 @@ def restore_init(encoder, run_dir: str) -> str:
     Raises:
       ConfigError: tensors of the checkpoint and the encoder differ (named).
     """
-    _, checkpoint = _source_files(run_dir)
+    source_cfg, checkpoint = _source_files(run_dir)
+    bert = getattr(encoder, "bert", None)
+    if bert is not None and len(bert._transformer_layers) != source_cfg.model.num_layers:
+        from lealla_tf import modeling
+        source = modeling.LeallaEncoder.from_model_config(source_cfg.model)
+        source(source.dummy_inputs())
+        restore_encoder_checkpoint(source, checkpoint, "train.init_from")
+        grow_encoder(encoder, source, grow_position)
+        return checkpoint
     restore_encoder_checkpoint(encoder, checkpoint, "train.init_from")
     return checkpoint
+
+
+def grow_encoder(target, source, position: str = "top") -> None:
+    """Fills the deeper encoder ``target`` from ``source`` so that both compute the same
+    function (function-preserving depth growth, as Net2DeeperNet, Chen et al., ICLR 2016;
+    LaBSE grows its encoder by progressive stacking instead, which does not preserve it).
+
+    Both are post-norm ``LeallaEncoder``s of the same width. The source's layers are copied
+    in order, after (``"top"``) or before (``"bottom"``) the new ones; every other weight
+    (embeddings, their LayerNorm, pooler) is copied as it is. A new block is an identity:
+    its attention and FFN output projections (kernels and biases) are zero, so it returns
+    ``LayerNorm(x)``, which is ``x`` when ``x`` is already normalised with scale 1 and shift
+    0. So the LayerNorm just below the new blocks (the embeddings' for ``"bottom"``, the
+    last source layer's for ``"top"``) keeps scale 1 and shift 0, and its learned scale and
+    shift move to the last new block's output LayerNorm. The new blocks' other weights
+    (Q, K, V, FFN input) keep their random initial values: their gradients flow as soon as
+    the output projections leave zero.
+
+    Raises:
+      ValueError: the encoders differ beyond their depth, or ``target`` is shallower.
+    """
+    if position not in ("top", "bottom"):
+        raise ValueError(f"position must be top or bottom, got {position!r}")
+    s_layers, t_layers = source.bert._transformer_layers, target.bert._transformer_layers
+    n, total = len(s_layers), len(t_layers)
+    if total < n:
+        raise ValueError(f"cannot grow a {n}-layer encoder into {total} layers")
+    offset = total - n if position == "bottom" else 0
+    pairs = []
+    for i, layer in enumerate(s_layers):
+        pairs += list(zip(t_layers[offset + i].weights, layer.weights))
+    in_t = {id(w) for layer in t_layers for w in layer.weights}
+    in_s = {id(w) for layer in s_layers for w in layer.weights}
+    rest_t = [w for w in target.weights if id(w) not in in_t]
+    rest_s = [w for w in source.weights if id(w) not in in_s]
+    if len(rest_t) != len(rest_s):
+        raise ValueError("grow: the encoders differ beyond their depth")
+    pairs += list(zip(rest_t, rest_s))
+    for t, s in pairs:
+        if t.shape != s.shape:
+            raise ValueError(f"grow: {t.name} {t.shape} cannot start from {s.name} {s.shape}")
+        t.assign(s)
+    new = [t_layers[i] for i in range(total) if not offset <= i < offset + n]
+    if not new:
+        return
+    for layer in new:
+        att = layer._attention_layer
+        for v in (att._output_dense.kernel, att._output_dense.bias,
+                  layer._output_dense.kernel, layer._output_dense.bias):
+            v.assign(tf.zeros_like(v))
+        for norm in (layer._attention_layer_norm, layer._output_layer_norm):
+            norm.gamma.assign(tf.ones_like(norm.gamma))
+            norm.beta.assign(tf.zeros_like(norm.beta))
+    below = (target.bert._embedding_norm_layer if position == "bottom"
+             else t_layers[n - 1]._output_layer_norm)
+    last = new[-1]._output_layer_norm
+    last.gamma.assign(below.gamma)
+    last.beta.assign(below.beta)
+    below.gamma.assign(tf.ones_like(below.gamma))
+    below.beta.assign(tf.zeros_like(below.beta))
 
 
 def resolve_checkpoint(path: str) -> "tuple[str, str]":

@@ -488,7 +488,8 @@ class Trainer:
                 table.assign(tf.zeros_like(table))
         if not latest and cfg.train.init_from:
             log.info("encoder initialised from %s",
-                     finetune.restore_init(self.encoder, cfg.train.init_from))
+                     finetune.restore_init(self.encoder, cfg.train.init_from,
+                                           cfg.train.grow_position))
         if not latest and cfg.train.init_checkpoint:
             _, checkpoint = finetune.resolve_checkpoint(cfg.train.init_checkpoint)
             finetune.restore_encoder_checkpoint(self.encoder, checkpoint,
