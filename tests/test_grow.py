@@ -133,6 +133,10 @@ def test_train_grows_the_init_from_run(tmp_path, hermetic_vocab, hermetic_files)
     assert result.step == 3 and np.isfinite(result.metrics["loss"])
     moved = grown.encoder.bert._transformer_layers[0]._output_dense.kernel.numpy()
     assert np.abs(moved).max() > 0
+    # The run directory describes the grown shape: it restores (and exports) as 5 layers.
+    _, _, restored = training.restore_encoder(str(tmp_path / "grown"))
+    assert len(restored.bert._transformer_layers) == 5
+    np.testing.assert_allclose(restored(x)["default"], grown.encoder(x)["default"], atol=1e-5)
     # Growing to fewer layers than the source has is refused with the depths named.
     cfg = config.load("tiny", base + ["train.steps=1", "train.grow_layers=1"])
     cfg.train.init_from = src_dir
