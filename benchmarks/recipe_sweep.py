@@ -82,6 +82,9 @@ VARIANTS = {
                        "LEALLA-small grown from the demo student, new blocks at the bottom"),
     "grown24_lr3e-4": (SMALL, ["train.init_from=@demo", "train.learning_rate=0.0003"],
                        "LEALLA-small grown from the demo student, lr 3e-4"),
+    "grown24_lr1e-3_400": (SMALL, ["train.init_from=@demo", "train.learning_rate=0.001",
+                                   "train.steps=400"],
+                           "LEALLA-small grown from the demo student, lr 1e-3, 400 steps"),
 }
 
 
