@@ -50,7 +50,8 @@ bench: venv
 	$(PY) benchmarks/retrieval_scale.py
 	$(PY) benchmarks/teacher_speed.py
 
-# About an hour on 2 CPU cores: the demo recipe for longer, on all 112 Tatoeba languages.
+# 1-1.5 hours on 2 CPU cores: the demo recipe for longer, the LEALLA-small shape grown from
+# its student, all 112 Tatoeba languages.
 distill-quality: venv
 	$(PY) benchmarks/distill_quality.py --output results/distill_quality
 
