@@ -21,6 +21,7 @@ import os
 import tensorflow as tf
 
 from lealla_tf import config as config_lib
+from lealla_tf import modeling
 
 # Model fields the new run keeps from its own config (they do not change the weights).
 _KEEP = ("dropout_rate", "attention_dropout_rate", "implementation", "jit_compile")
@@ -94,7 +95,6 @@ def restore_init(encoder, run_dir: str, grow_position: str = "top") -> str:
     source_cfg, checkpoint = _source_files(run_dir)
     bert = getattr(encoder, "bert", None)
     if bert is not None and len(bert._transformer_layers) != source_cfg.model.num_layers:
-        from lealla_tf import modeling
         source = modeling.LeallaEncoder.from_model_config(source_cfg.model)
         source(source.dummy_inputs())
         restore_encoder_checkpoint(source, checkpoint, "train.init_from")
@@ -125,24 +125,15 @@ def grow_encoder(target, source, position: str = "top") -> None:
     """
     if position not in ("top", "bottom"):
         raise ValueError(f"position must be top or bottom, got {position!r}")
-    s_layers, t_layers = source.bert._transformer_layers, target.bert._transformer_layers
-    n, total = len(s_layers), len(t_layers)
+    t_layers = target.bert._transformer_layers
+    n, total = len(source.bert._transformer_layers), len(t_layers)
     if total < n:
         raise ValueError(f"cannot grow a {n}-layer encoder into {total} layers")
     offset = total - n if position == "bottom" else 0
-    pairs = []
-    for i, layer in enumerate(s_layers):
-        pairs += list(zip(t_layers[offset + i].weights, layer.weights))
-    in_t = {id(w) for layer in t_layers for w in layer.weights}
-    in_s = {id(w) for layer in s_layers for w in layer.weights}
-    rest_t = [w for w in target.weights if id(w) not in in_t]
-    rest_s = [w for w in source.weights if id(w) not in in_s]
-    if len(rest_t) != len(rest_s):
-        raise ValueError("grow: the encoders differ beyond their depth")
-    pairs += list(zip(rest_t, rest_s))
+    pairs = modeling.depth_pairs(source, target,
+                                 lambda j: j - offset if offset <= j < offset + n else None,
+                                 "grow")
     for t, s in pairs:
-        if t.shape != s.shape:
-            raise ValueError(f"grow: {t.name} {t.shape} cannot start from {s.name} {s.shape}")
         t.assign(s)
     new = [t_layers[i] for i in range(total) if not offset <= i < offset + n]
     if not new:

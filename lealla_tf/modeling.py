@@ -61,6 +61,42 @@ def bert_param_count(cfg: ModelConfig) -> int:
     return embeddings + n * layer + pooler
 
 
+def depth_pairs(source, target, source_layer, what: str):
+    """``(target_variable, source_variable)`` pairs between two ``LeallaEncoder``s that
+    differ only in depth: target layer ``j`` from source layer ``source_layer(j)`` (``None``:
+    no source, left out), every other encoder variable (embeddings, their LayerNorm, pooler)
+    from the same variable of the source. Used by progressive stacking and by growth.
+
+    Raises:
+      ValueError: prefixed with ``what``, when the encoders differ beyond their depth or a
+        pair's shapes differ.
+    """
+    s_layers, t_layers = source.bert._transformer_layers, target.bert._transformer_layers
+    pairs = []
+    for j, layer in enumerate(t_layers):
+        i = source_layer(j)
+        if i is not None:
+            pairs += list(zip(layer.weights, s_layers[i].weights))
+    in_t = {id(w) for layer in t_layers for w in layer.weights}
+    in_s = {id(w) for layer in s_layers for w in layer.weights}
+    rest_t = [w for w in target.weights if id(w) not in in_t]
+    rest_s = [w for w in source.weights if id(w) not in in_s]
+    if len(rest_t) != len(rest_s):
+        raise ValueError(f"{what}: the encoders differ beyond their depth")
+    pairs += list(zip(rest_t, rest_s))
+    check_pair_shapes(pairs, what)
+    return pairs
+
+
+def check_pair_shapes(pairs, what: str) -> None:
+    """Raises ``ValueError`` (prefixed with ``what``) for the first ``(target, source)``
+    pair of variables whose shapes differ."""
+    for t, s in pairs:
+        if t.shape != s.shape:
+            raise ValueError(f"{what}: {t.name} {t.shape} cannot start from {s.name} "
+                             f"{s.shape}")
+
+
 def _layer_norm(x: tf.Tensor, norm: tf_keras.layers.LayerNormalization) -> tf.Tensor:
     mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
     return tf.nn.batch_normalization(x, mean, var, norm.beta, norm.gamma, norm.epsilon)

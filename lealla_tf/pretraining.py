@@ -150,26 +150,17 @@ def stack_pairs(source, target) -> List[Tuple[tf.Variable, tf.Variable]]:
       source, target: ``(encoder, pretrainer)`` of the smaller and the larger stage.
     """
     (s_enc, s_pre), (t_enc, t_pre) = source, target
-    s_layers, t_layers = s_enc.bert._transformer_layers, t_enc.bert._transformer_layers
-    n = len(s_layers)
-    pairs = []
-    for j, layer in enumerate(t_layers):
-        pairs += list(zip(layer.weights, s_layers[j % n].weights))
-    in_layers = {id(w) for layer in t_layers for w in layer.weights}
-    s_in_layers = {id(w) for layer in s_layers for w in layer.weights}
-    rest_t = [w for w in t_enc.weights if id(w) not in in_layers]
-    rest_s = [w for w in s_enc.weights if id(w) not in s_in_layers]
-    seen = {id(w) for w in rest_t}
-    rest_t += [w for w in t_pre.masked_lm.weights if id(w) not in seen]
-    seen_s = {id(w) for w in rest_s}
-    rest_s += [w for w in s_pre.masked_lm.weights if id(w) not in seen_s]
-    if len(rest_t) != len(rest_s):
-        raise ValueError("stacking: the stages' encoders differ beyond their depth")
-    pairs += list(zip(rest_t, rest_s))
-    for t, s in pairs:
-        if t.shape != s.shape:
-            raise ValueError(f"stacking: {t.name} {t.shape} cannot start from {s.name} "
-                             f"{s.shape}")
+    n = len(s_enc.bert._transformer_layers)
+    pairs = modeling.depth_pairs(s_enc, t_enc, lambda j: j % n, "stacking")
+    # The MLM head, less what it shares with the encoder (the tied embedding table).
+    in_t, in_s = {id(w) for w in t_enc.weights}, {id(w) for w in s_enc.weights}
+    head_t = [w for w in t_pre.masked_lm.weights if id(w) not in in_t]
+    head_s = [w for w in s_pre.masked_lm.weights if id(w) not in in_s]
+    if len(head_t) != len(head_s):
+        raise ValueError("stacking: the stages' MLM heads differ")
+    head = list(zip(head_t, head_s))
+    modeling.check_pair_shapes(head, "stacking")
+    pairs += head
     return pairs
 
 
