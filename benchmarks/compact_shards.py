@@ -38,10 +38,12 @@ def lookup_teacher(files, store_dir):
     """A teacher returning the stored muse row of each training sentence."""
     import numpy as np
 
-    from lealla_tf import corpus, teacher_embeddings, teachers
+    from lealla_tf import corpus
+    from lealla_tf.distill import store
+    from lealla_tf.embedders import teachers
     table = {}
     for path in files:
-        src, tgt, _ = teacher_embeddings.load_precomputed(store_dir, path)
+        src, tgt, _ = store.load_precomputed(store_dir, path)
         for i, s, t in corpus.iter_tsv(path):
             table[s] = src[i]
             table[t] = tgt[i]
@@ -52,14 +54,14 @@ def lookup_teacher(files, store_dir):
 
 
 def shard_bytes(folder, files):
-    from lealla_tf import teacher_embeddings
-    manifest = json.load(open(os.path.join(folder, teacher_embeddings.MANIFEST)))
+    from lealla_tf.distill import store
+    manifest = json.load(open(os.path.join(folder, store.MANIFEST)))
     total = 0
     for path in files:
         entry = manifest["files"][os.path.abspath(path)]
         for rec in entry["shards"]:
             total += os.path.getsize(os.path.join(folder, entry["dir"], rec["file"]))
-    projection = os.path.join(folder, teacher_embeddings.PROJECTION)
+    projection = os.path.join(folder, store.PROJECTION)
     return total, os.path.getsize(projection) if os.path.exists(projection) else 0
 
 
@@ -72,14 +74,17 @@ def main(argv=None):
                    default=["train.optimizer=lazy_adamw"])
     args = p.parse_args(argv)
 
-    from lealla_tf import config, preprocessing, teacher_embeddings, training
+    from lealla_tf import config
+    from lealla_tf.text import sentencepiece
+    from lealla_tf.distill import store
+    from lealla_tf.training import dual_encoder
     from lealla_tf.evaluation import pairs
     from recipe_sweep import trainer_embedder
 
     sweep = os.path.abspath(args.sweep)
     files = sorted(os.path.join(sweep, "data", f) for f in os.listdir(os.path.join(sweep, "data")))
     dev = sorted(os.path.join(sweep, "dev", f) for f in os.listdir(os.path.join(sweep, "dev")))
-    vocab = os.path.join(sweep, "vocab", preprocessing.MODEL_FILE)
+    vocab = os.path.join(sweep, "vocab", sentencepiece.MODEL_FILE)
     output = os.path.abspath(args.output)
     os.makedirs(output, exist_ok=True)
     teacher = lookup_teacher(files, os.path.join(sweep, "teacher_embeddings"))
@@ -91,19 +96,19 @@ def main(argv=None):
         dim, dtype = LAYOUTS[name]
         folder = os.path.join(output, "shards", name.replace(" ", "_"))
         start = time.perf_counter()
-        manifest = teacher_embeddings.precompute(teacher, files, folder, dim=dim, dtype=dtype,
+        manifest = store.precompute(teacher, files, folder, dim=dim, dtype=dtype,
                                                  progress=False)
         embed_s = time.perf_counter() - start
         size, projection_size = shard_bytes(folder, files)
-        projection = teacher_embeddings.load_projection(folder)
+        projection = store.load_projection(folder)
 
         cfg = config.load(STATIC, args.sets)
         cfg.vocab.model_file = vocab
-        cfg.model.vocab_size = preprocessing.Preprocessor(vocab, 2).vocab_size
+        cfg.model.vocab_size = sentencepiece.Preprocessor(vocab, 2).vocab_size
         cfg.data.train_files, cfg.data.data_dir = files, ""
         cfg.data.teacher_embeddings = folder
         start = time.perf_counter()
-        trainer = training.Trainer(cfg, os.path.join(output, "runs", name.replace(" ", "_")),
+        trainer = dual_encoder.Trainer(cfg, os.path.join(output, "runs", name.replace(" ", "_")),
                                    progress=False, teacher=teacher)
         trainer.run()
         train_s = time.perf_counter() - start

@@ -1,6 +1,6 @@
 """Distillation quality: the demo recipe, longer, evaluated on all 112 Tatoeba languages.
 
-Runs the demo job (``lealla_tf.demo``: slice pairs, vocabulary, teacher embeddings,
+Runs the demo job (``lealla_tf.recipes.demo``: slice pairs, vocabulary, teacher embeddings,
 distillation, export, evaluation on the teacher's languages) with a longer recipe, then:
 
 - the Tatoeba learning curve: every kept checkpoint evaluated on the teacher's languages;
@@ -25,7 +25,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import tensorflow as tf  # noqa: E402
 
-from lealla_tf import config, demo, export, teachers, training  # noqa: E402
+from lealla_tf import paths
+from lealla_tf import layout
+from lealla_tf import config, export  # noqa: E402
+from lealla_tf.recipes import demo
+from lealla_tf.embedders import teachers
+from lealla_tf.training import dual_encoder
 from lealla_tf.evaluation import tatoeba  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,7 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def learning_curve(run_dir, languages, data_dir, cache):
     """Tatoeba average (teacher's languages) of every checkpoint kept in ``run_dir``."""
-    state = tf.train.get_checkpoint_state(os.path.join(run_dir, training.CHECKPOINT_DIR))
+    state = tf.train.get_checkpoint_state(os.path.join(run_dir, layout.CHECKPOINT_DIR))
     points = []
     for path in (state.all_model_checkpoint_paths if state else []):
         embedder = export.CheckpointEmbedder(run_dir, checkpoint=path)
@@ -61,7 +66,7 @@ def main(argv=None):
     p.add_argument("--all-languages", default="all",
                    help="the wide Tatoeba set: all (112), xtreme36 or a list")
     args = p.parse_args(argv)
-    root = config.data_dir(args.data_dir)
+    root = paths.data_dir(args.data_dir)
     output = os.path.abspath(args.output)
     start = time.perf_counter()
 

@@ -25,7 +25,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from lealla_tf import config, corpus, modeling, preprocessing  # noqa: E402
+from lealla_tf import paths
+from lealla_tf import config, corpus  # noqa: E402
+from lealla_tf.models import encoders
+from lealla_tf.text import sentencepiece
 from lealla_tf.evaluation import tatoeba  # noqa: E402
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
@@ -67,14 +70,14 @@ def main(argv=None):
     p.add_argument("--seq-length", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
-    data_dir = config.data_dir(args.data_dir)
+    data_dir = paths.data_dir(args.data_dir)
 
     vocab = args.vocab
     if not vocab:
         files = corpus.find_files(["train/*-eng.tsv"], data_dir, LANGS)
-        vocab = preprocessing.train_vocab(files, tempfile.mkdtemp(prefix="lealla_vocab_"),
+        vocab = sentencepiece.train_vocab(files, tempfile.mkdtemp(prefix="lealla_vocab_"),
                                           vocab_size=16000, sentences_per_language=2000)
-    pre = preprocessing.Preprocessor(vocab, seq_length=args.seq_length)
+    pre = sentencepiece.Preprocessor(vocab, seq_length=args.seq_length)
     sentences = tatoeba_sentences(data_dir, args.sentences)
     lengths = np.array(pre(tf.constant(sentences))["input_mask"].numpy().sum(1))
     print(f"{len(sentences)} Tatoeba sentences, tokens incl. [CLS]/[SEP]: median "
@@ -84,12 +87,12 @@ def main(argv=None):
     rows = []
     for name in args.shapes.split(","):
         cfg = config.load(os.path.join(CONFIGS, f"{name}.yaml")).model
-        encoder = modeling.LeallaEncoder.from_model_config(cfg)
-        model = modeling.StringEncoder(pre, encoder)
+        encoder = encoders.LeallaEncoder.from_model_config(cfg)
+        model = encoders.StringEncoder(pre, encoder)
         fn = tf.function(lambda x, m=model: m(x, training=False),
                          input_signature=[tf.TensorSpec([None], tf.string)])
         rate = time_model(fn, sentences, args.batch_size, args.repeats)
-        rows.append((name, modeling.bert_param_count(cfg), rate))
+        rows.append((name, encoders.bert_param_count(cfg), rate))
         print(f"  measured {name}: {rate:.1f} sentences/s", flush=True)
         del model, encoder, fn
 

@@ -34,7 +34,8 @@ def main() -> int:
     args = parser.parse_args()
 
     import standins
-    from lealla_tf import corpus, export, importing
+    from lealla_tf import corpus, export
+    from lealla_tf.convert import importing
     from lealla_tf.export import formats
 
     files = corpus.find_files(["train/*-eng.tsv"], args.data_dir,

@@ -178,17 +178,19 @@ def prepare(shape: str, work: str, vocab: str, runtimes, seed: int = 0) -> None:
     """Builds the encoder with random weights and writes every artefact ``runtimes`` need."""
     import tensorflow as tf
     import tf_keras
-    from lealla_tf import export, modeling, preprocessing
+    from lealla_tf import export
+    from lealla_tf.models import encoders
+    from lealla_tf.text import sentencepiece
 
     os.makedirs(work, exist_ok=True)
     cfg = _model_cfg(shape)
     tf_keras.utils.set_random_seed(seed)
-    encoder = modeling.LeallaEncoder.from_model_config(cfg)
+    encoder = encoders.LeallaEncoder.from_model_config(cfg)
     encoder(encoder.dummy_inputs())
     weights = os.path.join(work, "weights.h5")
     if not os.path.exists(weights):
         encoder.save_weights(weights)
-    pre = preprocessing.Preprocessor(vocab, seq_length=SEQ_LENGTH)
+    pre = sentencepiece.Preprocessor(vocab, seq_length=SEQ_LENGTH)
 
     def save(name, enc, length_multiple=1):
         path = os.path.join(work, name)
@@ -196,7 +198,7 @@ def prepare(shape: str, work: str, vocab: str, runtimes, seed: int = 0) -> None:
             return path
         obj, signatures = export.build_lealla_module(pre, enc)
         if length_multiple > 1:  # the exported model with rounded lengths
-            model = modeling.StringEncoder(pre, enc, length_multiple=length_multiple)
+            model = encoders.StringEncoder(pre, enc, length_multiple=length_multiple)
 
             @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
             def serve(sentences):
@@ -228,7 +230,7 @@ def prepare(shape: str, work: str, vocab: str, runtimes, seed: int = 0) -> None:
                         f.write(content)
                     os.rename(path + ".tmp", path)
     if "tf-xla" in runtimes:
-        xla = modeling.LeallaEncoder.from_model_config(cfg, jit_compile=True)
+        xla = encoders.LeallaEncoder.from_model_config(cfg, jit_compile=True)
         xla(xla.dummy_inputs())
         xla.set_weights(encoder.get_weights())
         save("lealla-xla", xla, length_multiple=8)
@@ -243,8 +245,9 @@ def full_integer_encoder(encoder, pre) -> bytes:
     converter's calibration interpreter lacks TF Text's SentencePiece ops), so this
     variant gets token ids like the peers (tokenization excluded)."""
     import tensorflow as tf
-    from lealla_tf import export, modeling
-    specs = [tf.TensorSpec([None, None], tf.int32, name=k) for k in modeling.INPUT_KEYS]
+    from lealla_tf import export
+    from lealla_tf.models import encoders
+    specs = [tf.TensorSpec([None, None], tf.int32, name=k) for k in encoders.INPUT_KEYS]
 
     @tf.function(input_signature=specs)
     def serve(input_word_ids, input_mask, input_type_ids):
@@ -255,7 +258,7 @@ def full_integer_encoder(encoder, pre) -> bytes:
     def representative():
         for s in export.PROBE_SENTENCES:
             d = pre(tf.constant([s]))
-            yield {k: d[k] for k in modeling.INPUT_KEYS}
+            yield {k: d[k] for k in encoders.INPUT_KEYS}
 
     conv = tf.lite.TFLiteConverter.from_concrete_functions(
         [serve.get_concrete_function()], encoder)
@@ -388,8 +391,8 @@ def _peak_rss_mib() -> float:
 def _packed(vocab, batches, fixed_length=None):
     """Token ids exactly as our preprocessor packs each batch (the peers' inputs)."""
     import tensorflow as tf
-    from lealla_tf import preprocessing
-    pre = preprocessing.Preprocessor(vocab, seq_length=fixed_length or SEQ_LENGTH,
+    from lealla_tf.text import sentencepiece
+    pre = sentencepiece.Preprocessor(vocab, seq_length=fixed_length or SEQ_LENGTH,
                                      dynamic_length=fixed_length is None)
     out = []
     for b in batches:
@@ -407,13 +410,14 @@ def make_runner(runtime: str, work: str, shape: str, vocab: str, threads: int, r
         tf.config.threading.set_inter_op_parallelism_threads(1)
     if runtime == "tf-keras":
         import tf_keras
-        from lealla_tf import modeling, preprocessing
+        from lealla_tf.models import encoders
+        from lealla_tf.text import sentencepiece
         cfg = _model_cfg(shape)
-        enc = modeling.LeallaEncoder.from_model_config(cfg, implementation="keras")
+        enc = encoders.LeallaEncoder.from_model_config(cfg, implementation="keras")
         enc(enc.dummy_inputs())
         enc.load_weights(os.path.join(work, "weights.h5"))
-        pre = preprocessing.Preprocessor(vocab, seq_length=SEQ_LENGTH)
-        model = modeling.StringEncoder(pre, enc, dynamic_length=False)
+        pre = sentencepiece.Preprocessor(vocab, seq_length=SEQ_LENGTH)
+        model = encoders.StringEncoder(pre, enc, dynamic_length=False)
         fn = tf.function(lambda s: model(s, training=False),
                          input_signature=[tf.TensorSpec([None], tf.string)])
         conv = lambda b: tf.constant(b)  # noqa: E731
@@ -431,13 +435,14 @@ def make_runner(runtime: str, work: str, shape: str, vocab: str, threads: int, r
         return ((lambda x: sig(sentences=x)[export.OUTPUT_KEY].numpy()),
                 [conv(b) for b in real], [conv(b) for b in fixed])
     if runtime == "tflite-int8-full":  # token ids in (see full_integer_encoder)
-        from lealla_tf import export, modeling
+        from lealla_tf import export
+        from lealla_tf.models import encoders
         interp = export.tflite_interpreter(model_path=os.path.join(work, tflite_file(runtime)),
                                            num_threads=threads)
         runner = interp.get_signature_runner()
 
         def fn(x):
-            return runner(**dict(zip(modeling.INPUT_KEYS, (a.astype(np.int32) for a in x))))[
+            return runner(**dict(zip(encoders.INPUT_KEYS, (a.astype(np.int32) for a in x))))[
                 export.OUTPUT_KEY]
         return fn, _packed(vocab, real), _packed(vocab, fixed)
     if runtime.startswith("tflite"):
@@ -669,9 +674,10 @@ def main(argv=None) -> int:
     if not args.vocab:
         args.vocab = os.path.join(args.work, "vocab32k", "spm.model")
         if not os.path.exists(args.vocab):
-            from lealla_tf import corpus, preprocessing
+            from lealla_tf import corpus
+            from lealla_tf.text import sentencepiece
             files = corpus.find_files(["train/*-eng.tsv"], args.data_dir, [])
-            preprocessing.train_vocab(files, os.path.dirname(args.vocab), 32000,
+            sentencepiece.train_vocab(files, os.path.dirname(args.vocab), 32000,
                                       sentences_per_language=3000, progress=False)
     import sentencepiece as spm
     if not os.path.exists(args.vocab):

@@ -66,7 +66,7 @@ def _prepare(args, workdir: str) -> dict:
     from lealla_tf.evaluation import retrieval, runner
     from lealla_tf import config, embedders
     from lealla_tf.evaluation import bucc
-    root = config.data_dir(args.data_dir or None)
+    root = paths.data_dir(args.data_dir or None)
     folder = bucc.ntrex_dir(root)
     deu = [s.strip() for s in runner.read_lines(os.path.join(folder, "newstest2019-ref.deu.txt"))]
     eng = [s.strip() for s in runner.read_lines(os.path.join(folder, bucc.NTREX_ENGLISH))]
@@ -163,7 +163,7 @@ def _ntrex_f1(args, indexes) -> None:
     from lealla_tf import config, embedders
     from lealla_tf.config import IndexConfig
     from lealla_tf.evaluation import bucc
-    root = config.data_dir(args.data_dir or None)
+    root = paths.data_dir(args.data_dir or None)
     model = embedders.load(args.model)
     langs = args.ntrex_languages.split(",")
     rows = {}

@@ -61,7 +61,9 @@ class _Budget(Exception):
 
 def prepare(args, root):
     """Training pairs (14 languages), zero-shot pairs, vocabulary, teacher embeddings."""
-    from lealla_tf import corpus, demo, teachers
+    from lealla_tf import corpus
+    from lealla_tf.recipes import demo
+    from lealla_tf.embedders import teachers
     from recipe_sweep import prepare as sweep_prepare
     output = os.path.abspath(args.output)
     if args.prepared:  # a `lealla demo` / recipe_sweep.py output: read, never written
@@ -83,8 +85,9 @@ def prepare(args, root):
 
 
 def _pretrain_cfg(args, files, vocab, stages, stage_steps, steps, eval_every):
-    from lealla_tf import config, preprocessing
-    n = preprocessing.Preprocessor(vocab, 2).vocab_size
+    from lealla_tf import config
+    from lealla_tf.text import sentencepiece
+    n = sentencepiece.Preprocessor(vocab, 2).vocab_size
     sets = [f"model.vocab_size={n}", f"vocab.model_file={vocab}", "data.max_pairs_per_language=0",
             f"train.steps={steps}", f"pretrain.stages={stages}",
             f"pretrain.stage_steps={stage_steps}", f"pretrain.eval_every={eval_every}",
@@ -96,12 +99,13 @@ def _pretrain_cfg(args, files, vocab, stages, stage_steps, steps, eval_every):
 
 
 def _distill_cfg(args, files, vocab, emb, steps, init_from=""):
-    from lealla_tf import config, preprocessing
+    from lealla_tf import config
+    from lealla_tf.text import sentencepiece
     cfg = config.load("demo", [f"train.steps={steps}", f"train.checkpoint_every={steps}",
                                f"train.steps_per_loop={min(50, steps)}",
                                f"train.warmup_steps={min(50, max(1, steps // 10))}"]
                       + args.sets)
-    cfg.model.vocab_size = preprocessing.Preprocessor(vocab, 2).vocab_size
+    cfg.model.vocab_size = sentencepiece.Preprocessor(vocab, 2).vocab_size
     cfg.vocab.model_file = vocab
     cfg.data.train_files, cfg.data.data_dir = list(files), ""
     cfg.data.max_pairs_per_language = 0
@@ -113,7 +117,8 @@ def _distill_cfg(args, files, vocab, emb, steps, init_from=""):
 
 def calibrate(args, teacher, files, zs, vocab, emb, output):
     """CPU seconds per step: distillation, pre-training at 1 and at 4 layers."""
-    from lealla_tf import pretraining, training
+    from lealla_tf.training import pretraining
+    from lealla_tf.training import dual_encoder
     path = os.path.join(output, "calibration.json")
     if os.path.exists(path):
         return json.load(open(path))
@@ -128,7 +133,7 @@ def calibrate(args, teacher, files, zs, vocab, emb, output):
         print(f"  calibration {key}: {out[key]:.3f} CPU s/step", flush=True)
 
     n = args.calibration_steps
-    timed(lambda s: training.Trainer(_calib_distill(args, files, vocab, emb, s),
+    timed(lambda s: dual_encoder.Trainer(_calib_distill(args, files, vocab, emb, s),
                                      os.path.join(output, "calib", "distill"),
                                      progress=False, teacher=teacher), "distill", n)
     for layers in (1, 4):
@@ -157,11 +162,12 @@ def _calib_pretrain(args, files, vocab, layers, steps):
 def tatoeba_scores(encoder, cfg, vocab, root, langs, name):
     import tensorflow as tf
 
-    from lealla_tf import modeling, preprocessing
+    from lealla_tf.models import encoders
+    from lealla_tf.text import sentencepiece
     from lealla_tf.evaluation import runner, tatoeba
-    pre = preprocessing.Preprocessor(vocab, cfg.preprocess.inference_seq_length
+    pre = sentencepiece.Preprocessor(vocab, cfg.preprocess.inference_seq_length
                                      or cfg.preprocess.seq_length)
-    model = modeling.StringEncoder(pre, encoder)
+    model = encoders.StringEncoder(pre, encoder)
     fn = tf.function(lambda x: model(x, training=False),
                      input_signature=[tf.TensorSpec([None], tf.string)])
     embedder = runner.as_embedder(lambda s: fn(tf.constant(s)).numpy(), name=name)
@@ -171,7 +177,8 @@ def tatoeba_scores(encoder, cfg, vocab, root, langs, name):
 
 
 def run_variant(name, args, plan, teacher, files, zs, vocab, emb, root, output, langs, zero):
-    from lealla_tf import pretraining, training
+    from lealla_tf.training import pretraining
+    from lealla_tf.training import dual_encoder
     run_root = os.path.join(output, "runs", name)
     cpu0, wall0 = _now()
     curve = []
@@ -195,7 +202,7 @@ def run_variant(name, args, plan, teacher, files, zs, vocab, emb, root, output, 
         job.run(record)
         init_from = os.path.join(run_root, "pretrain")
     distill_cfg = _distill_cfg(args, files, vocab, emb, plan["distill_steps"][name], init_from)
-    trainer = training.Trainer(distill_cfg, os.path.join(run_root, "distill"), progress=False,
+    trainer = dual_encoder.Trainer(distill_cfg, os.path.join(run_root, "distill"), progress=False,
                                teacher=teacher)
     trainer.run()
     cpu, wall = _now()
@@ -286,7 +293,7 @@ def main(argv=None):
 
     from lealla_tf import config
     from recipe_sweep import _cpu_line
-    root = config.data_dir(args.data_dir)
+    root = paths.data_dir(args.data_dir)
     output = os.path.abspath(args.output)
     os.makedirs(output, exist_ok=True)
     cpu = _cpu_line()

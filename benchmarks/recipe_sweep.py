@@ -90,7 +90,11 @@ VARIANTS = {
 
 def prepare(output, root, pairs_per_language, dev_pairs, spec, progress=True, sets=()):
     """Training slice, development split, teacher vocabulary and teacher embeddings."""
-    from lealla_tf import corpus, demo, student_init, teacher_embeddings, teachers
+    from lealla_tf import corpus
+    from lealla_tf.recipes import demo
+    from lealla_tf.distill import student_init
+    from lealla_tf.distill import store
+    from lealla_tf.embedders import teachers
 
     teacher = teachers.load_teacher(spec)
     train_dir, dev_dir = os.path.join(output, "data"), os.path.join(output, "dev")
@@ -107,7 +111,7 @@ def prepare(output, root, pairs_per_language, dev_pairs, spec, progress=True, se
                                              keep_unused=vocab_cfg.keep_unused,
                                              progress=progress)
     emb = os.path.join(output, "teacher_embeddings")
-    teacher_embeddings.precompute(teacher, files, emb, progress=progress)
+    store.precompute(teacher, files, emb, progress=progress)
     return teacher, files, dev, vocab, emb
 
 
@@ -115,12 +119,13 @@ def trainer_embedder(trainer, cfg, name):
     """The trainer's encoder as a strings-in embedder, packing to the export length."""
     import tensorflow as tf
 
-    from lealla_tf import modeling, preprocessing
+    from lealla_tf.models import encoders
+    from lealla_tf.text import sentencepiece
     from lealla_tf.evaluation import runner
 
-    pre = preprocessing.Preprocessor(
+    pre = sentencepiece.Preprocessor(
         trainer.vocab_path, cfg.preprocess.inference_seq_length or cfg.preprocess.seq_length)
-    model = modeling.StringEncoder(pre, trainer.encoder)
+    model = encoders.StringEncoder(pre, trainer.encoder)
     fn = tf.function(lambda x: model(x, training=False),
                      input_signature=[tf.TensorSpec([None], tf.string)])
     return runner.as_embedder(lambda s: fn(tf.constant(s)).numpy(), name=name)
@@ -129,14 +134,16 @@ def trainer_embedder(trainer, cfg, name):
 def run_variant(name, recipe, overrides, output, files, vocab, emb, teacher, dev, cache,
                 ntrex_root="", ntrex_languages=()):
     """Trains (or initialises) one variant and scores it on the development pairs."""
-    from lealla_tf import config, preprocessing, training
+    from lealla_tf import config
+    from lealla_tf.text import sentencepiece
+    from lealla_tf.training import dual_encoder
     from lealla_tf.evaluation import pairs
 
     untrained = name.endswith("@0")
     # "@variant" in an override names that variant's run directory (e.g. train.init_from).
     overrides = [o.replace("=@", "=" + os.path.join(output, "runs", "")) for o in overrides]
     cfg = config.load(recipe, overrides)
-    n = preprocessing.Preprocessor(vocab, 2).vocab_size
+    n = sentencepiece.Preprocessor(vocab, 2).vocab_size
     if cfg.vocab.source == "teacher":
         cfg.vocab.model_file = vocab
         cfg.model.vocab_size = n
@@ -146,7 +153,7 @@ def run_variant(name, recipe, overrides, output, files, vocab, emb, teacher, dev
     cfg.data.teacher_embeddings = emb
     run_dir = os.path.join(output, "runs", name)
     start = time.perf_counter()
-    trainer = training.Trainer(cfg, run_dir, progress=False, teacher=teacher)
+    trainer = dual_encoder.Trainer(cfg, run_dir, progress=False, teacher=teacher)
     if not untrained:
         trainer.run()
     seconds = time.perf_counter() - start
@@ -189,7 +196,7 @@ def main(argv=None):
     from lealla_tf import config
     from lealla_tf.evaluation import pairs
 
-    root = config.data_dir(args.data_dir)
+    root = paths.data_dir(args.data_dir)
     output = os.path.abspath(args.output)
     os.makedirs(output, exist_ok=True)
     cpu = _cpu_line()
@@ -200,7 +207,7 @@ def main(argv=None):
     cache = os.path.join(output, "embedding_cache")
     results_path = os.path.join(output, "sweep.json")
     results = json.load(open(results_path)) if os.path.exists(results_path) else {}
-    from lealla_tf import demo
+    from lealla_tf.recipes import demo
     ntrex_root, ntrex_langs = (root, list(demo.DEMO_LANGUAGES)) if args.ntrex else ("", ())
     if "teacher" not in results:
         results["teacher"] = pairs.evaluate_pair_files(teacher, dev, cache=cache)

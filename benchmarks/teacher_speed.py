@@ -18,7 +18,10 @@ import os
 import tempfile
 import time
 
-from lealla_tf import config, corpus, teacher_embeddings, teachers
+from lealla_tf import paths
+from lealla_tf import config, corpus
+from lealla_tf.distill import store
+from lealla_tf.embedders import teachers
 
 
 def _throughput(teacher, sentences, batch_size):
@@ -38,7 +41,7 @@ def main():
     p.add_argument("--batch-sizes", default="64,256")
     args = p.parse_args()
 
-    path = os.path.join(config.data_dir(args.data_dir), "train", f"{args.lang}-eng.tsv")
+    path = os.path.join(paths.data_dir(args.data_dir), "train", f"{args.lang}-eng.tsv")
     pairs = list(itertools.islice(corpus.iter_tsv(path), args.pairs))
     last_line = pairs[-1][0] + 1
     sentences = [s for _, src, tgt in pairs for s in (src, tgt)]
@@ -60,13 +63,13 @@ def main():
             dst.writelines(itertools.islice(src, last_line))
         teacher = teachers.MuseTeacher(threads=1)
         t0 = time.perf_counter()
-        manifest = teacher_embeddings.precompute(teacher, [tsv], os.path.join(tmp, "emb"),
+        manifest = store.precompute(teacher, [tsv], os.path.join(tmp, "emb"),
                                                  shard_size=1000, batch_size=64,
                                                  progress=False)
         seconds = time.perf_counter() - t0
         encoded = manifest["last_run"]["sentences_encoded"]
         t0 = time.perf_counter()
-        src_emb, _, valid = teacher_embeddings.load_precomputed(os.path.join(tmp, "emb"),
+        src_emb, _, valid = store.load_precomputed(os.path.join(tmp, "emb"),
                                                                 tsv)
         load_s = time.perf_counter() - t0
     print("\n| precompute (muse, threads=1) | lines | sentences encoded | seconds | "

@@ -1,7 +1,7 @@
 """Training speed: pairs/s of the full training step, one device vs 2 replicas, and the cost
 of the cross-replica gather of LaBSE-style negatives.
 
-Each row runs the real job (``lealla_tf.training.Trainer``: data pipeline with
+Each row runs the real job (``lealla_tf.training.dual_encoder.Trainer``: data pipeline with
 tokenization, encoder on both sides, AMS loss, all-reduce, clipping, AdamW) on the
 training data under ``$LEALLA_DATA_DIR/train``, and reports the median pairs/s over the
 timed loops (the first loop, which traces the graph, is not timed). The 2-replica rows split
@@ -43,14 +43,16 @@ def _split_cpu() -> None:
 
 
 def _vocab(work: str, data_root: str) -> str:
-    from lealla_tf import corpus, preprocessing
+    from lealla_tf import corpus
+    from lealla_tf.text import sentencepiece
     files = corpus.find_files(["train/*-eng.tsv"], data_root, ["deu", "fra", "rus", "ell"])
-    return preprocessing.train_vocab(files, os.path.join(work, "vocab"), vocab_size=VOCAB_SIZE,
+    return sentencepiece.train_vocab(files, os.path.join(work, "vocab"), vocab_size=VOCAB_SIZE,
                                      sentences_per_language=2000, progress=False)
 
 
 def _run(shape: str, strategy, cross_replica: bool, vocab: str, args, work: str) -> float:
-    from lealla_tf import config, training
+    from lealla_tf import config
+    from lealla_tf.training import dual_encoder
     overrides = [
         f"vocab.model_file={vocab}", "data.languages=[deu, fra, rus, ell]",
         "data.max_pairs_per_language=3000", f"train.global_batch_size={args.batch}",
@@ -65,7 +67,7 @@ def _run(shape: str, strategy, cross_replica: bool, vocab: str, args, work: str)
     cfg = config.load(path, overrides + [f"model.vocab_size={vocab_size}"])
     model_dir = os.path.join(work, f"{shape}-{strategy.num_replicas_in_sync}-{cross_replica}")
     shutil.rmtree(model_dir, ignore_errors=True)
-    trainer = training.Trainer(cfg, model_dir, strategy=strategy, progress=False)
+    trainer = dual_encoder.Trainer(cfg, model_dir, strategy=strategy, progress=False)
     rates = []
     trainer.run(lambda step, m: rates.append(m["examples_per_second"]))
     return statistics.median(rates[1:])
@@ -73,7 +75,7 @@ def _run(shape: str, strategy, cross_replica: bool, vocab: str, args, work: str)
 
 def _gather_cost(strategy, local_batch: int, dim: int, repeats: int = 50) -> float:
     """Milliseconds per all_gather of both sides' embeddings (forward + backward)."""
-    from lealla_tf import losses
+    from lealla_tf.training import losses
 
     @tf.function
     def step(x, y):

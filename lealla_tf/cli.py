@@ -12,6 +12,8 @@ import os
 import sys
 from typing import List, Optional
 
+from lealla_tf import paths
+
 
 def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--config", required=required, help="YAML config file, or the name of a shipped one "
@@ -35,9 +37,9 @@ def _add_model(sub) -> None:
 
 
 def _model_summary(args) -> int:
-    from lealla_tf import modeling
+    from lealla_tf.models import encoders
     cfg = _load_config(args)
-    print(modeling.summary_text(cfg.model))
+    print(encoders.summary_text(cfg.model))
     return 0
 
 
@@ -54,9 +56,10 @@ def _add_vocab(sub) -> None:
 
 
 def _vocab(args) -> int:
-    from lealla_tf import corpus, preprocessing
+    from lealla_tf import corpus
+    from lealla_tf.text import sentencepiece
     files = corpus.find_files(args.input)
-    path = preprocessing.train_vocab(
+    path = sentencepiece.train_vocab(
         files, args.output, vocab_size=args.vocab_size,
         sentences_per_language=args.sentences_per_language,
         sampling_alpha=args.sampling_alpha, seed=args.seed)
@@ -88,15 +91,15 @@ def _add_train(sub) -> None:
 def _train(args) -> int:
     import logging
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from lealla_tf import training
+    from lealla_tf.training import dual_encoder
     cfg = _load_config(args)
     if args.init_from:
         cfg.train.init_from = args.init_from
     if args.init_checkpoint:
         cfg.train.init_checkpoint = args.init_checkpoint
     try:
-        result = training.train(cfg, args.model_dir, progress=not args.no_progress)
-    except training.TrainingDiverged as e:
+        result = dual_encoder.train(cfg, args.model_dir, progress=not args.no_progress)
+    except dual_encoder.TrainingDiverged as e:
         print(f"lealla: {e}", file=sys.stderr)
         return 1
     summary = ", ".join(f"{k} {result.metrics[k]:.4f}" for k in ("loss", "accuracy")
@@ -123,11 +126,12 @@ def _add_pretrain(sub) -> None:
 def _pretrain(args) -> int:
     import logging
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from lealla_tf import pretraining, training
+    from lealla_tf.training import pretraining
+    from lealla_tf.training import dual_encoder
     cfg = _load_config(args)
     try:
         result = pretraining.pretrain(cfg, args.model_dir, progress=not args.no_progress)
-    except training.TrainingDiverged as e:
+    except dual_encoder.TrainingDiverged as e:
         print(f"lealla: {e}", file=sys.stderr)
         return 1
     summary = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()
@@ -161,7 +165,7 @@ def _add_import(sub) -> None:
 
 
 def _import(args) -> int:
-    from lealla_tf import importing
+    from lealla_tf.convert import importing
     lower = None if args.do_lower_case is None else args.do_lower_case == "true"
     try:
         result = importing.import_model(
@@ -195,7 +199,8 @@ def _add_prune(sub) -> None:
 
 
 def _prune(args) -> int:
-    from lealla_tf import corpus, pruning
+    from lealla_tf import corpus
+    from lealla_tf.convert import pruning
     try:
         pruning.prune_run(args.model_dir, corpus.find_files(args.input), args.output,
                           max_tokens=args.max_tokens)
@@ -514,7 +519,7 @@ def _eval_ntrex(args) -> int:
     from lealla_tf.evaluation import bucc
 
     def body(model):
-        root = config.data_dir(args.data_dir)
+        root = paths.data_dir(args.data_dir)
         langs = (list(bucc.ntrex_languages(root)) if args.languages == "all"
                  else [l.strip() for l in args.languages.split(",") if l.strip()])
         with tempfile.TemporaryDirectory() as tmp:
@@ -598,22 +603,23 @@ def _add_teacher(sub) -> None:
 
 
 def _teacher_embed(args) -> int:
-    from lealla_tf import corpus, embedders, teacher_embeddings
+    from lealla_tf import corpus, embedders
+    from lealla_tf.distill import store
     files = corpus.find_files(args.input, root=args.data_dir)
     try:
         if args.runner == "beam":
-            from lealla_tf import teacher_embeddings_beam
-            teacher_embeddings_beam.require_beam()  # before the teacher is loaded
+            from lealla_tf.distill import store_beam
+            store_beam.require_beam()  # before the teacher is loaded
         teacher = embedders.load(args.teacher, threads=args.threads or None)
         compact = dict(dim=args.dim, dtype=args.dtype, pca_sample=args.pca_sample)
         if args.runner == "beam":
-            manifest = teacher_embeddings_beam.precompute(
+            manifest = store_beam.precompute(
                 args.teacher, files, args.output, shard_size=args.shard_size,
                 batch_size=args.batch_size, overwrite=args.overwrite,
                 beam_runner=args.beam_runner, pipeline_args=args.pipeline_args,
                 threads=args.threads or None, teacher=teacher, **compact)
         else:
-            manifest = teacher_embeddings.precompute(
+            manifest = store.precompute(
                 teacher, files, args.output, shard_size=args.shard_size,
                 batch_size=args.batch_size, overwrite=args.overwrite, **compact)
     except (ValueError, ImportError) as e:
@@ -629,8 +635,8 @@ def _teacher_embed(args) -> int:
 
 
 def _teacher_verify(args) -> int:
-    from lealla_tf import teacher_embeddings
-    problems = teacher_embeddings.verify(args.output)
+    from lealla_tf.distill import store
+    problems = store.verify(args.output)
     for line in problems:
         print(line)
     print("OK: all shards complete and aligned" if not problems
@@ -666,12 +672,13 @@ def _add_data(sub) -> None:
 
 
 def _data_fetch(args) -> int:
-    from lealla_tf import config, datasets
+    from lealla_tf import config
+    from lealla_tf.data import datasets
     languages = args.languages
     if languages.strip().lower() == "demo":
-        from lealla_tf.demo import DEMO_LANGUAGES
+        from lealla_tf.recipes.demo import DEMO_LANGUAGES
         languages = list(DEMO_LANGUAGES)
-    output = args.output or os.environ.get(config.DATA_ENV) or config.default_data_root()
+    output = args.output or os.environ.get(paths.DATA_ENV) or paths.default_data_root()
     try:
         plan = datasets.plan(args.sets, languages, output, args.cache or None)
         for set_name, langs in plan.skipped.items():
@@ -688,7 +695,7 @@ def _data_fetch(args) -> int:
         print(f"lealla: error: {e}", file=sys.stderr)
         return 2
     print(f"data root ready (every file verified): {root}")
-    used = os.environ.get(config.DATA_ENV) or config.default_data_root()
+    used = os.environ.get(paths.DATA_ENV) or paths.default_data_root()
     if os.path.abspath(root) != os.path.abspath(used):
         print(f"  use it with --data-dir {root} or LEALLA_DATA_DIR={root}")
     return 0
@@ -709,7 +716,7 @@ def _add_demo(sub) -> None:
 
 
 def _demo(args) -> int:
-    from lealla_tf import demo
+    from lealla_tf.recipes import demo
     return demo.run(args.output, data_dir=args.data_dir, config_path=args.config,
                     overrides=args.overrides, teacher_spec=args.teacher,
                     pairs_per_language=args.pairs_per_language,

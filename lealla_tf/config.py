@@ -229,7 +229,7 @@ class DataConfig:
 
 @dataclasses.dataclass
 class TeacherConfig:
-    """Where teacher embeddings come from (see lealla_tf.teachers)."""
+    """Where teacher embeddings come from (see lealla_tf.embedders.teachers)."""
 
     # "muse", "hub:<preprocessor>|<encoder>", "hub:<handle>", "savedmodel:<path>", or "".
     spec: str = ""
@@ -239,7 +239,7 @@ class TeacherConfig:
     # Where distillation gets teacher embeddings: "precomputed" (the shards of
     # data.teacher_embeddings, from `lealla teacher embed`) or "online" (the frozen
     # TensorFlow teacher of teacher.spec runs inside the training step; see
-    # lealla_tf.online_teacher). Online ignores data.teacher_embeddings.
+    # lealla_tf.distill.online_teacher). Online ignores data.teacher_embeddings.
     mode: str = "precomputed"
 
     def validate(self) -> None:
@@ -322,7 +322,7 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class PretrainConfig:
-    """Masked-language-model pre-training (``lealla pretrain``; see lealla_tf.pretraining).
+    """Masked-language-model pre-training (``lealla pretrain``; see lealla_tf.training.pretraining).
 
     MLM on single sentences (either side of the training pairs, or ``text_files``) and
     TLM on translation pairs (``[CLS] src [SEP] tgt [SEP]``, no language ids), mixed by
@@ -680,43 +680,3 @@ def save(cfg: ExperimentConfig, path: str) -> None:
     """
     fileio.atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False,
                                              allow_unicode=True))
-
-
-CACHE_ENV = "LEALLA_CACHE_DIR"
-DATA_ENV = "LEALLA_DATA_DIR"
-
-
-def cache_root() -> str:
-    """The cache folder: ``$LEALLA_CACHE_DIR``, else the user's cache directory
-    (``platformdirs.user_cache_dir("lealla_tf")``: ``~/.cache/lealla_tf`` on Linux)."""
-    root = os.environ.get(CACHE_ENV)
-    if root:
-        return root
-    import platformdirs
-    return platformdirs.user_cache_dir("lealla_tf", appauthor=False)
-
-
-def default_data_root() -> str:
-    """Where ``lealla data fetch`` puts the public data when no data root is set:
-    ``<cache_root()>/datasets`` (``tatoeba/v1``, ``train``, ``ntrex`` inside)."""
-    return os.path.join(cache_root(), "datasets")
-
-
-def data_dir(cfg_dir: str = "") -> str:
-    """The data root: an explicit directory, else ``$LEALLA_DATA_DIR``, else the cache
-    (:func:`default_data_root`, filled by ``lealla data fetch``).
-
-    Raises:
-      ConfigError: if the directory chosen does not exist.
-    """
-    root = cfg_dir or os.environ.get(DATA_ENV, "")
-    if not root:
-        root = default_data_root()
-        if not os.path.isdir(root):
-            raise ConfigError(
-                "no data directory: pass --data-dir / set data.data_dir, set LEALLA_DATA_DIR, "
-                f"or run `lealla data fetch` to download the public data into {root}")
-        return root
-    if not os.path.isdir(root):
-        raise ConfigError(f"data directory does not exist: {root}")
-    return root

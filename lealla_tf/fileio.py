@@ -28,10 +28,11 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import shutil
 import socket
 import tempfile
 import uuid
-from typing import Iterator, List, Union
+from typing import Iterator, List, Optional, Union
 
 
 def _gfile():
@@ -317,3 +318,85 @@ def builtins_open(path: str, mode: str = "r"):
     import builtins
     return builtins.open(path, mode)
 
+
+
+# ------------------------------------------------------------------ atomic folders
+def check_target(output_dir: str, overwrite: bool) -> None:
+    """Refuses an existing ``output_dir`` unless ``overwrite``.
+
+    Raises:
+      FileExistsError: naming the folder and the flag that replaces it.
+    """
+    if exists(output_dir) and not overwrite:
+        raise FileExistsError(f"{output_dir} already exists: pass --overwrite "
+                              "(overwrite=True) to replace it")
+
+
+def commit_dir(tmp: str, output_dir: str, overwrite: bool) -> None:
+    """Renames the local folder ``tmp`` to ``output_dir`` (replacing it only when
+    ``overwrite``; the old folder is moved aside first, then removed)."""
+    old = None
+    if os.path.exists(output_dir):
+        check_target(output_dir, overwrite)
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-",
+                               dir=os.path.dirname(output_dir))
+        os.rmdir(old)
+        os.rename(output_dir, old)
+    os.rename(tmp, output_dir)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _tmp_dir_beside(output_dir: str) -> str:
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is a normal folder
+    return tmp
+
+
+def _copy_out(tmp: str, output_dir: str, overwrite: bool, last: Optional[str]) -> None:
+    """Copies a finished local folder to a non-local ``output_dir``, ``last`` at the end."""
+    check_target(output_dir, overwrite)
+    rmtree(output_dir)
+    makedirs(output_dir)
+    for name in sorted(os.listdir(tmp)):
+        if name == last:
+            continue
+        src = os.path.join(tmp, name)
+        if os.path.isdir(src):
+            copytree(src, join(output_dir, name))
+        else:
+            copy(src, join(output_dir, name))
+    if last and os.path.exists(os.path.join(tmp, last)):
+        copy(os.path.join(tmp, last), join(output_dir, last))
+
+
+@contextlib.contextmanager
+def atomic_dir(output_dir: str, overwrite: bool, bar=None, last: Optional[str] = None
+               ) -> Iterator[str]:
+    """Yields a temporary local folder that replaces ``output_dir`` when the block
+    succeeds (an existing ``output_dir`` only with ``overwrite``) and is removed when the
+    block fails; ``bar`` (a tqdm bar) is closed either way.
+
+    Local ``output_dir``: the folder sits beside it and is renamed into place. Other file
+    systems: it is copied there, the file named ``last`` (the folder's marker) last.
+    """
+    local = is_local(output_dir)
+    tmp = _tmp_dir_beside(output_dir) if local else tempfile.mkdtemp(prefix="lealla-staging-")
+    try:
+        yield tmp
+        if bar is not None:
+            bar.close()
+        if local:
+            commit_dir(tmp, output_dir, overwrite)
+        else:
+            _copy_out(tmp, output_dir, overwrite, last)
+    except BaseException:
+        if bar is not None:
+            bar.close()
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -8,7 +8,7 @@ import time
 import uuid
 
 import hermetic
-from lealla_tf import teachers
+from lealla_tf.embedders import teachers
 
 _BASE = hermetic.byte_count_teacher(16, name="bytes16")
 

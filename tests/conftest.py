@@ -21,8 +21,8 @@ except RuntimeError:  # TF already initialised by another plugin: keep what is t
     pass
 
 def _train_vocab(tmp_path_factory, name, files, vocab_size, sentences_per_language):
-    from lealla_tf import preprocessing
-    return preprocessing.train_vocab(files, str(tmp_path_factory.mktemp(name)),
+    from lealla_tf.text import sentencepiece
+    return sentencepiece.train_vocab(files, str(tmp_path_factory.mktemp(name)),
                                      vocab_size=vocab_size,
                                      sentences_per_language=sentences_per_language,
                                      progress=False)

@@ -83,7 +83,7 @@ def byte_count_teacher(dim: int = 16, name: str = "bytes"):
     """A deterministic string-in teacher: UTF-8 byte counts times a fixed random map."""
     import numpy as np
 
-    from lealla_tf import teachers
+    from lealla_tf.embedders import teachers
     proj = np.random.default_rng(0).normal(size=(256, dim))
 
     def fn(sentences):

@@ -20,7 +20,8 @@ def main() -> int:
     parser.add_argument("--kill-after", type=int, default=0)
     args, overrides = parser.parse_known_args()
 
-    from lealla_tf import config, pretraining
+    from lealla_tf import config
+    from lealla_tf.training import pretraining
     cfg = config.load("tiny", overrides)
 
     def on_loop_end(step, metrics):

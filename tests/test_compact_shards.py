@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 import hermetic
-from lealla_tf import config, data, teacher_embeddings as store
+from lealla_tf import config
+from lealla_tf.data import pipeline
+from lealla_tf.distill import store
 
 DIM = 16
 
@@ -104,7 +106,7 @@ def test_mismatched_projection_refused(tmp_path, teacher, hermetic_files):
         store.load_precomputed(a, hermetic_files[0])
     assert any("does not match the shards" in p for p in store.verify(a))
     with pytest.raises(ValueError, match="does not match the shards"):
-        data.load_corpus(hermetic_files, teacher_embeddings=a)
+        pipeline.load_corpus(hermetic_files, teacher_loader=store.loader(a))
     os.remove(os.path.join(a, store.PROJECTION))
     with pytest.raises(ValueError, match="projection.npz is missing"):
         store.load_precomputed(a, hermetic_files[0])
@@ -150,11 +152,11 @@ def test_resume_keeps_projection_and_other_layouts_are_refused(tmp_path, teacher
 
 def test_training_reads_compact_shards(tmp_path, teacher, hermetic_files, hermetic_config,
                                        hermetic_vocab):
-    from lealla_tf import training
+    from lealla_tf.training import dual_encoder
     folder = str(tmp_path / "int8")
     store.precompute(teacher, hermetic_files, folder, dim=6, dtype="int8", pca_sample=300,
                      progress=False)
-    corpus_ = data.load_corpus(hermetic_files, teacher_embeddings=folder)
+    corpus_ = pipeline.load_corpus(hermetic_files, teacher_loader=store.loader(folder))
     assert corpus_.teacher_dim == 6 and corpus_.teacher_dtype == "float16"
     cfg = config.load("tiny", [
         f"vocab.model_file={hermetic_vocab}", f"model.vocab_size={hermetic_config.model.vocab_size}",
@@ -164,9 +166,9 @@ def test_training_reads_compact_shards(tmp_path, teacher, hermetic_files, hermet
     # teacher.dim is the teacher's own (16), also for shards it reduced to 6.
     cfg.teacher.dim = DIM + 1
     with pytest.raises(config.ConfigError, match="teacher.dim is 17"):
-        training.Trainer(cfg, str(tmp_path / "bad"), progress=False)
+        dual_encoder.Trainer(cfg, str(tmp_path / "bad"), progress=False)
     cfg.teacher.dim = DIM
-    trainer = training.Trainer(cfg, str(tmp_path / "run"), progress=False)
+    trainer = dual_encoder.Trainer(cfg, str(tmp_path / "run"), progress=False)
     assert trainer.loss_layer.teacher_dim == 6
     result = trainer.run()
     assert np.isfinite(result.metrics["loss"]) and result.metrics["feature_distill"] > 0

@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+from lealla_tf import paths
 from lealla_tf import config
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
@@ -84,14 +85,14 @@ def test_data_dir_errors(monkeypatch, tmp_path):
     monkeypatch.delenv("LEALLA_DATA_DIR", raising=False)
     monkeypatch.setenv("LEALLA_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(config.ConfigError, match="LEALLA_DATA_DIR.*lealla data fetch"):
-        config.data_dir()
+        paths.data_dir()
     # Neither set: the cache's data root once it exists.
     (tmp_path / "cache" / "datasets").mkdir(parents=True)
-    assert config.data_dir() == str(tmp_path / "cache" / "datasets")
+    assert paths.data_dir() == str(tmp_path / "cache" / "datasets")
     monkeypatch.setenv("LEALLA_DATA_DIR", str(tmp_path / "missing"))
     with pytest.raises(config.ConfigError, match="does not exist"):
-        config.data_dir()
-    assert config.data_dir(str(tmp_path)) == str(tmp_path)
+        paths.data_dir()
+    assert paths.data_dir(str(tmp_path)) == str(tmp_path)
 
 
 def test_shipped_configs_load_by_name(tmp_path, monkeypatch):

@@ -22,10 +22,10 @@ def _sources():
 def test_every_field_is_read_outside_config():
     import inspect
 
-    from lealla_tf import modeling
+    from lealla_tf.models import encoders
     code = _sources()
     # model.* reaches the encoder as keyword arguments (LeallaEncoder.from_model_config).
-    encoder_args = set(inspect.signature(modeling.LeallaEncoder.__init__).parameters)
+    encoder_args = set(inspect.signature(encoders.LeallaEncoder.__init__).parameters)
     unread = []
     for section in dataclasses.fields(config.ExperimentConfig):
         for field in dataclasses.fields(section.type if isinstance(section.type, type)

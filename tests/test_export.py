@@ -20,7 +20,11 @@ import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
 import tf_keras
 
 import hermetic
-from lealla_tf import cli, config, export, modeling, preprocessing, training
+from lealla_tf import fileio, layout
+from lealla_tf import cli, config, export
+from lealla_tf.models import encoders
+from lealla_tf.text import sentencepiece
+from lealla_tf.training import dual_encoder
 
 # Multilingual, with the bad inputs: empty, whitespace-only, 100,000 characters, invalid UTF-8.
 SENTENCES = [
@@ -48,20 +52,20 @@ def run_dir(tmp_path_factory, tiny_vocab, tiny_config):
     import shutil
     root = tmp_path_factory.mktemp("run")
     os.makedirs(root / "vocab")
-    shutil.copyfile(tiny_vocab, root / training.VOCAB_FILE)
+    shutil.copyfile(tiny_vocab, root / layout.VOCAB_FILE)
     cfg = dataclasses.replace(tiny_config, vocab=dataclasses.replace(
-        tiny_config.vocab, model_file=training.VOCAB_FILE))
-    config.save(cfg, str(root / training.CONFIG_FILE))
+        tiny_config.vocab, model_file=layout.VOCAB_FILE))
+    config.save(cfg, str(root / layout.CONFIG_FILE))
     tf_keras.utils.set_random_seed(3)
-    encoder = modeling.LeallaEncoder.from_model_config(cfg.model)
+    encoder = encoders.LeallaEncoder.from_model_config(cfg.model)
     encoder(encoder.dummy_inputs())
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(encoder=encoder),
-                                         str(root / training.CHECKPOINT_DIR), max_to_keep=1)
+                                         str(root / layout.CHECKPOINT_DIR), max_to_keep=1)
     manager.save(checkpoint_number=7)
     with open(root / "data_stats.json", "w") as f:
         json.dump({"pairs": 1234, "files": {"/d/train/deu-eng.tsv": {"ok": 600},
                                             "/d/train/rus-eng.tsv": {"ok": 634}}}, f)
-    preprocessor = preprocessing.Preprocessor(tiny_vocab, cfg.preprocess.seq_length)
+    preprocessor = sentencepiece.Preprocessor(tiny_vocab, cfg.preprocess.seq_length)
     return str(root), preprocessor, encoder
 
 
@@ -75,7 +79,7 @@ def exported(run_dir, tmp_path_factory):
     rc = cli.main(["export", "--model-dir", root, "--output", out, "--tflite", "fp32,fp16,int8",
                    "--metrics", str(metrics)])
     assert rc == 0
-    model = modeling.StringEncoder(preprocessor, encoder)
+    model = encoders.StringEncoder(preprocessor, encoder)
     return out, model
 
 
@@ -147,8 +151,8 @@ def test_commit_dir_overwrite(tmp_path):
     new.mkdir()
     (new / "new.txt").write_text("new")
     with pytest.raises(FileExistsError):
-        export.exporter._commit_dir(str(new), str(target), overwrite=False)
-    export.exporter._commit_dir(str(new), str(target), overwrite=True)
+        fileio.commit_dir(str(new), str(target), overwrite=False)
+    fileio.commit_dir(str(new), str(target), overwrite=True)
     assert sorted(os.listdir(target)) == ["new.txt"]
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
@@ -243,7 +247,7 @@ def test_preprocessor_encoder_pair_reproduces_end_to_end(exported, reference, ru
     for key in want:
         np.testing.assert_array_equal(got[key].numpy(), want[key].numpy())
     special = {k: int(v) for k, v in pre.tokenize.get_special_tokens_dict().items()}
-    assert special["start_of_sequence_id"] == preprocessing.CLS_ID
+    assert special["start_of_sequence_id"] == sentencepiece.CLS_ID
     assert special["vocab_size"] == preprocessor.vocab_size
     # Fine-tuning the encoder through hub.KerasLayer(trainable=True): dropout with training.
     layer = hub.KerasLayer(os.path.join(out, export.ENCODER), trainable=True)
@@ -389,7 +393,7 @@ def test_embedders_order_batches_by_token_count(exported, reference):
     import sentencepiece as spm
     out, _ = exported
     sp = spm.SentencePieceProcessor(
-        model_file=os.path.join(out, export.LEALLA, "assets", preprocessing.MODEL_FILE))
+        model_file=os.path.join(out, export.LEALLA, "assets", sentencepiece.MODEL_FILE))
     data = _bytes(SENTENCES)
     tokens = [len(sp.encode(s.decode("utf-8", errors="replace"))) for s in data]
     assert tokens != [len(s) for s in data]

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import hermetic
-from lealla_tf import fileio, teacher_embeddings
+from lealla_tf import runs
+from lealla_tf import fileio
+from lealla_tf.distill import store
 
 
 def _hash_teacher(dim=16):
@@ -74,28 +76,28 @@ def test_single_writer_is_checked(root, tmp_path):
 def test_teacher_embeddings_on_ram(hermetic_files):
     out = "ram://teacher_embeddings/hash"
     teacher = _hash_teacher()
-    manifest = teacher_embeddings.precompute(teacher, hermetic_files, out, shard_size=128,
+    manifest = store.precompute(teacher, hermetic_files, out, shard_size=128,
                                              progress=False)
     assert set(manifest["files"]) == {os.path.abspath(p) for p in hermetic_files}
-    assert teacher_embeddings.verify(out) == []
-    src, tgt, valid = teacher_embeddings.load_precomputed(out, hermetic_files[0])
+    assert store.verify(out) == []
+    src, tgt, valid = store.load_precomputed(out, hermetic_files[0])
     assert src.shape == (300, 16) and valid.all()
     with open(hermetic_files[0], encoding="utf-8") as f:
         first = f.readline().rstrip("\n").split("\t")
     np.testing.assert_allclose(src[0], teacher.encode([first[0]])[0], atol=2e-3)
     np.testing.assert_allclose(tgt[0], teacher.encode([first[1]])[0], atol=2e-3)
     # Resuming does nothing new; a second writer is refused while the marker stands.
-    again = teacher_embeddings.precompute(teacher, hermetic_files, out, shard_size=128,
+    again = store.precompute(teacher, hermetic_files, out, shard_size=128,
                                           progress=False)
     assert again["last_run"]["sentences_encoded"] == 0
     fileio.atomic_write(fileio.join(out, ".lock"), "another host pid 1\n")
     with pytest.raises(ValueError, match="another process"):
-        teacher_embeddings.precompute(teacher, hermetic_files, out, shard_size=128,
+        store.precompute(teacher, hermetic_files, out, shard_size=128,
                                       progress=False)
     # A shard lost on the store is reported by verify.
     shard = next(p for p in fileio.walk_files(out) if p.endswith(".npz"))
     fileio.remove(shard)
-    assert any("unreadable shard" in p or "missing" in p for p in teacher_embeddings.verify(out))
+    assert any("unreadable shard" in p or "missing" in p for p in store.verify(out))
 
 
 def _tiny_run_config(files, steps, embeddings=""):
@@ -113,17 +115,17 @@ def test_vocab_teacher_train_resume_on_ram(hermetic_files):
     ``ram://``; a second call resumes from the stored checkpoint; the encoder restores."""
     import tensorflow as tf
 
-    from lealla_tf import training
+    from lealla_tf.training import dual_encoder
     emb = "ram://pipeline/teacher"
-    teacher_embeddings.precompute(_hash_teacher(), hermetic_files, emb, progress=False)
+    store.precompute(_hash_teacher(), hermetic_files, emb, progress=False)
     run = "ram://pipeline/run"
-    first = training.train(_tiny_run_config(hermetic_files, 2, emb), run, progress=False)
+    first = dual_encoder.train(_tiny_run_config(hermetic_files, 2, emb), run, progress=False)
     assert first.step == 2 and first.checkpoint.startswith(run)
     for name in ("config.yaml", "vocab/spm.model", "data_stats.json"):
         assert fileio.exists(fileio.join(run, name)), name
     assert fileio.glob(fileio.join(run, "logs", "train", "*"))
-    resumed = training.train(_tiny_run_config(hermetic_files, 4, emb), run, progress=False)
+    resumed = dual_encoder.train(_tiny_run_config(hermetic_files, 4, emb), run, progress=False)
     assert resumed.step == 4 and resumed.checkpoint.endswith("-4")
-    cfg, pre, encoder = training.restore_encoder(run)
+    cfg, pre, encoder = runs.restore_encoder(run)
     vectors = encoder(pre(tf.constant(["dog", "Hund"])))["default"]
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)

@@ -7,7 +7,11 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from lealla_tf import cli, config, finetune, modeling, training
+from lealla_tf import runs
+from lealla_tf import cli, config
+from lealla_tf.training import initialization
+from lealla_tf.models import encoders
+from lealla_tf.training import dual_encoder
 
 SHAPE = dict(vocab_size=97, hidden_size=32, num_attention_heads=4, intermediate_size=64,
              max_position_embeddings=64, dropout_rate=0.0, attention_dropout_rate=0.0)
@@ -15,7 +19,7 @@ SHAPE = dict(vocab_size=97, hidden_size=32, num_attention_heads=4, intermediate_
 
 def _encoder(layers, pooling, seed, implementation="fast"):
     tf_keras.utils.set_random_seed(seed)
-    enc = modeling.LeallaEncoder(num_layers=layers, pooling=pooling,
+    enc = encoders.LeallaEncoder(num_layers=layers, pooling=pooling,
                                  implementation=implementation, **SHAPE)
     enc(enc.dummy_inputs())
     return enc
@@ -53,7 +57,7 @@ def test_grown_encoder_computes_the_source_function(position, pooling):
     want = source(x)
     for implementation in ("fast", "keras"):
         target = _encoder(5, pooling, 2, implementation)
-        finetune.grow_encoder(target, source, position)
+        initialization.grow_encoder(target, source, position)
         got = target(x)
         np.testing.assert_allclose(got["default"], want["default"], atol=2e-5,
                                    err_msg=implementation)
@@ -76,7 +80,7 @@ def test_the_new_blocks_learn():
     source = _encoder(1, "mean", 3)
     _trained_like(source, 3)
     target = _encoder(3, "mean", 4)
-    finetune.grow_encoder(target, source, "top")
+    initialization.grow_encoder(target, source, "top")
     x, other = _inputs(0), _inputs(1)
     with tf.GradientTape() as tape:
         a = target(x, training=True)["default"]
@@ -92,15 +96,15 @@ def test_the_new_blocks_learn():
 def test_grow_refuses_what_it_cannot_do():
     source = _encoder(3, "cls", 5)
     with pytest.raises(ValueError, match="cannot grow a 3-layer encoder into 2"):
-        finetune.grow_encoder(_encoder(2, "cls", 6), source)
-    wide = modeling.LeallaEncoder(num_layers=4, pooling="cls", **dict(SHAPE, hidden_size=48))
+        initialization.grow_encoder(_encoder(2, "cls", 6), source)
+    wide = encoders.LeallaEncoder(num_layers=4, pooling="cls", **dict(SHAPE, hidden_size=48))
     wide(wide.dummy_inputs())
     with pytest.raises(ValueError, match="cannot start from"):
-        finetune.grow_encoder(wide, source)
+        initialization.grow_encoder(wide, source)
     with pytest.raises(ValueError, match="top or bottom"):
-        finetune.grow_encoder(_encoder(4, "cls", 6), source, "middle")
+        initialization.grow_encoder(_encoder(4, "cls", 6), source, "middle")
     with pytest.raises(config.ConfigError, match="set train.init_from"):
-        finetune.apply_init_from(config.load("tiny", ["train.grow_layers=4"]))
+        initialization.apply_init_from(config.load("tiny", ["train.grow_layers=4"]))
     with pytest.raises(config.ConfigError, match="grow_position"):
         config.load("tiny", ["train.grow_position=middle"])
 
@@ -120,11 +124,11 @@ def test_train_grows_the_init_from_run(tmp_path, hermetic_vocab, hermetic_files)
     assert cli.main(["train", "--config", "tiny", "--model-dir", src_dir, "--no-progress",
                      *sum((["--set", o] for o in base + ["train.steps=3",
                                                         "train.steps_per_loop=3"]), [])]) == 0
-    _, _, source = training.restore_encoder(src_dir)
+    _, _, source = runs.restore_encoder(src_dir)
     cfg = config.load("tiny", base + ["train.steps=3", "train.steps_per_loop=3",
                                       "train.grow_layers=5", "train.grow_position=bottom"])
     cfg.train.init_from = src_dir
-    grown = training.Trainer(cfg, str(tmp_path / "grown"), progress=False)
+    grown = dual_encoder.Trainer(cfg, str(tmp_path / "grown"), progress=False)
     assert grown.cfg.model.num_layers == 5 and len(grown.encoder.bert._transformer_layers) == 5
     x = _inputs()
     x = {k: tf.minimum(v, 40) if k == "input_word_ids" else v for k, v in x.items()}
@@ -134,11 +138,11 @@ def test_train_grows_the_init_from_run(tmp_path, hermetic_vocab, hermetic_files)
     moved = grown.encoder.bert._transformer_layers[0]._output_dense.kernel.numpy()
     assert np.abs(moved).max() > 0
     # The run directory describes the grown shape: it restores (and exports) as 5 layers.
-    _, _, restored = training.restore_encoder(str(tmp_path / "grown"))
+    _, _, restored = runs.restore_encoder(str(tmp_path / "grown"))
     assert len(restored.bert._transformer_layers) == 5
     np.testing.assert_allclose(restored(x)["default"], grown.encoder(x)["default"], atol=1e-5)
     # Growing to fewer layers than the source has is refused with the depths named.
     cfg = config.load("tiny", base + ["train.steps=1", "train.grow_layers=1"])
     cfg.train.init_from = src_dir
     with pytest.raises(config.ConfigError, match=r"below the depth .* \(2 layers\)"):
-        training.Trainer(cfg, str(tmp_path / "shallow"), progress=False)
+        dual_encoder.Trainer(cfg, str(tmp_path / "shallow"), progress=False)

@@ -14,7 +14,12 @@ import tf_keras
 
 import standins
 import hermetic
-from lealla_tf import cli, config, export, importing, training, wordpiece
+from lealla_tf import runs
+from lealla_tf import layout
+from lealla_tf import cli, config, export
+from lealla_tf.convert import importing
+from lealla_tf.training import dual_encoder
+from lealla_tf.text import wordpiece
 
 SEQ = 32
 PROBE = [
@@ -73,7 +78,7 @@ def test_labse_two_part_import_reproduces_the_source(released, imported):
     parity = info["parity"]
     assert parity["max_abs_diff"] <= 1e-5 and parity["max_abs_diff_source_ids"] <= 1e-5
     assert parity["token_id_mismatches"] == 0 and parity["sentences"] == len(PROBE)
-    cfg = config.load(os.path.join(imported["labse"], training.CONFIG_FILE))
+    cfg = config.load(os.path.join(imported["labse"], layout.CONFIG_FILE))
     assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.model.num_attention_heads,
             cfg.model.intermediate_size, cfg.model.max_position_embeddings) == (32, 2, 2, 64, 64)
     assert cfg.vocab.type == "wordpiece" and cfg.vocab.model_file == "vocab/vocab.txt"
@@ -135,11 +140,11 @@ def test_fine_tune_export_and_eval_the_imported_model(tmp_path, imported, data_d
                    "train.steps_per_loop=1", "--set", "train.global_batch_size=8", "--set",
                    "train.warmup_steps=0", "--set", "train.learning_rate=0.001"])
     assert rc == 0
-    cfg, pre, encoder = training.restore_encoder(run)
+    cfg, pre, encoder = runs.restore_encoder(run)
     assert isinstance(pre, wordpiece.WordpiecePreprocessor) and cfg.model.hidden_size == 32
     assert cfg.train.init_from == imported["labse"] and pre.seq_length == 32
     # It started from the imported weights and moved away from them.
-    _, _, start = training.restore_encoder(imported["labse"])
+    _, _, start = runs.restore_encoder(imported["labse"])
     table0, table1 = start.word_embeddings.numpy(), encoder.word_embeddings.numpy()
     assert 0 < np.abs(table1 - table0).max() < 0.05
 
@@ -200,12 +205,12 @@ def test_prune_to_a_language_subset_keeps_its_embeddings(tmp_path, imported, tra
     info = json.load(open(os.path.join(small, "prune_info.json")))
     assert info["vocab_after"] < info["vocab_before"] / 2
     assert info["parameters"] < info["parameters_before"]
-    cfg, pre, _ = training.restore_encoder(small)
+    cfg, pre, _ = runs.restore_encoder(small)
     assert cfg.model.vocab_size == pre.vocab_size == info["vocab_after"]
     # The corpus segments (and so embeds) exactly as with the full vocabulary.
     texts = [s for line in open(files[0], encoding="utf-8").read().splitlines()[:60]
              for s in line.split("\t")]
-    full_pre = training.restore_encoder(imported["labse"])[1]
+    full_pre = runs.restore_encoder(imported["labse"])[1]
     full_tokens = [[full_pre.tokens[i] for i in row]
                    for row in full_pre.tokenize(tf.constant(texts)).to_list()]
     small_tokens = [[pre.tokens[i] for i in row]
@@ -221,7 +226,8 @@ def test_prune_to_a_language_subset_keeps_its_embeddings(tmp_path, imported, tra
 
 
 def test_fine_tune_with_distillation_from_the_imported_run(tmp_path, imported, data_dir):
-    from lealla_tf import corpus, data
+    from lealla_tf import corpus
+    from lealla_tf.data import pipeline
     cfg = config.load(os.path.join(os.path.dirname(__file__), "..", "configs", "train_tiny.yaml"),
                       ["data.languages=[deu]", "data.max_pairs_per_language=64",
                        "train.steps=2", "train.steps_per_loop=1", "train.global_batch_size=8",
@@ -234,11 +240,11 @@ def test_fine_tune_with_distillation_from_the_imported_run(tmp_path, imported, d
         rows = np.random.default_rng(0).normal(size=(n, 16)).astype(np.float16)
         return rows, rows[::-1].copy(), np.ones(n, bool)
 
-    trainer = training.Trainer(cfg, str(tmp_path / "kd"), progress=False,
-                               corpus=data.load_corpus(files, 64, teacher_loader=teacher))
+    trainer = dual_encoder.Trainer(cfg, str(tmp_path / "kd"), progress=False,
+                               corpus=pipeline.load_corpus(files, 64, teacher_loader=teacher))
     assert trainer.cfg.model.hidden_size == 24 and trainer.cfg.vocab.type == "wordpiece"
     start = trainer.encoder.word_embeddings.numpy().copy()
-    _, _, source = training.restore_encoder(imported["lealla"])
+    _, _, source = runs.restore_encoder(imported["lealla"])
     np.testing.assert_array_equal(start, source.word_embeddings.numpy())
     result = trainer.run()
     assert result.metrics["feature_distill"] > 0 and result.metrics["logit_distill"] > 0
@@ -247,7 +253,9 @@ def test_fine_tune_with_distillation_from_the_imported_run(tmp_path, imported, d
 
 def test_student_on_the_imported_vocabulary_starts_from_its_table(tmp_path, imported,
                                                                   data_dir):
-    from lealla_tf import corpus, data, student_init
+    from lealla_tf import corpus
+    from lealla_tf.data import pipeline
+    from lealla_tf.distill import student_init
     vocab = os.path.join(imported["labse"], "vocab", "vocab.txt")
     n = len(open(vocab, encoding="utf-8").read().splitlines())
     cfg = config.load(os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.yaml"),
@@ -256,9 +264,9 @@ def test_student_on_the_imported_vocabulary_starts_from_its_table(tmp_path, impo
                        "model.num_attention_heads=2", "data.languages=[deu]",
                        f"train.embedding_table_from={imported['labse']}"])
     files = corpus.find_files(cfg.data.train_files, data_dir, cfg.data.languages)
-    trainer = training.Trainer(cfg, str(tmp_path / "student"), progress=False,
-                               corpus=data.load_corpus(files, 16))
-    _, _, teacher = training.restore_encoder(imported["labse"])
+    trainer = dual_encoder.Trainer(cfg, str(tmp_path / "student"), progress=False,
+                               corpus=pipeline.load_corpus(files, 16))
+    _, _, teacher = runs.restore_encoder(imported["labse"])
     want = student_init.pca_table(teacher.word_embeddings.numpy(), 16,
                                   cfg.model.initializer_range)
     np.testing.assert_allclose(trainer.encoder.word_embeddings.numpy(), want, atol=1e-6)
@@ -270,14 +278,15 @@ def test_student_on_the_imported_vocabulary_starts_from_its_table(tmp_path, impo
                         ["vocab.type=wordpiece", f"vocab.model_file={vocab}",
                          "vocab.do_lower_case=true", f"model.vocab_size={n}"])
     with pytest.raises(config.ConfigError, match="vocab.do_lower_case=false"):
-        training.Trainer(wrong, str(tmp_path / "wrong"), progress=False,
-                         corpus=data.load_corpus(files, 16))
+        dual_encoder.Trainer(wrong, str(tmp_path / "wrong"), progress=False,
+                         corpus=pipeline.load_corpus(files, 16))
 
 
 def test_sentencepiece_student_tokens_match_wordpiece_rows(imported, tiny_vocab):
-    from lealla_tf import finetune, preprocessing
+    from lealla_tf.training import initialization
+    from lealla_tf.text import sentencepiece
     import sentencepiece as spm
-    tokens = finetune.student_tokens("sentencepiece", preprocessing.read_model(tiny_vocab))
+    tokens = initialization.student_tokens("sentencepiece", sentencepiece.read_model(tiny_vocab))
     sp = spm.SentencePieceProcessor(model_file=tiny_vocab)
     assert len(tokens) == sp.get_piece_size()
     assert tokens[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -285,6 +294,6 @@ def test_sentencepiece_student_tokens_match_wordpiece_rows(imported, tiny_vocab)
         piece = sp.id_to_piece(i)
         want = piece[1:] if piece.startswith("\u2581") else "##" + piece
         assert tokens[i] == want, (i, piece)
-    table, found = finetune.table_from_run(imported["labse"], tokens, 8, 0.02)
+    table, found = initialization.table_from_run(imported["labse"], tokens, 8, 0.02)
     assert table.shape == (len(tokens), 8) and 100 < found.sum() < len(tokens)
     assert not table[~found].any() and found[2] and found[3]  # [CLS], [SEP] are shared

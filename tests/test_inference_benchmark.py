@@ -10,7 +10,9 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401
 import tf_keras
 
-from lealla_tf import export, modeling, preprocessing
+from lealla_tf import export
+from lealla_tf.models import encoders
+from lealla_tf.text import sentencepiece
 
 _SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks",
                        "inference_speed.py")
@@ -46,14 +48,14 @@ def test_vocab_rows_override(bench, monkeypatch):
 
 def test_full_integer_encoder_close_to_float(bench, tiny_vocab, tiny_config):
     tf_keras.utils.set_random_seed(11)
-    encoder = modeling.LeallaEncoder.from_model_config(tiny_config.model)
+    encoder = encoders.LeallaEncoder.from_model_config(tiny_config.model)
     encoder(encoder.dummy_inputs())
-    pre = preprocessing.Preprocessor(tiny_vocab, 64)
+    pre = sentencepiece.Preprocessor(tiny_vocab, 64)
     content = bench.full_integer_encoder(encoder, pre)
     runner = export.tflite_interpreter(model_content=content).get_signature_runner()
-    packed = preprocessing.Preprocessor(tiny_vocab, 64, dynamic_length=True)(tf.constant(
+    packed = sentencepiece.Preprocessor(tiny_vocab, 64, dynamic_length=True)(tf.constant(
         ["The weather is nice today.", "Das Wetter ist heute schön.", "今天天气很好。", "dog"]))
-    x = {k: packed[k].numpy().astype(np.int32) for k in modeling.INPUT_KEYS}
+    x = {k: packed[k].numpy().astype(np.int32) for k in encoders.INPUT_KEYS}
     got = runner(**x)[export.OUTPUT_KEY]
     ref = encoder({k: tf.constant(v) for k, v in x.items()}, training=False)["default"].numpy()
     assert export.cosine_rows(got, ref).min() >= bench.COSINE_GATES["tflite-int8-full"]

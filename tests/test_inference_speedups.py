@@ -11,14 +11,15 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from lealla_tf import modeling, preprocessing
+from lealla_tf.models import encoders
+from lealla_tf.text import sentencepiece
 
 SENTENCES = ["A dog.", "Ein kleiner Hund läuft über die Straße.", "Собака.", "犬。", "",
              "x" * 3000, "Hello world"]
 
 
 def _encoder(cfg, **kwargs):
-    enc = modeling.LeallaEncoder.from_model_config(cfg, **kwargs)
+    enc = encoders.LeallaEncoder.from_model_config(cfg, **kwargs)
     enc(enc.dummy_inputs())
     return enc
 
@@ -31,7 +32,7 @@ def reference(tiny_config):
 
 @pytest.fixture(scope="module")
 def pre(tiny_vocab, tiny_config):
-    return preprocessing.Preprocessor(tiny_vocab, seq_length=tiny_config.preprocess.seq_length)
+    return sentencepiece.Preprocessor(tiny_vocab, seq_length=tiny_config.preprocess.seq_length)
 
 
 def _copy(reference, cfg, **kwargs):
@@ -42,10 +43,10 @@ def _copy(reference, cfg, **kwargs):
 
 def test_default_implementation_is_fast(tiny_config):
     assert tiny_config.model.implementation == "fast"
-    enc = modeling.LeallaEncoder.from_model_config(tiny_config.model)
+    enc = encoders.LeallaEncoder.from_model_config(tiny_config.model)
     assert enc.implementation == "fast"
     with pytest.raises(ValueError, match="implementation"):
-        modeling.LeallaEncoder.from_model_config(tiny_config.model, implementation="slow")
+        encoders.LeallaEncoder.from_model_config(tiny_config.model, implementation="slow")
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
@@ -61,7 +62,7 @@ def test_fast_forward_equals_bert_encoder_v2(reference, pre, tiny_config, jit_co
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, rtol=1e-5)
     # The fast path is really taken (not a fallback to the Keras layers).
     traced = fast._fast_forward.get_concrete_function(
-        {k: tf.TensorSpec([None, None], tf.int32) for k in modeling.INPUT_KEYS})
+        {k: tf.TensorSpec([None, None], tf.int32) for k in encoders.INPUT_KEYS})
     op_types = {op.type for op in traced.graph.get_operations()}
     assert "Einsum" not in op_types and "MatMul" in op_types
 
@@ -89,9 +90,9 @@ def test_training_runs_through_keras_layers_with_dropout(reference, pre, tiny_co
 
 
 def test_dynamic_length_pads_to_the_longest_sentence(tiny_vocab):
-    pre = preprocessing.Preprocessor(tiny_vocab, seq_length=32, dynamic_length=True)
+    pre = sentencepiece.Preprocessor(tiny_vocab, seq_length=32, dynamic_length=True)
     texts = tf.constant(["Hallo Welt", "Ein kleiner Hund läuft."])
-    fixed = preprocessing.Preprocessor(tiny_vocab, seq_length=32)(texts)
+    fixed = sentencepiece.Preprocessor(tiny_vocab, seq_length=32)(texts)
     got = pre(texts)
     longest = int(fixed["input_mask"].numpy().sum(axis=1).max())
     assert got["input_word_ids"].shape == (2, longest)
@@ -105,7 +106,7 @@ def test_dynamic_length_pads_to_the_longest_sentence(tiny_vocab):
     assert pre(tf.constant([], tf.string))["input_word_ids"].shape[0] == 0
     # The per-call override switches back to fixed length.
     assert pre(texts, dynamic_length=False)["input_word_ids"].shape == (2, 32)
-    clone = preprocessing.Preprocessor.from_config(pre.get_config())
+    clone = sentencepiece.Preprocessor.from_config(pre.get_config())
     assert clone.dynamic_length and clone.length_multiple == 1
 
 
@@ -114,9 +115,9 @@ def test_dynamic_length_string_encoder_equals_fixed_padding(reference, pre, tiny
                                                              length_multiple):
     fast = _copy(reference, tiny_config.model, jit_compile=length_multiple > 1)
     texts = tf.constant(SENTENCES)
-    want = modeling.StringEncoder(pre, reference, dynamic_length=False)(texts).numpy()
+    want = encoders.StringEncoder(pre, reference, dynamic_length=False)(texts).numpy()
     for batch in ([0, 1], [2, 3, 4], [5, 6], list(range(len(SENTENCES)))):
-        model = modeling.StringEncoder(pre, fast, length_multiple=length_multiple)
+        model = encoders.StringEncoder(pre, fast, length_multiple=length_multiple)
         got = model(tf.gather(texts, batch)).numpy()
         np.testing.assert_allclose(got, want[batch], atol=1e-5)
 
@@ -130,7 +131,7 @@ def test_tflite_of_fast_dynamic_model_equals_reference(reference, pre, tiny_conf
     runner = export.tflite_interpreter(model_content=content).get_signature_runner(
         export.SIGNATURE)
     texts = np.array(SENTENCES, dtype=object)
-    want = modeling.StringEncoder(pre, reference, dynamic_length=False)(
+    want = encoders.StringEncoder(pre, reference, dynamic_length=False)(
         tf.constant(SENTENCES)).numpy()
     for batch in ([0, 1], [5, 6], list(range(len(SENTENCES)))):
         got = runner(**{export.INPUT_KEY: texts[batch]})[export.OUTPUT_KEY]

@@ -11,7 +11,9 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
 import tf_keras
 
-from lealla_tf import export, modeling, preprocessing
+from lealla_tf import export
+from lealla_tf.models import encoders
+from lealla_tf.text import sentencepiece
 
 SENTENCES = [b"The weather is nice today.", "Das Wetter ist heute schön.".encode(),
              "Сегодня хорошая погода.".encode(), "今天天气很好。".encode(), b"dog", b"",
@@ -24,7 +26,7 @@ def test_quantize_rows_int8_error_bound_and_errors():
     table = rng.standard_normal([300, 48]).astype(np.float32) * rng.uniform(
         0.001, 3.0, [300, 1]).astype(np.float32)
     table[7] = 0.0
-    values, scales = modeling.quantize_rows_int8(table)
+    values, scales = encoders.quantize_rows_int8(table)
     assert values.dtype == np.int8 and values.shape == table.shape
     assert scales.dtype == np.float32 and scales.shape == (300, 1)
     assert values.min() >= -127 and values.max() <= 127
@@ -34,25 +36,25 @@ def test_quantize_rows_int8_error_bound_and_errors():
     assert np.all(err <= scales / 2 + 1e-7)
     assert not values[7].any() and scales[7, 0] == 1.0
     with pytest.raises(ValueError, match=r"\[rows, dim\]"):
-        modeling.quantize_rows_int8(np.zeros([5], np.float32))
+        encoders.quantize_rows_int8(np.zeros([5], np.float32))
     bad = table.copy()
     bad[3, 3] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        modeling.quantize_rows_int8(bad)
+        encoders.quantize_rows_int8(bad)
 
 
 @pytest.fixture(scope="module")
 def big_vocab(tiny_vocab, tiny_config):
     cfg = dataclasses.replace(tiny_config.model, vocab_size=ROWS)
     tf_keras.utils.set_random_seed(5)
-    encoder = modeling.LeallaEncoder.from_model_config(cfg)
+    encoder = encoders.LeallaEncoder.from_model_config(cfg)
     encoder(encoder.dummy_inputs())
-    pre = preprocessing.Preprocessor(tiny_vocab, tiny_config.preprocess.seq_length)
+    pre = sentencepiece.Preprocessor(tiny_vocab, tiny_config.preprocess.seq_length)
     return cfg, pre, encoder
 
 
 def _embed(pre, encoder):
-    return modeling.StringEncoder(pre, encoder)(tf.constant(SENTENCES), training=False).numpy()
+    return encoders.StringEncoder(pre, encoder)(tf.constant(SENTENCES), training=False).numpy()
 
 
 def test_in_memory_int8_rows_close_to_float_and_reversible(big_vocab):
@@ -74,7 +76,7 @@ def test_in_memory_int8_rows_close_to_float_and_reversible(big_vocab):
     np.testing.assert_array_equal(_embed(pre, encoder), ref)
     for a, b in zip(encoder.get_weights(), weights):
         np.testing.assert_array_equal(a, b)
-    keras = modeling.LeallaEncoder.from_model_config(cfg, implementation="keras")
+    keras = encoders.LeallaEncoder.from_model_config(cfg, implementation="keras")
     with pytest.raises(ValueError, match="implementation='fast'"):
         keras.set_int8_word_embeddings(True)
 
@@ -121,7 +123,7 @@ def test_export_with_int8_rows(big_vocab, tmp_path):
 
 
 def test_static_encoder_refuses_int8_rows(tmp_path):
-    static = modeling.StaticEncoder(vocab_size=64, hidden_size=8)
+    static = encoders.StaticEncoder(vocab_size=64, hidden_size=8)
     static(static.dummy_inputs())
     assert not hasattr(static, "set_int8_word_embeddings")
     with pytest.raises(ValueError, match="LeallaEncoder.*StaticEncoder"):

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from lealla_tf import losses
+from lealla_tf.training import losses
 from lealla_tf.config import LossConfig
 
 

@@ -5,7 +5,9 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from lealla_tf import config, modeling, preprocessing
+from lealla_tf import config
+from lealla_tf.models import encoders
+from lealla_tf.text import sentencepiece
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
@@ -21,8 +23,8 @@ EXPECTED = {
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_parameter_counts_of_released_shapes(name):
     cfg = config.load(os.path.join(CONFIGS, f"{name}.yaml")).model
-    assert modeling.count_params(cfg) == EXPECTED[name]
-    assert modeling.bert_param_count(cfg) == EXPECTED[name]
+    assert encoders.count_params(cfg) == EXPECTED[name]
+    assert encoders.bert_param_count(cfg) == EXPECTED[name]
 
 
 def test_summary_cli_prints_the_count(capsys):
@@ -43,14 +45,14 @@ def test_cli_reports_config_errors(capsys):
 @pytest.fixture(scope="module")
 def encoder(tiny_config):
     tf_keras.utils.set_random_seed(0)
-    enc = modeling.LeallaEncoder.from_model_config(tiny_config.model)
+    enc = encoders.LeallaEncoder.from_model_config(tiny_config.model)
     enc(enc.dummy_inputs())
     return enc
 
 
 @pytest.fixture(scope="module")
 def pre(tiny_vocab, tiny_config):
-    return preprocessing.Preprocessor(tiny_vocab, seq_length=tiny_config.preprocess.seq_length)
+    return sentencepiece.Preprocessor(tiny_vocab, seq_length=tiny_config.preprocess.seq_length)
 
 
 SENTENCES = ["A dog.", "Ein Hund.", "Собака.", "犬。", "", "x" * 3000]
@@ -81,15 +83,15 @@ def test_inference_is_deterministic_and_dropout_only_in_training(encoder, pre):
 
 
 def test_padding_does_not_change_embeddings(encoder, tiny_vocab):
-    short = preprocessing.Preprocessor(tiny_vocab, seq_length=16)
-    long = preprocessing.Preprocessor(tiny_vocab, seq_length=32)
+    short = sentencepiece.Preprocessor(tiny_vocab, seq_length=16)
+    long = sentencepiece.Preprocessor(tiny_vocab, seq_length=32)
     texts = tf.constant(["Ein kleiner Hund.", "Hello"])
     np.testing.assert_allclose(encoder(short(texts))["default"].numpy(),
                                encoder(long(texts))["default"].numpy(), atol=1e-5)
 
 
 def test_get_config_roundtrip_keeps_shape_and_weights(encoder, pre):
-    clone = modeling.LeallaEncoder.from_config(encoder.get_config())
+    clone = encoders.LeallaEncoder.from_config(encoder.get_config())
     clone(clone.dummy_inputs())
     assert [w.shape for w in clone.weights] == [w.shape for w in encoder.weights]
     clone.set_weights(encoder.get_weights())
@@ -99,7 +101,7 @@ def test_get_config_roundtrip_keeps_shape_and_weights(encoder, pre):
 
 
 def test_string_encoder_serialises_and_matches(encoder, pre):
-    model = modeling.StringEncoder(pre, encoder)
+    model = encoders.StringEncoder(pre, encoder)
     texts = tf.constant(SENTENCES)
     vectors = model(texts).numpy()
     np.testing.assert_allclose(vectors, encoder(pre(texts))["default"].numpy(), atol=1e-6)
@@ -111,7 +113,7 @@ def test_string_encoder_serialises_and_matches(encoder, pre):
 
 def test_checkpoint_roundtrip(encoder, pre, tmp_path, tiny_config):
     path = tf.train.Checkpoint(encoder=encoder).write(str(tmp_path / "ckpt"))
-    fresh = modeling.LeallaEncoder.from_model_config(tiny_config.model)
+    fresh = encoders.LeallaEncoder.from_model_config(tiny_config.model)
     tf.train.Checkpoint(encoder=fresh).read(path).expect_partial()
     inputs = pre(tf.constant(SENTENCES))
     np.testing.assert_allclose(fresh(inputs)["default"].numpy(),

@@ -16,7 +16,12 @@ import tensorflow as tf
 
 import hermetic
 import standins
-from lealla_tf import cli, config, online_teacher, teacher_embeddings, teachers, training
+from lealla_tf import layout
+from lealla_tf import cli, config
+from lealla_tf.distill import online_teacher
+from lealla_tf.distill import store as teacher_store
+from lealla_tf.embedders import teachers
+from lealla_tf.training import dual_encoder
 from lealla_tf.export import exporter
 
 TEACHER_HIDDEN, TEACHER_FFN = 24, 48  # widths the tiny student (32, 64) never has
@@ -43,7 +48,7 @@ def teacher_specs(tmp_path_factory, hermetic_files):
 def store(tmp_path_factory, teacher_specs, hermetic_files):
     """float32 teacher shards of the hermetic corpus (both teachers share their weights)."""
     folder = str(tmp_path_factory.mktemp("store"))
-    teacher_embeddings.precompute(teachers.load_teacher(teacher_specs["pair"]), hermetic_files,
+    teacher_store.precompute(teachers.load_teacher(teacher_specs["pair"]), hermetic_files,
                                   folder, shard_size=400, dtype="float32", progress=False)
     return folder
 
@@ -82,7 +87,7 @@ def _values(variables):
 
 
 def _checkpoint_keys(model_dir):
-    path = tf.train.latest_checkpoint(os.path.join(model_dir, training.CHECKPOINT_DIR))
+    path = tf.train.latest_checkpoint(os.path.join(model_dir, layout.CHECKPOINT_DIR))
     return {name: tuple(shape) for name, shape in tf.train.list_variables(path)}
 
 
@@ -101,7 +106,7 @@ def test_online_equals_precomputed_one_device_and_mirrored(
     def make(name, kind, mode, strategy):
         cfg = _config(hermetic_config, hermetic_vocab, hermetic_files, teacher_specs[kind],
                       mode, store)
-        return training.Trainer(cfg, str(tmp_path / name), progress=False, strategy=strategy)
+        return dual_encoder.Trainer(cfg, str(tmp_path / name), progress=False, strategy=strategy)
 
     one = tf.distribute.OneDeviceStrategy("/cpu:0")
     pre = make("pre", "pair", "precomputed", one)
@@ -162,10 +167,10 @@ def test_run_dir_teacher_under_mixed_precision(tmp_path, hermetic_config, hermet
     base = _config(hermetic_config, hermetic_vocab, hermetic_files, "", "precomputed", "",
                    "loss.feature_distill_weight=0.0", "loss.logit_distill_weight=0.0",
                    "train.steps=2")
-    training.train(base, teacher_dir, progress=False)
+    dual_encoder.train(base, teacher_dir, progress=False)
     cfg = _config(hermetic_config, hermetic_vocab, hermetic_files, f"run:{teacher_dir}",
                   "online", "", "train.mixed_precision=mixed")
-    trainer = training.Trainer(cfg, str(tmp_path / "student"), progress=False)
+    trainer = dual_encoder.Trainer(cfg, str(tmp_path / "student"), progress=False)
     teacher = trainer.online_teacher
     assert not teacher.string_inputs and teacher.dim == 32
     assert any(v.dtype == tf.float32 for v in teacher.variables)
@@ -189,11 +194,11 @@ def test_non_tensorflow_teachers_point_to_precomputed(tmp_path, hermetic_config,
     cfg = _config(hermetic_config, hermetic_vocab, hermetic_files, "muse", "online")
     with pytest.raises(config.ConfigError, match="not a TensorFlow graph.*teacher.mode: "
                                                  "precomputed"):
-        training.Trainer(cfg, str(tmp_path / "muse"), progress=False)
+        dual_encoder.Trainer(cfg, str(tmp_path / "muse"), progress=False)
     cfg = _config(hermetic_config, hermetic_vocab, hermetic_files,
                   "py:hermetic:byte_count_teacher", "online")
     with pytest.raises(config.ConfigError, match="Python callable.*teacher.mode: precomputed"):
-        training.Trainer(cfg, str(tmp_path / "callable"), progress=False,
+        dual_encoder.Trainer(cfg, str(tmp_path / "callable"), progress=False,
                          teacher=hermetic.byte_count_teacher())
     with pytest.raises(config.ConfigError, match="Python object.*teacher.mode: precomputed"):
         online_teacher.check_teacher(hermetic.byte_count_teacher())
@@ -210,5 +215,5 @@ def test_cli_embed_compact(tmp_path, teacher_specs, hermetic_files, capsys):
                      "--pca-sample", "500"]) == 0
     assert "8-d int8" in capsys.readouterr().out
     assert cli.main(["teacher", "verify", "--output", out]) == 0
-    src, _, valid = teacher_embeddings.load_precomputed(out, hermetic_files[0])
+    src, _, valid = teacher_store.load_precomputed(out, hermetic_files[0])
     assert src.shape[1] == 8 and valid.all()

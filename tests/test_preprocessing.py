@@ -8,8 +8,8 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 import tf_keras
 
-from lealla_tf import preprocessing
-from lealla_tf.preprocessing import CLS_ID, PAD_ID, SEP_ID, UNK_ID
+from lealla_tf.text import sentencepiece
+from lealla_tf.text.sentencepiece import CLS_ID, PAD_ID, SEP_ID, UNK_ID
 
 MULTILINGUAL = [
     "The quick brown fox jumps over the lazy dog.",       # Latin
@@ -43,28 +43,28 @@ def test_vocab_is_unigram_without_byte_fallback_with_reserved_ids(tiny_vocab):
 
 def test_language_balanced_sampling():
     counts = {"big": 100000, "mid": 1000, "small": 10}
-    flat = preprocessing.sample_sizes(counts, 1500, alpha=0.0)
+    flat = sentencepiece.sample_sizes(counts, 1500, alpha=0.0)
     assert flat["small"] == 10  # capped at what exists; its unused budget goes elsewhere
     assert abs(flat["mid"] - flat["big"]) <= 2 and 1495 <= sum(flat.values()) <= 1500
-    prop = preprocessing.sample_sizes(counts, 1500, alpha=1.0)
+    prop = sentencepiece.sample_sizes(counts, 1500, alpha=1.0)
     assert prop["big"] > 25 * prop["mid"]
-    mixed = preprocessing.sample_sizes(counts, 1500, alpha=0.3)
+    mixed = sentencepiece.sample_sizes(counts, 1500, alpha=0.3)
     assert prop["mid"] < mixed["mid"] < flat["mid"]
 
 
 def test_vocab_trainer_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
-        preprocessing.train_vocab([str(tmp_path / "nope.tsv")], str(tmp_path), 100)
+        sentencepiece.train_vocab([str(tmp_path / "nope.tsv")], str(tmp_path), 100)
     empty = tmp_path / "x-eng.tsv"
     empty.write_text("only one field\n")
     with pytest.raises(ValueError, match="no usable sentences"):
-        preprocessing.train_vocab([str(empty)], str(tmp_path), 100, progress=False)
+        sentencepiece.train_vocab([str(empty)], str(tmp_path), 100, progress=False)
     with pytest.raises(ValueError, match="vocab_size"):
-        preprocessing.train_vocab([str(empty)], str(tmp_path), 3)
+        sentencepiece.train_vocab([str(empty)], str(tmp_path), 3)
     cjk = tmp_path / "cmn-eng.tsv"
     cjk.write_text("".join(f"{chr(0x4E00 + i)}{chr(0x4E00 + i + 1)}\tx\n" for i in range(300)))
     with pytest.raises(ValueError, match="distinct characters"):
-        preprocessing.train_vocab([str(cjk)], str(tmp_path), 50, progress=False)
+        sentencepiece.train_vocab([str(cjk)], str(tmp_path), 50, progress=False)
 
 
 def test_fast_tokenizer_agrees_with_regular_on_many_scripts(tiny_vocab):
@@ -77,7 +77,7 @@ def test_fast_tokenizer_agrees_with_regular_on_many_scripts(tiny_vocab):
 
 @pytest.fixture(scope="module")
 def pre(tiny_vocab):
-    return preprocessing.Preprocessor(tiny_vocab, seq_length=16)
+    return sentencepiece.Preprocessor(tiny_vocab, seq_length=16)
 
 
 def test_packing_layout(pre):
@@ -143,7 +143,7 @@ def test_scalar_and_rank2_inputs_are_flattened(pre):
 
 
 def test_get_config_roundtrip(pre):
-    clone = preprocessing.Preprocessor.from_config(pre.get_config())
+    clone = sentencepiece.Preprocessor.from_config(pre.get_config())
     texts = tf.constant(MULTILINGUAL)
     np.testing.assert_array_equal(clone(texts)["input_word_ids"].numpy(),
                                   pre(texts)["input_word_ids"].numpy())
@@ -153,9 +153,9 @@ def test_get_config_roundtrip(pre):
 
 def test_bad_arguments(tiny_vocab, tmp_path):
     with pytest.raises(FileNotFoundError):
-        preprocessing.Preprocessor(str(tmp_path / "none.model"))
+        sentencepiece.Preprocessor(str(tmp_path / "none.model"))
     with pytest.raises(ValueError, match="seq_length"):
-        preprocessing.Preprocessor(tiny_vocab, seq_length=1)
+        sentencepiece.Preprocessor(tiny_vocab, seq_length=1)
     # A directory holding spm.model works too.
-    assert preprocessing.Preprocessor(os.path.dirname(tiny_vocab)).vocab_size == \
+    assert sentencepiece.Preprocessor(os.path.dirname(tiny_vocab)).vocab_size == \
         spm.SentencePieceProcessor(model_file=tiny_vocab).get_piece_size()

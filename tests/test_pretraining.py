@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lealla_tf import config, preprocessing, pretraining
+from lealla_tf import config
+from lealla_tf.text import sentencepiece
+from lealla_tf.training import pretraining
 
 
 def hermetic_cfg(vocab, files, *extra):
@@ -20,12 +22,12 @@ def hermetic_cfg(vocab, files, *extra):
                                 "train.warmup_steps=1", *extra])
 
 
-SPECIAL = {"cls_id": preprocessing.CLS_ID, "sep_id": preprocessing.SEP_ID,
-           "pad_id": preprocessing.PAD_ID, "mask_id": preprocessing.MASK_ID}
+SPECIAL = {"cls_id": sentencepiece.CLS_ID, "sep_id": sentencepiece.SEP_ID,
+           "pad_id": sentencepiece.PAD_ID, "mask_id": sentencepiece.MASK_ID}
 
 
 def _features(hermetic_vocab, hermetic_files, pcfg, rows, g=0, seq_length=32):
-    pre = preprocessing.Preprocessor(hermetic_vocab, seq_length=seq_length)
+    pre = sentencepiece.Preprocessor(hermetic_vocab, seq_length=seq_length)
     fn = pretraining.make_features_fn(pre, pcfg, seq_length, seed=7, vocab_size=pre.vocab_size)
     is_tlm = tf.constant([r[0] for r in rows])
     a = tf.constant([r[1] for r in rows])
@@ -51,7 +53,7 @@ def test_masking_statistics_match_the_config(hermetic_vocab, hermetic_files):
                             config.PretrainConfig(mask_token_rate=0.0, random_token_rate=0.0),
                             rows)
     ids, mask = unmasked["input_word_ids"], unmasked["input_mask"]
-    special = np.isin(ids, [preprocessing.CLS_ID, preprocessing.SEP_ID, preprocessing.PAD_ID])
+    special = np.isin(ids, [sentencepiece.CLS_ID, sentencepiece.SEP_ID, sentencepiece.PAD_ID])
     selectable = ((~special) & (mask == 1)).sum(1)
     weights = feats["masked_lm_weights"]
     count = weights.sum(1).astype(int)
@@ -65,9 +67,9 @@ def test_masking_statistics_match_the_config(hermetic_vocab, hermetic_files):
         assert not special[r, pos].any() and (mask[r, pos] == 1).all()  # never [CLS]/[SEP]/pad
         np.testing.assert_array_equal(feats["masked_lm_ids"][r, :count[r]], ids[r, pos])
         now = feats["input_word_ids"][r, pos]
-        kinds["mask"] += int((now == preprocessing.MASK_ID).sum())
+        kinds["mask"] += int((now == sentencepiece.MASK_ID).sum())
         kinds["keep"] += int((now == ids[r, pos]).sum())
-        kinds["random"] += int(((now != preprocessing.MASK_ID) & (now != ids[r, pos])).sum())
+        kinds["random"] += int(((now != sentencepiece.MASK_ID) & (now != ids[r, pos])).sum())
         others = np.setdiff1d(np.arange(ids.shape[1]), pos)
         np.testing.assert_array_equal(feats["input_word_ids"][r, others], ids[r, others])
     total = sum(kinds.values())
@@ -120,8 +122,8 @@ def test_rows_mix_tlm_and_mlm_and_text_files_are_mlm(tmp_path, hermetic_vocab, h
                        "pretrain.tlm_fraction=0.3", "train.global_batch_size=64")
     pc = pretraining.load_corpus(cfg)
     assert pc.monolingual == [False] * 4 + [True]
-    from lealla_tf import data
-    sampler = data.GlobalBatchSampler(pc.train, 64, alpha=0.3, seed=0)
+    from lealla_tf.data import pipeline
+    sampler = pipeline.GlobalBatchSampler(pc.train, 64, alpha=0.3, seed=0)
     batches = pretraining.text_batches(pc, sampler, 0.3, seed=0)
     tlm = n = text_rows = 0
     for _ in range(20):
@@ -162,9 +164,9 @@ def test_pretraining_lowers_held_out_mlm_loss_on_real_text(tmp_path, tiny_vocab,
 def _restore_stage(cfg, layers, checkpoint):
     import dataclasses
 
-    from lealla_tf import modeling
+    from lealla_tf.models import encoders
     model_cfg = dataclasses.replace(cfg.model, num_layers=layers)
-    encoder = modeling.build_encoder(model_cfg)
+    encoder = encoders.build_encoder(model_cfg)
     encoder(encoder.dummy_inputs())
     pre = pretraining.build_pretrainer(encoder, model_cfg)
     pre(dict(encoder.dummy_inputs(), masked_lm_positions=tf.zeros([1, 1], tf.int32)))

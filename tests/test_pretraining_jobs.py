@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lealla_tf import cli, config, pretraining, training
+from lealla_tf import runs
+from lealla_tf import cli, config
+from lealla_tf.training import pretraining
+from lealla_tf.training import dual_encoder
 from test_pretraining import check_stacked_stage, hermetic_cfg
 
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain_subprocess.py")
@@ -94,22 +97,22 @@ def test_train_starts_from_the_pretrained_encoder(tmp_path, hermetic_vocab, herm
     assert cli.main(["pretrain", "--config", "tiny", "--model-dir", pt_dir, "--no-progress",
                      *sum((["--set", o] for o in base + ["train.steps=2",
                                                         "train.steps_per_loop=2"]), [])]) == 0
-    _, _, pretrained = training.restore_encoder(pt_dir)
+    _, _, pretrained = runs.restore_encoder(pt_dir)
     # --init-from: shape and vocabulary from the run; the encoder equals it before step 1.
     cfg = config.load("tiny", base + ["train.steps=1", "model.num_layers=1"])
     cfg.train.init_from = pt_dir
-    student = training.Trainer(cfg, str(tmp_path / "ft"), progress=False)
+    student = dual_encoder.Trainer(cfg, str(tmp_path / "ft"), progress=False)
     assert student.cfg.model.num_layers == 2
     _assert_same(student.encoder.get_weights(), pretrained.get_weights(), atol=0)
     # init_checkpoint: this config's shape, which must fit every tensor.
     ckpt = os.path.join(pt_dir, "checkpoints", "ckpt-2")
     cfg = config.load("tiny", base + ["train.steps=1", f"train.init_checkpoint={ckpt}"])
-    student = training.Trainer(cfg, str(tmp_path / "ft2"), progress=False)
+    student = dual_encoder.Trainer(cfg, str(tmp_path / "ft2"), progress=False)
     _assert_same(student.encoder.get_weights(), pretrained.get_weights(), atol=0)
     cfg = config.load("tiny", base + ["train.steps=1", f"train.init_checkpoint={pt_dir}",
                                       "model.intermediate_size=48"])
     with pytest.raises(config.ConfigError) as err:
-        training.Trainer(cfg, str(tmp_path / "ft3"), progress=False)
+        dual_encoder.Trainer(cfg, str(tmp_path / "ft3"), progress=False)
     message = str(err.value)
     assert "_intermediate_dense/kernel: model (32, 48) vs checkpoint (32, 64)" in message
     assert "_transformer_layers/1/" in message and "word_embeddings" not in message
@@ -123,9 +126,9 @@ def test_train_starts_from_the_pretrained_encoder(tmp_path, hermetic_vocab, herm
     cfg = config.load("tiny", base + ["train.steps=1"])
     cfg.train.init_from = str(unfinished)
     with pytest.raises(FileNotFoundError, match="has not finished its last stage"):
-        training.Trainer(cfg, str(tmp_path / "ft4"), progress=False)
+        dual_encoder.Trainer(cfg, str(tmp_path / "ft4"), progress=False)
     # ... and one of its stage checkpoints can be named.
     cfg = config.load("tiny", base + ["train.steps=1", "train.init_checkpoint=" + str(
         unfinished / "stages" / "layers-2" / "ckpt-2")])
-    student = training.Trainer(cfg, str(tmp_path / "ft5"), progress=False)
+    student = dual_encoder.Trainer(cfg, str(tmp_path / "ft5"), progress=False)
     _assert_same(student.encoder.get_weights(), pretrained.get_weights(), atol=0)

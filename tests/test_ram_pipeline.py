@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 import hermetic
-from lealla_tf import (config, embedders, export, fileio, preprocessing, teacher_embeddings,
-                       training)
+from lealla_tf import config, embedders, export, fileio
+from lealla_tf.text import sentencepiece
+from lealla_tf.distill import store
+from lealla_tf.training import dual_encoder
 from lealla_tf.evaluation import tatoeba
 
 ROOT = "ram://pipeline_e2e"
@@ -45,15 +47,15 @@ def tatoeba_dir(tmp_path_factory):
 
 
 def test_pipeline_on_ram(hermetic_files, tatoeba_dir):
-    vocab = preprocessing.train_vocab(hermetic_files, f"{ROOT}/vocab", vocab_size=200,
+    vocab = sentencepiece.train_vocab(hermetic_files, f"{ROOT}/vocab", vocab_size=200,
                                       sentences_per_language=300, progress=False)
     assert vocab == f"{ROOT}/vocab/spm.model" and fileio.exists(vocab)
     assert not os.path.exists(vocab.split("://")[1])  # nothing leaked onto the local disk
 
     emb = f"{ROOT}/teacher"
-    teacher_embeddings.precompute(_teacher(), hermetic_files, emb, shard_size=100,
+    store.precompute(_teacher(), hermetic_files, emb, shard_size=100,
                                   progress=False)
-    assert teacher_embeddings.verify(emb) == []
+    assert store.verify(emb) == []
 
     run, straight = f"{ROOT}/run", f"{ROOT}/straight"
 
@@ -61,10 +63,10 @@ def test_pipeline_on_ram(hermetic_files, tatoeba_dir):
         if step >= 2:
             raise Killed()
     with pytest.raises(Killed):
-        training.train(_cfg(hermetic_files, vocab, emb, 4), run, progress=False,
+        dual_encoder.train(_cfg(hermetic_files, vocab, emb, 4), run, progress=False,
                        on_loop_end=kill_after_2)
-    resumed = training.train(_cfg(hermetic_files, vocab, emb, 4), run, progress=False)
-    whole = training.train(_cfg(hermetic_files, vocab, emb, 4), straight, progress=False)
+    resumed = dual_encoder.train(_cfg(hermetic_files, vocab, emb, 4), run, progress=False)
+    whole = dual_encoder.train(_cfg(hermetic_files, vocab, emb, 4), straight, progress=False)
     assert resumed.step == whole.step == 4
     np.testing.assert_allclose(resumed.metrics["loss"], whole.metrics["loss"], rtol=1e-5)
 

@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lealla_tf import config, losses, modeling, teachers, training
+from lealla_tf import config
+from lealla_tf.training import losses
+from lealla_tf.models import encoders
+from lealla_tf.embedders import teachers
+from lealla_tf.training import dual_encoder
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 # (Pre-training recipes: tests/test_pretraining.py.)
@@ -39,10 +43,10 @@ def test_recipe_builds_at_tiny_size(path):
         if full.teacher.spec == "labse":
             assert full.teacher.dim == 768 and teachers.LABSE_ENCODER.endswith("LaBSE/2")
     teacher_dim = cfg.teacher.dim or 512
-    encoder = modeling.LeallaEncoder.from_model_config(cfg.model)
+    encoder = encoders.LeallaEncoder.from_model_config(cfg.model)
     loss_fn = losses.DualEncoderLoss(cfg.loss, teacher_dim=teacher_dim,
                                      student_dim=cfg.model.hidden_size)
-    optimizer, schedule = training.build_optimizer(cfg.train)
+    optimizer, schedule = dual_encoder.build_optimizer(cfg.train)
     rng = np.random.default_rng(0)
     batch, seq = 4, min(cfg.preprocess.seq_length, 8)
 

@@ -10,7 +10,12 @@ import sentencepiece as spm
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from lealla_tf import config, corpus, export, modeling, preprocessing, student_init, training
+from lealla_tf import runs
+from lealla_tf import config, corpus, export
+from lealla_tf.models import encoders
+from lealla_tf.text import sentencepiece
+from lealla_tf.distill import student_init
+from lealla_tf.training import dual_encoder
 from lealla_tf.evaluation import pairs
 
 LANGS = ("deu", "fra", "rus", "cmn", "jpn")
@@ -19,14 +24,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 @pytest.fixture(scope="module")
 def muse():
-    from lealla_tf import teachers
+    from lealla_tf.embedders import teachers
     return teachers.load_teacher("muse")
 
 
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory, data_dir):
     """150 training pairs and 100 held-out pairs per language (disjoint)."""
-    from lealla_tf import demo
+    from lealla_tf.recipes import demo
     root = tmp_path_factory.mktemp("corpus")
     source = corpus.find_files(["train/*-eng.tsv"], data_dir, list(LANGS))
     files = demo.slice_pairs(source, str(root / "train"), 150, dev_dir=str(root / "dev"),
@@ -55,14 +60,14 @@ def test_pruned_vocabulary_segments_like_the_teacher(muse, small_corpus, teacher
     ids = np.asarray(info["teacher_ids"])
     proto = open(teacher_vocab, "rb").read()
     student_sp = spm.SentencePieceProcessor(model_proto=proto)
-    assert [student_sp.id_to_piece(i) for i in range(5)] == list(preprocessing.SPECIAL_PIECES)
+    assert [student_sp.id_to_piece(i) for i in range(5)] == list(sentencepiece.SPECIAL_PIECES)
     assert student_sp.get_piece_size() == len(ids) < teacher_sp.get_piece_size()
     assert all(teacher_sp.id_to_piece(int(t)) == student_sp.id_to_piece(i)
                for i, t in enumerate(ids) if t >= 0)
     sentences = [s for f in small_corpus[0] for _, a, b in corpus.iter_tsv(f) for s in (a, b)]
     # On the corpus the segmentation is the teacher's, id for id through teacher_ids.
     to_teacher = ids.copy()
-    to_teacher[preprocessing.UNK_ID] = teacher_sp.unk_id()  # characters the teacher lacks
+    to_teacher[sentencepiece.UNK_ID] = teacher_sp.unk_id()  # characters the teacher lacks
     for s in sentences[::7]:
         assert [int(to_teacher[i]) for i in student_sp.encode(s)] == teacher_sp.encode(s), s
     # The TFLite-safe Fast tokenizer runs it and agrees with the regular one, also on
@@ -138,7 +143,7 @@ def _cfg(recipe, vocab, files, overrides=()):
         "model.num_layers=1", "model.hidden_size=32", "model.num_attention_heads=2",
         "model.intermediate_size=64", *overrides])
     cfg.vocab.model_file = vocab
-    cfg.model.vocab_size = preprocessing.Preprocessor(vocab, 2).vocab_size
+    cfg.model.vocab_size = sentencepiece.Preprocessor(vocab, 2).vocab_size
     cfg.data.train_files, cfg.data.data_dir = list(files), ""
     return cfg
 
@@ -146,21 +151,21 @@ def _cfg(recipe, vocab, files, overrides=()):
 def test_teacher_initialised_static_student(tmp_path, muse, small_corpus, teacher_vocab):
     files, dev = small_corpus
     cfg = _cfg("demo_static.yaml", teacher_vocab, files)
-    trainer = training.Trainer(cfg, str(tmp_path / "static"), progress=False, teacher=muse)
+    trainer = dual_encoder.Trainer(cfg, str(tmp_path / "static"), progress=False, teacher=muse)
     # The table is what PCA of the teacher's piece vectors gives.
     vectors = student_init.teacher_piece_vectors(
         muse, open(teacher_vocab, "rb").read(), os.path.dirname(teacher_vocab), progress=False)
     np.testing.assert_allclose(trainer.encoder.word_embeddings.numpy(),
                                student_init.pca_table(vectors, 32, 0.02), atol=1e-7)
-    pre = preprocessing.Preprocessor(teacher_vocab, 32)
-    model = modeling.StringEncoder(pre, trainer.encoder)
+    pre = sentencepiece.Preprocessor(teacher_vocab, 32)
+    model = encoders.StringEncoder(pre, trainer.encoder)
     before = pairs.evaluate_pair_files(lambda s: model(tf.constant(s)).numpy(), dev,
                                        use_cache=False)["average"]["mean"]
     # Well above chance (1 in ~100) before any training step.
     assert before > 15, before
     random_cfg = _cfg("demo_static.yaml", teacher_vocab, files, ["model.embedding_init=random"])
-    rand = training.Trainer(random_cfg, str(tmp_path / "rand"), progress=False).encoder
-    rmodel = modeling.StringEncoder(pre, rand)
+    rand = dual_encoder.Trainer(random_cfg, str(tmp_path / "rand"), progress=False).encoder
+    rmodel = encoders.StringEncoder(pre, rand)
     chance = pairs.evaluate_pair_files(lambda s: rmodel(tf.constant(s)).numpy(), dev,
                                        use_cache=False)["average"]["mean"]
     assert before > chance + 10, (before, chance)
@@ -169,7 +174,7 @@ def test_teacher_initialised_static_student(tmp_path, muse, small_corpus, teache
 def test_teacher_table_init_uses_muse_rows(tmp_path, muse, small_corpus, teacher_vocab):
     files, _ = small_corpus
     cfg = _cfg("demo_static.yaml", teacher_vocab, files, ["model.embedding_init=teacher_table"])
-    trainer = training.Trainer(cfg, str(tmp_path / "tt"), progress=False, teacher=muse)
+    trainer = dual_encoder.Trainer(cfg, str(tmp_path / "tt"), progress=False, teacher=muse)
     info = json.load(open(os.path.join(os.path.dirname(teacher_vocab), "vocab_info.json")))
     ids = np.asarray(info["teacher_ids"])
     rows = np.zeros((len(ids), 512), np.float32)
@@ -183,20 +188,20 @@ def test_zero_position_init(tmp_path, muse, small_corpus, teacher_vocab):
     only (word order and lengths never trained on add nothing); training then moves them."""
     files, _ = small_corpus
     cfg = _cfg("demo.yaml", teacher_vocab, files, ["model.position_init=zero"])
-    trainer = training.Trainer(cfg, str(tmp_path / "zero"), progress=False, teacher=muse)
+    trainer = dual_encoder.Trainer(cfg, str(tmp_path / "zero"), progress=False, teacher=muse)
     bert = trainer.encoder.bert
     positions = bert._position_embedding_layer._position_embeddings
     assert not np.any(positions.numpy())
     assert not np.any(bert._type_embedding_layer.embeddings.numpy())
-    pre = preprocessing.Preprocessor(teacher_vocab, 32)
-    model = modeling.StringEncoder(pre, trainer.encoder)
+    pre = sentencepiece.Preprocessor(teacher_vocab, 32)
+    model = encoders.StringEncoder(pre, trainer.encoder)
     a, b = model(tf.constant(["Der Hund schläft heute", "heute schläft Der Hund"])).numpy()
     np.testing.assert_allclose(a, b, atol=1e-5)
     trainer.run()
     trained = positions.numpy()
     assert np.any(trained[:32]) and not np.any(trained[32:])  # only trained lengths move
     random_cfg = _cfg("demo.yaml", teacher_vocab, files, ["model.position_init=random"])
-    other = training.Trainer(random_cfg, str(tmp_path / "rand"), progress=False, teacher=muse)
+    other = dual_encoder.Trainer(random_cfg, str(tmp_path / "rand"), progress=False, teacher=muse)
     assert np.std(other.encoder.bert._position_embedding_layer._position_embeddings.numpy()) > 0.01
     with pytest.raises(config.ConfigError, match="position_init"):
         config.load(None, ["model.position_init=sinusoid"])
@@ -213,8 +218,8 @@ def test_train_export_tflite_parity(tmp_path, muse, small_corpus, teacher_vocab,
     files, dev = small_corpus
     cfg = _cfg(recipe, teacher_vocab, files, overrides)
     run = str(tmp_path / "run")
-    training.train(cfg, run, progress=False, teacher=muse)
-    _, pre, encoder = training.restore_encoder(run)
+    dual_encoder.train(cfg, run, progress=False, teacher=muse)
+    _, pre, encoder = runs.restore_encoder(run)
     # Trained at 32 tokens; exports and evaluation take preprocess.inference_seq_length.
     assert cfg.preprocess.seq_length == 32 and pre.seq_length == 128
     if cfg.model.architecture == "transformer":
@@ -224,7 +229,7 @@ def test_train_export_tflite_parity(tmp_path, muse, small_corpus, teacher_vocab,
     export.export_run(run, out, tflite=("fp32", "int8"), progress=False)
     sentences = [s for _, s, _ in corpus.iter_tsv(dev[0])][:20] + ["", "dog", " ".join(
         ["Hund"] * 40 + ["Katze"] * 40)]  # the last one is longer than 32 pieces
-    memory = modeling.StringEncoder(pre, encoder, dynamic_length=False)(
+    memory = encoders.StringEncoder(pre, encoder, dynamic_length=False)(
         tf.constant(sentences)).numpy()
     saved = export.load_embedder(out).encode(sentences)
     np.testing.assert_allclose(saved, memory, atol=1e-5)
@@ -237,12 +242,12 @@ def test_train_export_tflite_parity(tmp_path, muse, small_corpus, teacher_vocab,
 def test_mean_pooling_fast_equals_keras(tiny_config):
     import dataclasses
     cfg = dataclasses.replace(tiny_config.model, pooling="mean")
-    fast = modeling.LeallaEncoder.from_model_config(cfg)
+    fast = encoders.LeallaEncoder.from_model_config(cfg)
     inputs = fast.dummy_inputs(3, 9)
     inputs["input_mask"] = tf.constant([[1] * 9, [1] * 4 + [0] * 5, [1] * 2 + [0] * 7])
     inputs["input_word_ids"] = tf.constant(np.arange(27).reshape(3, 9) % 50, tf.int32)
     out = fast(inputs)
-    keras = modeling.LeallaEncoder.from_model_config(cfg, implementation="keras")
+    keras = encoders.LeallaEncoder.from_model_config(cfg, implementation="keras")
     keras(inputs)
     keras.set_weights(fast.get_weights())
     np.testing.assert_allclose(keras(inputs)["default"], out["default"], atol=1e-5)
@@ -261,7 +266,7 @@ def test_config_errors():
 
 
 def test_teacher_without_sentencepiece_is_a_clear_error():
-    from lealla_tf import teachers
+    from lealla_tf.embedders import teachers
     t = teachers.CallableTeacher(lambda s: np.ones((len(s), 4)), name="fn")
     with pytest.raises(ValueError, match="exposes no SentencePiece model"):
         student_init.teacher_sentencepiece(t)

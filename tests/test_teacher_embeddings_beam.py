@@ -14,7 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from lealla_tf import cli, embedders, teacher_embeddings
+from lealla_tf import cli, embedders
+from lealla_tf.distill import store
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 SPEC = "py:beam_teacher:TEACHER"
@@ -85,14 +86,14 @@ def _assert_same_store(a, b):
 
 @pytest.mark.beam
 def test_beam_direct_runner_two_workers_writes_the_local_shards(worker_env):
-    from lealla_tf import teacher_embeddings_beam
+    from lealla_tf.distill import store_beam
     tsv = _corpus(worker_env / "deu-eng.tsv")
     teacher = embedders.load(SPEC)
     local = str(worker_env / "local")
-    teacher_embeddings.precompute(teacher, [tsv], local, shard_size=SHARD, batch_size=3,
+    store.precompute(teacher, [tsv], local, shard_size=SHARD, batch_size=3,
                                   progress=False)
     beam_out = str(worker_env / "beam")
-    manifest = teacher_embeddings_beam.precompute(
+    manifest = store_beam.precompute(
         SPEC, [tsv], beam_out, shard_size=SHARD, batch_size=3, pipeline_args=BEAM_ARGS)
     _assert_same_store(local, beam_out)
     _, entry, _ = _shards(beam_out)
@@ -100,18 +101,18 @@ def test_beam_direct_runner_two_workers_writes_the_local_shards(worker_env):
     assert entry["stats"]["ok"] < entry["num_lines"]  # malformed lines are in there
     assert manifest["last_run"]["shards_submitted"] == 11
     assert manifest["last_run"]["sentences_encoded"] > 0
-    assert teacher_embeddings.verify(beam_out) == []
-    for a, b in zip(teacher_embeddings.load_precomputed(local, tsv),
-                    teacher_embeddings.load_precomputed(beam_out, tsv)):
+    assert store.verify(beam_out) == []
+    for a, b in zip(store.load_precomputed(local, tsv),
+                    store.load_precomputed(beam_out, tsv)):
         assert np.array_equal(a, b)
     # The work was spread: the teacher ran in more than one worker process.
     pids = {name.split("-")[0] for name in os.listdir(worker_env / "log")}
     assert len(pids) >= 2
     # Done means done: a rerun submits nothing, on either executor.
-    again = teacher_embeddings_beam.precompute(SPEC, [tsv], beam_out, shard_size=SHARD,
+    again = store_beam.precompute(SPEC, [tsv], beam_out, shard_size=SHARD,
                                                pipeline_args=BEAM_ARGS)
     assert again["last_run"]["shards_submitted"] == 0
-    assert teacher_embeddings.precompute(teacher, [tsv], beam_out, shard_size=SHARD,
+    assert store.precompute(teacher, [tsv], beam_out, shard_size=SHARD,
                                          progress=False)["last_run"]["sentences_encoded"] == 0
 
 
@@ -164,9 +165,9 @@ def test_beam_run_killed_midway_resumes_without_redoing_finished_shards(worker_e
     for i in sorted(done_lines):
         if i >= len(LINES):  # the numbered lines: sentences found nowhere else
             assert raw[i].decode().split("\t")[0] not in redone
-    assert teacher_embeddings.verify(out) == []
+    assert store.verify(out) == []
     full = str(worker_env / "full")
-    teacher_embeddings.precompute(embedders.load(SPEC), [tsv], full, shard_size=SHARD,
+    store.precompute(embedders.load(SPEC), [tsv], full, shard_size=SHARD,
                                   batch_size=2, progress=False)
     _assert_same_store(full, out)
 
@@ -176,20 +177,20 @@ def test_beam_writes_compact_shards_with_the_drivers_projection(worker_env, caps
     """--dim/--dtype on Beam: the driver fits the PCA once, the workers project with it and
     write the local job's shards; the local job then finds them done; a resume with
     another dtype is refused."""
-    from lealla_tf import teacher_embeddings_beam
+    from lealla_tf.distill import store_beam
     tsv = _corpus(worker_env / "deu-eng.tsv")
     teacher = embedders.load(SPEC)
     local = str(worker_env / "local")
-    teacher_embeddings.precompute(teacher, [tsv], local, shard_size=SHARD, batch_size=3,
+    store.precompute(teacher, [tsv], local, shard_size=SHARD, batch_size=3,
                                   progress=False, dim=6, dtype="float16")
     beam_out = str(worker_env / "beam")
-    manifest = teacher_embeddings_beam.precompute(
+    manifest = store_beam.precompute(
         SPEC, [tsv], beam_out, shard_size=SHARD, batch_size=3, pipeline_args=THREAD_ARGS,
         dim=6, dtype="float16")
     assert manifest["dim"] == 6 and manifest["teacher_dim"] == 16
-    assert manifest["format_version"] == teacher_embeddings.COMPACT_FORMAT_VERSION
+    assert manifest["format_version"] == store.COMPACT_FORMAT_VERSION
     sha = manifest["projection"]
-    data = open(os.path.join(beam_out, teacher_embeddings.PROJECTION), "rb").read()
+    data = open(os.path.join(beam_out, store.PROJECTION), "rb").read()
     assert hashlib.sha256(data).hexdigest() == sha
     _, entry, folder = _shards(beam_out)
     assert entry["complete"] and entry["num_shards"] == 11
@@ -198,13 +199,13 @@ def test_beam_writes_compact_shards_with_the_drivers_projection(worker_env, caps
             meta = json.loads(str(z["meta"]))
             assert meta["projection"] == sha and meta["dtype"] == "float16"
             assert z["src"].shape[1] == 6
-    assert teacher_embeddings.verify(beam_out) == []
+    assert store.verify(beam_out) == []
     assert _shards(local)[0]["projection"] == sha  # the same PCA (a deterministic SVD)
-    for a, b in zip(teacher_embeddings.load_precomputed(local, tsv),
-                    teacher_embeddings.load_precomputed(beam_out, tsv)):
+    for a, b in zip(store.load_precomputed(local, tsv),
+                    store.load_precomputed(beam_out, tsv)):
         assert np.array_equal(a, b)
     # The local job recognises the Beam shards as done (same projection and dtype).
-    assert teacher_embeddings.precompute(
+    assert store.precompute(
         teacher, [tsv], beam_out, shard_size=SHARD, progress=False, dim=6,
         dtype="float16")["last_run"]["sentences_encoded"] == 0
     # Another dtype on the same directory is refused without --overwrite.
@@ -220,9 +221,9 @@ def test_beam_writes_compact_shards_with_the_drivers_projection(worker_env, caps
     assert entry["complete"] and manifest["dtype"] == "int8" and manifest["dim"] == 6
     with np.load(os.path.join(folder, sorted(os.listdir(folder))[0])) as z:
         assert z["src"].dtype == np.int8 and "src_scale" in z.files
-    proj = teacher_embeddings.load_projection(out)
+    proj = store.load_projection(out)
     assert proj["components"].shape == (6, 16) and proj["sample_size"] <= 40
-    assert teacher_embeddings.verify(out) == []
+    assert store.verify(out) == []
 
 
 def test_without_beam_the_flag_names_the_extra(tmp_path, monkeypatch, capsys, worker_env):
@@ -235,6 +236,6 @@ def test_without_beam_the_flag_names_the_extra(tmp_path, monkeypatch, capsys, wo
     assert "lealla_tf[beam]" in err
     assert not os.path.exists(tmp_path / "out" / "manifest.json")
     assert cli.main(argv) == 0  # the local job needs no Beam
-    assert teacher_embeddings.verify(str(tmp_path / "out")) == []
+    assert store.verify(str(tmp_path / "out")) == []
     with pytest.raises(SystemExit):  # Beam options only go with --runner beam
         cli.main(argv + ["--direct_num_workers=2"])

@@ -1,4 +1,4 @@
-"""Tests for lealla_tf.teachers (teacher adapters) and lealla_tf.teacher_embeddings (shards)."""
+"""Tests for lealla_tf.embedders.teachers (teacher adapters) and lealla_tf.distill.store (shards)."""
 
 import collections
 import hashlib
@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lealla_tf import cli, corpus, teacher_embeddings, teachers
+from lealla_tf import cli, corpus
+from lealla_tf.distill import store
+from lealla_tf.embedders import teachers
 
 DIM = 8
 SEQ = 8
@@ -256,9 +258,9 @@ def test_shards_aligned_to_physical_lines(tmp_path):
     tsv = _write(tmp_path / "deu-eng.tsv", LINES)
     teacher, fn = _counting_teacher()
     out = str(tmp_path / "emb")
-    manifest = teacher_embeddings.precompute(teacher, [tsv], out, shard_size=5,
+    manifest = store.precompute(teacher, [tsv], out, shard_size=5,
                                              batch_size=3, progress=False)
-    src, tgt, valid = teacher_embeddings.load_precomputed(out, tsv)
+    src, tgt, valid = store.load_precomputed(out, tsv)
     parsed = _parsed(tsv)
     assert len(parsed) == len(LINES) == corpus.count_lines(tsv)
     assert src.shape == tgt.shape == (len(LINES), DIM) and src.dtype == np.float16
@@ -277,10 +279,10 @@ def test_shards_aligned_to_physical_lines(tmp_path):
     assert entry["complete"] and entry["num_lines"] == len(LINES) and entry["num_shards"] == 4
     assert entry["stats"] == {"ok": 10, "invalid_utf8": 1, "wrong_fields": 3, "empty_side": 2}
     assert manifest["dtype"] == "float16" and manifest["dim"] == DIM
-    assert teacher_embeddings.verify(out) == []
+    assert store.verify(out) == []
     # a second run finds everything done and encodes nothing
     teacher2, fn2 = _counting_teacher()
-    teacher_embeddings.precompute(teacher2, [tsv], out, shard_size=5, progress=False)
+    store.precompute(teacher2, [tsv], out, shard_size=5, progress=False)
     assert fn2.calls == 0
 
 
@@ -288,39 +290,40 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
     lines = LINES + [f"Satz {i}.\tSentence {i}.\n".encode() for i in range(30)]
     tsv = _write(tmp_path / "deu-eng.tsv", lines)
     full = str(tmp_path / "full")
-    teacher_embeddings.precompute(_counting_teacher()[0], [tsv], full, shard_size=7,
+    store.precompute(_counting_teacher()[0], [tsv], full, shard_size=7,
                                   batch_size=4, progress=False)
 
     out = str(tmp_path / "resumed")
     crashing, fn1 = _counting_teacher(fail_after=6)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        teacher_embeddings.precompute(crashing, [tsv], out, shard_size=7, batch_size=4,
+        store.precompute(crashing, [tsv], out, shard_size=7, batch_size=4,
                                       progress=False)
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     entry = manifest["files"][os.path.abspath(tsv)]
     done = entry["shards"]
     assert 0 < len(done) < entry["num_shards"] and not entry["complete"]
     with pytest.raises(ValueError, match="incomplete"):
-        teacher_embeddings.load_precomputed(out, tsv)
-    assert any("incomplete" in p for p in teacher_embeddings.verify(out))
+        store.load_precomputed(out, tsv)
+    assert any("incomplete" in p for p in store.verify(out))
 
     teacher, fn2 = _counting_teacher()
-    teacher_embeddings.precompute(teacher, [tsv], out, shard_size=7, batch_size=4, progress=False)
-    for a, b in zip(teacher_embeddings.load_precomputed(out, tsv),
-                    teacher_embeddings.load_precomputed(full, tsv)):
+    store.precompute(teacher, [tsv], out, shard_size=7, batch_size=4, progress=False)
+    for a, b in zip(store.load_precomputed(out, tsv),
+                    store.load_precomputed(full, tsv)):
         assert np.array_equal(a, b)
     # sentences of shards finished before the crash were not encoded again
     finished = {s for rec in done for p in _parsed(tsv)[rec["start"]:rec["end"]] if p
                 for s in p}
     assert finished and not finished & set(fn2.counts)
     assert set(fn2.counts.values()) == {1}
-    assert teacher_embeddings.verify(out) == []
+    assert store.verify(out) == []
 
 
 KILL_SCRIPT = """
 import hashlib, os, signal, sys
 import numpy as np
-from lealla_tf import teacher_embeddings, teachers
+from lealla_tf.distill import store
+from lealla_tf.embedders import teachers
 calls = 0
 def fn(sentences):
     global calls
@@ -332,8 +335,8 @@ def fn(sentences):
         seed = int.from_bytes(hashlib.sha256(s.encode()).digest()[:8], "little")
         out.append(np.random.default_rng(seed).normal(size=%d))
     return np.asarray(out, np.float32)
-teacher_embeddings.precompute(teachers.CallableTeacher(fn, name="hash", dim=%d),
-                              [sys.argv[1]], sys.argv[2], shard_size=7, batch_size=4,
+store.precompute(teachers.CallableTeacher(fn, name="hash", dim=%d),
+                   [sys.argv[1]], sys.argv[2], shard_size=7, batch_size=4,
                               progress=False)
 """ % (DIM, DIM)
 
@@ -351,32 +354,32 @@ def test_resume_after_sigkill(tmp_path):
     entry = json.load(open(os.path.join(out, "manifest.json")))["files"][os.path.abspath(tsv)]
     assert 0 < len(entry["shards"]) < entry["num_shards"]
     teacher, fn = _counting_teacher()
-    teacher_embeddings.precompute(teacher, [tsv], out, shard_size=7, batch_size=4, progress=False)
+    store.precompute(teacher, [tsv], out, shard_size=7, batch_size=4, progress=False)
     full = str(tmp_path / "full")
-    teacher_embeddings.precompute(_counting_teacher()[0], [tsv], full, shard_size=7,
+    store.precompute(_counting_teacher()[0], [tsv], full, shard_size=7,
                                   batch_size=4, progress=False)
-    for a, b in zip(teacher_embeddings.load_precomputed(out, tsv),
-                    teacher_embeddings.load_precomputed(full, tsv)):
+    for a, b in zip(store.load_precomputed(out, tsv),
+                    store.load_precomputed(full, tsv)):
         assert np.array_equal(a, b)
-    assert teacher_embeddings.verify(out) == []
+    assert store.verify(out) == []
 
 
 def test_one_writer_per_directory(tmp_path):
     tsv = _write(tmp_path / "deu-eng.tsv", LINES)
     out = str(tmp_path / "emb")
     os.makedirs(out)
-    with teacher_embeddings._exclusive(out):
+    with store._exclusive(out):
         with pytest.raises(ValueError, match="another process"):
-            teacher_embeddings.precompute(_counting_teacher()[0], [tsv], out, progress=False)
-    teacher_embeddings.precompute(_counting_teacher()[0], [tsv], out, progress=False)
+            store.precompute(_counting_teacher()[0], [tsv], out, progress=False)
+    store.precompute(_counting_teacher()[0], [tsv], out, progress=False)
 
 
 def test_resume_adopts_shard_written_before_manifest(tmp_path):
     """A kill between a shard's rename and the manifest update loses no work."""
     tsv = _write(tmp_path / "deu-eng.tsv", LINES)
     out = str(tmp_path / "emb")
-    teacher_embeddings.precompute(_counting_teacher()[0], [tsv], out, shard_size=5, progress=False)
-    ref = teacher_embeddings.load_precomputed(out, tsv)
+    store.precompute(_counting_teacher()[0], [tsv], out, shard_size=5, progress=False)
+    ref = store.load_precomputed(out, tsv)
     path = os.path.join(out, "manifest.json")
     manifest = json.load(open(path))
     entry = manifest["files"][os.path.abspath(tsv)]
@@ -387,46 +390,46 @@ def test_resume_adopts_shard_written_before_manifest(tmp_path):
     leftover = os.path.join(shard_dir, "000000010-000000015.npz.tmp-123")
     open(leftover, "wb").write(b"partial")
     teacher, fn = _counting_teacher()
-    teacher_embeddings.precompute(teacher, [tsv], out, shard_size=5, progress=False)
+    store.precompute(teacher, [tsv], out, shard_size=5, progress=False)
     assert fn.calls == 0 and not os.path.exists(leftover)
-    for a, b in zip(teacher_embeddings.load_precomputed(out, tsv), ref):
+    for a, b in zip(store.load_precomputed(out, tsv), ref):
         assert np.array_equal(a, b)
 
 
 def test_changed_file_detected(tmp_path):
     tsv = _write(tmp_path / "deu-eng.tsv", LINES)
     out = str(tmp_path / "emb")
-    teacher_embeddings.precompute(_counting_teacher()[0], [tsv], out, shard_size=5, progress=False)
+    store.precompute(_counting_teacher()[0], [tsv], out, shard_size=5, progress=False)
     # same size, other content: only the hashes can tell
     _write(tsv, [LINES[0].replace(b"Hund", b"Katz")] + LINES[1:])
     assert os.path.getsize(tsv) == len(b"".join(LINES))
     with pytest.raises(ValueError, match="changed"):
-        teacher_embeddings.precompute(_counting_teacher()[0], [tsv], out, shard_size=5,
+        store.precompute(_counting_teacher()[0], [tsv], out, shard_size=5,
                                       progress=False)
     with pytest.raises(ValueError, match="changed"):
-        teacher_embeddings.load_precomputed(out, tsv)
-    assert any("lines changed" in p for p in teacher_embeddings.verify(out))
+        store.load_precomputed(out, tsv)
+    assert any("lines changed" in p for p in store.verify(out))
     teacher, fn = _counting_teacher()
-    teacher_embeddings.precompute(teacher, [tsv], out, shard_size=5, overwrite=True, progress=False)
-    src, _, _ = teacher_embeddings.load_precomputed(out, tsv)
+    store.precompute(teacher, [tsv], out, shard_size=5, overwrite=True, progress=False)
+    src, _, _ = store.load_precomputed(out, tsv)
     np.testing.assert_allclose(src[0], _unit(_hash_embed(["Der Katz schläft."]))[0], atol=1e-3)
-    assert teacher_embeddings.verify(out) == []
+    assert store.verify(out) == []
 
 
 def test_other_teacher_or_shard_size_refused(tmp_path):
     tsv = _write(tmp_path / "deu-eng.tsv", LINES)
     out = str(tmp_path / "emb")
-    teacher_embeddings.precompute(_counting_teacher()[0], [tsv], out, shard_size=5, progress=False)
+    store.precompute(_counting_teacher()[0], [tsv], out, shard_size=5, progress=False)
     with pytest.raises(ValueError, match="other teacher"):
-        teacher_embeddings.precompute(_counting_teacher(name="other")[0], [tsv], out,
+        store.precompute(_counting_teacher(name="other")[0], [tsv], out,
                                       shard_size=5, progress=False)
     with pytest.raises(ValueError, match="shard_size"):
-        teacher_embeddings.precompute(_counting_teacher()[0], [tsv], out, shard_size=6,
+        store.precompute(_counting_teacher()[0], [tsv], out, shard_size=6,
                                       progress=False)
-    teacher_embeddings.precompute(_counting_teacher(name="other")[0], [tsv], out, shard_size=6,
+    store.precompute(_counting_teacher(name="other")[0], [tsv], out, shard_size=6,
                                   overwrite=True, progress=False)
     assert json.load(open(os.path.join(out, "manifest.json")))["teacher"] == "other"
-    assert teacher_embeddings.verify(out) == []
+    assert store.verify(out) == []
 
 
 def test_dedup_across_files_and_moved_corpus(tmp_path):
@@ -435,15 +438,15 @@ def test_dedup_across_files_and_moved_corpus(tmp_path):
                                           b"Non.\tNo.\n", b"Merci.\tThank you.\n"])
     out = str(tmp_path / "emb")
     teacher, fn = _counting_teacher()
-    teacher_embeddings.precompute(teacher, [b], out, shard_size=3, progress=False)
-    teacher_embeddings.precompute(teacher, [a, b], out, shard_size=3, progress=False)
+    store.precompute(teacher, [b], out, shard_size=3, progress=False)
+    store.precompute(teacher, [a, b], out, shard_size=3, progress=False)
     assert set(fn.counts.values()) == {1}  # "Good morning." etc. encoded once over both runs
     assert fn.counts["Good morning."] == 1 and fn.counts["Yes."] == 1
-    src, tgt, valid = teacher_embeddings.load_precomputed(out, b)
+    src, tgt, valid = store.load_precomputed(out, b)
     np.testing.assert_allclose(tgt[0], _unit(_hash_embed(["Good morning."]))[0], atol=1e-3)
     # the same content under another path is found by its hash
     moved = _write(tmp_path / "copy.tsv", open(b, "rb").readlines())
-    for x, y in zip(teacher_embeddings.load_precomputed(out, moved), (src, tgt, valid)):
+    for x, y in zip(store.load_precomputed(out, moved), (src, tgt, valid)):
         assert np.array_equal(x, y)
 
 
@@ -451,9 +454,9 @@ def test_teachers_and_store_do_not_import_each_other():
     """The store (teacher_embeddings) builds on teachers; teachers knows nothing of it."""
     import subprocess
     import sys
-    code = ("import sys; from lealla_tf import teachers; "
-            "assert 'lealla_tf.teacher_embeddings' not in sys.modules; "
-            "from lealla_tf import teacher_embeddings as t; t.precompute; t.verify")
+    code = ("import sys; from lealla_tf.embedders import teachers; "
+            "assert 'lealla_tf.distill.store' not in sys.modules; "
+            "from lealla_tf.distill import store as t; t.precompute; t.verify")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert not hasattr(teachers, "precompute")
@@ -469,7 +472,7 @@ def test_cli_teacher_embed(tmp_path, saved_models, capsys):
     assert cli.main(args) == 0
     assert "2 files" in capsys.readouterr().out
     assert cli.main(["teacher", "verify", "--output", out]) == 0
-    src, tgt, valid = teacher_embeddings.load_precomputed(out, str(tmp_path / "fra-eng.tsv"))
+    src, tgt, valid = store.load_precomputed(out, str(tmp_path / "fra-eng.tsv"))
     ref = teachers.load_teacher(saved_models["string"]).encode(["Bonjour.", "Oui."])
     np.testing.assert_allclose(src.astype(np.float32), ref, atol=1e-3)
     _write(tmp_path / "fra-eng.tsv", [b"Salut.\tHi.\n"])

@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lealla_tf import cli, config, corpus, data, training
+from lealla_tf import paths
+from lealla_tf import runs
+from lealla_tf import layout
+from lealla_tf import cli, config, corpus
+from lealla_tf.data import pipeline
+from lealla_tf.training import dual_encoder
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 TRAIN_TINY = os.path.join(ROOT, "configs", "train_tiny.yaml")
@@ -30,7 +35,7 @@ def _overrides(vocab, *extra):
 
 def _events(model_dir):
     out = {}
-    for path in glob.glob(os.path.join(model_dir, training.LOG_DIR, "events.*")):
+    for path in glob.glob(os.path.join(model_dir, layout.TRAIN_LOG_DIR, "events.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
                 out.setdefault(value.tag, []).append(
@@ -73,8 +78,8 @@ def test_cli_short_run_learns_and_fills_model_dir(tmp_path, tiny_vocab, data_dir
     assert ckpts == ["ckpt-100.index", "ckpt-150.index"]
     stats = json.load(open(os.path.join(model_dir, "data_stats.json")))
     assert stats["pairs"] == 900
-    cfg, pre, encoder = training.restore_encoder(model_dir)
-    assert cfg.vocab.model_file == training.VOCAB_FILE
+    cfg, pre, encoder = runs.restore_encoder(model_dir)
+    assert cfg.vocab.model_file == layout.VOCAB_FILE
     emb = encoder(pre(tf.constant(["Der Hund schläft.", "The dog sleeps.", "Ρώτα με."])))
     emb = emb["default"].numpy()
     assert emb.shape == (3, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
@@ -85,7 +90,7 @@ def test_cli_short_run_learns_and_fills_model_dir(tmp_path, tiny_vocab, data_dir
 
 
 def _teacher_corpus(cfg):
-    files = corpus.find_files(cfg.data.train_files, config.data_dir(), cfg.data.languages)
+    files = corpus.find_files(cfg.data.train_files, paths.data_dir(), cfg.data.languages)
 
     def loader(path):
         rng = np.random.default_rng(len(path))
@@ -93,7 +98,7 @@ def _teacher_corpus(cfg):
         rows = rng.normal(size=(n, 24)).astype(np.float16)
         return rows, rows[::-1].copy(), np.ones(n, bool)
 
-    return data.load_corpus(files, cfg.data.max_pairs_per_language, teacher_loader=loader)
+    return pipeline.load_corpus(files, cfg.data.max_pairs_per_language, teacher_loader=loader)
 
 
 @pytest.mark.parametrize("bucketed", [False, True], ids=["fixed_length", "bucketed"])
@@ -108,9 +113,9 @@ def test_two_replicas_train_like_one_device(tmp_path, tiny_vocab, data_dir, two_
         extra += ["data.bucket_pool=4", "preprocess.dynamic_length=true"]
     cfg = config.load(TRAIN_TINY, _overrides(tiny_vocab, *extra))
     corpus_ = _teacher_corpus(cfg)
-    one = training.Trainer(cfg, str(tmp_path / "one"), progress=False, corpus=corpus_,
+    one = dual_encoder.Trainer(cfg, str(tmp_path / "one"), progress=False, corpus=corpus_,
                            strategy=tf.distribute.OneDeviceStrategy("/cpu:0"))
-    two = training.Trainer(cfg, str(tmp_path / "two"), progress=False, corpus=corpus_,
+    two = dual_encoder.Trainer(cfg, str(tmp_path / "two"), progress=False, corpus=corpus_,
                            strategy=two_cpu_strategy)
     two.encoder.set_weights(one.encoder.get_weights())
     two.loss_layer.set_weights(one.loss_layer.get_weights())
@@ -143,10 +148,10 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_vocab, data_
     assert proc.returncode == -9, proc.stderr[-3000:]
     assert tf.train.latest_checkpoint(os.path.join(killed_dir, "checkpoints")).endswith("ckpt-4")
     cfg = config.load(TRAIN_TINY, _overrides(tiny_vocab, *extra))
-    resumed = training.Trainer(cfg, killed_dir, progress=False)
+    resumed = dual_encoder.Trainer(cfg, killed_dir, progress=False)
     assert int(resumed.step.numpy()) == 4
     resumed.run()
-    straight = training.Trainer(cfg, str(tmp_path / "straight"), progress=False)
+    straight = dual_encoder.Trainer(cfg, str(tmp_path / "straight"), progress=False)
     start = _weights(straight.encoder)
     straight.run()
     _assert_same(_weights(resumed.encoder), _weights(straight.encoder), atol=1e-6)
@@ -184,7 +189,7 @@ def test_multi_worker_processes_end_with_identical_weights(tmp_path, tiny_vocab,
     for key in w0.files:
         np.testing.assert_array_equal(w0[key], w1[key])
     assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-3")
-    _, _, encoder = training.restore_encoder(model_dir)
+    _, _, encoder = runs.restore_encoder(model_dir)
     for a, key in zip(encoder.get_weights(), w0.files):
         np.testing.assert_array_equal(a, w0[key])
 
@@ -192,43 +197,43 @@ def test_multi_worker_processes_end_with_identical_weights(tmp_path, tiny_vocab,
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_vocab, data_dir):
     model_dir = str(tmp_path / "nan")
     base = _overrides(tiny_vocab, "train.steps_per_loop=1", "train.checkpoint_every=2")
-    training.train(config.load(TRAIN_TINY, base + ["train.steps=2"]), model_dir,
+    dual_encoder.train(config.load(TRAIN_TINY, base + ["train.steps=2"]), model_dir,
                    progress=False)
-    good = _weights(training.restore_encoder(model_dir)[2])
+    good = _weights(runs.restore_encoder(model_dir)[2])
     cfg = config.load(TRAIN_TINY, base + ["train.steps=6", "train.learning_rate=1.0e+30",
                                           "train.warmup_steps=0", "train.clip_norm=0.0"])
-    with pytest.raises(training.TrainingDiverged, match="last good checkpoint"):
-        training.train(cfg, model_dir, progress=False)
-    assert os.path.exists(os.path.join(model_dir, training.DIVERGED_FILE))
+    with pytest.raises(dual_encoder.TrainingDiverged, match="last good checkpoint"):
+        dual_encoder.train(cfg, model_dir, progress=False)
+    assert os.path.exists(os.path.join(model_dir, layout.DIVERGED_FILE))
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     assert latest.endswith("ckpt-2")
-    _assert_same(_weights(training.restore_encoder(model_dir)[2]), good, atol=0)
+    _assert_same(_weights(runs.restore_encoder(model_dir)[2]), good, atol=0)
 
 
 def test_resume_refuses_another_model_shape(tmp_path, tiny_vocab, data_dir):
     model_dir = str(tmp_path / "r")
-    training.train(config.load(TRAIN_TINY, _overrides(tiny_vocab, "train.steps=1")),
+    dual_encoder.train(config.load(TRAIN_TINY, _overrides(tiny_vocab, "train.steps=1")),
                    model_dir, progress=False)
     with pytest.raises(config.ConfigError, match="another model config"):
-        training.Trainer(config.load(TRAIN_TINY, _overrides(
+        dual_encoder.Trainer(config.load(TRAIN_TINY, _overrides(
             tiny_vocab, "train.steps=2", "model.num_layers=1")), model_dir, progress=False)
     # The exports' sequence length is not part of the trained model: a resumed run may set it.
-    training.Trainer(config.load(TRAIN_TINY, _overrides(
+    dual_encoder.Trainer(config.load(TRAIN_TINY, _overrides(
         tiny_vocab, "train.steps=2", "preprocess.inference_seq_length=48")), model_dir,
         progress=False)
-    assert training.restore_encoder(model_dir)[1].seq_length == 48
+    assert runs.restore_encoder(model_dir)[1].seq_length == 48
 
 
 def test_restore_encoder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.yaml"):
-        training.restore_encoder(str(tmp_path))
+        runs.restore_encoder(str(tmp_path))
 
 
 def test_mixed_precision_trains_in_bfloat16_on_cpu(tmp_path, tiny_vocab, data_dir):
     import tf_keras
     cfg = config.load(TRAIN_TINY, _overrides(tiny_vocab, "train.steps=2", "train.warmup_steps=1",
                                               "train.mixed_precision=mixed"))
-    trainer = training.Trainer(cfg, str(tmp_path / "bf16"), progress=False)
+    trainer = dual_encoder.Trainer(cfg, str(tmp_path / "bf16"), progress=False)
     assert trainer.policy == "mixed_bfloat16"
     assert tf_keras.mixed_precision.global_policy().name == "float32"  # restored
     result = trainer.run()

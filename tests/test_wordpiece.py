@@ -10,7 +10,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 import standins
-from lealla_tf import wordpiece
+from lealla_tf.text import wordpiece
 from lealla_tf.export import formats
 
 AWKWARD = ["", " ", "\t \n ", "Ça va? Größe ÀÉÎ naïve", "今天天气很好。", "Hund 🐕",

@@ -22,7 +22,8 @@ def main() -> int:
     parser.add_argument("--kill-after", type=int, default=0)
     args, overrides = parser.parse_known_args()
 
-    from lealla_tf import config, training
+    from lealla_tf import config
+    from lealla_tf.training import dual_encoder
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     cfg = config.load(os.path.join(root, "configs", "train_tiny.yaml"), overrides)
 
@@ -30,7 +31,7 @@ def main() -> int:
         if args.kill_after and step >= args.kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    trainer = training.Trainer(cfg, args.model_dir, progress=False)
+    trainer = dual_encoder.Trainer(cfg, args.model_dir, progress=False)
     trainer.run(on_loop_end)
     import numpy as np
     np.savez(args.weights_out, *trainer.encoder.get_weights())

@@ -47,6 +47,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from lealla_tf import paths
 from lealla_tf import config as config_lib
 from lealla_tf import fileio
 from lealla_tf.evaluation import retrieval
@@ -111,7 +112,7 @@ def _build_settings(cfg, n: int) -> dict:
 
 
 def index_dir(cfg) -> str:
-    return cfg.directory or fileio.join(config_lib.cache_root(), "indexes")
+    return cfg.directory or fileio.join(paths.cache_root(), "indexes")
 
 
 def _normalized(block: np.ndarray) -> np.ndarray:

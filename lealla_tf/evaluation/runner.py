@@ -37,11 +37,12 @@ from typing import List, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from lealla_tf import paths
 from lealla_tf import embedders, fileio
 from lealla_tf.embedders import CallableEmbedder, as_embedder, load_callable  # noqa: F401
 
 DEFAULT_BATCH_SIZE = 64
-CACHE_ENV = "LEALLA_CACHE_DIR"
+CACHE_ENV = paths.CACHE_ENV
 
 
 @runtime_checkable
@@ -151,12 +152,12 @@ def embed_sentences(embedder: Embedder, sentences: Sequence[str],
 
 def cache_dir(path: Optional[str] = None) -> str:
     """The embedding cache folder: ``path``, else ``embeddings`` under the cache
-    (:func:`lealla_tf.config.cache_root`: ``$LEALLA_CACHE_DIR``, else the user's cache
+    (:func:`lealla_tf.paths.cache_root`: ``$LEALLA_CACHE_DIR``, else the user's cache
     directory, ``~/.cache/lealla_tf`` on Linux)."""
     if path:
         return path
     from lealla_tf import config
-    return fileio.join(config.cache_root(), "embeddings")
+    return fileio.join(paths.cache_root(), "embeddings")
 
 
 def model_identity(embedder: Embedder) -> str:

@@ -12,8 +12,8 @@ reverse) and their mean, per language and averaged over the chosen languages
 the 112 languages).
 
 Without a local directory the files are downloaded from LASER's GitHub repository (at the
-commit pinned in :mod:`lealla_tf.datasets`) into ``<cache>/datasets/tatoeba/v1`` (the cache's
-data root, see :func:`lealla_tf.config.default_data_root`) and checked against the SHA-256
+commit pinned in :mod:`lealla_tf.data.datasets`) into ``<cache>/datasets/tatoeba/v1`` (the cache's
+data root, see :func:`lealla_tf.paths.default_data_root`) and checked against the SHA-256
 sums of the package's data table; with one, it is read as is.
 
 Example::
@@ -32,8 +32,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from lealla_tf import config, datasets
-from lealla_tf.datasets import ChecksumError
+from lealla_tf import paths
+from lealla_tf import config
+from lealla_tf.data import datasets
+from lealla_tf.data.datasets import ChecksumError
 from lealla_tf.evaluation import retrieval, runner
 
 #: File name -> SHA-256 of the published files (from the package's data table).
@@ -88,7 +90,7 @@ def file_names(lang: str) -> Tuple[str, str]:
 
 def default_cache_dir() -> str:
     """``tatoeba/v1`` under the cache's data root (where ``lealla data fetch`` puts it)."""
-    return os.path.join(config.default_data_root(), "tatoeba", "v1")
+    return os.path.join(paths.default_data_root(), "tatoeba", "v1")
 
 
 def download(languages: Union[str, Sequence[str]] = "all", cache_dir: Optional[str] = None,
@@ -98,7 +100,7 @@ def download(languages: Union[str, Sequence[str]] = "all", cache_dir: Optional[s
 
     A cached file with the right checksum is kept; a missing or damaged one is fetched
     again into a ``.part`` file (resumed when a run was interrupted), verified, then moved
-    into place (:func:`lealla_tf.datasets.fetch_file`).
+    into place (:func:`lealla_tf.data.datasets.fetch_file`).
 
     Args:
       languages: see :func:`resolve_languages`.

@@ -48,7 +48,7 @@ Modules: ``formats`` (SavedModel and TFLite builders, names), ``card`` (model ca
 """
 
 from lealla_tf.export.card import human_bytes, render_model_card, summarise_metrics
-from lealla_tf.export.embedders import (CheckpointEmbedder, Embedder, SavedModelEmbedder,
+from lealla_tf.embedders.artifacts import (CheckpointEmbedder, Embedder, SavedModelEmbedder,
                                         TFLiteEmbedder, load_embedder)
 from lealla_tf.export.exporter import (disk_bytes, export_model, export_run, format_sizes,
                                        run_card_info)

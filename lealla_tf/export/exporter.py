@@ -20,7 +20,11 @@ from typing import Any, Dict, Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-from lealla_tf import fileio, modeling, preprocessing
+from lealla_tf import runs
+from lealla_tf import layout
+from lealla_tf import fileio
+from lealla_tf.models import encoders
+from lealla_tf.text import sentencepiece
 from lealla_tf.export import formats
 from lealla_tf.export.card import (human_bytes, local_handles, render_model_card,
                                    summarise_metrics)
@@ -52,80 +56,6 @@ def _shape_info(encoder, preprocessor) -> Dict[str, Any]:
     return shape
 
 
-
-
-def _check_target(output_dir: str, overwrite: bool) -> None:
-    if fileio.exists(output_dir) and not overwrite:
-        raise FileExistsError(f"{output_dir} already exists: pass --overwrite "
-                              "(overwrite=True) to replace it")
-
-
-def _commit_dir(tmp: str, output_dir: str, overwrite: bool) -> None:
-    """Renames ``tmp`` to ``output_dir`` (replacing it only when ``overwrite``)."""
-    old = None
-    if os.path.exists(output_dir):
-        _check_target(output_dir, overwrite)
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-",
-                               dir=os.path.dirname(output_dir))
-        os.rmdir(old)
-        os.rename(output_dir, old)
-    os.rename(tmp, output_dir)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _tmp_dir_beside(output_dir: str) -> str:
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is a normal folder
-    return tmp
-
-
-@contextlib.contextmanager
-def atomic_dir(output_dir: str, overwrite: bool, bar=None):
-    """Yields a temporary local folder that replaces ``output_dir`` when the block
-    succeeds (an existing ``output_dir`` only with ``overwrite``) and is removed when the
-    block fails; ``bar`` (a tqdm bar) is closed either way.
-
-    Local ``output_dir``: the folder sits beside it and is renamed into place. Other file
-    systems: it is copied there, ``export_info.json`` last.
-    """
-    local = fileio.is_local(output_dir)
-    tmp = _tmp_dir_beside(output_dir) if local else tempfile.mkdtemp(prefix="lealla-export-")
-    try:
-        yield tmp
-        if bar is not None:
-            bar.close()
-        if local:
-            _commit_dir(tmp, output_dir, overwrite)
-        else:
-            _copy_out(tmp, output_dir, overwrite)
-    except BaseException:
-        if bar is not None:
-            bar.close()
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _copy_out(tmp: str, output_dir: str, overwrite: bool) -> None:
-    """Copies a finished local export folder to a non-local ``output_dir``."""
-    _check_target(output_dir, overwrite)
-    fileio.rmtree(output_dir)
-    fileio.makedirs(output_dir)
-    for name in sorted(os.listdir(tmp)):
-        if name == INFO_FILE:
-            continue
-        src = os.path.join(tmp, name)
-        if os.path.isdir(src):
-            fileio.copytree(src, fileio.join(output_dir, name))
-        else:
-            fileio.copy(src, fileio.join(output_dir, name))
-    if os.path.exists(os.path.join(tmp, INFO_FILE)):
-        fileio.copy(os.path.join(tmp, INFO_FILE), fileio.join(output_dir, INFO_FILE))
 
 
 def _version() -> str:
@@ -179,14 +109,14 @@ def export_model(preprocessor, encoder, output_dir: str,
 
     output_dir = fileio.normpath(output_dir)
     variants = formats.parse_tflite_variants(tflite)
-    _check_target(output_dir, overwrite)
+    fileio.check_target(output_dir, overwrite)
     template = card_template or DEFAULT_CARD_TEMPLATE
     if not fileio.exists(template):
         raise FileNotFoundError(f"model card template not found: {template}")
     steps = ["savedmodel " + n for n in SAVED_MODELS] + ["check"] + [
         "tflite " + v for v in variants] + ["model card"]
     bar = tqdm(total=len(steps), desc="export", unit="step", disable=not progress)
-    with atomic_dir(output_dir, overwrite, bar) as tmp:
+    with fileio.atomic_dir(output_dir, overwrite, bar, last=INFO_FILE) as tmp:
         info: Dict[str, Any] = {
             "format_version": 1,
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -196,7 +126,7 @@ def export_model(preprocessor, encoder, output_dir: str,
         }
         with tempfile.TemporaryDirectory() as vocab_tmp:
             sp_path = os.path.join(vocab_tmp, getattr(preprocessor, "asset_name",
-                                                      preprocessing.MODEL_FILE))
+                                                      sentencepiece.MODEL_FILE))
             wordpiece_vocab = sp_path.endswith("vocab.txt")  # the encoder carries it too
             with open(sp_path, "wb") as f:
                 f.write(preprocessor.model_bytes)
@@ -220,12 +150,12 @@ def export_model(preprocessor, encoder, output_dir: str,
                     encoder.set_int8_word_embeddings(False)
 
         probe = tf.constant(list(PROBE_SENTENCES))
-        float_model = modeling.StringEncoder(preprocessor, encoder)(probe, training=False).numpy()
+        float_model = encoders.StringEncoder(preprocessor, encoder)(probe, training=False).numpy()
         info["model"]["int8_word_embeddings"] = bool(int8_embeddings)
         if int8_embeddings:
             encoder.set_int8_word_embeddings(True)
             try:
-                expected = modeling.StringEncoder(preprocessor, encoder)(
+                expected = encoders.StringEncoder(preprocessor, encoder)(
                     probe, training=False).numpy()
             finally:
                 encoder.set_int8_word_embeddings(False)
@@ -343,11 +273,9 @@ def export_run(model_dir: str, output_dir: str, checkpoint: Optional[str] = None
       progress: print progress and file sizes.
       int8_embeddings: int8 word-embedding rows (see :func:`export_model`).
     """
-    from lealla_tf import training
-    _check_target(fileio.normpath(output_dir), overwrite)
-    checkpoint = checkpoint or tf.train.latest_checkpoint(
-        fileio.join(model_dir, training.CHECKPOINT_DIR))
-    cfg, preprocessor, encoder = training.restore_encoder(model_dir, checkpoint)
+    fileio.check_target(fileio.normpath(output_dir), overwrite)
+    checkpoint = checkpoint or runs.latest_checkpoint(model_dir)
+    cfg, preprocessor, encoder = runs.restore_encoder(model_dir, checkpoint)
     card = run_card_info(model_dir, cfg, checkpoint, metrics)
     card.update(model_card_info or {})
     return export_model(preprocessor, encoder, output_dir, tflite=tflite, model_card_info=card,

@@ -11,21 +11,18 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
-from lealla_tf import corpus, modeling, preprocessing
+from lealla_tf import corpus
+from lealla_tf.models import encoders
+from lealla_tf.text import sentencepiece
+from lealla_tf.embedders.artifacts import tflite_interpreter  # noqa: F401  (re-exported)
+from lealla_tf.layout import (CARD_FILE, ENCODER, ENCODER_OUTPUTS, INFO_FILE, INPUT_KEY,  # noqa: F401
+                              LEALLA, OUTPUT_KEY, PREPROCESSOR, SAVED_MODELS, SIGNATURE,
+                              TFLITE_VARIANTS, tflite_file_name)
 
-LEALLA, PREPROCESSOR, ENCODER = "lealla", "preprocessor", "encoder"
-SAVED_MODELS = (LEALLA, PREPROCESSOR, ENCODER)
-TFLITE_VARIANTS = ("fp32", "fp16", "int8")
 # Each TFLite file must reach this cosine to the SavedModel on PROBE_SENTENCES.
 TFLITE_MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99}
 # An export with int8 word-embedding rows must reach this cosine to the float model.
 INT8_EMBEDDINGS_MIN_COSINE = 0.999
-INFO_FILE = "export_info.json"
-CARD_FILE = "README.md"
-INPUT_KEY = "sentences"
-OUTPUT_KEY = "default"
-SIGNATURE = "serving_default"
-ENCODER_OUTPUTS = ("default", "pooled_output", "sequence_output")
 # The model-card template ships inside the package (lealla_tf/resources/model_card.md).
 DEFAULT_CARD_TEMPLATE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                      "resources", "model_card.md")
@@ -41,11 +38,6 @@ _PROBE = (
 )
 PROBE_SENTENCES: Tuple[bytes, ...] = tuple(
     s.encode("utf-8") if isinstance(s, str) else s for s in _PROBE)
-
-
-def tflite_file_name(variant: str) -> str:
-    """``lealla-<variant>.tflite``."""
-    return f"lealla-{variant}.tflite"
 
 
 def parse_tflite_variants(value: Union[str, Sequence[str], None]) -> Tuple[str, ...]:
@@ -90,7 +82,7 @@ def build_lealla_module(preprocessor, encoder) -> Tuple[tf.train.Checkpoint, Dic
     Returns:
       ``(root, signatures)`` for ``tf.saved_model.save``.
     """
-    model = modeling.StringEncoder(preprocessor, encoder)
+    model = encoders.StringEncoder(preprocessor, encoder)
     model(tf.constant([""]))
     obj = _reusable(model)
 
@@ -111,7 +103,7 @@ def build_lealla_module(preprocessor, encoder) -> Tuple[tf.train.Checkpoint, Dic
 
 def build_encoder_module(encoder) -> Tuple[tf.train.Checkpoint, Dict[str, Any]]:
     """The encoder of the TF Hub text API (token dict -> default, pooled/sequence outputs)."""
-    specs = {k: tf.TensorSpec([None, None], tf.int32, name=k) for k in modeling.INPUT_KEYS}
+    specs = {k: tf.TensorSpec([None, None], tf.int32, name=k) for k in encoders.INPUT_KEYS}
     obj = _reusable(encoder)
 
     @tf.function
@@ -125,7 +117,7 @@ def build_encoder_module(encoder) -> Tuple[tf.train.Checkpoint, Dict[str, Any]]:
         call.get_concrete_function(specs, training=training)
     obj.__call__ = call
 
-    @tf.function(input_signature=[specs[k] for k in modeling.INPUT_KEYS])
+    @tf.function(input_signature=[specs[k] for k in encoders.INPUT_KEYS])
     def serve(input_word_ids, input_mask, input_type_ids):
         out = encoder({"input_word_ids": input_word_ids, "input_mask": input_mask,
                        "input_type_ids": input_type_ids}, training=False)
@@ -192,9 +184,9 @@ def special_ids(preprocessor) -> Dict[str, int]:
     ids = getattr(preprocessor, "special_ids", None)
     if ids:
         return dict(ids)
-    return {"padding_id": preprocessing.PAD_ID, "unknown_id": preprocessing.UNK_ID,
-            "start_of_sequence_id": preprocessing.CLS_ID,
-            "end_of_segment_id": preprocessing.SEP_ID, "mask_id": preprocessing.MASK_ID}
+    return {"padding_id": sentencepiece.PAD_ID, "unknown_id": sentencepiece.UNK_ID,
+            "start_of_sequence_id": sentencepiece.CLS_ID,
+            "end_of_segment_id": sentencepiece.SEP_ID, "mask_id": sentencepiece.MASK_ID}
 
 
 def save_saved_model(obj, signatures, path: str, sp_model_file: Optional[str] = None,
@@ -236,22 +228,6 @@ def convert_tflite(saved_model_dir: str, variant: str = "fp32") -> bytes:
     if variant == "fp16":
         converter.target_spec.supported_types = [tf.float16]
     return converter.convert()
-
-
-def tflite_interpreter(model_path: Optional[str] = None, model_content: Optional[bytes] = None,
-                       num_threads: Optional[int] = None, xnnpack: bool = True):
-    """A LiteRT interpreter with TF Text's custom ops registered.
-
-    ``xnnpack=False`` runs LiteRT's built-in kernels (ruy; hybrid int8 kernels for
-    dynamic-range files) without the default XNNPACK delegate.
-    """
-    import tensorflow_text as tf_text
-    from ai_edge_litert.interpreter import InterpreterWithCustomOps, OpResolverType
-    kwargs = {} if xnnpack else {
-        "experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
-    return InterpreterWithCustomOps(
-        custom_op_registerers=tf_text.tflite_registrar.SELECT_TFTEXT_OPS,
-        model_path=model_path, model_content=model_content, num_threads=num_threads, **kwargs)
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

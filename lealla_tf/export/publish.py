@@ -10,7 +10,7 @@ import tarfile
 from typing import Any, Dict, Optional
 
 from lealla_tf.export.card import human_bytes, render_model_card
-from lealla_tf.export.exporter import _check_target, atomic_dir
+from lealla_tf import fileio
 from lealla_tf.export.formats import (CARD_FILE, INFO_FILE, SAVED_MODELS, TFLITE_VARIANTS,
                                       sha256_file, tflite_file_name)
 
@@ -72,7 +72,7 @@ def publish(export_dir: str, output_dir: str, base_url: Optional[str] = None,
                                 "folder?")
     with open(info_path, encoding="utf-8") as f:
         info = json.load(f)
-    _check_target(output_dir, overwrite)
+    fileio.check_target(output_dir, overwrite)
     if base_url:
         handles = {n: f"{base_url.rstrip('/')}/{n}/{n}.tar.gz" for n in SAVED_MODELS}
     else:
@@ -86,7 +86,7 @@ def publish(export_dir: str, output_dir: str, base_url: Optional[str] = None,
     from tqdm.auto import tqdm
     bar = tqdm(total=len(SAVED_MODELS) + len(tflites), desc="publish", unit="file",
                disable=not progress)
-    with atomic_dir(output_dir, overwrite, bar) as tmp:
+    with fileio.atomic_dir(output_dir, overwrite, bar, last=INFO_FILE) as tmp:
         for name in SAVED_MODELS:
             bar.set_postfix_str(name)
             os.makedirs(os.path.join(tmp, name))

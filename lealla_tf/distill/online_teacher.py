@@ -1,7 +1,7 @@
 """The teacher inside the training step (``teacher.mode: online``).
 
 With ``teacher.mode: precomputed`` (the default) distillation reads teacher embeddings that
-``lealla teacher embed`` stored once (:mod:`lealla_tf.teacher_embeddings`). With
+``lealla teacher embed`` stored once (:mod:`lealla_tf.distill.store`). With
 ``teacher.mode: online`` the frozen teacher runs in the same ``tf.function`` as the student,
 under the training strategy, on each replica's own rows of the global batch: no teacher
 shards at all, at the price of one teacher forward pass per sentence per step.
@@ -37,7 +37,7 @@ exported (export rebuilds the encoder alone from the checkpoint).
 
 Example::
 
-    from lealla_tf import online_teacher
+    from lealla_tf.distill import online_teacher
     teacher = online_teacher.load("hub:pre|enc", strategy)
     inputs = teacher.preprocess(tf.constant(["dog", "Hund"]))   # in tf.data
     vectors = teacher.encode(inputs)                            # in the replica step
@@ -51,8 +51,10 @@ from typing import Callable, List, Optional
 
 import tensorflow as tf
 
+from lealla_tf import runs
 from lealla_tf import config as config_lib
-from lealla_tf import embedders, fileio, teachers
+from lealla_tf import embedders, fileio
+from lealla_tf.embedders import teachers
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +134,7 @@ def _import_tf_text():
 def _load_saved(handle: str, use_hub: bool):
     _import_tf_text()
     if use_hub or "://" in handle:
-        from lealla_tf.teachers import _import_hub
+        from lealla_tf.embedders.teachers import _import_hub
         return _import_hub().load(handle)
     return tf.saved_model.load(handle)
 
@@ -193,7 +195,7 @@ def load(spec: str, strategy: Optional[tf.distribute.Strategy] = None,
     kind, value = check_spec(spec)
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     if kind in ("labse", "hub_pair"):
-        from lealla_tf import teachers
+        from lealla_tf.embedders import teachers
         pre, enc = ((teachers.LABSE_PREPROCESSOR, teachers.LABSE_ENCODER) if kind == "labse"
                     else value.split("|"))
         pre = teachers._check_handle(pre, "preprocessor")
@@ -205,15 +207,14 @@ def load(spec: str, strategy: Optional[tf.distribute.Strategy] = None,
             encoder(x), output_key or "default", f"encoder {enc}"), _variables(encoder),
             keep=(preprocessor, encoder))
     if kind == "run":
-        from lealla_tf import training
         with scope:
-            _, preprocessor, encoder = training.restore_encoder(fileio.normpath(value))
+            _, preprocessor, encoder = runs.restore_encoder(fileio.normpath(value))
         return OnlineTeacher(spec, preprocessor, lambda x: encoder(x, training=False),
                              encoder.variables, keep=(preprocessor, encoder))
     if kind == "export":
-        from lealla_tf.export.formats import LEALLA
+        from lealla_tf.layout import LEALLA
         value = fileio.join(value, LEALLA)
-    from lealla_tf import teachers
+    from lealla_tf.embedders import teachers
     handle = teachers._check_handle(value, "SavedModel")
     with scope:
         obj = _load_saved(handle, use_hub=kind == "hub")
@@ -223,7 +224,7 @@ def load(spec: str, strategy: Optional[tf.distribute.Strategy] = None,
 
 def check_teacher(teacher) -> OnlineTeacher:
     """An :class:`OnlineTeacher` as it is, or a clear error for any other teacher object
-    (a :class:`lealla_tf.teachers.Teacher` or Python callable given to the trainer)."""
+    (a :class:`lealla_tf.embedders.teachers.Teacher` or Python callable given to the trainer)."""
     if isinstance(teacher, OnlineTeacher):
         return teacher
     name = getattr(teacher, "name", None) or type(teacher).__name__

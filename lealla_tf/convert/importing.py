@@ -4,7 +4,7 @@ The released models (TF Hub ``google/LaBSE/2``, ``google/LEALLA/LEALLA-{small,ba
 are Model Garden BERT encoders. Their variables carry Model Garden's names
 (``word_embeddings/embeddings``, ``transformer/layer_N/self_attention/query/kernel``,
 ``pooler_transform/kernel``, ...), the same names ``BertEncoderV2`` inside
-:class:`lealla_tf.modeling.LeallaEncoder` gives its own, so each source variable is placed
+:class:`lealla_tf.models.encoders.LeallaEncoder` gives its own, so each source variable is placed
 by name (any prefix before the known part is ignored) and checked by shape. The shape of
 the encoder (vocabulary, width, layers, heads, FFN, positions, token types) is read off the
 variables. The WordPiece vocabulary and ``do_lower_case`` come from the SavedModel's
@@ -45,8 +45,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from lealla_tf import runs
+from lealla_tf import layout
+from lealla_tf.layout import IMPORT_INFO_FILE
 from lealla_tf import config as config_lib
-from lealla_tf import modeling, wordpiece
+from lealla_tf.models import encoders
+from lealla_tf.text import wordpiece
 
 # The part of a variable name that places it (a prefix before it is ignored).
 _KNOWN = re.compile(
@@ -57,7 +61,7 @@ _KNOWN = re.compile(
     r"output/(?:kernel|bias)|output_layer_norm/(?:gamma|beta))|"
     r"pooler_transform/(?:kernel|bias))$")
 PARITY_TOLERANCE = 1e-5
-INFO_FILE = "import_info.json"
+INFO_FILE = IMPORT_INFO_FILE
 LAYOUTS = ("encoder", "string")
 
 
@@ -178,7 +182,7 @@ def infer_model_config(variables: Dict[str, tf.Variable], name: str = "imported"
         dropout_rate=0.1, attention_dropout_rate=0.1)
 
 
-def assign_weights(encoder: modeling.LeallaEncoder, variables: Sequence[tf.Variable]
+def assign_weights(encoder: encoders.LeallaEncoder, variables: Sequence[tf.Variable]
                    ) -> Dict[str, int]:
     """Copies Model Garden BERT variables into ``encoder`` by name, checking every tensor.
 
@@ -271,7 +275,7 @@ def check_parity(loaded, layout: str, preprocessor, encoder, sentences,
       ``max_abs_diff_source_ids`` (the source encoder on the source preprocessor's ids).
     """
     strings = tf.constant(list(sentences), tf.string)
-    ours = modeling.StringEncoder(preprocessor, encoder, dynamic_length=False)(
+    ours = encoders.StringEncoder(preprocessor, encoder, dynamic_length=False)(
         strings, training=False).numpy()
     theirs = source_embeddings(loaded, layout, sentences, preprocessor)
     result = {"sentences": len(sentences),
@@ -288,7 +292,7 @@ def check_parity(loaded, layout: str, preprocessor, encoder, sentences,
         result["token_id_mismatches"] = int(np.any(ids_a != ids_b, axis=1).sum())
         if layout == "encoder":
             via = tf.math.l2_normalize(tf.cast(_output(_call(loaded, {
-                k: tf.cast(src_inputs[k], tf.int32) for k in modeling.INPUT_KEYS})),
+                k: tf.cast(src_inputs[k], tf.int32) for k in encoders.INPUT_KEYS})),
                 tf.float32), axis=-1).numpy()
             result["max_abs_diff_source_ids"] = float(np.abs(ours - via).max())
     return result
@@ -377,7 +381,7 @@ def import_model(source: str, output_dir: str, preprocessor: str = "", seq_lengt
     if pre.vocab_size != model_cfg.vocab_size:
         raise UnrecognisedModel(f"the vocabulary has {pre.vocab_size} tokens but the word "
                            f"embeddings {model_cfg.vocab_size} rows")
-    encoder = modeling.build_encoder(model_cfg)
+    encoder = encoders.build_encoder(model_cfg)
     encoder(encoder.dummy_inputs())
     counts = assign_weights(encoder, variables)
 
@@ -400,33 +404,5 @@ def import_model(source: str, output_dir: str, preprocessor: str = "", seq_lengt
     info = {"source": source, "resolved": folder, "preprocessor": preprocessor,
             "layout": layout, "do_lower_case": bool(lower), "seq_length": int(seq_length),
             "model": dataclasses.asdict(model_cfg), "variables": counts, "parity": parity}
-    checkpoint = write_run(output_dir, cfg, pre.model_bytes, encoder, INFO_FILE, info)
+    checkpoint = runs.write_run(output_dir, cfg, pre.model_bytes, encoder, INFO_FILE, info)
     return ImportResult(output_dir, layout, cfg, parity, checkpoint)
-
-
-def write_run(output_dir: str, cfg: config_lib.ExperimentConfig, vocab_bytes: bytes,
-              encoder, info_file: str, info: Dict[str, Any]) -> str:
-    """Writes a run directory (config, vocabulary, ``checkpoints/ckpt-0``, an info JSON)
-    atomically (a sibling folder renamed at the end; an existing one is replaced).
-
-    Returns:
-      The checkpoint path.
-    """
-    from lealla_tf import training
-    tmp = output_dir.rstrip("/") + ".writing"
-    shutil.rmtree(tmp, ignore_errors=True)
-    vocab_path = os.path.join(tmp, training.vocab_file(cfg))
-    os.makedirs(os.path.dirname(vocab_path))
-    with open(vocab_path, "wb") as f:
-        f.write(vocab_bytes)
-    config_lib.save(cfg, os.path.join(tmp, training.CONFIG_FILE))
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(encoder=encoder),
-                                         os.path.join(tmp, training.CHECKPOINT_DIR), 1)
-    manager.save(checkpoint_number=0)
-    info = dict(info, parameters=int(sum(int(np.prod(v.shape)) for v in encoder.weights)))
-    with open(os.path.join(tmp, info_file), "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=1, ensure_ascii=False)
-    if os.path.exists(output_dir):
-        shutil.rmtree(output_dir)
-    os.replace(tmp, output_dir)
-    return os.path.join(output_dir, training.CHECKPOINT_DIR, "ckpt-0")

@@ -22,7 +22,8 @@ start (README, "Students that keep the teacher's quality"):
 
 Example::
 
-    from lealla_tf import student_init, teachers
+    from lealla_tf.distill import student_init
+    from lealla_tf.embedders import teachers
     teacher = teachers.load_teacher("muse")
     path = student_init.build_teacher_vocab(teacher, ["data/deu-eng.tsv"], "vocab/")
     table = student_init.initial_table("teacher", teacher, path, dim=128, stddev=0.02)
@@ -39,7 +40,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from lealla_tf import corpus, fileio, preprocessing
+from lealla_tf import corpus, fileio
+from lealla_tf.text import sentencepiece
 
 INFO_FILE = "vocab_info.json"
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED = 1, 2, 3, 4
@@ -141,21 +143,21 @@ def prune_sentencepiece(model_bytes: bytes, sentences: Iterable[str], max_pieces
 
     old = list(proto.pieces)
     del proto.pieces[:]
-    for n, piece in enumerate(preprocessing.SPECIAL_PIECES):
+    for n, piece in enumerate(sentencepiece.SPECIAL_PIECES):
         new = proto.pieces.add()
         new.piece, new.score = piece, 0.0
-        new.type = _UNKNOWN if n == preprocessing.UNK_ID else _CONTROL
+        new.type = _UNKNOWN if n == sentencepiece.UNK_ID else _CONTROL
     for i in kept:
         new = proto.pieces.add()
         new.CopyFrom(old[i])
     spec = proto.trainer_spec
-    spec.unk_id, spec.pad_id, spec.bos_id, spec.eos_id = (preprocessing.UNK_ID,
-                                                          preprocessing.PAD_ID, -1, -1)
-    spec.unk_piece = preprocessing.SPECIAL_PIECES[preprocessing.UNK_ID]
-    spec.pad_piece = preprocessing.SPECIAL_PIECES[preprocessing.PAD_ID]
+    spec.unk_id, spec.pad_id, spec.bos_id, spec.eos_id = (sentencepiece.UNK_ID,
+                                                          sentencepiece.PAD_ID, -1, -1)
+    spec.unk_piece = sentencepiece.SPECIAL_PIECES[sentencepiece.UNK_ID]
+    spec.pad_piece = sentencepiece.SPECIAL_PIECES[sentencepiece.PAD_ID]
     spec.byte_fallback = False
     spec.vocab_size = len(proto.pieces)
-    teacher_ids = np.array([-1] * len(preprocessing.SPECIAL_PIECES) + kept, np.int64)
+    teacher_ids = np.array([-1] * len(sentencepiece.SPECIAL_PIECES) + kept, np.int64)
     stats = {"sentences": n_sentences, "teacher_pieces": len(old),
              "used_pieces": len(used), "character_pieces": len(char_ids),
              "kept_pieces": len(kept), "vocab_size": len(proto.pieces),
@@ -180,7 +182,7 @@ def build_teacher_vocab(teacher, files: Sequence[str], output_dir: str, max_piec
     Returns:
       The path of ``spm.model``.
     """
-    path = fileio.join(output_dir, preprocessing.MODEL_FILE)
+    path = fileio.join(output_dir, sentencepiece.MODEL_FILE)
     info_path = fileio.join(output_dir, INFO_FILE)
     if fileio.exists(path) and fileio.exists(info_path):
         old = json.loads(fileio.read_text(info_path))
@@ -197,7 +199,7 @@ def build_teacher_vocab(teacher, files: Sequence[str], output_dir: str, max_piec
     fileio.makedirs(output_dir)
     info = dict(stats, source="teacher", teacher=teacher.name, max_pieces=max_pieces,
                 keep_unused=keep_unused,
-                special_pieces=list(preprocessing.SPECIAL_PIECES),
+                special_pieces=list(sentencepiece.SPECIAL_PIECES),
                 inputs=[fileio.normpath(f) for f in files], teacher_ids=teacher_ids.tolist())
     fileio.atomic_write(info_path, json.dumps(info, indent=1, ensure_ascii=False))
     fileio.atomic_write(path, pruned)
@@ -311,7 +313,7 @@ def initial_table(kind: str, teacher, vocab_path: str, dim: int, stddev: float,
       cache_dir: where piece vectors are cached (default: the vocabulary's folder).
       progress: progress bars.
     """
-    model_bytes = preprocessing.read_model(vocab_path)
+    model_bytes = sentencepiece.read_model(vocab_path)
     if kind == "teacher":
         vectors = teacher_piece_vectors(teacher, model_bytes,
                                         cache_dir or fileio.dirname(vocab_path),

@@ -25,7 +25,7 @@ stand in for GitHub: ``mirror=`` or ``$LEALLA_DATA_MIRROR``.
 
 Example::
 
-    from lealla_tf import datasets
+    from lealla_tf.data import datasets
     root = datasets.fetch(["tatoeba", "train", "ntrex"], ["deu", "fra"])  # into the cache
     print(datasets.plan(["ntrex"], "all").download_bytes)                 # bytes to fetch
 """
@@ -41,6 +41,7 @@ import urllib.error
 import urllib.request
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
+from lealla_tf import paths
 from lealla_tf import config, corpus
 
 #: key -> (GitHub ``owner/name``, pinned commit).
@@ -195,9 +196,9 @@ def plan(sets: Union[str, Sequence[str]] = SETS, languages: Union[str, Sequence[
         ``tatoeba``; for ``train`` also every file of that base language (``cmn`` ->
         ``cmn_Hans``, ``cmn_Hant``); for ``ntrex`` the NTREX file of that language (see
         :data:`NTREX_CODES`) plus the English source. Codes a set lacks are skipped for it.
-      output: data root (default :func:`config.default_data_root`).
+      output: data root (default :func:`paths.default_data_root`).
       cache: cache folder for the upstream inputs of ``train/`` (default
-        :func:`config.cache_root`).
+        :func:`paths.cache_root`).
 
     Raises:
       ValueError: naming an unknown set or a language no requested set has.
@@ -205,8 +206,8 @@ def plan(sets: Union[str, Sequence[str]] = SETS, languages: Union[str, Sequence[
     sets = _parse_list(sets, "data set(s)", SETS)
     langs = (None if isinstance(languages, str) and languages.strip().lower() == "all"
              else set(_parse_list(languages, "languages")))
-    output = output or config.default_data_root()
-    cache = cache or config.cache_root()
+    output = output or paths.default_data_root()
+    cache = cache or paths.cache_root()
     chosen, skipped = _select(sets, langs)
     by_target = {e.target: e for e in table() if e.target}
     downloads: Dict[str, Tuple[Entry, str]] = {}
@@ -425,8 +426,8 @@ def ensure_data(sets: Union[str, Sequence[str]], languages: Union[str, Sequence[
 
         root = datasets.ensure_data(["train", "tatoeba", "ntrex"], ["deu", "fra"])
     """
-    if data_dir or os.environ.get(config.DATA_ENV):
-        return config.data_dir(data_dir or "")
+    if data_dir or os.environ.get(paths.DATA_ENV):
+        return paths.data_dir(data_dir or "")
     p = plan(sets, languages)
     if p.downloads or p.derive:
         print(f"no data directory set (--data-dir, LEALLA_DATA_DIR): fetching "

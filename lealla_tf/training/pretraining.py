@@ -7,13 +7,13 @@ on translation pairs, without language ids, and grows the L-layer encoder by pro
 stacking (Gong et al., 2019): L/4 layers first, then L/2 with the trained layers copied on
 top, then L. ``lealla pretrain`` does the same with Model Garden's ``BertPretrainerV2``
 (``layers.MaskedLM``, tied to the word embeddings) over the ``BertEncoderV2`` of
-:class:`lealla_tf.modeling.LeallaEncoder`, so its run directory is one that ``lealla
+:class:`lealla_tf.models.encoders.LeallaEncoder`, so its run directory is one that ``lealla
 train --init-from`` (``train.init_from``) or ``train.init_checkpoint`` starts from.
 
 Inputs (``pretrain.*`` in :class:`lealla_tf.config.PretrainConfig`; built in
-:mod:`lealla_tf.pretrain_data`, whose names this module re-exports):
+:mod:`lealla_tf.data.pretrain_inputs`, whose names this module re-exports):
 
-- every global batch draws pairs as the training job does (:class:`lealla_tf.data.
+- every global batch draws pairs as the training job does (:class:`lealla_tf.data.pipeline.
   GlobalBatchSampler`: a language with ``p ∝ n^alpha``, then its next pair, no repeated
   sentence in a batch); plain-text files (``pretrain.text_files``) are languages of their
   own whose "pairs" are one sentence;
@@ -31,7 +31,7 @@ Inputs (``pretrain.*`` in :class:`lealla_tf.config.PretrainConfig`; built in
 The loss is the mean cross-entropy over all the global batch's predictions (summed per
 replica and divided by the global count), so gradients summed over replicas equal one
 device's. Optimiser, schedule, clipping, mixed precision and strategies are the training
-job's (:func:`lealla_tf.training.build_optimizer`; ``train.*``, ``distribute.*``).
+job's (:func:`lealla_tf.training.dual_encoder.build_optimizer`; ``train.*``, ``distribute.*``).
 
 Progressive stacking (``pretrain.stages: [L/4, L/2, L]``, ``pretrain.stage_steps``): at a
 stage boundary the new encoder's layer ``j`` starts from the trained layer ``j mod n``
@@ -75,25 +75,29 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import tensorflow as tf
 import tf_keras
 
+from lealla_tf import runs
 from lealla_tf import config as config_lib
-from lealla_tf import data as data_lib
-from lealla_tf import distribute as distribute_lib
-from lealla_tf import fileio, modeling, training, wordpiece
+from lealla_tf.data import pipeline as data_lib
+from lealla_tf.training import distribute as distribute_lib
+from lealla_tf import fileio, layout
+from lealla_tf.models import encoders
+from lealla_tf.training import dual_encoder
+from lealla_tf.text import wordpiece
 
 log = logging.getLogger(__name__)
 
-LOG_DIR = os.path.join("logs", "pretrain")
-STAGES_DIR = "stages"
+LOG_DIR = layout.PRETRAIN_LOG_DIR
+STAGES_DIR = layout.STAGES_DIR
 METRICS = ("loss", "accuracy", "mlm_loss", "tlm_loss", "grad_norm")
 
-from lealla_tf.pretrain_data import (  # noqa: E402,F401  (the inputs, re-exported)
+from lealla_tf.data.pretrain_inputs import (  # noqa: E402,F401  (the inputs, re-exported)
     FEATURES, PretrainCorpus, StatelessMaskValuesChooser, StatelessRandomItemSelector,
     eval_batches, load_corpus, make_dataset, make_features_fn, mask_and_pad,
     pack_pretraining_inputs, special_ids, text_batches)
 
 
 # ---------------------------------------------------------------------------- model
-def build_pretrainer(encoder: modeling.LeallaEncoder, model_cfg: config_lib.ModelConfig):
+def build_pretrainer(encoder: encoders.LeallaEncoder, model_cfg: config_lib.ModelConfig):
     """Model Garden's ``BertPretrainerV2`` (MLM head tied to the word embeddings) over the
     encoder's ``BertEncoderV2``."""
     from official.modeling import tf_utils
@@ -121,7 +125,7 @@ def mlm_sums(logits: tf.Tensor, feats: Dict[str, tf.Tensor]) -> Dict[str, tf.Ten
 
 
 def model_inputs(feats: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-    return {k: feats[k] for k in modeling.INPUT_KEYS + ("masked_lm_positions",)}
+    return {k: feats[k] for k in encoders.INPUT_KEYS + ("masked_lm_positions",)}
 
 
 def evaluate(pretrainer, batches: Sequence[Dict[str, tf.Tensor]]) -> Dict[str, float]:
@@ -151,7 +155,7 @@ def stack_pairs(source, target) -> List[Tuple[tf.Variable, tf.Variable]]:
     """
     (s_enc, s_pre), (t_enc, t_pre) = source, target
     n = len(s_enc.bert._transformer_layers)
-    pairs = modeling.depth_pairs(s_enc, t_enc, lambda j: j % n, "stacking")
+    pairs = encoders.depth_pairs(s_enc, t_enc, lambda j: j % n, "stacking")
     # The MLM head, less what it shares with the encoder (the tied embedding table).
     in_t, in_s = {id(w) for w in t_enc.weights}, {id(w) for w in s_enc.weights}
     head_t = [w for w in t_pre.masked_lm.weights if id(w) not in in_t]
@@ -159,7 +163,7 @@ def stack_pairs(source, target) -> List[Tuple[tf.Variable, tf.Variable]]:
     if len(head_t) != len(head_s):
         raise ValueError("stacking: the stages' MLM heads differ")
     head = list(zip(head_t, head_s))
-    modeling.check_pair_shapes(head, "stacking")
+    encoders.check_pair_shapes(head, "stacking")
     pairs += head
     return pairs
 
@@ -183,7 +187,7 @@ def stage_plan(cfg: config_lib.ExperimentConfig) -> List[Stage]:
     plan, start = [], 0
     for i, (n, s) in enumerate(zip(layers, steps)):
         last = i == len(layers) - 1
-        plan.append(Stage(i, n, start, start + s, training.CHECKPOINT_DIR if last
+        plan.append(Stage(i, n, start, start + s, layout.CHECKPOINT_DIR if last
                           else os.path.join(STAGES_DIR, f"layers-{n}")))
         start += s
     return plan
@@ -242,12 +246,12 @@ class Pretrainer:
                 raise config_lib.ConfigError("vocab.source: teacher and model.embedding_init "
                                              "need a teacher: set teacher.spec")
             if "t" not in teacher:
-                from lealla_tf import teachers
+                from lealla_tf.embedders import teachers
                 teacher["t"] = teachers.load_teacher(cfg.teacher.spec)
             return teacher["t"]
 
         self._teacher_fn = teacher_fn
-        self.vocab_path = training.resolve_vocab(cfg, self.model_dir, self.strategy,
+        self.vocab_path = dual_encoder.resolve_vocab(cfg, self.model_dir, self.strategy,
                                                  progress=progress, teacher_fn=teacher_fn)
         self.vocab_bytes = wordpiece.read_vocab(cfg.vocab.type, self.vocab_path)
         vocab_size = self.make_preprocessor().vocab_size
@@ -257,12 +261,12 @@ class Pretrainer:
             raise config_lib.ConfigError(f"the vocabulary has {vocab_size} pieces but "
                                          f"model.vocab_size is {cfg.model.vocab_size}")
         self.vocab_size = vocab_size
-        training._check_resume_config(cfg, self.model_dir)
+        runs.check_resume_config(cfg, self.model_dir)
         self._check_resume_plan()
         if self.chief:
             saved = dataclasses.replace(cfg, vocab=dataclasses.replace(
-                cfg.vocab, model_file=training.vocab_file(cfg)))
-            config_lib.save(saved, fileio.join(self.model_dir, training.CONFIG_FILE))
+                cfg.vocab, model_file=runs.vocab_file(cfg)))
+            config_lib.save(saved, fileio.join(self.model_dir, layout.CONFIG_FILE))
         self.corpus = corpus or load_corpus(cfg)
         self.sampler = data_lib.GlobalBatchSampler(
             self.corpus.train, cfg.train.global_batch_size, alpha=cfg.data.sampling_alpha,
@@ -274,7 +278,7 @@ class Pretrainer:
                                           cfg.eval.batch_size) if self.corpus.held_out else [])
         self.plan = stage_plan(cfg)
         self._previous_policy = tf_keras.mixed_precision.global_policy()
-        self.policy = training.precision_policy(cfg.train.mixed_precision, self.strategy)
+        self.policy = dual_encoder.precision_policy(cfg.train.mixed_precision, self.strategy)
         self.stage: Optional[Stage] = None
         self.restored_from: Optional[str] = None
         self._enter(self._latest_stage())
@@ -293,7 +297,7 @@ class Pretrainer:
                                            self.cfg.vocab.do_lower_case)
 
     def _check_resume_plan(self) -> None:
-        path = fileio.join(self.model_dir, training.CONFIG_FILE)
+        path = fileio.join(self.model_dir, layout.CONFIG_FILE)
         if not fileio.exists(path):
             return
         old = config_lib.load(path).pretrain
@@ -327,7 +331,7 @@ class Pretrainer:
                 was = tf_keras.backend.experimental.is_tf_random_generator_enabled()
                 tf_keras.backend.experimental.enable_tf_random_generator()
                 try:
-                    encoder = modeling.build_encoder(self._model_cfg(stage))
+                    encoder = encoders.build_encoder(self._model_cfg(stage))
                     encoder(encoder.dummy_inputs())
                     pretrainer = build_pretrainer(encoder, self._model_cfg(stage))
                     dummy = dict(encoder.dummy_inputs(),
@@ -341,7 +345,7 @@ class Pretrainer:
                     layer._random_generator._generator for layer in encoder.submodules
                     if getattr(getattr(layer, "_random_generator", None), "_generator", None)
                     is not None]
-                optimizer, schedule = training.build_optimizer(self.cfg.train)
+                optimizer, schedule = dual_encoder.build_optimizer(self.cfg.train)
                 offset = stage.start if self.cfg.pretrain.stage_optimizer == "reset" else 0
                 if offset:
                     optimizer.learning_rate = _OffsetSchedule(schedule, offset)
@@ -421,7 +425,7 @@ class Pretrainer:
         job applies them (a teacher-made word table; zero position and type tables)."""
         cfg = self.cfg
         if cfg.model.embedding_init != "random":
-            from lealla_tf import student_init
+            from lealla_tf.distill import student_init
             source = cfg.vocab.model_file  # its folder may hold the piece-vector cache
             cache = (fileio.dirname(fileio.normpath(source))
                      if source and fileio.exists(source) and not fileio.isdir(source)
@@ -461,7 +465,7 @@ class Pretrainer:
 
     # -- properties
     @property
-    def encoder(self) -> modeling.LeallaEncoder:
+    def encoder(self) -> encoders.LeallaEncoder:
         return self.parts["encoder"]
 
     @property
@@ -513,7 +517,7 @@ class Pretrainer:
                 "grad_norm": norm / replicas}
 
     def _make_train_loop(self):
-        return training.make_train_loop(self.strategy, self._replica_step, METRICS)
+        return dual_encoder.make_train_loop(self.strategy, self._replica_step, METRICS)
 
     def make_iterator(self):
         """A distributed iterator from the sampler's (restored) position."""
@@ -535,7 +539,7 @@ class Pretrainer:
             (``metrics`` has ``eval/*`` entries at ``pretrain.eval_every`` steps).
 
         Raises:
-          lealla_tf.training.TrainingDiverged: on a NaN/inf loss.
+          lealla_tf.training.dual_encoder.TrainingDiverged: on a NaN/inf loss.
         """
         cfg = self.cfg.train
         total = cfg.steps
@@ -619,9 +623,9 @@ class Pretrainer:
                    f"{metrics['grad_norm']}) in the steps up to {step}; the last good "
                    f"checkpoint is {good or 'none'}. Lower train.learning_rate.")
         if self.chief:
-            fileio.atomic_write(fileio.join(self.model_dir, training.DIVERGED_FILE),
+            fileio.atomic_write(fileio.join(self.model_dir, layout.DIVERGED_FILE),
                                 message + "\n")
-        raise training.TrainingDiverged(message)
+        raise dual_encoder.TrainingDiverged(message)
 
 
 def pretrain(cfg: config_lib.ExperimentConfig, model_dir: str,

@@ -1,6 +1,6 @@
 """``lealla teacher embed --runner beam``: the teacher-embedding job as an Apache Beam pipeline.
 
-The same job as :func:`lealla_tf.teacher_embeddings.precompute`, spread over the workers
+The same job as :func:`lealla_tf.distill.store.precompute`, spread over the workers
 of any Beam runner (DirectRunner with several processes locally; Dataflow, Flink or
 Spark on a cluster). The driver plans exactly as the local job (manifest checks, line
 scan, which shards are finished, under the writer lock); the missing shards become the
@@ -40,7 +40,7 @@ from __future__ import annotations
 from typing import List, Optional, Sequence
 
 from lealla_tf import fileio
-from lealla_tf import teacher_embeddings as te
+from lealla_tf.distill import store as te
 
 DIRECT_DEFAULTS = {"direct_running_mode": "multi_processing", "direct_num_workers": "2"}
 

@@ -3,8 +3,8 @@
 LaBSE and the LEALLA students share a 501,153-entry WordPiece vocabulary: a ``vocab.txt``
 (one token a line, the line number is the id, ``##`` marks word-internal pieces) plus a
 ``do_lower_case`` flag. :class:`WordpiecePreprocessor` is the WordPiece twin of
-:class:`lealla_tf.preprocessing.Preprocessor`: the same call contract, the same dense
-packing (:func:`lealla_tf.preprocessing.pack_dense`), the same TF Hub text-preprocessor
+:class:`lealla_tf.text.sentencepiece.Preprocessor`: the same call contract, the same dense
+packing (:func:`lealla_tf.text.sentencepiece.pack_dense`), the same TF Hub text-preprocessor
 API (``tokenize``, ``bert_pack_inputs``) and the same behaviour on awkward input, built on
 TF Text's ``FastBertTokenizer`` (BERT's normaliser and pre-tokenizer plus
 ``FastWordpieceTokenizer``), whose ops run in TFLite as TF Text custom ops.
@@ -23,7 +23,7 @@ Defined behaviour for awkward input (tested):
 
 Example::
 
-    from lealla_tf import wordpiece
+    from lealla_tf.text import wordpiece
     pre = wordpiece.WordpiecePreprocessor("labse/assets/vocab.txt", seq_length=128,
                                           do_lower_case=False)
     inputs = pre(tf.constant(["Hello world", "Hallo Welt"]))  # int32 [2, 128] each
@@ -38,15 +38,16 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 import tf_keras
 
-from lealla_tf import preprocessing
+from lealla_tf import layout
+from lealla_tf.text import sentencepiece
 
-VOCAB_FILE = "vocab.txt"
+VOCAB_FILE = layout.WORDPIECE_VOCAB_FILE
 SUFFIX_INDICATOR = "##"
 # Special tokens of BERT-style WordPiece vocabularies (ids are looked up in the vocabulary).
 SPECIAL_TOKENS = {"padding_id": "[PAD]", "unknown_id": "[UNK]",
                   "start_of_sequence_id": "[CLS]", "end_of_segment_id": "[SEP]",
                   "mask_id": "[MASK]"}
-VOCAB_TYPES = ("sentencepiece", "wordpiece")
+VOCAB_TYPES = layout.VOCAB_TYPES
 
 
 def read_vocab_bytes(vocab: Union[str, bytes, Sequence[str]]) -> bytes:
@@ -107,7 +108,7 @@ def special_ids(tokens: Sequence[str]) -> Dict[str, int]:
 
 
 @tf_keras.utils.register_keras_serializable(package="lealla")
-class WordpiecePreprocessor(preprocessing.PackingPreprocessor):
+class WordpiecePreprocessor(sentencepiece.PackingPreprocessor):
     """Strings -> ``input_word_ids``, ``input_mask``, ``input_type_ids`` (int32), WordPiece.
 
     Args:
@@ -117,7 +118,7 @@ class WordpiecePreprocessor(preprocessing.PackingPreprocessor):
       do_lower_case: lower-case, NFD-normalise and strip accents first (BERT's
         ``do_lower_case``; the released model's flag).
       dynamic_length: pad each batch only to its longest sentence (see
-        :func:`lealla_tf.preprocessing.pack_dense`); calls may override it.
+        :func:`lealla_tf.text.sentencepiece.pack_dense`); calls may override it.
       length_multiple: with ``dynamic_length``, round lengths up to a multiple of this.
       max_bytes_per_word: longer words become ``[UNK]`` (BERT's 100).
     """
@@ -129,7 +130,7 @@ class WordpiecePreprocessor(preprocessing.PackingPreprocessor):
                  do_lower_case: bool = False, dynamic_length: bool = False,
                  length_multiple: int = 1, max_bytes_per_word: int = 100, **kwargs):
         super().__init__(seq_length, dynamic_length, length_multiple, **kwargs)
-        self._vocab_bytes = read_vocab_bytes(preprocessing.config_bytes(vocab))
+        self._vocab_bytes = read_vocab_bytes(sentencepiece.config_bytes(vocab))
         self.tokens = vocab_tokens(self._vocab_bytes)
         self.do_lower_case = bool(do_lower_case)
         self.max_bytes_per_word = int(max_bytes_per_word)
@@ -198,17 +199,17 @@ def make_preprocessor(vocab_type: str, vocab: Union[str, bytes], seq_length: int
     if vocab_type == "wordpiece":
         return WordpiecePreprocessor(vocab, seq_length=seq_length, do_lower_case=do_lower_case)
     if vocab_type == "sentencepiece":
-        return preprocessing.Preprocessor(vocab, seq_length=seq_length)
+        return sentencepiece.Preprocessor(vocab, seq_length=seq_length)
     raise ValueError(f"vocab.type must be one of {VOCAB_TYPES}, got {vocab_type!r}")
 
 
 def vocab_file_name(vocab_type: str) -> str:
     """The file name a run keeps its vocabulary under (``spm.model`` or ``vocab.txt``)."""
-    return VOCAB_FILE if vocab_type == "wordpiece" else preprocessing.MODEL_FILE
+    return layout.vocab_file_name(vocab_type)
 
 
 def read_vocab(vocab_type: str, path: str) -> bytes:
     """The vocabulary's bytes (a ``spm.model`` or a ``vocab.txt``)."""
     if vocab_type == "wordpiece":
         return read_vocab_bytes(path)
-    return preprocessing.read_model(path)
+    return sentencepiece.read_model(path)

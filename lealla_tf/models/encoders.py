@@ -8,7 +8,9 @@ layers (hidden 128/192/256); LaBSE (Feng et al., ACL 2022) 12 layers of width 76
 
 Example::
 
-    from lealla_tf import config, modeling, preprocessing
+    from lealla_tf import config
+    from lealla_tf.models import encoders
+    from lealla_tf.text import sentencepiece
     cfg = config.load("configs/tiny.yaml")
     encoder = modeling.LeallaEncoder.from_model_config(cfg.model)
     pre = preprocessing.Preprocessor("vocab/spm.model", seq_length=32)
@@ -450,7 +452,7 @@ class StringEncoder(tf_keras.Model):
     """Strings -> L2-normalised embeddings: a :class:`Preprocessor` then an encoder.
 
     Args:
-      preprocessor: a ``lealla_tf.preprocessing.Preprocessor``.
+      preprocessor: a ``lealla_tf.text.sentencepiece.Preprocessor``.
       encoder: a :class:`LeallaEncoder` (or any model with the same call contract).
       dynamic_length: pad each batch only to its longest sentence (the embeddings are
         the same as with fixed-length padding, short sentences cost far less); needs a

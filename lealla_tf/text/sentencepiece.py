@@ -22,7 +22,7 @@ Defined behaviour for awkward input (tested):
 
 Example::
 
-    from lealla_tf import preprocessing
+    from lealla_tf.text import sentencepiece
     path = preprocessing.train_vocab(["train/deu-eng.tsv"], "vocab/", vocab_size=8000)
     pre = preprocessing.Preprocessor(path, seq_length=64)
     inputs = pre(tf.constant(["Hello world", "Hallo Welt"]))
@@ -43,11 +43,12 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 import tf_keras
 
+from lealla_tf import layout
 from lealla_tf import corpus, fileio
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
 SPECIAL_PIECES = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-MODEL_FILE = "spm.model"
+MODEL_FILE = layout.SPM_MODEL_FILE
 
 
 # ----------------------------------------------------------------------------

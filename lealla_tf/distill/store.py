@@ -1,7 +1,7 @@
 """Teacher-embedding store: a teacher's embeddings of TSV corpora, precomputed once into shards.
 
 Distillation needs the teacher's embedding of both sides of every training pair. Encoding
-them once, before training, keeps the teacher (see :mod:`lealla_tf.teachers`) out of the
+them once, before training, keeps the teacher (see :mod:`lealla_tf.embedders.teachers`) out of the
 training job: :func:`precompute` runs it over some ``xxx-eng.tsv`` corpora and stores float16
 shards; training reads them back with :func:`load_precomputed`, and :func:`verify` re-reads
 the corpora to check every shard against them. Layout of ``DIR``::
@@ -32,7 +32,8 @@ One process at a time writes to a directory (an advisory lock; a second writer g
 
 Example::
 
-    from lealla_tf import teacher_embeddings, teachers
+    from lealla_tf.distill import store
+    from lealla_tf.embedders import teachers
     teacher = teachers.load_teacher("muse")
     teacher_embeddings.precompute(teacher, ["train/deu-eng.tsv"], "results/teacher/muse")
     src, tgt, valid = teacher_embeddings.load_precomputed("results/teacher/muse",
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -58,7 +60,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from lealla_tf import corpus, fileio
-from lealla_tf.teachers import Teacher
+from lealla_tf.embedders.teachers import Teacher
 
 # ====================================================================== precomputing
 MANIFEST = "manifest.json"
@@ -289,7 +291,7 @@ def precompute(teacher: Teacher, inputs: Sequence[str], output_dir: str,
     kept as float32 beside them). Training reads any of them the same way.
 
     Args:
-      teacher: a teacher (see :func:`lealla_tf.teachers.load_teacher`).
+      teacher: a teacher (see :func:`lealla_tf.embedders.teachers.load_teacher`).
       inputs: TSV files (``foreign<TAB>English`` per line).
       output_dir: where the manifest and shards go (created if needed).
       shard_size: physical lines per shard (fixed for the life of ``output_dir``).
@@ -379,7 +381,7 @@ def plan(teacher: Teacher, files: Sequence[str], output_dir: str, shard_size: in
     The caller holds the writer lock. Returns ``(manifest, plans, projection)``; each plan
     is ``(file_index, path, shard_dir, shard records, done flags)``; ``projection`` is the
     dict of :func:`load_projection` (None when rows are not reduced). Shared by the local
-    job and the Beam pipeline (:mod:`lealla_tf.teacher_embeddings_beam`).
+    job and the Beam pipeline (:mod:`lealla_tf.distill.store_beam`).
     """
     for name in fileio.listdir(output_dir):  # leftovers of a killed manifest write
         if ".tmp-" in name:
@@ -659,6 +661,12 @@ def _find_entry(manifest: dict, path: str, embeddings_dir: str) -> dict:
         raise ValueError(f"{embeddings_dir} has no teacher embeddings for {path}; run "
                          f"`lealla teacher embed --input {path} --output {embeddings_dir}`")
     return entry
+
+
+def loader(embeddings_dir: str) -> Callable:
+    """``tsv_path -> (src, tgt, valid)`` over a precomputed store (what
+    :func:`lealla_tf.data.pipeline.load_corpus` takes as ``teacher_loader``)."""
+    return functools.partial(load_precomputed, embeddings_dir)
 
 
 def load_precomputed(embeddings_dir: str, tsv_path: str,

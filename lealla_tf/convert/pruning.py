@@ -25,7 +25,10 @@ from typing import Any, Dict, Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from lealla_tf import corpus, modeling, wordpiece
+from lealla_tf import runs
+from lealla_tf import corpus
+from lealla_tf.models import encoders
+from lealla_tf.text import wordpiece
 
 INFO_FILE = "prune_info.json"
 
@@ -100,8 +103,9 @@ def prune_run(model_dir: str, files: Sequence[str], output_dir: str, max_tokens:
     Raises:
       ValueError: the run's vocabulary is not WordPiece, or no sentences were read.
     """
-    from lealla_tf import finetune, importing
-    cfg, pre, encoder = finetune.restore_wordpiece_run(model_dir, "lealla prune")
+    from lealla_tf.training import initialization
+    from lealla_tf.convert import importing
+    cfg, pre, encoder = runs.restore_wordpiece_run(model_dir, "lealla prune")
     sentences = list(_sentences(files))
     if not sentences:
         raise ValueError(f"no sentences in {list(files)}")
@@ -117,7 +121,7 @@ def prune_run(model_dir: str, files: Sequence[str], output_dir: str, max_tokens:
     new_cfg = dataclasses.replace(cfg, model=model_cfg, vocab=dataclasses.replace(
         cfg.vocab, vocab_size=len(tokens)))
     new_cfg.train = dataclasses.replace(new_cfg.train, init_from="")
-    pruned = modeling.build_encoder(model_cfg)
+    pruned = encoders.build_encoder(model_cfg)
     pruned(pruned.dummy_inputs())
     table = encoder.word_embeddings
     for src, dst in zip(encoder.weights, pruned.weights):
@@ -130,7 +134,7 @@ def prune_run(model_dir: str, files: Sequence[str], output_dir: str, max_tokens:
             "max_tokens": max_tokens, "parameters_before": int(sum(
                 int(np.prod(v.shape)) for v in encoder.weights))}
     vocab_bytes = ("\n".join(tokens) + "\n").encode("utf-8")
-    importing.write_run(output_dir, new_cfg, vocab_bytes, pruned, INFO_FILE, info)
+    runs.write_run(output_dir, new_cfg, vocab_bytes, pruned, INFO_FILE, info)
     info["parameters"] = int(sum(int(np.prod(v.shape)) for v in pruned.weights))
     if progress:
         print(f"pruned {model_dir}: {pre.vocab_size:,} -> {len(tokens):,} tokens, "

@@ -1,9 +1,9 @@
 """Pre-training inputs: MLM and TLM rows, masking, and their tf.data pipeline.
 
-What :mod:`lealla_tf.pretraining` trains on (see its docstring for the recipe):
+What :mod:`lealla_tf.training.pretraining` trains on (see its docstring for the recipe):
 
 - :func:`text_batches` draws global batches of pairs with the training job's sampler
-  (:class:`lealla_tf.data.GlobalBatchSampler`, p ∝ n^alpha) and makes each row TLM
+  (:class:`lealla_tf.data.pipeline.GlobalBatchSampler`, p ∝ n^alpha) and makes each row TLM
   (``[CLS] a [SEP] b [SEP]``, type ids 0 then 1, the sides in random order) with probability
   ``pretrain.tlm_fraction``, else MLM on one side (``[CLS] a [SEP]``); rows of
   ``pretrain.text_files`` are MLM;
@@ -32,10 +32,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from lealla_tf import paths
 from lealla_tf import config as config_lib
 from lealla_tf import corpus as corpus_lib
-from lealla_tf import data as data_lib
-from lealla_tf import wordpiece
+from lealla_tf.data import pipeline as data_lib
+from lealla_tf.text import wordpiece
 
 FEATURES = ("input_word_ids", "input_mask", "input_type_ids", "masked_lm_positions",
             "masked_lm_ids", "masked_lm_weights", "is_tlm")
@@ -170,8 +171,8 @@ def special_ids(preprocessor) -> Dict[str, int]:
     if isinstance(preprocessor, wordpiece.WordpiecePreprocessor):
         ids["mask_id"] = preprocessor.special_ids["mask_id"]
     else:
-        from lealla_tf import preprocessing
-        ids["mask_id"] = preprocessing.MASK_ID
+        from lealla_tf.text import sentencepiece
+        ids["mask_id"] = sentencepiece.MASK_ID
     if ids["mask_id"] < 0:
         raise config_lib.ConfigError("the vocabulary has no [MASK] token: it cannot pre-train")
     return ids
@@ -234,7 +235,7 @@ def load_corpus(cfg: config_lib.ExperimentConfig) -> PretrainCorpus:
     stats = dict(pairs.stats)
     if cfg.pretrain.text_files:
         relative = any(not os.path.isabs(p) for p in cfg.pretrain.text_files)
-        root = config_lib.data_dir(cfg.data.data_dir) if relative else ""
+        root = paths.data_dir(cfg.data.data_dir) if relative else ""
         for path in corpus_lib.find_files(cfg.pretrain.text_files, root):
             st = stats[path] = corpus_lib.Stats()
             lines = list(dict.fromkeys(corpus_lib.iter_text(path, st)))
@@ -275,7 +276,7 @@ def make_dataset(corpus: PretrainCorpus, sampler: data_lib.GlobalBatchSampler, f
                  tlm_fraction: float, seed: int,
                  input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
     """Per-replica feature batches of this input pipeline: every pipeline builds and masks
-    the same global batch and keeps its replicas' rows (as :func:`lealla_tf.data.make_dataset`).
+    the same global batch and keeps its replicas' rows (as :func:`lealla_tf.data.pipeline.make_dataset`).
     """
     gbs = sampler.batch_size
     layout = data_lib.replica_layout(gbs, input_context)

@@ -10,18 +10,37 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from lealla_tf import embedders, fileio, modeling, preprocessing
+from lealla_tf import runs
+from lealla_tf import layout
+from lealla_tf import embedders, fileio
+from lealla_tf.models import encoders
+from lealla_tf.text import sentencepiece
 from lealla_tf.embedders import Embedder
-from lealla_tf.export.formats import (_STRINGS, LEALLA, OUTPUT_KEY, SIGNATURE,
-                                      tflite_interpreter)
+from lealla_tf.layout import ASSET_VOCAB, INPUT_KEY, LEALLA, OUTPUT_KEY, SIGNATURE
+
+_STRINGS = tf.TensorSpec([None], tf.string, name=INPUT_KEY)
 
 
 def _digest(path: str) -> str:
     import hashlib
     return hashlib.sha256(fileio.read_bytes(path)).hexdigest()
 
-# Where exported SavedModels keep their vocabulary (``formats.save_saved_model``).
-ASSET_VOCAB = os.path.join("assets", preprocessing.MODEL_FILE)
+
+
+def tflite_interpreter(model_path: Optional[str] = None, model_content: Optional[bytes] = None,
+                       num_threads: Optional[int] = None, xnnpack: bool = True):
+    """A LiteRT interpreter with TF Text's custom ops registered.
+
+    ``xnnpack=False`` runs LiteRT's built-in kernels (ruy; hybrid int8 kernels for
+    dynamic-range files) without the default XNNPACK delegate.
+    """
+    import tensorflow_text as tf_text
+    from ai_edge_litert.interpreter import InterpreterWithCustomOps, OpResolverType
+    kwargs = {} if xnnpack else {
+        "experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+    return InterpreterWithCustomOps(
+        custom_op_registerers=tf_text.tflite_registrar.SELECT_TFTEXT_OPS,
+        model_path=model_path, model_content=model_content, num_threads=num_threads, **kwargs)
 
 
 def _existing(*paths: Optional[str]) -> Optional[str]:
@@ -129,17 +148,15 @@ class CheckpointEmbedder(Embedder):
     """
 
     def __init__(self, model_dir: str, checkpoint: Optional[str] = None, batch_size: int = 64):
-        from lealla_tf import training
         model_dir = fileio.normpath(model_dir)
-        checkpoint = checkpoint or tf.train.latest_checkpoint(
-            fileio.join(model_dir, training.CHECKPOINT_DIR))
-        _, preprocessor, encoder = training.restore_encoder(model_dir, checkpoint)
+        checkpoint = checkpoint or runs.latest_checkpoint(model_dir)
+        _, preprocessor, encoder = runs.restore_encoder(model_dir, checkpoint)
         name = f"run:{model_dir}@{fileio.basename(checkpoint)}"
         index = checkpoint + ".index"
         super().__init__(name, batch_size, fingerprint=name + (
             f"@{_digest(index)[:16]}" if fileio.exists(index) else ""),
-            length_model=_existing(fileio.join(model_dir, training.VOCAB_FILE)))
-        model = modeling.StringEncoder(preprocessor, encoder)
+            length_model=_existing(fileio.join(model_dir, layout.VOCAB_FILE)))
+        model = encoders.StringEncoder(preprocessor, encoder)
         self._fn = tf.function(lambda s: model(s, training=False), input_signature=[_STRINGS])
 
     def _encode_batch(self, batch):

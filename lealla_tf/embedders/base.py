@@ -2,7 +2,7 @@
 
 An *embedder* has a ``name`` (str), a ``fingerprint`` (what caches key on; changes when
 the weights do), a ``dim`` and ``encode(sentences) -> float32 [N, dim]``. Teachers
-(:mod:`lealla_tf.teachers`), exports, ``.tflite`` files, training runs, TF Hub handles
+(:mod:`lealla_tf.embedders.teachers`), exports, ``.tflite`` files, training runs, TF Hub handles
 and Python callables are all embedders, and all load through :func:`load`:
 
 =================================  ======================================================
@@ -43,21 +43,21 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
-from lealla_tf import fileio
+from lealla_tf import fileio, layout
 
 DEFAULT_BATCH_SIZE = 64
 
 # Kind -> "module:function" building it from (value, **options); imported on first use so
 # this module stays at the bottom of the import order.
 _LOADERS: Dict[str, Union[str, Callable]] = {
-    "muse": "lealla_tf.teachers:_load_muse",
-    "labse": "lealla_tf.teachers:_load_labse",
-    "hub": "lealla_tf.teachers:_load_hub",
-    "hub_pair": "lealla_tf.teachers:_load_hub_pair",
-    "savedmodel": "lealla_tf.teachers:_load_savedmodel",
-    "export": "lealla_tf.export.embedders:_load_export",
-    "tflite": "lealla_tf.export.embedders:_load_tflite",
-    "run": "lealla_tf.export.embedders:_load_run",
+    "muse": "lealla_tf.embedders.teachers:_load_muse",
+    "labse": "lealla_tf.embedders.teachers:_load_labse",
+    "hub": "lealla_tf.embedders.teachers:_load_hub",
+    "hub_pair": "lealla_tf.embedders.teachers:_load_hub_pair",
+    "savedmodel": "lealla_tf.embedders.teachers:_load_savedmodel",
+    "export": "lealla_tf.embedders.artifacts:_load_export",
+    "tflite": "lealla_tf.embedders.artifacts:_load_tflite",
+    "run": "lealla_tf.embedders.artifacts:_load_run",
     "py": "lealla_tf.embedders:load_callable",
 }
 _PREFIXES = ("hub", "savedmodel", "export", "tflite", "run", "py")
@@ -82,7 +82,7 @@ def _as_bytes(s: Union[str, bytes]) -> bytes:
         return s.encode("utf-8", errors="replace")
 
 
-RUN_CONFIG_FILE = "config.yaml"  # training.CONFIG_FILE: what marks a training run's dir
+RUN_CONFIG_FILE = layout.CONFIG_FILE  # what marks a training run's dir
 
 
 def _detect_path(path: str) -> Optional[Spec]:

@@ -35,7 +35,8 @@ import random
 import time
 from typing import Dict, List, Optional, Sequence
 
-from lealla_tf import config, corpus, datasets
+from lealla_tf import config, corpus
+from lealla_tf.data import datasets
 
 # Tatoeba codes of the languages the offline teacher (multilingual USE v3) covers.
 DEMO_LANGUAGES = ("ara", "cmn", "deu", "fra", "ita", "jpn", "kor", "nld", "pol", "por",
@@ -153,16 +154,18 @@ def format_table(results: Dict) -> str:
 def _train_student(cfg, run_dir: str, vocab: str, files, emb_dir: str, spec: str, teacher,
                    progress: bool):
     """Fills in the demo's data, vocabulary and teacher, then trains (or resumes) a run."""
-    from lealla_tf import modeling, preprocessing, training
-    cfg.model.vocab_size = preprocessing.Preprocessor(vocab, 2).vocab_size
+    from lealla_tf.models import encoders
+    from lealla_tf.text import sentencepiece
+    from lealla_tf.training import dual_encoder
+    cfg.model.vocab_size = sentencepiece.Preprocessor(vocab, 2).vocab_size
     cfg.vocab.model_file = vocab
     cfg.data.train_files, cfg.data.data_dir = list(files), ""
     cfg.data.max_pairs_per_language = 0
     cfg.data.teacher_embeddings = emb_dir
     cfg.teacher.spec, cfg.teacher.dim = spec, teacher.dim
-    print(modeling.summary_text(cfg.model))
+    print(encoders.summary_text(cfg.model))
     t0 = time.perf_counter()
-    result = training.train(cfg, run_dir, progress=progress, teacher=teacher)
+    result = dual_encoder.train(cfg, run_dir, progress=progress, teacher=teacher)
     seconds = time.perf_counter() - t0
     print(f"  step {result.step}: " + ", ".join(
         f"{k} {v:.4f}" for k, v in sorted(result.metrics.items()) if k in (
@@ -196,7 +199,11 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
       dev_pairs_per_language: pairs per language held out of the sample into ``dev/``
         (never trained on; ``benchmarks/recipe_sweep.py`` chooses recipes on them).
     """
-    from lealla_tf import export, preprocessing, student_init, teacher_embeddings, teachers
+    from lealla_tf import export
+    from lealla_tf.text import sentencepiece
+    from lealla_tf.distill import student_init
+    from lealla_tf.distill import store
+    from lealla_tf.embedders import teachers
     from lealla_tf.evaluation import pairs as pair_eval
     from lealla_tf.evaluation import plots, tatoeba
 
@@ -227,23 +234,23 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
 
     teacher = teachers.load_teacher(spec)
     vocab_dir = os.path.join(output, "vocab")
-    vocab = os.path.join(vocab_dir, preprocessing.MODEL_FILE)
+    vocab = os.path.join(vocab_dir, sentencepiece.MODEL_FILE)
     t0 = _stage(2, total, f"vocabulary ({cfg.vocab.source})")
     if cfg.vocab.source == "teacher":
         student_init.build_teacher_vocab(teacher, files, vocab_dir,
                                          max_pieces=cfg.vocab.max_pieces,
                                          keep_unused=cfg.vocab.keep_unused, progress=progress)
     elif not os.path.exists(vocab):
-        preprocessing.train_vocab(files, vocab_dir, cfg.vocab.vocab_size,
+        sentencepiece.train_vocab(files, vocab_dir, cfg.vocab.vocab_size,
                                   sentences_per_language=cfg.vocab.sentences_per_language,
                                   sampling_alpha=cfg.vocab.sampling_alpha, seed=cfg.vocab.seed,
                                   progress=progress)
-    pre = preprocessing.Preprocessor(vocab, seq_length=cfg.preprocess.seq_length)
+    pre = sentencepiece.Preprocessor(vocab, seq_length=cfg.preprocess.seq_length)
     print(f"  {pre.vocab_size} pieces ({time.perf_counter() - t0:.0f}s)")
 
     t0 = _stage(3, total, f"teacher embeddings ({spec})")
     emb_dir = os.path.join(output, "teacher_embeddings")
-    teacher_embeddings.precompute(teacher, files, emb_dir, progress=progress)
+    store.precompute(teacher, files, emb_dir, progress=progress)
     print(f"  {teacher.name}: {teacher.dim}-d ({time.perf_counter() - t0:.0f}s)")
 
     _stage(4, total, "static student (bag of teacher-initialised token embeddings)")

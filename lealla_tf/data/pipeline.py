@@ -47,6 +47,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from lealla_tf import paths
 from lealla_tf import corpus as corpus_lib
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,6 @@ class ParallelCorpus:
 
 
 def load_corpus(files: Sequence[str], max_pairs_per_language: int = 0,
-                teacher_embeddings: str = "",
                 teacher_loader: Optional[TeacherLoader] = None) -> ParallelCorpus:
     """Reads TSV pair files into a :class:`ParallelCorpus` (grouped by base language).
 
@@ -100,11 +100,9 @@ def load_corpus(files: Sequence[str], max_pairs_per_language: int = 0,
       files: ``xxx-eng.tsv`` paths (see :func:`lealla_tf.corpus.find_files`).
       max_pairs_per_language: keep at most this many pairs per language (first ones in
         file order); 0 keeps all.
-      teacher_embeddings: directory of precomputed teacher embeddings
-        (:func:`lealla_tf.teacher_embeddings.precompute`); empty for none.
-      teacher_loader: ``tsv_path -> (src, tgt, valid)`` with one row per physical line;
-        defaults to :func:`lealla_tf.teacher_embeddings.load_precomputed` on
-        ``teacher_embeddings``.
+      teacher_loader: ``tsv_path -> (src, tgt, valid)`` with one row per physical line
+        (e.g. :func:`lealla_tf.distill.store.loader` of a precomputed store); None for
+        no teacher rows.
 
     Raises:
       FileNotFoundError: a file is missing.
@@ -112,12 +110,6 @@ def load_corpus(files: Sequence[str], max_pairs_per_language: int = 0,
     """
     if not files:
         raise ValueError("load_corpus: no training files given")
-    if teacher_loader is None and teacher_embeddings:
-        from lealla_tf import teacher_embeddings as store
-
-        def teacher_loader(path):
-            return store.load_precomputed(teacher_embeddings, path)
-
     stats: Dict[str, corpus_lib.Stats] = {}
     languages: List[LanguageData] = []
     teacher_dim = 0
@@ -177,16 +169,18 @@ def load_corpus(files: Sequence[str], max_pairs_per_language: int = 0,
     return out
 
 
-def load_corpus_from_config(data_cfg) -> ParallelCorpus:
-    """:func:`load_corpus` for a :class:`lealla_tf.config.DataConfig`."""
+def load_corpus_from_config(data_cfg, teacher_loader: Optional[TeacherLoader] = None
+                            ) -> ParallelCorpus:
+    """:func:`load_corpus` for a :class:`lealla_tf.config.DataConfig` (its
+    ``teacher_embeddings`` are read by the caller's ``teacher_loader``)."""
     from lealla_tf import config as config_lib
     relative = any(not p.startswith("/") for p in data_cfg.train_files)
-    root = config_lib.data_dir(data_cfg.data_dir) if relative else ""
+    root = paths.data_dir(data_cfg.data_dir) if relative else ""
     files = corpus_lib.find_files(data_cfg.train_files, root, data_cfg.languages)
     if not files:
         raise FileNotFoundError(
             f"no training files for languages {data_cfg.languages} in {data_cfg.train_files}")
-    return load_corpus(files, data_cfg.max_pairs_per_language, data_cfg.teacher_embeddings)
+    return load_corpus(files, data_cfg.max_pairs_per_language, teacher_loader)
 
 
 # ---------------------------------------------------------------------------- sampler
@@ -481,7 +475,7 @@ def make_dataset(corpus: ParallelCorpus, sampler: GlobalBatchSampler, preprocess
       input_context: from ``distribute_datasets_from_function``; None: one replica.
       use_teacher: include teacher embeddings (default: when the corpus has them).
       teacher_inputs: an online teacher's host part (strings [b] -> its encoder's inputs,
-        see :mod:`lealla_tf.online_teacher`): adds ``teacher_inputs_src`` and
+        see :mod:`lealla_tf.distill.online_teacher`): adds ``teacher_inputs_src`` and
         ``teacher_inputs_tgt``, made from the same per-replica rows as ``src``/``tgt``.
       dynamic_length: pad to the global batch's longest sentence (either side, rounded up
         to ``length_multiple``, at most the preprocessor's ``seq_length``) instead of to

@@ -20,29 +20,13 @@ import os
 
 import tensorflow as tf
 
+from lealla_tf import runs
+from lealla_tf import layout
 from lealla_tf import config as config_lib
-from lealla_tf import modeling
+from lealla_tf.models import encoders
 
 # Model fields the new run keeps from its own config (they do not change the weights).
 _KEEP = ("dropout_rate", "attention_dropout_rate", "implementation", "jit_compile")
-
-
-def _source_files(run_dir: str):
-    from lealla_tf import training
-    cfg_path = os.path.join(run_dir, training.CONFIG_FILE)
-    if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"train.init_from: {cfg_path} not found: is {run_dir} a run "
-                                "directory (lealla import / lealla train)?")
-    checkpoint = tf.train.latest_checkpoint(os.path.join(run_dir, training.CHECKPOINT_DIR))
-    if not checkpoint:
-        if os.path.isdir(os.path.join(run_dir, "stages")):
-            raise FileNotFoundError(
-                f"{run_dir} is a pre-training run that has not finished its last stage "
-                f"({run_dir}/checkpoints is empty; earlier stages are in {run_dir}/stages): "
-                "finish it with `lealla pretrain`, or name a stage's checkpoint with "
-                "train.init_checkpoint")
-        raise FileNotFoundError(f"train.init_from: no checkpoint in {run_dir}/checkpoints")
-    return config_lib.load(cfg_path), checkpoint
 
 
 def apply_init_from(cfg: config_lib.ExperimentConfig) -> config_lib.ExperimentConfig:
@@ -61,7 +45,7 @@ def apply_init_from(cfg: config_lib.ExperimentConfig) -> config_lib.ExperimentCo
             "(lealla train --init-from RUN_DIR) to the run to grow")
     if not run_dir:
         return cfg
-    source, _ = _source_files(run_dir)
+    source, _ = runs.source_files(run_dir)
     model = dataclasses.replace(source.model, embedding_init="random",
                                 **{k: getattr(cfg.model, k) for k in _KEEP})
     grow = cfg.train.grow_layers
@@ -92,15 +76,15 @@ def restore_init(encoder, run_dir: str, grow_position: str = "top") -> str:
     Raises:
       ConfigError: tensors of the checkpoint and the encoder differ (named).
     """
-    source_cfg, checkpoint = _source_files(run_dir)
+    source_cfg, checkpoint = runs.source_files(run_dir)
     bert = getattr(encoder, "bert", None)
     if bert is not None and len(bert._transformer_layers) != source_cfg.model.num_layers:
-        source = modeling.LeallaEncoder.from_model_config(source_cfg.model)
+        source = encoders.LeallaEncoder.from_model_config(source_cfg.model)
         source(source.dummy_inputs())
-        restore_encoder_checkpoint(source, checkpoint, "train.init_from")
+        runs.restore_encoder_checkpoint(source, checkpoint, "train.init_from")
         grow_encoder(encoder, source, grow_position)
         return checkpoint
-    restore_encoder_checkpoint(encoder, checkpoint, "train.init_from")
+    runs.restore_encoder_checkpoint(encoder, checkpoint, "train.init_from")
     return checkpoint
 
 
@@ -130,7 +114,7 @@ def grow_encoder(target, source, position: str = "top") -> None:
     if total < n:
         raise ValueError(f"cannot grow a {n}-layer encoder into {total} layers")
     offset = total - n if position == "bottom" else 0
-    pairs = modeling.depth_pairs(source, target,
+    pairs = encoders.depth_pairs(source, target,
                                  lambda j: j - offset if offset <= j < offset + n else None,
                                  "grow")
     for t, s in pairs:
@@ -155,39 +139,14 @@ def grow_encoder(target, source, position: str = "top") -> None:
     below.beta.assign(tf.zeros_like(below.beta))
 
 
-def resolve_checkpoint(path: str) -> "tuple[str, str]":
-    """``train.init_checkpoint`` -> ``(run_dir, checkpoint)``: a run directory (its latest
-    checkpoint in ``checkpoints/``) or a checkpoint prefix inside one (``RUN/checkpoints/
-    ckpt-N``, ``RUN/stages/layers-6/ckpt-N``).
-
-    Raises:
-      FileNotFoundError: neither, or no run directory above the checkpoint.
-    """
-    if tf.io.gfile.exists(path + ".index"):
-        run_dir = os.path.dirname(os.path.abspath(path))
-        from lealla_tf import training
-        for _ in range(3):
-            run_dir = os.path.dirname(run_dir)
-            if os.path.isfile(os.path.join(run_dir, training.CONFIG_FILE)):
-                return run_dir, path
-        raise FileNotFoundError(f"train.init_checkpoint: no run directory (config.yaml) "
-                                f"above {path}")
-    if os.path.isdir(path):
-        _, checkpoint = _source_files(path)
-        return path, checkpoint
-    raise FileNotFoundError(f"train.init_checkpoint: {path} is neither a run directory nor "
-                            "a checkpoint (no .index file)")
-
-
 def apply_init_checkpoint(cfg: config_lib.ExperimentConfig) -> config_lib.ExperimentConfig:
     """``cfg`` with the vocabulary (and vocabulary size) of ``train.init_checkpoint``'s run;
     the rest of the model shape stays ``cfg``'s (idempotent)."""
     path = cfg.train.init_checkpoint
     if not path:
         return cfg
-    run_dir, _ = resolve_checkpoint(path)
-    from lealla_tf import training
-    source = config_lib.load(os.path.join(run_dir, training.CONFIG_FILE))
+    run_dir, _ = runs.resolve_checkpoint(path)
+    source = config_lib.load(os.path.join(run_dir, layout.CONFIG_FILE))
     vocab_file = source.vocab.model_file
     if not os.path.isabs(vocab_file):
         vocab_file = os.path.abspath(os.path.join(run_dir, vocab_file))
@@ -197,70 +156,14 @@ def apply_init_checkpoint(cfg: config_lib.ExperimentConfig) -> config_lib.Experi
     return dataclasses.replace(cfg, model=model, vocab=vocab).validate()
 
 
-def checkpoint_mismatches(encoder, checkpoint: str):
-    """The encoder tensors whose shape differs from, or that are missing in, ``checkpoint``
-    (saved as ``tf.train.Checkpoint(encoder=...)``): lines ``path: model (..) vs checkpoint
-    (..)``."""
-    from tensorflow.python.checkpoint import graph_view
-    from tensorflow.python.checkpoint import util as checkpoint_util
-    root = tf.train.Checkpoint(encoder=encoder)
-    trackables, *_, paths = checkpoint_util.objects_ids_and_slot_variables_and_paths(
-        graph_view.ObjectGraphView(root))
-    from tensorflow.core.protobuf import trackable_object_graph_pb2
-    reader = tf.train.load_checkpoint(checkpoint)
-    shapes = reader.get_variable_to_shape_map()
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
-
-    def saved_key(path: str):
-        # A variable is saved once, under whichever path reached it first (e.g. a tied
-        # embedding table under the MLM head): follow the object graph, not the key.
-        node = 0
-        for name in path.split("/"):
-            node = next((c.node_id for c in graph.nodes[node].children
-                         if c.local_name == name), None)
-            if node is None:
-                return None
-        return next((a.checkpoint_key for a in graph.nodes[node].attributes
-                     if a.name == "VARIABLE_VALUE"), None)
-
-    out = []
-    for obj in trackables:
-        if not isinstance(obj, tf.Variable):
-            continue
-        path = paths[obj]
-        path = path if isinstance(path, str) else "/".join(getattr(p, "name", str(p))
-                                                          for p in path)
-        key = saved_key(path)
-        if key is None or key not in shapes:
-            out.append(f"{path}: model {tuple(obj.shape)}, not in the checkpoint")
-        elif tuple(shapes[key]) != tuple(obj.shape):
-            out.append(f"{path}: model {tuple(obj.shape)} vs checkpoint {tuple(shapes[key])}")
-    return out
-
-
-def restore_encoder_checkpoint(encoder, checkpoint: str, purpose: str) -> None:
-    """Restores ``encoder`` from ``checkpoint`` after checking every tensor's shape.
-
-    Raises:
-      ConfigError: naming every tensor that differs or is missing.
-    """
-    bad = checkpoint_mismatches(encoder, checkpoint)
-    if bad:
-        raise config_lib.ConfigError(
-            f"{purpose}: {checkpoint} does not fit the model ({len(bad)} tensor(s) differ; "
-            "the model shape must be the checkpoint's):\n  " + "\n  ".join(bad))
-    tf.train.Checkpoint(encoder=encoder).restore(checkpoint).expect_partial() \
-        .assert_existing_objects_matched()
-
-
 def _wordpiece_form(piece_id: int, text: str) -> str:
     """A SentencePiece piece's text in WordPiece spelling (`` dog`` -> ``dog``, ``og`` ->
     ``##og``; our reserved pieces 0-4 -> ``[PAD]`` ... ``[MASK]``)."""
-    from lealla_tf import preprocessing, wordpiece
+    from lealla_tf.text import sentencepiece
+    from lealla_tf.text import wordpiece
     if not text:
-        return preprocessing.SPECIAL_PIECES[piece_id] if piece_id < len(
-            preprocessing.SPECIAL_PIECES) else ""
+        return sentencepiece.SPECIAL_PIECES[piece_id] if piece_id < len(
+            sentencepiece.SPECIAL_PIECES) else ""
     if text.startswith(" "):
         return text[1:]
     return wordpiece.SUFFIX_INDICATOR + text
@@ -268,7 +171,8 @@ def _wordpiece_form(piece_id: int, text: str) -> str:
 
 def student_tokens(vocab_type: str, vocab_bytes: bytes):
     """The student's vocabulary in WordPiece spelling, in id order."""
-    from lealla_tf import student_init, wordpiece
+    from lealla_tf.distill import student_init
+    from lealla_tf.text import wordpiece
     if vocab_type == "wordpiece":
         return wordpiece.vocab_tokens(vocab_bytes)
     return [_wordpiece_form(i, t) for i, t in enumerate(student_init.piece_texts(vocab_bytes))]
@@ -294,8 +198,8 @@ def table_from_run(run_dir: str, tokens, dim: int, stddev: float):
     """
     import numpy as np
 
-    from lealla_tf import student_init
-    cfg, pre, encoder = restore_wordpiece_run(run_dir, "train.embedding_table_from")
+    from lealla_tf.distill import student_init
+    cfg, pre, encoder = runs.restore_wordpiece_run(run_dir, "train.embedding_table_from")
     index = {t: i for i, t in enumerate(pre.tokens)}
     rows = np.array([index.get(t, -1) for t in tokens])
     found = rows >= 0
@@ -337,12 +241,11 @@ def check_wordpiece_flags(cfg: config_lib.ExperimentConfig) -> None:
     Raises:
       ConfigError: the flags differ.
     """
-    from lealla_tf import training
     path = cfg.vocab.model_file
     if cfg.vocab.type != "wordpiece" or not path or not os.path.isfile(path):
         return
     run_cfg = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))),
-                           training.CONFIG_FILE)
+                           layout.CONFIG_FILE)
     if not os.path.isfile(run_cfg):
         return
     source = config_lib.load(run_cfg).vocab
@@ -351,17 +254,3 @@ def check_wordpiece_flags(cfg: config_lib.ExperimentConfig) -> None:
             f"vocab.do_lower_case is {cfg.vocab.do_lower_case} but the vocabulary {path} "
             f"belongs to a run with do_lower_case {source.do_lower_case}: set "
             f"vocab.do_lower_case={str(source.do_lower_case).lower()}")
-
-
-def restore_wordpiece_run(run_dir: str, purpose: str):
-    """``training.restore_encoder`` of a run that must have a WordPiece vocabulary.
-
-    Raises:
-      ValueError: naming ``purpose``, when the run's vocabulary is not WordPiece.
-    """
-    from lealla_tf import training
-    cfg, pre, encoder = training.restore_encoder(run_dir)
-    if cfg.vocab.type != "wordpiece":
-        raise ValueError(f"{purpose}: {run_dir} has a {cfg.vocab.type} vocabulary; a "
-                         "WordPiece run (lealla import of LaBSE or LEALLA) is expected")
-    return cfg, pre, encoder

@@ -24,13 +24,13 @@ the teacher specs are:
 and :class:`CallableTeacher` wraps any Python function ``list[str] -> array``.
 
 By default training does not call a teacher: its embeddings of the training corpora are
-precomputed once and stored in shards by :mod:`lealla_tf.teacher_embeddings`. With
+precomputed once and stored in shards by :mod:`lealla_tf.distill.store`. With
 ``teacher.mode: online`` a TensorFlow teacher runs inside the training step instead
-(:mod:`lealla_tf.online_teacher`).
+(:mod:`lealla_tf.distill.online_teacher`).
 
 Example::
 
-    from lealla_tf import teachers
+    from lealla_tf.embedders import teachers
     teacher = teachers.load_teacher("muse")
     teacher.encode(["dog", "Hund"])                       # float32 [2, 512], unit rows
     teachers.CallableTeacher(lambda s: [[len(x), 1.0] for x in s], name="len").encode(["ab"])

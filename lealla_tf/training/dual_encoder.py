@@ -1,6 +1,6 @@
 """The training job: a dual encoder trained with AMS (+ distillation) under any strategy.
 
-One shared encoder embeds both sides of each pair; :class:`lealla_tf.losses.DualEncoderLoss`
+One shared encoder embeds both sides of each pair; :class:`lealla_tf.training.losses.DualEncoderLoss`
 scores them against the global batch (cross-replica negatives). The recipe follows LaBSE's
 reference config (Model Garden ``official/projects/labse``): AdamW (BERT's
 ``AdamWeightDecay``; LayerNorm and bias weights not decayed) with linear warm-up to
@@ -41,7 +41,8 @@ Example::
 
 or from Python::
 
-    from lealla_tf import config, training
+    from lealla_tf import config
+    from lealla_tf.training import dual_encoder
     cfg = config.load("configs/train_tiny.yaml")
     result = training.train(cfg, "results/tiny")
     cfg, preprocessor, encoder = training.restore_encoder("results/tiny")
@@ -61,33 +62,22 @@ from typing import Callable, Dict, Optional, Tuple
 import tensorflow as tf
 import tf_keras
 
+from lealla_tf import paths
+from lealla_tf import runs
 from lealla_tf import config as config_lib
 from lealla_tf import corpus as corpus_lib
-from lealla_tf import data as data_lib
-from lealla_tf import distribute as distribute_lib
-from lealla_tf import losses as losses_lib
-from lealla_tf import fileio, finetune, modeling, preprocessing, student_init, wordpiece
+from lealla_tf.data import pipeline as data_lib
+from lealla_tf.training import distribute as distribute_lib
+from lealla_tf.training import losses as losses_lib
+from lealla_tf import fileio, layout
+from lealla_tf.training import initialization
+from lealla_tf.models import encoders
+from lealla_tf.text import sentencepiece
+from lealla_tf.distill import store, student_init
+from lealla_tf.text import wordpiece
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
-VOCAB_FILE = os.path.join("vocab", preprocessing.MODEL_FILE)
-
-
-def vocab_file(cfg: config_lib.ExperimentConfig) -> str:
-    """Where a run keeps its vocabulary: ``vocab/spm.model`` or ``vocab/vocab.txt``
-    (``vocab.type: wordpiece``)."""
-    return os.path.join("vocab", wordpiece.vocab_file_name(cfg.vocab.type))
-CHECKPOINT_DIR = "checkpoints"
-LOG_DIR = os.path.join("logs", "train")
-DIVERGED_FILE = "DIVERGED"
-# Sections that fix what a checkpoint contains: a resumed run must not change them.
-_FROZEN_SECTIONS = ("model", "preprocess")
-# Keys of those sections a resumed run may change: they act only at the start of training
-# (initialisation) or after it (the exports' sequence length).
-_FREE_KEYS = {("preprocess", "inference_seq_length"), ("model", "embedding_init"),
-              ("model", "position_init"), ("preprocess", "dynamic_length"),
-              ("preprocess", "length_multiple")}
 # LaBSE reference config (official/projects/labse/experiments/labse_base.yaml).
 _ADAM_BETA_1, _ADAM_BETA_2, _ADAM_EPSILON = 0.9, 0.999, 1e-5
 _NO_DECAY = ["LayerNorm", "layer_norm", "bias"]
@@ -111,7 +101,7 @@ class TrainResult:
 def build_optimizer(train_cfg: config_lib.TrainConfig):
     """AdamW + warm-up + linear decay via ``official.modeling.optimization``.
 
-    ``train.optimizer: lazy_adamw`` swaps in :class:`lealla_tf.optimization.LazyAdamWeightDecay`
+    ``train.optimizer: lazy_adamw`` swaps in :class:`lealla_tf.training.optimization.LazyAdamWeightDecay`
     (the same maths; an embedding table's unused rows are left alone).
 
     The learning rate rises linearly to ``train.learning_rate`` over ``train.warmup_steps``,
@@ -142,7 +132,7 @@ def build_optimizer(train_cfg: config_lib.TrainConfig):
     factory = optimizer_factory.OptimizerFactory(optimization_config.OptimizationConfig(params))
     schedule = factory.build_learning_rate()
     if train_cfg.optimizer == "lazy_adamw":
-        from lealla_tf import optimization
+        from lealla_tf.training import optimization
 
         adamw = params["optimizer"]["adamw"]
         return optimization.LazyAdamWeightDecay(
@@ -177,7 +167,7 @@ def resolve_vocab(cfg: config_lib.ExperimentConfig, model_dir: str,
     Raises:
       FileNotFoundError: ``vocab.model_file`` names a missing file.
     """
-    target = fileio.join(model_dir, vocab_file(cfg))
+    target = fileio.join(model_dir, runs.vocab_file(cfg))
     chief = strategy is None or distribute_lib.is_chief(strategy)
     if fileio.exists(target):
         return target
@@ -211,7 +201,7 @@ def resolve_vocab(cfg: config_lib.ExperimentConfig, model_dir: str,
                                                 keep_unused=cfg.vocab.keep_unused,
                                                 progress=progress)
     with tempfile.TemporaryDirectory(prefix="lealla-vocab-") as tmp:  # SentencePiece: local
-        path = preprocessing.train_vocab(
+        path = sentencepiece.train_vocab(
             files, tmp, vocab_size=cfg.vocab.vocab_size,
             sentences_per_language=cfg.vocab.sentences_per_language,
             sampling_alpha=cfg.vocab.sampling_alpha,
@@ -225,7 +215,7 @@ def resolve_vocab(cfg: config_lib.ExperimentConfig, model_dir: str,
 
 def _training_files(data_cfg: config_lib.DataConfig):
     relative = any(not os.path.isabs(p) for p in data_cfg.train_files)
-    root = config_lib.data_dir(data_cfg.data_dir) if relative else ""
+    root = paths.data_dir(data_cfg.data_dir) if relative else ""
     return corpus_lib.find_files(data_cfg.train_files, root, data_cfg.languages)
 
 
@@ -233,23 +223,7 @@ def _stored_teacher_dim(embeddings_dir: str) -> int:
     """The teacher's own dimension recorded by a (possibly PCA-reduced) shard directory."""
     if not embeddings_dir:
         return 0
-    from lealla_tf import teacher_embeddings
-    return teacher_embeddings.teacher_dim(embeddings_dir)
-
-
-def _check_resume_config(cfg: config_lib.ExperimentConfig, model_dir: str) -> None:
-    path = fileio.join(model_dir, CONFIG_FILE)
-    if not fileio.exists(path):
-        return
-    old = config_lib.load(path).to_dict()
-    new = cfg.to_dict()
-    for section in _FROZEN_SECTIONS:
-        diff = {k: (old[section][k], new[section][k]) for k in old[section]
-                if old[section][k] != new[section][k] and (section, k) not in _FREE_KEYS}
-        if diff:
-            raise config_lib.ConfigError(
-                f"{model_dir} holds a run with another {section} config {diff} (old, new): "
-                "use a new --model-dir")
+    return store.teacher_dim(embeddings_dir)
 
 
 def fixed_size_slices(grad: tf.IndexedSlices, rows: int) -> tf.IndexedSlices:
@@ -300,8 +274,8 @@ class Trainer:
     def __init__(self, cfg: config_lib.ExperimentConfig, model_dir: str,
                  strategy: Optional[tf.distribute.Strategy] = None, progress: bool = True,
                  corpus: Optional[data_lib.ParallelCorpus] = None, teacher=None):
-        cfg = finetune.apply_init_checkpoint(finetune.apply_init_from(cfg.validate()))
-        finetune.check_wordpiece_flags(cfg)
+        cfg = initialization.apply_init_checkpoint(initialization.apply_init_from(cfg.validate()))
+        initialization.check_wordpiece_flags(cfg)
         self.cfg = cfg
         self.model_dir = fileio.normpath(model_dir)
         self.strategy = strategy or distribute_lib.get_strategy(cfg.distribute)
@@ -316,22 +290,23 @@ class Trainer:
         vocab_size = self.make_preprocessor(2).vocab_size
         if cfg.vocab.source == "teacher" and not cfg.vocab.model_file:
             cfg.model.vocab_size = vocab_size  # known only once the corpus is tokenized
-        _check_resume_config(cfg, self.model_dir)
+        runs.check_resume_config(cfg, self.model_dir)
         if vocab_size > cfg.model.vocab_size:
             raise config_lib.ConfigError(
                 f"the vocabulary has {vocab_size} pieces but model.vocab_size is "
                 f"{cfg.model.vocab_size}")
         if self.chief:
             saved = dataclasses.replace(cfg, vocab=dataclasses.replace(
-                cfg.vocab, model_file=vocab_file(cfg)))
-            config_lib.save(saved, fileio.join(self.model_dir, CONFIG_FILE))
+                cfg.vocab, model_file=runs.vocab_file(cfg)))
+            config_lib.save(saved, fileio.join(self.model_dir, layout.CONFIG_FILE))
 
         self.online = cfg.teacher.mode == "online"
         if self.online and cfg.data.teacher_embeddings:
             log.warning("teacher.mode: online: data.teacher_embeddings (%s) is not read",
                         cfg.data.teacher_embeddings)
+        stored = "" if self.online else cfg.data.teacher_embeddings
         self.corpus = corpus or data_lib.load_corpus_from_config(
-            dataclasses.replace(cfg.data, teacher_embeddings="") if self.online else cfg.data)
+            cfg.data, store.loader(stored) if stored else None)
         if cfg.teacher.dim and self.corpus.teacher_dim not in (0, cfg.teacher.dim) and (
                 _stored_teacher_dim(cfg.data.teacher_embeddings) != cfg.teacher.dim):
             raise config_lib.ConfigError(
@@ -373,7 +348,7 @@ class Trainer:
                 raise config_lib.ConfigError(
                     "vocab.source: teacher and model.embedding_init: teacher/teacher_table need "
                     "a teacher: set teacher.spec")
-            from lealla_tf import teachers
+            from lealla_tf.embedders import teachers
             self._teacher = teachers.load_teacher(self.cfg.teacher.spec)
         return self._teacher
 
@@ -398,7 +373,7 @@ class Trainer:
 
     def _load_online_teacher(self):
         """The frozen teacher of ``teacher.mode: online``, loaded under the strategy."""
-        from lealla_tf import online_teacher
+        from lealla_tf.distill import online_teacher
         if isinstance(self._teacher, online_teacher.OnlineTeacher):
             teacher = self._teacher
         elif self.cfg.teacher.spec:  # (a teacher object given too serves vocab/init only)
@@ -439,7 +414,7 @@ class Trainer:
             was_enabled = tf_keras.backend.experimental.is_tf_random_generator_enabled()
             tf_keras.backend.experimental.enable_tf_random_generator()
             try:
-                self.encoder = modeling.build_encoder(cfg.model)
+                self.encoder = encoders.build_encoder(cfg.model)
                 self.encoder(self.encoder.dummy_inputs())
             finally:
                 if not was_enabled:
@@ -462,10 +437,10 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(encoder=self.encoder, loss=self.loss_layer,
                                               optimizer=self.optimizer, data=self.data_state,
                                               dropout_rng=self.dropout_rng)
-        self.checkpoint_dir = fileio.join(self.model_dir, CHECKPOINT_DIR)
+        self.checkpoint_dir = fileio.join(self.model_dir, layout.CHECKPOINT_DIR)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint,
-            distribute_lib.writable_dir(self.model_dir, self.strategy, CHECKPOINT_DIR),
+            distribute_lib.writable_dir(self.model_dir, self.strategy, layout.CHECKPOINT_DIR),
             max_to_keep=cfg.train.keep_checkpoints)
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)
         self._restore_status = None
@@ -474,7 +449,7 @@ class Trainer:
                 self._initialise_embeddings()
         if not latest and cfg.train.embedding_table_from:
             with self.strategy.scope():
-                n = finetune.init_table_from_run(
+                n = initialization.init_table_from_run(
                     self.encoder, cfg.vocab.type, self.preprocessor_bytes,
                     cfg.train.embedding_table_from, cfg.model.initializer_range)
             log.info("%d word-embedding rows initialised from %s", n,
@@ -488,11 +463,11 @@ class Trainer:
                 table.assign(tf.zeros_like(table))
         if not latest and cfg.train.init_from:
             log.info("encoder initialised from %s",
-                     finetune.restore_init(self.encoder, cfg.train.init_from,
+                     initialization.restore_init(self.encoder, cfg.train.init_from,
                                            cfg.train.grow_position))
         if not latest and cfg.train.init_checkpoint:
-            _, checkpoint = finetune.resolve_checkpoint(cfg.train.init_checkpoint)
-            finetune.restore_encoder_checkpoint(self.encoder, checkpoint,
+            _, checkpoint = runs.resolve_checkpoint(cfg.train.init_checkpoint)
+            runs.restore_encoder_checkpoint(self.encoder, checkpoint,
                                                 "train.init_checkpoint")
             log.info("encoder initialised from %s", checkpoint)
         if latest:
@@ -503,7 +478,7 @@ class Trainer:
 
         self._train_loop = self._make_train_loop()
         if self.chief:
-            self.writer = tf.summary.create_file_writer(fileio.join(self.model_dir, LOG_DIR))
+            self.writer = tf.summary.create_file_writer(fileio.join(self.model_dir, layout.TRAIN_LOG_DIR))
         else:
             self.writer = tf.summary.create_noop_writer()
 
@@ -669,7 +644,7 @@ class Trainer:
                    f"is {good or 'none (no checkpoint was written yet)'}. Lower "
                    "train.learning_rate or loss.scale, or check the data.")
         if self.chief:
-            fileio.atomic_write(fileio.join(self.model_dir, DIVERGED_FILE), message + "\n")
+            fileio.atomic_write(fileio.join(self.model_dir, layout.DIVERGED_FILE), message + "\n")
         raise TrainingDiverged(message)
 
 
@@ -690,36 +665,3 @@ def train(cfg: config_lib.ExperimentConfig, model_dir: str,
         vocabulary or the embedding init needs it).
     """
     return Trainer(cfg, model_dir, strategy, progress, corpus, teacher).run(on_loop_end)
-
-
-# ---------------------------------------------------------------------------- reading back
-def restore_encoder(model_dir: str, checkpoint: Optional[str] = None
-                    ) -> Tuple[config_lib.ExperimentConfig, "preprocessing.Preprocessor",
-                               "modeling.LeallaEncoder"]:
-    """The trained encoder of a model dir, with its config and preprocessor.
-
-    Args:
-      model_dir: a directory written by :func:`train`.
-      checkpoint: a checkpoint path (default: the latest in ``model_dir/checkpoints``).
-
-    Raises:
-      FileNotFoundError: no config, vocabulary or checkpoint in ``model_dir``.
-    """
-    cfg_path = fileio.join(model_dir, CONFIG_FILE)
-    cfg = config_lib.load(cfg_path) if fileio.exists(cfg_path) else None
-    vocab_path = fileio.join(model_dir, vocab_file(cfg) if cfg else VOCAB_FILE)
-    for path in (cfg_path, vocab_path):
-        if not fileio.exists(path):
-            raise FileNotFoundError(f"{path} not found: is {model_dir} a training model dir?")
-    checkpoint = checkpoint or tf.train.latest_checkpoint(fileio.join(model_dir, CHECKPOINT_DIR))
-    if not checkpoint:
-        raise FileNotFoundError(f"no checkpoint in {fileio.join(model_dir, CHECKPOINT_DIR)}")
-    # Exports and evaluation pack to inference_seq_length (0: the training length).
-    seq_length = cfg.preprocess.inference_seq_length or cfg.preprocess.seq_length
-    preprocessor = wordpiece.make_preprocessor(cfg.vocab.type, vocab_path, seq_length,
-                                               cfg.vocab.do_lower_case)
-    encoder = modeling.build_encoder(cfg.model)
-    encoder(encoder.dummy_inputs())
-    tf.train.Checkpoint(encoder=encoder).restore(checkpoint).expect_partial() \
-        .assert_existing_objects_matched()
-    return cfg, preprocessor, encoder

@@ -1,0 +1,51 @@
+"""Where lealla_tf reads data and keeps caches: the data root and the cache root.
+
+Every command reads the data root the same way: ``--data-dir`` (or ``data.data_dir``),
+else ``$LEALLA_DATA_DIR``, else the cache's ``datasets/`` folder that ``lealla data fetch``
+fills. The cache root is ``$LEALLA_CACHE_DIR``, else the user's cache directory.
+"""
+
+from __future__ import annotations
+
+import os
+
+from lealla_tf.config import ConfigError
+
+CACHE_ENV = "LEALLA_CACHE_DIR"
+DATA_ENV = "LEALLA_DATA_DIR"
+
+
+def cache_root() -> str:
+    """The cache folder: ``$LEALLA_CACHE_DIR``, else the user's cache directory
+    (``platformdirs.user_cache_dir("lealla_tf")``: ``~/.cache/lealla_tf`` on Linux)."""
+    root = os.environ.get(CACHE_ENV)
+    if root:
+        return root
+    import platformdirs
+    return platformdirs.user_cache_dir("lealla_tf", appauthor=False)
+
+
+def default_data_root() -> str:
+    """Where ``lealla data fetch`` puts the public data when no data root is set:
+    ``<cache_root()>/datasets`` (``tatoeba/v1``, ``train``, ``ntrex`` inside)."""
+    return os.path.join(cache_root(), "datasets")
+
+
+def data_dir(cfg_dir: str = "") -> str:
+    """The data root: an explicit directory, else ``$LEALLA_DATA_DIR``, else the cache
+    (:func:`default_data_root`, filled by ``lealla data fetch``).
+
+    Raises:
+      ConfigError: if the directory chosen does not exist.
+    """
+    root = cfg_dir or os.environ.get(DATA_ENV, "")
+    if not root:
+        root = default_data_root()
+        if not os.path.isdir(root):
+            raise ConfigError(
+                "no data directory: pass --data-dir / set data.data_dir, set LEALLA_DATA_DIR, "
+                f"or run `lealla data fetch` to download the public data into {root}")
+        return root
+    if not os.path.isdir(root):
+        raise ConfigError(f"data directory does not exist: {root}")
+    return root
