@@ -2,7 +2,7 @@
 and (optionally) the archives to publish.
 
 Runs ``lealla export`` and then, with ``--publish``, ``lealla publish`` on the result; the
-library code is ``lealla_tf/export.py`` and the model card is filled from
+library code is the package ``lealla_tf/export/`` and the model card is filled from
 ``lealla_tf/resources/model_card.md``.
 
 Example::
@@ -63,4 +63,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    # Run as a script: the lealla_tf of this checkout, also where another copy is installed.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.exit(main())

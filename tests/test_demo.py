@@ -1,8 +1,10 @@
 """The demo path end to end on a few hundred pairs: slice, vocabulary, real teacher (muse),
 distillation, export (SavedModel + TFLite), Tatoeba evaluation, table and results."""
 
+import dataclasses
 import json
 import os
+import re
 
 import pytest
 
@@ -34,12 +36,46 @@ def test_slice_pairs_samples_each_language(tmp_path):
     assert open(again[1]).read() == open(out[1]).read()
 
 
+def _assert_steps_ran_in_order(printed):
+    """Each step of ``demo.STEPS`` printed its name before it ran and its time after."""
+    names = [step.name for step in demo.STEPS]
+    assert re.findall(r"^\[\d+/8\] (\w+): ", printed, re.M) == names
+    assert re.findall(r"^  \((\w+): \d+s\)$", printed, re.M) == names
+
+
+def test_demo_steps_are_declared_in_order():
+    assert [step.name for step in demo.STEPS] == [
+        "pairs", "vocab", "teacher", "static", "student", "export", "evaluate", "report"]
+
+
+def test_run_steps_runs_them_in_order_and_times_each(capsys):
+    ran = []
+
+    def step(name):
+        def run(state):
+            ran.append(name)
+            return dataclasses.replace(state, n_pairs=state.n_pairs + 1)
+        return demo.Step(name, lambda state: f"{name} after {state.n_pairs}", run)
+
+    start = demo.DemoState(output="out", root="data", cfg=None, static_cfg=None, spec="t",
+                           langs=(), eval_langs=(), pairs_per_language=0,
+                           dev_pairs_per_language=0, ntrex=False, progress=False, started=0.0)
+    end = demo.run_steps(start, [step("b"), step("a"), step("c")])
+    assert ran == ["b", "a", "c"] and end.n_pairs == 3 and start.n_pairs == 0
+    assert list(end.seconds) == ["b", "a", "c"] and all(s >= 0 for s in end.seconds.values())
+    printed = capsys.readouterr().out
+    assert re.findall(r"^\[(\d)/(\d)\] (\w+): (.*)$", printed, re.M) == [
+        ("1", "3", "b", "b after 0"), ("2", "3", "a", "a after 1"), ("3", "3", "c", "c after 2")]
+    assert re.findall(r"^  \((\w+): \d+s\)$", printed, re.M) == ["b", "a", "c"]
+
+
 def test_demo_pipeline_end_to_end(tmp_path, data_dir, capsys):
     out = tmp_path / "demo"
     rc = demo.run(str(out), data_dir=data_dir, overrides=OVERRIDES, pairs_per_language=60,
                   eval_languages=["deu", "fra"], progress=False)
     assert rc == 0
     printed = capsys.readouterr().out
+    _assert_steps_ran_in_order(printed)
     results = json.load(open(out / "results.json"))
     assert results["pairs"] == 240 and results["train_steps"] == 40
     models = results["models"]
@@ -71,5 +107,6 @@ def test_demo_pipeline_end_to_end(tmp_path, data_dir, capsys):
     # Rerunning resumes: every stage finds its output and nothing is recomputed.
     assert demo.run(str(out), data_dir=data_dir, overrides=OVERRIDES, pairs_per_language=60,
                     eval_languages=["deu", "fra"], progress=False) == 0
+    _assert_steps_ran_in_order(capsys.readouterr().out)
     again = json.load(open(out / "results.json"))
     assert again["models"]["student"]["tatoeba"] == results["models"]["student"]["tatoeba"]

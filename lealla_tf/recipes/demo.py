@@ -29,11 +29,12 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from lealla_tf import config, corpus
 from lealla_tf.data import datasets
@@ -45,11 +46,6 @@ DEMO_LANGUAGES = ("ara", "cmn", "deu", "fra", "ita", "jpn", "kor", "nld", "pol",
 
 def _config_path(name: str) -> str:
     return config.resolve(name)  # a shipped recipe (package data) or a file
-
-
-def _stage(n: int, total: int, text: str) -> float:
-    print(f"\n[{n}/{total}] {text}", flush=True)
-    return time.perf_counter()
 
 
 def slice_pairs(files: Sequence[str], output_dir: str, pairs_per_language: int,
@@ -174,105 +170,131 @@ def _train_student(cfg, run_dir: str, vocab: str, files, emb_dir: str, spec: str
     return result, seconds
 
 
-def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
-        overrides: Sequence[str] = (), teacher_spec: Optional[str] = None,
-        pairs_per_language: int = 3000, eval_languages: Optional[Sequence[str]] = None,
-        progress: bool = True, static_config_path: Optional[str] = None,
-        static_overrides: Optional[Sequence[str]] = None, ntrex: bool = True,
-        dev_pairs_per_language: int = 300) -> int:
-    """Runs the demo; returns a process exit code.
+@dataclasses.dataclass(frozen=True)
+class DemoState:
+    """What the demo's steps share: its settings, then what each step adds (a step returns
+    a copy with its fields filled in)."""
 
-    Args:
-      output: the results folder (created; reused to resume).
-      data_dir: data root with ``train/``, ``tatoeba/v1`` and ``ntrex/`` (default
-        ``$LEALLA_DATA_DIR``, else the fetched cache).
-      config_path: the Transformer student's recipe (default ``configs/demo.yaml``).
-      overrides: ``a.b=value`` overrides of that recipe.
-      teacher_spec: teacher (default: the recipe's ``teacher.spec``).
-      pairs_per_language: training pairs sampled per language (0 = all).
-      eval_languages: evaluation languages (default: the recipe's ``eval.tatoeba_languages``,
-        else its ``data.languages``).
-      progress: show progress bars.
-      static_config_path: the static student's recipe (default ``configs/demo_static.yaml``).
-      static_overrides: its overrides (default: ``overrides``).
-      ntrex: also evaluate on NTREX-128.
-      dev_pairs_per_language: pairs per language held out of the sample into ``dev/``
-        (never trained on; ``benchmarks/recipe_sweep.py`` chooses recipes on them).
-    """
-    from lealla_tf import export
-    from lealla_tf.text import sentencepiece
-    from lealla_tf.distill import student_init
-    from lealla_tf.distill import store
-    from lealla_tf.embedders import teachers
-    from lealla_tf.evaluation import pairs as pair_eval
-    from lealla_tf.evaluation import plots, tatoeba
+    output: str  # the results folder
+    root: str  # the data root
+    cfg: config.ExperimentConfig  # the Transformer student's recipe
+    static_cfg: config.ExperimentConfig  # the static student's recipe
+    spec: str  # the teacher
+    langs: Sequence[str]  # training languages
+    eval_langs: Sequence[str]  # evaluation languages
+    pairs_per_language: int
+    dev_pairs_per_language: int
+    ntrex: bool
+    progress: bool
+    started: float  # time.perf_counter() at the start of the demo
+    files: Sequence[str] = ()  # pairs: the training files
+    n_pairs: int = 0
+    teacher: Any = None  # vocab: the loaded teacher
+    vocab: str = ""  # vocab: the SentencePiece model
+    emb_dir: str = ""  # teacher: its precomputed embeddings
+    static_result: Any = None  # static: the training result
+    static_seconds: float = 0.0
+    result: Any = None  # student: the training result
+    train_seconds: float = 0.0
+    export_dir: str = ""  # export: the student's and the static student's export folders
+    static_dir: str = ""
+    models: Optional[Dict[str, dict]] = None  # evaluate: results per model
+    results: Optional[Dict[str, Any]] = None  # report: what results.json holds
+    seconds: Dict[str, float] = dataclasses.field(default_factory=dict)  # step -> seconds
 
-    start_all = time.perf_counter()
-    root = datasets.ensure_data(("train", "tatoeba", "ntrex"), DEMO_LANGUAGES, data_dir)
-    output = os.path.abspath(output)
-    os.makedirs(output, exist_ok=True)
-    cfg = config.load(config_path or _config_path("demo.yaml"), overrides)
-    static_cfg = config.load(static_config_path or _config_path("demo_static.yaml"),
-                             overrides if static_overrides is None else static_overrides)
-    spec = teacher_spec or cfg.teacher.spec
-    langs = list(cfg.data.languages or DEMO_LANGUAGES)
-    eval_langs = list(eval_languages or cfg.eval.tatoeba_languages or langs)
-    total = 8
 
-    t0 = _stage(1, total, f"training pairs: {pairs_per_language or 'all'} per language, "
-                          f"{len(langs)} languages (+{dev_pairs_per_language} held out)")
-    train_dir = os.path.join(output, "data")
+class Step(NamedTuple):
+    """One named step of the demo: ``run`` takes the state and returns it with its
+    outputs; ``title`` says what it does (printed before it runs)."""
+
+    name: str
+    title: Callable[[DemoState], str]
+    run: Callable[[DemoState], DemoState]
+
+
+def _pairs(state: DemoState) -> DemoState:
+    train_dir = os.path.join(state.output, "data")
     files = sorted(os.path.join(train_dir, f) for f in os.listdir(train_dir)
                    if f.endswith(".tsv")) if os.path.isdir(train_dir) else []
     if not files:
-        source = corpus.find_files(["train/*-eng.tsv"], root, langs)
-        files = slice_pairs(source, train_dir, pairs_per_language, seed=cfg.data.seed,
-                            dev_dir=os.path.join(output, "dev"),
-                            dev_pairs_per_language=dev_pairs_per_language)
+        source = corpus.find_files(["train/*-eng.tsv"], state.root, state.langs)
+        files = slice_pairs(source, train_dir, state.pairs_per_language,
+                            seed=state.cfg.data.seed, dev_dir=os.path.join(state.output, "dev"),
+                            dev_pairs_per_language=state.dev_pairs_per_language)
     n_pairs = sum(corpus.count_lines(f) for f in files)
-    print(f"  {n_pairs} pairs in {len(files)} files ({time.perf_counter() - t0:.0f}s)")
+    print(f"  {n_pairs} pairs in {len(files)} files")
+    return dataclasses.replace(state, files=files, n_pairs=n_pairs)
 
-    teacher = teachers.load_teacher(spec)
-    vocab_dir = os.path.join(output, "vocab")
+
+def _vocab(state: DemoState) -> DemoState:
+    """Loads the teacher, then its own vocabulary pruned to the pairs (``vocab.source:
+    teacher``) or one trained on the pairs."""
+    from lealla_tf.distill import student_init
+    from lealla_tf.embedders import teachers
+    from lealla_tf.text import sentencepiece
+    cfg = state.cfg
+    teacher = teachers.load_teacher(state.spec)
+    vocab_dir = os.path.join(state.output, "vocab")
     vocab = os.path.join(vocab_dir, sentencepiece.MODEL_FILE)
-    t0 = _stage(2, total, f"vocabulary ({cfg.vocab.source})")
     if cfg.vocab.source == "teacher":
-        student_init.build_teacher_vocab(teacher, files, vocab_dir,
+        student_init.build_teacher_vocab(teacher, state.files, vocab_dir,
                                          max_pieces=cfg.vocab.max_pieces,
-                                         keep_unused=cfg.vocab.keep_unused, progress=progress)
+                                         keep_unused=cfg.vocab.keep_unused,
+                                         progress=state.progress)
     elif not os.path.exists(vocab):
-        sentencepiece.train_vocab(files, vocab_dir, cfg.vocab.vocab_size,
+        sentencepiece.train_vocab(state.files, vocab_dir, cfg.vocab.vocab_size,
                                   sentences_per_language=cfg.vocab.sentences_per_language,
                                   sampling_alpha=cfg.vocab.sampling_alpha, seed=cfg.vocab.seed,
-                                  progress=progress)
+                                  progress=state.progress)
     pre = sentencepiece.Preprocessor(vocab, seq_length=cfg.preprocess.seq_length)
-    print(f"  {pre.vocab_size} pieces ({time.perf_counter() - t0:.0f}s)")
+    print(f"  {pre.vocab_size} pieces")
+    return dataclasses.replace(state, teacher=teacher, vocab=vocab)
 
-    t0 = _stage(3, total, f"teacher embeddings ({spec})")
-    emb_dir = os.path.join(output, "teacher_embeddings")
-    store.precompute(teacher, files, emb_dir, progress=progress)
-    print(f"  {teacher.name}: {teacher.dim}-d ({time.perf_counter() - t0:.0f}s)")
 
-    _stage(4, total, "static student (bag of teacher-initialised token embeddings)")
-    static_result, static_seconds = _train_student(
-        static_cfg, os.path.join(output, "static_run"), vocab, files, emb_dir, spec, teacher,
-        progress)
-    _stage(5, total, "Transformer student")
-    result, train_seconds = _train_student(cfg, os.path.join(output, "run"), vocab, files,
-                                           emb_dir, spec, teacher, progress)
+def _teacher_embeddings(state: DemoState) -> DemoState:
+    from lealla_tf.distill import store
+    emb_dir = os.path.join(state.output, "teacher_embeddings")
+    store.precompute(state.teacher, state.files, emb_dir, progress=state.progress)
+    print(f"  {state.teacher.name}: {state.teacher.dim}-d")
+    return dataclasses.replace(state, emb_dir=emb_dir)
 
-    t0 = _stage(6, total, "export: TF Hub SavedModels and TFLite (student fp32/fp16/int8, "
-                          "static int8)")
+
+def _static_student(state: DemoState) -> DemoState:
+    result, seconds = _train_student(
+        state.static_cfg, os.path.join(state.output, "static_run"), state.vocab, state.files,
+        state.emb_dir, state.spec, state.teacher, state.progress)
+    return dataclasses.replace(state, static_result=result, static_seconds=seconds)
+
+
+def _student(state: DemoState) -> DemoState:
+    result, seconds = _train_student(
+        state.cfg, os.path.join(state.output, "run"), state.vocab, state.files, state.emb_dir,
+        state.spec, state.teacher, state.progress)
+    return dataclasses.replace(state, result=result, train_seconds=seconds)
+
+
+def _export(state: DemoState) -> DemoState:
+    from lealla_tf import export
+    output = state.output
     export_dir, static_dir = os.path.join(output, "export"), os.path.join(output, "static_export")
     for run_dir, out, variants in ((os.path.join(output, "run"), export_dir, None),
                                    (os.path.join(output, "static_run"), static_dir, ("int8",))):
         if not os.path.exists(os.path.join(out, export.LEALLA, "saved_model.pb")):
             kwargs = {"tflite": variants} if variants else {}
-            export.export_run(run_dir, out, overwrite=True, progress=progress, **kwargs)
-    print(f"  {export_dir}, {static_dir} ({time.perf_counter() - t0:.0f}s)")
+            export.export_run(run_dir, out, overwrite=True, progress=state.progress, **kwargs)
+    print(f"  {export_dir}, {static_dir}")
+    return dataclasses.replace(state, export_dir=export_dir, static_dir=static_dir)
 
-    t0 = _stage(7, total, f"Tatoeba{' and NTREX-128' if ntrex else ''} on {len(eval_langs)} "
-                          "languages")
+
+def _evaluate(state: DemoState) -> DemoState:
+    """Tatoeba (and NTREX-128) accuracy, size and speed of the teacher and the students."""
+    from lealla_tf import export
+    from lealla_tf.evaluation import pairs as pair_eval
+    from lealla_tf.evaluation import tatoeba
+    cfg, spec, teacher, root, eval_langs = (state.cfg, state.spec, state.teacher, state.root,
+                                            state.eval_langs)
+    ntrex, progress = state.ntrex, state.progress
+    export_dir, static_dir = state.export_dir, state.static_dir
     int8 = os.path.join(export_dir, export.tflite_file_name("int8"))
     static_int8 = os.path.join(static_dir, export.tflite_file_name("int8"))
     candidates = {  # name: (embedder, what, path, evaluate on NTREX)
@@ -286,7 +308,7 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
         "static_int8": (export.load_embedder(static_int8), "static, TFLite int8", static_int8,
                         False),
     }
-    cache = os.path.join(output, "embedding_cache")
+    cache = os.path.join(state.output, "embedding_cache")
     speed_sample = []
     directory = tatoeba.find_local_dir(root)
     for lang in eval_langs[:4]:
@@ -305,22 +327,27 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
                 progress=progress)
             line += f", NTREX {models[name]['ntrex']['average']['mean']:.1f}"
         print(line, flush=True)
-    print(f"  ({time.perf_counter() - t0:.0f}s)")
+    return dataclasses.replace(state, models=models)
 
-    _stage(8, total, "results")
+
+def _report(state: DemoState) -> DemoState:
+    """Writes ``results.json``, ``tatoeba.png`` and ``results.md``; prints the table."""
+    from lealla_tf import export
+    from lealla_tf.evaluation import plots
+    models, output, ntrex, eval_langs = state.models, state.output, state.ntrex, state.eval_langs
     t_avg = models["teacher"]["tatoeba"]["average"]["mean"]
     results = {
-        "teacher": spec, "languages": eval_langs, "pairs": n_pairs,
-        "config": cfg.to_dict(), "static_config": static_cfg.to_dict(),
-        "train_steps": result.step, "train_seconds": train_seconds,
-        "static_train_seconds": static_seconds, "train_metrics": result.metrics,
+        "teacher": state.spec, "languages": list(eval_langs), "pairs": state.n_pairs,
+        "config": state.cfg.to_dict(), "static_config": state.static_cfg.to_dict(),
+        "train_steps": state.result.step, "train_seconds": state.train_seconds,
+        "static_train_seconds": state.static_seconds, "train_metrics": state.result.metrics,
         "models": models,
         "retention": models["student"]["tatoeba"]["average"]["mean"] / max(t_avg, 1e-9),
         "static_retention": models["static"]["tatoeba"]["average"]["mean"] / max(t_avg, 1e-9),
         "tflite_sizes": {v: _mb(export.disk_bytes(
-            os.path.join(export_dir, export.tflite_file_name(v))))
+            os.path.join(state.export_dir, export.tflite_file_name(v))))
                          for v in ("fp32", "fp16", "int8")},
-        "total_seconds": time.perf_counter() - start_all,
+        "total_seconds": time.perf_counter() - state.started,
     }
     if ntrex:
         n_t = models["teacher"]["ntrex"]["average"]["mean"]
@@ -343,6 +370,80 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
         summary += (f", NTREX {100 * results['ntrex_retention']:.1f}% "
                     f"(static {100 * results['static_ntrex_retention']:.1f}%)")
     print(f"{summary}; total {results['total_seconds'] / 60:.1f} min; everything in {output}/")
+    return dataclasses.replace(state, results=results)
+
+
+# The demo, in order. Every step finds what an earlier run of it wrote and keeps it, so an
+# interrupted demo resumes.
+STEPS: Tuple[Step, ...] = (
+    Step("pairs", lambda s: (f"training pairs: {s.pairs_per_language or 'all'} per language, "
+                             f"{len(s.langs)} languages (+{s.dev_pairs_per_language} held out)"),
+         _pairs),
+    Step("vocab", lambda s: f"vocabulary ({s.cfg.vocab.source})", _vocab),
+    Step("teacher", lambda s: f"teacher embeddings ({s.spec})", _teacher_embeddings),
+    Step("static", lambda s: "static student (bag of teacher-initialised token embeddings)",
+         _static_student),
+    Step("student", lambda s: "Transformer student", _student),
+    Step("export", lambda s: "TF Hub SavedModels and TFLite (student fp32/fp16/int8, static "
+                             "int8)", _export),
+    Step("evaluate", lambda s: (f"Tatoeba{' and NTREX-128' if s.ntrex else ''} on "
+                                f"{len(s.eval_langs)} languages"), _evaluate),
+    Step("report", lambda s: "results", _report),
+)
+
+
+def run_steps(state: DemoState, steps: Sequence[Step] = STEPS) -> DemoState:
+    """Runs ``steps`` in order, printing each one's name and title before it and its time
+    after it; the returned state's ``seconds`` holds each step's time."""
+    for n, step in enumerate(steps, 1):
+        print(f"\n[{n}/{len(steps)}] {step.name}: {step.title(state)}", flush=True)
+        start = time.perf_counter()
+        state = step.run(state)
+        seconds = time.perf_counter() - start
+        print(f"  ({step.name}: {seconds:.0f}s)", flush=True)
+        state = dataclasses.replace(state, seconds={**state.seconds, step.name: seconds})
+    return state
+
+
+def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
+        overrides: Sequence[str] = (), teacher_spec: Optional[str] = None,
+        pairs_per_language: int = 3000, eval_languages: Optional[Sequence[str]] = None,
+        progress: bool = True, static_config_path: Optional[str] = None,
+        static_overrides: Optional[Sequence[str]] = None, ntrex: bool = True,
+        dev_pairs_per_language: int = 300) -> int:
+    """Runs the demo (:data:`STEPS`); returns a process exit code.
+
+    Args:
+      output: the results folder (created; reused to resume).
+      data_dir: data root with ``train/``, ``tatoeba/v1`` and ``ntrex/`` (default
+        ``$LEALLA_DATA_DIR``, else the fetched cache).
+      config_path: the Transformer student's recipe (default ``configs/demo.yaml``).
+      overrides: ``a.b=value`` overrides of that recipe.
+      teacher_spec: teacher (default: the recipe's ``teacher.spec``).
+      pairs_per_language: training pairs sampled per language (0 = all).
+      eval_languages: evaluation languages (default: the recipe's ``eval.tatoeba_languages``,
+        else its ``data.languages``).
+      progress: show progress bars.
+      static_config_path: the static student's recipe (default ``configs/demo_static.yaml``).
+      static_overrides: its overrides (default: ``overrides``).
+      ntrex: also evaluate on NTREX-128.
+      dev_pairs_per_language: pairs per language held out of the sample into ``dev/``
+        (never trained on; ``benchmarks/recipe_sweep.py`` chooses recipes on them).
+    """
+    started = time.perf_counter()
+    root = datasets.ensure_data(("train", "tatoeba", "ntrex"), DEMO_LANGUAGES, data_dir)
+    output = os.path.abspath(output)
+    os.makedirs(output, exist_ok=True)
+    cfg = config.load(config_path or _config_path("demo.yaml"), overrides)
+    static_cfg = config.load(static_config_path or _config_path("demo_static.yaml"),
+                             overrides if static_overrides is None else static_overrides)
+    langs = list(cfg.data.languages or DEMO_LANGUAGES)
+    run_steps(DemoState(
+        output=output, root=root, cfg=cfg, static_cfg=static_cfg,
+        spec=teacher_spec or cfg.teacher.spec, langs=langs,
+        eval_langs=list(eval_languages or cfg.eval.tatoeba_languages or langs),
+        pairs_per_language=pairs_per_language, dev_pairs_per_language=dev_pairs_per_language,
+        ntrex=ntrex, progress=progress, started=started))
     return 0
 
 

@@ -1,0 +1,27 @@
+"""``lealla demo``: distil a teacher into small students, export and evaluate them
+(:mod:`lealla_tf.recipes.demo`)."""
+
+from __future__ import annotations
+
+from lealla_tf.cli import common
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("demo", help="distil a teacher into a small student, export, evaluate")
+    common.config_args(p)
+    p.add_argument("--output", default="results/demo", help="results folder (resumable)")
+    p.add_argument("--data-dir", default="", help="data root (default $LEALLA_DATA_DIR)")
+    p.add_argument("--teacher", default=None, help="teacher spec (default: the recipe's)")
+    p.add_argument("--pairs-per-language", type=int, default=3000,
+                   help="training pairs sampled per language (0 = all)")
+    p.add_argument("--languages", default=None,
+                   help="comma-separated Tatoeba languages to evaluate (default: the recipe's)")
+    p.set_defaults(func=_demo)
+
+
+def _demo(args) -> int:
+    from lealla_tf.recipes import demo
+    return demo.run(args.output, data_dir=args.data_dir, config_path=args.config,
+                    overrides=args.overrides, teacher_spec=args.teacher,
+                    pairs_per_language=args.pairs_per_language,
+                    eval_languages=args.languages.split(",") if args.languages else None)

@@ -1,0 +1,241 @@
+"""``lealla eval`` (tatoeba, bucc, ntrex, un) and ``lealla mine``: a model's retrieval and
+mining accuracy, and bitext mined from two corpora."""
+
+from __future__ import annotations
+
+import os
+
+from lealla_tf import paths
+from lealla_tf.cli import errors
+
+def add_commands(sub) -> None:
+    model_help = ("model: export folder, .tflite, run dir or TF Hub handle (as `lealla embed`), "
+                  "a teacher spec (muse, labse, hub:..., savedmodel:...), or a Python "
+                  "callable py:package.module:function")
+
+    def common(s, memory=True, output_help="results JSON file", output_required=False,
+               model_required=True):
+        s.add_argument("--model", required=model_required, default="",
+                       help=model_help + ("" if model_required else
+                                          " (not needed when every input is a .npy file)"))
+        s.add_argument("--batch-size", type=int, default=64, help="sentences per encode call")
+        s.add_argument("--cache-dir", default="",
+                       help="embedding cache (default $LEALLA_CACHE_DIR/embeddings)")
+        s.add_argument("--no-cache", action="store_true", help="do not read/write the cache")
+        if memory:
+            s.add_argument("--memory-mb", type=int, default=256,
+                           help="memory bound of the nearest-neighbour search (MiB)")
+        s.add_argument("--output", default="", required=output_required,
+                       help=output_help)
+
+    def mining_args(s):
+        s.add_argument("-k", "--neighbourhood", dest="k", type=int, default=4,
+                       help="margin neighbourhood size (LASER -k)")
+        s.add_argument("--margin", choices=("ratio", "distance", "absolute"), default="ratio")
+        s.add_argument("--retrieval", choices=("max", "fwd", "bwd", "intersect"),
+                       default="max")
+
+    def index_args(s):
+        s.add_argument("--index", choices=("exact", "faiss", "scann"), default="exact",
+                       help="nearest-neighbour search: exact (chunked), or an approximate "
+                            "index built once per embedding matrix and saved (extras "
+                            "[faiss], [scann])")
+        s.add_argument("--index-dir", default="",
+                       help="where indexes are saved and reused (default <cache>/indexes)")
+        s.add_argument("--index-factory", default="",
+                       help="FAISS index_factory string (default IVF<4 sqrt(N)>,Flat; e.g. "
+                            "IVF65536,SQ8 or OPQ32,IVF65536,PQ32 for large pools)")
+        s.add_argument("--nlist", type=int, default=0,
+                       help="index partitions (0: 4 sqrt(N))")
+        s.add_argument("--nprobe", type=int, default=0,
+                       help="partitions searched per query (0: nlist/8, at least 16)")
+
+    p = sub.add_parser("eval", help="evaluate a model: tatoeba, bucc, ntrex, un")
+    esub = p.add_subparsers(dest="eval_cmd", required=True)
+
+    t = esub.add_parser("tatoeba", help="Tatoeba accuracy (both directions), 112 languages")
+    common(t, memory=False)
+    t.add_argument("--languages", default="all", help="all | xtreme36 | comma-separated codes")
+    t.add_argument("--data-dir", default="",
+                   help="local copy (folder of tatoeba.* files or a data root with "
+                        "tatoeba/v1); without it the files are downloaded and cached")
+    t.add_argument("--plot", default="", help="bar chart PNG (default: next to --output)")
+    t.set_defaults(func=_eval_tatoeba)
+
+    b = esub.add_parser("bucc", help="BUCC bitext mining F1 (margin scoring, best threshold)")
+    common(b)
+    mining_args(b)
+    index_args(b)
+    b.add_argument("--src", default="", help="xx-en.split.xx file (id<TAB>sentence)")
+    b.add_argument("--tgt", default="", help="xx-en.split.en file")
+    b.add_argument("--gold", default="", help="xx-en.split.gold file (src-id<TAB>tgt-id)")
+    b.add_argument("--data-dir", default="", help="BUCC folder (instead of --src/--tgt/--gold)")
+    b.add_argument("--language", default="de", help="with --data-dir: de | fr | ru | zh")
+    b.add_argument("--split", default="training", help="with --data-dir: sample | training")
+    b.add_argument("--threshold", type=float, default=None,
+                   help="fixed margin threshold (default: the F1-optimal one)")
+    b.add_argument("--predictions", default="", help="write extracted id pairs here")
+    b.set_defaults(func=_eval_bucc)
+
+    n = esub.add_parser("ntrex", help="BUCC-style mining benchmark built from NTREX-128")
+    common(n)
+    mining_args(n)
+    index_args(n)
+    n.add_argument("--data-dir", default="",
+                   help="data root with ntrex/NTREX-128 (default $LEALLA_DATA_DIR)")
+    n.add_argument("--languages", default="deu,fra,rus,zho_Hans",
+                   help="comma-separated NTREX codes, or 'all'")
+    n.add_argument("--pairs", type=int, default=400, help="hidden pairs per language")
+    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--work-dir", default="", help="where the built task files go "
+                                                  "(default: a temporary folder)")
+    n.set_defaults(func=_eval_ntrex)
+
+    u = esub.add_parser("un", help="P@1 of line-aligned queries in a large candidate pool")
+    common(u, model_required=False)
+    index_args(u)
+    u.add_argument("--source", required=True, help="query sentences (text or .npy)")
+    u.add_argument("--target", required=True, help="their translations, line-aligned")
+    u.add_argument("--extra", nargs="*", default=[],
+                   help="more target-side candidates (text or .npy files)")
+    u.add_argument("--max-queries", type=int, default=None)
+    u.set_defaults(func=_eval_un)
+
+    m = sub.add_parser("mine", help="mine bitext from two corpora (LASER margin scoring)")
+    common(m, output_help="output TSV: score, source line, target line, source, target",
+           output_required=True)
+    mining_args(m)
+    index_args(m)
+    m.add_argument("--source", required=True, help="source text file, one sentence a line")
+    m.add_argument("--target", required=True, help="target text file")
+    m.add_argument("--threshold", type=float, default=None,
+                   help="keep pairs scoring above it (e.g. 1.06 with the ratio margin)")
+    m.set_defaults(func=_mine)
+
+
+def _load_eval_model(spec: str):
+    from lealla_tf import embedders
+    return embedders.load(spec)
+
+
+def _run_eval(args, body) -> int:
+    from lealla_tf.evaluation.tatoeba import ChecksumError
+    with errors.user_errors(ValueError, ChecksumError, ConnectionError, ImportError):
+        return body(_load_eval_model(args.model) if args.model else None)
+
+
+def _write_json(path: str, result: dict) -> None:
+    import json
+
+    from lealla_tf import fileio
+    if path:
+        fileio.atomic_write(path, json.dumps(result, indent=1))
+        print(f"results written to {path}")
+
+
+def _index_config(args):
+    """The ``index_args`` flags as a validated IndexConfig (None for exact search); a
+    missing extra is reported here, before any embedding is computed."""
+    from lealla_tf.config import IndexConfig
+    if getattr(args, "index", "exact") == "exact":
+        return None
+    from lealla_tf.evaluation import ann
+    ann.require(args.index)
+    return IndexConfig(kind=args.index, directory=args.index_dir,
+                       faiss_factory=args.index_factory if args.index == "faiss" else "",
+                       nlist=args.nlist, nprobe=args.nprobe).validate()
+
+
+def _mining_kwargs(args) -> dict:
+    """The flags ``mining_args`` adds (plus --memory-mb and the index flags), as mining
+    keyword arguments."""
+    return {"k": args.k, "margin": args.margin, "retrieval_mode": args.retrieval,
+            "max_memory_bytes": args.memory_mb << 20, "index": _index_config(args)}
+
+
+def _eval_kwargs(args) -> dict:
+    return {"batch_size": args.batch_size, "cache": args.cache_dir or None,
+            "use_cache": not args.no_cache}
+
+
+def _eval_tatoeba(args) -> int:
+    from lealla_tf.evaluation import tatoeba
+
+    def body(model):
+        res = tatoeba.evaluate(model, args.languages, data_dir=args.data_dir or None,
+                               **_eval_kwargs(args))
+        print(tatoeba.format_table(res))
+        plot = args.plot or (os.path.splitext(args.output)[0] + ".png" if args.output else "")
+        tatoeba.save(res, args.output or None, plot=plot or None)
+        if args.output:
+            print(f"results written to {args.output}")
+        if plot:
+            print(f"chart written to {plot}")
+        return 0
+    return _run_eval(args, body)
+
+
+def _eval_bucc(args) -> int:
+    from lealla_tf.evaluation import bucc
+
+    def body(model):
+        files = {"src": args.src, "tgt": args.tgt, "gold": args.gold}
+        if args.data_dir:
+            files = bucc.find_files(args.data_dir, args.language, args.split)
+        if not (files["src"] and files["tgt"] and files["gold"]):
+            raise ValueError("give --src, --tgt and --gold, or --data-dir with gold files")
+        res = bucc.evaluate_files(
+            model, files["src"], files["tgt"], files["gold"], threshold=args.threshold,
+            predictions=args.predictions or None, **_mining_kwargs(args),
+            **_eval_kwargs(args))
+        print(bucc.format_table(res))
+        _write_json(args.output, res)
+        return 0
+    return _run_eval(args, body)
+
+
+def _eval_ntrex(args) -> int:
+    import tempfile
+
+    from lealla_tf.evaluation import bucc
+
+    def body(model):
+        root = paths.data_dir(args.data_dir)
+        langs = (list(bucc.ntrex_languages(root)) if args.languages == "all"
+                 else [l.strip() for l in args.languages.split(",") if l.strip()])
+        with tempfile.TemporaryDirectory() as tmp:
+            res = bucc.evaluate_ntrex(
+                model, root, langs, args.work_dir or tmp, n_pairs=args.pairs, seed=args.seed,
+                **_mining_kwargs(args), **_eval_kwargs(args))
+        print(bucc.format_table(res))
+        _write_json(args.output, res)
+        return 0
+    return _run_eval(args, body)
+
+
+def _eval_un(args) -> int:
+    from lealla_tf.evaluation import un
+
+    def body(model):
+        kw = _eval_kwargs(args)
+        if not kw.pop("use_cache"):
+            print("note: eval un always caches pool embeddings (they are searched from disk)")
+        res = un.evaluate(model, args.source, args.target, extra=args.extra,
+                          max_queries=args.max_queries, max_memory_bytes=args.memory_mb << 20,
+                          index=_index_config(args), **kw)
+        print(un.format_table(res))
+        _write_json(args.output, res)
+        return 0
+    return _run_eval(args, body)
+
+
+def _mine(args) -> int:
+    from lealla_tf.evaluation import mining
+
+    def body(model):
+        n = mining.mine_files(model, args.source, args.target, args.output,
+                              threshold=args.threshold, **_mining_kwargs(args),
+                              **_eval_kwargs(args))
+        print(f"{n} pairs written to {args.output}")
+        return 0
+    return _run_eval(args, body)

@@ -1,0 +1,112 @@
+"""``lealla export``, ``lealla publish`` and ``lealla embed``: a run as TF Hub SavedModels
+and TFLite files, an export packed for TF Hub, sentences embedded with any model."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import List
+
+from lealla_tf.cli import errors
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("export", help="export a run as TF Hub SavedModels, TFLite files and "
+                                      "a model card")
+    p.add_argument("--model-dir", required=True, help="the training run's model dir")
+    p.add_argument("--output", required=True, help="export folder (written atomically)")
+    p.add_argument("--tflite", default="fp32,fp16,int8",
+                   help="comma-separated TFLite variants: fp32, fp16, int8 (dynamic range); "
+                        "'none' for none")
+    p.add_argument("--int8-embeddings", action="store_true",
+                   help="the end-to-end model and the TFLite files read int8 word-embedding "
+                        "rows with per-row scales (a 128k x 128 table: 16 MiB instead of 64)")
+    p.add_argument("--checkpoint", default="", help="checkpoint path (default: the latest)")
+    p.add_argument("--metrics", nargs="*", default=[],
+                   help="`lealla eval` result JSON files to quote in the model card")
+    p.add_argument("--title", default="", help="model card title")
+    p.add_argument("--description", default="", help="model card description")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.set_defaults(func=_export)
+
+    q = sub.add_parser("publish", help="pack an export as TF Hub .tar.gz archives with model "
+                                       "cards, ready to upload")
+    q.add_argument("--export", required=True, help="a `lealla export` folder")
+    q.add_argument("--output", required=True, help="publish folder")
+    q.add_argument("--base-url", default="",
+                   help="URL the folder will be served from (the cards' handles use it)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    q.set_defaults(func=_publish)
+
+    e = sub.add_parser("embed", help="embed sentences (one per line) with an export folder, "
+                                     "a .tflite file, a run dir or a TF Hub handle")
+    e.add_argument("--model", required=True,
+                   help="model spec: export folder, .tflite file, run model dir, TF Hub "
+                        "handle/URL, teacher name, py:module:function (see lealla_tf.embedders)")
+    e.add_argument("--input", default="-", help="text file, one sentence per line "
+                                                "(default: stdin)")
+    e.add_argument("--output", default="", help=".npy file (default: TSV on stdout)")
+    e.add_argument("--batch-size", type=int, default=64, help="sentences per model call")
+    e.add_argument("--threads", type=int, default=0, help="TFLite interpreter threads")
+    e.set_defaults(func=_embed)
+
+
+def _export(args) -> int:
+    from lealla_tf import export
+    card = {k: v for k, v in (("title", args.title), ("description", args.description)) if v}
+    with errors.user_errors(FileExistsError, ValueError):
+        export.export_run(args.model_dir, args.output, checkpoint=args.checkpoint or None,
+                          tflite=args.tflite, metrics=args.metrics, overwrite=args.overwrite,
+                          model_card_info=card, int8_embeddings=args.int8_embeddings)
+    return 0
+
+
+def _publish(args) -> int:
+    from lealla_tf import export
+    with errors.user_errors(FileExistsError):
+        export.publish(args.export, args.output, base_url=args.base_url or None,
+                       overwrite=args.overwrite)
+    return 0
+
+
+def _read_sentences(path: str) -> List[bytes]:
+    """One sentence per line (bytes kept as they are; empty lines are sentences)."""
+    if path == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"input file not found: {path}")
+        with open(path, "rb") as f:
+            data = f.read()
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+
+def _embed(args) -> int:
+    import numpy as np
+
+    from lealla_tf import embedders
+    from lealla_tf.evaluation import runner
+    if args.input != "-" and not os.path.isfile(args.input):
+        raise FileNotFoundError(f"input file not found: {args.input}")
+    with errors.user_errors(ValueError):
+        embedder = embedders.load(args.model, batch_size=args.batch_size,
+                                  num_threads=args.threads or None)
+    sentences = _read_sentences(args.input)
+    out = None
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        out = np.lib.format.open_memmap(args.output, mode="w+", dtype=np.float32,
+                                        shape=(len(sentences), embedder.dim))
+    vectors = runner.embed_sentences(embedder, sentences, batch_size=args.batch_size,
+                                     out=out) if sentences else out
+    if args.output:
+        if out is not None:
+            out.flush()
+        print(f"{len(sentences)} embeddings ({embedder.dim}-d) written to {args.output}",
+              file=sys.stderr)
+    elif sentences:
+        np.savetxt(sys.stdout, vectors, fmt="%.7g", delimiter="\t")
+    return 0
