@@ -287,17 +287,25 @@ def writer_lock(path: str, force: bool = False) -> Iterator[None]:
     makedirs(dirname(path))
     if is_local(path):
         import fcntl
-        with builtins_open(path, "a") as lock:
+        with builtins_open(path, "a+") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise LockedError(f"another process is writing here (lock {path})") from None
+                lock.seek(0)
+                holder = lock.read().strip() or "unknown process"
+                raise LockedError(f"held by {holder}; lock {path}") from None
             try:
+                lock.seek(0)
+                lock.truncate()
+                lock.write(_owner() + "\n")
+                lock.flush()
                 yield
             finally:
+                lock.seek(0)
+                lock.truncate()
                 fcntl.flock(lock, fcntl.LOCK_UN)
         return
-    owner = f"{socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex}"
+    owner = f"{_owner()} {uuid.uuid4().hex}"
     if exists(path) and not force:
         raise LockedError(
             f"{path} says another writer ({read_text(path).strip()}) is writing here; this "
@@ -311,6 +319,14 @@ def writer_lock(path: str, force: bool = False) -> Iterator[None]:
     finally:
         if exists(path) and read_text(path).strip() == owner:
             remove(path)
+
+
+def _owner() -> str:
+    """``host pid N (command)``: who holds a lock, for the message of the next writer."""
+    import sys
+    command = " ".join(os.path.basename(a) if i == 0 else a
+                       for i, a in enumerate(sys.argv[:4]))
+    return f"{socket.gethostname()} pid {os.getpid()} ({command})"
 
 
 def builtins_open(path: str, mode: str = "r"):

@@ -8,10 +8,14 @@ goes through here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
-from typing import Any, Dict, Optional, Tuple
+import re
+import time
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -22,6 +26,8 @@ from lealla_tf.layout import CHECKPOINT_DIR, CONFIG_FILE, STAGES_DIR, VOCAB_FILE
 from lealla_tf.models import encoders
 from lealla_tf.text import wordpiece
 
+log = logging.getLogger(__name__)
+
 # Sections that fix what a checkpoint contains: a resumed run must not change them.
 _FROZEN_SECTIONS = ("model", "preprocess")
 # Keys of those sections a resumed run may change: they act only at the start of training
@@ -29,8 +35,6 @@ _FROZEN_SECTIONS = ("model", "preprocess")
 _FREE_KEYS = {("preprocess", "inference_seq_length"), ("model", "embedding_init"),
               ("model", "position_init"), ("preprocess", "dynamic_length"),
               ("preprocess", "length_multiple")}
-# LaBSE reference config (official/projects/labse/experiments/labse_base.yaml).
-_ADAM_BETA_1, _ADAM_BETA_2, _ADAM_EPSILON = 0.9, 0.999, 1e-5
 
 
 def vocab_file(cfg: config_lib.ExperimentConfig) -> str:
@@ -48,8 +52,13 @@ def checkpoint_dir(run_dir: str) -> str:
 
 
 def latest_checkpoint(run_dir: str) -> Optional[str]:
-    """The newest checkpoint of ``run_dir/checkpoints`` (None when there is none)."""
-    return tf.train.latest_checkpoint(checkpoint_dir(run_dir))
+    """The newest checkpoint of ``run_dir/checkpoints`` (None when it holds none).
+
+    Raises:
+      DamagedRunError: checkpoint files are there but the newest one cannot be used
+        (see :func:`resume_checkpoint`).
+    """
+    return resume_checkpoint(checkpoint_dir(run_dir))
 
 
 def is_run(path: str) -> bool:
@@ -192,8 +201,7 @@ def restore_encoder_checkpoint(encoder, checkpoint: str, purpose: str) -> None:
 
 
 def restore_encoder(model_dir: str, checkpoint: Optional[str] = None
-                    ) -> Tuple[config_lib.ExperimentConfig, "preprocessing.Preprocessor",
-                               "modeling.LeallaEncoder"]:
+                    ) -> Tuple[config_lib.ExperimentConfig, Any, "encoders.LeallaEncoder"]:
     """The trained encoder of a model dir, with its config and preprocessor.
 
     Args:
@@ -218,8 +226,12 @@ def restore_encoder(model_dir: str, checkpoint: Optional[str] = None
                                                cfg.vocab.do_lower_case)
     encoder = encoders.build_encoder(cfg.model)
     encoder(encoder.dummy_inputs())
-    tf.train.Checkpoint(encoder=encoder).restore(checkpoint).expect_partial() \
-        .assert_existing_objects_matched()
+    try:
+        tf.train.Checkpoint(encoder=encoder).restore(checkpoint).expect_partial() \
+            .assert_existing_objects_matched()
+    except (tf.errors.OpError, IndexError) as e:
+        raise DamagedRunError(f"{checkpoint} cannot be read ({type(e).__name__}: "
+                              f"{str(e).strip()[:200]}): the checkpoint is damaged") from e
     return cfg, preprocessor, encoder
 
 
@@ -257,3 +269,156 @@ def write_run(output_dir: str, cfg: config_lib.ExperimentConfig, vocab_bytes: by
         fileio.atomic_write(fileio.join(tmp, info_file),
                             json.dumps(info, indent=1, ensure_ascii=False))
     return fileio.join(checkpoint_dir(output_dir), "ckpt-0")
+
+
+# ------------------------------------------------------------------ safety of a run directory
+LOCK_FILE = ".lock"
+DAMAGED_DIR = "damaged"  # inside a checkpoint folder: checkpoints moved aside by a recovery
+_CKPT = re.compile(r"^(?P<prefix>.+-(?P<n>\d+))\.(?:index|data-\d+-of-(?P<of>\d+))$")
+
+
+class DamagedRunError(ValueError):
+    """A run directory whose checkpoints cannot be resumed or read as they are."""
+
+
+class RunLockedError(RuntimeError):
+    """Another process writes the run directory."""
+
+
+@contextlib.contextmanager
+def writer(run_dir: str, force: bool = False) -> Iterator[None]:
+    """Makes this process the one writer of ``run_dir`` for the block (train, pretrain,
+    import, prune, export into it).
+
+    Args:
+      run_dir: the run directory (created).
+      force: on file systems without locks (``gs://``), take over the marker of a writer
+        that crashed.
+
+    Raises:
+      RunLockedError: another process holds the run, named in the message.
+    """
+    try:
+        with fileio.writer_lock(fileio.join(run_dir, LOCK_FILE), force=force):
+            yield
+    except fileio.LockedError as e:
+        raise RunLockedError(f"{run_dir} is being written by another process ({e}); wait for "
+                             "it to finish or use another --model-dir") from None
+
+
+def checkpoint_files(directory: str) -> Dict[int, List[str]]:
+    """``{step: [file names]}`` of the ``ckpt-N.*`` files in a checkpoint folder."""
+    out: Dict[int, List[str]] = {}
+    if not fileio.isdir(directory):
+        return out
+    for name in fileio.listdir(directory):
+        m = _CKPT.match(name.rstrip("/"))
+        if m:
+            out.setdefault(int(m.group("n")), []).append(name.rstrip("/"))
+    return out
+
+
+def checkpoint_problem(prefix: str) -> Optional[str]:
+    """What keeps the checkpoint ``prefix`` from restoring (None when every tensor reads).
+
+    Checks that the ``.index`` file and every ``.data-K-of-N`` shard are there and reads
+    every tensor once, so a truncated or corrupt file is found before training starts.
+    """
+    directory, base = fileio.dirname(prefix), fileio.basename(prefix)
+    names = checkpoint_files(directory).get(int(base.rsplit("-", 1)[1]), []) \
+        if re.search(r"-\d+$", base) else []
+    names = [n for n in names if n.startswith(base + ".")]
+    if base + ".index" not in names:
+        return f"{prefix}.index is missing"
+    shards = [n for n in names if ".data-" in n]
+    expected = {f"{base}.data-{k:05d}-of-{int(shards[0].rsplit('-', 1)[1]):05d}"
+                for k in range(int(shards[0].rsplit("-", 1)[1]))} if shards else {
+        f"{base}.data-00000-of-00001"}
+    missing = sorted(expected - set(shards))
+    if missing:
+        return f"{fileio.join(directory, missing[0])} is missing"
+    try:
+        reader = tf.compat.v1.train.NewCheckpointReader(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (tf.errors.OpError, IndexError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"{prefix} cannot be read ({type(e).__name__}: {first[:200]})"
+    return None
+
+
+def _describe(files: Dict[int, List[str]]) -> str:
+    return ", ".join(f"ckpt-{n}" for n in sorted(files))
+
+
+def resume_checkpoint(directory: str, recover: bool = False) -> Optional[str]:
+    """The checkpoint to resume from in a checkpoint folder, refusing damaged ones.
+
+    Returns None when the folder holds no checkpoint file (a new run). When it holds some,
+    the newest one named by the ``checkpoint`` state file must be present and readable
+    (:func:`checkpoint_problem`); a missing state file, a missing ``.index`` or data file,
+    or a truncated file is never taken for "no checkpoint" (training would start over and
+    its checkpoint manager would delete the older, good checkpoints).
+
+    Args:
+      directory: a ``checkpoints/`` folder (or a pre-training stage's folder).
+      recover: instead of refusing, resume from the newest checkpoint that reads: the
+        newer, damaged files are moved to ``DIRECTORY/damaged/`` (nothing is deleted) and
+        the state file is rewritten to list the good checkpoints; a warning says so.
+
+    Raises:
+      DamagedRunError: the folder cannot be resumed as it is (and ``recover`` is off, or
+        no checkpoint in it reads), naming the files.
+    """
+    files = checkpoint_files(directory)
+    state = tf.train.get_checkpoint_state(directory) if fileio.isdir(directory) else None
+    if not files and (state is None or not state.model_checkpoint_path):
+        return None
+    problem = None
+    latest = None
+    if state is None or not state.model_checkpoint_path:
+        problem = (f"{fileio.join(directory, 'checkpoint')} (the state file naming the latest "
+                   "checkpoint) is missing")
+    else:
+        latest = state.model_checkpoint_path
+        if not fileio.is_local(latest) or not os.path.isabs(latest):
+            latest = fileio.join(directory, fileio.basename(latest))
+        newest_file = max(files) if files else -1
+        step = int(latest.rsplit("-", 1)[1]) if re.search(r"-\d+$", latest) else -1
+        if newest_file > step:
+            problem = (f"the state file names {fileio.basename(latest)} but ckpt-{newest_file} "
+                       "is newer")
+        else:
+            problem = checkpoint_problem(latest)
+    if problem is None:
+        return latest
+    if not recover:
+        raise DamagedRunError(
+            f"cannot resume {directory}: {problem}. Checkpoint files there: "
+            f"{_describe(files) or 'none'}. Nothing was changed or deleted. To resume from "
+            "the newest checkpoint that reads, rerun with --recover (damaged files are moved "
+            "aside, not deleted); to start over, use another --model-dir.")
+    return _recover(directory, files, problem)
+
+
+def _recover(directory: str, files: Dict[int, List[str]], problem: str) -> str:
+    good = None
+    for step in sorted(files, reverse=True):
+        prefix = fileio.join(directory, f"ckpt-{step}")
+        if checkpoint_problem(prefix) is None:
+            good = step
+            break
+    if good is None:
+        raise DamagedRunError(f"cannot resume {directory}: {problem}, and none of its "
+                              f"checkpoints ({_describe(files)}) reads; nothing was changed")
+    aside = fileio.join(directory, DAMAGED_DIR, time.strftime("%Y%m%d-%H%M%S"))
+    moved = [n for step in sorted(files) if step > good for n in files[step]]
+    if moved:
+        fileio.makedirs(aside)
+        for name in moved:
+            fileio.rename(fileio.join(directory, name), fileio.join(aside, name))
+    kept = [fileio.join(directory, f"ckpt-{s}") for s in sorted(files) if s <= good]
+    tf.compat.v1.train.update_checkpoint_state(directory, kept[-1], all_model_checkpoint_paths=kept)
+    log.warning("%s: %s; resuming from ckpt-%d%s", directory, problem, good,
+                f" (moved {', '.join(moved)} to {aside})" if moved else "")
+    return kept[-1]
