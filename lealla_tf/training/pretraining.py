@@ -93,7 +93,7 @@ METRICS = ("loss", "accuracy", "mlm_loss", "tlm_loss", "grad_norm")
 from lealla_tf.data.pretrain_inputs import (  # noqa: E402,F401  (the inputs, re-exported)
     FEATURES, PretrainCorpus, StatelessMaskValuesChooser, StatelessRandomItemSelector,
     eval_batches, load_corpus, make_dataset, make_features_fn, mask_and_pad,
-    pack_pretraining_inputs, special_ids, text_batches)
+    pack_pretraining_inputs, text_batches)
 
 
 # ---------------------------------------------------------------------------- model
