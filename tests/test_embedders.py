@@ -49,7 +49,7 @@ def test_paths_are_recognised_on_any_file_system(tmp_path):
 
 def test_registry_loads_every_kind_through_one_entry(monkeypatch):
     calls = []
-    monkeypatch.setitem(embedders.base._LOADERS, "run",
+    monkeypatch.setitem(embedders.spec._LOADERS, "run",
                         lambda value, **kw: calls.append((value, kw)) or "loaded")
     assert embedders.load("run:ram://r", batch_size=7) == "loaded"
     assert calls == [("ram://r", {"batch_size": 7})]
@@ -58,6 +58,18 @@ def test_registry_loads_every_kind_through_one_entry(monkeypatch):
     # A teacher by name or spec is the same object kind as from teachers.load_teacher.
     teacher = teachers.CallableTeacher(lambda s: np.ones((len(s), 3)), name="ones")
     assert isinstance(teacher, embedders.Embedder)
+
+
+def test_registry_names_public_loaders():
+    """Every kind's loader is a public function of the module the registry names (no
+    module reaches for another's private loader)."""
+    import importlib
+    for kind, loader in embedders.spec._LOADERS.items():
+        module, _, attr = loader.partition(":")
+        assert not attr.startswith("_"), f"{kind}: {loader}"
+        assert callable(getattr(importlib.import_module(module), attr)), f"{kind}: {loader}"
+    assert set(embedders.spec._LOADERS) == {"muse", "labse", "hub", "hub_pair", "savedmodel",
+                                            "export", "tflite", "run", "py"}
 
 
 def test_batch_order_is_longest_first_and_complete():

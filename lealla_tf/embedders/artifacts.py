@@ -181,20 +181,24 @@ def load_embedder(source: str, batch_size: int = 64, num_threads: Optional[int] 
     return embedders.load(source, batch_size=batch_size, num_threads=num_threads)
 
 
-# Loaders of the export kinds of lealla_tf.embedders' registry.
-def _load_export(value: str, batch_size: int = 64, **_options) -> Embedder:
+# Loaders of the export kinds of the spec registry (lealla_tf.embedders.spec):
+# loader(value, **options).
+def load_export(value: str, batch_size: int = 64, **_options) -> Embedder:
+    """``export:<path>``: the :class:`SavedModelEmbedder` of an export's ``lealla/``."""
     folder = fileio.join(value, LEALLA)
     if not fileio.exists(fileio.join(folder, "saved_model.pb")):
         raise ValueError(f"{value} is not an export folder (no {LEALLA}/saved_model.pb)")
     return SavedModelEmbedder(folder, batch_size)
 
 
-def _load_tflite(value: str, batch_size: int = 64, num_threads: Optional[int] = None,
-                 **_options) -> Embedder:
+def load_tflite(value: str, batch_size: int = 64, num_threads: Optional[int] = None,
+                **_options) -> Embedder:
+    """``tflite:<path>``: :class:`TFLiteEmbedder`."""
     if not fileio.exists(value):
         raise FileNotFoundError(f".tflite file not found: {value}")
     return TFLiteEmbedder(value, batch_size, num_threads)
 
 
-def _load_run(value: str, batch_size: int = 64, **_options) -> Embedder:
+def load_run(value: str, batch_size: int = 64, **_options) -> Embedder:
+    """``run:<path>``: :class:`CheckpointEmbedder` of the latest checkpoint."""
     return CheckpointEmbedder(value, batch_size=batch_size)

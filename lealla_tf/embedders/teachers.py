@@ -372,25 +372,32 @@ def load_teacher(spec: str, **kwargs) -> embedders.Embedder:
         raise ValueError(f"teacher spec {spec!r}: {e}") from e
 
 
-# Loaders of the teacher kinds of lealla_tf.embedders' registry.
-def _load_muse(_value: str, threads: Optional[int] = 1, **_options) -> Teacher:
+# Loaders of the teacher kinds of the spec registry (lealla_tf.embedders.spec):
+# loader(value, **options).
+def load_muse(_value: str, threads: Optional[int] = 1, **_options) -> Teacher:
+    """``muse``: :class:`MuseTeacher`."""
     return MuseTeacher(threads=threads)
 
 
-def _load_labse(_value: str, **_options) -> Teacher:
+def load_labse(_value: str, **_options) -> Teacher:
+    """``labse``: :class:`HubPairTeacher` of :data:`LABSE_PREPROCESSOR` and
+    :data:`LABSE_ENCODER`."""
     return HubPairTeacher(LABSE_PREPROCESSOR, LABSE_ENCODER, name="labse")
 
 
-def _load_hub(value: str, name: Optional[str] = None, output_key: Optional[str] = None,
-              **_options) -> Teacher:
+def load_hub(value: str, name: Optional[str] = None, output_key: Optional[str] = None,
+             **_options) -> Teacher:
+    """``hub:<handle>``: :class:`SavedModelTeacher` loaded with TF Hub."""
     return SavedModelTeacher(value, name=name, output_key=output_key, use_hub=True)
 
 
-def _load_hub_pair(value: str, name: Optional[str] = None, **_options) -> Teacher:
+def load_hub_pair(value: str, name: Optional[str] = None, **_options) -> Teacher:
+    """``hub:<preprocessor>|<encoder>``: :class:`HubPairTeacher`."""
     preprocessor, encoder = value.split("|")
     return HubPairTeacher(preprocessor, encoder, name=name)
 
 
-def _load_savedmodel(value: str, name: Optional[str] = None, output_key: Optional[str] = None,
-                     **_options) -> Teacher:
+def load_savedmodel(value: str, name: Optional[str] = None, output_key: Optional[str] = None,
+                    **_options) -> Teacher:
+    """``savedmodel:<path>``: :class:`SavedModelTeacher` loaded with ``tf.saved_model``."""
     return SavedModelTeacher(value, name=name, output_key=output_key, use_hub=False)
