@@ -72,6 +72,23 @@ def test_registry_names_public_loaders():
                                             "export", "tflite", "run", "py"}
 
 
+def test_pick_output_finds_the_embedding_or_says_which_outputs_there_are():
+    pick = embedders.pick_output
+    tensor = np.ones((2, 3))
+    assert pick(tensor) is tensor  # not a dict: the embedding itself
+    assert pick({"default": 1, "pooled_output": 2, "sequence_output": 3}) == 1
+    assert pick({"pooled_output": 2, "sequence_output": 3}) == 2
+    assert pick({"only": 4}) == 4
+    assert pick({"default": 1, "other": 5}, "other") == 5
+    with pytest.raises(ValueError, match=r"^encoder e has no output 'x'; outputs: "
+                                         r"\['default', 'other'\]$"):
+        pick({"default": 1, "other": 5}, "x", "encoder e")
+    with pytest.raises(ValueError, match=r"^the model returns several outputs \['a', 'b'\] and "
+                                         r"none is 'default' or 'pooled_output': name the "
+                                         r"embedding output \(output_key\)$"):
+        pick({"a": 1, "b": 2})
+
+
 def test_batch_order_is_longest_first_and_complete():
     keys = [3, 9, 1, 9, 5, 2, 7]
     batches = embedders.batch_order(keys, 3)

@@ -47,17 +47,6 @@ def _existing(*paths: Optional[str]) -> Optional[str]:
     return next((p for p in paths if p and fileio.exists(p) and not fileio.isdir(p)), None)
 
 
-def _pick_output(out) -> tf.Tensor:
-    if isinstance(out, dict):
-        if OUTPUT_KEY in out:
-            return out[OUTPUT_KEY]
-        if len(out) == 1:
-            return next(iter(out.values()))
-        raise ValueError(f"the model returns several outputs {sorted(out)} and no "
-                         f"{OUTPUT_KEY!r}: not a string-in embedding model")
-    return out
-
-
 class SavedModelEmbedder(Embedder):
     """A string-in SavedModel from a folder or a TF Hub handle/URL (via ``hub.load``).
 
@@ -85,7 +74,8 @@ class SavedModelEmbedder(Embedder):
         self._model = tf.saved_model.load(handle) if local else hub.load(handle)
 
     def _encode_batch(self, batch):
-        return _pick_output(self._model(tf.constant(batch, tf.string))).numpy()
+        out = self._model(tf.constant(batch, tf.string))
+        return embedders.pick_output(out, what=f"SavedModel {self.handle}").numpy()
 
 
 class TFLiteEmbedder(Embedder):

@@ -24,9 +24,11 @@ from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from lealla_tf import fileio
+from lealla_tf import fileio, layout
 
 DEFAULT_BATCH_SIZE = 64
+# What a model's dict of outputs gives as the embedding when no key is named, in order.
+OUTPUT_PREFERENCE = (layout.OUTPUT_KEY, "pooled_output")
 
 
 def _as_bytes(s: Union[str, bytes]) -> bytes:
@@ -36,6 +38,36 @@ def _as_bytes(s: Union[str, bytes]) -> bytes:
         return s.encode("utf-8", errors="surrogateescape")
     except UnicodeEncodeError:
         return s.encode("utf-8", errors="replace")
+
+
+def pick_output(out, key: Optional[str] = None, what: str = "the model"):
+    """The embedding among a model's outputs.
+
+    Args:
+      out: what the model returned: a dict of outputs, or the embedding itself (returned
+        as it is).
+      key: the output to use; None picks ``default``, else ``pooled_output``, else the
+        only output.
+      what: names the model in error messages.
+
+    Raises:
+      ValueError: ``key`` is not an output, or no output is ``default`` or
+        ``pooled_output`` and there are several (the messages list the outputs).
+    """
+    if not isinstance(out, dict):
+        return out
+    if key is not None:
+        if key not in out:
+            raise ValueError(f"{what} has no output {key!r}; outputs: {sorted(out)}")
+        return out[key]
+    for name in OUTPUT_PREFERENCE:
+        if name in out:
+            return out[name]
+    if len(out) == 1:
+        return next(iter(out.values()))
+    raise ValueError(f"{what} returns several outputs {sorted(out)} and none is "
+                     f"{' or '.join(map(repr, OUTPUT_PREFERENCE))}: name the embedding output "
+                     "(output_key)")
 
 
 # ------------------------------------------------------------------ the batching policy

@@ -10,8 +10,8 @@ Two pieces:
 - :class:`Preprocessor` turns a batch of strings into ``input_word_ids``,
   ``input_mask`` and ``input_type_ids`` (int32 ``[batch, seq_length]``) using
   ``FastSentencepieceTokenizer`` and dense ops only (:mod:`lealla_tf.text.packing`), so
-  the same graph converts to TFLite. It also offers the TF Hub text preprocessor API: ``tokenize`` and
-  ``bert_pack_inputs``.
+  the same graph converts to TFLite. It also offers the TF Hub text preprocessor API:
+  ``tokenize`` and ``bert_pack_inputs``.
 
 Defined behaviour for awkward input (tested):
 
