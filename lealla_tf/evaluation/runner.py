@@ -146,7 +146,6 @@ def cache_dir(path: Optional[str] = None) -> str:
     directory, ``~/.cache/lealla_tf`` on Linux)."""
     if path:
         return path
-    from lealla_tf import config
     return fileio.join(paths.cache_root(), "embeddings")
 
 
