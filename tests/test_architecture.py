@@ -150,3 +150,66 @@ def test_the_layer_test_sees_imports():
     found = {(name, top) for name, _, top in
              _imports("lealla_tf.runs", MODULES["lealla_tf.runs"])}
     assert ("lealla_tf.fileio", True) in found and ("lealla_tf.models.encoders", True) in found
+
+
+# Model Garden's BERT internals: the private attributes of BertEncoderV2 and of the layers
+# it is built of (read from the installed sources) are read in one module only.
+BERT_INTERNALS = "lealla_tf.models.bert_internals"
+MODEL_GARDEN_SOURCES = (
+    ("official", "nlp/modeling/networks/bert_encoder.py"),
+    ("official", "nlp/modeling/layers/transformer_encoder_block.py"),
+    ("official", "nlp/modeling/layers/position_embedding.py"),
+    ("official", "nlp/modeling/layers/on_device_embedding.py"),
+    ("tf_keras", "src/layers/attention/multi_head_attention.py"),  # the blocks' attention
+)
+
+
+def _model_garden_private_names() -> Set[str]:
+    import importlib.util
+    names: Set[str] = set()
+    for package, rel in MODEL_GARDEN_SOURCES:
+        spec = importlib.util.find_spec(package)  # (finds it without importing TensorFlow)
+        path = os.path.join(list(spec.submodule_search_locations)[0], rel)
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+            if (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+                    and isinstance(node.value, ast.Name) and node.value.id == "self"
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                names.add(node.attr)
+    return names
+
+
+def _private_reads(source: str, path: str, private: Set[str]) -> List[str]:
+    """``path:line: .name`` for each attribute in ``private`` read off anything but
+    ``self``/``cls``."""
+    return [f"{path}:{node.lineno}: .{node.attr}"
+            for node in ast.walk(ast.parse(source, path))
+            if isinstance(node, ast.Attribute) and node.attr in private
+            and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))]
+
+
+def test_only_bert_internals_reads_model_garden_private_attributes():
+    private = _model_garden_private_names()
+    bad = []
+    for module, path in MODULES.items():
+        if module != BERT_INTERNALS:
+            bad += _private_reads(open(path, encoding="utf-8").read(), path, private)
+    assert not bad, (f"private Model Garden attributes read outside {BERT_INTERNALS} "
+                     "(use the public accessors, or add a function there):\n" + "\n".join(bad))
+
+
+def test_the_model_garden_check_sees_private_reads():
+    """The names come from the installed sources and the walker finds their reads (so the
+    test above can fail)."""
+    private = _model_garden_private_names()
+    assert {"_transformer_layers", "_embedding_layer", "_position_embedding_layer",
+            "_attention_layer", "_output_layer_norm", "_query_dense"} <= private
+    assert "transformer_layers" not in private and "pooler_layer" not in private
+    source = ("def f(encoder):\n"
+              "    n = len(encoder.bert._transformer_layers)\n"
+              "    return encoder.bert.transformer_layers[0]._attention_layer._query_dense\n")
+    assert sorted(_private_reads(source, "m.py", private)) == [
+        "m.py:2: ._transformer_layers", "m.py:3: ._attention_layer", "m.py:3: ._query_dense"]
+    assert _private_reads("class A:\n    def f(self):\n        return self._config\n", "m.py",
+                          private) == []
+    bert_internals = open(MODULES[BERT_INTERNALS], encoding="utf-8").read()
+    assert _private_reads(bert_internals, "bert_internals.py", private)

@@ -49,7 +49,7 @@ def test_paths_are_recognised_on_any_file_system(tmp_path):
 
 def test_registry_loads_every_kind_through_one_entry(monkeypatch):
     calls = []
-    monkeypatch.setitem(embedders.base._LOADERS, "run",
+    monkeypatch.setitem(embedders.spec._LOADERS, "run",
                         lambda value, **kw: calls.append((value, kw)) or "loaded")
     assert embedders.load("run:ram://r", batch_size=7) == "loaded"
     assert calls == [("ram://r", {"batch_size": 7})]
@@ -58,6 +58,35 @@ def test_registry_loads_every_kind_through_one_entry(monkeypatch):
     # A teacher by name or spec is the same object kind as from teachers.load_teacher.
     teacher = teachers.CallableTeacher(lambda s: np.ones((len(s), 3)), name="ones")
     assert isinstance(teacher, embedders.Embedder)
+
+
+def test_registry_names_public_loaders():
+    """Every kind's loader is a public function of the module the registry names (no
+    module reaches for another's private loader)."""
+    import importlib
+    for kind, loader in embedders.spec._LOADERS.items():
+        module, _, attr = loader.partition(":")
+        assert not attr.startswith("_"), f"{kind}: {loader}"
+        assert callable(getattr(importlib.import_module(module), attr)), f"{kind}: {loader}"
+    assert set(embedders.spec._LOADERS) == {"muse", "labse", "hub", "hub_pair", "savedmodel",
+                                            "export", "tflite", "run", "py"}
+
+
+def test_pick_output_finds_the_embedding_or_says_which_outputs_there_are():
+    pick = embedders.pick_output
+    tensor = np.ones((2, 3))
+    assert pick(tensor) is tensor  # not a dict: the embedding itself
+    assert pick({"default": 1, "pooled_output": 2, "sequence_output": 3}) == 1
+    assert pick({"pooled_output": 2, "sequence_output": 3}) == 2
+    assert pick({"only": 4}) == 4
+    assert pick({"default": 1, "other": 5}, "other") == 5
+    with pytest.raises(ValueError, match=r"^encoder e has no output 'x'; outputs: "
+                                         r"\['default', 'other'\]$"):
+        pick({"default": 1, "other": 5}, "x", "encoder e")
+    with pytest.raises(ValueError, match=r"^the model returns several outputs \['a', 'b'\] and "
+                                         r"none is 'default' or 'pooled_output': name the "
+                                         r"embedding output \(output_key\)$"):
+        pick({"a": 1, "b": 2})
 
 
 def test_batch_order_is_longest_first_and_complete():

@@ -21,7 +21,7 @@ import tf_keras
 
 import hermetic
 from lealla_tf import fileio, layout
-from lealla_tf import cli, config, export
+from lealla_tf import cli, config, embedders, export
 from lealla_tf.models import encoders
 from lealla_tf.text import sentencepiece
 from lealla_tf.training import dual_encoder
@@ -410,7 +410,7 @@ def test_embedders_order_batches_by_token_count(exported, reference):
         flat = [t for b in batch_tokens for t in reversed(b)]
         assert flat == sorted(tokens, reverse=True)
     # Without a vocabulary (e.g. a TF Hub model that ships none): UTF-8 length.
-    bare = export.Embedder("bare")
+    bare = embedders.Embedder("bare")
     assert bare.lengths(data) == [len(s) for s in data]
 
 

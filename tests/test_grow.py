@@ -10,7 +10,7 @@ import tf_keras
 from lealla_tf import runs
 from lealla_tf import cli, config
 from lealla_tf.training import initialization
-from lealla_tf.models import encoders
+from lealla_tf.models import bert_internals, encoders
 from lealla_tf.training import dual_encoder
 
 SHAPE = dict(vocab_size=97, hidden_size=32, num_attention_heads=4, intermediate_size=64,
@@ -57,7 +57,7 @@ def test_grown_encoder_computes_the_source_function(position, pooling):
     want = source(x)
     for implementation in ("fast", "keras"):
         target = _encoder(5, pooling, 2, implementation)
-        initialization.grow_encoder(target, source, position)
+        bert_internals.grow_encoder(target, source, position)
         got = target(x)
         np.testing.assert_allclose(got["default"], want["default"], atol=2e-5,
                                    err_msg=implementation)
@@ -80,7 +80,7 @@ def test_the_new_blocks_learn():
     source = _encoder(1, "mean", 3)
     _trained_like(source, 3)
     target = _encoder(3, "mean", 4)
-    initialization.grow_encoder(target, source, "top")
+    bert_internals.grow_encoder(target, source, "top")
     x, other = _inputs(0), _inputs(1)
     with tf.GradientTape() as tape:
         a = target(x, training=True)["default"]
@@ -96,13 +96,13 @@ def test_the_new_blocks_learn():
 def test_grow_refuses_what_it_cannot_do():
     source = _encoder(3, "cls", 5)
     with pytest.raises(ValueError, match="cannot grow a 3-layer encoder into 2"):
-        initialization.grow_encoder(_encoder(2, "cls", 6), source)
+        bert_internals.grow_encoder(_encoder(2, "cls", 6), source)
     wide = encoders.LeallaEncoder(num_layers=4, pooling="cls", **dict(SHAPE, hidden_size=48))
     wide(wide.dummy_inputs())
     with pytest.raises(ValueError, match="cannot start from"):
-        initialization.grow_encoder(wide, source)
+        bert_internals.grow_encoder(wide, source)
     with pytest.raises(ValueError, match="top or bottom"):
-        initialization.grow_encoder(_encoder(4, "cls", 6), source, "middle")
+        bert_internals.grow_encoder(_encoder(4, "cls", 6), source, "middle")
     with pytest.raises(config.ConfigError, match="set train.init_from"):
         initialization.apply_init_from(config.load("tiny", ["train.grow_layers=4"]))
     with pytest.raises(config.ConfigError, match="grow_position"):

@@ -8,8 +8,8 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 import tf_keras
 
-from lealla_tf.text import sentencepiece
-from lealla_tf.text.sentencepiece import CLS_ID, PAD_ID, SEP_ID, UNK_ID
+from lealla_tf.text import packing, sentencepiece
+from lealla_tf.text.sentencepiece import CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID
 
 MULTILINGUAL = [
     "The quick brown fox jumps over the lazy dog.",       # Latin
@@ -39,6 +39,20 @@ def test_vocab_is_unigram_without_byte_fallback_with_reserved_ids(tiny_vocab):
     assert info["vocab_size"] == sp.get_piece_size() <= 4000
     # Every language was sampled, English included.
     assert set(info["sentences_per_language"]) >= {"deu", "rus", "tha", "eng"}
+
+
+def test_special_ids_are_the_reserved_pieces(tiny_vocab):
+    """One dict of special ids, keyed as the TF Hub text API: the SentencePiece
+    preprocessor's are the trained model's reserved pieces; a vocabulary without one of
+    the tokens gets -1 for it."""
+    sp = spm.SentencePieceProcessor(model_file=tiny_vocab)
+    ids = dict(sentencepiece.Preprocessor(tiny_vocab, seq_length=8).special_ids)
+    assert ids == {k: sp.piece_to_id(t) for k, t in packing.SPECIAL_TOKENS.items()}
+    assert ids == {"padding_id": PAD_ID, "unknown_id": UNK_ID, "start_of_sequence_id": CLS_ID,
+                   "end_of_segment_id": SEP_ID, "mask_id": MASK_ID}
+    assert packing.special_ids(["[PAD]", "a", "[CLS]", "[UNK]", "[SEP]"]) == {
+        "padding_id": 0, "unknown_id": 3, "start_of_sequence_id": 2, "end_of_segment_id": 4,
+        "mask_id": -1}
 
 
 def test_language_balanced_sampling():

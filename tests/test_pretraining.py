@@ -22,8 +22,7 @@ def hermetic_cfg(vocab, files, *extra):
                                 "train.warmup_steps=1", *extra])
 
 
-SPECIAL = {"cls_id": sentencepiece.CLS_ID, "sep_id": sentencepiece.SEP_ID,
-           "pad_id": sentencepiece.PAD_ID, "mask_id": sentencepiece.MASK_ID}
+SPECIAL = sentencepiece.SPECIAL_IDS
 
 
 def _features(hermetic_vocab, hermetic_files, pcfg, rows, g=0, seq_length=32):

@@ -49,6 +49,7 @@ from lealla_tf import runs
 from lealla_tf import layout
 from lealla_tf.layout import IMPORT_INFO_FILE
 from lealla_tf import config as config_lib
+from lealla_tf import embedders
 from lealla_tf.models import encoders
 from lealla_tf.text import wordpiece
 
@@ -236,15 +237,11 @@ def assign_weights(encoder: encoders.LeallaEncoder, variables: Sequence[tf.Varia
 
 
 def _output(out) -> tf.Tensor:
-    if isinstance(out, dict):
-        if "default" in out:
-            return out["default"]
-        if "pooled_output" in out:
-            return out["pooled_output"]
-        if len(out) == 1:
-            return next(iter(out.values()))
-        raise UnrecognisedModel(f"the source returns {sorted(out)} and no 'default'")
-    return out
+    """The source's embedding output (:func:`lealla_tf.embedders.pick_output`)."""
+    try:
+        return embedders.pick_output(out, what="the source")
+    except ValueError as e:
+        raise UnrecognisedModel(str(e)) from e
 
 
 def _call(loaded, inputs):

@@ -28,7 +28,7 @@ import tensorflow as tf
 from lealla_tf import runs
 from lealla_tf import corpus
 from lealla_tf.models import encoders
-from lealla_tf.text import wordpiece
+from lealla_tf.text import packing, wordpiece
 
 INFO_FILE = "prune_info.json"
 
@@ -66,7 +66,7 @@ def kept_ids(tokens: Sequence[str], counts: np.ndarray, characters: Iterable[str
     """Sorted ids to keep: special tokens, used tokens (the ``max_tokens`` most frequent
     when > 0) and the single-character tokens of ``characters`` (bare and ``##``)."""
     index = {t: i for i, t in enumerate(tokens)}
-    keep = {i for i in wordpiece.special_ids(tokens).values() if i >= 0}
+    keep = {i for i in packing.special_ids(tokens).values() if i >= 0}
     for ch in characters:
         for t in (ch, wordpiece.SUFFIX_INDICATOR + ch):
             if t in index:

@@ -515,7 +515,7 @@ def make_dataset(corpus: ParallelCorpus, sampler: GlobalBatchSampler, preprocess
 
     def pack(strings, length):
         inputs = preprocessor(strings, dynamic_length=True, length_multiple=1)
-        pad_id = preprocessor.pack_ids()["pad_id"]
+        pad_id = preprocessor.special_ids["padding_id"]
         extra = [[0, 0], [0, length - tf.shape(inputs["input_word_ids"])[1]]]
         return {k: tf.pad(v, extra, constant_values=pad_id if k == "input_word_ids" else 0)
                 for k, v in inputs.items()}

@@ -36,7 +36,6 @@ from lealla_tf import paths
 from lealla_tf import config as config_lib
 from lealla_tf import corpus as corpus_lib
 from lealla_tf.data import pipeline as data_lib
-from lealla_tf.text import wordpiece
 
 FEATURES = ("input_word_ids", "input_mask", "input_type_ids", "masked_lm_positions",
             "masked_lm_ids", "masked_lm_weights", "is_tlm")
@@ -139,7 +138,7 @@ def mask_and_pad(ids: tf.RaggedTensor, types: tf.RaggedTensor, seed, pcfg,
       pcfg: a :class:`lealla_tf.config.PretrainConfig`.
       vocab_size: the range random replacement pieces are drawn from.
       seq_length: the padded length.
-      special: ``cls_id``, ``sep_id``, ``pad_id``, ``mask_id``.
+      special: the vocabulary's :func:`lealla_tf.text.packing.special_ids`.
 
     Returns:
       int32 ``input_word_ids``/``input_mask``/``input_type_ids`` ``[B, seq_length]``,
@@ -149,12 +148,13 @@ def mask_and_pad(ids: tf.RaggedTensor, types: tf.RaggedTensor, seed, pcfg,
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
     selector = StatelessRandomItemSelector(
         pcfg.max_predictions, pcfg.mask_rate,
-        [special["cls_id"], special["sep_id"], special["pad_id"]], seeds[0])
+        [special["start_of_sequence_id"], special["end_of_segment_id"], special["padding_id"]],
+        seeds[0])
     chooser = StatelessMaskValuesChooser(vocab_size, special["mask_id"],
                                          pcfg.mask_token_rate, pcfg.random_token_rate,
                                          seeds[1])
     masked, positions, originals = tf_text.mask_language_model(ids, selector, chooser)
-    word_ids, mask = tf_text.pad_model_inputs(masked, seq_length, pad_value=special["pad_id"])
+    word_ids, mask = tf_text.pad_model_inputs(masked, seq_length, pad_value=special["padding_id"])
     type_ids, _ = tf_text.pad_model_inputs(types, seq_length, pad_value=0)
     lm_pos, weights = tf_text.pad_model_inputs(positions, pcfg.max_predictions, pad_value=0)
     lm_ids, _ = tf_text.pad_model_inputs(originals, pcfg.max_predictions, pad_value=0)
@@ -165,29 +165,19 @@ def mask_and_pad(ids: tf.RaggedTensor, types: tf.RaggedTensor, seed, pcfg,
             "masked_lm_weights": tf.cast(weights, tf.float32)}
 
 
-def special_ids(preprocessor) -> Dict[str, int]:
-    """``cls_id``, ``sep_id``, ``pad_id``, ``mask_id`` of a run's preprocessor."""
-    ids = dict(preprocessor.pack_ids())
-    if isinstance(preprocessor, wordpiece.WordpiecePreprocessor):
-        ids["mask_id"] = preprocessor.special_ids["mask_id"]
-    else:
-        from lealla_tf.text import sentencepiece
-        ids["mask_id"] = sentencepiece.MASK_ID
-    if ids["mask_id"] < 0:
-        raise config_lib.ConfigError("the vocabulary has no [MASK] token: it cannot pre-train")
-    return ids
-
-
 def make_features_fn(preprocessor, pcfg, seq_length: int, seed: int, vocab_size: int):
     """``(batch_index, is_tlm [B], a [B], b [B]) -> dense features of the batch``."""
-    special = special_ids(preprocessor)
+    special = dict(preprocessor.special_ids)
+    if special["mask_id"] < 0:
+        raise config_lib.ConfigError("the vocabulary has no [MASK] token: it cannot pre-train")
 
     def features(g, is_tlm, a, b):
         ta, tb = preprocessor.tokenize(a), preprocessor.tokenize(b)
         ta = ta.merge_dims(1, -1) if ta.ragged_rank > 1 else ta
         tb = tb.merge_dims(1, -1) if tb.ragged_rank > 1 else tb
-        ids, types = pack_pretraining_inputs(ta, tb, is_tlm, seq_length, special["cls_id"],
-                                             special["sep_id"])
+        ids, types = pack_pretraining_inputs(ta, tb, is_tlm, seq_length,
+                                             special["start_of_sequence_id"],
+                                             special["end_of_segment_id"])
         out = mask_and_pad(ids, types, tf.stack([tf.constant(seed, tf.int64), g]), pcfg,
                            vocab_size, seq_length, special)
         out["is_tlm"] = tf.cast(is_tlm, tf.float32)

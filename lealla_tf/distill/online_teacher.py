@@ -54,7 +54,6 @@ import tensorflow as tf
 from lealla_tf import runs
 from lealla_tf import config as config_lib
 from lealla_tf import embedders, fileio
-from lealla_tf.embedders import teachers
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +107,7 @@ class OnlineTeacher:
 
     def encode(self, inputs) -> tf.Tensor:
         """Frozen float32 ``[b, D]`` unit rows (no gradient flows into the teacher)."""
-        out = teachers._pick_output(self._encode_fn(inputs), None, f"teacher {self.name}")
+        out = embedders.pick_output(self._encode_fn(inputs), None, f"teacher {self.name}")
         return tf.stop_gradient(tf.math.l2_normalize(tf.cast(out, tf.float32), axis=-1))
 
     def __call__(self, strings) -> tf.Tensor:
@@ -142,7 +141,7 @@ def _load_saved(handle: str, use_hub: bool):
 def _string_model(obj, handle: str, output_key: Optional[str]):
     """The call of a string-in SavedModel (callable, else its serving_default)."""
     if callable(obj):
-        return lambda x: teachers._pick_output(obj(x), output_key, f"SavedModel {handle}")
+        return lambda x: embedders.pick_output(obj(x), output_key, f"SavedModel {handle}")
     signature = getattr(obj, "signatures", {}).get("serving_default")
     if signature is None:
         raise ValueError(f"SavedModel {handle} is not callable and has no serving_default")
@@ -151,7 +150,7 @@ def _string_model(obj, handle: str, output_key: Optional[str]):
         raise ValueError(f"SavedModel {handle}: serving_default takes {sorted(inputs)}; a "
                          "teacher needs exactly one string input")
     arg = next(iter(inputs))
-    return lambda x: teachers._pick_output(signature(**{arg: x}), output_key,
+    return lambda x: embedders.pick_output(signature(**{arg: x}), output_key,
                                            f"SavedModel {handle}")
 
 
@@ -203,7 +202,7 @@ def load(spec: str, strategy: Optional[tf.distribute.Strategy] = None,
         preprocessor = _load_saved(pre, use_hub=True)  # host side: tables, no variables
         with scope:
             encoder = _load_saved(enc, use_hub=True)
-        return OnlineTeacher(spec, preprocessor, lambda x: teachers._pick_output(
+        return OnlineTeacher(spec, preprocessor, lambda x: embedders.pick_output(
             encoder(x), output_key or "default", f"encoder {enc}"), _variables(encoder),
             keep=(preprocessor, encoder))
     if kind == "run":

@@ -1,15 +1,16 @@
 """Embedders: anything that turns sentences into vectors, loaded from one spec grammar.
 
-``load(spec)`` is the entry point (see :mod:`lealla_tf.embedders.base`); teachers live in
-:mod:`~lealla_tf.embedders.teachers`, exported artefacts and runs in
-:mod:`~lealla_tf.embedders.artifacts`.
+``load(spec)`` is the entry point (the grammar and registry are in
+:mod:`lealla_tf.embedders.spec`, the :class:`Embedder` base class and the batching policy
+in :mod:`lealla_tf.embedders.base`); teachers live in :mod:`~lealla_tf.embedders.teachers`,
+exported artefacts and runs in :mod:`~lealla_tf.embedders.artifacts`.
 """
 
-from lealla_tf.embedders.base import (DEFAULT_BATCH_SIZE, RUN_CONFIG_FILE, SPEC_HELP,
-                                      CallableEmbedder, Embedder, Spec, as_embedder,
-                                      batch_order, load, load_callable, parse_spec, register,
-                                      sort_keys)
+from lealla_tf.embedders.base import (DEFAULT_BATCH_SIZE, CallableEmbedder, Embedder,
+                                      as_embedder, batch_order, pick_output, sort_keys)
+from lealla_tf.embedders.spec import (RUN_CONFIG_FILE, SPEC_HELP, Spec, load, load_callable,
+                                      parse_spec, register)
 
 __all__ = ["DEFAULT_BATCH_SIZE", "RUN_CONFIG_FILE", "SPEC_HELP", "CallableEmbedder", "Embedder",
            "Spec", "as_embedder", "batch_order", "load", "load_callable", "parse_spec",
-           "register", "sort_keys"]
+           "pick_output", "register", "sort_keys"]

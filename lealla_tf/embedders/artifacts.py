@@ -47,17 +47,6 @@ def _existing(*paths: Optional[str]) -> Optional[str]:
     return next((p for p in paths if p and fileio.exists(p) and not fileio.isdir(p)), None)
 
 
-def _pick_output(out) -> tf.Tensor:
-    if isinstance(out, dict):
-        if OUTPUT_KEY in out:
-            return out[OUTPUT_KEY]
-        if len(out) == 1:
-            return next(iter(out.values()))
-        raise ValueError(f"the model returns several outputs {sorted(out)} and no "
-                         f"{OUTPUT_KEY!r}: not a string-in embedding model")
-    return out
-
-
 class SavedModelEmbedder(Embedder):
     """A string-in SavedModel from a folder or a TF Hub handle/URL (via ``hub.load``).
 
@@ -85,7 +74,8 @@ class SavedModelEmbedder(Embedder):
         self._model = tf.saved_model.load(handle) if local else hub.load(handle)
 
     def _encode_batch(self, batch):
-        return _pick_output(self._model(tf.constant(batch, tf.string))).numpy()
+        out = self._model(tf.constant(batch, tf.string))
+        return embedders.pick_output(out, what=f"SavedModel {self.handle}").numpy()
 
 
 class TFLiteEmbedder(Embedder):
@@ -181,20 +171,24 @@ def load_embedder(source: str, batch_size: int = 64, num_threads: Optional[int] 
     return embedders.load(source, batch_size=batch_size, num_threads=num_threads)
 
 
-# Loaders of the export kinds of lealla_tf.embedders' registry.
-def _load_export(value: str, batch_size: int = 64, **_options) -> Embedder:
+# Loaders of the export kinds of the spec registry (lealla_tf.embedders.spec):
+# loader(value, **options).
+def load_export(value: str, batch_size: int = 64, **_options) -> Embedder:
+    """``export:<path>``: the :class:`SavedModelEmbedder` of an export's ``lealla/``."""
     folder = fileio.join(value, LEALLA)
     if not fileio.exists(fileio.join(folder, "saved_model.pb")):
         raise ValueError(f"{value} is not an export folder (no {LEALLA}/saved_model.pb)")
     return SavedModelEmbedder(folder, batch_size)
 
 
-def _load_tflite(value: str, batch_size: int = 64, num_threads: Optional[int] = None,
-                 **_options) -> Embedder:
+def load_tflite(value: str, batch_size: int = 64, num_threads: Optional[int] = None,
+                **_options) -> Embedder:
+    """``tflite:<path>``: :class:`TFLiteEmbedder`."""
     if not fileio.exists(value):
         raise FileNotFoundError(f".tflite file not found: {value}")
     return TFLiteEmbedder(value, batch_size, num_threads)
 
 
-def _load_run(value: str, batch_size: int = 64, **_options) -> Embedder:
+def load_run(value: str, batch_size: int = 64, **_options) -> Embedder:
+    """``run:<path>``: :class:`CheckpointEmbedder` of the latest checkpoint."""
     return CheckpointEmbedder(value, batch_size=batch_size)

@@ -1,26 +1,9 @@
-"""One protocol for "something that embeds sentences", one spec grammar, one batching policy.
+"""One protocol for "something that embeds sentences" and one batching policy.
 
 An *embedder* has a ``name`` (str), a ``fingerprint`` (what caches key on; changes when
-the weights do), a ``dim`` and ``encode(sentences) -> float32 [N, dim]``. Teachers
-(:mod:`lealla_tf.embedders.teachers`), exports, ``.tflite`` files, training runs, TF Hub handles
-and Python callables are all embedders, and all load through :func:`load`:
-
-=================================  ======================================================
-``muse`` / ``labse``               the named teachers (multilingual USE v3; LaBSE on TF Hub)
-``hub:<handle>``                   a string-input TF Hub model (handle, URL or folder)
-``hub:<preprocessor>|<encoder>``   a TF Hub text-API pair (``default`` output)
-``savedmodel:<path>``              a string-input SavedModel folder
-``export:<path>``                  a ``lealla export`` folder (its ``lealla/`` SavedModel)
-``tflite:<path>``                  a ``.tflite`` export
-``run:<path>``                     a training run's model dir (latest checkpoint)
-``py:<module>:<attr>``             a Python embedder, or a callable ``list[str] -> [N, D]``
-``<path>``                         recognised: ``*.tflite`` file, export folder, SavedModel
-                                   folder, run dir (local or ``ram://``)
-``<URL>``                          ``http(s)://`` and ``gs://``: a TF Hub handle (an export
-                                   or run on ``gs://`` takes its prefix: ``export:gs://..``)
-=================================  ======================================================
-
-Paths may be local, ``gs://`` or ``ram://`` (read through :mod:`lealla_tf.fileio`).
+the weights do), a ``dim`` and ``encode(sentences) -> float32 [N, dim]``: the
+:class:`Embedder` base class, or any callable wrapped by :func:`as_embedder`. Models load
+as embedders through one spec grammar (:mod:`lealla_tf.embedders.spec`).
 
 The batching policy (:func:`batch_order`): sentences are ordered longest first by their
 *token count* when the embedder knows its vocabulary (exports carry one; teachers with
@@ -37,40 +20,15 @@ Example::
 
 from __future__ import annotations
 
-import importlib
-import re
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
 from lealla_tf import fileio, layout
 
 DEFAULT_BATCH_SIZE = 64
-
-# Kind -> "module:function" building it from (value, **options); imported on first use so
-# this module stays at the bottom of the import order.
-_LOADERS: Dict[str, Union[str, Callable]] = {
-    "muse": "lealla_tf.embedders.teachers:_load_muse",
-    "labse": "lealla_tf.embedders.teachers:_load_labse",
-    "hub": "lealla_tf.embedders.teachers:_load_hub",
-    "hub_pair": "lealla_tf.embedders.teachers:_load_hub_pair",
-    "savedmodel": "lealla_tf.embedders.teachers:_load_savedmodel",
-    "export": "lealla_tf.embedders.artifacts:_load_export",
-    "tflite": "lealla_tf.embedders.artifacts:_load_tflite",
-    "run": "lealla_tf.embedders.artifacts:_load_run",
-    "py": "lealla_tf.embedders:load_callable",
-}
-_PREFIXES = ("hub", "savedmodel", "export", "tflite", "run", "py")
-SPEC_HELP = ("muse | labse | hub:<handle> | 'hub:<preprocessor>|<encoder>' | savedmodel:<path> "
-             "| export:<path> | tflite:<path> | run:<path> | py:<module>:<function> | an "
-             "export folder, .tflite file, run dir, SavedModel folder or TF Hub URL")
-
-
-class Spec(NamedTuple):
-    """A parsed model spec: its kind (a key of the registry) and its value."""
-
-    kind: str
-    value: str
+# What a model's dict of outputs gives as the embedding when no key is named, in order.
+OUTPUT_PREFERENCE = (layout.OUTPUT_KEY, "pooled_output")
 
 
 def _as_bytes(s: Union[str, bytes]) -> bytes:
@@ -82,91 +40,34 @@ def _as_bytes(s: Union[str, bytes]) -> bytes:
         return s.encode("utf-8", errors="replace")
 
 
-RUN_CONFIG_FILE = layout.CONFIG_FILE  # what marks a training run's dir
-
-
-def _detect_path(path: str) -> Optional[Spec]:
-    """The kind of an existing file or folder, or None when it does not exist."""
-    if not fileio.exists(path):
-        return None
-    if not fileio.isdir(path):
-        if path.endswith(".tflite"):
-            return Spec("tflite", path)
-        raise ValueError(f"{path} is a file but not a .tflite model")
-    if fileio.exists(fileio.join(path, "lealla", "saved_model.pb")):
-        return Spec("export", path)
-    if fileio.exists(fileio.join(path, "saved_model.pb")):
-        return Spec("savedmodel", path)
-    if fileio.exists(fileio.join(path, RUN_CONFIG_FILE)):
-        return Spec("run", path)
-    raise ValueError(
-        f"{path} is a folder but not an export folder (lealla/saved_model.pb), a "
-        f"SavedModel (saved_model.pb) or a training model dir ({RUN_CONFIG_FILE})")
-
-
-def parse_spec(spec: str) -> Spec:
-    """The one grammar of model specs (see the module docstring).
+def pick_output(out, key: Optional[str] = None, what: str = "the model"):
+    """The embedding among a model's outputs.
 
     Args:
-      spec: the spec string.
+      out: what the model returned: a dict of outputs, or the embedding itself (returned
+        as it is).
+      key: the output to use; None picks ``default``, else ``pooled_output``, else the
+        only output.
+      what: names the model in error messages.
 
     Raises:
-      ValueError: a malformed spec, an unknown name, or a path of none of the known kinds.
-      FileNotFoundError: a path (no known prefix, not a URL) that does not exist.
+      ValueError: ``key`` is not an output, or no output is ``default`` or
+        ``pooled_output`` and there are several (the messages list the outputs).
     """
-    spec = (spec or "").strip()
-    if not spec:
-        raise ValueError(f"empty model spec; expected {SPEC_HELP}")
-    if spec in ("muse", "labse"):
-        return Spec(spec, "")
-    prefix, sep, rest = spec.partition(":")
-    if sep and prefix in _PREFIXES and not rest.startswith("//"):
-        rest = rest.strip()
-        if not rest:
-            raise ValueError(f"model spec {spec!r} names no {prefix}")
-        if prefix == "hub" and "|" in rest:
-            parts = rest.split("|")
-            if len(parts) != 2 or not all(p.strip() for p in parts):
-                raise ValueError(f"model spec {spec!r}: expected hub:<preprocessor>|<encoder>")
-            return Spec("hub_pair", "|".join(p.strip() for p in parts))
-        return Spec(prefix, rest)
-    if re.match(r"^(https?|gs)://", spec):  # as TF Hub resolves them (prefix other kinds)
-        return Spec("hub", spec)
-    found = _detect_path(spec)
-    if found is not None:
-        return found
-    if "/" not in spec and "\\" not in spec and "." not in spec:
-        raise ValueError(f"unknown model spec {spec!r}: expected {SPEC_HELP}")
-    raise FileNotFoundError(
-        f"model source not found: {spec!r} (expected an export folder, a .tflite file, a "
-        "run's model dir, or a TF Hub handle/URL: http(s)://..., gs://..., hub:HANDLE; "
-        f"specs: {SPEC_HELP})")
-
-
-def register(kind: str, loader: Callable) -> None:
-    """Adds (or replaces) the loader of a spec kind: ``loader(value, **options)``."""
-    _LOADERS[kind] = loader
-
-
-def load(spec: str, **options) -> "Embedder":
-    """Loads the embedder a spec names (the one entry point for teachers, evaluation,
-    ``lealla embed``, mining and the demo).
-
-    Args:
-      spec: see the module docstring.
-      **options: passed to the loader; ``batch_size`` and ``num_threads`` are understood
-        by every kind that can use them (others ignore them), ``threads`` by ``muse``.
-
-    Raises:
-      ValueError: a malformed or unknown spec.
-      FileNotFoundError: a path that does not exist.
-    """
-    kind, value = parse_spec(spec)
-    loader = _LOADERS[kind]
-    if isinstance(loader, str):
-        module, _, attr = loader.partition(":")
-        loader = getattr(importlib.import_module(module), attr)
-    return loader(value, **options)
+    if not isinstance(out, dict):
+        return out
+    if key is not None:
+        if key not in out:
+            raise ValueError(f"{what} has no output {key!r}; outputs: {sorted(out)}")
+        return out[key]
+    for name in OUTPUT_PREFERENCE:
+        if name in out:
+            return out[name]
+    if len(out) == 1:
+        return next(iter(out.values()))
+    raise ValueError(f"{what} returns several outputs {sorted(out)} and none is "
+                     f"{' or '.join(map(repr, OUTPUT_PREFERENCE))}: name the embedding output "
+                     "(output_key)")
 
 
 # ------------------------------------------------------------------ the batching policy
@@ -322,26 +223,3 @@ def as_embedder(model, name: Optional[str] = None):
     if callable(model):
         return CallableEmbedder(model, name or getattr(model, "__name__", "") or repr(model))
     raise ValueError(f"not an embedder or callable: {type(model).__name__}")
-
-
-def load_callable(spec: str, **_options):
-    """``[py:]package.module:attr`` -> embedder: the attribute is an embedder (``encode`` +
-    ``name``) or a callable ``list[str] -> [N, D]`` (wrapped, named after the spec).
-
-    Raises:
-      ValueError: for a malformed spec or an attribute that is neither.
-    """
-    body = spec[3:] if spec.startswith("py:") else spec
-    spec = "py:" + body
-    module, _, attr = body.partition(":")
-    if not module or not attr:
-        raise ValueError(f"python model spec {spec!r} must look like py:package.module:function")
-    try:
-        obj = importlib.import_module(module)
-    except ImportError as e:
-        raise ValueError(f"python model spec {spec!r}: cannot import {module}: {e}") from e
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"python model spec {spec!r}: {module} has no attribute {attr}")
-        obj = getattr(obj, part)
-    return as_embedder(obj, name=spec)

@@ -236,27 +236,13 @@ def _check_handle(handle: str, what: str) -> str:
     return handle if "://" in handle else os.path.abspath(handle)
 
 
-def _pick_output(out, key: Optional[str], what: str):
-    if isinstance(out, dict):
-        if key is not None:
-            if key not in out:
-                raise ValueError(f"{what} has no output {key!r}; outputs: {sorted(out)}")
-            return out[key]
-        if "default" in out:
-            return out["default"]
-        if len(out) == 1:
-            return next(iter(out.values()))
-        raise ValueError(f"{what} returns several outputs {sorted(out)} and none is "
-                         "'default'; name one with output_key")
-    return out
-
-
 class SavedModelTeacher(Teacher):
     """A string-input SavedModel: a TF Hub handle (``hub.load``) or a local directory.
 
     The model is called directly when it is callable (``model(tf.constant(sentences))``),
-    else through its ``serving_default`` signature. Dict outputs give their ``default``
-    entry, or their only entry, or ``output_key``.
+    else through its ``serving_default`` signature. Dict outputs give ``output_key``, else
+    what :func:`lealla_tf.embedders.pick_output` picks (``default``, ``pooled_output`` or the
+    only entry).
 
     Args:
       handle: TF Hub handle/URL or SavedModel directory.
@@ -295,7 +281,7 @@ class SavedModelTeacher(Teacher):
 
     def _encode(self, sentences):
         out = self._call(self._tf.constant(sentences, dtype=self._tf.string))
-        return np.asarray(_pick_output(out, self._key, f"SavedModel {self._handle}"))
+        return np.asarray(embedders.pick_output(out, self._key, f"SavedModel {self._handle}"))
 
     def sentencepiece_model(self) -> Optional[bytes]:
         """The SentencePiece model among the SavedModel's assets (None if it has none)."""
@@ -331,7 +317,7 @@ class HubPairTeacher(Teacher):
     def _encode(self, sentences):
         inputs = self._preprocessor(self._tf.constant(sentences, dtype=self._tf.string))
         out = self._encoder(inputs)
-        return np.asarray(_pick_output(out, self._key, f"encoder {self._handle}"))
+        return np.asarray(embedders.pick_output(out, self._key, f"encoder {self._handle}"))
 
 
 def _sentencepiece_asset(handle: str) -> Optional[bytes]:
@@ -372,25 +358,32 @@ def load_teacher(spec: str, **kwargs) -> embedders.Embedder:
         raise ValueError(f"teacher spec {spec!r}: {e}") from e
 
 
-# Loaders of the teacher kinds of lealla_tf.embedders' registry.
-def _load_muse(_value: str, threads: Optional[int] = 1, **_options) -> Teacher:
+# Loaders of the teacher kinds of the spec registry (lealla_tf.embedders.spec):
+# loader(value, **options).
+def load_muse(_value: str, threads: Optional[int] = 1, **_options) -> Teacher:
+    """``muse``: :class:`MuseTeacher`."""
     return MuseTeacher(threads=threads)
 
 
-def _load_labse(_value: str, **_options) -> Teacher:
+def load_labse(_value: str, **_options) -> Teacher:
+    """``labse``: :class:`HubPairTeacher` of :data:`LABSE_PREPROCESSOR` and
+    :data:`LABSE_ENCODER`."""
     return HubPairTeacher(LABSE_PREPROCESSOR, LABSE_ENCODER, name="labse")
 
 
-def _load_hub(value: str, name: Optional[str] = None, output_key: Optional[str] = None,
-              **_options) -> Teacher:
+def load_hub(value: str, name: Optional[str] = None, output_key: Optional[str] = None,
+             **_options) -> Teacher:
+    """``hub:<handle>``: :class:`SavedModelTeacher` loaded with TF Hub."""
     return SavedModelTeacher(value, name=name, output_key=output_key, use_hub=True)
 
 
-def _load_hub_pair(value: str, name: Optional[str] = None, **_options) -> Teacher:
+def load_hub_pair(value: str, name: Optional[str] = None, **_options) -> Teacher:
+    """``hub:<preprocessor>|<encoder>``: :class:`HubPairTeacher`."""
     preprocessor, encoder = value.split("|")
     return HubPairTeacher(preprocessor, encoder, name=name)
 
 
-def _load_savedmodel(value: str, name: Optional[str] = None, output_key: Optional[str] = None,
-                     **_options) -> Teacher:
+def load_savedmodel(value: str, name: Optional[str] = None, output_key: Optional[str] = None,
+                    **_options) -> Teacher:
+    """``savedmodel:<path>``: :class:`SavedModelTeacher` loaded with ``tf.saved_model``."""
     return SavedModelTeacher(value, name=name, output_key=output_key, use_hub=False)

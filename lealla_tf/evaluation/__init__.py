@@ -20,6 +20,6 @@ Example::
     print(tatoeba.format_table(res))
 """
 
-from lealla_tf.evaluation.runner import CallableEmbedder, Embedder, embed_file, embed_sentences
+from lealla_tf.evaluation.runner import CallableEmbedder, embed_file, embed_sentences
 
-__all__ = ["CallableEmbedder", "Embedder", "embed_file", "embed_sentences"]
+__all__ = ["CallableEmbedder", "embed_file", "embed_sentences"]

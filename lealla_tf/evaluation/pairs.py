@@ -1,7 +1,7 @@
 """xx <-> English retrieval accuracy over aligned sentences: NTREX-128 and held-out pairs.
 
 Tatoeba's sentences are short; NTREX-128 (Federmann et al., 2022) has the same 1,997 news
-sentences in 128 languages, long ones included. :func:`evaluate_ntrex` scores, per
+sentences in 128 languages, long ones included. :func:`evaluate_ntrex_retrieval` scores, per
 language, nearest-neighbour retrieval of each foreign sentence among the 1,997 English ones
 and back (mean of both directions, as Tatoeba is scored). :func:`evaluate_pair_files` does
 the same for ``foreign<TAB>English`` TSV files, e.g. the development pairs held out of
@@ -13,7 +13,7 @@ whose NTREX file is named differently.
 Example::
 
     from lealla_tf.evaluation import pairs
-    res = pairs.evaluate_ntrex(model, "/data", ["deu", "cmn"])
+    res = pairs.evaluate_ntrex_retrieval(model, "/data", ["deu", "cmn"])
     res["average"]["mean"]
 """
 
@@ -51,10 +51,12 @@ def _average(per_language: Dict[str, dict]) -> dict:
             for k in ("xx2en", "en2xx", "mean")}
 
 
-def evaluate_ntrex(model, root: str, languages: Sequence[str],
-                   batch_size: int = runner.DEFAULT_BATCH_SIZE, cache: Optional[str] = None,
-                   use_cache: bool = True, progress: bool = True) -> dict:
-    """NTREX-128 retrieval accuracy (percent) of ``model`` for each language against English.
+def evaluate_ntrex_retrieval(model, root: str, languages: Sequence[str],
+                             batch_size: int = runner.DEFAULT_BATCH_SIZE,
+                             cache: Optional[str] = None, use_cache: bool = True,
+                             progress: bool = True) -> dict:
+    """NTREX-128 retrieval accuracy (percent) of ``model`` for each language against English
+    (the BUCC-style mining benchmark on NTREX is :func:`lealla_tf.evaluation.bucc.evaluate_ntrex`).
 
     Args:
       model: an embedder (``encode`` + ``name``) or a callable ``list[str] -> [N, D]``.

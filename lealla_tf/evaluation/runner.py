@@ -33,7 +33,7 @@ import hashlib
 import io
 import json
 import os
-from typing import List, Optional, Protocol, Sequence, runtime_checkable
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -43,16 +43,6 @@ from lealla_tf.embedders import CallableEmbedder, as_embedder, load_callable  # 
 
 DEFAULT_BATCH_SIZE = 64
 CACHE_ENV = paths.CACHE_ENV
-
-
-@runtime_checkable
-class Embedder(Protocol):
-    """What the evaluations need from a model."""
-
-    name: str
-
-    def encode(self, sentences: List[str]) -> np.ndarray:
-        """Returns float32 ``[len(sentences), D]`` embeddings."""
 
 
 # ----------------------------------------------------------------------------- reading
@@ -101,7 +91,7 @@ def _check_output(out, n: int, name: str) -> np.ndarray:
     return out
 
 
-def embed_sentences(embedder: Embedder, sentences: Sequence[str],
+def embed_sentences(embedder: embedders.Embedder, sentences: Sequence[str],
                     batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
                     desc: str = "embedding", out: Optional[np.ndarray] = None) -> np.ndarray:
     """Embeds sentences in batches of the batching policy (:func:`lealla_tf.embedders.
@@ -156,11 +146,10 @@ def cache_dir(path: Optional[str] = None) -> str:
     directory, ``~/.cache/lealla_tf`` on Linux)."""
     if path:
         return path
-    from lealla_tf import config
     return fileio.join(paths.cache_root(), "embeddings")
 
 
-def model_identity(embedder: Embedder) -> str:
+def model_identity(embedder: embedders.Embedder) -> str:
     """What identifies a model in cache keys.
 
     An embedder's ``fingerprint`` attribute when it has one; else its ``name``, plus,
@@ -212,13 +201,13 @@ def _load_cached(path: str, mmap: bool = False) -> np.ndarray:
     return np.load(io.BytesIO(fileio.read_bytes(path)))
 
 
-def cached_path(embedder: Embedder, path: str, cache: Optional[str] = None) -> str:
+def cached_path(embedder: embedders.Embedder, path: str, cache: Optional[str] = None) -> str:
     """Where :func:`embed_file` keeps (or would keep) the embeddings of ``path``."""
     key = cache_key(model_identity(embedder), file_digest(path))
     return fileio.join(cache_dir(cache), key[:2], key + ".npy")
 
 
-def embed_file(embedder: Embedder, path: str, batch_size: int = DEFAULT_BATCH_SIZE,
+def embed_file(embedder: embedders.Embedder, path: str, batch_size: int = DEFAULT_BATCH_SIZE,
                cache: Optional[str] = None, use_cache: bool = True, progress: bool = True,
                mmap: bool = False) -> np.ndarray:
     """Embeds every line of a text file, through the on-disk cache.
@@ -259,7 +248,7 @@ def embed_file(embedder: Embedder, path: str, batch_size: int = DEFAULT_BATCH_SI
     return _load_cached(target, mmap) if mmap else emb
 
 
-def embed_texts(embedder: Embedder, sentences: Sequence[str],
+def embed_texts(embedder: embedders.Embedder, sentences: Sequence[str],
                 batch_size: int = DEFAULT_BATCH_SIZE, cache: Optional[str] = None,
                 use_cache: bool = True, progress: bool = True,
                 desc: str = "embedding") -> np.ndarray:

@@ -48,8 +48,8 @@ Modules: ``formats`` (SavedModel and TFLite builders, names), ``card`` (model ca
 """
 
 from lealla_tf.export.card import human_bytes, render_model_card, summarise_metrics
-from lealla_tf.embedders.artifacts import (CheckpointEmbedder, Embedder, SavedModelEmbedder,
-                                        TFLiteEmbedder, load_embedder)
+from lealla_tf.embedders.artifacts import (CheckpointEmbedder, SavedModelEmbedder,
+                                           TFLiteEmbedder, load_embedder)
 from lealla_tf.export.exporter import (disk_bytes, export_model, export_run, format_sizes,
                                        run_card_info)
 from lealla_tf.export.formats import (CARD_FILE, DEFAULT_CARD_TEMPLATE, ENCODER,
@@ -66,7 +66,7 @@ from lealla_tf.export.publish import make_hub_archive, publish
 __all__ = [
     "CARD_FILE", "DEFAULT_CARD_TEMPLATE", "ENCODER", "ENCODER_OUTPUTS", "INFO_FILE",
     "INPUT_KEY", "INT8_EMBEDDINGS_MIN_COSINE", "LEALLA", "OUTPUT_KEY", "PREPROCESSOR", "PROBE_SENTENCES", "SAVED_MODELS",
-    "SIGNATURE", "TFLITE_MIN_COSINE", "TFLITE_VARIANTS", "CheckpointEmbedder", "Embedder",
+    "SIGNATURE", "TFLITE_MIN_COSINE", "TFLITE_VARIANTS", "CheckpointEmbedder",
     "SavedModelEmbedder", "TFLiteEmbedder", "build_encoder_module", "build_lealla_module",
     "build_preprocessor_module", "convert_tflite", "cosine_rows", "export_model", "export_run",
     "format_sizes", "human_bytes", "load_embedder", "make_hub_archive", "parse_tflite_variants",

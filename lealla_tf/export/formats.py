@@ -13,7 +13,6 @@ import tensorflow as tf
 
 from lealla_tf import corpus
 from lealla_tf.models import encoders
-from lealla_tf.text import sentencepiece
 from lealla_tf.embedders.artifacts import tflite_interpreter  # noqa: F401  (re-exported)
 from lealla_tf.layout import (CARD_FILE, ENCODER, ENCODER_OUTPUTS, INFO_FILE, INPUT_KEY,  # noqa: F401
                               LEALLA, OUTPUT_KEY, PREPROCESSOR, SAVED_MODELS, SIGNATURE,
@@ -151,7 +150,7 @@ def build_preprocessor_module(preprocessor) -> Tuple[tf.train.Checkpoint, Dict[s
     obj.tokenize.__call__ = tf.function(
         lambda sentences: preprocessor.tokenize(sentences).with_row_splits_dtype(tf.int64),
         input_signature=[_STRINGS])
-    ids = special_ids(preprocessor)
+    ids = dict(preprocessor.special_ids)
     special = {"vocab_size": int(preprocessor.vocab_size),
                "start_of_sequence_id": ids["start_of_sequence_id"],
                "end_of_segment_id": ids["end_of_segment_id"],
@@ -176,17 +175,6 @@ def build_preprocessor_module(preprocessor) -> Tuple[tf.train.Checkpoint, Dict[s
         pack.get_concrete_function(segments)
         pack.get_concrete_function(segments, seq_length=tf.TensorSpec([], tf.int32))
     return obj, {SIGNATURE: call}
-
-
-def special_ids(preprocessor) -> Dict[str, int]:
-    """``padding_id``, ``start_of_sequence_id``, ``end_of_segment_id``, ``mask_id`` of a
-    preprocessor (a WordPiece one looks them up in its vocabulary)."""
-    ids = getattr(preprocessor, "special_ids", None)
-    if ids:
-        return dict(ids)
-    return {"padding_id": sentencepiece.PAD_ID, "unknown_id": sentencepiece.UNK_ID,
-            "start_of_sequence_id": sentencepiece.CLS_ID,
-            "end_of_segment_id": sentencepiece.SEP_ID, "mask_id": sentencepiece.MASK_ID}
 
 
 def save_saved_model(obj, signatures, path: str, sp_model_file: Optional[str] = None,

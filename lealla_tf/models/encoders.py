@@ -20,7 +20,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -31,6 +30,7 @@ from official.modeling import tf_utils
 from official.nlp.modeling import networks
 
 from lealla_tf.config import ModelConfig
+from lealla_tf.models import bert_internals
 
 INPUT_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
 IMPLEMENTATIONS = ("fast", "keras")
@@ -63,47 +63,6 @@ def bert_param_count(cfg: ModelConfig) -> int:
     return embeddings + n * layer + pooler
 
 
-def depth_pairs(source, target, source_layer, what: str):
-    """``(target_variable, source_variable)`` pairs between two ``LeallaEncoder``s that
-    differ only in depth: target layer ``j`` from source layer ``source_layer(j)`` (``None``:
-    no source, left out), every other encoder variable (embeddings, their LayerNorm, pooler)
-    from the same variable of the source. Used by progressive stacking and by growth.
-
-    Raises:
-      ValueError: prefixed with ``what``, when the encoders differ beyond their depth or a
-        pair's shapes differ.
-    """
-    s_layers, t_layers = source.bert._transformer_layers, target.bert._transformer_layers
-    pairs = []
-    for j, layer in enumerate(t_layers):
-        i = source_layer(j)
-        if i is not None:
-            pairs += list(zip(layer.weights, s_layers[i].weights))
-    in_t = {id(w) for layer in t_layers for w in layer.weights}
-    in_s = {id(w) for layer in s_layers for w in layer.weights}
-    rest_t = [w for w in target.weights if id(w) not in in_t]
-    rest_s = [w for w in source.weights if id(w) not in in_s]
-    if len(rest_t) != len(rest_s):
-        raise ValueError(f"{what}: the encoders differ beyond their depth")
-    pairs += list(zip(rest_t, rest_s))
-    check_pair_shapes(pairs, what)
-    return pairs
-
-
-def check_pair_shapes(pairs, what: str) -> None:
-    """Raises ``ValueError`` (prefixed with ``what``) for the first ``(target, source)``
-    pair of variables whose shapes differ."""
-    for t, s in pairs:
-        if t.shape != s.shape:
-            raise ValueError(f"{what}: {t.name} {t.shape} cannot start from {s.name} "
-                             f"{s.shape}")
-
-
-def _layer_norm(x: tf.Tensor, norm: tf_keras.layers.LayerNormalization) -> tf.Tensor:
-    mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
-    return tf.nn.batch_normalization(x, mean, var, norm.beta, norm.gamma, norm.epsilon)
-
-
 def quantize_rows_int8(table) -> Tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 quantisation of an embedding table with one scale per row.
 
@@ -126,86 +85,6 @@ def quantize_rows_int8(table) -> Tuple[np.ndarray, np.ndarray]:
     return values, scales
 
 
-def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor],
-                      int8_rows: Optional[Tuple[tf.Tensor, tf.Tensor]] = None
-                      ) -> Dict[str, Any]:
-    """Inference forward pass of a ``BertEncoderV2`` with plain ``tf.nn`` ops.
-
-    Reads the weights of ``bert`` (so checkpoints and parameter counts are those of
-    ``BertEncoderV2``) and computes the same function without Keras layer calls:
-    tokens are kept as one ``[batch * seq, hidden]`` matrix, so every projection is a
-    single 2-D ``MatMul`` + ``BiasAdd`` (which oneDNN and XNNPACK fuse), Q, K and V come
-    from one fused ``[hidden, 3 * hidden]`` matrix with the 1/sqrt(d) scale folded in,
-    and heads are split with reshapes/transposes TFLite and XNNPACK run natively. Thin
-    layers (hidden 128-256) spend most of their time outside the matrix products, which
-    is what this removes. Dropout is not applied: use it with ``training=False`` only.
-
-    Args:
-      bert: a built ``BertEncoderV2`` (post-norm, no embedding projection).
-      inputs: dict of int32 ``[batch, seq]`` ``input_word_ids``, ``input_mask``,
-        ``input_type_ids``.
-
-      int8_rows: optional ``(values, scales)`` of :func:`quantize_rows_int8` used
-        instead of the word-embedding table (gathered rows are dequantised).
-
-    Returns:
-      dict with ``sequence_output``, ``pooled_output`` and ``encoder_outputs`` as
-      ``BertEncoderV2`` returns them.
-    """
-    ids = inputs["input_word_ids"]
-    shape = tf.shape(ids)
-    batch, seq = shape[0], shape[1]
-    table = bert._embedding_layer.embeddings
-    hidden = int(table.shape[-1])
-    positions = bert._position_embedding_layer._position_embeddings
-    if int8_rows is not None:
-        words = tf.cast(tf.gather(int8_rows[0], ids), tf.float32) * tf.gather(int8_rows[1], ids)
-    else:
-        words = tf.gather(table, ids)
-    x = words + tf.expand_dims(tf.slice(positions, [0, 0], [seq, hidden]), 0)
-    x += tf.gather(bert._type_embedding_layer.embeddings, inputs["input_type_ids"])
-    x = _layer_norm(tf.reshape(x, [-1, hidden]), bert._embedding_norm_layer)
-    # Additive mask as in Keras' masked softmax: 0 for tokens, -1e9 for padding.
-    mask_bias = (1.0 - tf.cast(inputs["input_mask"], x.dtype)) * -1e9
-    mask_bias = tf.reshape(mask_bias, [batch, 1, 1, seq])  # (no new-axis slices: TFLite)
-    outputs = []
-    for layer in bert._transformer_layers:
-        att = layer._attention_layer
-        heads, head_dim = att._num_heads, att._key_dim
-        width = heads * head_dim
-        scale = 1.0 / math.sqrt(float(head_dim))
-        kernel = tf.concat([tf.reshape(att._query_dense.kernel, [hidden, width]) * scale,
-                            tf.reshape(att._key_dense.kernel, [hidden, width]),
-                            tf.reshape(att._value_dense.kernel, [hidden, width])], axis=1)
-        bias = tf.concat([tf.reshape(att._query_dense.bias, [-1]) * scale,
-                          tf.reshape(att._key_dense.bias, [-1]),
-                          tf.reshape(att._value_dense.bias, [-1])], axis=0)
-        qkv = tf.nn.bias_add(tf.matmul(x, kernel), bias)  # [B*S, 3*N*d]
-        q, k, v = [tf.reshape(t, [batch, seq, heads, head_dim])
-                   for t in tf.split(qkv, 3, axis=1)]
-        q = tf.transpose(q, [0, 2, 1, 3])  # [B, N, S, d]
-        k = tf.transpose(k, [0, 2, 3, 1])  # [B, N, d, S]
-        v = tf.transpose(v, [0, 2, 1, 3])  # [B, N, S, d]
-        probs = tf.nn.softmax(tf.matmul(q, k) + mask_bias, axis=-1)
-        context = tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3])  # [B, S, N, d]
-        context = tf.reshape(context, [-1, width])
-        attended = tf.nn.bias_add(
-            tf.matmul(context, tf.reshape(att._output_dense.kernel, [width, hidden])),
-            att._output_dense.bias)
-        x = _layer_norm(x + attended, layer._attention_layer_norm)
-        inner = tf.nn.bias_add(tf.matmul(x, layer._intermediate_dense.kernel),
-                               layer._intermediate_dense.bias)
-        inner = layer._intermediate_activation_layer(inner)
-        out = tf.nn.bias_add(tf.matmul(inner, layer._output_dense.kernel),
-                             layer._output_dense.bias)
-        x = _layer_norm(x + out, layer._output_layer_norm)
-        outputs.append(x)
-    outputs = [tf.reshape(o, [batch, seq, hidden]) for o in outputs]
-    pooled = bert._pooler_layer(outputs[-1][:, 0, :])
-    return {"sequence_output": outputs[-1], "pooled_output": pooled,
-            "encoder_outputs": outputs}
-
-
 @tf_keras.utils.register_keras_serializable(package="lealla")
 class LeallaEncoder(tf_keras.Model):
     """Token inputs -> sentence embeddings (and the usual BERT outputs).
@@ -215,7 +94,8 @@ class LeallaEncoder(tf_keras.Model):
       max_position_embeddings, type_vocab_size, hidden_act, dropout_rate,
       attention_dropout_rate, initializer_range: the shape, as in :class:`ModelConfig`.
       implementation: ``"fast"`` (default) runs inference (``training`` false) through
-        :func:`fast_bert_forward`; ``"keras"`` through ``BertEncoderV2``'s own layers.
+        :func:`lealla_tf.models.bert_internals.fast_bert_forward`; ``"keras"`` through
+        ``BertEncoderV2``'s own layers.
         Both use the same weights and give the same outputs (to float rounding);
         training always runs through ``BertEncoderV2``, dropout included.
       jit_compile: compile the inference forward pass with XLA (one compilation per
@@ -260,7 +140,8 @@ class LeallaEncoder(tf_keras.Model):
         self.implementation = implementation
         object.__setattr__(self, "_int8_rows", None)  # (not a Keras-tracked attribute)
         self._fast_forward = tf.function(
-            lambda inputs: fast_bert_forward(self.bert, inputs, self._int8_rows),
+            lambda inputs: bert_internals.fast_bert_forward(self.bert, inputs,
+                                                            self._int8_rows),
             jit_compile=bool(jit_compile), autograph=False)
         self.bert = networks.BertEncoderV2(
             vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers,
@@ -321,7 +202,8 @@ class LeallaEncoder(tf_keras.Model):
         object.__setattr__(self, "_int8_rows", rows)
         jit = bool(self._shape_config["jit_compile"])
         self._fast_forward = tf.function(
-            lambda inputs: fast_bert_forward(self.bert, inputs, self._int8_rows),
+            lambda inputs: bert_internals.fast_bert_forward(self.bert, inputs,
+                                                            self._int8_rows),
             jit_compile=jit, autograph=False)
 
     def dummy_inputs(self, batch_size: int = 1, seq_length: int = 8) -> Dict[str, tf.Tensor]:

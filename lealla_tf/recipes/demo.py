@@ -322,7 +322,7 @@ def _evaluate(state: DemoState) -> DemoState:
                         "sentences_per_second": _speed(embedder, speed_sample)}
         line = f"  {name}: Tatoeba {res['average']['mean']:.1f}"
         if ntrex and on_ntrex:
-            models[name]["ntrex"] = pair_eval.evaluate_ntrex(
+            models[name]["ntrex"] = pair_eval.evaluate_ntrex_retrieval(
                 embedder, root, eval_langs, batch_size=cfg.eval.batch_size, cache=cache,
                 progress=progress)
             line += f", NTREX {models[name]['ntrex']['average']['mean']:.1f}"

@@ -9,9 +9,9 @@ Two pieces:
   Reserved ids: ``[PAD]`` 0, ``[UNK]`` 1, ``[CLS]`` 2, ``[SEP]`` 3, ``[MASK]`` 4.
 - :class:`Preprocessor` turns a batch of strings into ``input_word_ids``,
   ``input_mask`` and ``input_type_ids`` (int32 ``[batch, seq_length]``) using
-  ``FastSentencepieceTokenizer`` and dense ops only, so the same graph converts to
-  TFLite. It also offers the TF Hub text preprocessor API: ``tokenize`` and
-  ``bert_pack_inputs``.
+  ``FastSentencepieceTokenizer`` and dense ops only (:mod:`lealla_tf.text.packing`), so
+  the same graph converts to TFLite. It also offers the TF Hub text preprocessor API:
+  ``tokenize`` and ``bert_pack_inputs``.
 
 Defined behaviour for awkward input (tested):
 
@@ -45,9 +45,11 @@ import tf_keras
 
 from lealla_tf import layout
 from lealla_tf import corpus, fileio
+from lealla_tf.text import packing
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
 SPECIAL_PIECES = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+SPECIAL_IDS = packing.special_ids(SPECIAL_PIECES)  # the reserved ids above, by TF Hub key
 MODEL_FILE = layout.SPM_MODEL_FILE
 
 
@@ -238,140 +240,15 @@ def read_model(sp_model: Union[str, bytes, os.PathLike]) -> bytes:
     return fileio.read_bytes(path)
 
 
-# ----------------------------------------------------------------------------
-# Packing.
-
-
-def pack_dense(token_values: tf.Tensor, row_splits: tf.Tensor, seq_length: int,
-               cls_id: int = CLS_ID, sep_id: int = SEP_ID,
-               pad_id: int = PAD_ID, dynamic_length: bool = False,
-               length_multiple: int = 1) -> Dict[str, tf.Tensor]:
-    """Packs one segment per row as ``[CLS] tokens [SEP] [PAD]...`` with dense ops only.
-
-    Equivalent to ``tensorflow_text.combine_segments`` + ``pad_model_inputs`` for a
-    single segment, but built from gather/where/range so that it converts to TFLite
-    builtins.
-
-    Args:
-      token_values: int tensor [total_tokens], the flat values of the ragged tokens.
-      row_splits: int tensor [batch + 1].
-      seq_length: output length (at least 2); rows are truncated to seq_length - 2
-        tokens.
-      dynamic_length: pad only to the batch's longest row (``[CLS]`` and ``[SEP]``
-        included), rounded up to ``length_multiple`` and capped at ``seq_length``,
-        instead of always to ``seq_length``. Embeddings do not change (padding is
-        masked); short sentences cost far less.
-      length_multiple: with ``dynamic_length``, round the length up to a multiple of
-        this (few distinct shapes, e.g. for XLA's per-shape compilation).
-
-    Returns:
-      dict of int32 [batch, seq_length]: input_word_ids, input_mask, input_type_ids.
-    """
-    if seq_length < 2:
-        raise ValueError(f"seq_length must be at least 2, got {seq_length}")
-    token_values = tf.cast(token_values, tf.int32)
-    row_splits = tf.cast(row_splits, tf.int32)
-    starts = row_splits[:-1]
-    lengths = tf.minimum(row_splits[1:] - starts, seq_length - 2)  # [B]
-    if dynamic_length:
-        if length_multiple < 1:
-            raise ValueError(f"length_multiple must be positive, got {length_multiple}")
-        longest = tf.maximum(tf.reduce_max(tf.concat([lengths, [0]], 0)) + 2, 2)
-        longest = (longest + length_multiple - 1) // length_multiple * length_multiple
-        seq_length = tf.minimum(longest, seq_length)
-    body = seq_length - 2
-    cols = tf.range(body, dtype=tf.int32)  # [L-2]
-    idx = starts[:, None] + cols[None, :]  # [B, L-2]
-    in_row = cols[None, :] < lengths[:, None]
-    # One extra element so that the gather is valid even with no tokens at all.
-    padded_values = tf.concat([token_values, tf.constant([pad_id], tf.int32)], axis=0)
-    safe_idx = tf.where(in_row, idx, tf.zeros_like(idx) + tf.shape(token_values)[0])
-    tokens = tf.gather(padded_values, safe_idx)  # [B, L-2]
-    batch = tf.shape(starts)[0]
-    cls_col = tf.fill([batch, 1], cls_id)
-    pad_col = tf.fill([batch, 1], pad_id)
-    ids = tf.concat([cls_col, tokens, pad_col], axis=1)  # [B, L]
-    positions = tf.range(seq_length, dtype=tf.int32)[None, :]
-    sep_pos = lengths[:, None] + 1
-    ids = tf.where(tf.equal(positions, sep_pos), tf.fill(tf.shape(ids), sep_id), ids)
-    mask = tf.cast(positions <= sep_pos, tf.int32)
-    ids = ids * mask + pad_id * (1 - mask)
-    return {
-        "input_word_ids": ids,
-        "input_mask": mask,
-        "input_type_ids": tf.zeros_like(ids),
-    }
-
-
-def config_bytes(value: Union[str, bytes, Sequence[str]]):
-    """Undoes the ``base64:`` encoding ``get_config`` gives vocabulary bytes; else as is."""
-    if isinstance(value, str) and value.startswith("base64:"):
-        return base64.b64decode(value[len("base64:"):])
-    return value
-
-
-class PackingPreprocessor(tf_keras.layers.Layer):
-    """What the SentencePiece and WordPiece preprocessors share: the packed length and
-    its options, ``tokenize`` and the dense (TFLite-safe) single-segment packing of
-    :meth:`call`. Subclasses set ``self.tokenizer`` and, where the special tokens are not
-    ``CLS_ID``/``SEP_ID``/``PAD_ID``, override :meth:`pack_ids`.
-
-    Args:
-      seq_length: length of the packed inputs ([CLS] + up to seq_length-2 pieces + [SEP]).
-      dynamic_length: pad each batch only to its longest sentence (at most
-        ``seq_length``) instead of to ``seq_length`` (see :func:`pack_dense`); calls
-        may override it.
-      length_multiple: with ``dynamic_length``, round lengths up to a multiple of this.
-    """
-
-    def __init__(self, seq_length: int = 64, dynamic_length: bool = False,
-                 length_multiple: int = 1, **kwargs):
-        kwargs.setdefault("trainable", False)
-        super().__init__(**kwargs)
-        if seq_length < 2:
-            raise ValueError(f"seq_length must be at least 2, got {seq_length}")
-        if length_multiple < 1:
-            raise ValueError(f"length_multiple must be positive, got {length_multiple}")
-        self.seq_length = int(seq_length)
-        self.dynamic_length = bool(dynamic_length)
-        self.length_multiple = int(length_multiple)
-
-    def pack_ids(self) -> Dict[str, int]:
-        """The ids :func:`pack_dense` puts around and after the tokens."""
-        return {"cls_id": CLS_ID, "sep_id": SEP_ID, "pad_id": PAD_ID}
-
-    def tokenize(self, strings: tf.Tensor) -> tf.RaggedTensor:
-        """Strings [batch] -> int32 RaggedTensor [batch, (tokens)] (no special tokens)."""
-        strings = tf.convert_to_tensor(strings, dtype=tf.string)
-        return tf.cast(self.tokenizer.tokenize(strings), tf.int32)
-
-    def call(self, strings: tf.Tensor, dynamic_length: Optional[bool] = None,
-             length_multiple: Optional[int] = None) -> Dict[str, tf.Tensor]:
-        """Strings [batch] -> packed inputs with dense ops only (TFLite-safe);
-        ``dynamic_length``/``length_multiple`` override the layer's settings for this call."""
-        strings = tf.reshape(tf.convert_to_tensor(strings, dtype=tf.string), [-1])
-        tokens = self.tokenizer.tokenize(strings)
-        dynamic = self.dynamic_length if dynamic_length is None else bool(dynamic_length)
-        return pack_dense(tokens.flat_values, tokens.row_splits, self.seq_length,
-                          dynamic_length=dynamic,
-                          length_multiple=int(length_multiple or self.length_multiple),
-                          **self.pack_ids())
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"seq_length": self.seq_length, "dynamic_length": self.dynamic_length,
-                       "length_multiple": self.length_multiple})
-        return config
-
-
 @tf_keras.utils.register_keras_serializable(package="lealla")
-class Preprocessor(PackingPreprocessor):
+class Preprocessor(packing.PackingPreprocessor):
     """Strings -> ``input_word_ids``, ``input_mask``, ``input_type_ids`` (int32).
 
     Args:
       sp_model: a SentencePiece unigram model: bytes, a ``.model`` file, or a
         directory holding ``spm.model``.
-      seq_length, dynamic_length, length_multiple: see :class:`PackingPreprocessor`
+      seq_length, dynamic_length, length_multiple: see
+        :class:`lealla_tf.text.packing.PackingPreprocessor`
         (``dynamic_length`` is off by default: the TF Hub preprocessor API packs to a
         fixed length).
     """
@@ -379,7 +256,8 @@ class Preprocessor(PackingPreprocessor):
     def __init__(self, sp_model: Union[str, bytes], seq_length: int = 64,
                  dynamic_length: bool = False, length_multiple: int = 1, **kwargs):
         super().__init__(seq_length, dynamic_length, length_multiple, **kwargs)
-        self._model_bytes = read_model(config_bytes(sp_model))
+        self._model_bytes = read_model(packing.config_bytes(sp_model))
+        self.special_ids = dict(SPECIAL_IDS)
         self.tokenizer = tf_text.FastSentencepieceTokenizer(self._model_bytes)
         self.vocab_size = int(self.tokenizer.vocab_size())
 

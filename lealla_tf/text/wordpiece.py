@@ -4,7 +4,7 @@ LaBSE and the LEALLA students share a 501,153-entry WordPiece vocabulary: a ``vo
 (one token a line, the line number is the id, ``##`` marks word-internal pieces) plus a
 ``do_lower_case`` flag. :class:`WordpiecePreprocessor` is the WordPiece twin of
 :class:`lealla_tf.text.sentencepiece.Preprocessor`: the same call contract, the same dense
-packing (:func:`lealla_tf.text.sentencepiece.pack_dense`), the same TF Hub text-preprocessor
+packing (:func:`lealla_tf.text.packing.pack_dense`), the same TF Hub text-preprocessor
 API (``tokenize``, ``bert_pack_inputs``) and the same behaviour on awkward input, built on
 TF Text's ``FastBertTokenizer`` (BERT's normaliser and pre-tokenizer plus
 ``FastWordpieceTokenizer``), whose ops run in TFLite as TF Text custom ops.
@@ -39,15 +39,10 @@ import tensorflow_text as tf_text
 import tf_keras
 
 from lealla_tf import layout
-from lealla_tf.text import sentencepiece
+from lealla_tf.text import packing, sentencepiece
 
 VOCAB_FILE = layout.WORDPIECE_VOCAB_FILE
 SUFFIX_INDICATOR = "##"
-# Special tokens of BERT-style WordPiece vocabularies (ids are looked up in the vocabulary).
-SPECIAL_TOKENS = {"padding_id": "[PAD]", "unknown_id": "[UNK]",
-                  "start_of_sequence_id": "[CLS]", "end_of_segment_id": "[SEP]",
-                  "mask_id": "[MASK]"}
-VOCAB_TYPES = layout.VOCAB_TYPES
 
 
 def read_vocab_bytes(vocab: Union[str, bytes, Sequence[str]]) -> bytes:
@@ -95,20 +90,14 @@ def vocab_tokens(vocab: Union[str, bytes, Sequence[str]]) -> List[str]:
             raise ValueError(f"the WordPiece vocabulary repeats {t!r} (lines {seen[t] + 1} "
                              f"and {i + 1})")
         seen[t] = i
-    missing = [t for k, t in SPECIAL_TOKENS.items() if k != "mask_id" and t not in seen]
+    missing = [t for k, t in packing.SPECIAL_TOKENS.items() if k != "mask_id" and t not in seen]
     if missing:
         raise ValueError(f"the WordPiece vocabulary lacks the special token(s) {missing}")
     return tokens
 
 
-def special_ids(tokens: Sequence[str]) -> Dict[str, int]:
-    """Ids of ``[PAD] [UNK] [CLS] [SEP] [MASK]`` in ``tokens`` (``mask_id`` -1 without one)."""
-    index = {t: i for i, t in enumerate(tokens)}
-    return {k: index.get(t, -1) for k, t in SPECIAL_TOKENS.items()}
-
-
 @tf_keras.utils.register_keras_serializable(package="lealla")
-class WordpiecePreprocessor(sentencepiece.PackingPreprocessor):
+class WordpiecePreprocessor(packing.PackingPreprocessor):
     """Strings -> ``input_word_ids``, ``input_mask``, ``input_type_ids`` (int32), WordPiece.
 
     Args:
@@ -118,7 +107,7 @@ class WordpiecePreprocessor(sentencepiece.PackingPreprocessor):
       do_lower_case: lower-case, NFD-normalise and strip accents first (BERT's
         ``do_lower_case``; the released model's flag).
       dynamic_length: pad each batch only to its longest sentence (see
-        :func:`lealla_tf.text.sentencepiece.pack_dense`); calls may override it.
+        :func:`lealla_tf.text.packing.pack_dense`); calls may override it.
       length_multiple: with ``dynamic_length``, round lengths up to a multiple of this.
       max_bytes_per_word: longer words become ``[UNK]`` (BERT's 100).
     """
@@ -130,27 +119,22 @@ class WordpiecePreprocessor(sentencepiece.PackingPreprocessor):
                  do_lower_case: bool = False, dynamic_length: bool = False,
                  length_multiple: int = 1, max_bytes_per_word: int = 100, **kwargs):
         super().__init__(seq_length, dynamic_length, length_multiple, **kwargs)
-        self._vocab_bytes = read_vocab_bytes(sentencepiece.config_bytes(vocab))
+        self._vocab_bytes = read_vocab_bytes(packing.config_bytes(vocab))
         self.tokens = vocab_tokens(self._vocab_bytes)
         self.do_lower_case = bool(do_lower_case)
         self.max_bytes_per_word = int(max_bytes_per_word)
-        self.special_ids = special_ids(self.tokens)
+        self.special_ids = packing.special_ids(self.tokens)
         self.vocab_size = len(self.tokens)
         self.tokenizer = tf_text.FastBertTokenizer(
             vocab=self.tokens, suffix_indicator=SUFFIX_INDICATOR,
             max_bytes_per_word=self.max_bytes_per_word, token_out_type=tf.int32,
-            unknown_token=SPECIAL_TOKENS["unknown_id"],
+            unknown_token=packing.SPECIAL_TOKENS["unknown_id"],
             lower_case_nfd_strip_accents=self.do_lower_case)
 
     @property
     def model_bytes(self) -> bytes:
         """The ``vocab.txt`` content (what exports carry as their ``vocab_file`` asset)."""
         return self._vocab_bytes
-
-    def pack_ids(self) -> Dict[str, int]:
-        ids = self.special_ids
-        return {"cls_id": ids["start_of_sequence_id"], "sep_id": ids["end_of_segment_id"],
-                "pad_id": ids["padding_id"]}
 
     def bert_pack_inputs(self, segments: Sequence[tf.RaggedTensor],
                          seq_length: Optional[int] = None) -> Dict[str, tf.Tensor]:
@@ -200,12 +184,7 @@ def make_preprocessor(vocab_type: str, vocab: Union[str, bytes], seq_length: int
         return WordpiecePreprocessor(vocab, seq_length=seq_length, do_lower_case=do_lower_case)
     if vocab_type == "sentencepiece":
         return sentencepiece.Preprocessor(vocab, seq_length=seq_length)
-    raise ValueError(f"vocab.type must be one of {VOCAB_TYPES}, got {vocab_type!r}")
-
-
-def vocab_file_name(vocab_type: str) -> str:
-    """The file name a run keeps its vocabulary under (``spm.model`` or ``vocab.txt``)."""
-    return layout.vocab_file_name(vocab_type)
+    raise ValueError(f"vocab.type must be one of {layout.VOCAB_TYPES}, got {vocab_type!r}")
 
 
 def read_vocab(vocab_type: str, path: str) -> bytes:

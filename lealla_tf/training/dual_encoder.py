@@ -71,7 +71,7 @@ from lealla_tf.training import distribute as distribute_lib
 from lealla_tf.training import losses as losses_lib
 from lealla_tf import fileio, layout
 from lealla_tf.training import initialization
-from lealla_tf.models import encoders
+from lealla_tf.models import bert_internals, encoders
 from lealla_tf.text import sentencepiece
 from lealla_tf.distill import store, student_init
 from lealla_tf.text import wordpiece
@@ -457,10 +457,7 @@ class Trainer:
         initialised = cfg.train.init_from or cfg.train.init_checkpoint
         if (not latest and not initialised and cfg.model.position_init == "zero"
                 and hasattr(self.encoder, "bert")):
-            bert = self.encoder.bert
-            for table in (bert._position_embedding_layer._position_embeddings,
-                          bert._type_embedding_layer.embeddings):
-                table.assign(tf.zeros_like(table))
+            bert_internals.zero_position_and_type_tables(self.encoder.bert)
         if not latest and cfg.train.init_from:
             log.info("encoder initialised from %s",
                      initialization.restore_init(self.encoder, cfg.train.init_from,

@@ -23,7 +23,7 @@ import tensorflow as tf
 from lealla_tf import runs
 from lealla_tf import layout
 from lealla_tf import config as config_lib
-from lealla_tf.models import encoders
+from lealla_tf.models import bert_internals, encoders
 
 # Model fields the new run keeps from its own config (they do not change the weights).
 _KEEP = ("dropout_rate", "attention_dropout_rate", "implementation", "jit_compile")
@@ -68,7 +68,8 @@ def apply_init_from(cfg: config_lib.ExperimentConfig) -> config_lib.ExperimentCo
 
 def restore_init(encoder, run_dir: str, grow_position: str = "top") -> str:
     """Loads the encoder weights of ``run_dir``'s latest checkpoint into ``encoder``; an
-    encoder deeper than the source is grown from it (:func:`grow_encoder`).
+    encoder deeper than the source is grown from it
+    (:func:`lealla_tf.models.bert_internals.grow_encoder`).
 
     Returns:
       The checkpoint path.
@@ -78,65 +79,14 @@ def restore_init(encoder, run_dir: str, grow_position: str = "top") -> str:
     """
     source_cfg, checkpoint = runs.source_files(run_dir)
     bert = getattr(encoder, "bert", None)
-    if bert is not None and len(bert._transformer_layers) != source_cfg.model.num_layers:
+    if bert is not None and len(bert.transformer_layers) != source_cfg.model.num_layers:
         source = encoders.LeallaEncoder.from_model_config(source_cfg.model)
         source(source.dummy_inputs())
         runs.restore_encoder_checkpoint(source, checkpoint, "train.init_from")
-        grow_encoder(encoder, source, grow_position)
+        bert_internals.grow_encoder(encoder, source, grow_position)
         return checkpoint
     runs.restore_encoder_checkpoint(encoder, checkpoint, "train.init_from")
     return checkpoint
-
-
-def grow_encoder(target, source, position: str = "top") -> None:
-    """Fills the deeper encoder ``target`` from ``source`` so that both compute the same
-    function (function-preserving depth growth, as Net2DeeperNet, Chen et al., ICLR 2016;
-    LaBSE grows its encoder by progressive stacking instead, which does not preserve it).
-
-    Both are post-norm ``LeallaEncoder``s of the same width. The source's layers are copied
-    in order, after (``"top"``) or before (``"bottom"``) the new ones; every other weight
-    (embeddings, their LayerNorm, pooler) is copied as it is. A new block is an identity:
-    its attention and FFN output projections (kernels and biases) are zero, so it returns
-    ``LayerNorm(x)``, which is ``x`` when ``x`` is already normalised with scale 1 and shift
-    0. So the LayerNorm just below the new blocks (the embeddings' for ``"bottom"``, the
-    last source layer's for ``"top"``) keeps scale 1 and shift 0, and its learned scale and
-    shift move to the last new block's output LayerNorm. The new blocks' other weights
-    (Q, K, V, FFN input) keep their random initial values: their gradients flow as soon as
-    the output projections leave zero.
-
-    Raises:
-      ValueError: the encoders differ beyond their depth, or ``target`` is shallower.
-    """
-    if position not in ("top", "bottom"):
-        raise ValueError(f"position must be top or bottom, got {position!r}")
-    t_layers = target.bert._transformer_layers
-    n, total = len(source.bert._transformer_layers), len(t_layers)
-    if total < n:
-        raise ValueError(f"cannot grow a {n}-layer encoder into {total} layers")
-    offset = total - n if position == "bottom" else 0
-    pairs = encoders.depth_pairs(source, target,
-                                 lambda j: j - offset if offset <= j < offset + n else None,
-                                 "grow")
-    for t, s in pairs:
-        t.assign(s)
-    new = [t_layers[i] for i in range(total) if not offset <= i < offset + n]
-    if not new:
-        return
-    for layer in new:
-        att = layer._attention_layer
-        for v in (att._output_dense.kernel, att._output_dense.bias,
-                  layer._output_dense.kernel, layer._output_dense.bias):
-            v.assign(tf.zeros_like(v))
-        for norm in (layer._attention_layer_norm, layer._output_layer_norm):
-            norm.gamma.assign(tf.ones_like(norm.gamma))
-            norm.beta.assign(tf.zeros_like(norm.beta))
-    below = (target.bert._embedding_norm_layer if position == "bottom"
-             else t_layers[n - 1]._output_layer_norm)
-    last = new[-1]._output_layer_norm
-    last.gamma.assign(below.gamma)
-    last.beta.assign(below.beta)
-    below.gamma.assign(tf.ones_like(below.gamma))
-    below.beta.assign(tf.zeros_like(below.beta))
 
 
 def apply_init_checkpoint(cfg: config_lib.ExperimentConfig) -> config_lib.ExperimentConfig:

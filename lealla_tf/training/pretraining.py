@@ -70,7 +70,7 @@ import logging
 import math
 import os
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 import tensorflow as tf
 import tf_keras
@@ -80,7 +80,7 @@ from lealla_tf import config as config_lib
 from lealla_tf.data import pipeline as data_lib
 from lealla_tf.training import distribute as distribute_lib
 from lealla_tf import fileio, layout
-from lealla_tf.models import encoders
+from lealla_tf.models import bert_internals, encoders
 from lealla_tf.training import dual_encoder
 from lealla_tf.text import wordpiece
 
@@ -93,7 +93,7 @@ METRICS = ("loss", "accuracy", "mlm_loss", "tlm_loss", "grad_norm")
 from lealla_tf.data.pretrain_inputs import (  # noqa: E402,F401  (the inputs, re-exported)
     FEATURES, PretrainCorpus, StatelessMaskValuesChooser, StatelessRandomItemSelector,
     eval_batches, load_corpus, make_dataset, make_features_fn, mask_and_pad,
-    pack_pretraining_inputs, special_ids, text_batches)
+    pack_pretraining_inputs, text_batches)
 
 
 # ---------------------------------------------------------------------------- model
@@ -143,29 +143,6 @@ def evaluate(pretrainer, batches: Sequence[Dict[str, tf.Tensor]]) -> Dict[str, f
             "accuracy": totals["correct"] / max(totals["count"], 1.0),
             "mlm_loss": totals["ce_mlm"] / max(totals["count_mlm"], 1.0),
             "tlm_loss": totals["ce_tlm"] / max(totals["count_tlm"], 1.0)}
-
-
-def stack_pairs(source, target) -> List[Tuple[tf.Variable, tf.Variable]]:
-    """``(target_variable, source_variable)`` for progressive stacking: target layer ``j``
-    from source layer ``j mod n``; every other encoder variable (embeddings, their
-    LayerNorm, pooler) and the MLM head from the same variable of the source.
-
-    Args:
-      source, target: ``(encoder, pretrainer)`` of the smaller and the larger stage.
-    """
-    (s_enc, s_pre), (t_enc, t_pre) = source, target
-    n = len(s_enc.bert._transformer_layers)
-    pairs = encoders.depth_pairs(s_enc, t_enc, lambda j: j % n, "stacking")
-    # The MLM head, less what it shares with the encoder (the tied embedding table).
-    in_t, in_s = {id(w) for w in t_enc.weights}, {id(w) for w in s_enc.weights}
-    head_t = [w for w in t_pre.masked_lm.weights if id(w) not in in_t]
-    head_s = [w for w in s_pre.masked_lm.weights if id(w) not in in_s]
-    if len(head_t) != len(head_s):
-        raise ValueError("stacking: the stages' MLM heads differ")
-    head = list(zip(head_t, head_s))
-    encoders.check_pair_shapes(head, "stacking")
-    pairs += head
-    return pairs
 
 
 # ---------------------------------------------------------------------------- the job
@@ -394,14 +371,14 @@ class Pretrainer:
         parts = self._build(stage)
         if source is not None:
             with self.strategy.scope():
-                pairs = stack_pairs((source["encoder"], source["pretrainer"]),
-                                    (parts["encoder"], parts["pretrainer"]))
+                pairs = bert_internals.stack_pairs((source["encoder"], source["pretrainer"]),
+                                                   (parts["encoder"], parts["pretrainer"]))
                 for t, s in pairs:
                     t.assign(s.read_value())
                 if self.cfg.pretrain.stage_optimizer == "carry":
                     self._carry_optimizer(source, parts, pairs)
             log.info("stage %d: %d layers stacked from %d", stage.index, stage.layers,
-                     len(source["encoder"].bert._transformer_layers))
+                     len(source["encoder"].bert.transformer_layers))
         if not latest and source is None:
             with self.strategy.scope():
                 self._initialise_embeddings(parts["encoder"])
@@ -441,10 +418,7 @@ class Pretrainer:
                     f"{tuple(variable.shape)}: model.vocab_size must equal the vocabulary's size")
             variable.assign(tf.cast(table, variable.dtype))
         if cfg.model.position_init == "zero":
-            bert = encoder.bert
-            for table in (bert._position_embedding_layer._position_embeddings,
-                          bert._type_embedding_layer.embeddings):
-                table.assign(tf.zeros_like(table))
+            bert_internals.zero_position_and_type_tables(encoder.bert)
 
     def _carry_optimizer(self, source, parts, pairs) -> None:
         old, new = source["optimizer"], parts["optimizer"]

@@ -1,0 +1,173 @@
+"""One spec grammar and one registry for every model that embeds sentences.
+
+Teachers (:mod:`lealla_tf.embedders.teachers`), exports, ``.tflite`` files, training runs,
+TF Hub handles and Python callables all load through :func:`load` (an
+:class:`lealla_tf.embedders.base.Embedder` back); :func:`register` adds a kind:
+
+=================================  ======================================================
+``muse`` / ``labse``               the named teachers (multilingual USE v3; LaBSE on TF Hub)
+``hub:<handle>``                   a string-input TF Hub model (handle, URL or folder)
+``hub:<preprocessor>|<encoder>``   a TF Hub text-API pair (``default`` output)
+``savedmodel:<path>``              a string-input SavedModel folder
+``export:<path>``                  a ``lealla export`` folder (its ``lealla/`` SavedModel)
+``tflite:<path>``                  a ``.tflite`` export
+``run:<path>``                     a training run's model dir (latest checkpoint)
+``py:<module>:<attr>``             a Python embedder, or a callable ``list[str] -> [N, D]``
+``<path>``                         recognised: ``*.tflite`` file, export folder, SavedModel
+                                   folder, run dir (local or ``ram://``)
+``<URL>``                          ``http(s)://`` and ``gs://``: a TF Hub handle (an export
+                                   or run on ``gs://`` takes its prefix: ``export:gs://..``)
+=================================  ======================================================
+
+Paths may be local, ``gs://`` or ``ram://`` (read through :mod:`lealla_tf.fileio`).
+
+Example::
+
+    from lealla_tf import embedders
+    model = embedders.load("exports/tiny")        # or "muse", "hub:...", "run:results/x"
+    model.encode(["dog", "Hund"])                 # float32 [2, D]
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Callable, Dict, NamedTuple, Optional, Union
+
+from lealla_tf import fileio, layout
+from lealla_tf.embedders.base import Embedder, as_embedder
+
+# Kind -> "module:function" building it from (value, **options); imported on first use so
+# this module stays below the loaders' modules.
+_LOADERS: Dict[str, Union[str, Callable]] = {
+    "muse": "lealla_tf.embedders.teachers:load_muse",
+    "labse": "lealla_tf.embedders.teachers:load_labse",
+    "hub": "lealla_tf.embedders.teachers:load_hub",
+    "hub_pair": "lealla_tf.embedders.teachers:load_hub_pair",
+    "savedmodel": "lealla_tf.embedders.teachers:load_savedmodel",
+    "export": "lealla_tf.embedders.artifacts:load_export",
+    "tflite": "lealla_tf.embedders.artifacts:load_tflite",
+    "run": "lealla_tf.embedders.artifacts:load_run",
+    "py": "lealla_tf.embedders.spec:load_callable",
+}
+_PREFIXES = ("hub", "savedmodel", "export", "tflite", "run", "py")
+SPEC_HELP = ("muse | labse | hub:<handle> | 'hub:<preprocessor>|<encoder>' | savedmodel:<path> "
+             "| export:<path> | tflite:<path> | run:<path> | py:<module>:<function> | an "
+             "export folder, .tflite file, run dir, SavedModel folder or TF Hub URL")
+
+
+class Spec(NamedTuple):
+    """A parsed model spec: its kind (a key of the registry) and its value."""
+
+    kind: str
+    value: str
+
+
+RUN_CONFIG_FILE = layout.CONFIG_FILE  # what marks a training run's dir
+
+
+def _detect_path(path: str) -> Optional[Spec]:
+    """The kind of an existing file or folder, or None when it does not exist."""
+    if not fileio.exists(path):
+        return None
+    if not fileio.isdir(path):
+        if path.endswith(".tflite"):
+            return Spec("tflite", path)
+        raise ValueError(f"{path} is a file but not a .tflite model")
+    if fileio.exists(fileio.join(path, "lealla", "saved_model.pb")):
+        return Spec("export", path)
+    if fileio.exists(fileio.join(path, "saved_model.pb")):
+        return Spec("savedmodel", path)
+    if fileio.exists(fileio.join(path, RUN_CONFIG_FILE)):
+        return Spec("run", path)
+    raise ValueError(
+        f"{path} is a folder but not an export folder (lealla/saved_model.pb), a "
+        f"SavedModel (saved_model.pb) or a training model dir ({RUN_CONFIG_FILE})")
+
+
+def parse_spec(spec: str) -> Spec:
+    """The one grammar of model specs (see the module docstring).
+
+    Args:
+      spec: the spec string.
+
+    Raises:
+      ValueError: a malformed spec, an unknown name, or a path of none of the known kinds.
+      FileNotFoundError: a path (no known prefix, not a URL) that does not exist.
+    """
+    spec = (spec or "").strip()
+    if not spec:
+        raise ValueError(f"empty model spec; expected {SPEC_HELP}")
+    if spec in ("muse", "labse"):
+        return Spec(spec, "")
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in _PREFIXES and not rest.startswith("//"):
+        rest = rest.strip()
+        if not rest:
+            raise ValueError(f"model spec {spec!r} names no {prefix}")
+        if prefix == "hub" and "|" in rest:
+            parts = rest.split("|")
+            if len(parts) != 2 or not all(p.strip() for p in parts):
+                raise ValueError(f"model spec {spec!r}: expected hub:<preprocessor>|<encoder>")
+            return Spec("hub_pair", "|".join(p.strip() for p in parts))
+        return Spec(prefix, rest)
+    if re.match(r"^(https?|gs)://", spec):  # as TF Hub resolves them (prefix other kinds)
+        return Spec("hub", spec)
+    found = _detect_path(spec)
+    if found is not None:
+        return found
+    if "/" not in spec and "\\" not in spec and "." not in spec:
+        raise ValueError(f"unknown model spec {spec!r}: expected {SPEC_HELP}")
+    raise FileNotFoundError(
+        f"model source not found: {spec!r} (expected an export folder, a .tflite file, a "
+        "run's model dir, or a TF Hub handle/URL: http(s)://..., gs://..., hub:HANDLE; "
+        f"specs: {SPEC_HELP})")
+
+
+def register(kind: str, loader: Callable) -> None:
+    """Adds (or replaces) the loader of a spec kind: ``loader(value, **options)``."""
+    _LOADERS[kind] = loader
+
+
+def load(spec: str, **options) -> Embedder:
+    """Loads the embedder a spec names (the one entry point for teachers, evaluation,
+    ``lealla embed``, mining and the demo).
+
+    Args:
+      spec: see the module docstring.
+      **options: passed to the loader; ``batch_size`` and ``num_threads`` are understood
+        by every kind that can use them (others ignore them), ``threads`` by ``muse``.
+
+    Raises:
+      ValueError: a malformed or unknown spec.
+      FileNotFoundError: a path that does not exist.
+    """
+    kind, value = parse_spec(spec)
+    loader = _LOADERS[kind]
+    if isinstance(loader, str):
+        module, _, attr = loader.partition(":")
+        loader = getattr(importlib.import_module(module), attr)
+    return loader(value, **options)
+
+
+def load_callable(spec: str, **_options):
+    """``[py:]package.module:attr`` -> embedder: the attribute is an embedder (``encode`` +
+    ``name``) or a callable ``list[str] -> [N, D]`` (wrapped, named after the spec).
+
+    Raises:
+      ValueError: for a malformed spec or an attribute that is neither.
+    """
+    body = spec[3:] if spec.startswith("py:") else spec
+    spec = "py:" + body
+    module, _, attr = body.partition(":")
+    if not module or not attr:
+        raise ValueError(f"python model spec {spec!r} must look like py:package.module:function")
+    try:
+        obj = importlib.import_module(module)
+    except ImportError as e:
+        raise ValueError(f"python model spec {spec!r}: cannot import {module}: {e}") from e
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"python model spec {spec!r}: {module} has no attribute {attr}")
+        obj = getattr(obj, part)
+    return as_embedder(obj, name=spec)

@@ -1,0 +1,227 @@
+"""The one module that reaches inside Model Garden's ``BertEncoderV2``.
+
+``BertEncoderV2`` exposes ``transformer_layers``, ``pooler_layer``,
+``get_embedding_table()`` and ``get_embedding_layer()``; everything else this package
+needs from it (the position, type and embedding-LayerNorm layers, the attention and FFN
+weights of each ``TransformerEncoderBlock``) sits in private attributes. Those reads live
+here and nowhere else (``tests/test_architecture.py`` checks it), so a Model Garden
+upgrade that renames them breaks one module, and its parity tests say so:
+
+- :func:`fast_bert_forward`: the inference forward pass with plain ``tf.nn`` ops;
+- :func:`depth_pairs`, :func:`check_pair_shapes`: variable pairs between encoders of
+  different depths, for :func:`stack_pairs` (progressive stacking) and
+  :func:`grow_encoder` (function-preserving growth);
+- :func:`zero_position_and_type_tables`: ``model.position_init: zero``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Tuple
+
+import tensorflow as tf
+import tf_keras
+from official.nlp.modeling import networks
+
+
+def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor],
+                      int8_rows: Optional[Tuple[tf.Tensor, tf.Tensor]] = None
+                      ) -> Dict[str, Any]:
+    """Inference forward pass of a ``BertEncoderV2`` with plain ``tf.nn`` ops.
+
+    Reads the weights of ``bert`` (so checkpoints and parameter counts are those of
+    ``BertEncoderV2``) and computes the same function without Keras layer calls:
+    tokens are kept as one ``[batch * seq, hidden]`` matrix, so every projection is a
+    single 2-D ``MatMul`` + ``BiasAdd`` (which oneDNN and XNNPACK fuse), Q, K and V come
+    from one fused ``[hidden, 3 * hidden]`` matrix with the 1/sqrt(d) scale folded in,
+    and heads are split with reshapes/transposes TFLite and XNNPACK run natively. Thin
+    layers (hidden 128-256) spend most of their time outside the matrix products, which
+    is what this removes. Dropout is not applied: use it with ``training=False`` only.
+
+    Args:
+      bert: a built ``BertEncoderV2`` (post-norm, no embedding projection).
+      inputs: dict of int32 ``[batch, seq]`` ``input_word_ids``, ``input_mask``,
+        ``input_type_ids``.
+
+      int8_rows: optional ``(values, scales)`` of
+        :func:`lealla_tf.models.encoders.quantize_rows_int8` used
+        instead of the word-embedding table (gathered rows are dequantised).
+
+    Returns:
+      dict with ``sequence_output``, ``pooled_output`` and ``encoder_outputs`` as
+      ``BertEncoderV2`` returns them.
+    """
+    ids = inputs["input_word_ids"]
+    shape = tf.shape(ids)
+    batch, seq = shape[0], shape[1]
+    table = bert.get_embedding_table()
+    hidden = int(table.shape[-1])
+    positions = bert._position_embedding_layer._position_embeddings
+    if int8_rows is not None:
+        words = tf.cast(tf.gather(int8_rows[0], ids), tf.float32) * tf.gather(int8_rows[1], ids)
+    else:
+        words = tf.gather(table, ids)
+    x = words + tf.expand_dims(tf.slice(positions, [0, 0], [seq, hidden]), 0)
+    x += tf.gather(bert._type_embedding_layer.embeddings, inputs["input_type_ids"])
+    x = _layer_norm(tf.reshape(x, [-1, hidden]), bert._embedding_norm_layer)
+    # Additive mask as in Keras' masked softmax: 0 for tokens, -1e9 for padding.
+    mask_bias = (1.0 - tf.cast(inputs["input_mask"], x.dtype)) * -1e9
+    mask_bias = tf.reshape(mask_bias, [batch, 1, 1, seq])  # (no new-axis slices: TFLite)
+    outputs = []
+    for layer in bert.transformer_layers:
+        att = layer._attention_layer
+        heads, head_dim = att._num_heads, att._key_dim
+        width = heads * head_dim
+        scale = 1.0 / math.sqrt(float(head_dim))
+        kernel = tf.concat([tf.reshape(att._query_dense.kernel, [hidden, width]) * scale,
+                            tf.reshape(att._key_dense.kernel, [hidden, width]),
+                            tf.reshape(att._value_dense.kernel, [hidden, width])], axis=1)
+        bias = tf.concat([tf.reshape(att._query_dense.bias, [-1]) * scale,
+                          tf.reshape(att._key_dense.bias, [-1]),
+                          tf.reshape(att._value_dense.bias, [-1])], axis=0)
+        qkv = tf.nn.bias_add(tf.matmul(x, kernel), bias)  # [B*S, 3*N*d]
+        q, k, v = [tf.reshape(t, [batch, seq, heads, head_dim])
+                   for t in tf.split(qkv, 3, axis=1)]
+        q = tf.transpose(q, [0, 2, 1, 3])  # [B, N, S, d]
+        k = tf.transpose(k, [0, 2, 3, 1])  # [B, N, d, S]
+        v = tf.transpose(v, [0, 2, 1, 3])  # [B, N, S, d]
+        probs = tf.nn.softmax(tf.matmul(q, k) + mask_bias, axis=-1)
+        context = tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3])  # [B, S, N, d]
+        context = tf.reshape(context, [-1, width])
+        attended = tf.nn.bias_add(
+            tf.matmul(context, tf.reshape(att._output_dense.kernel, [width, hidden])),
+            att._output_dense.bias)
+        x = _layer_norm(x + attended, layer._attention_layer_norm)
+        inner = tf.nn.bias_add(tf.matmul(x, layer._intermediate_dense.kernel),
+                               layer._intermediate_dense.bias)
+        inner = layer._intermediate_activation_layer(inner)
+        out = tf.nn.bias_add(tf.matmul(inner, layer._output_dense.kernel),
+                             layer._output_dense.bias)
+        x = _layer_norm(x + out, layer._output_layer_norm)
+        outputs.append(x)
+    outputs = [tf.reshape(o, [batch, seq, hidden]) for o in outputs]
+    pooled = bert.pooler_layer(outputs[-1][:, 0, :])
+    return {"sequence_output": outputs[-1], "pooled_output": pooled,
+            "encoder_outputs": outputs}
+
+
+def _layer_norm(x: tf.Tensor, norm: tf_keras.layers.LayerNormalization) -> tf.Tensor:
+    mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
+    return tf.nn.batch_normalization(x, mean, var, norm.beta, norm.gamma, norm.epsilon)
+
+
+def depth_pairs(source, target, source_layer, what: str):
+    """``(target_variable, source_variable)`` pairs between two ``LeallaEncoder``s that
+    differ only in depth: target layer ``j`` from source layer ``source_layer(j)`` (``None``:
+    no source, left out), every other encoder variable (embeddings, their LayerNorm, pooler)
+    from the same variable of the source. Used by progressive stacking and by growth.
+
+    Raises:
+      ValueError: prefixed with ``what``, when the encoders differ beyond their depth or a
+        pair's shapes differ.
+    """
+    s_layers, t_layers = source.bert.transformer_layers, target.bert.transformer_layers
+    pairs = []
+    for j, layer in enumerate(t_layers):
+        i = source_layer(j)
+        if i is not None:
+            pairs += list(zip(layer.weights, s_layers[i].weights))
+    in_t = {id(w) for layer in t_layers for w in layer.weights}
+    in_s = {id(w) for layer in s_layers for w in layer.weights}
+    rest_t = [w for w in target.weights if id(w) not in in_t]
+    rest_s = [w for w in source.weights if id(w) not in in_s]
+    if len(rest_t) != len(rest_s):
+        raise ValueError(f"{what}: the encoders differ beyond their depth")
+    pairs += list(zip(rest_t, rest_s))
+    check_pair_shapes(pairs, what)
+    return pairs
+
+
+def check_pair_shapes(pairs, what: str) -> None:
+    """Raises ``ValueError`` (prefixed with ``what``) for the first ``(target, source)``
+    pair of variables whose shapes differ."""
+    for t, s in pairs:
+        if t.shape != s.shape:
+            raise ValueError(f"{what}: {t.name} {t.shape} cannot start from {s.name} "
+                             f"{s.shape}")
+
+
+def stack_pairs(source, target) -> List[Tuple[tf.Variable, tf.Variable]]:
+    """``(target_variable, source_variable)`` for progressive stacking: target layer ``j``
+    from source layer ``j mod n``; every other encoder variable (embeddings, their
+    LayerNorm, pooler) and the MLM head from the same variable of the source.
+
+    Args:
+      source, target: ``(encoder, pretrainer)`` of the smaller and the larger stage.
+    """
+    (s_enc, s_pre), (t_enc, t_pre) = source, target
+    n = len(s_enc.bert.transformer_layers)
+    pairs = depth_pairs(s_enc, t_enc, lambda j: j % n, "stacking")
+    # The MLM head, less what it shares with the encoder (the tied embedding table).
+    in_t, in_s = {id(w) for w in t_enc.weights}, {id(w) for w in s_enc.weights}
+    head_t = [w for w in t_pre.masked_lm.weights if id(w) not in in_t]
+    head_s = [w for w in s_pre.masked_lm.weights if id(w) not in in_s]
+    if len(head_t) != len(head_s):
+        raise ValueError("stacking: the stages' MLM heads differ")
+    head = list(zip(head_t, head_s))
+    check_pair_shapes(head, "stacking")
+    pairs += head
+    return pairs
+
+
+def grow_encoder(target, source, position: str = "top") -> None:
+    """Fills the deeper encoder ``target`` from ``source`` so that both compute the same
+    function (function-preserving depth growth, as Net2DeeperNet, Chen et al., ICLR 2016;
+    LaBSE grows its encoder by progressive stacking instead, which does not preserve it).
+
+    Both are post-norm ``LeallaEncoder``s of the same width. The source's layers are copied
+    in order, after (``"top"``) or before (``"bottom"``) the new ones; every other weight
+    (embeddings, their LayerNorm, pooler) is copied as it is. A new block is an identity:
+    its attention and FFN output projections (kernels and biases) are zero, so it returns
+    ``LayerNorm(x)``, which is ``x`` when ``x`` is already normalised with scale 1 and shift
+    0. So the LayerNorm just below the new blocks (the embeddings' for ``"bottom"``, the
+    last source layer's for ``"top"``) keeps scale 1 and shift 0, and its learned scale and
+    shift move to the last new block's output LayerNorm. The new blocks' other weights
+    (Q, K, V, FFN input) keep their random initial values: their gradients flow as soon as
+    the output projections leave zero.
+
+    Raises:
+      ValueError: the encoders differ beyond their depth, or ``target`` is shallower.
+    """
+    if position not in ("top", "bottom"):
+        raise ValueError(f"position must be top or bottom, got {position!r}")
+    t_layers = target.bert.transformer_layers
+    n, total = len(source.bert.transformer_layers), len(t_layers)
+    if total < n:
+        raise ValueError(f"cannot grow a {n}-layer encoder into {total} layers")
+    offset = total - n if position == "bottom" else 0
+    pairs = depth_pairs(source, target,
+                        lambda j: j - offset if offset <= j < offset + n else None,
+                        "grow")
+    for t, s in pairs:
+        t.assign(s)
+    new = [t_layers[i] for i in range(total) if not offset <= i < offset + n]
+    if not new:
+        return
+    for layer in new:
+        att = layer._attention_layer
+        for v in (att._output_dense.kernel, att._output_dense.bias,
+                  layer._output_dense.kernel, layer._output_dense.bias):
+            v.assign(tf.zeros_like(v))
+        for norm in (layer._attention_layer_norm, layer._output_layer_norm):
+            norm.gamma.assign(tf.ones_like(norm.gamma))
+            norm.beta.assign(tf.zeros_like(norm.beta))
+    below = (target.bert._embedding_norm_layer if position == "bottom"
+             else t_layers[n - 1]._output_layer_norm)
+    last = new[-1]._output_layer_norm
+    last.gamma.assign(below.gamma)
+    last.beta.assign(below.beta)
+    below.gamma.assign(tf.ones_like(below.gamma))
+    below.beta.assign(tf.zeros_like(below.beta))
+
+
+def zero_position_and_type_tables(bert: networks.BertEncoderV2) -> None:
+    """Sets the position and the token-type embedding tables of ``bert`` to zero."""
+    for table in (bert._position_embedding_layer._position_embeddings,
+                  bert._type_embedding_layer.embeddings):
+        table.assign(tf.zeros_like(table))
