@@ -62,10 +62,8 @@ from typing import Callable, Dict, Optional, Tuple
 import tensorflow as tf
 import tf_keras
 
-from lealla_tf import paths
 from lealla_tf import runs
 from lealla_tf import config as config_lib
-from lealla_tf import corpus as corpus_lib
 from lealla_tf.data import pipeline as data_lib
 from lealla_tf.training import distribute as distribute_lib
 from lealla_tf.training import losses as losses_lib
@@ -192,7 +190,7 @@ def resolve_vocab(cfg: config_lib.ExperimentConfig, model_dir: str,
             fileio.atomic_write(fileio.join(fileio.dirname(target), student_init.INFO_FILE),
                                 fileio.read_bytes(info))
         return target
-    files = _training_files(cfg.data)
+    files = data_lib.training_files(cfg.data)
     if cfg.vocab.source == "teacher":
         if teacher_fn is None:
             raise config_lib.ConfigError("vocab.source: teacher needs a teacher (teacher.spec)")
@@ -211,12 +209,6 @@ def resolve_vocab(cfg: config_lib.ExperimentConfig, model_dir: str,
         with open(path, "rb") as f:
             fileio.atomic_write(target, f.read())
     return target
-
-
-def _training_files(data_cfg: config_lib.DataConfig):
-    relative = any(not os.path.isabs(p) for p in data_cfg.train_files)
-    root = paths.data_dir(data_cfg.data_dir) if relative else ""
-    return corpus_lib.find_files(data_cfg.train_files, root, data_cfg.languages)
 
 
 def _stored_teacher_dim(embeddings_dir: str) -> int:
