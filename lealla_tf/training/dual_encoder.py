@@ -68,18 +68,13 @@ from lealla_tf.data import pipeline as data_lib
 from lealla_tf.training import distribute as distribute_lib
 from lealla_tf.training import losses as losses_lib
 from lealla_tf import fileio, layout
-from lealla_tf.training import initialization
+from lealla_tf.training import initialization, optimization
 from lealla_tf.models import encoders
 from lealla_tf.text import sentencepiece
 from lealla_tf.distill import store, student_init
 from lealla_tf.text import wordpiece
 
 log = logging.getLogger(__name__)
-
-# LaBSE reference config (official/projects/labse/experiments/labse_base.yaml).
-_ADAM_BETA_1, _ADAM_BETA_2, _ADAM_EPSILON = 0.9, 0.999, 1e-5
-_NO_DECAY = ["LayerNorm", "layer_norm", "bias"]
-
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the model dir keeps the last good checkpoint."""
@@ -96,51 +91,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------- pieces
-def build_optimizer(train_cfg: config_lib.TrainConfig):
-    """AdamW + warm-up + linear decay via ``official.modeling.optimization``.
-
-    ``train.optimizer: lazy_adamw`` swaps in :class:`lealla_tf.training.optimization.LazyAdamWeightDecay`
-    (the same maths; an embedding table's unused rows are left alone).
-
-    The learning rate rises linearly to ``train.learning_rate`` over ``train.warmup_steps``,
-    then falls linearly to ``train.end_learning_rate`` at ``train.steps``. Gradient clipping
-    is left to the train step (after the cross-replica sum).
-
-    Returns:
-      ``(optimizer, learning_rate_schedule)``.
-    """
-    from official.modeling.optimization import optimizer_factory
-    from official.modeling.optimization.configs import optimization_config
-
-    params = {
-        "optimizer": {"type": "adamw", "adamw": {
-            "weight_decay_rate": train_cfg.weight_decay,
-            "exclude_from_weight_decay": _NO_DECAY,
-            "beta_1": _ADAM_BETA_1, "beta_2": _ADAM_BETA_2, "epsilon": _ADAM_EPSILON,
-            "gradient_clip_norm": 0.0}},
-        "learning_rate": {"type": "polynomial", "polynomial": {
-            "initial_learning_rate": train_cfg.learning_rate,
-            "decay_steps": max(1, train_cfg.steps - train_cfg.warmup_steps),
-            "offset": train_cfg.warmup_steps,
-            "end_learning_rate": train_cfg.end_learning_rate, "power": 1.0}},
-    }
-    if train_cfg.warmup_steps > 0:
-        params["warmup"] = {"type": "polynomial", "polynomial": {
-            "warmup_steps": train_cfg.warmup_steps, "power": 1.0}}
-    factory = optimizer_factory.OptimizerFactory(optimization_config.OptimizationConfig(params))
-    schedule = factory.build_learning_rate()
-    if train_cfg.optimizer == "lazy_adamw":
-        from lealla_tf.training import optimization
-
-        adamw = params["optimizer"]["adamw"]
-        return optimization.LazyAdamWeightDecay(
-            learning_rate=schedule, weight_decay_rate=adamw["weight_decay_rate"],
-            exclude_from_weight_decay=adamw["exclude_from_weight_decay"],
-            beta_1=adamw["beta_1"], beta_2=adamw["beta_2"], epsilon=adamw["epsilon"],
-            gradient_clip_norm=0.0), schedule
-    return factory.build_optimizer(schedule), schedule
-
-
 def precision_policy(name: str, strategy: tf.distribute.Strategy) -> str:
     """The Keras policy for ``train.mixed_precision`` on this strategy's devices."""
     device = distribute_lib.device_type(strategy)
@@ -420,7 +370,7 @@ class Trainer:
             self.loss_layer = losses_lib.DualEncoderLoss(
                 cfg.loss, teacher_dim=teacher_dim if uses_teacher else 0,
                 student_dim=self.encoder.embedding_dim)
-            self.optimizer, self.schedule = build_optimizer(cfg.train)
+            self.optimizer, self.schedule = optimization.build_optimizer(cfg.train)
             if self.policy == "mixed_float16":
                 self.optimizer = tf_keras.mixed_precision.LossScaleOptimizer(self.optimizer)
             self.variables = (self.encoder.trainable_variables

@@ -81,7 +81,7 @@ from lealla_tf.data import pipeline as data_lib
 from lealla_tf.training import distribute as distribute_lib
 from lealla_tf import fileio, layout
 from lealla_tf.models import encoders
-from lealla_tf.training import dual_encoder
+from lealla_tf.training import dual_encoder, optimization
 from lealla_tf.text import wordpiece
 
 log = logging.getLogger(__name__)
@@ -345,7 +345,7 @@ class Pretrainer:
                     layer._random_generator._generator for layer in encoder.submodules
                     if getattr(getattr(layer, "_random_generator", None), "_generator", None)
                     is not None]
-                optimizer, schedule = dual_encoder.build_optimizer(self.cfg.train)
+                optimizer, schedule = optimization.build_optimizer(self.cfg.train)
                 offset = stage.start if self.cfg.pretrain.stage_optimizer == "reset" else 0
                 if offset:
                     optimizer.learning_rate = _OffsetSchedule(schedule, offset)
