@@ -91,7 +91,7 @@ def _add_train(sub) -> None:
 def _train(args) -> int:
     import logging
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from lealla_tf.training import dual_encoder
+    from lealla_tf.training import dual_encoder, loop
     cfg = _load_config(args)
     if args.init_from:
         cfg.train.init_from = args.init_from
@@ -99,7 +99,7 @@ def _train(args) -> int:
         cfg.train.init_checkpoint = args.init_checkpoint
     try:
         result = dual_encoder.train(cfg, args.model_dir, progress=not args.no_progress)
-    except dual_encoder.TrainingDiverged as e:
+    except loop.TrainingDiverged as e:
         print(f"lealla: {e}", file=sys.stderr)
         return 1
     summary = ", ".join(f"{k} {result.metrics[k]:.4f}" for k in ("loss", "accuracy")
@@ -126,12 +126,11 @@ def _add_pretrain(sub) -> None:
 def _pretrain(args) -> int:
     import logging
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from lealla_tf.training import pretraining
-    from lealla_tf.training import dual_encoder
+    from lealla_tf.training import loop, pretraining
     cfg = _load_config(args)
     try:
         result = pretraining.pretrain(cfg, args.model_dir, progress=not args.no_progress)
-    except dual_encoder.TrainingDiverged as e:
+    except loop.TrainingDiverged as e:
         print(f"lealla: {e}", file=sys.stderr)
         return 1
     summary = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()

@@ -254,3 +254,11 @@ def check_wordpiece_flags(cfg: config_lib.ExperimentConfig) -> None:
             f"vocab.do_lower_case is {cfg.vocab.do_lower_case} but the vocabulary {path} "
             f"belongs to a run with do_lower_case {source.do_lower_case}: set "
             f"vocab.do_lower_case={str(source.do_lower_case).lower()}")
+
+
+def zero_position_tables(encoder) -> None:
+    """Zeroes the position and type embedding tables (``model.position_init: zero``)."""
+    bert = encoder.bert
+    for table in (bert._position_embedding_layer._position_embeddings,
+                  bert._type_embedding_layer.embeddings):
+        table.assign(tf.zeros_like(table))
