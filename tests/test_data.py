@@ -52,6 +52,22 @@ def test_malformed_lines_are_skipped_and_counted(messy_corpus):
     assert total["invalid_utf8"] == 1
 
 
+def test_training_files_of_a_data_config(messy_corpus, tmp_path):
+    from lealla_tf import config
+    deu, fra = messy_corpus
+    cfg = config.DataConfig(train_files=["*-eng.tsv"], data_dir=str(tmp_path))
+    assert pipeline.training_files(cfg) == [deu, fra]  # relative: under data_dir
+    cfg.languages = ["fra"]
+    assert pipeline.training_files(cfg) == [fra]
+    assert pipeline.training_files(config.DataConfig(train_files=[deu], data_dir="/nonexistent")
+                                   ) == [deu]  # absolute: the data root is not looked up
+    cfg.languages = ["jpn"]
+    with pytest.raises(FileNotFoundError, match="no training files for languages"):
+        pipeline.training_files(cfg)
+    with pytest.raises(FileNotFoundError, match="no files match"):
+        pipeline.training_files(config.DataConfig(train_files=["x/*.tsv"], data_dir=str(tmp_path)))
+
+
 def test_teacher_rows_stay_aligned_with_pairs(messy_corpus, tmp_path):
     teacher = teachers.CallableTeacher(lambda ss: np.stack([_vec(s) for s in ss]), dim=8)
     out = str(tmp_path / "emb")

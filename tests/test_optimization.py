@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from lealla_tf import config as config_lib
-from lealla_tf.training import dual_encoder
+from lealla_tf.training import optimization
 
 ROWS, DIM = 40, 6
 
@@ -13,7 +13,7 @@ ROWS, DIM = 40, 6
 def _optimizer(name, weight_decay=0.01):
     cfg = config_lib.TrainConfig(optimizer=name, learning_rate=0.01, warmup_steps=2, steps=20,
                                  weight_decay=weight_decay)
-    return dual_encoder.build_optimizer(cfg)[0]
+    return optimization.build_optimizer(cfg)[0]
 
 
 def _run(name, grads_per_step, sparse, var_name="word_embeddings/embeddings"):

@@ -11,7 +11,7 @@ from lealla_tf import config
 from lealla_tf.training import losses
 from lealla_tf.models import encoders
 from lealla_tf.embedders import teachers
-from lealla_tf.training import dual_encoder
+from lealla_tf.training import optimization
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 # (Pre-training recipes: tests/test_pretraining.py.)
@@ -46,7 +46,7 @@ def test_recipe_builds_at_tiny_size(path):
     encoder = encoders.LeallaEncoder.from_model_config(cfg.model)
     loss_fn = losses.DualEncoderLoss(cfg.loss, teacher_dim=teacher_dim,
                                      student_dim=cfg.model.hidden_size)
-    optimizer, schedule = dual_encoder.build_optimizer(cfg.train)
+    optimizer, schedule = optimization.build_optimizer(cfg.train)
     rng = np.random.default_rng(0)
     batch, seq = 4, min(cfg.preprocess.seq_length, 8)
 

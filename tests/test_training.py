@@ -17,7 +17,7 @@ from lealla_tf import runs
 from lealla_tf import layout
 from lealla_tf import cli, config, corpus
 from lealla_tf.data import pipeline
-from lealla_tf.training import dual_encoder
+from lealla_tf.training import dual_encoder, loop
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 TRAIN_TINY = os.path.join(ROOT, "configs", "train_tiny.yaml")
@@ -202,7 +202,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_vocab, dat
     good = _weights(runs.restore_encoder(model_dir)[2])
     cfg = config.load(TRAIN_TINY, base + ["train.steps=6", "train.learning_rate=1.0e+30",
                                           "train.warmup_steps=0", "train.clip_norm=0.0"])
-    with pytest.raises(dual_encoder.TrainingDiverged, match="last good checkpoint"):
+    with pytest.raises(loop.TrainingDiverged, match="last good checkpoint"):
         dual_encoder.train(cfg, model_dir, progress=False)
     assert os.path.exists(os.path.join(model_dir, layout.DIVERGED_FILE))
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))

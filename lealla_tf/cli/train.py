@@ -60,14 +60,14 @@ def _add_train(sub) -> None:
 def _train(args) -> int:
     common.log_progress()
     cfg = common.load_config(args)  # config errors first, before the model code loads
-    from lealla_tf.training import dual_encoder
+    from lealla_tf.training import dual_encoder, loop
     if args.init_from:
         cfg.train.init_from = args.init_from
     if args.init_checkpoint:
         cfg.train.init_checkpoint = args.init_checkpoint
     try:
         result = dual_encoder.train(cfg, args.model_dir, progress=not args.no_progress)
-    except dual_encoder.TrainingDiverged as e:
+    except loop.TrainingDiverged as e:
         print(f"lealla: {e}", file=sys.stderr)
         return 1
     summary = ", ".join(f"{k} {result.metrics[k]:.4f}" for k in ("loss", "accuracy")
@@ -93,10 +93,10 @@ def _add_pretrain(sub) -> None:
 def _pretrain(args) -> int:
     common.log_progress()
     cfg = common.load_config(args)  # config errors first, before the model code loads
-    from lealla_tf.training import dual_encoder, pretraining
+    from lealla_tf.training import loop, pretraining
     try:
         result = pretraining.pretrain(cfg, args.model_dir, progress=not args.no_progress)
-    except dual_encoder.TrainingDiverged as e:
+    except loop.TrainingDiverged as e:
         print(f"lealla: {e}", file=sys.stderr)
         return 1
     summary = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()

@@ -36,17 +36,14 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
-import shutil
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from lealla_tf import runs
-from lealla_tf import layout
 from lealla_tf.layout import IMPORT_INFO_FILE
 from lealla_tf import config as config_lib
 from lealla_tf import embedders

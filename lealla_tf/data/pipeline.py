@@ -41,6 +41,7 @@ import collections
 import dataclasses
 import json
 import logging
+import os
 import threading
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -169,18 +170,35 @@ def load_corpus(files: Sequence[str], max_pairs_per_language: int = 0,
     return out
 
 
+def data_files(patterns: Sequence[str], data_dir: str = "",
+               languages: Sequence[str] = ()) -> List[str]:
+    """:func:`lealla_tf.corpus.find_files` with relative ``patterns`` read under the data
+    root (:func:`lealla_tf.paths.data_dir` of ``data_dir``)."""
+    relative = any(not os.path.isabs(p) for p in patterns)
+    root = paths.data_dir(data_dir) if relative else ""
+    return corpus_lib.find_files(patterns, root, languages)
+
+
+def training_files(data_cfg) -> List[str]:
+    """The training files of a :class:`lealla_tf.config.DataConfig`: ``train_files``
+    (relative ones under the data root) of the languages in ``languages``.
+
+    Raises:
+      FileNotFoundError: a pattern matches nothing, or no file is of those languages.
+    """
+    files = data_files(data_cfg.train_files, data_cfg.data_dir, data_cfg.languages)
+    if not files:
+        raise FileNotFoundError(
+            f"no training files for languages {data_cfg.languages} in {data_cfg.train_files}")
+    return files
+
+
 def load_corpus_from_config(data_cfg, teacher_loader: Optional[TeacherLoader] = None
                             ) -> ParallelCorpus:
     """:func:`load_corpus` for a :class:`lealla_tf.config.DataConfig` (its
     ``teacher_embeddings`` are read by the caller's ``teacher_loader``)."""
-    from lealla_tf import config as config_lib
-    relative = any(not p.startswith("/") for p in data_cfg.train_files)
-    root = paths.data_dir(data_cfg.data_dir) if relative else ""
-    files = corpus_lib.find_files(data_cfg.train_files, root, data_cfg.languages)
-    if not files:
-        raise FileNotFoundError(
-            f"no training files for languages {data_cfg.languages} in {data_cfg.train_files}")
-    return load_corpus(files, data_cfg.max_pairs_per_language, teacher_loader)
+    return load_corpus(training_files(data_cfg), data_cfg.max_pairs_per_language,
+                       teacher_loader)
 
 
 # ---------------------------------------------------------------------------- sampler

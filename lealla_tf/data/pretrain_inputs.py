@@ -25,14 +25,12 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from lealla_tf import paths
 from lealla_tf import config as config_lib
 from lealla_tf import corpus as corpus_lib
 from lealla_tf.data import pipeline as data_lib
@@ -224,9 +222,7 @@ def load_corpus(cfg: config_lib.ExperimentConfig) -> PretrainCorpus:
     mono = [False] * len(languages)
     stats = dict(pairs.stats)
     if cfg.pretrain.text_files:
-        relative = any(not os.path.isabs(p) for p in cfg.pretrain.text_files)
-        root = paths.data_dir(cfg.data.data_dir) if relative else ""
-        for path in corpus_lib.find_files(cfg.pretrain.text_files, root):
+        for path in data_lib.data_files(cfg.pretrain.text_files, cfg.data.data_dir):
             st = stats[path] = corpus_lib.Stats()
             lines = list(dict.fromkeys(corpus_lib.iter_text(path, st)))
             if lines:

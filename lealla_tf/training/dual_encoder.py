@@ -53,38 +53,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
-import os
-import tempfile
 import time
-from typing import Callable, Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import tensorflow as tf
 import tf_keras
 
-from lealla_tf import paths
 from lealla_tf import runs
 from lealla_tf import config as config_lib
-from lealla_tf import corpus as corpus_lib
 from lealla_tf.data import pipeline as data_lib
 from lealla_tf.training import distribute as distribute_lib
 from lealla_tf.training import losses as losses_lib
-from lealla_tf import fileio, layout
-from lealla_tf.training import initialization
+from lealla_tf.training import initialization, loop, optimization
 from lealla_tf.models import bert_internals, encoders
-from lealla_tf.text import sentencepiece
-from lealla_tf.distill import store, student_init
-from lealla_tf.text import wordpiece
+from lealla_tf.distill import store
+from lealla_tf import fileio, layout
 
 log = logging.getLogger(__name__)
-
-# LaBSE reference config (official/projects/labse/experiments/labse_base.yaml).
-_ADAM_BETA_1, _ADAM_BETA_2, _ADAM_EPSILON = 0.9, 0.999, 1e-5
-_NO_DECAY = ["LayerNorm", "layer_norm", "bias"]
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the model dir keeps the last good checkpoint."""
 
 
 @dataclasses.dataclass
@@ -98,127 +83,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------- pieces
-def build_optimizer(train_cfg: config_lib.TrainConfig):
-    """AdamW + warm-up + linear decay via ``official.modeling.optimization``.
-
-    ``train.optimizer: lazy_adamw`` swaps in :class:`lealla_tf.training.optimization.LazyAdamWeightDecay`
-    (the same maths; an embedding table's unused rows are left alone).
-
-    The learning rate rises linearly to ``train.learning_rate`` over ``train.warmup_steps``,
-    then falls linearly to ``train.end_learning_rate`` at ``train.steps``. Gradient clipping
-    is left to the train step (after the cross-replica sum).
-
-    Returns:
-      ``(optimizer, learning_rate_schedule)``.
-    """
-    from official.modeling.optimization import optimizer_factory
-    from official.modeling.optimization.configs import optimization_config
-
-    params = {
-        "optimizer": {"type": "adamw", "adamw": {
-            "weight_decay_rate": train_cfg.weight_decay,
-            "exclude_from_weight_decay": _NO_DECAY,
-            "beta_1": _ADAM_BETA_1, "beta_2": _ADAM_BETA_2, "epsilon": _ADAM_EPSILON,
-            "gradient_clip_norm": 0.0}},
-        "learning_rate": {"type": "polynomial", "polynomial": {
-            "initial_learning_rate": train_cfg.learning_rate,
-            "decay_steps": max(1, train_cfg.steps - train_cfg.warmup_steps),
-            "offset": train_cfg.warmup_steps,
-            "end_learning_rate": train_cfg.end_learning_rate, "power": 1.0}},
-    }
-    if train_cfg.warmup_steps > 0:
-        params["warmup"] = {"type": "polynomial", "polynomial": {
-            "warmup_steps": train_cfg.warmup_steps, "power": 1.0}}
-    factory = optimizer_factory.OptimizerFactory(optimization_config.OptimizationConfig(params))
-    schedule = factory.build_learning_rate()
-    if train_cfg.optimizer == "lazy_adamw":
-        from lealla_tf.training import optimization
-
-        adamw = params["optimizer"]["adamw"]
-        return optimization.LazyAdamWeightDecay(
-            learning_rate=schedule, weight_decay_rate=adamw["weight_decay_rate"],
-            exclude_from_weight_decay=adamw["exclude_from_weight_decay"],
-            beta_1=adamw["beta_1"], beta_2=adamw["beta_2"], epsilon=adamw["epsilon"],
-            gradient_clip_norm=0.0), schedule
-    return factory.build_optimizer(schedule), schedule
-
-
-def precision_policy(name: str, strategy: tf.distribute.Strategy) -> str:
-    """The Keras policy for ``train.mixed_precision`` on this strategy's devices."""
-    device = distribute_lib.device_type(strategy)
-    if name == "mixed":
-        return "mixed_float16" if device == "gpu" else "mixed_bfloat16"
-    if name == "mixed_float16" and device == "tpu":
-        log.warning("float16 is not supported on TPU: using mixed_bfloat16")
-        return "mixed_bfloat16"
-    return name
-
-
-def resolve_vocab(cfg: config_lib.ExperimentConfig, model_dir: str,
-                  strategy: Optional[tf.distribute.Strategy] = None,
-                  progress: bool = True, teacher_fn: Optional[Callable[[], object]] = None
-                  ) -> str:
-    """Makes sure ``model_dir/vocab/spm.model`` exists; returns its path.
-
-    Copies ``vocab.model_file`` there; when that is empty, builds the teacher's pruned
-    vocabulary (``vocab.source: teacher``; ``teacher_fn`` gives the teacher) or trains one
-    from the training files. Non-chief workers wait for the chief's copy.
-
-    Raises:
-      FileNotFoundError: ``vocab.model_file`` names a missing file.
-    """
-    target = fileio.join(model_dir, runs.vocab_file(cfg))
-    chief = strategy is None or distribute_lib.is_chief(strategy)
-    if fileio.exists(target):
-        return target
-    if not chief:
-        for _ in range(1200):
-            if fileio.exists(target):
-                return target
-            time.sleep(0.5)
-        raise FileNotFoundError(f"the chief did not write {target} within 10 minutes")
-    fileio.makedirs(fileio.dirname(target))
-    source = cfg.vocab.model_file
-    if source:
-        absolute = os.path.isabs(source) or not fileio.is_local(source)
-        candidates = [source] if absolute else [source, fileio.join(model_dir, source)]
-        found = next((c for c in candidates
-                      if fileio.exists(c) and not fileio.isdir(c)), None)
-        if found is None:
-            raise FileNotFoundError(f"vocab.model_file not found: {source}")
-        fileio.atomic_write(target, fileio.read_bytes(found))
-        info = fileio.join(fileio.dirname(found), student_init.INFO_FILE)
-        if fileio.exists(info):  # teacher ids, for model.embedding_init: teacher_table
-            fileio.atomic_write(fileio.join(fileio.dirname(target), student_init.INFO_FILE),
-                                fileio.read_bytes(info))
-        return target
-    files = _training_files(cfg.data)
-    if cfg.vocab.source == "teacher":
-        if teacher_fn is None:
-            raise config_lib.ConfigError("vocab.source: teacher needs a teacher (teacher.spec)")
-        return student_init.build_teacher_vocab(teacher_fn(), files, fileio.dirname(target),
-                                                max_pieces=cfg.vocab.max_pieces,
-                                                keep_unused=cfg.vocab.keep_unused,
-                                                progress=progress)
-    with tempfile.TemporaryDirectory(prefix="lealla-vocab-") as tmp:  # SentencePiece: local
-        path = sentencepiece.train_vocab(
-            files, tmp, vocab_size=cfg.vocab.vocab_size,
-            sentences_per_language=cfg.vocab.sentences_per_language,
-            sampling_alpha=cfg.vocab.sampling_alpha,
-            character_coverage=cfg.vocab.character_coverage,
-            max_sentence_length=cfg.vocab.max_sentence_length, seed=cfg.vocab.seed,
-            progress=progress)
-        with open(path, "rb") as f:
-            fileio.atomic_write(target, f.read())
-    return target
-
-
-def _training_files(data_cfg: config_lib.DataConfig):
-    relative = any(not os.path.isabs(p) for p in data_cfg.train_files)
-    root = paths.data_dir(data_cfg.data_dir) if relative else ""
-    return corpus_lib.find_files(data_cfg.train_files, root, data_cfg.languages)
-
-
 def _stored_teacher_dim(embeddings_dir: str) -> int:
     """The teacher's own dimension recorded by a (possibly PCA-reduced) shard directory."""
     if not embeddings_dir:
@@ -241,27 +105,10 @@ def fixed_size_slices(grad: tf.IndexedSlices, rows: int) -> tf.IndexedSlices:
     return tf.IndexedSlices(values, indices, grad.dense_shape)
 
 
-def make_train_loop(strategy: tf.distribute.Strategy, replica_step: Callable,
-                    metrics: Tuple[str, ...]):
-    """A ``tf.function(iterator, num_steps)`` that runs ``replica_step`` on ``num_steps``
-    batches under ``strategy`` and returns the mean over those steps of each of ``metrics``
-    (each summed over replicas). Shared by training and pre-training."""
-
-    @tf.function
-    def train_loop(iterator, num_steps):
-        sums = {k: tf.constant(0.0) for k in metrics}
-        for _ in tf.range(num_steps):
-            terms = strategy.run(replica_step, args=(next(iterator),))
-            sums = {k: sums[k] + strategy.reduce(tf.distribute.ReduceOp.SUM, terms[k],
-                                                 axis=None) for k in sums}
-        return {k: v / tf.cast(num_steps, v.dtype) for k, v in sums.items()}
-
-    return train_loop
-
-
 # ---------------------------------------------------------------------------- the trainer
-class Trainer:
-    """Builds model, loss, optimizer, checkpoint and data for one run, and runs it.
+class Trainer(loop.Job):
+    """Builds model, loss, optimizer, checkpoint and data for one run, and runs it
+    (:class:`lealla_tf.training.loop.Job`).
 
     Args:
       cfg: the experiment config.
@@ -269,37 +116,20 @@ class Trainer:
       strategy: a strategy (default: from ``cfg.distribute``).
       progress: show a tqdm progress bar (chief only).
       corpus: an already loaded corpus (default: read ``cfg.data``).
+      teacher: an already loaded teacher (default: loaded from ``teacher.spec`` when the
+        vocabulary or the embedding init needs it).
     """
 
-    def __init__(self, cfg: config_lib.ExperimentConfig, model_dir: str,
-                 strategy: Optional[tf.distribute.Strategy] = None, progress: bool = True,
-                 corpus: Optional[data_lib.ParallelCorpus] = None, teacher=None):
+    METRICS = losses_lib.LOSS_TERMS + ("grad_norm",)
+    RESULT = TrainResult
+
+    def _prepare_config(self, cfg: config_lib.ExperimentConfig) -> config_lib.ExperimentConfig:
         cfg = initialization.apply_init_checkpoint(initialization.apply_init_from(cfg.validate()))
         initialization.check_wordpiece_flags(cfg)
-        self.cfg = cfg
-        self.model_dir = fileio.normpath(model_dir)
-        self.strategy = strategy or distribute_lib.get_strategy(cfg.distribute)
-        self.chief = distribute_lib.is_chief(self.strategy)
-        self.progress = progress and self.chief
-        self._teacher = teacher
-        fileio.makedirs(self.model_dir)
+        return cfg
 
-        self.vocab_path = resolve_vocab(cfg, self.model_dir, self.strategy, progress=progress,
-                                        teacher_fn=self.teacher)
-        self.preprocessor_bytes = wordpiece.read_vocab(cfg.vocab.type, self.vocab_path)
-        vocab_size = self.make_preprocessor(2).vocab_size
-        if cfg.vocab.source == "teacher" and not cfg.vocab.model_file:
-            cfg.model.vocab_size = vocab_size  # known only once the corpus is tokenized
-        runs.check_resume_config(cfg, self.model_dir)
-        if vocab_size > cfg.model.vocab_size:
-            raise config_lib.ConfigError(
-                f"the vocabulary has {vocab_size} pieces but model.vocab_size is "
-                f"{cfg.model.vocab_size}")
-        if self.chief:
-            saved = dataclasses.replace(cfg, vocab=dataclasses.replace(
-                cfg.vocab, model_file=runs.vocab_file(cfg)))
-            config_lib.save(saved, fileio.join(self.model_dir, layout.CONFIG_FILE))
-
+    def _load_data(self, corpus: Optional[data_lib.ParallelCorpus]) -> None:
+        cfg = self.cfg
         self.online = cfg.teacher.mode == "online"
         if self.online and cfg.data.teacher_embeddings:
             log.warning("teacher.mode: online: data.teacher_embeddings (%s) is not read",
@@ -328,49 +158,6 @@ class Trainer:
             seed=cfg.data.seed, history=max(4096, 4 * cfg.train.steps_per_loop),
             bucket_pool=cfg.data.bucket_pool, lengths=lengths)
 
-        self._previous_policy = tf_keras.mixed_precision.global_policy()
-        self.policy = precision_policy(cfg.train.mixed_precision, self.strategy)
-        tf_keras.mixed_precision.set_global_policy(self.policy)
-        try:
-            self._build()
-        finally:
-            tf_keras.mixed_precision.set_global_policy(self._previous_policy)
-
-    def make_preprocessor(self, seq_length: int):
-        """The run's preprocessor (SentencePiece or WordPiece, ``vocab.type``)."""
-        return wordpiece.make_preprocessor(self.cfg.vocab.type, self.preprocessor_bytes,
-                                           seq_length, self.cfg.vocab.do_lower_case)
-
-    def teacher(self):
-        """The teacher of ``teacher.spec`` (loaded once, on first use)."""
-        if self._teacher is None:
-            if not self.cfg.teacher.spec:
-                raise config_lib.ConfigError(
-                    "vocab.source: teacher and model.embedding_init: teacher/teacher_table need "
-                    "a teacher: set teacher.spec")
-            from lealla_tf.embedders import teachers
-            self._teacher = teachers.load_teacher(self.cfg.teacher.spec)
-        return self._teacher
-
-    def _initialise_embeddings(self) -> None:
-        """Fills the word-embedding table from the teacher (``model.embedding_init``)."""
-        kind = self.cfg.model.embedding_init
-        source = self.cfg.vocab.model_file
-        cache = (fileio.dirname(fileio.normpath(source))
-                 if source and fileio.exists(source) and not fileio.isdir(source)
-                 else fileio.dirname(self.vocab_path))
-        table = student_init.initial_table(kind, self.teacher(), self.vocab_path,
-                                           self.cfg.model.hidden_size,
-                                           self.cfg.model.initializer_range, cache_dir=cache,
-                                           progress=self.progress)
-        variable = self.encoder.word_embeddings
-        if tuple(variable.shape) != table.shape:
-            raise config_lib.ConfigError(
-                f"embedding init gives a {table.shape} table but the encoder's is "
-                f"{tuple(variable.shape)}: model.vocab_size must equal the vocabulary's size")
-        variable.assign(tf.cast(table, variable.dtype))
-        log.info("word embeddings initialised from the teacher (%s)", kind)
-
     def _load_online_teacher(self):
         """The frozen teacher of ``teacher.mode: online``, loaded under the strategy."""
         from lealla_tf.distill import online_teacher
@@ -394,6 +181,10 @@ class Trainer:
 
     # -- construction
     def _build(self) -> None:
+        with self._precision():
+            self._build_model()
+
+    def _build_model(self) -> None:
         cfg = self.cfg
         uses_teacher = cfg.loss.feature_distill_weight > 0 or cfg.loss.logit_distill_weight > 0
         self.online_teacher = None
@@ -408,49 +199,29 @@ class Trainer:
         self.uses_teacher = uses_teacher
         tf_keras.utils.set_random_seed(cfg.train.seed)
         with self.strategy.scope():
-            # Dropout draws from tf.random.Generator variables (created when the layers are
-            # built): their state is saved in checkpoints, so a resumed run draws the masks
-            # an uninterrupted run would (Keras' default stateful ops restart their streams).
-            was_enabled = tf_keras.backend.experimental.is_tf_random_generator_enabled()
-            tf_keras.backend.experimental.enable_tf_random_generator()
-            try:
+            with loop.tracked_dropout():
                 self.encoder = encoders.build_encoder(cfg.model)
                 self.encoder(self.encoder.dummy_inputs())
-            finally:
-                if not was_enabled:
-                    tf_keras.backend.experimental.disable_tf_random_generator()
-            # Keras does not track these generators itself: collect them for the checkpoint.
-            self.dropout_rng = tf.Module(name="dropout_rng")
-            self.dropout_rng.generators = [
-                layer._random_generator._generator for layer in self.encoder.submodules
-                if getattr(getattr(layer, "_random_generator", None), "_generator", None)
-                is not None]
+            self.dropout_rng = loop.dropout_rng(self.encoder)
             self.loss_layer = losses_lib.DualEncoderLoss(
                 cfg.loss, teacher_dim=teacher_dim if uses_teacher else 0,
                 student_dim=self.encoder.embedding_dim)
-            self.optimizer, self.schedule = build_optimizer(cfg.train)
-            if self.policy == "mixed_float16":
-                self.optimizer = tf_keras.mixed_precision.LossScaleOptimizer(self.optimizer)
+            self.optimizer, self.schedule = optimization.build_optimizer(cfg.train)
+            self.optimizer = self._loss_scaling(self.optimizer)
             self.variables = (self.encoder.trainable_variables
                               + self.loss_layer.trainable_variables)
         self.data_state = data_lib.DataState(self.sampler, lambda: int(self.step.numpy()))
-        self.checkpoint = tf.train.Checkpoint(encoder=self.encoder, loss=self.loss_layer,
-                                              optimizer=self.optimizer, data=self.data_state,
-                                              dropout_rng=self.dropout_rng)
-        self.checkpoint_dir = fileio.join(self.model_dir, layout.CHECKPOINT_DIR)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint,
-            distribute_lib.writable_dir(self.model_dir, self.strategy, layout.CHECKPOINT_DIR),
-            max_to_keep=cfg.train.keep_checkpoints)
-        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
-        self._restore_status = None
-        if not latest and cfg.model.embedding_init != "random":
+        checkpoint = tf.train.Checkpoint(encoder=self.encoder, loss=self.loss_layer,
+                                         optimizer=self.optimizer, data=self.data_state,
+                                         dropout_rng=self.dropout_rng)
+        latest = self._latest_checkpoint(layout.CHECKPOINT_DIR)
+        if not latest:
             with self.strategy.scope():
-                self._initialise_embeddings()
+                self._initialise_embeddings(self.encoder)
         if not latest and cfg.train.embedding_table_from:
             with self.strategy.scope():
                 n = initialization.init_table_from_run(
-                    self.encoder, cfg.vocab.type, self.preprocessor_bytes,
+                    self.encoder, cfg.vocab.type, self.vocab_bytes,
                     cfg.train.embedding_table_from, cfg.model.initializer_range)
             log.info("%d word-embedding rows initialised from %s", n,
                      cfg.train.embedding_table_from)
@@ -461,31 +232,23 @@ class Trainer:
         if not latest and cfg.train.init_from:
             log.info("encoder initialised from %s",
                      initialization.restore_init(self.encoder, cfg.train.init_from,
-                                           cfg.train.grow_position))
+                                                 cfg.train.grow_position))
         if not latest and cfg.train.init_checkpoint:
-            _, checkpoint = runs.resolve_checkpoint(cfg.train.init_checkpoint)
-            runs.restore_encoder_checkpoint(self.encoder, checkpoint,
-                                                "train.init_checkpoint")
-            log.info("encoder initialised from %s", checkpoint)
+            _, checkpoint_path = runs.resolve_checkpoint(cfg.train.init_checkpoint)
+            runs.restore_encoder_checkpoint(self.encoder, checkpoint_path,
+                                            "train.init_checkpoint")
+            log.info("encoder initialised from %s", checkpoint_path)
+        self._attach_checkpoint(checkpoint, layout.CHECKPOINT_DIR, latest)
         if latest:
-            self._restore_status = self.checkpoint.restore(latest)
-            self._restore_status.assert_existing_objects_matched()
-            log.info("resumed from %s at step %d", latest, int(self.step.numpy()))
-        self.restored_from = latest
-
-        self._train_loop = self._make_train_loop()
-        if self.chief:
-            self.writer = tf.summary.create_file_writer(fileio.join(self.model_dir, layout.TRAIN_LOG_DIR))
-        else:
-            self.writer = tf.summary.create_noop_writer()
-
-    @property
-    def _loss_scaled(self) -> bool:
-        return isinstance(self.optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+            log.info("resumed from %s at step %d", latest, self.steps_done)
 
     @property
     def step(self) -> tf.Variable:
         return self.optimizer.iterations
+
+    @property
+    def steps_done(self) -> int:
+        return int(self.step.numpy())
 
     def make_iterator(self):
         """A distributed iterator starting at the sampler's (restored) position."""
@@ -507,27 +270,19 @@ class Trainer:
     # -- the step
     def _loss_and_gradients(self, batch):
         """This replica's loss terms and (unreduced) gradients for one batch."""
-        scaled = self._loss_scaled
         teacher_src, teacher_tgt = batch.get("teacher_src"), batch.get("teacher_tgt")
         if self.online_teacher is not None:  # frozen: outside the tape, no gradient
             teacher_src = self.online_teacher.encode(batch["teacher_inputs_src"])
             teacher_tgt = self.online_teacher.encode(batch["teacher_inputs_tgt"])
-        with tf.GradientTape() as tape:
+
+        def terms():
             src = self.encoder(batch["src"], training=True)["default"]
             tgt = self.encoder(batch["tgt"], training=True)["default"]
-            terms = self.loss_layer(src, tgt, teacher_src, teacher_tgt)
-            loss = terms["loss"]
-            if scaled:
-                loss = self.optimizer.get_scaled_loss(loss)
-        grads = tape.gradient(loss, self.variables)
-        if scaled:
-            grads = self.optimizer.get_unscaled_gradients(grads)
-        return terms, grads
+            return self.loss_layer(src, tgt, teacher_src, teacher_tgt)
 
-    def _replica_step(self, batch):
-        clip = self.cfg.train.clip_norm
-        terms, grads = self._loss_and_gradients(batch)
-        ctx = tf.distribute.get_replica_context()
+        return self._tape_gradients(terms)
+
+    def _gradients_to_reduce(self, grads, ctx):
         if self.cfg.preprocess.dynamic_length and ctx.num_replicas_in_sync > 1:
             # The embedding tables' sparse gradients have a row per token, so their size
             # changes with the batch's length; collectives inside the step loop need one
@@ -536,118 +291,24 @@ class Trainer:
                     * self.cfg.preprocess.seq_length)
             grads = [fixed_size_slices(g, rows) if isinstance(g, tf.IndexedSlices) else g
                      for g in grads]
-        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        if clip > 0:
-            grads, norm = tf.clip_by_global_norm(grads, clip)
-        else:
-            norm = tf.linalg.global_norm(grads)
-        self.optimizer.apply_gradients(zip(grads, self.variables),
-                                       experimental_aggregate_gradients=False)
-        terms = dict(terms)
-        # The norm is already global; divide so that the SUM over replicas gives it back.
-        terms["grad_norm"] = norm / tf.cast(ctx.num_replicas_in_sync, norm.dtype)
-        return terms
-
-    def _make_train_loop(self):
-        return make_train_loop(self.strategy, self._replica_step,
-                               losses_lib.LOSS_TERMS + ("grad_norm",))
+        return grads
 
     # -- the loop
-    def run(self, on_loop_end: Optional[Callable[[int, Dict[str, float]], None]] = None
-            ) -> TrainResult:
-        """Trains until ``train.steps`` (resuming where the checkpoint left off).
+    def _summary_name(self, key: str) -> Optional[str]:
+        if key in ("learning_rate", "examples_per_second", "grad_norm"):
+            return key
+        return f"loss/{key}" if "accuracy" not in key else f"accuracy/{key}"
 
-        Args:
-          on_loop_end: called with ``(step, metrics)`` after every call of the train loop.
-
-        Raises:
-          TrainingDiverged: on a NaN/inf loss (after writing ``DIVERGED``).
-        """
-        cfg = self.cfg.train
-        total = cfg.steps
-        step = int(self.step.numpy())
-        metrics: Dict[str, float] = {}
-        if step >= total:
-            log.info("nothing to do: step %d >= train.steps %d", step, total)
-            if self._restore_status is not None:  # optimizer slots were never created
-                self._restore_status.expect_partial()
-            return TrainResult(step, metrics, self.manager.latest_checkpoint or self.restored_from,
-                               0.0)
-        iterator = self.make_iterator()
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True)
-        seen_examples, seen_time = 0, 0.0
-        eps = 0.0
-        last_summary = step
-        try:
-            while step < total:
-                n = min(cfg.steps_per_loop, total - step,
-                        cfg.checkpoint_every - step % cfg.checkpoint_every)
-                start = time.perf_counter()
-                out = self._train_loop(iterator, tf.constant(n, tf.int32))
-                metrics = {k: float(v) for k, v in out.items()}
-                elapsed = time.perf_counter() - start
-                step += n
-                eps = n * cfg.global_batch_size / max(elapsed, 1e-9)
-                seen_examples += n * cfg.global_batch_size
-                seen_time += elapsed
-                metrics["examples_per_second"] = eps
-                metrics["learning_rate"] = float(self.schedule(step - 1))
-                # With float16 loss scaling an overflowing gradient is expected now and then:
-                # the optimizer skips that update and lowers the scale.
-                watched = ("loss",) if self._loss_scaled else ("loss", "grad_norm")
-                if not all(math.isfinite(metrics[k]) for k in watched):
-                    self._diverged(step, metrics)
-                if step - last_summary >= cfg.summary_every or step == total:
-                    self._summaries(step, metrics)
-                    last_summary = step
-                if step % cfg.checkpoint_every == 0 or step == total:
-                    self._save(step)
-                if bar is not None:
-                    bar.update(n)
-                    bar.set_postfix(loss=f"{metrics['loss']:.4f}",
-                                    acc=f"{metrics['accuracy']:.3f}", refresh=False)
-                if on_loop_end is not None:
-                    on_loop_end(step, metrics)
-        finally:
-            if bar is not None:
-                bar.close()
-            self.writer.flush()
-            log.info("skipped %d sampled pairs that repeated a sentence of their batch",
-                     self.sampler.duplicates_skipped)
-        return TrainResult(step, metrics, self.manager.latest_checkpoint,
-                           seen_examples / max(seen_time, 1e-9))
-
-    def _save(self, step: int) -> None:
-        self.manager.save(checkpoint_number=step)
-        if not self.chief:  # saving is collective; only the chief's copy is kept
-            fileio.rmtree(self.manager.directory)
-
-    def _summaries(self, step: int, metrics: Dict[str, float]) -> None:
-        with self.writer.as_default(step=step):
-            for key, value in metrics.items():
-                if key in ("learning_rate", "examples_per_second", "grad_norm"):
-                    tf.summary.scalar(key, value)
-                else:
-                    tf.summary.scalar(f"loss/{key}" if "accuracy" not in key
-                                      else f"accuracy/{key}", value)
-
-    def _diverged(self, step: int, metrics: Dict[str, float]) -> None:
-        good = self.manager.latest_checkpoint or self.restored_from
-        message = (f"training stopped: the loss became {metrics['loss']} (grad norm "
-                   f"{metrics['grad_norm']}) in the steps up to {step}; the last good checkpoint "
-                   f"is {good or 'none (no checkpoint was written yet)'}. Lower "
-                   "train.learning_rate or loss.scale, or check the data.")
-        if self.chief:
-            fileio.atomic_write(fileio.join(self.model_dir, layout.DIVERGED_FILE), message + "\n")
-        raise TrainingDiverged(message)
+    def _divergence_message(self, step, metrics, good) -> str:
+        return (f"training stopped: the loss became {metrics['loss']} (grad norm "
+                f"{metrics['grad_norm']}) in the steps up to {step}; the last good checkpoint "
+                f"is {good or 'none (no checkpoint was written yet)'}. Lower "
+                "train.learning_rate or loss.scale, or check the data.")
 
 
 def train(cfg: config_lib.ExperimentConfig, model_dir: str,
           strategy: Optional[tf.distribute.Strategy] = None, progress: bool = True,
-          on_loop_end: Optional[Callable[[int, Dict[str, float]], None]] = None,
+          on_loop_end: Optional[loop.OnLoopEnd] = None,
           corpus: Optional[data_lib.ParallelCorpus] = None, teacher=None) -> TrainResult:
     """Runs (or resumes) a training job; see :class:`Trainer` and the module docstring.
 

@@ -18,6 +18,12 @@ from __future__ import annotations
 import tensorflow as tf
 from official.modeling.optimization import legacy_adamw
 
+from lealla_tf import config as config_lib
+
+# LaBSE reference config (official/projects/labse/experiments/labse_base.yaml).
+_ADAM_BETA_1, _ADAM_BETA_2, _ADAM_EPSILON = 0.9, 0.999, 1e-5
+_NO_DECAY = ["LayerNorm", "layer_norm", "bias"]
+
 
 class LazyAdamWeightDecay(legacy_adamw.AdamWeightDecay):
     """Model Garden's AdamW with lazy (row-wise) updates for sparse gradients."""
@@ -41,3 +47,46 @@ class LazyAdamWeightDecay(legacy_adamw.AdamWeightDecay):
             m.scatter_update(tf.IndexedSlices(m_rows, indices)),
             v.scatter_update(tf.IndexedSlices(v_rows, indices)),
             var.scatter_sub(tf.IndexedSlices(step, indices)))
+
+
+def build_optimizer(train_cfg: config_lib.TrainConfig):
+    """AdamW + warm-up + linear decay via ``official.modeling.optimization``.
+
+    ``train.optimizer: lazy_adamw`` swaps in :class:`LazyAdamWeightDecay`
+    (the same maths; an embedding table's unused rows are left alone).
+
+    The learning rate rises linearly to ``train.learning_rate`` over ``train.warmup_steps``,
+    then falls linearly to ``train.end_learning_rate`` at ``train.steps``. Gradient clipping
+    is left to the train step (after the cross-replica sum).
+
+    Returns:
+      ``(optimizer, learning_rate_schedule)``.
+    """
+    from official.modeling.optimization import optimizer_factory
+    from official.modeling.optimization.configs import optimization_config
+
+    params = {
+        "optimizer": {"type": "adamw", "adamw": {
+            "weight_decay_rate": train_cfg.weight_decay,
+            "exclude_from_weight_decay": _NO_DECAY,
+            "beta_1": _ADAM_BETA_1, "beta_2": _ADAM_BETA_2, "epsilon": _ADAM_EPSILON,
+            "gradient_clip_norm": 0.0}},
+        "learning_rate": {"type": "polynomial", "polynomial": {
+            "initial_learning_rate": train_cfg.learning_rate,
+            "decay_steps": max(1, train_cfg.steps - train_cfg.warmup_steps),
+            "offset": train_cfg.warmup_steps,
+            "end_learning_rate": train_cfg.end_learning_rate, "power": 1.0}},
+    }
+    if train_cfg.warmup_steps > 0:
+        params["warmup"] = {"type": "polynomial", "polynomial": {
+            "warmup_steps": train_cfg.warmup_steps, "power": 1.0}}
+    factory = optimizer_factory.OptimizerFactory(optimization_config.OptimizationConfig(params))
+    schedule = factory.build_learning_rate()
+    if train_cfg.optimizer == "lazy_adamw":
+        adamw = params["optimizer"]["adamw"]
+        return LazyAdamWeightDecay(
+            learning_rate=schedule, weight_decay_rate=adamw["weight_decay_rate"],
+            exclude_from_weight_decay=adamw["exclude_from_weight_decay"],
+            beta_1=adamw["beta_1"], beta_2=adamw["beta_2"], epsilon=adamw["epsilon"],
+            gradient_clip_norm=0.0), schedule
+    return factory.build_optimizer(schedule), schedule

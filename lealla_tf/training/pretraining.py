@@ -67,22 +67,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
-import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
 import tf_keras
 
-from lealla_tf import runs
 from lealla_tf import config as config_lib
 from lealla_tf.data import pipeline as data_lib
-from lealla_tf.training import distribute as distribute_lib
 from lealla_tf import fileio, layout
 from lealla_tf.models import bert_internals, encoders
-from lealla_tf.training import dual_encoder
-from lealla_tf.text import wordpiece
+from lealla_tf.training import loop, optimization
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +187,9 @@ class _OffsetSchedule(tf_keras.optimizers.schedules.LearningRateSchedule):
         return {"offset": self.offset}
 
 
-class Pretrainer:
-    """Builds data, stages, models, optimizers and checkpoints of a pre-training run.
+class Pretrainer(loop.Job):
+    """Builds data, stages, models, optimizers and checkpoints of a pre-training run
+    (:class:`lealla_tf.training.loop.Job`).
 
     Args:
       cfg: the experiment config (``model``: the final shape; ``pretrain``; ``train``).
@@ -202,78 +198,25 @@ class Pretrainer:
       progress: tqdm progress bar (chief only).
       corpus: an already loaded :class:`PretrainCorpus`.
       teacher: an already loaded teacher (``vocab.source: teacher``, ``model.embedding_init``).
+
+    :meth:`run` goes through every remaining stage; the ``metrics`` it gives ``on_loop_end``
+    have ``eval/*`` entries at ``pretrain.eval_every`` steps.
     """
 
-    def __init__(self, cfg: config_lib.ExperimentConfig, model_dir: str,
-                 strategy: Optional[tf.distribute.Strategy] = None, progress: bool = True,
-                 corpus: Optional[PretrainCorpus] = None, teacher=None):
+    LOG_DIR = LOG_DIR
+    METRICS = METRICS
+    RATE = "sequences_per_second"
+    PROGRESS = "pretrain"
+    RESULT = PretrainResult
+
+    def _prepare_config(self, cfg: config_lib.ExperimentConfig) -> config_lib.ExperimentConfig:
         cfg = cfg.validate()
         if cfg.model.architecture != "transformer":
             raise config_lib.ConfigError("lealla pretrain needs model.architecture: transformer")
-        self.cfg = cfg
-        self.model_dir = fileio.normpath(model_dir)
-        self.strategy = strategy or distribute_lib.get_strategy(cfg.distribute)
-        self.chief = distribute_lib.is_chief(self.strategy)
-        self.progress = progress and self.chief
-        fileio.makedirs(self.model_dir)
-        teacher = {"t": teacher} if teacher is not None else {}
+        return cfg
 
-        def teacher_fn():
-            if not cfg.teacher.spec:
-                raise config_lib.ConfigError("vocab.source: teacher and model.embedding_init "
-                                             "need a teacher: set teacher.spec")
-            if "t" not in teacher:
-                from lealla_tf.embedders import teachers
-                teacher["t"] = teachers.load_teacher(cfg.teacher.spec)
-            return teacher["t"]
-
-        self._teacher_fn = teacher_fn
-        self.vocab_path = dual_encoder.resolve_vocab(cfg, self.model_dir, self.strategy,
-                                                 progress=progress, teacher_fn=teacher_fn)
-        self.vocab_bytes = wordpiece.read_vocab(cfg.vocab.type, self.vocab_path)
-        vocab_size = self.make_preprocessor().vocab_size
-        if cfg.vocab.source == "teacher" and not cfg.vocab.model_file:
-            cfg.model.vocab_size = vocab_size
-        if vocab_size > cfg.model.vocab_size:
-            raise config_lib.ConfigError(f"the vocabulary has {vocab_size} pieces but "
-                                         f"model.vocab_size is {cfg.model.vocab_size}")
-        self.vocab_size = vocab_size
-        runs.check_resume_config(cfg, self.model_dir)
-        self._check_resume_plan()
-        if self.chief:
-            saved = dataclasses.replace(cfg, vocab=dataclasses.replace(
-                cfg.vocab, model_file=runs.vocab_file(cfg)))
-            config_lib.save(saved, fileio.join(self.model_dir, layout.CONFIG_FILE))
-        self.corpus = corpus or load_corpus(cfg)
-        self.sampler = data_lib.GlobalBatchSampler(
-            self.corpus.train, cfg.train.global_batch_size, alpha=cfg.data.sampling_alpha,
-            seed=cfg.data.seed, history=max(4096, 4 * cfg.train.steps_per_loop))
-        self.features_fn = make_features_fn(self.make_preprocessor(), cfg.pretrain,
-                                            cfg.preprocess.seq_length, cfg.data.seed,
-                                            vocab_size)
-        self.eval_batches = (eval_batches(self.corpus.held_out, self.features_fn,
-                                          cfg.eval.batch_size) if self.corpus.held_out else [])
-        self.plan = stage_plan(cfg)
-        self._previous_policy = tf_keras.mixed_precision.global_policy()
-        self.policy = dual_encoder.precision_policy(cfg.train.mixed_precision, self.strategy)
-        self.stage: Optional[Stage] = None
-        self.restored_from: Optional[str] = None
-        self._enter(self._latest_stage())
-        # A finished stage hands over at once: the object holds the stacked model before
-        # its first step.
-        while self.step >= self.stage.end and self.stage.index < len(self.plan) - 1:
-            self._enter(self.plan[self.stage.index + 1])
-        if self.chief:
-            self.writer = tf.summary.create_file_writer(fileio.join(self.model_dir, LOG_DIR))
-        else:
-            self.writer = tf.summary.create_noop_writer()
-
-    def make_preprocessor(self, seq_length: Optional[int] = None):
-        return wordpiece.make_preprocessor(self.cfg.vocab.type, self.vocab_bytes,
-                                           seq_length or self.cfg.preprocess.seq_length,
-                                           self.cfg.vocab.do_lower_case)
-
-    def _check_resume_plan(self) -> None:
+    def _check_resume(self) -> None:
+        super()._check_resume()
         path = fileio.join(self.model_dir, layout.CONFIG_FILE)
         if not fileio.exists(path):
             return
@@ -285,9 +228,29 @@ class Pretrainer:
                 f"stage_steps {old.stage_steps}; this config has {new.stages}, "
                 f"{new.stage_steps}: use a new --model-dir")
 
+    def _load_data(self, corpus: Optional[PretrainCorpus]) -> None:
+        cfg = self.cfg
+        self.corpus = corpus or load_corpus(cfg)
+        self.sampler = data_lib.GlobalBatchSampler(
+            self.corpus.train, cfg.train.global_batch_size, alpha=cfg.data.sampling_alpha,
+            seed=cfg.data.seed, history=max(4096, 4 * cfg.train.steps_per_loop))
+        self.features_fn = make_features_fn(self.make_preprocessor(), cfg.pretrain,
+                                            cfg.preprocess.seq_length, cfg.data.seed,
+                                            self.vocab_size)
+        self.eval_batches = (eval_batches(self.corpus.held_out, self.features_fn,
+                                          cfg.eval.batch_size) if self.corpus.held_out else [])
+
+    def _build(self) -> None:
+        self.plan = stage_plan(self.cfg)
+        self.stage: Optional[Stage] = None
+        self._enter(self._latest_stage())
+        # A finished stage hands over at once: the object holds the stacked model before
+        # its first step.
+        self._leave_finished_stages()
+
     # -- stages
     def _stage_checkpoint(self, stage: Stage) -> Optional[str]:
-        return tf.train.latest_checkpoint(fileio.join(self.model_dir, stage.directory))
+        return self._latest_checkpoint(stage.directory)
 
     def _latest_stage(self) -> Stage:
         for stage in reversed(self.plan):
@@ -298,38 +261,25 @@ class Pretrainer:
     def _model_cfg(self, stage: Stage) -> config_lib.ModelConfig:
         return dataclasses.replace(self.cfg.model, num_layers=stage.layers)
 
-    def _build(self, stage: Stage):
+    def _build_stage(self, stage: Stage):
         """Encoder, pretrainer, optimizer and checkpoint of ``stage`` (fresh weights, seeded
         by ``train.seed`` and the stage)."""
-        tf_keras.mixed_precision.set_global_policy(self.policy)
-        try:
+        with self._precision():
             tf_keras.utils.set_random_seed(self.cfg.train.seed + 1000 * stage.index)
             with self.strategy.scope():
-                was = tf_keras.backend.experimental.is_tf_random_generator_enabled()
-                tf_keras.backend.experimental.enable_tf_random_generator()
-                try:
+                with loop.tracked_dropout():
                     encoder = encoders.build_encoder(self._model_cfg(stage))
                     encoder(encoder.dummy_inputs())
                     pretrainer = build_pretrainer(encoder, self._model_cfg(stage))
                     dummy = dict(encoder.dummy_inputs(),
                                  masked_lm_positions=tf.zeros([1, 1], tf.int32))
                     pretrainer(dummy)
-                finally:
-                    if not was:
-                        tf_keras.backend.experimental.disable_tf_random_generator()
-                rng = tf.Module(name="dropout_rng")
-                rng.generators = [
-                    layer._random_generator._generator for layer in encoder.submodules
-                    if getattr(getattr(layer, "_random_generator", None), "_generator", None)
-                    is not None]
-                optimizer, schedule = dual_encoder.build_optimizer(self.cfg.train)
+                rng = loop.dropout_rng(encoder)
+                optimizer, schedule = optimization.build_optimizer(self.cfg.train)
                 offset = stage.start if self.cfg.pretrain.stage_optimizer == "reset" else 0
                 if offset:
                     optimizer.learning_rate = _OffsetSchedule(schedule, offset)
-                if self.policy == "mixed_float16":
-                    optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
-        finally:
-            tf_keras.mixed_precision.set_global_policy(self._previous_policy)
+                optimizer = self._loss_scaling(optimizer)
         parts = {"encoder": encoder, "pretrainer": pretrainer, "optimizer": optimizer,
                  "schedule": schedule, "offset": offset, "rng": rng}
         # The pooler gets no gradient from MLM (LaBSE has no next-sentence task): it is
@@ -356,7 +306,7 @@ class Pretrainer:
             if not source_ckpt:
                 raise FileNotFoundError(f"stage {stage.index} ({stage.layers} layers) needs "
                                         f"the checkpoint of stage {previous.index}")
-            source = self._build(previous)
+            source = self._build_stage(previous)
             status = self._checkpoint(source).restore(source_ckpt)
             status.assert_existing_objects_matched()
             if self.cfg.pretrain.stage_optimizer == "carry":
@@ -368,7 +318,7 @@ class Pretrainer:
             if done != previous.end:
                 raise ValueError(f"{source_ckpt} is at step {done}, not at the end of its "
                                  f"stage ({previous.end})")
-        parts = self._build(stage)
+        parts = self._build_stage(stage)
         if source is not None:
             with self.strategy.scope():
                 pairs = bert_internals.stack_pairs((source["encoder"], source["pretrainer"]),
@@ -382,43 +332,25 @@ class Pretrainer:
         if not latest and source is None:
             with self.strategy.scope():
                 self._initialise_embeddings(parts["encoder"])
+                if self.cfg.model.position_init == "zero":
+                    bert_internals.zero_position_and_type_tables(parts["encoder"].bert)
         self.parts = parts
         self.stage = stage
-        self.checkpoint = self._checkpoint(parts)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, distribute_lib.writable_dir(self.model_dir, self.strategy,
-                                                         stage.directory),
-            max_to_keep=self.cfg.train.keep_checkpoints)
-        self._restore_status = None
+        self._attach_checkpoint(self._checkpoint(parts), stage.directory, latest)
         if latest:
-            self._restore_status = self.checkpoint.restore(latest)
-            self._restore_status.assert_existing_objects_matched()
-            self.restored_from = latest
             log.info("resumed stage %d from %s at step %d", stage.index, latest, self.step)
-        self._train_loop = self._make_train_loop()
 
-    def _initialise_embeddings(self, encoder) -> None:
-        """``model.embedding_init`` / ``position_init`` at the very start, as the training
-        job applies them (a teacher-made word table; zero position and type tables)."""
-        cfg = self.cfg
-        if cfg.model.embedding_init != "random":
-            from lealla_tf.distill import student_init
-            source = cfg.vocab.model_file  # its folder may hold the piece-vector cache
-            cache = (fileio.dirname(fileio.normpath(source))
-                     if source and fileio.exists(source) and not fileio.isdir(source)
-                     else fileio.dirname(self.vocab_path))
-            table = student_init.initial_table(
-                cfg.model.embedding_init, self._teacher_fn(), self.vocab_path,
-                cfg.model.hidden_size, cfg.model.initializer_range, cache_dir=cache,
-                progress=self.progress)
-            variable = encoder.word_embeddings
-            if tuple(variable.shape) != table.shape:
-                raise config_lib.ConfigError(
-                    f"embedding init gives a {table.shape} table but the encoder's is "
-                    f"{tuple(variable.shape)}: model.vocab_size must equal the vocabulary's size")
-            variable.assign(tf.cast(table, variable.dtype))
-        if cfg.model.position_init == "zero":
-            bert_internals.zero_position_and_type_tables(encoder.bert)
+    def _leave_finished_stages(self) -> None:
+        """Enters the next stage while the current one is done (not past the last)."""
+        while self.step >= self.stage.end and self.stage.index < len(self.plan) - 1:
+            if self._restore_status is not None:
+                self._restore_status.expect_partial()
+            self._enter(self.plan[self.stage.index + 1])
+
+    def _segment_end(self) -> int:
+        """A segment is a stage."""
+        self._leave_finished_stages()
+        return self.stage.end
 
     def _carry_optimizer(self, source, parts, pairs) -> None:
         old, new = source["optimizer"], parts["optimizer"]
@@ -451,8 +383,20 @@ class Pretrainer:
         return self.parts["optimizer"]
 
     @property
+    def schedule(self):
+        return self.parts["schedule"]
+
+    @property
+    def variables(self):
+        return self.parts["variables"]
+
+    @property
     def step(self) -> int:
         return self.parts["offset"] + int(self.optimizer.iterations.numpy())
+
+    @property
+    def steps_done(self) -> int:
+        return self.step
 
     def evaluate(self) -> Dict[str, float]:
         """Held-out MLM/TLM loss and accuracy (:func:`evaluate`); empty without held-out
@@ -460,38 +404,21 @@ class Pretrainer:
         return evaluate(self.pretrainer, self.eval_batches) if self.eval_batches else {}
 
     # -- the step
-    def _replica_step(self, feats):
+    def _loss_and_gradients(self, feats):
         ctx = tf.distribute.get_replica_context()
-        optimizer = self.optimizer
-        scaled = isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
-        variables = self.parts["variables"]
         counts = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([
             tf.reduce_sum(feats["masked_lm_weights"]),
             tf.reduce_sum(feats["masked_lm_weights"] * feats["is_tlm"][:, None])]))
         total = tf.maximum(counts[0], 1.0)
-        with tf.GradientTape() as tape:
+
+        def terms():
             logits = self.pretrainer(model_inputs(feats), training=True)["mlm_logits"]
             sums = mlm_sums(logits, feats)
-            loss = sums["ce"] / total
-            scaled_loss = optimizer.get_scaled_loss(loss) if scaled else loss
-        grads = tape.gradient(scaled_loss, variables)
-        if scaled:
-            grads = optimizer.get_unscaled_gradients(grads)
-        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        clip = self.cfg.train.clip_norm
-        if clip > 0:
-            grads, norm = tf.clip_by_global_norm(grads, clip)
-        else:
-            norm = tf.linalg.global_norm(grads)
-        optimizer.apply_gradients(zip(grads, variables), experimental_aggregate_gradients=False)
-        replicas = tf.cast(ctx.num_replicas_in_sync, tf.float32)
-        return {"loss": loss, "accuracy": sums["correct"] / total,
-                "tlm_loss": sums["ce_tlm"] / tf.maximum(counts[1], 1.0),
-                "mlm_loss": sums["ce_mlm"] / tf.maximum(counts[0] - counts[1], 1.0),
-                "grad_norm": norm / replicas}
+            return {"loss": sums["ce"] / total, "accuracy": sums["correct"] / total,
+                    "tlm_loss": sums["ce_tlm"] / tf.maximum(counts[1], 1.0),
+                    "mlm_loss": sums["ce_mlm"] / tf.maximum(counts[0] - counts[1], 1.0)}
 
-    def _make_train_loop(self):
-        return dual_encoder.make_train_loop(self.strategy, self._replica_step, METRICS)
+        return self._tape_gradients(terms)
 
     def make_iterator(self):
         """A distributed iterator from the sampler's (restored) position."""
@@ -504,83 +431,22 @@ class Pretrainer:
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
     # -- the loop
-    def run(self, on_loop_end: Optional[Callable[[int, Dict[str, float]], None]] = None
-            ) -> PretrainResult:
-        """Pre-trains until ``train.steps``, through every remaining stage (resuming).
+    def _segment_started(self, step: int) -> None:
+        if self.cfg.pretrain.eval_every and step == 0 and self.eval_batches:
+            self._log_eval(0, {})
 
-        Args:
-          on_loop_end: called with ``(step, metrics)`` after every train-loop call
-            (``metrics`` has ``eval/*`` entries at ``pretrain.eval_every`` steps).
+    def _loop_done(self, step: int, metrics: Dict[str, float]) -> None:
+        metrics["layers"] = float(self.stage.layers)
+        every = self.cfg.pretrain.eval_every
+        if every and self.eval_batches and (step % every == 0 or step == self.cfg.train.steps):
+            self._log_eval(step, metrics)
 
-        Raises:
-          lealla_tf.training.dual_encoder.TrainingDiverged: on a NaN/inf loss.
-        """
-        cfg = self.cfg.train
-        total = cfg.steps
-        metrics: Dict[str, float] = {}
-        seen, seconds = 0, 0.0
-        bar = None
-        if self.progress and self.step < total:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=total, initial=self.step, desc="pretrain", unit="step",
-                       dynamic_ncols=True)
-        try:
-            while True:
-                stage = self.stage
-                step = self.step
-                if step >= stage.end:
-                    if stage.index == len(self.plan) - 1:
-                        break
-                    if self._restore_status is not None:
-                        self._restore_status.expect_partial()
-                    self._enter(self.plan[stage.index + 1])
-                    continue
-                iterator = self.make_iterator()
-                if self.cfg.pretrain.eval_every and step == 0 and self.eval_batches:
-                    self._log_eval(0, {})
-                while step < stage.end:
-                    n = min(cfg.steps_per_loop, stage.end - step,
-                            cfg.checkpoint_every - step % cfg.checkpoint_every)
-                    start = time.perf_counter()
-                    out = self._train_loop(iterator, tf.constant(n, tf.int32))
-                    metrics = {k: float(v) for k, v in out.items()}
-                    elapsed = time.perf_counter() - start
-                    step += n
-                    seen += n * cfg.global_batch_size
-                    seconds += elapsed
-                    metrics["sequences_per_second"] = n * cfg.global_batch_size / max(elapsed,
-                                                                                     1e-9)
-                    metrics["learning_rate"] = float(self.parts["schedule"](step - 1))
-                    metrics["layers"] = float(stage.layers)
-                    if not all(math.isfinite(metrics[k]) for k in ("loss", "grad_norm")):
-                        self._diverged(step, metrics)
-                    every = self.cfg.pretrain.eval_every
-                    if every and self.eval_batches and (step % every == 0 or step == total):
-                        self._log_eval(step, metrics)
-                    with self.writer.as_default(step=step):
-                        for key, value in metrics.items():
-                            if not key.startswith("eval/"):
-                                tf.summary.scalar(key, value)
-                    if step % cfg.checkpoint_every == 0 or step == stage.end:
-                        self.manager.save(checkpoint_number=step)
-                        if not self.chief:
-                            fileio.rmtree(self.manager.directory)
-                    if bar is not None:
-                        bar.update(n)
-                        bar.set_postfix(loss=f"{metrics['loss']:.3f}",
-                                        acc=f"{metrics['accuracy']:.3f}",
-                                        layers=stage.layers, refresh=False)
-                    if on_loop_end is not None:
-                        on_loop_end(step, metrics)
-                del iterator
-        finally:
-            if bar is not None:
-                bar.close()
-            self.writer.flush()
-        if self._restore_status is not None and not metrics:
-            self._restore_status.expect_partial()
-        return PretrainResult(self.step, metrics, self.manager.latest_checkpoint
-                              or self.restored_from, seen / max(seconds, 1e-9))
+    def _summary_name(self, key: str) -> Optional[str]:
+        return None if key.startswith("eval/") else key  # (eval/*: written by _log_eval)
+
+    def _postfix(self, metrics: Dict[str, float]) -> Dict[str, object]:
+        return {"loss": f"{metrics['loss']:.3f}", "acc": f"{metrics['accuracy']:.3f}",
+                "layers": self.stage.layers}
 
     def _log_eval(self, step: int, metrics: Dict[str, float]) -> None:
         result = self.evaluate()
@@ -591,20 +457,14 @@ class Pretrainer:
         log.info("step %d held-out: %s", step,
                  ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
 
-    def _diverged(self, step: int, metrics: Dict[str, float]) -> None:
-        good = self.manager.latest_checkpoint or self.restored_from
-        message = (f"pre-training stopped: the loss became {metrics['loss']} (grad norm "
-                   f"{metrics['grad_norm']}) in the steps up to {step}; the last good "
-                   f"checkpoint is {good or 'none'}. Lower train.learning_rate.")
-        if self.chief:
-            fileio.atomic_write(fileio.join(self.model_dir, layout.DIVERGED_FILE),
-                                message + "\n")
-        raise dual_encoder.TrainingDiverged(message)
+    def _divergence_message(self, step, metrics, good) -> str:
+        return (f"pre-training stopped: the loss became {metrics['loss']} (grad norm "
+                f"{metrics['grad_norm']}) in the steps up to {step}; the last good "
+                f"checkpoint is {good or 'none'}. Lower train.learning_rate.")
 
 
 def pretrain(cfg: config_lib.ExperimentConfig, model_dir: str,
              strategy: Optional[tf.distribute.Strategy] = None, progress: bool = True,
-             on_loop_end: Optional[Callable[[int, Dict[str, float]], None]] = None
-             ) -> PretrainResult:
+             on_loop_end: Optional[loop.OnLoopEnd] = None) -> PretrainResult:
     """Runs (or resumes) a pre-training job; see :class:`Pretrainer`."""
     return Pretrainer(cfg, model_dir, strategy, progress).run(on_loop_end)
