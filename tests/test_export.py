@@ -19,7 +19,7 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
 import tf_keras
 
-import hermetic
+from support import hermetic
 from lealla_tf import fileio, layout
 from lealla_tf import cli, config, export
 from lealla_tf.models import encoders

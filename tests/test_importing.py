@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-import standins
-import hermetic
+from support import standins
+from support import hermetic
 from lealla_tf import runs
 from lealla_tf import layout
 from lealla_tf import cli, config, export

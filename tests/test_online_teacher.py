@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import hermetic
-import standins
+from support import hermetic
+from support import standins
 from lealla_tf import layout
 from lealla_tf import cli, config
 from lealla_tf.distill import online_teacher
@@ -185,7 +185,8 @@ def test_run_dir_teacher_under_mixed_precision(tmp_path, hermetic_config, hermet
 
 def test_non_tensorflow_teachers_point_to_precomputed(tmp_path, hermetic_config,
                                                       hermetic_vocab, hermetic_files):
-    for spec in ("muse", "py:hermetic:byte_count_teacher", str(tmp_path / "model.tflite")):
+    for spec in ("muse", "py:support.hermetic:byte_count_teacher",
+                 str(tmp_path / "model.tflite")):
         if spec.endswith(".tflite"):
             open(spec, "wb").close()
         with pytest.raises(online_teacher.NotATensorFlowTeacher,
@@ -196,7 +197,7 @@ def test_non_tensorflow_teachers_point_to_precomputed(tmp_path, hermetic_config,
                                                  "precomputed"):
         dual_encoder.Trainer(cfg, str(tmp_path / "muse"), progress=False)
     cfg = _config(hermetic_config, hermetic_vocab, hermetic_files,
-                  "py:hermetic:byte_count_teacher", "online")
+                  "py:support.hermetic:byte_count_teacher", "online")
     with pytest.raises(config.ConfigError, match="Python callable.*teacher.mode: precomputed"):
         dual_encoder.Trainer(cfg, str(tmp_path / "callable"), progress=False,
                          teacher=hermetic.byte_count_teacher())

@@ -21,7 +21,8 @@ from lealla_tf.training import dual_encoder
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 TRAIN_TINY = os.path.join(ROOT, "configs", "train_tiny.yaml")
-HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_subprocess.py")
+HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support",
+                      "train_subprocess.py")
 
 
 def _overrides(vocab, *extra):
