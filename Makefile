@@ -44,16 +44,16 @@ demo: venv
 # The quick benchmarks (minutes each); every script prints its own table.
 bench: venv
 	$(PY) -m pip install -q -e ".[bench]"
-	$(PY) benchmarks/encoder_speed.py
-	$(PY) benchmarks/inference_speed.py
-	$(PY) benchmarks/train_speed.py
-	$(PY) benchmarks/retrieval_scale.py
-	$(PY) benchmarks/teacher_speed.py
+	$(PY) -m benchmarks.encoder_speed
+	$(PY) -m benchmarks.inference_speed
+	$(PY) -m benchmarks.train_speed
+	$(PY) -m benchmarks.retrieval_scale
+	$(PY) -m benchmarks.teacher_speed
 
 # 1-1.5 hours on 2 CPU cores: the demo recipe for longer, the LEALLA-small shape grown from
 # its student, all 112 Tatoeba languages.
 distill-quality: venv
-	$(PY) benchmarks/distill_quality.py --output results/distill_quality
+	$(PY) -m benchmarks.distill_quality --output results/distill_quality
 
 clean:
 	rm -rf $(VENV) $(BEAM_VENV) results build *.egg-info

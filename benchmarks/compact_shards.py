@@ -2,7 +2,7 @@
 
 Trains the static student of the recipe sweep (``configs/demo_static.yaml``, lazy AdamW,
 2000 steps x 256 pairs) once per teacher-shard layout and scores it on the development
-pairs exactly as ``benchmarks/recipe_sweep.py`` does (retrieval within each language's
+pairs exactly as ``benchmarks.recipe_sweep`` does (retrieval within each language's
 held-out pairs, mean of both directions, averaged over the 14 languages):
 
 - ``512 float16``: the teacher's own rows (the default layout);
@@ -15,7 +15,7 @@ muse again, the shards are made from those stored muse rows (a lookup teacher na
 ``muse``: each sentence's stored row), which is what ``lealla teacher embed --teacher muse``
 would compute, rounded to float16 once.
 
-    LEALLA_DATA_DIR=/path/to/data python benchmarks/compact_shards.py \\
+    LEALLA_DATA_DIR=/path/to/data python -m benchmarks.compact_shards \\
         --sweep results/recipe_sweep --output results/compact_shards
 """
 
@@ -26,7 +26,6 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STATIC = os.path.join(HERE, "..", "configs", "demo_static.yaml")
@@ -79,7 +78,7 @@ def main(argv=None):
     from lealla_tf.distill import store
     from lealla_tf.training import dual_encoder
     from lealla_tf.evaluation import pairs
-    from recipe_sweep import trainer_embedder
+    from benchmarks.recipe_sweep import trainer_embedder
 
     sweep = os.path.abspath(args.sweep)
     files = sorted(os.path.join(sweep, "data", f) for f in os.listdir(os.path.join(sweep, "data")))

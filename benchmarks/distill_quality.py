@@ -10,18 +10,16 @@ distillation, export, evaluation on the teacher's languages) with a longer recip
 Prints one table, writes ``distill_quality.json``, ``learning_curve.png`` and the demo's
 results into ``--output``. Resumable: rerun the same command after an interruption.
 
-    LEALLA_DATA_DIR=/path/to/data python benchmarks/distill_quality.py \\
+    LEALLA_DATA_DIR=/path/to/data python -m benchmarks.distill_quality \\
         --output results/distill_quality --pairs-per-language 6000
 """
 
 import argparse
 import json
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import tensorflow as tf  # noqa: E402
 

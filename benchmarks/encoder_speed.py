@@ -4,8 +4,8 @@ Embeds real Tatoeba sentences (their real length distribution) with randomly
 initialised encoders of each shape, tokenization included, on this machine's CPU,
 and prints one table with the ratio to the LaBSE shape (all measured in the same run).
 
-    LEALLA_DATA_DIR=/path/to/data python benchmarks/encoder_speed.py
-    python benchmarks/encoder_speed.py --data-dir DATA --sentences 1000 --batch-size 128
+    LEALLA_DATA_DIR=/path/to/data python -m benchmarks.encoder_speed
+    python -m benchmarks.encoder_speed --data-dir DATA --sentences 1000 --batch-size 128
 
 The vocabulary only decides token lengths: a small unigram vocabulary is trained on
 the training pairs once (or pass --vocab spm.model); the models keep the released
@@ -15,12 +15,10 @@ the training pairs once (or pass --vocab spm.model); the models keep the release
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -8,7 +8,7 @@ default. Each is imported (LaBSE's two-part layout and LEALLA's string-in layout
 exported to the TF Hub SavedModels and fp32/fp16/int8 TFLite, and every step is compared
 with its source on the export's multilingual probe set and on held-out training sentences.
 
-    python benchmarks/import_parity.py [--layers 24 --hidden 128 --heads 8]
+    python -m benchmarks.import_parity [--layers 24 --hidden 128 --heads 8]
 """
 
 import argparse
@@ -18,8 +18,6 @@ import sys
 import tempfile
 
 import numpy as np
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 
 def main() -> int:
@@ -33,7 +31,7 @@ def main() -> int:
                         help="standard deviation of the stand-ins' random weights")
     args = parser.parse_args()
 
-    import standins
+    from tests.support import standins
     from lealla_tf import corpus, export
     from lealla_tf.convert import importing
     from lealla_tf.export import formats

@@ -40,8 +40,8 @@ matrix shapes with fp32 and int8 weights (what int8 can gain on this CPU at best
 (all runtimes of a shape, then again), and the table shows medians: the machine may be
 shared, so compare ratios within one run.
 
-    LEALLA_DATA_DIR=/path/to/data python benchmarks/inference_speed.py
-    python benchmarks/inference_speed.py --shapes lealla_small --runtimes tf,tflite-fp32,ort-fp32
+    LEALLA_DATA_DIR=/path/to/data python -m benchmarks.inference_speed
+    python -m benchmarks.inference_speed --shapes lealla_small --runtimes tf,tflite-fp32,ort-fp32
 
 The CPU model, its instruction sets (AVX2, AVX-512, VNNI, BF16, AMX) and the paths
 TensorFlow (oneDNN version, ISA, matmul kernel) and LiteRT (XNNPACK delegate) take are
@@ -66,7 +66,6 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, _ROOT)
 
 import numpy as np  # noqa: E402
 
@@ -601,7 +600,7 @@ def tflite_gemm_gflops(threads: int, repeats: int = 7) -> dict:
 
 
 def _run_worker(args, shape, runtime, work, inputs):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--runtime", runtime,
+    cmd = [sys.executable, "-m", "benchmarks.inference_speed", "--worker", "--runtime", runtime,
            "--shape", shape, "--work", work, "--vocab", args.vocab, "--inputs", inputs,
            "--threads", str(args.threads), "--batch-size", str(args.batch_size),
            "--inner-repeats", str(args.inner_repeats)]
@@ -719,9 +718,9 @@ def main(argv=None) -> int:
             shape_runtimes = [r for r in args.labse_runtimes.split(",") if r]
         t = time.time()
         cmd = [sys.executable, "-c",
-               "import sys; sys.path.insert(0, %r); import runpy; "
-               "m = runpy.run_path(%r); m['prepare'](%r, %r, %r, %r)"
-               % (_ROOT, os.path.abspath(__file__), shape, work, args.vocab, shape_runtimes)]
+               "from benchmarks import inference_speed; "
+               "inference_speed.prepare(%r, %r, %r, %r)"
+               % (shape, work, args.vocab, shape_runtimes)]
         subprocess.run(cmd, check=True)
         print(f"{shape}: artefacts ready ({time.time() - t:.0f}s)", flush=True)
         n = len(sentences)

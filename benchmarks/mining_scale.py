@@ -35,9 +35,9 @@ the model's full width, and the F1 difference is printed.
 
 Usage::
 
-    python benchmarks/mining_scale.py                                # 1e5 1e6 1e7, faiss + scann
-    python benchmarks/mining_scale.py --sizes 100000 1000000 --indexes faiss
-    python benchmarks/mining_scale.py --model results/demo/run --dim 0   # a student, own width
+    python -m benchmarks.mining_scale                                # 1e5 1e6 1e7, faiss + scann
+    python -m benchmarks.mining_scale --sizes 100000 1000000 --indexes faiss
+    python -m benchmarks.mining_scale --model results/demo/run --dim 0   # a student, own width
 """
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ def main() -> None:
             exact_ids = None
             for method in ["exact"] + list(args.indexes):
                 ids = os.path.join(tmp, f"ids_{method}.npy")
-                cmd = [sys.executable, os.path.abspath(__file__), "--child", method,
+                cmd = [sys.executable, "-m", "benchmarks.mining_scale", "--child", method,
                        "--pool", pool, "--queries-file", os.path.join(tmp, "queries.npy"),
                        "--gold-file", os.path.join(tmp, "gold.npy"), "--out-ids", ids,
                        "--index-dir", os.path.join(tmp, "indexes")]

@@ -23,7 +23,7 @@ over the zero-shot ones, the held-out MLM accuracy curve of each pre-training ru
 teacher for reference. Everything is resumable (rerun to continue; finished variants are
 kept in ``results.json``).
 
-    LEALLA_DATA_DIR=/path/to/data nice python benchmarks/pretrain_effect.py \\
+    LEALLA_DATA_DIR=/path/to/data nice python -m benchmarks.pretrain_effect \\
         --output results/pretrain_effect --budget 1800
     # a short check (minutes): 3 + 3 Tatoeba languages, small budget
     ... --output /tmp/pe --budget 60 --languages ara,deu,rus --zero-shot afr,ukr,ces \\
@@ -37,9 +37,6 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
-sys.path.insert(0, HERE)
 
 DEMO_LANGUAGES = ("ara", "cmn", "deu", "fra", "ita", "jpn", "kor", "nld", "pol", "por", "rus",
                   "spa", "tha", "tur")
@@ -64,7 +61,7 @@ def prepare(args, root):
     from lealla_tf import corpus
     from lealla_tf.recipes import demo
     from lealla_tf.embedders import teachers
-    from recipe_sweep import prepare as sweep_prepare
+    from benchmarks.recipe_sweep import prepare as sweep_prepare
     output = os.path.abspath(args.output)
     if args.prepared:  # a `lealla demo` / recipe_sweep.py output: read, never written
         d = os.path.abspath(args.prepared)
@@ -292,11 +289,11 @@ def main(argv=None):
         p.error(f"unknown variant(s) {bad}; have {VARIANTS}")
 
     from lealla_tf import config
-    from recipe_sweep import _cpu_line
+    from benchmarks.recipe_sweep import cpu_line
     root = paths.data_dir(args.data_dir)
     output = os.path.abspath(args.output)
     os.makedirs(output, exist_ok=True)
-    cpu = _cpu_line()
+    cpu = cpu_line()
     print(f"# pre-training effect on {cpu}, budget {args.budget:.0f} CPU s", flush=True)
     teacher, files, zs, vocab, emb = prepare(args, root)
     langs = [l for l in args.languages.split(",") if l]

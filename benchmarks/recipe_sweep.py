@@ -11,7 +11,7 @@ Each variant is a recipe file plus ``--set``-style overrides; a variant whose na
 in ``@0`` is the same student before any training step (its initialisation alone).
 Every run is resumable: rerunning skips finished variants.
 
-    LEALLA_DATA_DIR=/path/to/data python benchmarks/recipe_sweep.py \\
+    LEALLA_DATA_DIR=/path/to/data python -m benchmarks.recipe_sweep \\
         --output results/recipe_sweep [--variants static,demo,random_pos] [--ntrex] [--list]
     # the same on the teacher vocabulary pruned to the training pairs:
     ... --output results/recipe_sweep_pruned --set vocab.keep_unused=false
@@ -26,7 +26,6 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "..", "configs")
@@ -199,7 +198,7 @@ def main(argv=None):
     root = paths.data_dir(args.data_dir)
     output = os.path.abspath(args.output)
     os.makedirs(output, exist_ok=True)
-    cpu = _cpu_line()
+    cpu = cpu_line()
     print(f"# recipe sweep on {cpu}", flush=True)
     teacher, files, dev, vocab, emb = prepare(output, root, args.pairs_per_language,
                                               args.dev_pairs_per_language, args.teacher,
@@ -239,7 +238,7 @@ def main(argv=None):
     return 0
 
 
-def _cpu_line():
+def cpu_line():
     import platform
     model = platform.processor() or platform.machine()
     try:

@@ -19,8 +19,8 @@ A first row checks the chunked result against the dense brute force (10^4 candid
 
 Usage::
 
-    python benchmarks/retrieval_scale.py                      # 2,000 queries, 1e4 1e5 1e6
-    python benchmarks/retrieval_scale.py --queries 4000 --sizes 10000 1000000 --memory-mb 128
+    python -m benchmarks.retrieval_scale                      # 2,000 queries, 1e4 1e5 1e6
+    python -m benchmarks.retrieval_scale --queries 4000 --sizes 10000 1000000 --memory-mb 128
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def main() -> None:
         for n in args.sizes:
             pool = os.path.join(tmp, f"pool_{n}.npy")
             _make_pool(pool, n, DIM, seed=n)
-            cmd = [sys.executable, os.path.abspath(__file__), "--child", "--pool", pool,
+            cmd = [sys.executable, "-m", "benchmarks.retrieval_scale", "--child", "--pool", pool,
                    "--queries", str(args.queries), "--memory-mb", str(args.memory_mb)]
             if n <= 10_000:
                 cmd.append("--check")

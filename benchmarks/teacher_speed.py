@@ -7,7 +7,7 @@ over the same lines.
 
 Usage::
 
-    LEALLA_DATA_DIR=/path/to/data python benchmarks/teacher_speed.py --pairs 5000
+    LEALLA_DATA_DIR=/path/to/data python -m benchmarks.teacher_speed --pairs 5000
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ sides' [local batch, hidden] embeddings, forward and backward).
 
 Usage::
 
-    python benchmarks/train_speed.py [--shapes tiny small] [--batch 32] [--steps 20]
+    python -m benchmarks.train_speed [--shapes tiny small] [--batch 32] [--steps 20]
 """
 
 from __future__ import annotations

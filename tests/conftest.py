@@ -49,7 +49,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def hermetic_files(tmp_path_factory):
     """Synthetic ``xxx-eng.tsv`` files (4 languages, 3 scripts, 300 pairs each)."""
-    import hermetic
+    from support import hermetic
     return hermetic.write_corpus(str(tmp_path_factory.mktemp("hermetic_corpus")))
 
 

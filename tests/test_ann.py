@@ -18,7 +18,7 @@ KINDS = ("faiss", "scann")
 
 def embed_bytes(sentences):
     """A deterministic callable model for the CLI tests (byte counts, random map)."""
-    import hermetic
+    from support import hermetic
     return hermetic.byte_count_teacher(16).encode(sentences)
 
 

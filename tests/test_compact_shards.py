@@ -18,7 +18,7 @@ import shutil
 import numpy as np
 import pytest
 
-import hermetic
+from support import hermetic
 from lealla_tf import config
 from lealla_tf.data import pipeline
 from lealla_tf.distill import store

@@ -19,7 +19,7 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
 import tf_keras
 
-import hermetic
+from support import harness, hermetic
 from lealla_tf import fileio, layout
 from lealla_tf import cli, config, embedders, export
 from lealla_tf.models import encoders
@@ -56,9 +56,7 @@ def run_dir(tmp_path_factory, tiny_vocab, tiny_config):
     cfg = dataclasses.replace(tiny_config, vocab=dataclasses.replace(
         tiny_config.vocab, model_file=layout.VOCAB_FILE))
     config.save(cfg, str(root / layout.CONFIG_FILE))
-    tf_keras.utils.set_random_seed(3)
-    encoder = encoders.LeallaEncoder.from_model_config(cfg.model)
-    encoder(encoder.dummy_inputs())
+    encoder = harness.build_encoder(cfg.model, seed=3)
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(encoder=encoder),
                                          str(root / layout.CHECKPOINT_DIR), max_to_keep=1)
     manager.save(checkpoint_number=7)
@@ -265,13 +263,13 @@ def test_preprocessor_encoder_pair_reproduces_end_to_end(exported, reference, ru
 def test_tflite_matches_saved_model(exported, reference, variant):
     out, _ = exported
     path = os.path.join(out, export.tflite_file_name(variant))
-    runner = export.tflite_interpreter(model_path=path).get_signature_runner("serving_default")
-    got = runner(sentences=np.array(_bytes(SENTENCES), dtype=object))["default"]
+    encode = harness.tflite_encoder(model_path=path)
+    got = encode(_bytes(SENTENCES))
     cos = _cos(got, reference)
     print(f"\n{variant}: {os.path.getsize(path):,} bytes, min cosine {cos.min():.6f}")
     assert cos.min() >= TOLERANCE[variant]
     # One sentence at a time gives the same vectors as the batch.
-    single = runner(sentences=np.array([b"Hund"], dtype=object))["default"]
+    single = encode([b"Hund"])
     assert _cos(single, got[SENTENCES.index("Hund")][None])[0] > 0.99999
 
 

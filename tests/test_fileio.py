@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-import hermetic
+from support import hermetic
 from lealla_tf import runs
 from lealla_tf import fileio
 from lealla_tf.distill import store

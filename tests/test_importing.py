@@ -12,8 +12,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-import standins
-import hermetic
+from support import harness, hermetic, standins
 from lealla_tf import runs
 from lealla_tf import layout
 from lealla_tf import cli, config, export
@@ -154,9 +153,9 @@ def test_fine_tune_export_and_eval_the_imported_model(tmp_path, imported, data_d
     assert info["files"]["tflite-fp32"]["min_cosine"] > 0.9999
     assert info["files"]["tflite-int8"]["min_cosine"] > 0.99
     texts = _bytes(PROBE)
-    saved = export.load_embedder(out).encode(texts)
-    lite = export.load_embedder(os.path.join(out, "lealla-fp32.tflite")).encode(texts)
-    np.testing.assert_allclose(lite, saved, atol=2e-5)
+    got = harness.export_embeddings(out, texts, tflite=("fp32",))
+    saved = got["lealla"]
+    np.testing.assert_allclose(got["fp32"], saved, atol=2e-5)
     ckpt = export.load_embedder(run).encode(texts)
     np.testing.assert_allclose(saved, ckpt, atol=1e-5)
     # The exported encoder has the release's layout: it imports back, to the same vectors.

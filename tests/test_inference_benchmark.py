@@ -1,29 +1,21 @@
 """Pieces of benchmarks/inference_speed.py: runtime -> file names, cosine gates, the
 vocabulary-row override, and the full-integer encoder against the in-memory encoder."""
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_text  # noqa: F401
-import tf_keras
 
+from benchmarks import inference_speed
+from support import harness
 from lealla_tf import export
 from lealla_tf.models import encoders
 from lealla_tf.text import sentencepiece
 
-_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks",
-                       "inference_speed.py")
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("inference_speed", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return inference_speed
 
 
 def test_tflite_files_and_gates(bench):
@@ -47,9 +39,7 @@ def test_vocab_rows_override(bench, monkeypatch):
 
 
 def test_full_integer_encoder_close_to_float(bench, tiny_vocab, tiny_config):
-    tf_keras.utils.set_random_seed(11)
-    encoder = encoders.LeallaEncoder.from_model_config(tiny_config.model)
-    encoder(encoder.dummy_inputs())
+    encoder = harness.build_encoder(tiny_config.model, seed=11)
     pre = sentencepiece.Preprocessor(tiny_vocab, 64)
     content = bench.full_integer_encoder(encoder, pre)
     runner = export.tflite_interpreter(model_content=content).get_signature_runner()

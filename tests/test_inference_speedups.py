@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
+from support import harness
 from lealla_tf.models import encoders
 from lealla_tf.text import sentencepiece
 
@@ -18,16 +19,9 @@ SENTENCES = ["A dog.", "Ein kleiner Hund läuft über die Straße.", "Собак
              "x" * 3000, "Hello world"]
 
 
-def _encoder(cfg, **kwargs):
-    enc = encoders.LeallaEncoder.from_model_config(cfg, **kwargs)
-    enc(enc.dummy_inputs())
-    return enc
-
-
 @pytest.fixture(scope="module")
 def reference(tiny_config):
-    tf_keras.utils.set_random_seed(1)
-    return _encoder(tiny_config.model, implementation="keras")
+    return harness.build_encoder(tiny_config.model, seed=1, implementation="keras")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +30,7 @@ def pre(tiny_vocab, tiny_config):
 
 
 def _copy(reference, cfg, **kwargs):
-    enc = _encoder(cfg, **kwargs)
+    enc = harness.build_encoder(cfg, **kwargs)
     enc.set_weights(reference.get_weights())
     return enc
 
@@ -68,7 +62,7 @@ def test_fast_forward_equals_bert_encoder_v2(reference, pre, tiny_config, jit_co
 
 
 def test_fast_encoder_keeps_weights_and_checkpoints(reference, pre, tiny_config, tmp_path):
-    fast = _encoder(tiny_config.model)
+    fast = harness.build_encoder(tiny_config.model)
     assert [w.name for w in fast.weights] == [w.name for w in reference.weights]
     assert fast.count_params() == reference.count_params()
     path = tf.train.Checkpoint(encoder=reference).write(str(tmp_path / "ckpt"))
@@ -115,7 +109,7 @@ def test_dynamic_length_string_encoder_equals_fixed_padding(reference, pre, tiny
                                                              length_multiple):
     fast = _copy(reference, tiny_config.model, jit_compile=length_multiple > 1)
     texts = tf.constant(SENTENCES)
-    want = encoders.StringEncoder(pre, reference, dynamic_length=False)(texts).numpy()
+    want = harness.embed(pre, reference, SENTENCES, dynamic_length=False)
     for batch in ([0, 1], [2, 3, 4], [5, 6], list(range(len(SENTENCES)))):
         model = encoders.StringEncoder(pre, fast, length_multiple=length_multiple)
         got = model(tf.gather(texts, batch)).numpy()
@@ -128,11 +122,9 @@ def test_tflite_of_fast_dynamic_model_equals_reference(reference, pre, tiny_conf
     obj, signatures = export.build_lealla_module(pre, fast)
     tf.saved_model.save(obj, str(tmp_path / "lealla"), signatures=signatures)
     content = export.convert_tflite(str(tmp_path / "lealla"), "fp32")
-    runner = export.tflite_interpreter(model_content=content).get_signature_runner(
-        export.SIGNATURE)
+    encode = harness.tflite_encoder(model_content=content)
     texts = np.array(SENTENCES, dtype=object)
-    want = encoders.StringEncoder(pre, reference, dynamic_length=False)(
-        tf.constant(SENTENCES)).numpy()
+    want = harness.embed(pre, reference, SENTENCES, dynamic_length=False)
     for batch in ([0, 1], [5, 6], list(range(len(SENTENCES)))):
-        got = runner(**{export.INPUT_KEY: texts[batch]})[export.OUTPUT_KEY]
+        got = encode(texts[batch])
         np.testing.assert_allclose(got, want[batch], atol=1e-5)

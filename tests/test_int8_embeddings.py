@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
-import tf_keras
 
+from support import harness
 from lealla_tf import export
 from lealla_tf.models import encoders
 from lealla_tf.text import sentencepiece
@@ -46,25 +46,19 @@ def test_quantize_rows_int8_error_bound_and_errors():
 @pytest.fixture(scope="module")
 def big_vocab(tiny_vocab, tiny_config):
     cfg = dataclasses.replace(tiny_config.model, vocab_size=ROWS)
-    tf_keras.utils.set_random_seed(5)
-    encoder = encoders.LeallaEncoder.from_model_config(cfg)
-    encoder(encoder.dummy_inputs())
+    encoder = harness.build_encoder(cfg, seed=5)
     pre = sentencepiece.Preprocessor(tiny_vocab, tiny_config.preprocess.seq_length)
     return cfg, pre, encoder
 
 
-def _embed(pre, encoder):
-    return encoders.StringEncoder(pre, encoder)(tf.constant(SENTENCES), training=False).numpy()
-
-
 def test_in_memory_int8_rows_close_to_float_and_reversible(big_vocab):
     cfg, pre, encoder = big_vocab
-    weights = [w.copy() for w in encoder.get_weights()]
-    ref = _embed(pre, encoder)
+    weights = harness.snapshot(encoder.weights)
+    ref = harness.embed(pre, encoder, SENTENCES)
     encoder.set_int8_word_embeddings(True)
     try:
         assert encoder.int8_word_embeddings
-        got = _embed(pre, encoder)
+        got = harness.embed(pre, encoder, SENTENCES)
         # The variables (checkpoints, training) are untouched.
         assert len(encoder.get_weights()) == len(weights)
     finally:
@@ -73,7 +67,7 @@ def test_in_memory_int8_rows_close_to_float_and_reversible(big_vocab):
     assert cos.min() >= export.INT8_EMBEDDINGS_MIN_COSINE
     assert np.abs(got - ref).max() > 0  # the int8 rows were really read
     assert not encoder.int8_word_embeddings
-    np.testing.assert_array_equal(_embed(pre, encoder), ref)
+    np.testing.assert_array_equal(harness.embed(pre, encoder, SENTENCES), ref)
     for a, b in zip(encoder.get_weights(), weights):
         np.testing.assert_array_equal(a, b)
     keras = encoders.LeallaEncoder.from_model_config(cfg, implementation="keras")
@@ -83,13 +77,13 @@ def test_in_memory_int8_rows_close_to_float_and_reversible(big_vocab):
 
 def test_export_with_int8_rows(big_vocab, tmp_path):
     _, pre, encoder = big_vocab
-    ref = _embed(pre, encoder)
+    ref = harness.embed(pre, encoder, SENTENCES)
     plain = export.export_model(pre, encoder, str(tmp_path / "plain"), tflite="fp32",
                                 progress=False)
     small = export.export_model(pre, encoder, str(tmp_path / "int8rows"), tflite="fp32,int8",
                                 progress=False, int8_embeddings=True)
     assert not encoder.int8_word_embeddings  # the caller's encoder is left as it was
-    np.testing.assert_array_equal(_embed(pre, encoder), ref)
+    np.testing.assert_array_equal(harness.embed(pre, encoder, SENTENCES), ref)
     assert small["model"]["int8_word_embeddings"] and not plain["model"]["int8_word_embeddings"]
     assert small["checks"]["int8_embeddings_min_cosine"] >= export.INT8_EMBEDDINGS_MIN_COSINE
     with open(tmp_path / "int8rows" / export.INFO_FILE) as f:
@@ -98,7 +92,7 @@ def test_export_with_int8_rows(big_vocab, tmp_path):
     # The end-to-end SavedModel is the in-memory int8 model.
     encoder.set_int8_word_embeddings(True)
     try:
-        in_memory_int8 = _embed(pre, encoder)
+        in_memory_int8 = harness.embed(pre, encoder, SENTENCES)
     finally:
         encoder.set_int8_word_embeddings(False)
     loaded = tf.saved_model.load(str(tmp_path / "int8rows" / export.LEALLA))
@@ -113,9 +107,7 @@ def test_export_with_int8_rows(big_vocab, tmp_path):
     for variant, gate in (("fp32", export.INT8_EMBEDDINGS_MIN_COSINE),
                           ("int8", export.TFLITE_MIN_COSINE["int8"])):
         path = str(tmp_path / "int8rows" / export.tflite_file_name(variant))
-        runner = export.tflite_interpreter(model_path=path).get_signature_runner(
-            export.SIGNATURE)
-        got = runner(**{export.INPUT_KEY: np.array(SENTENCES, dtype=object)})[export.OUTPUT_KEY]
+        got = harness.tflite_encoder(model_path=path)(SENTENCES)
         assert export.cosine_rows(got, ref).min() >= gate, variant
     # The fine-tuning encoder SavedModel keeps the float table (same size as without).
     assert abs(small["files"][export.ENCODER]["bytes"]

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import hermetic
-import standins
+from support import harness, hermetic, standins
 from lealla_tf import layout
 from lealla_tf import cli, config
 from lealla_tf.distill import online_teacher
@@ -82,10 +81,6 @@ def _step_one(trainer):
     return float(loss), [g.numpy() for g in grads]
 
 
-def _values(variables):
-    return [v.numpy().copy() for v in variables]
-
-
 def _checkpoint_keys(model_dir):
     path = tf.train.latest_checkpoint(os.path.join(model_dir, layout.CHECKPOINT_DIR))
     return {name: tuple(shape) for name, shape in tf.train.list_variables(path)}
@@ -116,10 +111,10 @@ def test_online_equals_precomputed_one_device_and_mirrored(
     assert pre.online_teacher is None
     loss_pre, grads_pre = _step_one(pre)
     assert max(np.abs(g).max() for g in grads_pre) > 1e-3  # gradients are not all ~0
-    start, start_loss = _values(pre.encoder.weights), pre.loss_layer.get_weights()
+    start, start_loss = harness.snapshot(pre.encoder.weights), pre.loss_layer.get_weights()
     r_pre = pre.run()
     assert r_pre.metrics["feature_distill"] > 0 and r_pre.metrics["logit_distill"] > 0
-    assert max(np.abs(a - b).max() for a, b in zip(start, _values(pre.encoder.weights))) > 1e-4
+    assert harness.largest_change(start, pre.encoder.weights) > 1e-4
     for what, on in runs.items():
         on.encoder.set_weights(start)
         on.loss_layer.set_weights(start_loss)
@@ -128,7 +123,7 @@ def test_online_equals_precomputed_one_device_and_mirrored(
         assert on.loss_layer.teacher_dim == pre.loss_layer.teacher_dim == TEACHER_HIDDEN
         assert teacher.variables and not ({v.ref() for v in teacher.variables}
                                           & {w.ref() for w in on.variables})
-        teacher_before = _values(teacher.variables)
+        teacher_before = harness.snapshot(teacher.variables)
 
         loss_on, grads_on = _step_one(on)
         np.testing.assert_allclose(loss_on, loss_pre, rtol=1e-5, err_msg=what)
@@ -139,12 +134,13 @@ def test_online_equals_precomputed_one_device_and_mirrored(
         for key in ("loss", "feature_distill", "logit_distill"):
             np.testing.assert_allclose(r_on.metrics[key], r_pre.metrics[key], rtol=1e-5,
                                        err_msg=f"{what}: {key}")
-        for a, b in zip(_values(on.encoder.weights), _values(pre.encoder.weights)):
+        for a, b in zip(harness.snapshot(on.encoder.weights),
+                        harness.snapshot(pre.encoder.weights)):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-5, err_msg=what)
 
         # The teacher is frozen, and absent from the checkpoint (the same keys as a
         # precomputed run's) and from the optimizer's slots.
-        for a, b in zip(_values(teacher.variables), teacher_before):
+        for a, b in zip(harness.snapshot(teacher.variables), teacher_before):
             np.testing.assert_array_equal(a, b, err_msg=what)
         keys = _checkpoint_keys(on.model_dir)
         assert keys == _checkpoint_keys(pre.model_dir), what
@@ -176,16 +172,17 @@ def test_run_dir_teacher_under_mixed_precision(tmp_path, hermetic_config, hermet
     assert any(v.dtype == tf.float32 for v in teacher.variables)
     encoder = teacher._keep[1]
     assert encoder.bert._transformer_layers[0].compute_dtype == "bfloat16"
-    before = _values(teacher.variables)
+    before = harness.snapshot(teacher.variables)
     result = trainer.run()
     assert np.isfinite(result.metrics["loss"]) and result.metrics["feature_distill"] > 0
-    for a, b in zip(_values(teacher.variables), before):
+    for a, b in zip(harness.snapshot(teacher.variables), before):
         np.testing.assert_array_equal(a, b)
 
 
 def test_non_tensorflow_teachers_point_to_precomputed(tmp_path, hermetic_config,
                                                       hermetic_vocab, hermetic_files):
-    for spec in ("muse", "py:hermetic:byte_count_teacher", str(tmp_path / "model.tflite")):
+    for spec in ("muse", "py:support.hermetic:byte_count_teacher",
+                 str(tmp_path / "model.tflite")):
         if spec.endswith(".tflite"):
             open(spec, "wb").close()
         with pytest.raises(online_teacher.NotATensorFlowTeacher,
@@ -196,7 +193,7 @@ def test_non_tensorflow_teachers_point_to_precomputed(tmp_path, hermetic_config,
                                                  "precomputed"):
         dual_encoder.Trainer(cfg, str(tmp_path / "muse"), progress=False)
     cfg = _config(hermetic_config, hermetic_vocab, hermetic_files,
-                  "py:hermetic:byte_count_teacher", "online")
+                  "py:support.hermetic:byte_count_teacher", "online")
     with pytest.raises(config.ConfigError, match="Python callable.*teacher.mode: precomputed"):
         dual_encoder.Trainer(cfg, str(tmp_path / "callable"), progress=False,
                          teacher=hermetic.byte_count_teacher())

@@ -16,7 +16,8 @@ from lealla_tf.training import pretraining
 from lealla_tf.training import dual_encoder
 from test_pretraining import check_stacked_stage, hermetic_cfg
 
-HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain_subprocess.py")
+HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support",
+                      "pretrain_subprocess.py")
 # Two stages (1 then 2 layers), small batches.
 STAGED = ["model.num_layers=2", "pretrain.stages=[1, 2]", "pretrain.stage_steps=[3, 3]",
           "train.steps=6", "train.global_batch_size=8"]

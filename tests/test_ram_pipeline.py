@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-import hermetic
+from support import hermetic
 from lealla_tf import config, embedders, export, fileio
 from lealla_tf.text import sentencepiece
 from lealla_tf.distill import store

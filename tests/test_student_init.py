@@ -10,6 +10,7 @@ import sentencepiece as spm
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from support import harness
 from lealla_tf import runs
 from lealla_tf import config, corpus, export
 from lealla_tf.models import encoders
@@ -229,14 +230,11 @@ def test_train_export_tflite_parity(tmp_path, muse, small_corpus, teacher_vocab,
     export.export_run(run, out, tflite=("fp32", "int8"), progress=False)
     sentences = [s for _, s, _ in corpus.iter_tsv(dev[0])][:20] + ["", "dog", " ".join(
         ["Hund"] * 40 + ["Katze"] * 40)]  # the last one is longer than 32 pieces
-    memory = encoders.StringEncoder(pre, encoder, dynamic_length=False)(
-        tf.constant(sentences)).numpy()
-    saved = export.load_embedder(out).encode(sentences)
-    np.testing.assert_allclose(saved, memory, atol=1e-5)
-    lite = export.load_embedder(os.path.join(out, export.tflite_file_name("fp32")))
-    assert export.cosine_rows(lite.encode(sentences), memory).min() > 0.9999
-    int8 = export.load_embedder(os.path.join(out, export.tflite_file_name("int8")))
-    assert export.cosine_rows(int8.encode(sentences), memory).min() > 0.98
+    memory = harness.embed(pre, encoder, sentences, dynamic_length=False)
+    got = harness.export_embeddings(out, sentences, tflite=("fp32", "int8"))
+    np.testing.assert_allclose(got["lealla"], memory, atol=1e-5)
+    assert export.cosine_rows(got["fp32"], memory).min() > 0.9999
+    assert export.cosine_rows(got["int8"], memory).min() > 0.98
 
 
 def test_mean_pooling_fast_equals_keras(tiny_config):

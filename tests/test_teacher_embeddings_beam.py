@@ -18,7 +18,7 @@ from lealla_tf import cli, embedders
 from lealla_tf.distill import store
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
-SPEC = "py:beam_teacher:TEACHER"
+SPEC = "py:support.beam_teacher:TEACHER"
 SHARD = 5
 BEAM_ARGS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
 # The kill test runs its workers as threads of the (killed) driver: the same pipeline
@@ -155,7 +155,7 @@ def test_beam_run_killed_midway_resumes_without_redoing_finished_shards(worker_e
         now = os.stat(os.path.join(folder, name))
         assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns), name
     # No sentence of a finished shard went through the teacher again.
-    import beam_teacher
+    from support import beam_teacher
     redone = set(beam_teacher.logged_sentences(str(worker_env / "log")))
     done_lines = set()
     for name in finished:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from support import harness
 from lealla_tf import paths
 from lealla_tf import runs
 from lealla_tf import layout
@@ -21,7 +22,8 @@ from lealla_tf.training import dual_encoder, loop
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 TRAIN_TINY = os.path.join(ROOT, "configs", "train_tiny.yaml")
-HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_subprocess.py")
+HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support",
+                      "train_subprocess.py")
 
 
 def _overrides(vocab, *extra):
@@ -41,10 +43,6 @@ def _events(model_dir):
                 out.setdefault(value.tag, []).append(
                     (event.step, float(tf.make_ndarray(value.tensor))))
     return {k: [v for _, v in sorted(vals)] for k, vals in out.items()}
-
-
-def _weights(encoder):
-    return [w.copy() for w in encoder.get_weights()]
 
 
 def _assert_same(a, b, atol):
@@ -120,7 +118,7 @@ def test_two_replicas_train_like_one_device(tmp_path, tiny_vocab, data_dir, two_
     two.encoder.set_weights(one.encoder.get_weights())
     two.loss_layer.set_weights(one.loss_layer.get_weights())
     assert len(one.loss_layer.trainable_variables) == int(distill)
-    start = _weights(one.encoder)
+    start = harness.snapshot(one.encoder.weights)
     r1, r2 = one.run(), two.run()
     # (Not accuracy: at initialisation all cosines are within rounding of each other, so
     # its argmax is decided by rounding.)
@@ -128,9 +126,10 @@ def test_two_replicas_train_like_one_device(tmp_path, tiny_vocab, data_dir, two_
         np.testing.assert_allclose(r2.metrics[key], r1.metrics[key], rtol=1e-5, atol=1e-6,
                                    err_msg=key)
     assert (r1.metrics["feature_distill"] > 0) == distill
-    _assert_same(_weights(two.encoder), _weights(one.encoder), atol=1e-5)
+    _assert_same(harness.snapshot(two.encoder.weights), harness.snapshot(one.encoder.weights),
+                 atol=1e-5)
     _assert_same(two.loss_layer.get_weights(), one.loss_layer.get_weights(), atol=1e-5)
-    assert max(np.abs(a - b).max() for a, b in zip(start, _weights(one.encoder))) > 1e-4
+    assert harness.largest_change(start, one.encoder.weights) > 1e-4
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_vocab, data_dir):
@@ -152,10 +151,11 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_vocab, data_
     assert int(resumed.step.numpy()) == 4
     resumed.run()
     straight = dual_encoder.Trainer(cfg, str(tmp_path / "straight"), progress=False)
-    start = _weights(straight.encoder)
+    start = harness.snapshot(straight.encoder.weights)
     straight.run()
-    _assert_same(_weights(resumed.encoder), _weights(straight.encoder), atol=1e-6)
-    assert max(np.abs(a - b).max() for a, b in zip(start, _weights(straight.encoder))) > 1e-4
+    _assert_same(harness.snapshot(resumed.encoder.weights),
+                 harness.snapshot(straight.encoder.weights), atol=1e-6)
+    assert harness.largest_change(start, straight.encoder.weights) > 1e-4
 
 
 def _free_ports(n):
@@ -199,7 +199,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_vocab, dat
     base = _overrides(tiny_vocab, "train.steps_per_loop=1", "train.checkpoint_every=2")
     dual_encoder.train(config.load(TRAIN_TINY, base + ["train.steps=2"]), model_dir,
                    progress=False)
-    good = _weights(runs.restore_encoder(model_dir)[2])
+    good = harness.snapshot(runs.restore_encoder(model_dir)[2].weights)
     cfg = config.load(TRAIN_TINY, base + ["train.steps=6", "train.learning_rate=1.0e+30",
                                           "train.warmup_steps=0", "train.clip_norm=0.0"])
     with pytest.raises(loop.TrainingDiverged, match="last good checkpoint"):
@@ -207,7 +207,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_vocab, dat
     assert os.path.exists(os.path.join(model_dir, layout.DIVERGED_FILE))
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     assert latest.endswith("ckpt-2")
-    _assert_same(_weights(runs.restore_encoder(model_dir)[2]), good, atol=0)
+    _assert_same(harness.snapshot(runs.restore_encoder(model_dir)[2].weights), good, atol=0)
 
 
 def test_resume_refuses_another_model_shape(tmp_path, tiny_vocab, data_dir):

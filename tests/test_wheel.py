@@ -17,7 +17,7 @@ import venv
 import numpy as np
 import pytest
 
-import hermetic
+from support import hermetic
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-import standins
+from support import standins
 from lealla_tf.text import wordpiece
 from lealla_tf.export import formats
 

@@ -6,7 +6,7 @@ are real translations of each other at the word level and a model can learn them
 
 Example::
 
-    from tests import hermetic
+    from support import hermetic
     files = hermetic.write_corpus(tmp_dir)   # [".../deu-eng.tsv", ".../ell-eng.tsv", ...]
 """
 

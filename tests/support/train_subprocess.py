@@ -24,7 +24,7 @@ def main() -> int:
 
     from lealla_tf import config
     from lealla_tf.training import dual_encoder
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
     cfg = config.load(os.path.join(root, "configs", "train_tiny.yaml"), overrides)
 
     def on_loop_end(step, metrics):

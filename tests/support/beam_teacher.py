@@ -1,13 +1,13 @@
-"""A teacher that any process can load by spec (``py:beam_teacher:TEACHER``), for the Beam
-tests: the byte-count teacher of :mod:`hermetic`, which logs every sentence it encodes to
-``$LEALLA_TEST_TEACHER_LOG`` (a folder, one file per call) and sleeps
-``$LEALLA_TEST_TEACHER_SLEEP`` seconds per call when set."""
+"""A teacher that any process can load by spec (``py:support.beam_teacher:TEACHER``), for
+the Beam tests: the byte-count teacher of :mod:`support.hermetic`, which logs every
+sentence it encodes to ``$LEALLA_TEST_TEACHER_LOG`` (a folder, one file per call) and
+sleeps ``$LEALLA_TEST_TEACHER_SLEEP`` seconds per call when set."""
 
 import os
 import time
 import uuid
 
-import hermetic
+from support import hermetic
 from lealla_tf.embedders import teachers
 
 _BASE = hermetic.byte_count_teacher(16, name="bytes16")
