@@ -73,12 +73,12 @@ def main(argv=None):
                    default=["train.optimizer=lazy_adamw"])
     args = p.parse_args(argv)
 
-    from lealla_tf import config
-    from lealla_tf.text import sentencepiece
-    from lealla_tf.distill import store
-    from lealla_tf.training import dual_encoder
-    from lealla_tf.evaluation import pairs
     from benchmarks.recipe_sweep import trainer_embedder
+    from lealla_tf import config
+    from lealla_tf.distill import store
+    from lealla_tf.evaluation import pairs
+    from lealla_tf.text import sentencepiece
+    from lealla_tf.training import dual_encoder
 
     sweep = os.path.abspath(args.sweep)
     files = sorted(os.path.join(sweep, "data", f) for f in os.listdir(os.path.join(sweep, "data")))

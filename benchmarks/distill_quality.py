@@ -23,13 +23,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from lealla_tf import paths
-from lealla_tf import layout
-from lealla_tf import config, export  # noqa: E402
-from lealla_tf.recipes import demo
+from lealla_tf import config, export, layout, paths  # noqa: E402
 from lealla_tf.embedders import teachers
-from lealla_tf.training import dual_encoder
 from lealla_tf.evaluation import tatoeba  # noqa: E402
+from lealla_tf.recipes import demo
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

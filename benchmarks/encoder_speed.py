@@ -23,11 +23,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from lealla_tf import paths
-from lealla_tf import config, corpus  # noqa: E402
+from lealla_tf import config, corpus, paths  # noqa: E402
+from lealla_tf.evaluation import tatoeba  # noqa: E402
 from lealla_tf.models import encoders
 from lealla_tf.text import sentencepiece
-from lealla_tf.evaluation import tatoeba  # noqa: E402
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
 SHAPES = ("lealla_small", "lealla_base", "lealla_large", "labse")

@@ -17,8 +17,6 @@ import os
 import sys
 import tempfile
 
-import numpy as np
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -31,10 +29,10 @@ def main() -> int:
                         help="standard deviation of the stand-ins' random weights")
     args = parser.parse_args()
 
-    from tests.support import standins
     from lealla_tf import corpus, export
     from lealla_tf.convert import importing
     from lealla_tf.export import formats
+    from tests.support import standins
 
     files = corpus.find_files(["train/*-eng.tsv"], args.data_dir,
                               ("deu", "rus", "ara", "cmn", "jpn", "tha", "hin", "ell", "heb",

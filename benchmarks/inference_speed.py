@@ -177,6 +177,7 @@ def prepare(shape: str, work: str, vocab: str, runtimes, seed: int = 0) -> None:
     """Builds the encoder with random weights and writes every artefact ``runtimes`` need."""
     import tensorflow as tf
     import tf_keras
+
     from lealla_tf import export
     from lealla_tf.models import encoders
     from lealla_tf.text import sentencepiece
@@ -244,6 +245,7 @@ def full_integer_encoder(encoder, pre) -> bytes:
     converter's calibration interpreter lacks TF Text's SentencePiece ops), so this
     variant gets token ids like the peers (tokenization excluded)."""
     import tensorflow as tf
+
     from lealla_tf import export
     from lealla_tf.models import encoders
     specs = [tf.TensorSpec([None, None], tf.int32, name=k) for k in encoders.INPUT_KEYS]
@@ -390,6 +392,7 @@ def _peak_rss_mib() -> float:
 def _packed(vocab, batches, fixed_length=None):
     """Token ids exactly as our preprocessor packs each batch (the peers' inputs)."""
     import tensorflow as tf
+
     from lealla_tf.text import sentencepiece
     pre = sentencepiece.Preprocessor(vocab, seq_length=fixed_length or SEQ_LENGTH,
                                      dynamic_length=fixed_length is None)
@@ -408,7 +411,6 @@ def make_runner(runtime: str, work: str, shape: str, vocab: str, threads: int, r
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     if runtime == "tf-keras":
-        import tf_keras
         from lealla_tf.models import encoders
         from lealla_tf.text import sentencepiece
         cfg = _model_cfg(shape)
@@ -423,6 +425,7 @@ def make_runner(runtime: str, work: str, shape: str, vocab: str, threads: int, r
         return (lambda x: fn(x).numpy()), [conv(b) for b in real], [conv(b) for b in fixed]
     if runtime in ("tf", "tf-xla", "tf-bf16"):
         import tensorflow_text  # noqa: F401
+
         from lealla_tf import export
         if runtime == "tf-bf16":  # oneDNN's bf16 kernels through Grappler's rewrite
             tf.config.optimizer.set_experimental_options(

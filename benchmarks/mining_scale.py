@@ -63,9 +63,8 @@ def _log(msg: str) -> None:
 
 
 def _prepare(args, workdir: str) -> dict:
-    from lealla_tf.evaluation import retrieval, runner
-    from lealla_tf import config, embedders
-    from lealla_tf.evaluation import bucc
+    from lealla_tf import embedders, paths
+    from lealla_tf.evaluation import bucc, retrieval, runner
     root = paths.data_dir(args.data_dir or None)
     folder = bucc.ntrex_dir(root)
     deu = [s.strip() for s in runner.read_lines(os.path.join(folder, "newstest2019-ref.deu.txt"))]
@@ -128,7 +127,7 @@ def _make_pool(path: str, n: int, data: dict, seed: int) -> np.ndarray:
 def _child(args) -> None:
     """One method on one pool, in this fresh process; prints one JSON line."""
     from lealla_tf.config import IndexConfig
-    from lealla_tf.evaluation import ann, mining, retrieval
+    from lealla_tf.evaluation import ann, mining
     queries = np.load(args.queries_file)
     gold = np.load(args.gold_file)
     res = {"build_s": 0.0, "index_MiB": 0.0}
@@ -160,7 +159,7 @@ def _child(args) -> None:
 
 
 def _ntrex_f1(args, indexes) -> None:
-    from lealla_tf import config, embedders
+    from lealla_tf import embedders, paths
     from lealla_tf.config import IndexConfig
     from lealla_tf.evaluation import bucc
     root = paths.data_dir(args.data_dir or None)

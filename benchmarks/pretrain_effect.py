@@ -58,10 +58,10 @@ class _Budget(Exception):
 
 def prepare(args, root):
     """Training pairs (14 languages), zero-shot pairs, vocabulary, teacher embeddings."""
-    from lealla_tf import corpus
-    from lealla_tf.recipes import demo
-    from lealla_tf.embedders import teachers
     from benchmarks.recipe_sweep import prepare as sweep_prepare
+    from lealla_tf import corpus
+    from lealla_tf.embedders import teachers
+    from lealla_tf.recipes import demo
     output = os.path.abspath(args.output)
     if args.prepared:  # a `lealla demo` / recipe_sweep.py output: read, never written
         d = os.path.abspath(args.prepared)
@@ -114,8 +114,7 @@ def _distill_cfg(args, files, vocab, emb, steps, init_from=""):
 
 def calibrate(args, teacher, files, zs, vocab, emb, output):
     """CPU seconds per step: distillation, pre-training at 1 and at 4 layers."""
-    from lealla_tf.training import pretraining
-    from lealla_tf.training import dual_encoder
+    from lealla_tf.training import dual_encoder, pretraining
     path = os.path.join(output, "calibration.json")
     if os.path.exists(path):
         return json.load(open(path))
@@ -159,9 +158,9 @@ def _calib_pretrain(args, files, vocab, layers, steps):
 def tatoeba_scores(encoder, cfg, vocab, root, langs, name):
     import tensorflow as tf
 
+    from lealla_tf.evaluation import runner, tatoeba
     from lealla_tf.models import encoders
     from lealla_tf.text import sentencepiece
-    from lealla_tf.evaluation import runner, tatoeba
     pre = sentencepiece.Preprocessor(vocab, cfg.preprocess.inference_seq_length
                                      or cfg.preprocess.seq_length)
     model = encoders.StringEncoder(pre, encoder)
@@ -174,8 +173,7 @@ def tatoeba_scores(encoder, cfg, vocab, root, langs, name):
 
 
 def run_variant(name, args, plan, teacher, files, zs, vocab, emb, root, output, langs, zero):
-    from lealla_tf.training import pretraining
-    from lealla_tf.training import dual_encoder
+    from lealla_tf.training import dual_encoder, pretraining
     run_root = os.path.join(output, "runs", name)
     cpu0, wall0 = _now()
     curve = []
@@ -288,8 +286,8 @@ def main(argv=None):
     if bad:
         p.error(f"unknown variant(s) {bad}; have {VARIANTS}")
 
-    from lealla_tf import config
     from benchmarks.recipe_sweep import cpu_line
+    from lealla_tf import paths
     root = paths.data_dir(args.data_dir)
     output = os.path.abspath(args.output)
     os.makedirs(output, exist_ok=True)

@@ -90,10 +90,9 @@ VARIANTS = {
 def prepare(output, root, pairs_per_language, dev_pairs, spec, progress=True, sets=()):
     """Training slice, development split, teacher vocabulary and teacher embeddings."""
     from lealla_tf import corpus
-    from lealla_tf.recipes import demo
-    from lealla_tf.distill import student_init
-    from lealla_tf.distill import store
+    from lealla_tf.distill import store, student_init
     from lealla_tf.embedders import teachers
+    from lealla_tf.recipes import demo
 
     teacher = teachers.load_teacher(spec)
     train_dir, dev_dir = os.path.join(output, "data"), os.path.join(output, "dev")
@@ -118,9 +117,9 @@ def trainer_embedder(trainer, cfg, name):
     """The trainer's encoder as a strings-in embedder, packing to the export length."""
     import tensorflow as tf
 
+    from lealla_tf.evaluation import runner
     from lealla_tf.models import encoders
     from lealla_tf.text import sentencepiece
-    from lealla_tf.evaluation import runner
 
     pre = sentencepiece.Preprocessor(
         trainer.vocab_path, cfg.preprocess.inference_seq_length or cfg.preprocess.seq_length)
@@ -134,9 +133,9 @@ def run_variant(name, recipe, overrides, output, files, vocab, emb, teacher, dev
                 ntrex_root="", ntrex_languages=()):
     """Trains (or initialises) one variant and scores it on the development pairs."""
     from lealla_tf import config
+    from lealla_tf.evaluation import pairs
     from lealla_tf.text import sentencepiece
     from lealla_tf.training import dual_encoder
-    from lealla_tf.evaluation import pairs
 
     untrained = name.endswith("@0")
     # "@variant" in an override names that variant's run directory (e.g. train.init_from).
@@ -192,9 +191,8 @@ def main(argv=None):
     if unknown:
         p.error(f"unknown variant(s) {unknown}; --list shows them")
 
-    from lealla_tf import config
+    from lealla_tf import paths
     from lealla_tf.evaluation import pairs
-
     root = paths.data_dir(args.data_dir)
     output = os.path.abspath(args.output)
     os.makedirs(output, exist_ok=True)

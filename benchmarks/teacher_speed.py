@@ -18,8 +18,7 @@ import os
 import tempfile
 import time
 
-from lealla_tf import paths
-from lealla_tf import config, corpus
+from lealla_tf import corpus, paths
 from lealla_tf.distill import store
 from lealla_tf.embedders import teachers
 

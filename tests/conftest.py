@@ -31,6 +31,7 @@ def _train_vocab(tmp_path_factory, name, files, vocab_size, sentences_per_langua
 def _tiny_config(vocab):
     """The shipped tiny model shape with the vocabulary size of ``vocab``."""
     import sentencepiece as spm
+
     from lealla_tf import config
     n = spm.SentencePieceProcessor(model_file=vocab).get_piece_size()
     return config.load("tiny", [f"model.vocab_size={n}"])

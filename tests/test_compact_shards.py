@@ -18,10 +18,10 @@ import shutil
 import numpy as np
 import pytest
 
-from support import hermetic
 from lealla_tf import config
 from lealla_tf.data import pipeline
 from lealla_tf.distill import store
+from support import hermetic
 
 DIM = 16
 

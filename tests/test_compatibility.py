@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
 
-from support import harness, hermetic
 from lealla_tf import cli, embedders, export, runs
+from support import harness, hermetic
 
 LEGACY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "legacy")
 RUN = os.path.join(LEGACY, "run")

@@ -3,8 +3,7 @@ import os
 
 import pytest
 
-from lealla_tf import paths
-from lealla_tf import config
+from lealla_tf import config, paths
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 

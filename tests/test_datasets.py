@@ -16,8 +16,7 @@ import urllib.parse
 
 import pytest
 
-from lealla_tf import paths
-from lealla_tf import cli, config
+from lealla_tf import cli, paths
 from lealla_tf.data import datasets
 from lealla_tf.recipes import demo
 

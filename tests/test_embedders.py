@@ -4,10 +4,8 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from lealla_tf import layout
 from lealla_tf import embedders, fileio
 from lealla_tf.embedders import teachers
-from lealla_tf.training import dual_encoder
 from lealla_tf.evaluation import runner
 
 

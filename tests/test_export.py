@@ -19,12 +19,10 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
 import tf_keras
 
-from support import harness, hermetic
-from lealla_tf import fileio, layout
-from lealla_tf import cli, config, embedders, export
+from lealla_tf import cli, config, embedders, export, fileio, layout
 from lealla_tf.models import encoders
 from lealla_tf.text import sentencepiece
-from lealla_tf.training import dual_encoder
+from support import harness, hermetic
 
 # Multilingual, with the bad inputs: empty, whitespace-only, 100,000 characters, invalid UTF-8.
 SENTENCES = [

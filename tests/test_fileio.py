@@ -7,10 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-from support import hermetic
-from lealla_tf import runs
-from lealla_tf import fileio
+from lealla_tf import fileio, runs
 from lealla_tf.distill import store
+from support import hermetic
 
 
 def _hash_teacher(dim=16):

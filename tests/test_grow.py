@@ -7,11 +7,9 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from lealla_tf import runs
-from lealla_tf import cli, config
-from lealla_tf.training import initialization
+from lealla_tf import cli, config, runs
 from lealla_tf.models import bert_internals, encoders
-from lealla_tf.training import dual_encoder
+from lealla_tf.training import dual_encoder, initialization
 
 SHAPE = dict(vocab_size=97, hidden_size=32, num_attention_heads=4, intermediate_size=64,
              max_position_embeddings=64, dropout_rate=0.0, attention_dropout_rate=0.0)

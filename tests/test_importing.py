@@ -12,13 +12,11 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from support import harness, hermetic, standins
-from lealla_tf import runs
-from lealla_tf import layout
-from lealla_tf import cli, config, export
+from lealla_tf import cli, config, export, layout, runs
 from lealla_tf.convert import importing
-from lealla_tf.training import dual_encoder
 from lealla_tf.text import wordpiece
+from lealla_tf.training import dual_encoder
+from support import harness, hermetic, standins
 
 SEQ = 32
 PROBE = [
@@ -282,9 +280,10 @@ def test_student_on_the_imported_vocabulary_starts_from_its_table(tmp_path, impo
 
 
 def test_sentencepiece_student_tokens_match_wordpiece_rows(imported, tiny_vocab):
-    from lealla_tf.training import initialization
-    from lealla_tf.text import sentencepiece
     import sentencepiece as spm
+
+    from lealla_tf.text import sentencepiece
+    from lealla_tf.training import initialization
     tokens = initialization.student_tokens("sentencepiece", sentencepiece.read_model(tiny_vocab))
     sp = spm.SentencePieceProcessor(model_file=tiny_vocab)
     assert len(tokens) == sp.get_piece_size()

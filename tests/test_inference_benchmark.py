@@ -7,10 +7,10 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401
 
 from benchmarks import inference_speed
-from support import harness
 from lealla_tf import export
 from lealla_tf.models import encoders
 from lealla_tf.text import sentencepiece
+from support import harness
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from support import harness
 from lealla_tf.models import encoders
 from lealla_tf.text import sentencepiece
+from support import harness
 
 SENTENCES = ["A dog.", "Ein kleiner Hund läuft über die Straße.", "Собака.", "犬。", "",
              "x" * 3000, "Hello world"]

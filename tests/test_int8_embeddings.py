@@ -10,10 +10,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
 
-from support import harness
 from lealla_tf import export
 from lealla_tf.models import encoders
 from lealla_tf.text import sentencepiece
+from support import harness
 
 SENTENCES = [b"The weather is nice today.", "Das Wetter ist heute schön.".encode(),
              "Сегодня хорошая погода.".encode(), "今天天气很好。".encode(), b"dog", b"",

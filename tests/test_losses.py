@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from lealla_tf.training import losses
 from lealla_tf.config import LossConfig
+from lealla_tf.training import losses
 
 
 def _unit(x):

@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from support import harness, hermetic, standins
-from lealla_tf import layout
-from lealla_tf import cli, config
+from lealla_tf import cli, config, layout
 from lealla_tf.distill import online_teacher
 from lealla_tf.distill import store as teacher_store
 from lealla_tf.embedders import teachers
-from lealla_tf.training import dual_encoder
 from lealla_tf.export import exporter
+from lealla_tf.training import dual_encoder
+from support import harness, hermetic, standins
 
 TEACHER_HIDDEN, TEACHER_FFN = 24, 48  # widths the tiny student (32, 64) never has
 

@@ -9,12 +9,10 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from lealla_tf import runs
-from lealla_tf import cli, config
-from lealla_tf.training import pretraining
-from lealla_tf.training import dual_encoder
 from test_pretraining import check_stacked_stage, hermetic_cfg
+
+from lealla_tf import cli, config, runs
+from lealla_tf.training import dual_encoder, pretraining
 
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support",
                       "pretrain_subprocess.py")

@@ -9,12 +9,12 @@ import os
 import numpy as np
 import pytest
 
-from support import hermetic
 from lealla_tf import config, embedders, export, fileio
-from lealla_tf.text import sentencepiece
 from lealla_tf.distill import store
-from lealla_tf.training import dual_encoder
 from lealla_tf.evaluation import tatoeba
+from lealla_tf.text import sentencepiece
+from lealla_tf.training import dual_encoder
+from support import hermetic
 
 ROOT = "ram://pipeline_e2e"
 

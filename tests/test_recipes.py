@@ -8,10 +8,9 @@ import pytest
 import tensorflow as tf
 
 from lealla_tf import config
-from lealla_tf.training import losses
-from lealla_tf.models import encoders
 from lealla_tf.embedders import teachers
-from lealla_tf.training import optimization
+from lealla_tf.models import encoders
+from lealla_tf.training import losses, optimization
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 # (Pre-training recipes: tests/test_pretraining.py.)

@@ -10,14 +10,13 @@ import sentencepiece as spm
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from support import harness
-from lealla_tf import runs
-from lealla_tf import config, corpus, export
+from lealla_tf import config, corpus, export, runs
+from lealla_tf.distill import student_init
+from lealla_tf.evaluation import pairs
 from lealla_tf.models import encoders
 from lealla_tf.text import sentencepiece
-from lealla_tf.distill import student_init
 from lealla_tf.training import dual_encoder
-from lealla_tf.evaluation import pairs
+from support import harness
 
 LANGS = ("deu", "fra", "rus", "cmn", "jpn")
 HERE = os.path.dirname(os.path.abspath(__file__))

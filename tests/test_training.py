@@ -12,13 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from support import harness
-from lealla_tf import paths
-from lealla_tf import runs
-from lealla_tf import layout
-from lealla_tf import cli, config, corpus
+from lealla_tf import cli, config, corpus, layout, paths, runs
 from lealla_tf.data import pipeline
 from lealla_tf.training import dual_encoder, loop
+from support import harness
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 TRAIN_TINY = os.path.join(ROOT, "configs", "train_tiny.yaml")

@@ -2,16 +2,15 @@
 scripts (cased and lower-cased), the SentencePiece preprocessor's packing and bad-input
 behaviour, the TF Hub preprocessor API, and the same ids from the TFLite file."""
 
-import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from support import standins
-from lealla_tf.text import wordpiece
 from lealla_tf.export import formats
+from lealla_tf.text import wordpiece
+from support import standins
 
 AWKWARD = ["", " ", "\t \n ", "Ça va? Größe ÀÉÎ naïve", "今天天气很好。", "Hund 🐕",
            "Wort " * 20000, "x" * 100000, "[CLS] [SEP] ##ing"]

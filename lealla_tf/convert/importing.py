@@ -43,10 +43,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from lealla_tf import runs
-from lealla_tf.layout import IMPORT_INFO_FILE
 from lealla_tf import config as config_lib
-from lealla_tf import embedders
+from lealla_tf import embedders, runs
+from lealla_tf.layout import IMPORT_INFO_FILE
 from lealla_tf.models import encoders
 from lealla_tf.text import wordpiece
 

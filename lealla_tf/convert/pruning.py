@@ -25,8 +25,7 @@ from typing import Any, Dict, Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from lealla_tf import runs
-from lealla_tf import corpus
+from lealla_tf import corpus, runs
 from lealla_tf.models import encoders
 from lealla_tf.text import packing, wordpiece
 
@@ -103,8 +102,6 @@ def prune_run(model_dir: str, files: Sequence[str], output_dir: str, max_tokens:
     Raises:
       ValueError: the run's vocabulary is not WordPiece, or no sentences were read.
     """
-    from lealla_tf.training import initialization
-    from lealla_tf.convert import importing
     cfg, pre, encoder = runs.restore_wordpiece_run(model_dir, "lealla prune")
     sentences = list(_sentences(files))
     if not sentences:

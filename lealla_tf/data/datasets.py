@@ -41,8 +41,7 @@ import urllib.error
 import urllib.request
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
-from lealla_tf import paths
-from lealla_tf import config, corpus
+from lealla_tf import corpus, paths
 
 #: key -> (GitHub ``owner/name``, pinned commit).
 REPOSITORIES: Dict[str, Tuple[str, str]] = {

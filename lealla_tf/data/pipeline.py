@@ -48,8 +48,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from lealla_tf import paths
 from lealla_tf import corpus as corpus_lib
+from lealla_tf import paths
 
 log = logging.getLogger(__name__)
 

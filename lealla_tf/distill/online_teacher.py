@@ -51,9 +51,8 @@ from typing import Callable, List, Optional
 
 import tensorflow as tf
 
-from lealla_tf import runs
 from lealla_tf import config as config_lib
-from lealla_tf import embedders, fileio
+from lealla_tf import embedders, fileio, runs
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,24 @@ in :mod:`lealla_tf.embedders.base`); teachers live in :mod:`~lealla_tf.embedders
 exported artefacts and runs in :mod:`~lealla_tf.embedders.artifacts`.
 """
 
-from lealla_tf.embedders.base import (DEFAULT_BATCH_SIZE, CallableEmbedder, Embedder,
-                                      as_embedder, batch_order, pick_output, sort_keys)
-from lealla_tf.embedders.spec import (RUN_CONFIG_FILE, SPEC_HELP, Spec, load, load_callable,
-                                      parse_spec, register)
+from lealla_tf.embedders.base import (
+    DEFAULT_BATCH_SIZE,
+    CallableEmbedder,
+    Embedder,
+    as_embedder,
+    batch_order,
+    pick_output,
+    sort_keys,
+)
+from lealla_tf.embedders.spec import (
+    RUN_CONFIG_FILE,
+    SPEC_HELP,
+    Spec,
+    load,
+    load_callable,
+    parse_spec,
+    register,
+)
 
 __all__ = ["DEFAULT_BATCH_SIZE", "RUN_CONFIG_FILE", "SPEC_HELP", "CallableEmbedder", "Embedder",
            "Spec", "as_embedder", "batch_order", "load", "load_callable", "parse_spec",

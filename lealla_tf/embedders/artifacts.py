@@ -4,19 +4,15 @@ and ``run`` kinds of :mod:`lealla_tf.embedders`; any path may be local, ``gs://`
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
-from lealla_tf import runs
-from lealla_tf import layout
-from lealla_tf import embedders, fileio
-from lealla_tf.models import encoders
-from lealla_tf.text import sentencepiece
+from lealla_tf import embedders, fileio, layout, runs
 from lealla_tf.embedders import Embedder
 from lealla_tf.layout import ASSET_VOCAB, INPUT_KEY, LEALLA, OUTPUT_KEY, SIGNATURE
+from lealla_tf.models import encoders
 
 _STRINGS = tf.TensorSpec([None], tf.string, name=INPUT_KEY)
 

@@ -47,9 +47,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from lealla_tf import paths
 from lealla_tf import config as config_lib
-from lealla_tf import fileio
+from lealla_tf import fileio, paths
 from lealla_tf.evaluation import retrieval
 
 EXTRAS = {"faiss": ("faiss", "faiss-cpu"), "scann": ("scann", "scann")}

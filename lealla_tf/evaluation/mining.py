@@ -322,7 +322,6 @@ def mine_files(model, source: str, target: str, output: str, k: int = 4,
     Returns:
       Number of pairs written.
     """
-    import os
 
     from lealla_tf.evaluation import runner
 

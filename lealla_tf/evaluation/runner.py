@@ -37,8 +37,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from lealla_tf import paths
-from lealla_tf import embedders, fileio
+from lealla_tf import embedders, fileio, paths
 from lealla_tf.embedders import CallableEmbedder, as_embedder, load_callable  # noqa: F401
 
 DEFAULT_BATCH_SIZE = 64

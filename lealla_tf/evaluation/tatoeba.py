@@ -33,9 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from lealla_tf import paths
-from lealla_tf import config
 from lealla_tf.data import datasets
-from lealla_tf.data.datasets import ChecksumError
 from lealla_tf.evaluation import retrieval, runner
 
 #: File name -> SHA-256 of the published files (from the package's data table).

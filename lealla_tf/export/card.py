@@ -7,8 +7,16 @@ import string
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from lealla_tf import fileio
-from lealla_tf.export.formats import (DEFAULT_CARD_TEMPLATE, ENCODER, LEALLA, PREPROCESSOR,
-                                      SAVED_MODELS, TFLITE_VARIANTS, tflite_file_name)
+from lealla_tf.export.formats import (
+    DEFAULT_CARD_TEMPLATE,
+    ENCODER,
+    LEALLA,
+    PREPROCESSOR,
+    SAVED_MODELS,
+    TFLITE_VARIANTS,
+    tflite_file_name,
+)
+
 
 def human_bytes(n: int) -> str:
     """``1536`` -> ``'1.5 KiB'``."""

@@ -8,31 +8,38 @@ comes last, so a folder with that file is complete.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
 import re
-import shutil
 import tempfile
 from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 
-from lealla_tf import runs
-from lealla_tf import layout
-from lealla_tf import fileio
+from lealla_tf import fileio, runs
+from lealla_tf.export import formats
+from lealla_tf.export.card import human_bytes, local_handles, render_model_card, summarise_metrics
+from lealla_tf.export.formats import (
+    CARD_FILE,
+    DEFAULT_CARD_TEMPLATE,
+    ENCODER,
+    INFO_FILE,
+    INPUT_KEY,
+    INT8_EMBEDDINGS_MIN_COSINE,
+    LEALLA,
+    OUTPUT_KEY,
+    PREPROCESSOR,
+    PROBE_SENTENCES,
+    SAVED_MODELS,
+    SIGNATURE,
+    TFLITE_MIN_COSINE,
+    TFLITE_VARIANTS,
+    tflite_file_name,
+)
 from lealla_tf.models import encoders
 from lealla_tf.text import sentencepiece
-from lealla_tf.export import formats
-from lealla_tf.export.card import (human_bytes, local_handles, render_model_card,
-                                   summarise_metrics)
-from lealla_tf.export.formats import (CARD_FILE, DEFAULT_CARD_TEMPLATE, ENCODER, INFO_FILE,
-                                      INPUT_KEY, LEALLA, OUTPUT_KEY, PREPROCESSOR,
-                                      PROBE_SENTENCES, SAVED_MODELS, SIGNATURE,
-                                      TFLITE_MIN_COSINE, TFLITE_VARIANTS, tflite_file_name,
-                                      INT8_EMBEDDINGS_MIN_COSINE)
 
 
 def disk_bytes(path: str) -> int:

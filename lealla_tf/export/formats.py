@@ -12,11 +12,22 @@ import numpy as np
 import tensorflow as tf
 
 from lealla_tf import corpus
-from lealla_tf.models import encoders
 from lealla_tf.embedders.artifacts import tflite_interpreter  # noqa: F401  (re-exported)
-from lealla_tf.layout import (CARD_FILE, ENCODER, ENCODER_OUTPUTS, INFO_FILE, INPUT_KEY,  # noqa: F401
-                              LEALLA, OUTPUT_KEY, PREPROCESSOR, SAVED_MODELS, SIGNATURE,
-                              TFLITE_VARIANTS, tflite_file_name)
+from lealla_tf.layout import (  # noqa: F401
+    CARD_FILE,
+    ENCODER,
+    ENCODER_OUTPUTS,
+    INFO_FILE,
+    INPUT_KEY,
+    LEALLA,
+    OUTPUT_KEY,
+    PREPROCESSOR,
+    SAVED_MODELS,
+    SIGNATURE,
+    TFLITE_VARIANTS,
+    tflite_file_name,
+)
+from lealla_tf.models import encoders
 
 # Each TFLite file must reach this cosine to the SavedModel on PROBE_SENTENCES.
 TFLITE_MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99}

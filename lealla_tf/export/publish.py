@@ -9,10 +9,17 @@ import shutil
 import tarfile
 from typing import Any, Dict, Optional
 
-from lealla_tf.export.card import human_bytes, render_model_card
 from lealla_tf import fileio
-from lealla_tf.export.formats import (CARD_FILE, INFO_FILE, SAVED_MODELS, TFLITE_VARIANTS,
-                                      sha256_file, tflite_file_name)
+from lealla_tf.export.card import human_bytes, render_model_card
+from lealla_tf.export.formats import (
+    CARD_FILE,
+    INFO_FILE,
+    SAVED_MODELS,
+    TFLITE_VARIANTS,
+    sha256_file,
+    tflite_file_name,
+)
+
 
 def make_hub_archive(saved_model_dir: str, archive_path: str) -> str:
     """Packs a SavedModel folder as TF Hub's compressed format (SavedModel at the root).

@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
-
 import tensorflow as tf
 import tf_keras
 from official.modeling import tf_utils

@@ -43,8 +43,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 import tf_keras
 
-from lealla_tf import layout
-from lealla_tf import corpus, fileio
+from lealla_tf import corpus, fileio, layout
 from lealla_tf.text import packing
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4

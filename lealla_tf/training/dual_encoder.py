@@ -59,15 +59,14 @@ from typing import Dict, Optional
 import tensorflow as tf
 import tf_keras
 
-from lealla_tf import runs
 from lealla_tf import config as config_lib
+from lealla_tf import fileio, layout, runs
 from lealla_tf.data import pipeline as data_lib
-from lealla_tf.training import distribute as distribute_lib
-from lealla_tf.training import losses as losses_lib
-from lealla_tf.training import initialization, loop, optimization
-from lealla_tf.models import bert_internals, encoders
 from lealla_tf.distill import store
-from lealla_tf import fileio, layout
+from lealla_tf.models import bert_internals, encoders
+from lealla_tf.training import distribute as distribute_lib
+from lealla_tf.training import initialization, loop, optimization
+from lealla_tf.training import losses as losses_lib
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,8 @@ import os
 
 import tensorflow as tf
 
-from lealla_tf import runs
-from lealla_tf import layout
 from lealla_tf import config as config_lib
+from lealla_tf import layout, runs
 from lealla_tf.models import bert_internals, encoders
 
 # Model fields the new run keeps from its own config (they do not change the weights).
@@ -109,8 +108,7 @@ def apply_init_checkpoint(cfg: config_lib.ExperimentConfig) -> config_lib.Experi
 def _wordpiece_form(piece_id: int, text: str) -> str:
     """A SentencePiece piece's text in WordPiece spelling (`` dog`` -> ``dog``, ``og`` ->
     ``##og``; our reserved pieces 0-4 -> ``[PAD]`` ... ``[MASK]``)."""
-    from lealla_tf.text import sentencepiece
-    from lealla_tf.text import wordpiece
+    from lealla_tf.text import sentencepiece, wordpiece
     if not text:
         return sentencepiece.SPECIAL_PIECES[piece_id] if piece_id < len(
             sentencepiece.SPECIAL_PIECES) else ""

@@ -74,8 +74,8 @@ import tensorflow as tf
 import tf_keras
 
 from lealla_tf import config as config_lib
-from lealla_tf.data import pipeline as data_lib
 from lealla_tf import fileio, layout
+from lealla_tf.data import pipeline as data_lib
 from lealla_tf.models import bert_internals, encoders
 from lealla_tf.training import loop, optimization
 
@@ -86,9 +86,18 @@ STAGES_DIR = layout.STAGES_DIR
 METRICS = ("loss", "accuracy", "mlm_loss", "tlm_loss", "grad_norm")
 
 from lealla_tf.data.pretrain_inputs import (  # noqa: E402,F401  (the inputs, re-exported)
-    FEATURES, PretrainCorpus, StatelessMaskValuesChooser, StatelessRandomItemSelector,
-    eval_batches, load_corpus, make_dataset, make_features_fn, mask_and_pad,
-    pack_pretraining_inputs, text_batches)
+    FEATURES,
+    PretrainCorpus,
+    StatelessMaskValuesChooser,
+    StatelessRandomItemSelector,
+    eval_batches,
+    load_corpus,
+    make_dataset,
+    make_features_fn,
+    mask_and_pad,
+    pack_pretraining_inputs,
+    text_batches,
+)
 
 
 # ---------------------------------------------------------------------------- model

@@ -7,8 +7,8 @@ import os
 import time
 import uuid
 
-from support import hermetic
 from lealla_tf.embedders import teachers
+from support import hermetic
 
 _BASE = hermetic.byte_count_teacher(16, name="bytes16")
 
