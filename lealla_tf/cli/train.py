@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import sys
 
-from lealla_tf.cli import common
+from lealla_tf.cli import common, errors
+
+INTERRUPTED = 130  # the shell's code for a command stopped by SIGINT
 
 
 def add_commands(sub) -> None:
@@ -54,6 +56,10 @@ def _add_train(sub) -> None:
                    help="start from the encoder weights and vocabulary of a run or "
                         "checkpoint, keeping this config's model shape (every tensor must "
                         "match)")
+    p.add_argument("--recover", action="store_true",
+                   help="when the newest checkpoint is damaged, resume from the newest one that "
+                        "reads (damaged files are moved to checkpoints/damaged/, nothing is "
+                        "deleted); without it a damaged run is refused")
     p.set_defaults(func=_train)
 
 
@@ -65,11 +71,17 @@ def _train(args) -> int:
         cfg.train.init_from = args.init_from
     if args.init_checkpoint:
         cfg.train.init_checkpoint = args.init_checkpoint
+    from lealla_tf import runs
     try:
-        result = dual_encoder.train(cfg, args.model_dir, progress=not args.no_progress)
+        with errors.user_errors(runs.DamagedRunError, runs.RunLockedError):
+            result = dual_encoder.train(cfg, args.model_dir, progress=not args.no_progress,
+                                        recover=args.recover)
     except loop.TrainingDiverged as e:
         print(f"lealla: {e}", file=sys.stderr)
         return 1
+    except loop.TrainingInterrupted as e:
+        print(f"lealla: {e}", file=sys.stderr)
+        return INTERRUPTED
     summary = ", ".join(f"{k} {result.metrics[k]:.4f}" for k in ("loss", "accuracy")
                         if k in result.metrics)
     print(f"step {result.step}: {summary}; checkpoint {result.checkpoint}; "
@@ -87,18 +99,28 @@ def _add_pretrain(sub) -> None:
                         "resumes, also across stage boundaries; `lealla train --init-from` "
                         "starts from it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--recover", action="store_true",
+                   help="when the newest checkpoint is damaged, resume from the newest one that "
+                        "reads (damaged files are moved to checkpoints/damaged/, nothing is "
+                        "deleted); without it a damaged run is refused")
     p.set_defaults(func=_pretrain)
 
 
 def _pretrain(args) -> int:
     common.log_progress()
     cfg = common.load_config(args)  # config errors first, before the model code loads
+    from lealla_tf import runs
     from lealla_tf.training import loop, pretraining
     try:
-        result = pretraining.pretrain(cfg, args.model_dir, progress=not args.no_progress)
+        with errors.user_errors(runs.DamagedRunError, runs.RunLockedError):
+            result = pretraining.pretrain(cfg, args.model_dir, progress=not args.no_progress,
+                                          recover=args.recover)
     except loop.TrainingDiverged as e:
         print(f"lealla: {e}", file=sys.stderr)
         return 1
+    except loop.TrainingInterrupted as e:
+        print(f"lealla: {e}", file=sys.stderr)
+        return INTERRUPTED
     summary = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()
                         if k in ("loss", "accuracy") or k.startswith("eval/"))
     print(f"step {result.step}: {summary}; checkpoint {result.checkpoint}; "

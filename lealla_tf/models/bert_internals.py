@@ -11,11 +11,15 @@ upgrade that renames them breaks one module, and its parity tests say so:
 - :func:`depth_pairs`, :func:`check_pair_shapes`: variable pairs between encoders of
   different depths, for :func:`stack_pairs` (progressive stacking) and
   :func:`grow_encoder` (function-preserving growth);
-- :func:`zero_position_and_type_tables`: ``model.position_init: zero``.
+- :func:`zero_position_and_type_tables`: ``model.position_init: zero``;
+- :func:`tracked_dropout`, :func:`dropout_rng`: dropout generators a checkpoint can hold
+  (tf_keras keeps them in private attributes of its layers);
+- :func:`create_slots`: an optimizer's slot variables before its first step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -225,3 +229,38 @@ def zero_position_and_type_tables(bert: networks.BertEncoderV2) -> None:
     for table in (bert._position_embedding_layer._position_embeddings,
                   bert._type_embedding_layer.embeddings):
         table.assign(tf.zeros_like(table))
+
+
+# ---------------------------------------------------------------- dropout state
+@contextlib.contextmanager
+def tracked_dropout():
+    """Dropout layers built inside draw from ``tf.random.Generator`` variables, whose state
+    a checkpoint can hold (:func:`dropout_rng`): a resumed run then draws the masks an
+    uninterrupted run would (Keras' default stateful ops restart their streams)."""
+    was_enabled = tf_keras.backend.experimental.is_tf_random_generator_enabled()
+    tf_keras.backend.experimental.enable_tf_random_generator()
+    try:
+        yield
+    finally:
+        if not was_enabled:
+            tf_keras.backend.experimental.disable_tf_random_generator()
+
+
+def dropout_rng(model: tf.Module) -> tf.Module:
+    """The dropout generators of ``model``'s layers, for the checkpoint (Keras does not
+    track them itself)."""
+    rng = tf.Module(name="dropout_rng")
+    rng.generators = [
+        layer._random_generator._generator for layer in model.submodules
+        if getattr(getattr(layer, "_random_generator", None), "_generator", None)
+        is not None]
+    return rng
+
+
+# ---------------------------------------------------------------- optimizer state
+def create_slots(optimizer, variables) -> None:
+    """Creates the optimizer's slot variables for ``variables`` now (tf_keras builds them
+    lazily at the first update), so a checkpoint can be restored into them or copied to
+    them before any step (a loss-scale wrapper is looked through)."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    inner._create_all_weights(variables)

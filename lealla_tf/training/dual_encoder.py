@@ -198,10 +198,10 @@ class Trainer(loop.Job):
         self.uses_teacher = uses_teacher
         tf_keras.utils.set_random_seed(cfg.train.seed)
         with self.strategy.scope():
-            with loop.tracked_dropout():
+            with bert_internals.tracked_dropout():
                 self.encoder = encoders.build_encoder(cfg.model)
                 self.encoder(self.encoder.dummy_inputs())
-            self.dropout_rng = loop.dropout_rng(self.encoder)
+            self.dropout_rng = bert_internals.dropout_rng(self.encoder)
             self.loss_layer = losses_lib.DualEncoderLoss(
                 cfg.loss, teacher_dim=teacher_dim if uses_teacher else 0,
                 student_dim=self.encoder.embedding_dim)
@@ -308,7 +308,8 @@ class Trainer(loop.Job):
 def train(cfg: config_lib.ExperimentConfig, model_dir: str,
           strategy: Optional[tf.distribute.Strategy] = None, progress: bool = True,
           on_loop_end: Optional[loop.OnLoopEnd] = None,
-          corpus: Optional[data_lib.ParallelCorpus] = None, teacher=None) -> TrainResult:
+          corpus: Optional[data_lib.ParallelCorpus] = None, teacher=None,
+          recover: bool = False) -> TrainResult:
     """Runs (or resumes) a training job; see :class:`Trainer` and the module docstring.
 
     Args:
@@ -320,5 +321,7 @@ def train(cfg: config_lib.ExperimentConfig, model_dir: str,
       corpus: an already loaded corpus (default: read ``cfg.data``).
       teacher: an already loaded teacher (default: loaded from ``teacher.spec`` when the
         vocabulary or the embedding init needs it).
+      recover: resume from the newest checkpoint that reads when the newest is damaged.
     """
-    return Trainer(cfg, model_dir, strategy, progress, corpus, teacher).run(on_loop_end)
+    return Trainer(cfg, model_dir, strategy, progress, corpus, teacher,
+                   recover=recover).run(on_loop_end)

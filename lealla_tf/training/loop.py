@@ -6,11 +6,12 @@ and the loss of one step."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -27,6 +28,16 @@ from lealla_tf.training import distribute as distribute_lib
 log = logging.getLogger(__name__)
 
 OnLoopEnd = Callable[[int, Dict[str, float]], None]
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on Ctrl-C (SIGINT) after saving a checkpoint at the current step."""
+
+    def __init__(self, step: int, checkpoint: Optional[str]):
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(f"interrupted at step {step}; saved {checkpoint}: rerun the same "
+                         "command to resume from it" if checkpoint else
+                         f"interrupted at step {step} before any checkpoint")
 
 
 class TrainingDiverged(RuntimeError):
@@ -122,31 +133,6 @@ def make_train_loop(strategy: tf.distribute.Strategy, replica_step: Callable,
     return train_loop
 
 
-@contextlib.contextmanager
-def tracked_dropout():
-    """Dropout layers built inside draw from ``tf.random.Generator`` variables, whose state
-    a checkpoint can hold (:func:`dropout_rng`): a resumed run then draws the masks an
-    uninterrupted run would (Keras' default stateful ops restart their streams)."""
-    was_enabled = tf_keras.backend.experimental.is_tf_random_generator_enabled()
-    tf_keras.backend.experimental.enable_tf_random_generator()
-    try:
-        yield
-    finally:
-        if not was_enabled:
-            tf_keras.backend.experimental.disable_tf_random_generator()
-
-
-def dropout_rng(model: tf.Module) -> tf.Module:
-    """The dropout generators of ``model``'s layers, for the checkpoint (Keras does not
-    track them itself)."""
-    rng = tf.Module(name="dropout_rng")
-    rng.generators = [
-        layer._random_generator._generator for layer in model.submodules
-        if getattr(getattr(layer, "_random_generator", None), "_generator", None)
-        is not None]
-    return rng
-
-
 # ---------------------------------------------------------------------------- the job
 class Job:
     """One run in a model dir: config, vocabulary, teacher, precision, checkpoints, the
@@ -165,6 +151,13 @@ class Job:
       progress: show a tqdm progress bar (chief only).
       corpus: already loaded data (default: read from ``cfg``).
       teacher: an already loaded teacher (default: loaded from ``teacher.spec`` when needed).
+      recover: resume from the newest checkpoint that reads when the newest one is
+        damaged (damaged files are moved aside; :func:`lealla_tf.runs.resume_checkpoint`);
+        without it a damaged run is refused.
+
+    The chief holds the run directory's writer lock (:func:`lealla_tf.runs.writer`) from
+    construction to the end of :meth:`run` (or :meth:`close`): a second job on the same
+    directory is refused before it writes anything.
     """
 
     LOG_DIR = layout.TRAIN_LOG_DIR  # TensorBoard summaries, under the model dir
@@ -175,14 +168,35 @@ class Job:
 
     def __init__(self, cfg: config_lib.ExperimentConfig, model_dir: str,
                  strategy: Optional[tf.distribute.Strategy] = None, progress: bool = True,
-                 corpus=None, teacher=None):
+                 corpus=None, teacher=None, recover: bool = False):
         cfg = self._prepare_config(cfg)
         self.cfg = cfg
         self.model_dir = fileio.normpath(model_dir)
         self.strategy = strategy or distribute_lib.get_strategy(cfg.distribute)
         self.chief = distribute_lib.is_chief(self.strategy)
         self.progress = progress and self.chief
+        self.recover = recover
         self._teacher = teacher
+        self._lock = contextlib.ExitStack()
+        if self.chief:
+            self._lock.enter_context(runs.writer(self.model_dir))
+        try:
+            self._setup(cfg, corpus, progress)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Releases the run directory's writer lock (done by :meth:`run` at its end)."""
+        self._lock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _setup(self, cfg: config_lib.ExperimentConfig, corpus, progress: bool) -> None:
         fileio.makedirs(self.model_dir)
 
         self.vocab_path = resolve_vocab(cfg, self.model_dir, self.strategy, progress=progress,
@@ -196,17 +210,15 @@ class Job:
             raise config_lib.ConfigError(
                 f"the vocabulary has {self.vocab_size} pieces but model.vocab_size is "
                 f"{cfg.model.vocab_size}")
-        if self.chief:
-            saved = dataclasses.replace(cfg, vocab=dataclasses.replace(
-                cfg.vocab, model_file=runs.vocab_file(cfg)))
-            config_lib.save(saved, fileio.join(self.model_dir, layout.CONFIG_FILE))
 
         self._load_data(corpus)
         self._previous_policy = tf_keras.mixed_precision.global_policy()
         self.policy = precision_policy(cfg.train.mixed_precision, self.strategy)
         self.restored_from: Optional[str] = None
         self._restore_status = None
-        self._build()
+        self._build()  # restores the checkpoint: a damaged run stops here, unchanged
+        if self.chief:
+            runs.save_config(self.model_dir, cfg)
         if self.chief:
             self.writer = tf.summary.create_file_writer(fileio.join(self.model_dir,
                                                                     self.LOG_DIR))
@@ -331,8 +343,10 @@ class Job:
 
     # -- checkpoints
     def _latest_checkpoint(self, directory: str) -> Optional[str]:
-        """The latest checkpoint in ``directory`` (relative to the model dir)."""
-        return tf.train.latest_checkpoint(fileio.join(self.model_dir, directory))
+        """The checkpoint to resume from in ``directory`` (relative to the model dir); a
+        damaged one is refused, or recovered from with ``recover`` (chief only)."""
+        return runs.resume_checkpoint(fileio.join(self.model_dir, directory),
+                                      recover=self.recover and self.chief)
 
     def _attach_checkpoint(self, checkpoint: tf.train.Checkpoint, directory: str,
                            latest: Optional[str]) -> None:
@@ -406,7 +420,38 @@ class Job:
 
         Raises:
           TrainingDiverged: on a NaN/inf loss (after writing ``DIVERGED``).
+          TrainingInterrupted: on Ctrl-C (SIGINT), after saving a checkpoint at the step
+            the loop had reached (a second Ctrl-C stops at once, saving nothing).
         """
+        try:
+            with self._interrupts() as interrupted:
+                return self._run(on_loop_end, interrupted)
+        finally:
+            self.close()
+
+    @contextlib.contextmanager
+    def _interrupts(self):
+        """Turns the first SIGINT during the loop into a flag the loop checks between calls
+        of the train loop (so a step is never cut in half); the second one raises."""
+        flag = {"set": False}
+        if threading.current_thread() is not threading.main_thread():
+            yield flag
+            return
+
+        def handler(signum, frame):
+            flag["set"] = True
+            signal.signal(signal.SIGINT, previous)
+            log.warning("interrupted: saving a checkpoint at the end of this step "
+                        "(Ctrl-C again to stop at once)")
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield flag
+        finally:
+            if signal.getsignal(signal.SIGINT) is handler:
+                signal.signal(signal.SIGINT, previous)
+
+    def _run(self, on_loop_end: Optional[OnLoopEnd], interrupted: Dict[str, bool]):
         cfg = self.cfg.train
         total = cfg.steps
         step = self.steps_done
@@ -423,7 +468,7 @@ class Job:
             bar = tqdm(total=total, initial=step, desc=self.PROGRESS, unit="step",
                        dynamic_ncols=True)
         seen, seconds = 0, 0.0
-        last_summary = step
+        last_summary = saved = step
         try:
             while True:
                 end = self._segment_end()
@@ -455,11 +500,16 @@ class Job:
                         last_summary = step
                     if step % cfg.checkpoint_every == 0 or step == end:
                         self._save(step)
+                        saved = step
                     if bar is not None:
                         bar.update(n)
                         bar.set_postfix(self._postfix(metrics), refresh=False)
                     if on_loop_end is not None:
                         on_loop_end(step, metrics)
+                    if interrupted["set"]:
+                        if saved != step:
+                            self._save(step)
+                        raise TrainingInterrupted(step, self.manager.latest_checkpoint)
                 del iterator
         finally:
             if bar is not None:

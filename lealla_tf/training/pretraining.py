@@ -276,14 +276,14 @@ class Pretrainer(loop.Job):
         with self._precision():
             tf_keras.utils.set_random_seed(self.cfg.train.seed + 1000 * stage.index)
             with self.strategy.scope():
-                with loop.tracked_dropout():
+                with bert_internals.tracked_dropout():
                     encoder = encoders.build_encoder(self._model_cfg(stage))
                     encoder(encoder.dummy_inputs())
                     pretrainer = build_pretrainer(encoder, self._model_cfg(stage))
                     dummy = dict(encoder.dummy_inputs(),
                                  masked_lm_positions=tf.zeros([1, 1], tf.int32))
                     pretrainer(dummy)
-                rng = loop.dropout_rng(encoder)
+                rng = bert_internals.dropout_rng(encoder)
                 optimizer, schedule = optimization.build_optimizer(self.cfg.train)
                 offset = stage.start if self.cfg.pretrain.stage_optimizer == "reset" else 0
                 if offset:
@@ -320,8 +320,7 @@ class Pretrainer(loop.Job):
             status.assert_existing_objects_matched()
             if self.cfg.pretrain.stage_optimizer == "carry":
                 with self.strategy.scope():  # slots: restored as they are created
-                    inner = getattr(source["optimizer"], "inner_optimizer", source["optimizer"])
-                    inner._create_all_weights(source["variables"])
+                    bert_internals.create_slots(source["optimizer"], source["variables"])
             status.expect_partial()
             done = source["offset"] + int(source["optimizer"].iterations.numpy())
             if done != previous.end:
@@ -363,9 +362,9 @@ class Pretrainer(loop.Job):
 
     def _carry_optimizer(self, source, parts, pairs) -> None:
         old, new = source["optimizer"], parts["optimizer"]
+        bert_internals.create_slots(new, parts["variables"])
         old = getattr(old, "inner_optimizer", old)
         new = getattr(new, "inner_optimizer", new)
-        new._create_all_weights(parts["variables"])
         trainable = {id(v) for v in parts["variables"]}
         for t, s in pairs:
             if id(t) not in trainable:
@@ -474,6 +473,8 @@ class Pretrainer(loop.Job):
 
 def pretrain(cfg: config_lib.ExperimentConfig, model_dir: str,
              strategy: Optional[tf.distribute.Strategy] = None, progress: bool = True,
-             on_loop_end: Optional[loop.OnLoopEnd] = None) -> PretrainResult:
-    """Runs (or resumes) a pre-training job; see :class:`Pretrainer`."""
-    return Pretrainer(cfg, model_dir, strategy, progress).run(on_loop_end)
+             on_loop_end: Optional[loop.OnLoopEnd] = None,
+             recover: bool = False) -> PretrainResult:
+    """Runs (or resumes) a pre-training job; see :class:`Pretrainer` (``recover``: see
+    :class:`lealla_tf.training.loop.Job`)."""
+    return Pretrainer(cfg, model_dir, strategy, progress, recover=recover).run(on_loop_end)
