@@ -1,19 +1,14 @@
-"""Typed configuration for lealla_tf, loaded from YAML with dotted overrides.
+"""Typed experiment configs: YAML files with ``base:`` inheritance and ``a.b=value`` overrides.
 
-Every knob of the pipeline is a field of a dataclass below. A YAML file fills an
-:class:`ExperimentConfig`; it may name a ``base:`` file (relative to itself) whose
-values it overrides, the way Model Garden layers experiment configs. Unknown keys
-and values of the wrong type raise :class:`ConfigError` naming the offending key.
-
-The shipped recipes and shapes are package data (``lealla_tf/configs/``): a bare name
-(``lealla_small``, ``demo.yaml``) loads one of them; anything else is a path (local,
-``gs://`` or ``ram://``, read through :mod:`lealla_tf.fileio`).
-
-Example::
+Every knob is a field of :class:`ExperimentConfig`; unknown keys and wrongly typed values
+raise :class:`ConfigError` naming the key. A bare name loads a config shipped in
+``lealla_tf/configs/``, anything else is a path::
 
     from lealla_tf import config
     cfg = config.load("lealla_small", overrides=["train.steps=100"])
     cfg.model.hidden_size  # 128
+
+See docs/training.md, "Configs".
 """
 
 from __future__ import annotations

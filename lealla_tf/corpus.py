@@ -1,23 +1,15 @@
-"""Reading parallel corpora and plain-text files, line by line, without losing alignment.
+"""Reading parallel ``xxx-eng.tsv`` corpora and text files line by line, keeping alignment.
 
-A parallel corpus is a TSV file of ``foreign<TAB>English`` lines named ``xxx-eng.tsv``
-(``xxx`` is the language code). Every consumer (vocabulary training, teacher embedding,
-the training pipeline) reads it through :func:`iter_tsv`, so all agree on which lines
-are usable and on the *physical line index* of each pair: precomputed teacher
-embeddings are stored per physical line, so a skipped line never shifts what follows.
+Every consumer reads a corpus through :func:`iter_tsv`, so all agree on which lines are usable
+and on each pair's *physical line index* (what teacher embeddings are stored by); malformed
+lines are skipped and counted in a :class:`Stats` under their reason::
 
-A line is malformed, skipped and counted under a reason when it:
-
-- is not valid UTF-8 (``invalid_utf8``),
-- does not have exactly two tab-separated fields (``wrong_fields``),
-- has an empty or whitespace-only side (``empty_side``).
-
-Example::
-
+    from lealla_tf import corpus
     stats = corpus.Stats()
     for index, src, tgt in corpus.iter_tsv("train/deu-eng.tsv", stats):
         ...
-    print(stats)  # {'ok': 20412, 'wrong_fields': 1}
+
+See docs/data.md, "The data root".
 """
 
 from __future__ import annotations

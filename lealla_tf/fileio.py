@@ -1,26 +1,10 @@
 """File access for every path the package reads or writes: local, ``gs://`` or ``ram://``.
 
-Everything that touches a run directory, teacher embeddings, an export, a cache or a
-results file goes through this module, which is a thin layer over ``tf.io.gfile`` (so
-a multi-host TPU pod can keep its runs on Cloud Storage, and tests can prove nothing
-assumes a local disk with TensorFlow's in-memory ``ram://`` file system).
+A thin layer over ``tf.io.gfile``, plus what it lacks: atomic writes and folders, local copies
+for libraries that need real files (:func:`local_copy`, :func:`staged_dir`) and one writer
+per directory (:func:`writer_lock`).
 
-Writes that must never be seen half-done use :func:`atomic_write` (a temporary name,
-then a rename). Libraries that can only read or write real files (SentencePiece,
-the TFLite interpreter, numpy memory maps) get one through :func:`local_copy` and
-:func:`staged_dir`.
-
-Concurrent writers: on a local file system :func:`writer_lock` is an ``fcntl`` lock
-(released when the process dies). Object stores have no locks, so there a directory
-has a *single writer*: the lock is a marker file naming its owner; a second writer
-finds it and stops with an error (a crashed writer's marker is removed with
-``force=True``, e.g. ``--overwrite``).
-
-Example::
-
-    from lealla_tf import fileio
-    fileio.atomic_write("ram://run/config.yaml", "model: {}\\n")
-    fileio.read_text("ram://run/config.yaml")
+See docs/architecture.md, "Files and locks".
 """
 
 from __future__ import annotations

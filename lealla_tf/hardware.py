@@ -1,14 +1,10 @@
-"""What the CPU offers and which kernels the runtimes pick on it.
+"""What the CPU offers (AVX2, AVX-512, VNNI, BF16, AMX) and which kernels the runtimes pick on it.
 
-``cpu_info()`` reads the CPU model and its instruction-set flags (``/proc/cpuinfo`` on
-Linux) and names the groups that matter for inference: AVX2, AVX-512, VNNI (int8 dot
-products, AVX-512 or AVX), BF16 and AMX. ``runtime_paths()`` runs one small matrix
-product in a child process with ``ONEDNN_VERBOSE=1`` (TensorFlow's oneDNN reports its
-version, the ISA it dispatches to and the kernel of each primitive) and through LiteRT's
-interpreter (which reports when it applies the XNNPACK delegate). The inference
-benchmark prints both at the top of its table::
+:func:`describe` is what ``benchmarks.inference_speed`` prints above its table::
 
     python -c "from lealla_tf import hardware; print(hardware.describe())"
+
+See docs/export.md, "Fast inference".
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""The names of the files in a run directory and in an export folder.
+"""The names of the files in a run directory and in an export folder, declared once.
 
-Declared once here; :mod:`lealla_tf.runs` reads and writes run directories, the
-:mod:`lealla_tf.export` package writes export folders. See ``docs/architecture.md``.
+:mod:`lealla_tf.runs` reads and writes run directories, :mod:`lealla_tf.export` writes export
+folders. See docs/architecture.md, "Run directory" and "Export folder".
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
 """Where lealla_tf reads data and keeps caches: the data root and the cache root.
 
-Every command reads the data root the same way: ``--data-dir`` (or ``data.data_dir``),
-else ``$LEALLA_DATA_DIR``, else the cache's ``datasets/`` folder that ``lealla data fetch``
-fills. The cache root is ``$LEALLA_CACHE_DIR``, else the user's cache directory.
+See docs/data.md, "The data root", and docs/architecture.md, "Caches".
 """
 
 from __future__ import annotations

@@ -1,9 +1,14 @@
-"""The one owner of a run directory: its config, vocabulary and checkpoints.
+"""The one owner of a run directory: config, vocabulary, checkpoints, restore, resume checks.
 
-A run directory is what ``lealla train``, ``lealla pretrain`` and ``lealla import`` write
-(names in :mod:`lealla_tf.layout`; the layout is described in ``docs/architecture.md``).
-Everything that reads one back (export, embedders, ``train.init_from``, online teachers)
-goes through here.
+Everything that writes a run (train, pretrain, import, prune) or reads one back (export,
+embedders, ``train.init_from``, online teachers) goes through here; file names are in
+:mod:`lealla_tf.layout`. Also the run's safety: one writer (:func:`writer`) and no resume
+from a damaged checkpoint folder (:func:`resume_checkpoint`)::
+
+    from lealla_tf import runs
+    cfg, preprocessor, encoder = runs.restore_encoder("runs/tiny")   # latest checkpoint
+
+See docs/architecture.md, "Run directory".
 """
 
 from __future__ import annotations

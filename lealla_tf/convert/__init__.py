@@ -1,1 +1,4 @@
-"""convert"""
+"""Released models into run directories: LaBSE/LEALLA imports and WordPiece vocabulary pruning.
+
+See docs/released_models.md.
+"""

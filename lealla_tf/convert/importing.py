@@ -1,36 +1,12 @@
-"""Importing the released LaBSE and LEALLA SavedModels into a lealla_tf run directory.
+"""Importing the released LaBSE and LEALLA SavedModels as run directories, with parity checks.
 
-The released models (TF Hub ``google/LaBSE/2``, ``google/LEALLA/LEALLA-{small,base,large}/1``)
-are Model Garden BERT encoders. Their variables carry Model Garden's names
-(``word_embeddings/embeddings``, ``transformer/layer_N/self_attention/query/kernel``,
-``pooler_transform/kernel``, ...), the same names ``BertEncoderV2`` inside
-:class:`lealla_tf.models.encoders.LeallaEncoder` gives its own, so each source variable is placed
-by name (any prefix before the known part is ignored) and checked by shape. The shape of
-the encoder (vocabulary, width, layers, heads, FFN, positions, token types) is read off the
-variables. The WordPiece vocabulary and ``do_lower_case`` come from the SavedModel's
-``vocab_file`` asset and ``do_lower_case`` variable (or from a separate preprocessor
-SavedModel, LaBSE's two-part layout).
-
-Two layouts are recognised:
-
-- **encoder** (LaBSE/2): a dict of ``input_word_ids``, ``input_mask``, ``input_type_ids``
-  in; ``default`` (the pooled output), ``pooled_output``, ``sequence_output`` out. Parity is
-  checked on the same token ids fed to both, and, with the preprocessor, on the ids too.
-- **string-in** (LEALLA): strings in, the embedding out. Parity is end to end.
-
-:func:`import_model` writes a run directory every command accepts (``lealla train
---init-from``, ``lealla export``, ``lealla eval``, ``lealla embed``)::
-
-    config.yaml          model shape, vocab.type wordpiece, vocab.model_file vocab/vocab.txt
-    vocab/vocab.txt      the release's vocabulary
-    checkpoints/ckpt-0   tf.train.Checkpoint(encoder=...)
-    import_info.json     source, layout, shape, parity figures
-
-Example::
+The released models are Model Garden BERT encoders, so each source variable is placed by its
+Model Garden name and checked by shape, and the shape is read off the variables;
+:func:`import_model` checks parity with the source before it writes::
 
     lealla import --source https://tfhub.dev/google/LEALLA/LEALLA-small/1 --output runs/small
-    lealla import --source https://tfhub.dev/google/LaBSE/2 --output runs/labse \\
-        --preprocessor https://tfhub.dev/google/universal-sentence-encoder-cmlm/multilingual-preprocess/2
+
+See docs/released_models.md, "Import".
 """
 
 from __future__ import annotations

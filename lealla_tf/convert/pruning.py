@@ -1,20 +1,12 @@
 """A smaller LaBSE/LEALLA for the languages a user needs: WordPiece vocabulary pruning.
 
-LaBSE's 501,153-token vocabulary is most of its 471M parameters. :func:`prune_run` keeps
-the tokens a corpus in the wanted languages uses (plus the special tokens and every
-single-character token, bare and ``##``, of the characters the corpus contains, so unseen
-words still split into known pieces), writes the vocabulary in the original order and
-gathers the matching rows of the word-embedding table; every other weight is copied.
+:func:`prune_run` keeps the tokens a corpus uses (plus the specials and the corpus's
+single-character tokens) and the matching word-embedding rows; with no cap the pruned model
+embeds that corpus exactly as the full one::
 
-With ``max_tokens`` 0 the pruned model segments and embeds the corpus exactly as the full
-one does: WordPiece takes the longest vocabulary match at each position, and removing
-tokens that never matched cannot change which token matches (tested). A cap
-(``max_tokens``) keeps the most frequent tokens only; rarer words then split further.
+    lealla prune --model-dir runs/labse --input train/deu-eng.tsv --output runs/labse-de
 
-Example::
-
-    lealla prune --model-dir runs/labse --input "train/deu-eng.tsv" "train/fra-eng.tsv" \\
-        --output runs/labse-de-fr
+See docs/released_models.md, "Pruning".
 """
 
 from __future__ import annotations

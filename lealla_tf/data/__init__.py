@@ -1,1 +1,4 @@
-"""data"""
+"""Data: the public data sets, the training pipeline and pre-training inputs.
+
+See docs/data.md, and docs/training.md, "The job" (input).
+"""

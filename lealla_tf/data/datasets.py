@@ -1,33 +1,14 @@
 """The public data sets: pinned sources, a checksummed, resumable fetcher, and ``train/``.
 
-Everything ``lealla`` reads from a data root comes from two public GitHub repositories,
-pinned to one commit each (:data:`REPOSITORIES`):
-
-- ``tatoeba/v1/``: LASER's Tatoeba test sets (facebookresearch/LASER, ``data/tatoeba/v1``);
-- ``ntrex/``: NTREX-128 and its metadata (Helsinki-NLP/OPUS-MT-testsets,
-  ``datasets/microsoft/ntrex/NTREX``);
-- ``train/xxx-eng.tsv``: derived from the Tatoeba Challenge v2021-08-07 test sets
-  (Helsinki-NLP/OPUS-MT-testsets, ``datasets/helsinki_nlp/tatoeba/testsets``) by
-  :func:`derive_pairs`: one ``foreign<TAB>English`` line per upstream line, dropping every
-  pair that shares a sentence with the Tatoeba v1 test set of that language.
-
-The table ``resources/data_sources.tsv`` (package data) lists every file with its SHA-256 and
-size, the derived ``train/`` files included, so a derivation is verified as well as a download.
-:func:`fetch` downloads what is asked into a ``.part`` file next to its destination (a later
-run resumes it with an HTTP ``Range`` request), checks size and SHA-256, and only then moves it
-into place; a file with the wrong checksum is deleted and named in a :class:`ChecksumError`.
-Files already in place are verified (and fetched again when damaged), so a second run
-downloads nothing. The upstream test sets that ``train/`` is derived from are kept in the
-cache (``<cache>/downloads/<owner>/<repo>/<commit>/<path>``).
-
-A mirror laid out like ``raw.githubusercontent.com`` (``<owner>/<repo>/<commit>/<path>``) can
-stand in for GitHub: ``mirror=`` or ``$LEALLA_DATA_MIRROR``.
-
-Example::
+Every file comes from a public GitHub repository at a pinned commit (:data:`REPOSITORIES`) and
+is checked against ``resources/data_sources.tsv``; ``train/xxx-eng.tsv`` is derived
+(:func:`derive_pairs`) and checked the same way::
 
     from lealla_tf.data import datasets
     root = datasets.fetch(["tatoeba", "train", "ntrex"], ["deu", "fra"])  # into the cache
     print(datasets.plan(["ntrex"], "all").download_bytes)                 # bytes to fetch
+
+See docs/data.md, "Fetching the data".
 """
 
 from __future__ import annotations

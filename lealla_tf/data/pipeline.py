@@ -1,38 +1,19 @@
-"""Parallel corpora -> tf.data batches for dual-encoder training.
+"""Parallel corpora -> ``tf.data`` global batches for dual-encoder training.
 
-Pipeline (the same on every worker; deterministic for a seed; resumable):
+:func:`load_corpus` groups pairs by language (teacher rows attached by physical line);
+:class:`GlobalBatchSampler` draws duplicate-free *global* batches (a language with
+p ∝ n^α, then its next pair), resumably; :func:`make_dataset` builds the global batch in every
+input pipeline and keeps its replicas' rows, so R replicas see what one device fed the global
+batch sees::
 
-1. :func:`load_corpus` reads ``xxx-eng.tsv`` files with :func:`lealla_tf.corpus.iter_tsv`
-   (malformed lines -- wrong number of fields, an empty side, invalid UTF-8 -- are skipped
-   and counted, and physical line indices are kept), groups them by language, and attaches
-   precomputed teacher embeddings by physical line, so a skipped line never shifts the
-   alignment. A line whose teacher row is marked invalid is skipped too (``teacher_invalid``).
-2. :class:`GlobalBatchSampler` draws *global* batches: a language with probability
-   ``p_l ∝ n_l^α`` (Conneau & Lample, 2019; LaBSE and LEALLA sample languages this way),
-   then that language's next pair in a per-epoch random permutation (shuffling without
-   replacement). A pair whose source or target sentence is already in the batch is skipped
-   (a duplicate would be a false negative for the in-batch softmax) and counted. The
-   sampler's state is a few integers per language; :class:`DataState` puts it into the
-   training checkpoint, so a resumed run sees exactly the batches an uninterrupted run does.
-3. :func:`make_dataset` turns the stream into per-replica batches for
-   ``strategy.distribute_datasets_from_function``: every input pipeline builds the same
-   global batch, keeps the rows of *its* replicas (replica ``r`` gets rows
-   ``[r * b, (r + 1) * b)``, which is where the loss looks for positives), and tokenizes only
-   those. So deduplication holds over the whole global batch, across workers, and
-   MirroredStrategy over ``R`` devices sees exactly what one device fed the global batch
-   sees.
-
-Each element is ``{"src": inputs, "tgt": inputs[, "teacher_src": [b, D],
-"teacher_tgt": [b, D]]}`` with ``inputs`` the Preprocessor's int32 dict; with an online
-teacher (``teacher.mode: online``) ``teacher_inputs_src``/``teacher_inputs_tgt`` (the
-teacher's own packed inputs, or the strings) replace the teacher rows.
-
-Example::
-
-    corpus_ = data.load_corpus(corpus.find_files(["train/*-eng.tsv"], root))
-    sampler = data.GlobalBatchSampler(corpus_, global_batch_size=64, alpha=0.3, seed=0)
+    from lealla_tf import corpus
+    from lealla_tf.data import pipeline
+    pairs = pipeline.load_corpus(corpus.find_files(["train/*-eng.tsv"], data_root))
+    sampler = pipeline.GlobalBatchSampler(pairs, global_batch_size=64, alpha=0.3, seed=0)
     dataset = strategy.distribute_datasets_from_function(
-        lambda ctx: data.make_dataset(corpus_, sampler, preprocessor, ctx))
+        lambda ctx: pipeline.make_dataset(pairs, sampler, preprocessor, ctx))
+
+See docs/training.md, "The job" (input, length bucketing) and "Resume and divergence".
 """
 
 from __future__ import annotations
@@ -484,7 +465,13 @@ def make_dataset(corpus: ParallelCorpus, sampler: GlobalBatchSampler, preprocess
                  use_teacher: Optional[bool] = None,
                  teacher_inputs: Optional[Callable] = None,
                  dynamic_length: bool = False, length_multiple: int = 1) -> tf.data.Dataset:
-    """Per-replica batches of this input pipeline (see the module docstring).
+    """Per-replica batches of this input pipeline.
+
+    Each element is ``{"src": inputs, "tgt": inputs}`` (``inputs`` the preprocessor's int32
+    dict, or the strings), plus ``teacher_src``/``teacher_tgt`` ``[b, D]`` rows with stored
+    teacher embeddings. Every pipeline builds the same global batch and keeps the rows of its
+    replicas (replica ``r`` gets rows ``[r * b, (r + 1) * b)``, where the loss looks for
+    positives), tokenizing only those.
 
     Args:
       corpus: the pairs (also gives the teacher dimension).

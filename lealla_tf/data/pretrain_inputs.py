@@ -1,25 +1,11 @@
-"""Pre-training inputs: MLM and TLM rows, masking, and their tf.data pipeline.
+"""Pre-training inputs: MLM and TLM rows, masking, and their ``tf.data`` pipeline.
 
-What :mod:`lealla_tf.training.pretraining` trains on (see its docstring for the recipe):
+Rows are drawn with the training pipeline's sampler; masking is TF Text's
+``mask_language_model`` with stateless draws seeded by ``(data.seed, batch index)``, applied
+to the global batch in every input pipeline, so resumed and multi-replica runs mask what one
+uninterrupted device does.
 
-- :func:`text_batches` draws global batches of pairs with the training job's sampler
-  (:class:`lealla_tf.data.pipeline.GlobalBatchSampler`, p ∝ n^alpha) and makes each row TLM
-  (``[CLS] a [SEP] b [SEP]``, type ids 0 then 1, the sides in random order) with probability
-  ``pretrain.tlm_fraction``, else MLM on one side (``[CLS] a [SEP]``); rows of
-  ``pretrain.text_files`` are MLM;
-- :func:`mask_and_pad` masks with TF Text's ``mask_language_model``: ``ceil(mask_rate * n)``
-  of a row's ``n`` pieces that are not ``[CLS]``/``[SEP]``/padding, at most
-  ``max_predictions``; 80/10/10 ``[MASK]``/random/unchanged. The draws are stateless, seeded
-  by ``(data.seed, batch index)``: a resumed run masks what an uninterrupted one does;
-- :func:`make_dataset` masks the *global* batch in every input pipeline and keeps its
-  replicas' rows, so ``R`` replicas see what one device fed the global batch sees.
-
-Example::
-
-    fn = pretrain_data.make_features_fn(preprocessor, cfg.pretrain, 64, seed=0,
-                                        vocab_size=preprocessor.vocab_size)
-    feats = fn(tf.constant(0, tf.int64), tf.constant([True]), tf.constant(["Hund"]),
-               tf.constant(["dog"]))   # input_word_ids, ..., masked_lm_positions, ...
+See docs/pretraining.md, "What it does".
 """
 
 from __future__ import annotations

@@ -1,46 +1,17 @@
 """The teacher inside the training step (``teacher.mode: online``).
 
-With ``teacher.mode: precomputed`` (the default) distillation reads teacher embeddings that
-``lealla teacher embed`` stored once (:mod:`lealla_tf.distill.store`). With
-``teacher.mode: online`` the frozen teacher runs in the same ``tf.function`` as the student,
-under the training strategy, on each replica's own rows of the global batch: no teacher
-shards at all, at the price of one teacher forward pass per sentence per step.
+A TensorFlow teacher is split in two: ``preprocess`` (string ops) runs in the host's
+``tf.data`` pipeline, ``encode`` on the replicas, L2-normalised under ``tf.stop_gradient``;
+a string-in SavedModel runs whole in the step. It is loaded under the strategy's scope and
+is in neither the optimizer, the checkpoint nor the export::
 
-A teacher here is a TensorFlow graph split in two parts:
-
-- ``preprocess(strings [b]) -> inputs``: runs in the ``tf.data`` pipeline on the host
-  (tokenizers are string ops: they cannot run on a TPU);
-- ``encode(inputs) -> float32 [b, D]``: runs in the replica step, on the accelerator;
-  its output is L2-normalised and wrapped in ``tf.stop_gradient``.
-
-Which specs (see :mod:`lealla_tf.embedders`) can run online:
-
-==================================  ========================================================
-``labse``, ``hub:<pre>|<enc>``      the preprocessor in the input pipeline, the encoder
-                                    (``default`` output) in the step: works on every
-                                    strategy, TPU included
-``run:<model dir>``                 a training run of this project (static or Transformer):
-                                    its preprocessor in the pipeline, its encoder in the
-                                    step; built under the run's precision policy, so
-                                    ``train.mixed_precision`` applies to it too
-``export:<dir>``, ``savedmodel:``,  a string-in SavedModel: strings go through the
-``hub:<handle>``                    pipeline and the whole model runs in the step (CPU and
-                                    GPU strategies; not TPU, whose steps cannot take strings)
-``muse``, ``py:``, ``tflite:``      not TensorFlow graphs: a clear error pointing to
-                                    ``teacher.mode: precomputed``
-==================================  ========================================================
-
-The teacher is loaded under the strategy's scope (its variables are mirrored like the
-student's), is never in the optimizer's variable list (no gradients, no slots), is not part
-of the training checkpoint (a resumed run loads it again from ``teacher.spec``) and is not
-exported (export rebuilds the encoder alone from the checkpoint).
-
-Example::
-
+    import tensorflow as tf
     from lealla_tf.distill import online_teacher
-    teacher = online_teacher.load("hub:pre|enc", strategy)
+    teacher = online_teacher.load("run:runs/teacher", strategy)
     inputs = teacher.preprocess(tf.constant(["dog", "Hund"]))   # in tf.data
     vectors = teacher.encode(inputs)                            # in the replica step
+
+See docs/training.md, "Teachers: precomputed or online".
 """
 
 from __future__ import annotations
@@ -179,7 +150,7 @@ def check_spec(spec: str) -> embedders.Spec:
 
 def load(spec: str, strategy: Optional[tf.distribute.Strategy] = None,
          output_key: Optional[str] = None) -> OnlineTeacher:
-    """Loads a TensorFlow teacher for the training step (see the module docstring).
+    """Loads a TensorFlow teacher for the training step.
 
     Args:
       spec: a model spec (``labse``, ``hub:<pre>|<enc>``, ``run:``, ``export:``,

@@ -1,49 +1,16 @@
-"""Teacher-embedding store: a teacher's embeddings of TSV corpora, precomputed once into shards.
+"""The teacher-embedding store: a teacher's embeddings of TSV corpora, precomputed once in shards.
 
-Distillation needs the teacher's embedding of both sides of every training pair. Encoding
-them once, before training, keeps the teacher (see :mod:`lealla_tf.embedders.teachers`) out of the
-training job: :func:`precompute` runs it over some ``xxx-eng.tsv`` corpora and stores float16
-shards; training reads them back with :func:`load_precomputed`, and :func:`verify` re-reads
-the corpora to check every shard against them. Layout of ``DIR``::
-
-    manifest.json                 teacher name, dim, dtype, shard size (compact: the
-                                  teacher's own dim, the projection's sha256); per TSV:
-                                  absolute path, size, sha256, physical lines, shards,
-                                  completion
-    projection.npz                compact shards only: the PCA (components [D, teacher dim])
-    <tsv name>-<hash>/
-      000000000-000005000.npz     src [n, D] float16, tgt [n, D] float16, valid bool [n],
-      000005000-000010000.npz     meta (JSON: line range, byte range, sha256 of the lines,
-      ...                         dtype, projection sha256); int8 rows: src_scale, tgt_scale
-
-Compact shards (``dim``/``dtype`` of :func:`precompute`, ``lealla teacher embed --dim D
---dtype float16|int8``): rows reduced by a PCA fitted on a sample of the teacher's
-embeddings and/or stored as int8 with a per-row scale; :func:`load_precomputed` returns
-them decoded, so training reads them like any other (its teacher dimension becomes ``D``).
-
-Rows are indexed by *physical* line (see :mod:`lealla_tf.corpus`): a malformed line gets
-zero rows and ``valid=False``, so it never shifts what follows. Shards are written to a
-temporary file and renamed, so a killed run leaves only complete shards, and rerunning
-resumes at the first missing one. Each distinct sentence is encoded once: a repeat (in the
-same shard, an earlier shard or another input file) is copied from where it was first
-stored, also across resumed runs (only the shard a killed run was working on is redone).
-One process at a time writes to a directory (an advisory lock; a second writer gets a
-``ValueError``).
-
-Example::
+Rows are stored by physical line (a malformed line gets a zero row marked invalid), in
+resumable, deduplicated shards, optionally compact (PCA ``dim``, ``int8`` rows);
+:func:`load_precomputed` returns any layout decoded::
 
     from lealla_tf.distill import store
     from lealla_tf.embedders import teachers
-    teacher = teachers.load_teacher("muse")
-    teacher_embeddings.precompute(teacher, ["train/deu-eng.tsv"], "results/teacher/muse")
-    src, tgt, valid = teacher_embeddings.load_precomputed("results/teacher/muse",
-                                                          "train/deu-eng.tsv")
-    assert not teacher_embeddings.verify("results/teacher/muse")  # [] when all aligned
+    store.precompute(teachers.load_teacher("muse"), ["train/deu-eng.tsv"], "teacher/muse")
+    src, tgt, valid = store.load_precomputed("teacher/muse", "train/deu-eng.tsv")
+    assert not store.verify("teacher/muse")   # [] when every shard matches its corpus
 
-or from the shell::
-
-    lealla teacher embed --teacher muse --input 'train/*.tsv' --output results/teacher/muse
-    lealla teacher verify --output results/teacher/muse
+See docs/data.md, "Teacher embeddings" and "Compact shards".
 """
 
 from __future__ import annotations

@@ -1,38 +1,10 @@
 """``lealla teacher embed --runner beam``: the teacher-embedding job as an Apache Beam pipeline.
 
-The same job as :func:`lealla_tf.distill.store.precompute`, spread over the workers
-of any Beam runner (DirectRunner with several processes locally; Dataflow, Flink or
-Spark on a cluster). The driver plans exactly as the local job (manifest checks, line
-scan, which shards are finished, under the writer lock); the missing shards become the
-elements of a pipeline ``Create -> Reshuffle -> ParDo(EmbedShard)``, where each worker
-loads the teacher once (``DoFn.setup``, from its spec string), reads its shard's lines by
-byte range (checked against the shard's sha256), encodes them with
-:func:`teacher_embeddings.encode_shard` and writes the shard with
-:func:`teacher_embeddings.write_shard`: the same ``.npz`` files, names and metadata as
-the local job. When the pipeline is done the driver records the finished shards in the
-manifest. A run that fails (or is killed) part-way leaves only complete shards; running
-the same command again submits only the missing ones, on either executor.
+The driver plans as the local job does (:func:`lealla_tf.distill.store.plan`); each missing
+shard is one element of ``Create -> Reshuffle -> ParDo``, and workers write it with the local
+job's functions, so either executor resumes the other's directory. Needs the ``[beam]`` extra.
 
-Compact shards (``dim``, ``dtype``, ``pca_sample``, as the local job): the driver fits
-the PCA once in :func:`teacher_embeddings.plan` (or, resuming, loads the directory's
-``projection.npz``, checked against the manifest's sha256), writes it to the output
-folder and ships its components to the workers with the DoFn; each worker projects its
-rows with them and writes the shard in the chosen dtype, the projection's sha256 in its
-meta, exactly as the local job does.
-
-Rows equal the local job's for a teacher whose embedding of a sentence does not depend
-on the other sentences of its batch. One difference: a worker only sees its own shard,
-so a sentence repeated in several shards is encoded once per shard (the local job
-encodes it once per run); the rows are the same either way.
-
-Workers need the input TSVs and the output folder at the same paths as the driver (a
-shared file system on a cluster) and lealla_tf installed (``--requirements_file`` or a
-custom container on Dataflow). Needs the ``[beam]`` extra.
-
-Example::
-
-    lealla teacher embed --teacher muse --input 'train/*.tsv' --output results/teacher/muse \\
-        --runner beam --direct_num_workers=4
+See docs/data.md, "The teacher-embedding job on Apache Beam".
 """
 
 from __future__ import annotations
@@ -105,7 +77,7 @@ def precompute(teacher_spec: str, inputs: Sequence[str], output_dir: str,
                pipeline_args: Sequence[str] = (), threads: Optional[int] = None,
                teacher=None, dim: int = 0, dtype: str = te.DTYPE,
                pca_sample: int = te.DEFAULT_PCA_SAMPLE) -> dict:
-    """:func:`teacher_embeddings.precompute` on Apache Beam.
+    """:func:`lealla_tf.distill.store.precompute` on Apache Beam.
 
     Args:
       teacher_spec: the teacher as ``lealla teacher embed --teacher`` takes it (each

@@ -1,32 +1,16 @@
 """Starting a student from its teacher: the teacher's vocabulary and token embeddings.
 
-A student that starts from a random table over a small vocabulary trained on a few
-thousand sentences learns slowly. Two things the teacher already knows give it a head
-start (README, "Students that keep the teacher's quality"):
-
-- **The teacher's vocabulary** (``vocab.source: teacher``): the teacher's own SentencePiece
-  model, pruned to the pieces the training corpus uses (optionally to the ``max_pieces``
-  most frequent), ids remapped so that ``[PAD] [UNK] [CLS] [SEP] [MASK]`` keep ids 0-4, the
-  teacher's normaliser and piece scores kept. The result is an ordinary unigram model
-  without byte fallback: the TFLite-safe ``FastSentencepieceTokenizer`` runs it. Every
-  character seen in the corpus keeps its single-character piece when the teacher has one,
-  so words the corpus never used still segment into known pieces. On the corpus itself
-  the segmentation is the teacher's (removing pieces a Viterbi path does not use cannot
-  change that path).
-- **Teacher-initialised token embeddings** (``model.embedding_init``): ``teacher`` embeds
-  every vocabulary piece with the teacher (the piece's text, ``▁`` read as a space), and
-  ``teacher_table`` takes the teacher's own token-embedding rows where the teacher exposes
-  them (``muse``); either is reduced to the student's width by PCA (centred, top
-  components) and rescaled so that its entries have the initializer's standard deviation.
-  Special pieces get zero rows. Piece vectors are cached on disk.
-
-Example::
+:func:`build_teacher_vocab` (``vocab.source: teacher``) writes the teacher's SentencePiece
+model with ``[PAD] [UNK] [CLS] [SEP] [MASK]`` at ids 0-4; :func:`initial_table`
+(``model.embedding_init``) gives the student's first word-embedding table::
 
     from lealla_tf.distill import student_init
     from lealla_tf.embedders import teachers
     teacher = teachers.load_teacher("muse")
-    path = student_init.build_teacher_vocab(teacher, ["data/deu-eng.tsv"], "vocab/")
+    path = student_init.build_teacher_vocab(teacher, ["train/deu-eng.tsv"], "vocab/")
     table = student_init.initial_table("teacher", teacher, path, dim=128, stddev=0.02)
+
+See docs/training.md, "Students that learn in minutes on a CPU".
 """
 
 from __future__ import annotations
@@ -107,7 +91,7 @@ def prune_sentencepiece(model_bytes: bytes, sentences: Iterable[str], max_pieces
 
     Returns:
       ``(model, teacher_ids, stats)``: the new serialized model (ids 0-4 are
-      ``preprocessing.SPECIAL_PIECES``, then the kept pieces in the teacher's order),
+      ``sentencepiece.SPECIAL_PIECES``, then the kept pieces in the teacher's order),
       ``teacher_ids[i]`` = the teacher id of new piece ``i`` (-1 for the specials), and
       counts of what was kept.
     """

@@ -1,9 +1,9 @@
 """Embedders: anything that turns sentences into vectors, loaded from one spec grammar.
 
-``load(spec)`` is the entry point (the grammar and registry are in
-:mod:`lealla_tf.embedders.spec`, the :class:`Embedder` base class and the batching policy
-in :mod:`lealla_tf.embedders.base`); teachers live in :mod:`~lealla_tf.embedders.teachers`,
-exported artefacts and runs in :mod:`~lealla_tf.embedders.artifacts`.
+:func:`load` (:mod:`~lealla_tf.embedders.spec`) is the entry point; the :class:`Embedder` base
+class and the batching policy are in :mod:`~lealla_tf.embedders.base`, teachers in
+:mod:`~lealla_tf.embedders.teachers`, exports, TFLite files and runs in
+:mod:`~lealla_tf.embedders.artifacts`. See docs/evaluation.md, "Models".
 """
 
 from lealla_tf.embedders.base import (

@@ -1,6 +1,9 @@
-"""Embedders for export folders, TFLite files and training runs (the ``export``, ``tflite``
-and ``run`` kinds of :mod:`lealla_tf.embedders`; any path may be local, ``gs://`` or
-``ram://``)."""
+"""Embedders for export folders, TFLite files and training runs.
+
+The ``export:``, ``tflite:`` and ``run:`` specs; paths may be local, ``gs://`` or ``ram://``.
+
+See docs/export.md, "Using an export".
+"""
 
 from __future__ import annotations
 

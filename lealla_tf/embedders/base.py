@@ -1,21 +1,10 @@
 """One protocol for "something that embeds sentences" and one batching policy.
 
-An *embedder* has a ``name`` (str), a ``fingerprint`` (what caches key on; changes when
-the weights do), a ``dim`` and ``encode(sentences) -> float32 [N, dim]``: the
-:class:`Embedder` base class, or any callable wrapped by :func:`as_embedder`. Models load
-as embedders through one spec grammar (:mod:`lealla_tf.embedders.spec`).
+An embedder has a ``name``, a ``fingerprint`` (what caches key on), a ``dim`` and
+``encode(sentences) -> float32 [N, dim]``. :func:`batch_order` sorts sentences longest first
+by token count (by UTF-8 length without a vocabulary); embeddings come back in input order.
 
-The batching policy (:func:`batch_order`): sentences are ordered longest first by their
-*token count* when the embedder knows its vocabulary (exports carry one; teachers with
-a SentencePiece model expose it), else by UTF-8 length, and cut into batches in that
-order, so each batch pads the least. Embeddings come back in input order; the order never
-changes an embedding, only which sentences share a model call.
-
-Example::
-
-    from lealla_tf import embedders
-    model = embedders.load("exports/tiny")        # or "muse", "hub:...", "run:results/x"
-    model.encode(["dog", "Hund"])                 # float32 [2, D]
+See docs/evaluation.md, "Models".
 """
 
 from __future__ import annotations

@@ -1,31 +1,14 @@
 """One spec grammar and one registry for every model that embeds sentences.
 
-Teachers (:mod:`lealla_tf.embedders.teachers`), exports, ``.tflite`` files, training runs,
-TF Hub handles and Python callables all load through :func:`load` (an
-:class:`lealla_tf.embedders.base.Embedder` back); :func:`register` adds a kind:
-
-=================================  ======================================================
-``muse`` / ``labse``               the named teachers (multilingual USE v3; LaBSE on TF Hub)
-``hub:<handle>``                   a string-input TF Hub model (handle, URL or folder)
-``hub:<preprocessor>|<encoder>``   a TF Hub text-API pair (``default`` output)
-``savedmodel:<path>``              a string-input SavedModel folder
-``export:<path>``                  a ``lealla export`` folder (its ``lealla/`` SavedModel)
-``tflite:<path>``                  a ``.tflite`` export
-``run:<path>``                     a training run's model dir (latest checkpoint)
-``py:<module>:<attr>``             a Python embedder, or a callable ``list[str] -> [N, D]``
-``<path>``                         recognised: ``*.tflite`` file, export folder, SavedModel
-                                   folder, run dir (local or ``ram://``)
-``<URL>``                          ``http(s)://`` and ``gs://``: a TF Hub handle (an export
-                                   or run on ``gs://`` takes its prefix: ``export:gs://..``)
-=================================  ======================================================
-
-Paths may be local, ``gs://`` or ``ram://`` (read through :mod:`lealla_tf.fileio`).
-
-Example::
+:func:`load` turns a spec (``muse``, ``hub:...``, ``export:DIR``, ``run:DIR``, a ``.tflite``
+file, ``py:module:function``, a bare path, ...) into an :class:`~lealla_tf.embedders.Embedder`;
+:func:`register` adds a kind::
 
     from lealla_tf import embedders
-    model = embedders.load("exports/tiny")        # or "muse", "hub:...", "run:results/x"
-    model.encode(["dog", "Hund"])                 # float32 [2, D]
+    model = embedders.load("export:exports/tiny")   # or "muse", "hub:...", "run:runs/tiny"
+    model.encode(["dog", "Hund"])                   # float32 [2, D]
+
+See docs/evaluation.md, "Models" (the grammar).
 """
 
 from __future__ import annotations
@@ -86,7 +69,7 @@ def _detect_path(path: str) -> Optional[Spec]:
 
 
 def parse_spec(spec: str) -> Spec:
-    """The one grammar of model specs (see the module docstring).
+    """The one grammar of model specs (docs/evaluation.md, "Models").
 
     Args:
       spec: the spec string.
@@ -134,7 +117,7 @@ def load(spec: str, **options) -> Embedder:
     ``lealla embed``, mining and the demo).
 
     Args:
-      spec: see the module docstring.
+      spec: a model spec (docs/evaluation.md, "Models"; :data:`SPEC_HELP`).
       **options: passed to the loader; ``batch_size`` and ``num_threads`` are understood
         by every kind that can use them (others ignore them), ``threads`` by ``muse``.
 

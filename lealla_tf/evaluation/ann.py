@@ -1,38 +1,14 @@
 """Approximate nearest-neighbour indexes for large candidate pools (FAISS, ScaNN).
 
-Exact search (:func:`retrieval.topk`) is linear in the pool: about 24 s for 2,000
-queries against 10^6 candidates on 2 CPU cores. For web-scale mining (LASER,
-CCMatrix) the candidates go into an approximate index instead, and the margin is
-computed on the approximate k nearest neighbours (Schwenk et al., 2021, "CCMatrix"
-mine with FAISS the same way). :func:`knn` is the one entry point; ``index.kind``
-chooses:
-
-- ``exact``: :func:`retrieval.topk` (no extra needed);
-- ``faiss`` (extra ``[faiss]``, ``faiss-cpu``): an ``index_factory`` index, by default
-  ``IVF<nlist>,Flat`` with inner product, ``nlist = 4 sqrt(N)``. It is trained on a
-  sample of rows and filled by streaming the (memory-mapped) matrix in batches of
-  ``add_batch_rows``, so the pool is never loaded whole; a saved IVF index is opened
-  with ``IO_FLAG_MMAP`` (its inverted lists stay on disk). Compressed codes
-  (``IVF<nlist>,SQ8``, ``IVF<nlist>,PQ32``, ``OPQ32,IVF<nlist>,PQ32``) cut memory 4-16x;
-- ``scann`` (extra ``[scann]``): a ScaNN tree + asymmetric hashing searcher with
-  exact re-ordering. ScaNN builds from one in-memory matrix, so the pool is copied
-  into RAM (as float32) while the index is built; FAISS is the choice when it does
-  not fit.
-
-Every index is built once, saved under ``index.directory`` (default
-``<cache root>/indexes``) in a folder named by the blake2b digest of the candidate
-matrix and the build settings, and reused by every later call on the same matrix.
-The neighbours an index returns are rescored exactly (cosine, from the matrix), so
-scores equal exact search's for every neighbour found and margins are computed on
-true cosines; a query for which the index returns fewer than ``k`` neighbours is
-searched exactly.
-
-Example::
+:func:`knn` is the one entry point (``index.kind``: ``exact``, ``faiss``, ``scann``); an index
+is built once, saved under a digest of the matrix and the settings, and reused; the
+neighbours it returns are rescored exactly::
 
     from lealla_tf.config import IndexConfig
-    cfg = IndexConfig(kind="faiss")
-    scores, idx = ann.knn(queries, "pool.npy", k=4, index=cfg)   # builds + saves once
-    scores, idx = ann.knn(more_queries, "pool.npy", k=4, index=cfg)  # reuses the index
+    from lealla_tf.evaluation import ann
+    scores, idx = ann.knn(queries, "pool.npy", k=4, index=IndexConfig(kind="faiss"))
+
+See docs/evaluation.md, "Approximate search".
 """
 
 from __future__ import annotations

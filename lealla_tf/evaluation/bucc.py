@@ -1,27 +1,13 @@
-"""BUCC-style bitext mining evaluation, on BUCC 2018 files or a benchmark built from NTREX.
+"""BUCC-style bitext mining evaluation, on BUCC 2018 files or a benchmark built from NTREX-128.
 
-BUCC 2018 (Zweigenbaum et al., 2018) hides translation pairs in two monolingual
-corpora. Files (as in the ``bucc2018-xx-en.*.tar.bz2`` archives):
+:func:`evaluate_files` scores as XTREME does (mine, map sentences back to ids, F1 at the best
+threshold); :func:`build_ntrex` hides one language's true pairs among other lines::
 
-- ``xx-en.training.xx`` / ``xx-en.training.en``: ``xx-000000001<TAB>sentence``;
-- ``xx-en.training.gold``: ``xx-000000123<TAB>en-000004567``, one gold pair a line.
+    from lealla_tf.evaluation import bucc
+    files = bucc.build_ntrex("data", "deu", "ntrex-bucc", n_pairs=400)
+    res = bucc.evaluate_files(model, files["src"], files["tgt"], files["gold"])
 
-Scoring follows XTREME (``third_party/utils_retrieve.py``, Hu et al., 2020): embed
-the unique sentences of each side, mine with the LASER margin (``max`` retrieval,
-ratio margin, k = 4), map mined sentences back to ids (a sentence that occurs under
-more than one id is ambiguous and dropped, as XTREME does), then pick the threshold
-that maximises F1 against the gold pairs and report precision, recall and F1 there.
-
-NTREX-128 (Federmann et al., 2022) has 1,997 news sentences translated into 128
-languages, line-aligned. :func:`build_ntrex` turns one language into a BUCC-style
-task: ``n_pairs`` true pairs are hidden among sentences of the other lines, disjoint
-between the two sides (a distractor never has its translation on the other side).
-
-Example::
-
-    files = bucc.build_ntrex("/data/ntrex", "deu", "/tmp/ntrex-bucc", n_pairs=400)
-    res = bucc.evaluate_files(embedder, files["src"], files["tgt"], files["gold"])
-    print(res["f1"], res["threshold"])
+See docs/evaluation.md, "BUCC-style mining".
 """
 
 from __future__ import annotations

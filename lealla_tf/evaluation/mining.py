@@ -1,30 +1,13 @@
-"""Margin-based bitext mining (LASER) and the F1-optimal threshold search (BUCC).
+"""Margin-based bitext mining (LASER) and the F1-optimal threshold search (XTREME's BUCC).
 
-Margin scoring follows LASER's ``source/mine_bitexts.py`` (Artetxe & Schwenk, 2019,
-"Margin-based Parallel Corpus Mining with Multilingual Sentence Embeddings"):
+:func:`mine` scores k-nearest-neighbour candidates both ways by the ratio (or distance,
+absolute) margin and picks pairs by ``max``, ``fwd``, ``bwd`` or ``intersect`` retrieval;
+:func:`best_f1_threshold` places the threshold::
 
-- ``k``-nearest neighbours by cosine in both directions (``x -> y`` and ``y -> x``),
-  with ``k = 4`` by default;
-- ``m_x[i]`` = mean cosine of ``x_i`` to its ``k`` neighbours in ``y``, and
-  ``m_y[j]`` likewise for ``y_j`` in ``x``;
-- the *ratio* margin ``score(x_i, y_j) = cos(x_i, y_j) / ((m_x[i] + m_y[j]) / 2)``,
-  i.e. ``cos / (sum_k cos(x, NN_k(x)) / 2k + sum_k cos(y, NN_k(y)) / 2k)``; the
-  ``distance`` margin is ``cos - (m_x + m_y) / 2`` and ``absolute`` is ``cos``;
-- each sentence's best candidate is the neighbour with the highest margin score;
-  retrieval ``fwd`` keeps every source's best, ``bwd`` every target's best,
-  ``intersect`` the pairs that are each other's best, and ``max`` takes the union of
-  both directions greedily by score, each sentence used at most once.
+    from lealla_tf.evaluation import mining
+    pairs = mining.mine(x, y, k=4, retrieval_mode="max")   # MinedPairs: src, tgt, scores
 
-The threshold search is XTREME's ``bucc_optimize`` (``third_party/utils_retrieve.py``):
-sort candidate pairs by score, take the cut that maximises F1 against the gold pairs,
-and place the threshold half-way to the next lower score; pairs with
-``score >= threshold`` are extracted. Cuts inside a run of equal scores are not
-reachable by any threshold and are skipped.
-
-Example::
-
-    pairs = mining.mine(x, y, k=4, retrieval="max")          # MinedPairs
-    th, p, r, f1 = mining.best_f1_threshold(pairs.scores, correct, n_gold)
+See docs/evaluation.md, "BUCC-style mining".
 """
 
 from __future__ import annotations

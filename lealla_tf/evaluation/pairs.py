@@ -1,20 +1,12 @@
-"""xx <-> English retrieval accuracy over aligned sentences: NTREX-128 and held-out pairs.
+"""xx <-> English retrieval over aligned sentences: NTREX-128 and held-out TSV pairs.
 
-Tatoeba's sentences are short; NTREX-128 (Federmann et al., 2022) has the same 1,997 news
-sentences in 128 languages, long ones included. :func:`evaluate_ntrex_retrieval` scores, per
-language, nearest-neighbour retrieval of each foreign sentence among the 1,997 English ones
-and back (mean of both directions, as Tatoeba is scored). :func:`evaluate_pair_files` does
-the same for ``foreign<TAB>English`` TSV files, e.g. the development pairs held out of
-``train/`` to choose recipes without touching the test sets.
-
-Languages are Tatoeba codes (``ara``, ``cmn``, ``deu``, ...); :data:`NTREX_CODES` maps those
-whose NTREX file is named differently.
-
-Example::
+Languages are Tatoeba codes; :data:`NTREX_CODES` maps those whose NTREX file is named
+differently::
 
     from lealla_tf.evaluation import pairs
-    res = pairs.evaluate_ntrex_retrieval(model, "/data", ["deu", "cmn"])
-    res["average"]["mean"]
+    res = pairs.evaluate_ntrex_retrieval(model, "data", ["deu", "cmn"])
+
+See docs/evaluation.md, "NTREX-128 retrieval".
 """
 
 from __future__ import annotations

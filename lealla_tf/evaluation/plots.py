@@ -1,9 +1,9 @@
-"""Charts of evaluation results (matplotlib, Agg backend: no display needed).
+"""Charts of evaluation results (matplotlib, Agg backend: no display needed)::
 
-Example::
+    from lealla_tf.evaluation import plots
+    plots.bar_chart({"deu": 99.1, "fra": 95.0}, "tatoeba.png", title="Tatoeba accuracy")
 
-    plots.bar_chart({"deu": 99.1, "fra": 95.0}, "tatoeba.png",
-                    title="Tatoeba accuracy", ylabel="accuracy (%)")
+See docs/evaluation.md, "Tatoeba" (``--output`` also writes the chart).
 """
 
 from __future__ import annotations

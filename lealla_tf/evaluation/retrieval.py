@@ -1,22 +1,12 @@
-"""Exact nearest-neighbour search by cosine similarity, within a memory bound.
+"""Exact nearest-neighbour search by cosine, within a memory bound.
 
-:func:`topk` finds, for every query, the ``k`` candidates with the largest inner
-product (cosine when both sides are unit vectors, which :func:`topk` ensures by
-default). Candidates are read one chunk at a time, so they may be an ``np.memmap`` of
-an ``.npy`` file far larger than memory (``topk(q, "pool.npy")`` opens it that way);
-each chunk is scored against the queries in query chunks, and a running top-k per
-query is merged with each chunk's top-k. The largest temporary (candidate chunk plus
-the score block) stays under ``max_memory_bytes``, so a million-candidate UN-style
-pool runs in a few hundred MiB.
-
-Ties: for ``k == 1`` the lowest candidate index wins (as ``np.argmax``); for ``k > 1``
-the returned rows are sorted by score (descending) and then index.
-
-Example::
+:func:`topk` reads the candidates one chunk at a time (an ``.npy`` path is memory-mapped) and
+merges each chunk's top-k into a running one, so the pool may be far larger than memory::
 
     from lealla_tf.evaluation import retrieval
     scores, idx = retrieval.topk(queries, "candidates.npy", k=1)
-    p_at_1 = retrieval.precision_at_1(queries, "candidates.npy", gold=np.arange(len(queries)))
+
+See docs/evaluation.md, "UN-style pools".
 """
 
 from __future__ import annotations

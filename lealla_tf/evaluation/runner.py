@@ -1,30 +1,14 @@
-"""Embedding runner: any encoder in, float32 matrices out, never the same work twice.
+"""Embedding runner: any embedder in, float32 matrices out, never the same work twice.
 
-The unit of work of every evaluation is an *embedder*: an object with a ``name``
-(a string naming the model, used in cache keys) and ``encode(sentences) ->
-np.ndarray`` returning float32 ``[N, D]``. Exported models, TFLite files and TF Hub
-handles are turned into embedders elsewhere; any Python callable (a teacher, a
-baseline) becomes one through :class:`CallableEmbedder`.
-
-:func:`embed_sentences` follows the one batching policy of :mod:`lealla_tf.embedders`
-(token-count order when the model knows its vocabulary, else UTF-8 length, so each batch
-pads the least), shows a progress bar, and puts the rows back in input order. :func:`embed_file` reads a line-aligned text file (every physical line
-is a sentence, empty lines included, so line ``i`` is row ``i``) and caches the matrix
-on disk under a key made of the model name and the SHA-256 of the file's bytes: the
-same model never embeds the same file twice, wherever the file lives.
-
-The cache root is ``$LEALLA_CACHE_DIR`` (default ``~/.cache/lealla_tf``); embeddings
-live in its ``embeddings/`` folder. Files and the cache may be on any tf.io.gfile file
-system (local, ``gs://``, ``ram://``); memory-mapped reads need a local cache.
-
-Example::
+:func:`embed_sentences` batches by the embedders' one policy; :func:`embed_file` embeds a
+line-aligned file (line ``i`` is row ``i``) through an on-disk cache keyed by the model and
+the SHA-256 of the file's bytes::
 
     from lealla_tf.evaluation import runner
+    emb = runner.CallableEmbedder(my_fn, name="my-model")
+    x = runner.embed_file(emb, "tatoeba.deu-eng.deu")   # embeds and caches; then reads
 
-    emb = runner.CallableEmbedder(my_teacher_fn, name="labse-teacher")
-    x = runner.embed_file(emb, "tatoeba.deu-eng.deu")          # embeds, caches
-    x = runner.embed_file(emb, "tatoeba.deu-eng.deu")          # read from cache
-    y = runner.embed_sentences(emb, ["Hund", "dog"], batch_size=2)
+See docs/evaluation.md, "Models".
 """
 
 from __future__ import annotations

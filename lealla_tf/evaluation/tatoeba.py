@@ -1,27 +1,13 @@
-"""Tatoeba similarity search (Artetxe & Schwenk, 2019), as LASER, XTREME and LaBSE run it.
+"""Tatoeba similarity search (112 languages), as LASER, XTREME and LaBSE run it.
 
-The test set (LASER ``data/tatoeba/v1``) has, for 112 languages, up to 1,000
-line-aligned pairs: ``tatoeba.xxx-eng.xxx`` and ``tatoeba.xxx-eng.eng``. For each
-sentence the nearest neighbour by cosine similarity on the other side is retrieved;
-it is correct when it sits on the same line (index comparison, as LASER's
-``IndexSearchMultiple`` and XTREME's ``evaluate_retrieval.py``). LASER reports the
-error rate; LaBSE, LEALLA and XTREME report accuracy = 1 - error, in percent. We give
-both directions (``xx2en``: foreign queries among English candidates; ``en2xx``: the
-reverse) and their mean, per language and averaged over the chosen languages
-(LaBSE, Feng et al. 2022, and LEALLA, Mao & Nakagawa 2023, report the average over
-the 112 languages).
+Accuracy in percent, both directions and their mean, per language and averaged; the files are
+read from a local copy or fetched at LASER's pinned commit and checked::
 
-Without a local directory the files are downloaded from LASER's GitHub repository (at the
-commit pinned in :mod:`lealla_tf.data.datasets`) into ``<cache>/datasets/tatoeba/v1`` (the cache's
-data root, see :func:`lealla_tf.paths.default_data_root`) and checked against the SHA-256
-sums of the package's data table; with one, it is read as is.
-
-Example::
-
-    from lealla_tf.evaluation import tatoeba, runner
-    res = tatoeba.evaluate(embedder, languages="xtreme36", data_dir="/data/tatoeba/v1")
+    from lealla_tf.evaluation import tatoeba
+    res = tatoeba.evaluate(model, "xtreme36", data_dir="data/tatoeba/v1")
     print(tatoeba.format_table(res))
-    tatoeba.save(res, "results/tatoeba.json", plot="results/tatoeba.png")
+
+See docs/evaluation.md, "Tatoeba".
 """
 
 from __future__ import annotations

@@ -1,18 +1,12 @@
-"""UN-style large-pool retrieval: precision at 1 over hundreds of thousands of candidates.
+"""UN-style large-pool retrieval: precision at 1 over very large candidate pools.
 
-LaBSE (Feng et al., 2022) and LEALLA (Mao & Nakagawa, 2023) report P@1 on the UN
-parallel corpus (Ziemski et al., 2016), where each query must find its translation
-in a pool of hundreds of thousands of sentences. Here any line-aligned pair of files
-works: line ``i`` of ``source`` is the query whose translation is line ``i`` of
-``target``; ``extra`` files (unrelated target-language sentences) make the pool
-larger. Pools are embedded once into the cache as ``.npy`` files and searched as
-memory maps in chunks (:func:`retrieval.topk`), so memory stays bounded however large
-the pool. Any input may also be a precomputed ``.npy`` embedding matrix.
+Line ``i`` of ``source`` is the query whose translation is line ``i`` of ``target``; ``extra``
+files enlarge the pool, which is embedded once and searched as memory maps::
 
-Example::
+    from lealla_tf.evaluation import un
+    res = un.evaluate(model, "un.es", "un.en", extra=["news.en"], max_queries=5000)
 
-    res = un.evaluate(embedder, "un.es", "un.en", extra=["news.en"], max_queries=5000)
-    res["p_at_1"]["src2tgt"]   # percent
+See docs/evaluation.md, "UN-style pools".
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The model card: ``lealla_tf/resources/model_card.md`` filled from ``export_info.json``."""
+"""The model card: ``lealla_tf/resources/model_card.md`` filled from ``export_info.json``.
+
+See docs/export.md, "The folder".
+"""
 
 from __future__ import annotations
 

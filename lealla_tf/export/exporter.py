@@ -1,9 +1,10 @@
-"""Writing an export folder atomically, from in-memory models or a training run.
+"""Writing an export folder atomically, from in-memory models or a run directory.
 
-The folder is built on the local disk (TensorFlow's SavedModel writer, the TFLite converter
-and the checks need real files), then committed to the destination: a rename on a local
-disk; on other file systems (``gs://``, ``ram://``) a copy in which ``export_info.json``
-comes last, so a folder with that file is complete.
+Built on the local disk (the SavedModel writer, the TFLite converter and the checks need real
+files), then committed: a rename, or on other file systems a copy with ``export_info.json``
+last.
+
+See docs/export.md, "The folder".
 """
 
 from __future__ import annotations
@@ -78,11 +79,11 @@ def export_model(preprocessor, encoder, output_dir: str,
                  model_card_info: Optional[Dict[str, Any]] = None, overwrite: bool = False,
                  card_template: Optional[str] = None, progress: bool = True,
                  int8_embeddings: bool = False) -> Dict[str, Any]:
-    """Exports an in-memory preprocessor + encoder (see the module docstring for the layout).
+    """Exports an in-memory preprocessor + encoder (docs/architecture.md, "Export folder").
 
     Args:
-      preprocessor: a ``preprocessing.Preprocessor``.
-      encoder: a built ``modeling.LeallaEncoder``.
+      preprocessor: a :class:`lealla_tf.text.sentencepiece.Preprocessor`.
+      encoder: a built :class:`lealla_tf.models.encoders.LeallaEncoder`.
       output_dir: the export folder (must not exist unless ``overwrite``).
       tflite: TFLite variants to write (``fp32``, ``fp16``, ``int8``; comma-separated
         string or list; empty/``"none"`` for none).

@@ -1,6 +1,8 @@
-"""The exported formats: reusable TF Hub SavedModels and TFLite flatbuffers.
+"""The exported formats: reusable TF Hub SavedModels and TFLite files.
 
-Names and constants shared by the export package live here too.
+Also the names, constants and cosine gates the export package shares.
+
+See docs/export.md, "The folder".
 """
 
 from __future__ import annotations
@@ -86,8 +88,9 @@ def build_lealla_module(preprocessor, encoder) -> Tuple[tf.train.Checkpoint, Dic
     """The end-to-end reusable SavedModel root and its signatures.
 
     Args:
-      preprocessor: a ``preprocessing.Preprocessor`` (or any layer strings -> token dict).
-      encoder: a built ``modeling.LeallaEncoder`` (same call contract).
+      preprocessor: a :class:`lealla_tf.text.sentencepiece.Preprocessor` (or any layer
+        strings -> token dict).
+      encoder: a built :class:`lealla_tf.models.encoders.LeallaEncoder` (same call contract).
 
     Returns:
       ``(root, signatures)`` for ``tf.saved_model.save``.

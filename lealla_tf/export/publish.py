@@ -1,4 +1,7 @@
-"""Packing an export for TF Hub / Kaggle Models: compressed archives and model cards."""
+"""Packing an export for TF Hub / Kaggle Models: compressed archives and model cards.
+
+See docs/export.md, "Publishing".
+"""
 
 from __future__ import annotations
 

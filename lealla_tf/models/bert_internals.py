@@ -1,20 +1,13 @@
 """The one module that reaches inside Model Garden's ``BertEncoderV2``.
 
-``BertEncoderV2`` exposes ``transformer_layers``, ``pooler_layer``,
-``get_embedding_table()`` and ``get_embedding_layer()``; everything else this package
-needs from it (the position, type and embedding-LayerNorm layers, the attention and FFN
-weights of each ``TransformerEncoderBlock``) sits in private attributes. Those reads live
-here and nowhere else (``tests/test_architecture.py`` checks it), so a Model Garden
-upgrade that renames them breaks one module, and its parity tests say so:
+Its private attributes (position, type and embedding-LayerNorm layers, each block's attention
+and FFN weights) are read here and nowhere else (``tests/test_architecture.py`` checks it),
+so a Model Garden upgrade that renames them breaks this module alone, and its parity tests
+say so: the fast forward pass, depth pairs for stacking and growth, zeroed position tables.
 
-- :func:`fast_bert_forward`: the inference forward pass with plain ``tf.nn`` ops;
-- :func:`depth_pairs`, :func:`check_pair_shapes`: variable pairs between encoders of
-  different depths, for :func:`stack_pairs` (progressive stacking) and
-  :func:`grow_encoder` (function-preserving growth);
-- :func:`zero_position_and_type_tables`: ``model.position_init: zero``;
-- :func:`tracked_dropout`, :func:`dropout_rng`: dropout generators a checkpoint can hold
-  (tf_keras keeps them in private attributes of its layers);
-- :func:`create_slots`: an optimizer's slot variables before its first step.
+Also the tf_keras internals a checkpoint needs: dropout generators and optimizer slots.
+
+See docs/architecture.md, "Layers", and docs/export.md, "Fast inference".
 """
 
 from __future__ import annotations

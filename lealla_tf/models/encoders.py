@@ -1,21 +1,19 @@
-"""The LEALLA encoder: a BERT-style Transformer whose pooled [CLS] vector is L2-normalised.
+"""The encoders: LEALLA (``BertEncoderV2`` + pooler + L2), the static one, and ``StringEncoder``.
 
-Built on ``official.nlp.modeling.networks.BertEncoderV2`` (tf-models-official), so the
-shapes and weights line up with Model Garden BERT checkpoints: word, position and
-type embeddings, ``num_layers`` post-norm Transformer blocks, and a pooler
-(``[CLS]`` -> dense(H, H) -> tanh). LEALLA (Mao & Nakagawa, EACL 2023) uses 24 thin
-layers (hidden 128/192/256); LaBSE (Feng et al., ACL 2022) 12 layers of width 768.
+:class:`LeallaEncoder` wraps Model Garden's ``BertEncoderV2``, so its variables carry Model
+Garden's BERT names and released checkpoints load by name; :class:`StringEncoder` puts a
+preprocessor in front of an encoder::
 
-Example::
-
+    import tensorflow as tf
     from lealla_tf import config
     from lealla_tf.models import encoders
     from lealla_tf.text import sentencepiece
-    cfg = config.load("configs/tiny.yaml")
-    encoder = modeling.LeallaEncoder.from_model_config(cfg.model)
-    pre = preprocessing.Preprocessor("vocab/spm.model", seq_length=32)
-    model = modeling.StringEncoder(pre, encoder)
-    vectors = model(tf.constant(["dog", "Hund"]))  # [2, hidden], unit norm
+    cfg = config.load("tiny")
+    pre = sentencepiece.Preprocessor("runs/tiny/vocab/spm.model", seq_length=32)
+    model = encoders.StringEncoder(pre, encoders.LeallaEncoder.from_model_config(cfg.model))
+    model(tf.constant(["dog", "Hund"]))  # [2, hidden], unit rows
+
+See docs/training.md, "Vocabulary and encoder", and docs/export.md, "Fast inference".
 """
 
 from __future__ import annotations
@@ -258,7 +256,7 @@ class StaticEncoder(tf_keras.Model):
 
     Example::
 
-        enc = modeling.StaticEncoder(vocab_size=8000, hidden_size=128)
+        enc = encoders.StaticEncoder(vocab_size=8000, hidden_size=128)
         enc(enc.dummy_inputs())["default"].shape  # [1, 128]
     """
 

@@ -1,1 +1,4 @@
-"""recipes"""
+"""End-to-end recipes built on the whole library: the demo.
+
+See docs/training.md, "The demo".
+"""

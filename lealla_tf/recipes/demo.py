@@ -1,30 +1,12 @@
-"""``make demo``: the main job of lealla_tf, end to end on a small machine.
+"""``make demo`` / ``lealla demo``: the main job end to end on a small machine.
 
-Distils a real multilingual teacher into two small students, exports them, and evaluates:
-
-1. slice the training pairs of the teacher's languages (``--pairs-per-language``), with a
-   development split held out (``dev/``, never trained on);
-2. the teacher's own SentencePiece vocabulary, pruned to the pieces the pairs use;
-3. precompute the teacher's embeddings of both sides (float16 shards, resumable);
-4. train the static student: a bag of token embeddings initialised from the teacher
-   (``configs/demo_static.yaml``), the baseline;
-5. train the Transformer student: 4 x 128, mean pooling, the same teacher-initialised table
-   over the teacher's whole vocabulary, position embeddings starting at zero, AMS + feature
-   distillation (``configs/demo.yaml``);
-6. export TF Hub SavedModels and TFLite (student fp32/fp16/int8, static int8);
-7. evaluate teacher, students (SavedModel and TFLite int8) on the Tatoeba test sets and on
-   NTREX-128 (long news sentences) of those languages, and measure each one's sentences/s;
-8. print one table and write ``results.json``, ``results.md``, ``tatoeba.png`` and the exports.
-
-Every stage writes into the results folder and is skipped when its output is already there,
-so an interrupted demo resumes. The teacher is the multilingual Universal Sentence Encoder v3
-(``muse``; 16 languages, works offline); ``--teacher`` takes any other spec (e.g. LaBSE from
-TF Hub) and ``--config`` another recipe.
-
-Example::
+Distils a multilingual teacher (``muse`` by default) into a static and a Transformer student,
+exports and evaluates them; every stage is skipped when its output exists, so an interrupted
+demo resumes::
 
     lealla demo --output results/demo
-    lealla demo --output results/big --pairs-per-language 20000 --set train.steps=20000
+
+See docs/training.md, "The demo".
 """
 
 from __future__ import annotations

@@ -1,12 +1,10 @@
 """Packing tokens into BERT inputs: what the SentencePiece and WordPiece preprocessors share.
 
-- :data:`SPECIAL_TOKENS` and :func:`special_ids`: the ids of ``[PAD] [UNK] [CLS] [SEP]
-  [MASK]`` under the keys of the TF Hub text-preprocessor API (``padding_id``,
-  ``unknown_id``, ``start_of_sequence_id``, ``end_of_segment_id``, ``mask_id``), the one
-  dict that packing, pre-training inputs, exports and vocabulary pruning read;
-- :func:`pack_dense`: single-segment packing with dense ops only (TFLite-safe);
-- :class:`PackingPreprocessor`: the base layer of both preprocessors;
-- :func:`config_bytes`: vocabulary bytes back from a layer config.
+:data:`SPECIAL_TOKENS` / :func:`special_ids` (the ids of ``[PAD] [UNK] [CLS] [SEP] [MASK]``
+under the TF Hub text API's keys), :func:`pack_dense` (dense ops only, so TFLite converts it)
+and :class:`PackingPreprocessor`, the base layer of both preprocessors.
+
+See docs/export.md, "Fast inference" (padding to the batch's longest sentence).
 """
 
 from __future__ import annotations

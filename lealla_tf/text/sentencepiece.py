@@ -1,32 +1,17 @@
 """SentencePiece vocabularies and the strings -> BERT-style inputs preprocessor.
 
-Two pieces:
+:func:`train_vocab` trains a unigram model without byte fallback (what TF Text's
+``FastSentencepieceTokenizer`` reproduces and TFLite runs), sampling languages with
+p ∝ n^α; :class:`Preprocessor` packs strings into int32 inputs with that tokenizer::
 
-- :func:`train_vocab` trains a *unigram* SentencePiece model without byte fallback
-  (the only kind TF Text's ``FastSentencepieceTokenizer`` reproduces exactly, and the
-  one that runs in TFLite) over text or TSV files in many languages, with
-  language-balanced sampling (p ∝ n^α) so that small languages are not drowned.
-  Reserved ids: ``[PAD]`` 0, ``[UNK]`` 1, ``[CLS]`` 2, ``[SEP]`` 3, ``[MASK]`` 4.
-- :class:`Preprocessor` turns a batch of strings into ``input_word_ids``,
-  ``input_mask`` and ``input_type_ids`` (int32 ``[batch, seq_length]``) using
-  ``FastSentencepieceTokenizer`` and dense ops only (:mod:`lealla_tf.text.packing`), so
-  the same graph converts to TFLite. It also offers the TF Hub text preprocessor API:
-  ``tokenize`` and ``bert_pack_inputs``.
-
-Defined behaviour for awkward input (tested):
-
-- empty or whitespace-only strings become ``[CLS] [SEP]`` (mask covers 2 tokens);
-- long strings are tokenized in full and truncated to ``seq_length - 2`` pieces;
-- bytes that are not valid UTF-8 are mapped to ``[UNK]`` by the tokenizer (the
-  regular and the Fast SentencePiece ops agree on this), never an error.
-
-Example::
-
+    import tensorflow as tf
     from lealla_tf.text import sentencepiece
-    path = preprocessing.train_vocab(["train/deu-eng.tsv"], "vocab/", vocab_size=8000)
-    pre = preprocessing.Preprocessor(path, seq_length=64)
-    inputs = pre(tf.constant(["Hello world", "Hallo Welt"]))
-    inputs["input_word_ids"].shape  # [2, 64]
+    path = sentencepiece.train_vocab(["train/deu-eng.tsv"], "vocab/", vocab_size=8000)
+    pre = sentencepiece.Preprocessor(path, seq_length=64)
+    pre(tf.constant(["Hello world", "Hallo Welt"]))["input_word_ids"].shape  # [2, 64]
+
+See docs/training.md, "Vocabulary and encoder", and docs/evaluation.md, "Models" (awkward
+input).
 """
 
 from __future__ import annotations

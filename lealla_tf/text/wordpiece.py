@@ -1,32 +1,15 @@
 """WordPiece vocabularies (LaBSE's, LEALLA's) and their strings -> BERT-style inputs.
 
-LaBSE and the LEALLA students share a 501,153-entry WordPiece vocabulary: a ``vocab.txt``
-(one token a line, the line number is the id, ``##`` marks word-internal pieces) plus a
-``do_lower_case`` flag. :class:`WordpiecePreprocessor` is the WordPiece twin of
-:class:`lealla_tf.text.sentencepiece.Preprocessor`: the same call contract, the same dense
-packing (:func:`lealla_tf.text.packing.pack_dense`), the same TF Hub text-preprocessor
-API (``tokenize``, ``bert_pack_inputs``) and the same behaviour on awkward input, built on
-TF Text's ``FastBertTokenizer`` (BERT's normaliser and pre-tokenizer plus
-``FastWordpieceTokenizer``), whose ops run in TFLite as TF Text custom ops.
+:class:`WordpiecePreprocessor` is the WordPiece twin of
+:class:`lealla_tf.text.sentencepiece.Preprocessor` (same call contract, packing and TF Hub
+text API), built on TF Text's ``FastBertTokenizer``::
 
-``FastBertTokenizer`` gives the ids of TF Text's regular ``BertTokenizer`` (the release's
-preprocessor) when ``do_lower_case`` maps to ``lower_case_nfd_strip_accents`` (lower-case,
-NFD, accents stripped) and is otherwise left alone (tested on text in ten scripts).
-
-Defined behaviour for awkward input (tested):
-
-- empty or whitespace-only strings become ``[CLS] [SEP]``;
-- long strings are tokenized in full and truncated to ``seq_length - 2`` pieces; a single
-  word longer than 100 bytes becomes ``[UNK]`` (BERT's ``max_bytes_per_word``);
-- a word with bytes that are not valid UTF-8 becomes ``[UNK]``, never an error (the
-  regular and the Fast tokenizers agree).
-
-Example::
-
+    import tensorflow as tf
     from lealla_tf.text import wordpiece
-    pre = wordpiece.WordpiecePreprocessor("labse/assets/vocab.txt", seq_length=128,
-                                          do_lower_case=False)
-    inputs = pre(tf.constant(["Hello world", "Hallo Welt"]))  # int32 [2, 128] each
+    pre = wordpiece.WordpiecePreprocessor("runs/labse/vocab/vocab.txt", seq_length=128)
+    pre(tf.constant(["Hello world", "Hallo Welt"]))["input_word_ids"].shape  # [2, 128]
+
+See docs/released_models.md, "WordPiece preprocessing".
 """
 
 from __future__ import annotations

@@ -1,25 +1,12 @@
-"""The ``tf.distribute`` strategy of a run, chosen by ``distribute.strategy`` in the config.
+"""The ``tf.distribute`` strategy of a run: ``one_device``, ``mirrored``, ``multi_worker``, ``tpu``.
 
-===============  ==========================================================================
-``one_device``   ``OneDeviceStrategy`` on the first GPU, else the CPU
-``mirrored``     ``MirroredStrategy`` over all local GPUs; without GPUs, over
-                 ``distribute.num_logical_cpus`` logical CPU devices (the CPU split with
-                 ``tf.config.set_logical_device_configuration``, which must happen before
-                 TensorFlow initialises: call :func:`get_strategy` first thing)
-``multi_worker`` ``MultiWorkerMirroredStrategy``; the cluster comes from ``TF_CONFIG``
-                 (``distribute.communication``: auto | ring | nccl)
-``tpu``          ``TPUStrategy`` on ``TPUClusterResolver(distribute.tpu)`` (a TPU name, a
-                 ``grpc://`` address, or empty for a TPU VM / the environment)
-===============  ==========================================================================
+Call :func:`get_strategy` before anything initialises TensorFlow: ``mirrored`` without GPUs
+splits the CPU into logical devices, which TensorFlow accepts only before it starts::
 
-The same training code runs under each: losses gather across replicas, the input pipeline
-is built per worker with ``distribute_datasets_from_function``.
-
-Example::
-
+    from lealla_tf.training import distribute
     strategy = distribute.get_strategy(cfg.distribute)
-    with strategy.scope():
-        model = ...
+
+See docs/training.md, "Strategies".
 """
 
 from __future__ import annotations

@@ -1,51 +1,16 @@
 """The training job: a dual encoder trained with AMS (+ distillation) under any strategy.
 
-One shared encoder embeds both sides of each pair; :class:`lealla_tf.training.losses.DualEncoderLoss`
-scores them against the global batch (cross-replica negatives). The recipe follows LaBSE's
-reference config (Model Garden ``official/projects/labse``): AdamW (BERT's
-``AdamWeightDecay``; LayerNorm and bias weights not decayed) with linear warm-up to
-``train.learning_rate`` and linear decay to ``train.end_learning_rate``, built with
-``official.modeling.optimization``.
-Gradients are summed across replicas first and then clipped by their global norm, so the
-update does not depend on how the global batch is split. Several steps run per call
-(``train.steps_per_loop``, for TPUs); mixed precision is optional (``train.mixed_precision``:
-``mixed`` picks bfloat16 on TPU and CPU, float16 with loss scaling on GPU).
+:class:`Trainer` (a :class:`lealla_tf.training.loop.Job`) embeds both sides of each pair with
+one shared encoder and scores them with
+:class:`lealla_tf.training.losses.DualEncoderLoss`; :func:`train` runs or resumes a run::
 
-Model dir layout (everything export needs)::
-
-    config.yaml             the full config of the run (vocab.model_file: vocab/spm.model)
-    vocab/spm.model         the SentencePiece model (copied from vocab.model_file, or
-                            trained here from the training files when that is empty)
-    checkpoints/ckpt-N.*    tf.train.Checkpoint(encoder=, loss=, optimizer=, data=,
-                            dropout_rng=) (data: the sampler's position), the last
-                            train.keep_checkpoints of them, every train.checkpoint_every steps
-                            and at the end; ``encoder`` alone restores the exportable model:
-                            tf.train.Checkpoint(encoder=encoder).restore(path).expect_partial()
-    logs/train/             TensorBoard: each loss term, in-batch accuracy, learning rate,
-                            gradient norm, examples/s
-    data_stats.json         lines read, skipped (by reason) per training file
-    DIVERGED                only after a stop on a NaN/inf loss: the message
-
-Rerunning the same command resumes from the latest checkpoint (weights, optimizer, and the
-data sampler's position: the resumed run sees the batches an uninterrupted run would).
-A non-finite loss stops the run with :class:`TrainingDiverged`; the last good checkpoint is
-kept. :func:`restore_encoder` gives ``(cfg, preprocessor, encoder)`` back from a model dir.
-
-The input pipeline uses ``tf.data.Dataset.from_generator`` on each worker's host: it runs on
-CPU/GPU hosts and TPU VMs (not on the legacy TPU-node setup, whose input runs remotely).
-
-Example::
-
-    lealla train --config configs/train_tiny.yaml --model-dir results/tiny \\
-        --set train.steps=200
-
-or from Python::
-
-    from lealla_tf import config
+    from lealla_tf import config, runs
     from lealla_tf.training import dual_encoder
-    cfg = config.load("configs/train_tiny.yaml")
-    result = training.train(cfg, "results/tiny")
-    cfg, preprocessor, encoder = training.restore_encoder("results/tiny")
+    cfg = config.load("train_tiny", overrides=["train.steps=200"])
+    result = dual_encoder.train(cfg, "runs/tiny")          # rerun: resumes
+    cfg, preprocessor, encoder = runs.restore_encoder("runs/tiny")
+
+See docs/training.md, "The job".
 """
 
 from __future__ import annotations
@@ -310,7 +275,7 @@ def train(cfg: config_lib.ExperimentConfig, model_dir: str,
           on_loop_end: Optional[loop.OnLoopEnd] = None,
           corpus: Optional[data_lib.ParallelCorpus] = None, teacher=None,
           recover: bool = False) -> TrainResult:
-    """Runs (or resumes) a training job; see :class:`Trainer` and the module docstring.
+    """Runs (or resumes) a training job; see :class:`Trainer` and docs/training.md.
 
     Args:
       cfg: the experiment config.

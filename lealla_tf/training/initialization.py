@@ -1,16 +1,12 @@
-"""Starting a run from another run: fine-tuning an imported LaBSE/LEALLA (or any run).
+"""Starting a run from another: ``init_from``, ``init_checkpoint``, growth, a WordPiece table.
 
-``train.init_from: RUN_DIR`` (``lealla train --init-from RUN_DIR``) makes a new run start
-from the encoder of ``RUN_DIR`` (a ``lealla import`` or ``lealla train`` directory): the
-new run takes that run's model shape and vocabulary, and, before its first step, its
-latest checkpoint's encoder weights. Everything else (data, loss, distillation, optimiser,
-schedule, ``preprocess.seq_length``, dropout rates) comes from the new config. A resumed
-run continues from its own checkpoints.
+``train.init_from`` takes another run's shape, vocabulary and encoder weights (fine-tuning an
+imported LaBSE/LEALLA); ``train.grow_layers`` adds identity blocks so the grown encoder starts
+with exactly the source's outputs::
 
-Example::
+    lealla train --config train_tiny --init-from runs/lealla-small --model-dir runs/ft
 
-    lealla import --source https://tfhub.dev/google/LEALLA/LEALLA-small/1 --output runs/small
-    lealla train --config configs/finetune.yaml --init-from runs/small --model-dir runs/ft
+See docs/training.md, "Starting from another run".
 """
 
 from __future__ import annotations

@@ -1,7 +1,12 @@
-"""What a training job and a pre-training job share: :class:`Job` sets up the run directory,
-vocabulary, teacher, precision and checkpoints, runs the train step under a strategy and
-drives the loop (timing, NaN stop, summaries, saving); a subclass gives the model, the data
-and the loss of one step."""
+"""What a training job and a pre-training job share: :class:`Job`.
+
+The job sets up the run directory, vocabulary, teacher, precision and checkpoints, runs the
+replica step (reduce, clip, apply) under a strategy and drives the loop (timing, NaN stop,
+summaries, saving); a subclass gives the model, the data and the loss of one step.
+A non-finite loss raises :class:`TrainingDiverged`.
+
+See docs/training.md, "The job" and "Resume and divergence".
+"""
 
 from __future__ import annotations
 

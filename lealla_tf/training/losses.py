@@ -1,40 +1,14 @@
 """Translation-ranking and distillation losses with cross-replica negatives.
 
-LaBSE (Feng et al., ACL 2022) and LEALLA (Mao & Nakagawa, EACL 2023) train a dual encoder
-with the bidirectional *additive-margin softmax* (AMS) loss of Yang et al. (IJCAI 2019):
+:class:`DualEncoderLoss`: bidirectional additive-margin softmax, each replica scoring its local
+rows against the global batch's columns and returning its share of the global-batch mean (so
+gradients summed across replicas equal one device's), plus feature and logit distillation::
 
-    logits_ij = scale * (cos(x_i, y_j) - margin * [i == j])
-    L = CE(softmax_j logits_ij, i) + CE(softmax_i logits_ij, j)   (both directions summed)
-
-with margin 0.3 and (in the reference config) scale 100. LaBSE shares negatives across all
-accelerators: every replica's sentences are negatives for every other replica's. Here each
-replica gathers both sides of the batch with ``ReplicaContext.all_gather`` (which has a
-gradient), scores its *local* rows against the *global* columns, finds its positives at
-``local_index + replica_id * local_batch``, and divides the sum over its rows by the global
-batch size. Every value returned is therefore this replica's share of the global-batch mean:
-``strategy.reduce(SUM, ...)`` gives the global value, and gradients summed across replicas
-(what ``MirroredStrategy`` / ``MultiWorkerMirroredStrategy`` / TPU all-reduce do) equal the
-gradients of one device fed the whole global batch. Outside a strategy the default replica
-context has one replica, and the share is the whole value.
-
-With ``loss.cross_replica_negatives: false`` each replica ranks only within its own batch
-(what Model Garden's dual encoder does), for comparison and for speed.
-
-Distillation from a teacher (our defaults; every weight is a config value):
-
-- feature distillation: a trainable linear map W (student dim -> teacher dim, used only in
-  training, never exported); per example the mean over teacher dimensions of
-  ``(W s - t)^2``, averaged over the global batch, summed over both sides of the pair;
-- logit distillation: the student's global-batch cosine matrix pulled towards the teacher's,
-  either by MSE (mean over the row's entries) or by KL(teacher || student) between
-  ``softmax(scale * cos / T)`` rows, multiplied by ``T^2`` (Hinton et al., 2015); computed per
-  direction, summed over both directions when the loss is bidirectional.
-
-Example::
-
+    from lealla_tf.training import losses
     loss_fn = losses.DualEncoderLoss(cfg.loss, teacher_dim=768)
-    terms = loss_fn(src_emb, tgt_emb, teacher_src, teacher_tgt)
-    terms["loss"], terms["ams"], terms["feature_distill"], terms["accuracy"]
+    terms = loss_fn(src_emb, tgt_emb, teacher_src, teacher_tgt)   # terms["loss"], ...
+
+See docs/training.md, "Losses".
 """
 
 from __future__ import annotations

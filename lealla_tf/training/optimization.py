@@ -1,16 +1,10 @@
-"""AdamW whose embedding-table updates touch only the rows a batch uses.
+"""The optimiser: AdamW with warm-up and linear decay, and its lazy variant for embedding tables.
 
-Model Garden's ``AdamWeightDecay`` (the LaBSE optimiser) handles a sparse gradient the way
-Keras's legacy Adam does: it decays the first and second moments of *every* row of the table,
-applies weight decay to every row, and subtracts an update from every row, on every step. With
-the teacher's 128k-piece vocabulary that is six dense passes over a 16M-value table per step,
-most of a small student's step time on CPU.
+:func:`build_optimizer` follows LaBSE's reference config. :class:`LazyAdamWeightDecay`
+(``train.optimizer: lazy_adamw``) keeps AdamW's maths but, for a sparse gradient, updates the
+moments, weight decay and values of the gathered rows only.
 
-``LazyAdamWeightDecay`` keeps the optimiser's maths for dense variables and, for a sparse
-gradient, updates the moments, the weight decay and the value of the gathered rows only (the
-"lazy Adam" rule of TensorFlow Addons' ``LazyAdam``, which no longer installs with current
-TensorFlow). Rows that a step does not use keep their moments and values unchanged.
-Duplicate indices are summed by the base class before the update.
+See docs/training.md, "The job" (optimiser).
 """
 
 from __future__ import annotations

@@ -1,66 +1,12 @@
 """Pre-training as LaBSE does it: MLM + TLM, grown by progressive stacking.
 
-LaBSE (Feng et al., ACL 2022, "Language-agnostic BERT Sentence Embedding", section 3.3)
-pre-trains its encoder before the dual-encoder stage with masked language modelling (MLM)
-on monolingual sentences and translation language modelling (TLM; Conneau & Lample, 2019)
-on translation pairs, without language ids, and grows the L-layer encoder by progressive
-stacking (Gong et al., 2019): L/4 layers first, then L/2 with the trained layers copied on
-top, then L. ``lealla pretrain`` does the same with Model Garden's ``BertPretrainerV2``
-(``layers.MaskedLM``, tied to the word embeddings) over the ``BertEncoderV2`` of
-:class:`lealla_tf.models.encoders.LeallaEncoder`, so its run directory is one that ``lealla
-train --init-from`` (``train.init_from``) or ``train.init_checkpoint`` starts from.
+:class:`Pretrainer` (a :class:`lealla_tf.training.loop.Job`) trains Model Garden's
+``BertPretrainerV2`` over the same ``BertEncoderV2`` as ``lealla train``, on inputs from
+:mod:`lealla_tf.data.pretrain_inputs`; at a stage boundary the new encoder's layer ``j``
+starts from trained layer ``j mod n``. Its run directory is one ``train.init_from`` or
+``train.init_checkpoint`` starts from.
 
-Inputs (``pretrain.*`` in :class:`lealla_tf.config.PretrainConfig`; built in
-:mod:`lealla_tf.data.pretrain_inputs`, whose names this module re-exports):
-
-- every global batch draws pairs as the training job does (:class:`lealla_tf.data.pipeline.
-  GlobalBatchSampler`: a language with ``p ∝ n^alpha``, then its next pair, no repeated
-  sentence in a batch); plain-text files (``pretrain.text_files``) are languages of their
-  own whose "pairs" are one sentence;
-- each row is TLM with probability ``pretrain.tlm_fraction`` (``[CLS] a [SEP] b [SEP]``,
-  type ids 0 then 1, positions 0..n-1 as BERT, the two sides in random order, trimmed
-  round-robin), else MLM on one side (``[CLS] a [SEP]``); rows of text files are MLM;
-- masking (TF Text ``mask_language_model`` with a ``RandomItemSelector`` and a
-  ``MaskValuesChooser``): ``ceil(mask_rate * n)`` of the ``n`` pieces of a row that are not
-  ``[CLS]``/``[SEP]``/padding, at most ``max_predictions``; of those 80% become ``[MASK]``,
-  10% a random piece, 10% stay (``mask_token_rate``/``random_token_rate``). The random
-  draws are stateless, seeded by ``(data.seed, batch index)``, so a resumed run masks what
-  an uninterrupted one does, and every replica masks the *global* batch and keeps its
-  rows, so ``R`` replicas see what one device fed the global batch sees.
-
-The loss is the mean cross-entropy over all the global batch's predictions (summed per
-replica and divided by the global count), so gradients summed over replicas equal one
-device's. Optimiser, schedule, clipping, mixed precision and strategies are the training
-job's (:func:`lealla_tf.training.dual_encoder.build_optimizer`; ``train.*``, ``distribute.*``).
-
-Progressive stacking (``pretrain.stages: [L/4, L/2, L]``, ``pretrain.stage_steps``): at a
-stage boundary the new encoder's layer ``j`` starts from the trained layer ``j mod n``
-(``n`` the previous depth: for a doubling, layers ``i`` and ``i + n`` both start from layer
-``i``); embeddings, pooler and the MLM head are carried over. ``pretrain.stage_optimizer``
-``reset`` starts fresh Adam moments (bias correction restarts too), ``carry`` gives each
-copied layer the moments of its source; the learning-rate schedule runs over all
-``train.steps`` either way.
-
-What stacking preserves, and what it does not: the lower ``n`` layers of the new encoder
-*are* the old encoder, so its ``n``-th layer's output (and an MLM head applied to it) equals
-the old model's output exactly. The stacked model's own output is the old block applied
-twice; with post-LayerNorm Transformer layers (BERT's, ours) that is a different function,
-so its first MLM loss is *not* the smaller model's (it would be only if the added layers
-were identities, which copies are not). Tests check the exact statements.
-
-Run directory::
-
-    config.yaml, vocab/          as for `lealla train` (model: the final shape)
-    stages/layers-N/ckpt-*       checkpoints of the stages before the last
-    checkpoints/ckpt-*           the last stage (the full encoder): what init_from reads
-    logs/pretrain/               TensorBoard: loss, mlm/tlm loss and accuracy, eval/*
-
-Rerunning the command resumes from the latest checkpoint, also across stage boundaries.
-
-Example::
-
-    lealla pretrain --config configs/pretrain_tiny.yaml --model-dir runs/pt
-    lealla train --config configs/train_tiny.yaml --init-from runs/pt --model-dir runs/ft
+See docs/pretraining.md.
 """
 
 from __future__ import annotations
