@@ -383,20 +383,63 @@ def atomic_dir(output_dir: str, overwrite: bool, bar=None, last: Optional[str] =
 
     Local ``output_dir``: the folder sits beside it and is renamed into place. Other file
     systems: it is copied there, the file named ``last`` (the folder's marker) last.
+    One writer at a time (a lock beside the folder: a second one raises
+    :class:`LockedError` naming the first); staging folders of an earlier writer that was
+    killed are removed first.
     """
     local = is_local(output_dir)
-    tmp = _tmp_dir_beside(output_dir) if local else tempfile.mkdtemp(prefix="lealla-staging-")
-    try:
-        yield tmp
-        if bar is not None:
-            bar.close()
+    with _output_lock(output_dir):
         if local:
-            commit_dir(tmp, output_dir, overwrite)
-        else:
-            _copy_out(tmp, output_dir, overwrite, last)
-    except BaseException:
-        if bar is not None:
-            bar.close()
-        raise
+            _remove_stale_staging(output_dir)
+        tmp = (_tmp_dir_beside(output_dir) if local
+               else tempfile.mkdtemp(prefix="lealla-staging-"))
+        try:
+            yield tmp
+            if bar is not None:
+                bar.close()
+            if local:
+                commit_dir(tmp, output_dir, overwrite)
+            else:
+                _copy_out(tmp, output_dir, overwrite, last)
+        except BaseException:
+            if bar is not None:
+                bar.close()
+            raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _lock_path(output_dir: str) -> str:
+    """The lock of a folder output: a hidden file beside it (the folder itself is replaced
+    as a whole)."""
+    return join(dirname(output_dir), f".{basename(output_dir.rstrip('/'))}.lock")
+
+
+@contextlib.contextmanager
+def _output_lock(output_dir: str) -> Iterator[None]:
+    """One writer per folder output (:func:`writer_lock` on :func:`_lock_path`); the lock
+    file is removed afterwards."""
+    path = _lock_path(output_dir)
+    try:
+        with writer_lock(path):
+            yield
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            if is_local(path):
+                os.remove(path)
+        except OSError:
+            pass
+
+
+def _remove_stale_staging(output_dir: str) -> None:
+    """Removes the staging folders (``.NAME.tmp-*``, ``.NAME.old-*``) that an earlier writer
+    of ``output_dir`` left when it was killed: the caller holds the output's lock, so no
+    live writer owns them."""
+    import glob as glob_lib
+    import logging
+    name = os.path.basename(output_dir.rstrip("/"))
+    pattern = os.path.join(os.path.dirname(output_dir) or ".", f".{glob_lib.escape(name)}.")
+    for stale in glob_lib.glob(pattern + "tmp-*") + glob_lib.glob(pattern + "old-*"):
+        logging.getLogger(__name__).warning(
+            "removing %s, left by an earlier interrupted write of %s", stale, output_dir)
+        shutil.rmtree(stale, ignore_errors=True)

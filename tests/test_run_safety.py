@@ -116,3 +116,27 @@ def test_one_writer_on_stores_without_locks():
             with runs.writer(run):
                 pass
     assert not fileio.exists(fileio.join(run, runs.LOCK_FILE))
+
+
+def test_folder_outputs_have_one_writer_and_clean_up_after_a_killed_one(tmp_path):
+    out = str(tmp_path / "export")
+    stale = tmp_path / ".export.tmp-deadbeef"
+    stale.mkdir()
+    (stale / "half_written.bin").write_bytes(b"\0" * 10)
+    with fileio.atomic_dir(out, overwrite=False) as tmp:
+        assert not stale.exists()  # a killed writer's staging folder is gone
+        with open(os.path.join(tmp, "a.txt"), "w") as f:
+            f.write("new")
+        with pytest.raises(fileio.LockedError, match=f"pid {os.getpid()}"):
+            with fileio.atomic_dir(out, overwrite=True):
+                pass
+    assert open(os.path.join(out, "a.txt")).read() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["export"]  # no lock or staging files left
+    # A failed writer leaves the earlier output as it was.
+    with pytest.raises(RuntimeError):
+        with fileio.atomic_dir(out, overwrite=True) as tmp:
+            with open(os.path.join(tmp, "a.txt"), "w") as f:
+                f.write("broken")
+            raise RuntimeError("killed half way")
+    assert open(os.path.join(out, "a.txt")).read() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["export"]
