@@ -245,11 +245,11 @@ def atomic_write(path: str, data: Union[str, bytes]) -> None:
     if folder:
         makedirs(folder)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
-    with open(tmp, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
     try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
         rename(tmp, path, overwrite=True)
-    except Exception:
+    except BaseException:  # a full disk or Ctrl-C: no half-written temporary stays
         if exists(tmp):
             remove(tmp)
         raise
