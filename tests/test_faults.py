@@ -72,6 +72,12 @@ def _env(**extra):
     return dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]), **extra)
 
 
+def _python(script, *argv, env=None, timeout=120):
+    """``python -c script argv`` in a subprocess with this checkout on its path."""
+    return subprocess.run([sys.executable, "-c", script, *argv], env=env or _env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def _lealla(argv, prefix=(), timeout=120, **env):
     """``python -m lealla_tf.cli argv`` in a subprocess (``prefix``: e.g. setpriv)."""
     return subprocess.run([*prefix, sys.executable, "-m", "lealla_tf.cli", *argv],
@@ -230,9 +236,7 @@ def test_disk_full_is_one_line_and_keeps_the_old_output(tmp_path):
               "os.posix_fallocate = full\n"
               "from lealla_tf import cli\n"
               "sys.exit(cli.main(sys.argv[1:]))\n")
-    proc = subprocess.run([sys.executable, "-c", script, "embed", "--model", MODEL,
-                           "--input", sentences, "--output", out], env=_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = _python(script, "embed", "--model", MODEL, "--input", sentences, "--output", out)
     assert proc.returncode == 2, proc.stderr
     assert _one_error_line(proc.stderr) == f"lealla: error: no space left on device writing {out}"
     assert _same_file(out, before) and _temporaries(tmp_path) == []
@@ -473,8 +477,7 @@ def test_config_errors_come_before_tensorflow_loads(tmp_path):
               "--model-dir", str(tmp_path / "run")], "data directory does not exist")):
         script = ("import sys\nfrom lealla_tf import cli\nrc = cli.main(sys.argv[1:])\n"
                   "print('tensorflow' in sys.modules)\nsys.exit(rc)\n")
-        proc = subprocess.run([sys.executable, "-c", script, *argv], env=_env(),
-                              capture_output=True, text=True, timeout=120)
+        proc = _python(script, *argv)
         assert proc.returncode == 2, proc.stderr
         assert message in _one_error_line(proc.stderr)
         assert proc.stdout.strip() == "False"
@@ -585,8 +588,7 @@ def test_log_lines_go_above_progress_bars():
         "    logging.getLogger('absl').warning('a real warning')\n"
         "    bar.update(2)\n"
         "    bar.close()\n")
-    proc = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True,
-                          text=True, timeout=120)
+    proc = _python(script)
     assert proc.returncode == 0, proc.stderr
     pieces = re.split(r"[\r\n]+", proc.stderr)
     assert "INFO lealla_tf.x: step report" in pieces  # a line of its own, not inside a bar
@@ -618,8 +620,7 @@ def test_tensorflow_starts_quietly_on_a_cpu_only_machine():
               "print(int(tf.reduce_sum(tf.ones([2]))))\n")
     env = _env(TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = _python(script, env=env, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr
     assert "cuInit" not in proc.stderr, proc.stderr
 
@@ -638,8 +639,7 @@ def test_local_file_access_does_not_import_tensorflow(tmp_path):
         "fileio.rmtree(fileio.join(root, 'a'))\n"
         "config.load('tiny')\n"
         "print('tensorflow' in sys.modules)\n")
-    proc = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True,
-                          text=True, timeout=120)
+    proc = _python(script)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
 
@@ -677,8 +677,7 @@ def test_stale_temporaries_are_told_apart(tmp_path):
     out = str(tmp_path / "out.npy")
     mine = fileio.temporary_name(out)
     open(mine, "wb").close()
-    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                              capture_output=True, text=True).stdout.strip()
+    dead_pid = _python("import os; print(os.getpid())").stdout.strip()
     dead = mine.replace(f"-{os.getpid()}-", f"-{dead_pid}-")
     other_host = os.path.join(str(tmp_path), ".out.npy.tmp-elsewhere-1-abcdef.npy")
     for path in (dead, other_host, str(tmp_path / ".other.npy.tmp-x-1-abcdef.npy")):
