@@ -222,17 +222,25 @@ class _QuietDeviceListing:
     """A one-shot import hook: once ``tensorflow`` has been imported, its devices are
     listed (which TensorFlow does once per process anyway) without the cuInit line."""
 
+    def __init__(self):
+        self._finding = False
+
     def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
+        if name != "tensorflow" or self._finding:
             return None
-        sys.meta_path.remove(self)
         import importlib.util
-        spec = importlib.util.find_spec(name)
+        self._finding = True  # the search below goes through sys.meta_path again
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self._finding = False
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         exec_module = spec.loader.exec_module
 
         def exec_then_list_devices(module):
+            if self in sys.meta_path:  # only once, and only when TensorFlow is imported
+                sys.meta_path.remove(self)
             exec_module(module)
             list_devices_quietly(module)
         spec.loader.exec_module = exec_then_list_devices

@@ -614,8 +614,10 @@ def test_cpu_only_start_drops_only_the_cuinit_line(capfd):
 
 @pytest.mark.skipif(hardware.has_nvidia_driver(), reason="this machine has an NVIDIA driver")
 def test_tensorflow_starts_quietly_on_a_cpu_only_machine():
-    script = ("from lealla_tf import hardware\n"
+    script = ("import importlib.util\n"
+              "from lealla_tf import hardware\n"
               "assert hardware.quiet_cpu_start()\n"
+              "assert importlib.util.find_spec('tensorflow')  # a look that does not import\n"
               "import tensorflow as tf\n"
               "print(int(tf.reduce_sum(tf.ones([2]))))\n")
     env = _env(TF_CPP_MIN_LOG_LEVEL="2")
