@@ -400,6 +400,11 @@ def test_missing_inputs_and_checkpoint(tmp_path, capsys):
            f"input file not found: {tmp_path / 't.txt'}", capsys)
     _fails(["eval", "un", "--source", str(tmp_path), "--target", sentences],
            f"input file is a folder, not a file: {tmp_path}", capsys)
+    _fails(["mine", "--model", MODEL, "--source", sentences, "--target", sentences, "-k", "0",
+            "--output", str(tmp_path / "m.tsv")], "-k/--neighbourhood must be at least 1, got 0",
+           capsys)
+    _fails(["eval", "un", "--source", sentences, "--target", sentences, "--memory-mb", "0"],
+           "--memory-mb must be at least 1, got 0", capsys)
     _fails(["teacher", "embed", "--teacher", "muse", "--input", str(tmp_path / "*.tsv"),
             "--output", str(tmp_path / "t")], "no files match", capsys)
     (tmp_path / "exists").mkdir()

@@ -122,10 +122,9 @@ def _load_eval_model(spec: str):
 def _run_eval(args, body, inputs=(), outputs=()) -> int:
     """Checks the flags, the ``inputs`` (files read) and the ``outputs`` (files written),
     then loads the model and runs ``body(model)``."""
-    common.check_positive(args, "batch_size")
-    for name in ("memory_mb", "k"):
-        if hasattr(args, name):
-            common.check_positive(args, name)
+    common.check_positive(args, "batch_size", *[n for n in ("memory_mb",) if hasattr(args, n)])
+    if getattr(args, "k", 1) < 1:
+        raise errors.UserError(f"-k/--neighbourhood must be at least 1, got {args.k}")
     for path in inputs:
         if path:
             common.check_input_file(path)
