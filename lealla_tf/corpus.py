@@ -24,6 +24,10 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 MALFORMED_REASONS = ("invalid_utf8", "wrong_fields", "empty_side")
 
 
+class CorpusError(ValueError):
+    """A corpus file that cannot be used at all: empty, or without one usable line."""
+
+
 class Stats(collections.Counter):
     """Counts of ``ok`` lines and of each malformed reason."""
 
@@ -54,8 +58,7 @@ def parse_tsv_line(raw: bytes) -> Tuple[Optional[Tuple[str, str]], str]:
 
 def iter_tsv(path: str, stats: Optional[Stats] = None) -> Iterator[Tuple[int, str, str]]:
     """Yields ``(physical_line_index, src, tgt)`` for every well-formed line of ``path``."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"corpus file not found: {path}")
+    _check_is_file(path, "corpus file")
     with open(path, "rb") as f:
         for index, raw in enumerate(f):
             pair, reason = parse_tsv_line(raw)
@@ -63,6 +66,43 @@ def iter_tsv(path: str, stats: Optional[Stats] = None) -> Iterator[Tuple[int, st
                 stats[reason] += 1
             if pair is not None:
                 yield index, pair[0], pair[1]
+
+
+def _check_is_file(path: str, what: str) -> None:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what} is a folder, not a file: {path}")
+
+
+def check_file(path: str) -> None:
+    """Checks, before long work, that a corpus file can be read at all: a TSV file
+    (``.tsv``) has at least one well-formed ``foreign<TAB>English`` line, any other file
+    at least one non-empty line. Malformed lines among usable ones are not an error (they
+    are skipped and counted, see :func:`iter_tsv`).
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      IsADirectoryError: ``path`` is a folder.
+      CorpusError: ``path`` is empty or has no usable line; the message says what its
+        lines hold.
+    """
+    tsv = path.endswith(".tsv")
+    _check_is_file(path, "corpus file" if tsv else "text file")
+    if os.path.getsize(path) == 0:
+        raise CorpusError(f"{path} is empty")
+    stats = Stats()
+    for _ in (iter_tsv(path, stats) if tsv else iter_text(path, stats)):
+        return
+    lines = sum(stats.values())
+    found = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(stats.items()))
+    if tsv:
+        with open(path, "rb") as f:
+            fields = len(f.readline().rstrip(b"\r\n").split(b"\t"))
+        raise CorpusError(
+            f"{path} has no foreign<TAB>English line ({lines} lines: {found}; line 1 has "
+            f"{fields} tab-separated field(s))")
+    raise CorpusError(f"{path} has no usable line ({lines} lines: {found})")
 
 
 def sha256_file(path: str) -> str:
@@ -98,8 +138,7 @@ def iter_text(path: str, stats: Optional[Stats] = None) -> Iterator[str]:
             yield src
             yield tgt
         return
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"text file not found: {path}")
+    _check_is_file(path, "text file")
     with open(path, "rb") as f:
         for raw in f:
             try:

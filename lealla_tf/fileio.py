@@ -10,13 +10,16 @@ See docs/architecture.md, "Files and locks".
 from __future__ import annotations
 
 import contextlib
+import errno
+import fnmatch
 import os
 import posixpath
+import re
 import shutil
 import socket
 import tempfile
 import uuid
-from typing import Iterator, List, Optional, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 
 def _gfile():
@@ -27,6 +30,34 @@ def _gfile():
 def is_local(path: str) -> bool:
     """True for plain file-system paths (no ``scheme://``, or ``file://``)."""
     return "://" not in str(path) or str(path).startswith("file://")
+
+
+def _local(path: str) -> str:
+    """A local path without its ``file://``."""
+    path = str(path)
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
+_MAGIC = re.compile(r"[*?[]")
+
+
+def _local_glob(pattern: str) -> List[str]:
+    """``glob.glob`` as ``tf.io.gfile.glob`` matches: one component at a time, hidden
+    names included."""
+    if not _MAGIC.search(pattern):
+        return [pattern] if os.path.lexists(pattern) else []
+    head, tail = os.path.split(pattern)
+    folders = _local_glob(head) if _MAGIC.search(head) else [head]
+    out = []
+    for folder in folders:
+        if not os.path.isdir(folder or "."):
+            continue
+        if _MAGIC.search(tail):
+            out += [os.path.join(folder, n) for n in os.listdir(folder or ".")
+                    if fnmatch.fnmatchcase(n, tail)]
+        elif os.path.lexists(os.path.join(folder, tail)):
+            out.append(os.path.join(folder, tail))
+    return out
 
 
 def _split_scheme(path: str):
@@ -72,6 +103,8 @@ def normpath(path: str) -> str:
 def exists(path: str) -> bool:
     """Whether ``path`` exists (file or folder); False on a scheme TensorFlow has no file
     system for (e.g. ``https://``)."""
+    if is_local(path):
+        return os.path.exists(_local(path))
     import tensorflow as tf
     try:
         return _gfile().exists(path)
@@ -81,6 +114,8 @@ def exists(path: str) -> bool:
 
 def isdir(path: str) -> bool:
     """Whether ``path`` is a folder (False where :func:`exists` is)."""
+    if is_local(path):
+        return os.path.isdir(_local(path))
     import tensorflow as tf
     try:
         return _gfile().isdir(path)
@@ -89,43 +124,72 @@ def isdir(path: str) -> bool:
 
 
 def glob(pattern: str) -> List[str]:
-    """Paths matching ``pattern``, sorted."""
+    """Paths matching ``pattern``, sorted (``*`` also matches names starting with ``.``)."""
+    if is_local(pattern):
+        return sorted(_local_glob(_local(pattern)))
     return sorted(_gfile().glob(pattern))
 
 
 def listdir(path: str) -> List[str]:
     """Names in the folder ``path``, sorted (no trailing ``/``)."""
+    if is_local(path):
+        return sorted(os.listdir(_local(path)))
     return sorted(n.rstrip("/") for n in _gfile().listdir(path))
 
 
 def makedirs(path: str) -> None:
     """Creates ``path`` and its parents (no error if it exists)."""
-    _gfile().makedirs(path)
+    if is_local(path):
+        os.makedirs(_local(path), exist_ok=True)
+    else:
+        _gfile().makedirs(path)
 
 
 def remove(path: str) -> None:
     """Deletes the file ``path``."""
-    _gfile().remove(path)
+    if is_local(path):
+        os.remove(_local(path))
+    else:
+        _gfile().remove(path)
 
 
 def rmtree(path: str) -> None:
     """Deletes the folder ``path`` with everything in it (nothing if it does not exist)."""
-    if exists(path):
+    if is_local(path):
+        if os.path.isdir(_local(path)):
+            shutil.rmtree(_local(path))
+    elif exists(path):
         _gfile().rmtree(path)
 
 
 def rename(src: str, dst: str, overwrite: bool = False) -> None:
-    """Moves a file (atomic on local file systems; copy + delete on object stores)."""
-    _gfile().rename(src, dst, overwrite=overwrite)
+    """Moves a file (atomic on local file systems; copy + delete on object stores).
+
+    Raises:
+      FileExistsError: ``dst`` exists and not ``overwrite`` (local paths).
+    """
+    if is_local(src) and is_local(dst):
+        if not overwrite and os.path.exists(_local(dst)):
+            raise FileExistsError(f"{dst} already exists")
+        os.replace(_local(src), _local(dst))
+    else:
+        _gfile().rename(src, dst, overwrite=overwrite)
 
 
 def size(path: str) -> int:
     """Size of the file ``path`` in bytes."""
+    if is_local(path):
+        return os.path.getsize(_local(path))
     return int(_gfile().stat(path).length)
 
 
 def open(path: str, mode: str = "r"):  # noqa: A001 - mirrors the builtin on purpose
-    """A ``tf.io.gfile.GFile`` (text modes read/write UTF-8 ``str``)."""
+    """A file object: the builtin ``open`` for local paths, a ``tf.io.gfile.GFile``
+    otherwise (text modes read/write UTF-8 ``str``, newlines as they are)."""
+    if is_local(path):
+        if "b" in mode:
+            return builtins_open(_local(path), mode)
+        return builtins_open(_local(path), mode, encoding="utf-8", newline="")
     return _gfile().GFile(path, mode)
 
 
@@ -135,6 +199,11 @@ def read_bytes(path: str) -> bytes:
     Raises:
       FileNotFoundError: ``path`` does not exist (on every file system).
     """
+    if is_local(path):
+        if not os.path.exists(_local(path)):
+            raise FileNotFoundError(f"no such file: {path}")
+        with open(path, "rb") as f:
+            return f.read()
     import tensorflow as tf
     try:
         with open(path, "rb") as f:
@@ -160,19 +229,28 @@ def atomic_write(path: str, data: Union[str, bytes]) -> None:
     if folder:
         makedirs(folder)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
-    with open(tmp, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
     try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
         rename(tmp, path, overwrite=True)
-    except Exception:
+    except BaseException:  # a full disk or Ctrl-C: no half-written temporary stays
         if exists(tmp):
             remove(tmp)
         raise
 
 
 def copy(src: str, dst: str, overwrite: bool = False) -> None:
-    """Copies one file (between any two file systems)."""
-    _gfile().copy(src, dst, overwrite=overwrite)
+    """Copies one file (between any two file systems).
+
+    Raises:
+      FileExistsError: ``dst`` exists and not ``overwrite`` (local paths).
+    """
+    if is_local(src) and is_local(dst):
+        if not overwrite and os.path.exists(_local(dst)):
+            raise FileExistsError(f"{dst} already exists")
+        shutil.copyfile(_local(src), _local(dst))
+    else:
+        _gfile().copy(src, dst, overwrite=overwrite)
 
 
 def copytree(src: str, dst: str, overwrite: bool = False) -> None:
@@ -443,3 +521,131 @@ def _remove_stale_staging(output_dir: str) -> None:
         logging.getLogger(__name__).warning(
             "removing %s, left by an earlier interrupted write of %s", stale, output_dir)
         shutil.rmtree(stale, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ output files
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>[^/]*)-(?P<pid>\d+)-[0-9a-f]+(?P<ext>\.[^./]*)?$")
+
+
+def temporary_name(path: str) -> str:
+    """Where :func:`atomic_file` writes ``path`` before renaming it into place:
+    ``DIR/.NAME.tmp-HOST-PID-XXXXXX.EXT`` (hidden, same folder, same extension, and
+    naming the writer, so a temporary left by a killed writer can be recognised)."""
+    name = basename(path)
+    host = socket.gethostname().replace("-", "_").replace("/", "_")
+    return join(dirname(path), f".{name}.tmp-{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+                               f"{os.path.splitext(name)[1]}")
+
+
+def stale_temporaries(path: str) -> Tuple[List[str], List[str]]:
+    """The temporaries of ``path`` that earlier writers left (see :func:`temporary_name`).
+
+    Returns:
+      ``(dead, unknown)``: temporaries whose writer is a process of this machine that no
+      longer runs (safe to remove), and those of writers that may still run (another
+      machine, or a live process).
+    """
+    folder = dirname(path) or "."
+    if not isdir(folder):
+        return [], []
+    host = socket.gethostname().replace("-", "_").replace("/", "_")
+    dead, unknown = [], []
+    for name in listdir(folder):
+        m = _TMP_RE.match(name)
+        if not m or m.group("name") != basename(path):
+            continue
+        full = join(dirname(path), name)
+        alive = True
+        if is_local(path) and m.group("host") == host:
+            try:
+                os.kill(int(m.group("pid")), 0)
+            except ProcessLookupError:
+                alive = False
+            except PermissionError:  # a live process of another user
+                pass
+        (unknown if alive else dead).append(full)
+    return dead, unknown
+
+
+@contextlib.contextmanager
+def atomic_file(path: str) -> Iterator[str]:
+    """Yields a local path to write the file ``path`` into; when the block ends without
+    error that file replaces ``path`` by a rename (readers, and a later run, see the old
+    file or the new one, never part of one); when it fails, or is interrupted, the
+    temporary is removed and ``path`` is left as it was.
+
+    Local ``path``: the temporary sits beside it (:func:`temporary_name`; same file
+    system, so the rename is atomic, and a process killed outright leaves only that
+    hidden file). Other file systems: it is written in a local temporary folder, then
+    copied beside ``path`` and renamed over it.
+    """
+    if is_local(path):
+        makedirs(dirname(path) or ".")
+        tmp = _local(temporary_name(path))
+        try:
+            yield tmp
+            os.replace(tmp, _local(path))
+        finally:
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+        return
+    staging = tempfile.mkdtemp(prefix="lealla-")
+    try:
+        tmp = os.path.join(staging, basename(path))
+        yield tmp
+        remote = temporary_name(path)
+        copy(tmp, remote, overwrite=True)
+        try:
+            rename(remote, path, overwrite=True)
+        except BaseException:
+            if exists(remote):
+                remove(remote)
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+_NOT_A_FILE = "the output is a folder, not a file"
+_NOT_A_FOLDER = "the output is a file, not a folder"
+
+
+def check_writable(path: str, folder: bool = False) -> None:
+    """Checks, before any long work, that the output ``path`` can be written.
+
+    Local paths: ``path`` is not a folder (a file, when ``folder``), and a file can be
+    created where it goes: in ``path`` itself (an existing output folder) or in its
+    nearest existing parent (a probe file is created and removed). Other file systems:
+    only the kind of an existing ``path`` is checked.
+
+    Args:
+      path: the output file (or folder, with ``folder``).
+      folder: the output is a folder.
+
+    Raises:
+      IsADirectoryError: a file output names a folder.
+      NotADirectoryError: a folder output names a file, or a parent is a file.
+      OSError: the folder cannot be written (``PermissionError``, a read-only or full
+        file system), with ``path`` as its file name.
+    """
+    if not is_local(path):
+        if exists(path) and isdir(path) != folder:
+            raise (NotADirectoryError(errno.ENOTDIR, _NOT_A_FOLDER, path) if folder else
+                   IsADirectoryError(errno.EISDIR, _NOT_A_FILE, path))
+        return
+    local = os.path.abspath(_local(path))
+    if not folder and os.path.isdir(local):
+        raise IsADirectoryError(errno.EISDIR, _NOT_A_FILE, path)
+    if folder and os.path.exists(local) and not os.path.isdir(local):
+        raise NotADirectoryError(errno.ENOTDIR, _NOT_A_FOLDER, path)
+    where = local if folder and os.path.isdir(local) else os.path.dirname(local)
+    while not os.path.exists(where):
+        where = os.path.dirname(where)
+    if not os.path.isdir(where):
+        raise NotADirectoryError(errno.ENOTDIR, f"the output's folder {where} is a file",
+                                 path)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".lealla-probe-", dir=where)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise type(e)(e.errno, e.strerror, path) from None

@@ -175,3 +175,87 @@ def describe(paths: Optional[Dict[str, object]] = None,
                  + ("XNNPACK delegate applied" if paths["xnnpack"]
                     else "built-in kernels (no XNNPACK delegate reported)"))
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ quiet start-up
+# The line TensorFlow's CUDA platform logs at ERROR level on its first device listing when
+# no NVIDIA driver is installed ("failed call to cuInit: ... UNKNOWN ERROR (303)"); it is
+# printed even at TF_CPP_MIN_LOG_LEVEL=2, and CUDA_VISIBLE_DEVICES="" does not stop it.
+CUINIT_LINE = re.compile(r"cuda_platform\.cc:\d+\] failed call to cuInit")
+
+
+def has_nvidia_driver() -> bool:
+    """Whether an NVIDIA kernel driver is loaded (``/proc/driver/nvidia``, Linux)."""
+    return os.path.exists("/proc/driver/nvidia")
+
+
+def list_devices_quietly(tf) -> None:
+    """``tf.config.list_physical_devices()`` with stderr (file descriptor 2, where the
+    C++ runtime logs) held aside; every line but the cuInit one is written back."""
+    import tempfile
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        tf.config.list_physical_devices()
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            tf.config.list_physical_devices()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().splitlines(keepends=True)
+                    if not CUINIT_LINE.search(line.decode("utf-8", "replace"))]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
+class _QuietDeviceListing:
+    """A one-shot import hook: once ``tensorflow`` has been imported, its devices are
+    listed (which TensorFlow does once per process anyway) without the cuInit line."""
+
+    def __init__(self):
+        self._finding = False
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow" or self._finding:
+            return None
+        import importlib.util
+        self._finding = True  # the search below goes through sys.meta_path again
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self._finding = False
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_list_devices(module):
+            if self in sys.meta_path:  # only once, and only when TensorFlow is imported
+                sys.meta_path.remove(self)
+            exec_module(module)
+            list_devices_quietly(module)
+        spec.loader.exec_module = exec_then_list_devices
+        return spec
+
+
+def quiet_cpu_start() -> bool:
+    """On a Linux machine without an NVIDIA driver (and without ``CUDA_VISIBLE_DEVICES``
+    set, which says the user is choosing GPUs), drops TensorFlow's cuInit ERROR line: when
+    ``tensorflow`` is first imported, its devices are listed once with that one line
+    removed from stderr. Every other message, errors included, is kept.
+
+    Returns:
+      Whether the hook was installed (False when TensorFlow is already imported, or the
+      machine has a driver, or the user set ``CUDA_VISIBLE_DEVICES``).
+    """
+    if (not sys.platform.startswith("linux") or has_nvidia_driver()
+            or "CUDA_VISIBLE_DEVICES" in os.environ or "tensorflow" in sys.modules
+            or any(isinstance(f, _QuietDeviceListing) for f in sys.meta_path)):
+        return False
+    sys.meta_path.insert(0, _QuietDeviceListing())
+    return True

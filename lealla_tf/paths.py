@@ -29,6 +29,13 @@ def default_data_root() -> str:
     return os.path.join(cache_root(), "datasets")
 
 
+def chosen_data_dir(cfg_dir: str = "") -> str:
+    """The data root the user chose: an explicit directory (``--data-dir``,
+    ``data.data_dir``), else ``$LEALLA_DATA_DIR``; ``""`` when neither is set (commands
+    then use the cache: :func:`data_dir`, or download into it)."""
+    return cfg_dir or os.environ.get(DATA_ENV, "")
+
+
 def data_dir(cfg_dir: str = "") -> str:
     """The data root: an explicit directory, else ``$LEALLA_DATA_DIR``, else the cache
     (:func:`default_data_root`, filled by ``lealla data fetch``).
@@ -36,7 +43,7 @@ def data_dir(cfg_dir: str = "") -> str:
     Raises:
       ConfigError: if the directory chosen does not exist.
     """
-    root = cfg_dir or os.environ.get(DATA_ENV, "")
+    root = chosen_data_dir(cfg_dir)
     if not root:
         root = default_data_root()
         if not os.path.isdir(root):

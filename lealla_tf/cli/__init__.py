@@ -16,6 +16,7 @@ import argparse
 import os
 from typing import List, Optional
 
+from lealla_tf import hardware
 from lealla_tf.cli import convert, data, demo, errors, evaluate, export, model, teacher, train
 
 # In the order of ``lealla --help``.
@@ -25,6 +26,8 @@ COMMAND_GROUPS = (model, train, convert, export, evaluate, teacher, demo, data)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lealla", description="LEALLA sentence encoders: train, distil, export, evaluate.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error the user can fix, too")
     sub = parser.add_subparsers(dest="command", required=True)
     for group in COMMAND_GROUPS:
         group.add_commands(sub)
@@ -33,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    hardware.quiet_cpu_start()
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # only `teacher embed --runner beam` passes options on (to Beam)

@@ -21,6 +21,64 @@ def load_config(args):
 
 
 def log_progress() -> None:
-    """INFO logging, as the training commands report their steps."""
+    """INFO logging, as the training commands report their steps. The libraries' own
+    INFO lines (absl: Model Garden's optimizer settings, TensorFlow's checkpoint sharding
+    times) are left out; their warnings stay."""
     import logging
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+def check_positive(args, *names: str, zero_ok: bool = False) -> None:
+    """Refuses a flag value below 1 (below 0 with ``zero_ok``), before anything is loaded
+    or created.
+
+    Raises:
+      UserError: naming the flag and its value.
+    """
+    from lealla_tf.cli.errors import UserError
+    low = 0 if zero_ok else 1
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise UserError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+
+
+def check_input_file(path: str, what: str = "input file") -> None:
+    """Refuses a missing input, or a folder where a file is read.
+
+    Raises:
+      FileNotFoundError, IsADirectoryError: naming ``path``.
+    """
+    from lealla_tf import fileio
+    if not fileio.exists(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if fileio.isdir(path):
+        raise IsADirectoryError(f"{what} is a folder, not a file: {path}")
+
+
+def check_input_dir(path: str, what: str) -> None:
+    """Refuses a missing input folder, or a file where a folder is read.
+
+    Raises:
+      FileNotFoundError: naming ``path``.
+    """
+    from lealla_tf import fileio
+    if not fileio.isdir(path):
+        raise FileNotFoundError(f"{what} not found: {path}" if not fileio.exists(path) else
+                                f"{what} is a file, not a folder: {path}")
+
+
+def check_outputs(*paths: str, folder: bool = False) -> None:
+    """Checks that each non-empty output path can be written, before the long work
+    (see :func:`lealla_tf.fileio.check_writable`)."""
+    from lealla_tf import fileio
+    for path in paths:
+        if path:
+            fileio.check_writable(path, folder=folder)
+
+
+def progress_logging():
+    """A context in which log lines are written above tqdm bars instead of into them."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+    return logging_redirect_tqdm()

@@ -3,7 +3,7 @@ and WordPiece runs shrunk to the tokens a corpus uses."""
 
 from __future__ import annotations
 
-from lealla_tf.cli import errors
+from lealla_tf.cli import common, errors
 
 
 def add_commands(sub) -> None:
@@ -34,6 +34,8 @@ def _add_import(sub) -> None:
 
 
 def _import(args) -> int:
+    common.check_positive(args, "seq_length")
+    common.check_outputs(args.output, folder=True)
     from lealla_tf.convert import importing
     lower = None if args.do_lower_case is None else args.do_lower_case == "true"
     with errors.user_errors(ValueError, FileExistsError):
@@ -66,8 +68,13 @@ def _add_prune(sub) -> None:
 
 def _prune(args) -> int:
     from lealla_tf import corpus
+    common.check_positive(args, "max_tokens", zero_ok=True)
+    files = corpus.find_files(args.input)
+    with errors.user_errors(corpus.CorpusError):
+        for path in files:
+            corpus.check_file(path)
+    common.check_outputs(args.output, folder=True)
     from lealla_tf.convert import pruning
     with errors.user_errors(ValueError):
-        pruning.prune_run(args.model_dir, corpus.find_files(args.input), args.output,
-                          max_tokens=args.max_tokens)
+        pruning.prune_run(args.model_dir, files, args.output, max_tokens=args.max_tokens)
     return 0

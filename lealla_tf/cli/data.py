@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from lealla_tf import paths
-from lealla_tf.cli import errors
+from lealla_tf.cli import common, errors
 
 
 def add_commands(sub) -> None:
@@ -41,7 +41,8 @@ def _data_fetch(args) -> int:
     if languages.strip().lower() == "demo":
         from lealla_tf.recipes.demo import DEMO_LANGUAGES
         languages = list(DEMO_LANGUAGES)
-    output = args.output or os.environ.get(paths.DATA_ENV) or paths.default_data_root()
+    output = paths.chosen_data_dir(args.output) or paths.default_data_root()
+    common.check_outputs(output, folder=True)
     with errors.user_errors(ValueError, datasets.ChecksumError, ConnectionError, OSError):
         plan = datasets.plan(args.sets, languages, output, args.cache or None)
         for set_name, langs in plan.skipped.items():
@@ -55,7 +56,7 @@ def _data_fetch(args) -> int:
         root = datasets.fetch(args.sets, languages, output, args.cache or None,
                               mirror=args.mirror or None, progress=not args.no_progress)
     print(f"data root ready (every file verified): {root}")
-    used = os.environ.get(paths.DATA_ENV) or paths.default_data_root()
+    used = paths.chosen_data_dir() or paths.default_data_root()
     if os.path.abspath(root) != os.path.abspath(used):
         print(f"  use it with --data-dir {root} or LEALLA_DATA_DIR={root}")
     return 0

@@ -20,6 +20,8 @@ def add_commands(sub) -> None:
 
 
 def _demo(args) -> int:
+    common.check_positive(args, "pairs_per_language", zero_ok=True)
+    common.check_outputs(args.output, folder=True)
     from lealla_tf.recipes import demo
     return demo.run(args.output, data_dir=args.data_dir, config_path=args.config,
                     overrides=args.overrides, teacher_spec=args.teacher,

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 
 from lealla_tf import paths
-from lealla_tf.cli import errors
+from lealla_tf.cli import common, errors
+
 
 def add_commands(sub) -> None:
     model_help = ("model: export folder, .tflite, run dir or TF Hub handle (as `lealla embed`), "
@@ -118,7 +119,16 @@ def _load_eval_model(spec: str):
     return embedders.load(spec)
 
 
-def _run_eval(args, body) -> int:
+def _run_eval(args, body, inputs=(), outputs=()) -> int:
+    """Checks the flags, the ``inputs`` (files read) and the ``outputs`` (files written),
+    then loads the model and runs ``body(model)``."""
+    common.check_positive(args, "batch_size", *[n for n in ("memory_mb",) if hasattr(args, n)])
+    if getattr(args, "k", 1) < 1:
+        raise errors.UserError(f"-k/--neighbourhood must be at least 1, got {args.k}")
+    for path in inputs:
+        if path:
+            common.check_input_file(path)
+    common.check_outputs(*outputs)
     from lealla_tf.evaluation.tatoeba import ChecksumError
     with errors.user_errors(ValueError, ChecksumError, ConnectionError, ImportError):
         return body(_load_eval_model(args.model) if args.model else None)
@@ -129,7 +139,8 @@ def _write_json(path: str, result: dict) -> None:
 
     from lealla_tf import fileio
     if path:
-        fileio.atomic_write(path, json.dumps(result, indent=1))
+        with errors.writing(path):
+            fileio.atomic_write(path, json.dumps(result, indent=1))
         print(f"results written to {path}")
 
 
@@ -159,31 +170,34 @@ def _eval_kwargs(args) -> dict:
 
 
 def _eval_tatoeba(args) -> int:
+    # --data-dir, else $LEALLA_DATA_DIR; neither: the files are downloaded into the cache.
+    chosen = paths.chosen_data_dir(args.data_dir)
+    data_dir = paths.data_dir(chosen) if chosen else None
+    plot = args.plot or (os.path.splitext(args.output)[0] + ".png" if args.output else "")
     from lealla_tf.evaluation import tatoeba
 
     def body(model):
-        res = tatoeba.evaluate(model, args.languages, data_dir=args.data_dir or None,
-                               **_eval_kwargs(args))
+        res = tatoeba.evaluate(model, args.languages, data_dir=data_dir, **_eval_kwargs(args))
         print(tatoeba.format_table(res))
-        plot = args.plot or (os.path.splitext(args.output)[0] + ".png" if args.output else "")
-        tatoeba.save(res, args.output or None, plot=plot or None)
+        with errors.writing(args.output or plot):
+            tatoeba.save(res, args.output or None, plot=plot or None)
         if args.output:
             print(f"results written to {args.output}")
         if plot:
             print(f"chart written to {plot}")
         return 0
-    return _run_eval(args, body)
+    return _run_eval(args, body, outputs=(args.output, plot))
 
 
 def _eval_bucc(args) -> int:
     from lealla_tf.evaluation import bucc
+    files = {"src": args.src, "tgt": args.tgt, "gold": args.gold}
+    if args.data_dir:
+        files = bucc.find_files(args.data_dir, args.language, args.split)
+    if not (files["src"] and files["tgt"] and files["gold"]):
+        raise errors.UserError("give --src, --tgt and --gold, or --data-dir with gold files")
 
     def body(model):
-        files = {"src": args.src, "tgt": args.tgt, "gold": args.gold}
-        if args.data_dir:
-            files = bucc.find_files(args.data_dir, args.language, args.split)
-        if not (files["src"] and files["tgt"] and files["gold"]):
-            raise ValueError("give --src, --tgt and --gold, or --data-dir with gold files")
         res = bucc.evaluate_files(
             model, files["src"], files["tgt"], files["gold"], threshold=args.threshold,
             predictions=args.predictions or None, **_mining_kwargs(args),
@@ -191,16 +205,17 @@ def _eval_bucc(args) -> int:
         print(bucc.format_table(res))
         _write_json(args.output, res)
         return 0
-    return _run_eval(args, body)
+    return _run_eval(args, body, inputs=files.values(),
+                     outputs=(args.output, args.predictions))
 
 
 def _eval_ntrex(args) -> int:
     import tempfile
 
+    root = paths.data_dir(args.data_dir)
     from lealla_tf.evaluation import bucc
 
     def body(model):
-        root = paths.data_dir(args.data_dir)
         langs = (list(bucc.ntrex_languages(root)) if args.languages == "all"
                  else [l.strip() for l in args.languages.split(",") if l.strip()])
         with tempfile.TemporaryDirectory() as tmp:
@@ -210,7 +225,7 @@ def _eval_ntrex(args) -> int:
         print(bucc.format_table(res))
         _write_json(args.output, res)
         return 0
-    return _run_eval(args, body)
+    return _run_eval(args, body, outputs=(args.output,))
 
 
 def _eval_un(args) -> int:
@@ -226,16 +241,18 @@ def _eval_un(args) -> int:
         print(un.format_table(res))
         _write_json(args.output, res)
         return 0
-    return _run_eval(args, body)
+    return _run_eval(args, body, inputs=(args.source, args.target, *args.extra),
+                     outputs=(args.output,))
 
 
 def _mine(args) -> int:
     from lealla_tf.evaluation import mining
 
     def body(model):
-        n = mining.mine_files(model, args.source, args.target, args.output,
-                              threshold=args.threshold, **_mining_kwargs(args),
-                              **_eval_kwargs(args))
+        with errors.writing(args.output):
+            n = mining.mine_files(model, args.source, args.target, args.output,
+                                  threshold=args.threshold, **_mining_kwargs(args),
+                                  **_eval_kwargs(args))
         print(f"{n} pairs written to {args.output}")
         return 0
-    return _run_eval(args, body)
+    return _run_eval(args, body, inputs=(args.source, args.target), outputs=(args.output,))

@@ -3,11 +3,12 @@ and TFLite files, an export packed for TF Hub, sentences embedded with any model
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import List
 
-from lealla_tf.cli import errors
+from lealla_tf.cli import common, errors
 
 
 def add_commands(sub) -> None:
@@ -52,6 +53,16 @@ def add_commands(sub) -> None:
 
 
 def _export(args) -> int:
+    from lealla_tf import fileio
+    common.check_input_dir(args.model_dir, "run directory")
+    if args.checkpoint and not (fileio.exists(args.checkpoint + ".index")
+                                or fileio.exists(args.checkpoint)):
+        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint} (no "
+                                f"{fileio.basename(args.checkpoint)}.index)")
+    for path in args.metrics:
+        common.check_input_file(path, "metrics file")
+    common.check_outputs(args.output, folder=True)
+    fileio.check_target(fileio.normpath(args.output), args.overwrite)
     from lealla_tf import export
     card = {k: v for k, v in (("title", args.title), ("description", args.description)) if v}
     with errors.user_errors(FileExistsError, ValueError):
@@ -62,6 +73,10 @@ def _export(args) -> int:
 
 
 def _publish(args) -> int:
+    from lealla_tf import fileio
+    common.check_input_dir(args.export, "export folder")
+    common.check_outputs(args.output, folder=True)
+    fileio.check_target(args.output, args.overwrite)
     from lealla_tf import export
     with errors.user_errors(FileExistsError):
         export.publish(args.export, args.output, base_url=args.base_url or None,
@@ -74,8 +89,6 @@ def _read_sentences(path: str) -> List[bytes]:
     if path == "-":
         data = sys.stdin.buffer.read()
     else:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"input file not found: {path}")
         with open(path, "rb") as f:
             data = f.read()
     lines = data.split(b"\n")
@@ -84,29 +97,74 @@ def _read_sentences(path: str) -> List[bytes]:
     return [line[:-1] if line.endswith(b"\r") else line for line in lines]
 
 
+def _clear_stale_temporaries(output: str) -> None:
+    """Removes the temporaries of ``output`` that killed runs left; names those that may
+    belong to a run still going."""
+    from lealla_tf import fileio
+    dead, unknown = fileio.stale_temporaries(output)
+    for path in dead:
+        fileio.remove(path)
+        print(f"note: removed {path}, left by an interrupted run", file=sys.stderr)
+    for path in unknown:
+        print(f"note: {path} is another run writing {output} (or one that was killed on "
+              "another machine: then remove it)", file=sys.stderr)
+
+
+def _embedding_dim(embedder, sentences: List[bytes]) -> int:
+    """The embedder's dimension (one sentence is embedded when it does not say)."""
+    dim = getattr(embedder, "dim", None)
+    if dim is None:
+        dim = embedder.encode(sentences[:1] or [b""]).shape[1]
+    return int(dim)
+
+
+def _reserve(path: str) -> None:
+    """Allocates the whole file now, so a full disk is an error here (ENOSPC), not a
+    SIGBUS when a page of the memory map is written later."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise  # a full disk; a file system that cannot reserve space is written as is
+    finally:
+        os.close(fd)
+
+
 def _embed(args) -> int:
+    # Everything the user gives is checked before a model loads or a file is created.
+    common.check_positive(args, "batch_size")
+    common.check_positive(args, "threads", zero_ok=True)
+    if args.input != "-":
+        common.check_input_file(args.input)
+    if args.output:
+        common.check_outputs(args.output)
+        _clear_stale_temporaries(args.output)
     import numpy as np
 
-    from lealla_tf import embedders
+    from lealla_tf import embedders, fileio
     from lealla_tf.evaluation import runner
-    if args.input != "-" and not os.path.isfile(args.input):
-        raise FileNotFoundError(f"input file not found: {args.input}")
     with errors.user_errors(ValueError):
         embedder = embedders.load(args.model, batch_size=args.batch_size,
                                   num_threads=args.threads or None)
     sentences = _read_sentences(args.input)
-    out = None
-    if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        out = np.lib.format.open_memmap(args.output, mode="w+", dtype=np.float32,
-                                        shape=(len(sentences), embedder.dim))
-    vectors = runner.embed_sentences(embedder, sentences, batch_size=args.batch_size,
-                                     out=out) if sentences else out
-    if args.output:
-        if out is not None:
-            out.flush()
-        print(f"{len(sentences)} embeddings ({embedder.dim}-d) written to {args.output}",
-              file=sys.stderr)
-    elif sentences:
-        np.savetxt(sys.stdout, vectors, fmt="%.7g", delimiter="\t")
+    if not args.output:
+        if sentences:
+            vectors = runner.embed_sentences(embedder, sentences, batch_size=args.batch_size)
+            np.savetxt(sys.stdout, vectors, fmt="%.7g", delimiter="\t")
+        return 0
+    # Written under a temporary name beside --output and renamed into place when complete:
+    # an interrupted or failed run leaves an earlier output as it was.
+    dim = _embedding_dim(embedder, sentences)
+    with errors.writing(args.output), fileio.atomic_file(args.output) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                        shape=(len(sentences), dim))
+        _reserve(tmp)
+        if sentences:
+            runner.embed_sentences(embedder, sentences, batch_size=args.batch_size, out=out)
+        out.flush()
+        del out
+    print(f"{len(sentences)} embeddings ({dim}-d) written to {args.output}", file=sys.stderr)
     return 0

@@ -3,7 +3,7 @@ Apache Beam pipeline) and verified."""
 
 from __future__ import annotations
 
-from lealla_tf.cli import errors
+from lealla_tf.cli import common, errors
 
 
 def add_commands(sub) -> None:
@@ -48,9 +48,16 @@ def add_commands(sub) -> None:
 
 
 def _teacher_embed(args) -> int:
-    from lealla_tf import corpus, embedders
-    from lealla_tf.distill import store
+    from lealla_tf import corpus
+    common.check_positive(args, "shard_size", "batch_size", "pca_sample")
+    common.check_positive(args, "threads", "dim", zero_ok=True)
     files = corpus.find_files(args.input, root=args.data_dir)
+    with errors.user_errors(corpus.CorpusError):
+        for path in files:
+            corpus.check_file(path)
+    common.check_outputs(args.output, folder=True)
+    from lealla_tf import embedders
+    from lealla_tf.distill import store
     with errors.user_errors(ValueError, ImportError):
         if args.runner == "beam":
             from lealla_tf.distill import store_beam

@@ -3,6 +3,7 @@ directory trained from a config."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 from lealla_tf.cli import common, errors
@@ -29,12 +30,18 @@ def _add_vocab(sub) -> None:
 
 def _vocab(args) -> int:
     from lealla_tf import corpus
-    from lealla_tf.text import sentencepiece
+    common.check_positive(args, "vocab_size", "sentences_per_language")
     files = corpus.find_files(args.input)
-    path = sentencepiece.train_vocab(
-        files, args.output, vocab_size=args.vocab_size,
-        sentences_per_language=args.sentences_per_language,
-        sampling_alpha=args.sampling_alpha, seed=args.seed)
+    with errors.user_errors(corpus.CorpusError):
+        for path in files:
+            corpus.check_file(path)
+    common.check_outputs(args.output, folder=True)
+    from lealla_tf.text import sentencepiece
+    with errors.user_errors(ValueError):
+        path = sentencepiece.train_vocab(
+            files, args.output, vocab_size=args.vocab_size,
+            sentences_per_language=args.sentences_per_language,
+            sampling_alpha=args.sampling_alpha, seed=args.seed)
     print(f"vocabulary written to {path}")
     return 0
 
@@ -60,20 +67,88 @@ def _add_train(sub) -> None:
                    help="when the newest checkpoint is damaged, resume from the newest one that "
                         "reads (damaged files are moved to checkpoints/damaged/, nothing is "
                         "deleted); without it a damaged run is refused")
+    _data_dir_arg(p)
     p.set_defaults(func=_train)
+
+
+def _data_dir_arg(p) -> None:
+    p.add_argument("--data-dir", default="",
+                   help="data root that relative data.train_files patterns are read from "
+                        "(sets data.data_dir; default $LEALLA_DATA_DIR, else the cache that "
+                        "`lealla data fetch` fills)")
+
+
+def _checked_config(args):
+    """The config with the command's flags, after the inputs it names and the run
+    directory are checked: all before TensorFlow loads."""
+    cfg = common.load_config(args)
+    if args.data_dir:
+        cfg.data.data_dir = args.data_dir
+    for name in ("init_from", "init_checkpoint"):
+        if getattr(args, name, ""):
+            setattr(cfg.train, name, getattr(args, name))
+    common.check_outputs(args.model_dir, folder=True)
+    _check_training_files(cfg)
+    if not (cfg.train.init_from or cfg.train.init_checkpoint):
+        _check_vocabulary(cfg, args.model_dir)
+    return cfg
+
+
+def _find(patterns, data_dir: str, languages=()):
+    from lealla_tf import corpus, paths
+    relative = any(not os.path.isabs(p) for p in patterns)
+    return corpus.find_files(patterns, paths.data_dir(data_dir) if relative else "", languages)
+
+
+def _check_training_files(cfg) -> None:
+    """Every training file (and pre-training text file) is a file with usable lines."""
+    from lealla_tf import corpus
+    files = _find(cfg.data.train_files, cfg.data.data_dir, cfg.data.languages)
+    if cfg.pretrain.text_files:
+        files += _find(cfg.pretrain.text_files, cfg.data.data_dir)
+    with errors.user_errors(corpus.CorpusError):
+        for path in files:
+            corpus.check_file(path)
+
+
+def _check_vocabulary(cfg, model_dir: str) -> None:
+    """The SentencePiece model a run will use (the run's own, else ``vocab.model_file``,
+    tried against the cwd, then the model dir) exists and is one, before it is copied
+    into the run."""
+    from lealla_tf import fileio, layout
+    own = fileio.join(model_dir, layout.run_vocab_file(cfg.vocab.type))
+    source = own if fileio.exists(own) else ""
+    name = cfg.vocab.model_file
+    if not source and name:
+        absolute = os.path.isabs(name) or not fileio.is_local(name)
+        source = next((c for c in ([name] if absolute else [name, fileio.join(model_dir, name)])
+                       if fileio.exists(c) and not fileio.isdir(c)), "")
+        if not source:
+            raise FileNotFoundError(f"vocab.model_file not found: {name}")
+    if not source or cfg.vocab.type != "sentencepiece":
+        return
+    import sentencepiece as spm
+    data = fileio.read_bytes(source)
+    try:
+        if not data:
+            raise RuntimeError("empty file")
+        spm.SentencePieceProcessor(model_proto=data)
+    except RuntimeError as e:
+        if source == own:
+            raise errors.UserError(
+                f"{own} is not a SentencePiece model: remove it, and set vocab.model_file to "
+                "an spm.model or leave it empty to train one") from e
+        raise errors.UserError(
+            f"vocab.model_file {source} is not a SentencePiece model (an spm.model, as "
+            "`lealla vocab` writes)") from e
 
 
 def _train(args) -> int:
     common.log_progress()
-    cfg = common.load_config(args)  # config errors first, before the model code loads
+    cfg = _checked_config(args)  # config and input errors first, before the model code loads
     from lealla_tf.training import dual_encoder, loop
-    if args.init_from:
-        cfg.train.init_from = args.init_from
-    if args.init_checkpoint:
-        cfg.train.init_checkpoint = args.init_checkpoint
-    from lealla_tf import runs
     try:
-        with errors.user_errors(runs.DamagedRunError, runs.RunLockedError):
+        with common.progress_logging():
             result = dual_encoder.train(cfg, args.model_dir, progress=not args.no_progress,
                                         recover=args.recover)
     except loop.TrainingDiverged as e:
@@ -103,16 +178,16 @@ def _add_pretrain(sub) -> None:
                    help="when the newest checkpoint is damaged, resume from the newest one that "
                         "reads (damaged files are moved to checkpoints/damaged/, nothing is "
                         "deleted); without it a damaged run is refused")
+    _data_dir_arg(p)
     p.set_defaults(func=_pretrain)
 
 
 def _pretrain(args) -> int:
     common.log_progress()
-    cfg = common.load_config(args)  # config errors first, before the model code loads
-    from lealla_tf import runs
+    cfg = _checked_config(args)  # config and input errors first, before the model code loads
     from lealla_tf.training import loop, pretraining
     try:
-        with errors.user_errors(runs.DamagedRunError, runs.RunLockedError):
+        with common.progress_logging():
             result = pretraining.pretrain(cfg, args.model_dir, progress=not args.no_progress,
                                           recover=args.recover)
     except loop.TrainingDiverged as e:
