@@ -98,8 +98,8 @@ def test_keep_unused_keeps_the_teacher_vocabulary(muse, small_corpus, tmp_path):
     teacher = spm.SentencePieceProcessor(model_proto=model)
     sentences = [s for _, a, b in corpus.iter_tsv(small_corpus[0][0]) for s in (a, b)][:200]
     full, ids, stats = student_init.prune_sentencepiece(model, sentences, keep_unused=True)
-    pieces = student_init._model_proto(model).pieces
-    normal = [i for i, p in enumerate(pieces) if p.type in student_init._KEPT_TYPES]
+    pieces = student_init.model_proto(model).pieces
+    normal = [i for i, p in enumerate(pieces) if p.type in student_init.KEPT_TYPES]
     assert sorted(ids[5:].tolist()) == sorted(normal)
     student = spm.SentencePieceProcessor(model_proto=full)
     unseen = "Die Bundesregierung veröffentlichte 2019 Quartalszahlen über Photovoltaik."
