@@ -170,7 +170,7 @@ def test_run_dir_teacher_under_mixed_precision(tmp_path, hermetic_config, hermet
     assert not teacher.string_inputs and teacher.dim == 32
     assert any(v.dtype == tf.float32 for v in teacher.variables)
     encoder = teacher.keep[1]
-    assert encoder.bert._transformer_layers[0].compute_dtype == "bfloat16"
+    assert encoder.bert.transformer_layers[0].compute_dtype == "bfloat16"
     before = harness.snapshot(teacher.variables)
     result = trainer.run()
     assert np.isfinite(result.metrics["loss"]) and result.metrics["feature_distill"] > 0

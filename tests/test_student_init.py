@@ -13,7 +13,7 @@ import tensorflow_text as tf_text
 from lealla_tf import config, corpus, export, runs
 from lealla_tf.distill import student_init
 from lealla_tf.evaluation import pairs
-from lealla_tf.models import encoders
+from lealla_tf.models import bert_internals, encoders
 from lealla_tf.text import sentencepiece
 from lealla_tf.training import dual_encoder
 from support import harness
@@ -190,9 +190,10 @@ def test_zero_position_init(tmp_path, muse, small_corpus, teacher_vocab):
     cfg = _cfg("demo.yaml", teacher_vocab, files, ["model.position_init=zero"])
     trainer = dual_encoder.Trainer(cfg, str(tmp_path / "zero"), progress=False, teacher=muse)
     bert = trainer.encoder.bert
-    positions = bert._position_embedding_layer._position_embeddings
+    tables = bert_internals.embedding_variables(bert)
+    positions = tables["position_embeddings"]
     assert not np.any(positions.numpy())
-    assert not np.any(bert._type_embedding_layer.embeddings.numpy())
+    assert not np.any(tables["type_embeddings"].numpy())
     pre = sentencepiece.Preprocessor(teacher_vocab, 32)
     model = encoders.StringEncoder(pre, trainer.encoder)
     a, b = model(tf.constant(["Der Hund schläft heute", "heute schläft Der Hund"])).numpy()
@@ -202,7 +203,8 @@ def test_zero_position_init(tmp_path, muse, small_corpus, teacher_vocab):
     assert np.any(trained[:32]) and not np.any(trained[32:])  # only trained lengths move
     random_cfg = _cfg("demo.yaml", teacher_vocab, files, ["model.position_init=random"])
     other = dual_encoder.Trainer(random_cfg, str(tmp_path / "rand"), progress=False, teacher=muse)
-    assert np.std(other.encoder.bert._position_embedding_layer._position_embeddings.numpy()) > 0.01
+    other_tables = bert_internals.embedding_variables(other.encoder.bert)
+    assert np.std(other_tables["position_embeddings"].numpy()) > 0.01
     with pytest.raises(config.ConfigError, match="position_init"):
         config.load(None, ["model.position_init=sinusoid"])
 

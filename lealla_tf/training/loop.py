@@ -21,6 +21,7 @@ from lealla_tf import config as config_lib
 from lealla_tf import fileio, layout, runs
 from lealla_tf.data import pipeline as data_lib
 from lealla_tf.distill import student_init
+from lealla_tf.models import bert_internals
 from lealla_tf.text import sentencepiece, wordpiece
 from lealla_tf.training import distribute as distribute_lib
 
@@ -140,10 +141,7 @@ def dropout_rng(model: tf.Module) -> tf.Module:
     """The dropout generators of ``model``'s layers, for the checkpoint (Keras does not
     track them itself)."""
     rng = tf.Module(name="dropout_rng")
-    rng.generators = [
-        layer._random_generator._generator for layer in model.submodules
-        if getattr(getattr(layer, "_random_generator", None), "_generator", None)
-        is not None]
+    rng.generators = bert_internals.dropout_generators(model)
     return rng
 
 

@@ -321,7 +321,7 @@ class Pretrainer(loop.Job):
             if self.cfg.pretrain.stage_optimizer == "carry":
                 with self.strategy.scope():  # slots: restored as they are created
                     inner = getattr(source["optimizer"], "inner_optimizer", source["optimizer"])
-                    inner._create_all_weights(source["variables"])
+                    bert_internals.create_optimizer_slots(inner, source["variables"])
             status.expect_partial()
             done = source["offset"] + int(source["optimizer"].iterations.numpy())
             if done != previous.end:
@@ -365,7 +365,7 @@ class Pretrainer(loop.Job):
         old, new = source["optimizer"], parts["optimizer"]
         old = getattr(old, "inner_optimizer", old)
         new = getattr(new, "inner_optimizer", new)
-        new._create_all_weights(parts["variables"])
+        bert_internals.create_optimizer_slots(new, parts["variables"])
         trainable = {id(v) for v in parts["variables"]}
         for t, s in pairs:
             if id(t) not in trainable:
