@@ -90,9 +90,9 @@ def main(argv=None):
             os.path.join(output, "data")) if f.endswith(".tsv"))
         small_run, small_export = os.path.join(output, "lealla_small_run"), os.path.join(
             output, "lealla_small_export")
-        _, small_seconds = demo._train_student(scfg, small_run, vocab, files,
-                                               os.path.join(output, "teacher_embeddings"),
-                                               results["teacher"], teacher, True)
+        _, small_seconds = demo.train_student(scfg, small_run, vocab, files,
+                                              os.path.join(output, "teacher_embeddings"),
+                                              results["teacher"], teacher, True)
         if not os.path.exists(os.path.join(small_export, export.LEALLA, "saved_model.pb")):
             export.export_run(small_run, small_export, tflite=("int8",), overwrite=True)
         small = export.load_embedder(small_export)

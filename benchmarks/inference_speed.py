@@ -165,7 +165,8 @@ def encoder_flops(cfg, lengths) -> float:
 # ----------------------------------------------------------------------------- artefacts
 
 
-def _model_cfg(shape: str):
+def model_cfg(shape: str):
+    """The model config of ``shape`` (``--vocab-rows`` applied through its variable)."""
     from lealla_tf import config
     overrides = []
     if os.environ.get(VOCAB_ROWS_ENV):
@@ -183,7 +184,7 @@ def prepare(shape: str, work: str, vocab: str, runtimes, seed: int = 0) -> None:
     from lealla_tf.text import sentencepiece
 
     os.makedirs(work, exist_ok=True)
-    cfg = _model_cfg(shape)
+    cfg = model_cfg(shape)
     tf_keras.utils.set_random_seed(seed)
     encoder = encoders.LeallaEncoder.from_model_config(cfg)
     encoder(encoder.dummy_inputs())
@@ -283,41 +284,42 @@ def _hf_config(cfg):
 def _torch_state(encoder, cfg):
     """transformers.BertModel state dict holding the weights of our ``BertEncoderV2``."""
     import torch
+
+    from lealla_tf.models import bert_internals
     bert = encoder.bert
     h = cfg.hidden_size
 
-    def t(x, transpose=False):
+    def t(x, transpose=False, shape=None):
         a = np.asarray(x.numpy() if hasattr(x, "numpy") else x, np.float32)
+        a = a if shape is None else np.reshape(a, shape)
         return torch.from_numpy(np.ascontiguousarray(a.T if transpose else a))
 
+    emb = bert_internals.embedding_variables(bert)
     sd = {
-        "embeddings.word_embeddings.weight": t(bert._embedding_layer.embeddings),
-        "embeddings.position_embeddings.weight": t(
-            bert._position_embedding_layer._position_embeddings),
-        "embeddings.token_type_embeddings.weight": t(bert._type_embedding_layer.embeddings),
-        "embeddings.LayerNorm.weight": t(bert._embedding_norm_layer.gamma),
-        "embeddings.LayerNorm.bias": t(bert._embedding_norm_layer.beta),
-        "pooler.dense.weight": t(bert._pooler_layer.kernel, True),
-        "pooler.dense.bias": t(bert._pooler_layer.bias),
+        "embeddings.word_embeddings.weight": t(emb["word_embeddings"]),
+        "embeddings.position_embeddings.weight": t(emb["position_embeddings"]),
+        "embeddings.token_type_embeddings.weight": t(emb["type_embeddings"]),
+        "embeddings.LayerNorm.weight": t(emb["embedding_norm/gamma"]),
+        "embeddings.LayerNorm.bias": t(emb["embedding_norm/beta"]),
+        "pooler.dense.weight": t(emb["pooler/kernel"], True),
+        "pooler.dense.bias": t(emb["pooler/bias"]),
     }
-    for i, layer in enumerate(bert._transformer_layers):
-        att = layer._attention_layer
+    for i, layer in enumerate(bert.transformer_layers):
+        w = bert_internals.block_variables(layer)
         p = f"encoder.layer.{i}."
-        for name, dense in (("query", att._query_dense), ("key", att._key_dense),
-                            ("value", att._value_dense)):
-            sd[p + f"attention.self.{name}.weight"] = t(np.reshape(dense.kernel.numpy(), [h, h]), True)
-            sd[p + f"attention.self.{name}.bias"] = t(np.reshape(dense.bias.numpy(), [h]))
-        sd[p + "attention.output.dense.weight"] = t(
-            np.reshape(att._output_dense.kernel.numpy(), [h, h]), True)
-        sd[p + "attention.output.dense.bias"] = t(att._output_dense.bias)
-        sd[p + "attention.output.LayerNorm.weight"] = t(layer._attention_layer_norm.gamma)
-        sd[p + "attention.output.LayerNorm.bias"] = t(layer._attention_layer_norm.beta)
-        sd[p + "intermediate.dense.weight"] = t(layer._intermediate_dense.kernel, True)
-        sd[p + "intermediate.dense.bias"] = t(layer._intermediate_dense.bias)
-        sd[p + "output.dense.weight"] = t(layer._output_dense.kernel, True)
-        sd[p + "output.dense.bias"] = t(layer._output_dense.bias)
-        sd[p + "output.LayerNorm.weight"] = t(layer._output_layer_norm.gamma)
-        sd[p + "output.LayerNorm.bias"] = t(layer._output_layer_norm.beta)
+        for name in ("query", "key", "value"):
+            sd[p + f"attention.self.{name}.weight"] = t(w[name + "/kernel"], True, [h, h])
+            sd[p + f"attention.self.{name}.bias"] = t(w[name + "/bias"], shape=[h])
+        sd[p + "attention.output.dense.weight"] = t(w["attention_output/kernel"], True, [h, h])
+        sd[p + "attention.output.dense.bias"] = t(w["attention_output/bias"])
+        sd[p + "attention.output.LayerNorm.weight"] = t(w["attention_norm/gamma"])
+        sd[p + "attention.output.LayerNorm.bias"] = t(w["attention_norm/beta"])
+        sd[p + "intermediate.dense.weight"] = t(w["intermediate/kernel"], True)
+        sd[p + "intermediate.dense.bias"] = t(w["intermediate/bias"])
+        sd[p + "output.dense.weight"] = t(w["output/kernel"], True)
+        sd[p + "output.dense.bias"] = t(w["output/bias"])
+        sd[p + "output.LayerNorm.weight"] = t(w["output_norm/gamma"])
+        sd[p + "output.LayerNorm.bias"] = t(w["output_norm/beta"])
     return sd
 
 
@@ -413,7 +415,7 @@ def make_runner(runtime: str, work: str, shape: str, vocab: str, threads: int, r
     if runtime == "tf-keras":
         from lealla_tf.models import encoders
         from lealla_tf.text import sentencepiece
-        cfg = _model_cfg(shape)
+        cfg = model_cfg(shape)
         enc = encoders.LeallaEncoder.from_model_config(cfg, implementation="keras")
         enc(enc.dummy_inputs())
         enc.load_weights(os.path.join(work, "weights.h5"))
@@ -475,7 +477,7 @@ def make_runner(runtime: str, work: str, shape: str, vocab: str, threads: int, r
         import torch
         from transformers import BertModel
         torch.set_num_threads(threads)
-        model = BertModel(_hf_config(_model_cfg(shape))).eval()
+        model = BertModel(_hf_config(model_cfg(shape))).eval()
         model.load_state_dict(torch.load(os.path.join(work, "torch_state.pt")))
         conv = lambda x: tuple(torch.from_numpy(a.astype(np.int64)) for a in x)  # noqa: E731
 
@@ -619,7 +621,7 @@ def _fmt(x, digits=0):
     return "-" if x is None else f"{x:,.{digits}f}"
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default=os.environ.get("LEALLA_DATA_DIR", ""))
     p.add_argument("--vocab", default="", help="SentencePiece model (default: train 32k)")
@@ -654,10 +656,12 @@ def main(argv=None) -> int:
     p.add_argument("--runtime", default="", help=argparse.SUPPRESS)
     p.add_argument("--shape", default="", help=argparse.SUPPRESS)
     p.add_argument("--inputs", default="", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.worker:
-        worker(args)
-        return 0
+    return p
+
+
+def _check_args(p: argparse.ArgumentParser, args):
+    """``(shapes, runtimes)`` of the command line, after its checks; ``--vocab-rows`` set
+    for the child processes."""
     if not args.data_dir:
         p.error("--data-dir or LEALLA_DATA_DIR is required (Tatoeba sentences)")
     if args.vocab_rows < 0:
@@ -666,13 +670,17 @@ def main(argv=None) -> int:
         os.environ[VOCAB_ROWS_ENV] = str(args.vocab_rows)  # for the child processes
     else:
         os.environ.pop(VOCAB_ROWS_ENV, None)
-    rows_suffix = f"-{args.vocab_rows}" if args.vocab_rows else ""
     shapes = [s for s in args.shapes.split(",") if s]
     runtimes = [r for r in args.runtimes.split(",") if r]
     for r in runtimes:
         if r not in RUNTIMES:
             p.error(f"unknown runtime {r!r}: choose from {RUNTIMES}")
-    os.makedirs(args.work, exist_ok=True)
+    return shapes, runtimes
+
+
+def _vocab_pieces(p: argparse.ArgumentParser, args) -> int:
+    """Pieces of ``--vocab`` (default: a 32k vocabulary trained on the data once, into the
+    work folder), checked against ``--vocab-rows``."""
     if not args.vocab:
         args.vocab = os.path.join(args.work, "vocab32k", "spm.model")
         if not os.path.exists(args.vocab):
@@ -688,88 +696,84 @@ def main(argv=None) -> int:
     if args.vocab_rows and pieces > args.vocab_rows:
         p.error(f"the vocabulary has {pieces:,} pieces, more than --vocab-rows "
                 f"{args.vocab_rows:,}: its ids would fall outside the table")
-    sentences = tatoeba_sentences(args.data_dir, args.sentences)
-    fixed = exact_length_sentences(sentences, args.vocab, FIXED_TOKENS - 2,
-                                   FIXED_BATCH * args.fixed_batches)
-    raw_lengths = token_counts(sentences, args.vocab)
-    lengths = np.array([min(k, SEQ_LENGTH - 2) + 2 for k in raw_lengths])
-    print(f"{len(sentences)} Tatoeba sentences, tokens incl. [CLS]/[SEP] ({pieces:,}-piece vocab): "
-          f"median {np.median(lengths):.0f}, mean {lengths.mean():.1f}, "
-          f"p90 {np.percentile(lengths, 90):.0f}, max {lengths.max()}", flush=True)
+    return pieces
 
-    from lealla_tf import hardware
-    cpu_desc, paths = hardware.cpu_info(), hardware.runtime_paths()
-    machine = hardware.describe(paths, cpu_desc)
-    print(machine, flush=True)
 
-    gflops_tf = statistics.median(matmul_gflops(args.threads) for _ in range(3))
-    gemm = tflite_gemm_gflops(args.threads)
+def _matmul_limits(threads: int):
+    """``(TF GFLOP/s, LiteRT GEMM GFLOP/s, the practical peak)`` of this machine, printed."""
+    gflops_tf = statistics.median(matmul_gflops(threads) for _ in range(3))
+    gemm = tflite_gemm_gflops(threads)
     gflops_peak = max(gflops_tf, gemm["square"])
-    print(f"fp32 matmul 2048^3, {args.threads} threads: TF {gflops_tf:.1f} GFLOP/s, "
+    print(f"fp32 matmul 2048^3, {threads} threads: TF {gflops_tf:.1f} GFLOP/s, "
           f"LiteRT/XNNPACK {gemm['square']:.1f} GFLOP/s; the machine's practical limit: "
           f"{gflops_peak:.1f}", flush=True)
     for name, dims in THIN_GEMMS.items():
         print(f"LiteRT {name} ({'x'.join(map(str, dims))}): fp32 "
               f"{gemm[name + '_fp32']:.1f}, int8 weights {gemm[name + '_int8']:.1f} GFLOP/s "
               f"(int8/fp32 {gemm[name + '_int8'] / gemm[name + '_fp32']:.2f}x)", flush=True)
+    return gflops_tf, gemm, gflops_peak
 
-    results = {}
-    for shape in shapes:
-        work = os.path.join(args.work, shape + rows_suffix)
-        shape_runtimes = runtimes
-        if shape == "labse" and args.labse_runtimes:
-            shape_runtimes = [r for r in args.labse_runtimes.split(",") if r]
-        t = time.time()
-        cmd = [sys.executable, "-c",
-               "from benchmarks import inference_speed; "
-               "inference_speed.prepare(%r, %r, %r, %r)"
-               % (shape, work, args.vocab, shape_runtimes)]
-        subprocess.run(cmd, check=True)
-        print(f"{shape}: artefacts ready ({time.time() - t:.0f}s)", flush=True)
-        n = len(sentences)
-        if shape == "labse" and args.labse_sentences:
-            n = min(n, args.labse_sentences)
-        nf = FIXED_BATCH if shape == "labse" else len(fixed)
-        ns = min(args.single, n)
-        inputs = os.path.join(work, "inputs.json")
-        with open(inputs, "w", encoding="utf-8") as f:
-            json.dump({"real": sentences[:n], "fixed": fixed[:nf], "single": sentences[:ns]},
-                      f, ensure_ascii=False)
-        for name in os.listdir(work):  # embeddings of an earlier run are no reference
-            if name.startswith("out-") and name.endswith(".npy"):
-                os.remove(os.path.join(work, name))
-        cfg = vars(_model_cfg(shape))
-        # Padded lengths of the real batches, batched as the workers batch them.
-        real_lengths = [max(b) for b in batches_of(list(lengths[:n]), args.batch_size,
-                                                   raw_lengths[:n]) for _ in b]
-        flops_real = encoder_flops(cfg, real_lengths)
-        flops_fixed = encoder_flops(cfg, [FIXED_TOKENS] * nf)
-        for rep in range(args.repeats):
-            for runtime in shape_runtimes:
-                r = _run_worker(args, shape, runtime, work, inputs)
-                if r is None:
-                    continue
-                entry = results.setdefault((shape, runtime), {
-                    "real": [], "fixed": [], "rss": [], "cpu": [], "single": [], "n": n,
-                    "nf": nf, "flops_real": flops_real, "flops_fixed": flops_fixed})
-                entry["real"] += [n / s for s in r["real_s"]]
-                entry["single"] += [ns / s for s in r["single_s"]]
-                entry["fixed"] += [nf / s for s in r["fixed_s"]]
-                entry["cpu"] += [n / s for s in r["real_cpu_s"]]
-                entry["rss"].append(r["peak_rss_mib"])
-                print(f"  {shape:13s} {runtime:12s} round {rep + 1}: real "
-                      f"{statistics.median(entry['real']):8.1f}/s  1-by-1 "
-                      f"{statistics.median(entry['single']):7.1f}/s  fixed "
-                      f"{statistics.median(entry['fixed']):8.1f}/s  peak "
-                      f"{r['peak_rss_mib']:7.0f} MiB", flush=True)
-    print()
-    print(machine)
-    print(f"Inference speed, {args.threads} CPU threads, median of "
-          f"{args.repeats}x{args.inner_repeats} passes (sentences/s: real = {len(sentences)} Tatoeba "
-          f"sentences sorted by token count in batches of {args.batch_size}, 1-by-1 = {args.single} "
-          f"of them one per call; GFLOP/s on the 256x32 batch; peak RSS of the process; size "
-          f"of the artefact; min cosine to the reference on the shortest real batch). "
-          f"Matmul: {gflops_peak:.1f} GFLOP/s.")
+
+def _shape_work(args, shape: str) -> str:
+    """The artefact folder of ``shape`` (``WORK/<shape>[-<vocab rows>]``)."""
+    return os.path.join(args.work, shape + (f"-{args.vocab_rows}" if args.vocab_rows else ""))
+
+
+def _measure_shape(args, shape, runtimes, sentences, fixed, lengths, raw_lengths,
+                   results) -> None:
+    """Prepares the artefacts of one shape, then runs every runtime ``--repeats`` times
+    (round-robin), adding the measurements to ``results[(shape, runtime)]``."""
+    work = _shape_work(args, shape)
+    shape_runtimes = runtimes
+    if shape == "labse" and args.labse_runtimes:
+        shape_runtimes = [r for r in args.labse_runtimes.split(",") if r]
+    t = time.time()
+    cmd = [sys.executable, "-c",
+           "from benchmarks import inference_speed; "
+           "inference_speed.prepare(%r, %r, %r, %r)"
+           % (shape, work, args.vocab, shape_runtimes)]
+    subprocess.run(cmd, check=True)
+    print(f"{shape}: artefacts ready ({time.time() - t:.0f}s)", flush=True)
+    n = len(sentences)
+    if shape == "labse" and args.labse_sentences:
+        n = min(n, args.labse_sentences)
+    nf = FIXED_BATCH if shape == "labse" else len(fixed)
+    ns = min(args.single, n)
+    inputs = os.path.join(work, "inputs.json")
+    with open(inputs, "w", encoding="utf-8") as f:
+        json.dump({"real": sentences[:n], "fixed": fixed[:nf], "single": sentences[:ns]},
+                  f, ensure_ascii=False)
+    for name in os.listdir(work):  # embeddings of an earlier run are no reference
+        if name.startswith("out-") and name.endswith(".npy"):
+            os.remove(os.path.join(work, name))
+    cfg = vars(model_cfg(shape))
+    # Padded lengths of the real batches, batched as the workers batch them.
+    real_lengths = [max(b) for b in batches_of(list(lengths[:n]), args.batch_size,
+                                               raw_lengths[:n]) for _ in b]
+    flops_real = encoder_flops(cfg, real_lengths)
+    flops_fixed = encoder_flops(cfg, [FIXED_TOKENS] * nf)
+    for rep in range(args.repeats):
+        for runtime in shape_runtimes:
+            r = _run_worker(args, shape, runtime, work, inputs)
+            if r is None:
+                continue
+            entry = results.setdefault((shape, runtime), {
+                "real": [], "fixed": [], "rss": [], "cpu": [], "single": [], "n": n,
+                "nf": nf, "flops_real": flops_real, "flops_fixed": flops_fixed})
+            entry["real"] += [n / s for s in r["real_s"]]
+            entry["single"] += [ns / s for s in r["single_s"]]
+            entry["fixed"] += [nf / s for s in r["fixed_s"]]
+            entry["cpu"] += [n / s for s in r["real_cpu_s"]]
+            entry["rss"].append(r["peak_rss_mib"])
+            print(f"  {shape:13s} {runtime:12s} round {rep + 1}: real "
+                  f"{statistics.median(entry['real']):8.1f}/s  1-by-1 "
+                  f"{statistics.median(entry['single']):7.1f}/s  fixed "
+                  f"{statistics.median(entry['fixed']):8.1f}/s  peak "
+                  f"{r['peak_rss_mib']:7.0f} MiB", flush=True)
+
+
+def _print_table(args, shapes, runtimes, results, gflops_peak) -> dict:
+    """Prints the table of medians; returns them per ``(shape, runtime)``."""
     header = ["shape", "runtime", "real sent/s", "real sent/CPU-s", "1-by-1 sent/s",
               "256x32 sent/s",
               "GFLOP/s", "% matmul",
@@ -784,8 +788,8 @@ def main(argv=None) -> int:
             real = statistics.median(e["real"])
             fixedv = statistics.median(e["fixed"])
             gf = e["flops_fixed"] / (e["nf"] / fixedv) / 1e9
-            size = _artefact_mib(os.path.join(args.work, shape + rows_suffix), runtime)
-            cos = _min_cosine(os.path.join(args.work, shape + rows_suffix), runtime)
+            size = _artefact_mib(_shape_work(args, shape), runtime)
+            cos = _min_cosine(_shape_work(args, shape), runtime)
             summary[(shape, runtime)] = dict(real=real, fixed=fixedv, gflops=gf,
                                              rss=max(e["rss"]), size=size, cos=cos)
             cpu = statistics.median(e["cpu"])
@@ -803,6 +807,45 @@ def main(argv=None) -> int:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
         print(line(r))
+    return summary
+
+
+def main(argv=None) -> int:
+    p = _parser()
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    shapes, runtimes = _check_args(p, args)
+    os.makedirs(args.work, exist_ok=True)
+    pieces = _vocab_pieces(p, args)
+    sentences = tatoeba_sentences(args.data_dir, args.sentences)
+    fixed = exact_length_sentences(sentences, args.vocab, FIXED_TOKENS - 2,
+                                   FIXED_BATCH * args.fixed_batches)
+    raw_lengths = token_counts(sentences, args.vocab)
+    lengths = np.array([min(k, SEQ_LENGTH - 2) + 2 for k in raw_lengths])
+    print(f"{len(sentences)} Tatoeba sentences, tokens incl. [CLS]/[SEP] ({pieces:,}-piece vocab): "
+          f"median {np.median(lengths):.0f}, mean {lengths.mean():.1f}, "
+          f"p90 {np.percentile(lengths, 90):.0f}, max {lengths.max()}", flush=True)
+
+    from lealla_tf import hardware
+    cpu_desc, paths = hardware.cpu_info(), hardware.runtime_paths()
+    machine = hardware.describe(paths, cpu_desc)
+    print(machine, flush=True)
+    gflops_tf, gemm, gflops_peak = _matmul_limits(args.threads)
+
+    results = {}
+    for shape in shapes:
+        _measure_shape(args, shape, runtimes, sentences, fixed, lengths, raw_lengths, results)
+    print()
+    print(machine)
+    print(f"Inference speed, {args.threads} CPU threads, median of "
+          f"{args.repeats}x{args.inner_repeats} passes (sentences/s: real = {len(sentences)} Tatoeba "
+          f"sentences sorted by token count in batches of {args.batch_size}, 1-by-1 = {args.single} "
+          f"of them one per call; GFLOP/s on the 256x32 batch; peak RSS of the process; size "
+          f"of the artefact; min cosine to the reference on the shortest real batch). "
+          f"Matmul: {gflops_peak:.1f} GFLOP/s.")
+    summary = _print_table(args, shapes, runtimes, results, gflops_peak)
     _print_targets(summary, gflops_peak, gemm)
     if args.json:
         with open(args.json, "w") as f:

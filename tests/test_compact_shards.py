@@ -84,7 +84,7 @@ def test_round_trip_within_stated_error(tmp_path, teacher, reference, hermetic_f
         entry = manifest["files"][os.path.abspath(hermetic_files[0])]
         with np.load(os.path.join(folder, entry["dir"], entry["shards"][0]["file"])) as z:
             assert z["src"].dtype == np.int8 and z["src_scale"].shape == (128,)
-            decoded = store._decode_rows(z, "src")
+            decoded = store.decode_rows(z, "src")
         exact = x_src[:128] @ p.T
         bound = np.abs(exact).max(axis=1) / 127 / 2 + 1e-6
         assert np.all(np.abs(decoded - exact).max(axis=1) <= bound)

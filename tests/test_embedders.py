@@ -47,7 +47,7 @@ def test_paths_are_recognised_on_any_file_system(tmp_path):
 
 def test_registry_loads_every_kind_through_one_entry(monkeypatch):
     calls = []
-    monkeypatch.setitem(embedders.spec._LOADERS, "run",
+    monkeypatch.setitem(embedders.spec.LOADERS, "run",
                         lambda value, **kw: calls.append((value, kw)) or "loaded")
     assert embedders.load("run:ram://r", batch_size=7) == "loaded"
     assert calls == [("ram://r", {"batch_size": 7})]
@@ -62,11 +62,11 @@ def test_registry_names_public_loaders():
     """Every kind's loader is a public function of the module the registry names (no
     module reaches for another's private loader)."""
     import importlib
-    for kind, loader in embedders.spec._LOADERS.items():
+    for kind, loader in embedders.spec.LOADERS.items():
         module, _, attr = loader.partition(":")
         assert not attr.startswith("_"), f"{kind}: {loader}"
         assert callable(getattr(importlib.import_module(module), attr)), f"{kind}: {loader}"
-    assert set(embedders.spec._LOADERS) == {"muse", "labse", "hub", "hub_pair", "savedmodel",
+    assert set(embedders.spec.LOADERS) == {"muse", "labse", "hub", "hub_pair", "savedmodel",
                                             "export", "tflite", "run", "py"}
 
 
@@ -106,7 +106,7 @@ class _Recorder(embedders.Embedder):
         super().__init__("recorder", batch_size=4, length_model=vocab)
         self.batches = []
 
-    def _encode_batch(self, batch):
+    def encode_batch(self, batch):
         self.batches.append(list(batch))
         return np.array([[len(s), 1.0] for s in batch], np.float32)
 

@@ -397,8 +397,8 @@ def test_embedders_order_batches_by_token_count(exported, reference):
                      export.load_embedder(os.path.join(out, "lealla-fp32.tflite"))):
         assert embedder.lengths(data) == tokens
         seen = []
-        encode_batch = embedder._encode_batch
-        embedder._encode_batch = lambda b, f=encode_batch: (seen.append(b), f(b))[1]
+        encode_batch = embedder.encode_batch
+        embedder.encode_batch = lambda b, f=encode_batch: (seen.append(b), f(b))[1]
         got = embedder.encode(SENTENCES, batch_size=4)
         assert _cos(got, reference).min() >= TOLERANCE["fp32"]
         # Batches come longest first, each holding the next-longest sentences by tokens.

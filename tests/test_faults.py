@@ -708,6 +708,7 @@ def test_check_writable(tmp_path):
 
 def test_check_positive_names_the_flag():
     import argparse
+
     from lealla_tf.cli import errors
     args = argparse.Namespace(batch_size=0, threads=0)
     common.check_positive(args, "threads", zero_ok=True)

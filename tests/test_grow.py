@@ -64,14 +64,15 @@ def test_grown_encoder_computes_the_source_function(position, pooling):
         train_out = target(x, training=True)  # the training path (BertEncoderV2's layers)
         np.testing.assert_allclose(train_out["default"], want["default"], atol=2e-5)
     # The source's layers sit where asked; the new blocks keep random Q/K/V.
-    layers = target.bert._transformer_layers
+    layers = target.bert.transformer_layers
     first = 3 if position == "bottom" else 0
+    block = bert_internals.block_variables
     np.testing.assert_array_equal(
-        layers[first]._intermediate_dense.kernel.numpy(),
-        source.bert._transformer_layers[0]._intermediate_dense.kernel.numpy())
-    new = layers[2 if position == "top" else 0]
-    assert np.abs(new._attention_layer._query_dense.kernel.numpy()).max() > 0
-    assert np.abs(new._output_dense.kernel.numpy()).max() == 0
+        block(layers[first])["intermediate/kernel"].numpy(),
+        block(source.bert.transformer_layers[0])["intermediate/kernel"].numpy())
+    new = block(layers[2 if position == "top" else 0])
+    assert np.abs(new["query/kernel"].numpy()).max() > 0
+    assert np.abs(new["output/kernel"].numpy()).max() == 0
 
 
 def test_the_new_blocks_learn():
@@ -86,8 +87,8 @@ def test_the_new_blocks_learn():
         loss = -tf.reduce_sum(a * b)
     grads = dict(zip([v.name for v in target.trainable_variables],
                      tape.gradient(loss, target.trainable_variables)))
-    new = target.bert._transformer_layers[2]
-    kernel = grads[new._output_dense.kernel.name]
+    new = bert_internals.block_variables(target.bert.transformer_layers[2])
+    kernel = grads[new["output/kernel"].name]
     assert kernel is not None and float(tf.reduce_max(tf.abs(kernel))) > 0
 
 
@@ -127,17 +128,18 @@ def test_train_grows_the_init_from_run(tmp_path, hermetic_vocab, hermetic_files)
                                       "train.grow_layers=5", "train.grow_position=bottom"])
     cfg.train.init_from = src_dir
     grown = dual_encoder.Trainer(cfg, str(tmp_path / "grown"), progress=False)
-    assert grown.cfg.model.num_layers == 5 and len(grown.encoder.bert._transformer_layers) == 5
+    assert grown.cfg.model.num_layers == 5 and len(grown.encoder.bert.transformer_layers) == 5
     x = _inputs()
     x = {k: tf.minimum(v, 40) if k == "input_word_ids" else v for k, v in x.items()}
     np.testing.assert_allclose(grown.encoder(x)["default"], source(x)["default"], atol=2e-5)
     result = grown.run()
     assert result.step == 3 and np.isfinite(result.metrics["loss"])
-    moved = grown.encoder.bert._transformer_layers[0]._output_dense.kernel.numpy()
+    moved = bert_internals.block_variables(
+        grown.encoder.bert.transformer_layers[0])["output/kernel"].numpy()
     assert np.abs(moved).max() > 0
     # The run directory describes the grown shape: it restores (and exports) as 5 layers.
     _, _, restored = runs.restore_encoder(str(tmp_path / "grown"))
-    assert len(restored.bert._transformer_layers) == 5
+    assert len(restored.bert.transformer_layers) == 5
     np.testing.assert_allclose(restored(x)["default"], grown.encoder(x)["default"], atol=1e-5)
     # Growing to fewer layers than the source has is refused with the depths named.
     cfg = config.load("tiny", base + ["train.steps=1", "train.grow_layers=1"])

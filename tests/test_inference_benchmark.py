@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_text  # noqa: F401
+from tensorflow.lite.tools import flatbuffer_utils
 
 from benchmarks import inference_speed
 from lealla_tf import export
@@ -32,9 +33,9 @@ def test_tflite_files_and_gates(bench):
 
 def test_vocab_rows_override(bench, monkeypatch):
     monkeypatch.delenv(bench.VOCAB_ROWS_ENV, raising=False)
-    assert bench._model_cfg("lealla_small").vocab_size == 501153
+    assert bench.model_cfg("lealla_small").vocab_size == 501153
     monkeypatch.setenv(bench.VOCAB_ROWS_ENV, "128000")
-    cfg = bench._model_cfg("lealla_small")
+    cfg = bench.model_cfg("lealla_small")
     assert cfg.vocab_size == 128000 and cfg.hidden_size == 128
 
 
@@ -50,7 +51,8 @@ def test_full_integer_encoder_close_to_float(bench, tiny_vocab, tiny_config):
     ref = encoder({k: tf.constant(v) for k, v in x.items()}, training=False)["default"].numpy()
     assert export.cosine_rows(got, ref).min() >= bench.COSINE_GATES["tflite-int8-full"]
     # int8 activations too: the matrix products read int8 inputs, not float ones.
-    interp = export.tflite_interpreter(model_content=content)
-    dtypes = {d["index"]: d["dtype"] for d in interp.get_tensor_details()}
-    fc = [op for op in interp._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
-    assert fc and all(dtypes[op["inputs"][0]] == np.int8 for op in fc)
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    fc = [(graph, op) for graph in model.subgraphs for op in graph.operators
+          if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) == "FULLY_CONNECTED"]
+    assert fc and all(flatbuffer_utils.type_to_name(graph.tensors[op.inputs[0]].type) == "INT8"
+                      for graph, op in fc)

@@ -67,7 +67,7 @@ def _step_one(trainer):
     batch = next(trainer.make_iterator())
 
     def replica(b):
-        terms, grads = trainer._loss_and_gradients(b)
+        terms, grads = trainer.loss_and_gradients(b)
         return terms["loss"], [tf.convert_to_tensor(g) for g in grads]
 
     @tf.function
@@ -169,8 +169,8 @@ def test_run_dir_teacher_under_mixed_precision(tmp_path, hermetic_config, hermet
     teacher = trainer.online_teacher
     assert not teacher.string_inputs and teacher.dim == 32
     assert any(v.dtype == tf.float32 for v in teacher.variables)
-    encoder = teacher._keep[1]
-    assert encoder.bert._transformer_layers[0].compute_dtype == "bfloat16"
+    encoder = teacher.keep[1]
+    assert encoder.bert.transformer_layers[0].compute_dtype == "bfloat16"
     before = harness.snapshot(teacher.variables)
     result = trainer.run()
     assert np.isfinite(result.metrics["loss"]) and result.metrics["feature_distill"] > 0

@@ -197,9 +197,9 @@ def check_stacked_stage(tmp_path, hermetic_vocab, hermetic_files, optimizer):
     job = pretraining.Pretrainer(cfg, model_dir, progress=False)
     assert job.stage.layers == 2 and job.step == 3
     small, small_pre = _restore_stage(cfg, 1, small_ckpt)
-    layers = job.encoder.bert._transformer_layers
+    layers = job.encoder.bert.transformer_layers
     for upper, lower, source in zip(layers[1].weights, layers[0].weights,
-                                    small.bert._transformer_layers[0].weights):
+                                    small.bert.transformer_layers[0].weights):
         np.testing.assert_array_equal(upper.numpy(), lower.numpy())  # exactly
         np.testing.assert_array_equal(lower.numpy(), source.numpy())
     np.testing.assert_array_equal(job.encoder.word_embeddings.numpy(),
@@ -209,7 +209,7 @@ def check_stacked_stage(tmp_path, hermetic_vocab, hermetic_files, optimizer):
     for a, b in zip(job.encoder.bert.pooler_layer.weights, small.bert.pooler_layer.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     if optimizer == "carry":
-        opt, pairs = job.optimizer, {}
+        opt = job.optimizer
         assert int(opt.iterations.numpy()) == 3
         for v in layers[1].trainable_weights:
             assert np.abs(opt.get_slot(v, "m").numpy()).max() > 0

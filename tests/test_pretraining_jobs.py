@@ -62,7 +62,7 @@ def test_resume_after_kill_across_a_stage_boundary(tmp_path, hermetic_vocab, her
     straight.run()
     assert len(resumed.pretrainer.get_weights()) == len(straight.pretrainer.get_weights())
     _assert_same(resumed.pretrainer.get_weights(), straight.pretrainer.get_weights(), atol=1e-6)
-    assert len(resumed.encoder.bert._transformer_layers) == 2
+    assert len(resumed.encoder.bert.transformer_layers) == 2
     # Rerunning the finished job has nothing left to do.
     assert pretraining.Pretrainer(cfg, killed_dir, progress=False).run().step == 6
 

@@ -13,7 +13,7 @@ import tensorflow_text as tf_text
 from lealla_tf import config, corpus, export, runs
 from lealla_tf.distill import student_init
 from lealla_tf.evaluation import pairs
-from lealla_tf.models import encoders
+from lealla_tf.models import bert_internals, encoders
 from lealla_tf.text import sentencepiece
 from lealla_tf.training import dual_encoder
 from support import harness
@@ -98,8 +98,8 @@ def test_keep_unused_keeps_the_teacher_vocabulary(muse, small_corpus, tmp_path):
     teacher = spm.SentencePieceProcessor(model_proto=model)
     sentences = [s for _, a, b in corpus.iter_tsv(small_corpus[0][0]) for s in (a, b)][:200]
     full, ids, stats = student_init.prune_sentencepiece(model, sentences, keep_unused=True)
-    pieces = student_init._model_proto(model).pieces
-    normal = [i for i, p in enumerate(pieces) if p.type in student_init._KEPT_TYPES]
+    pieces = student_init.model_proto(model).pieces
+    normal = [i for i, p in enumerate(pieces) if p.type in student_init.KEPT_TYPES]
     assert sorted(ids[5:].tolist()) == sorted(normal)
     student = spm.SentencePieceProcessor(model_proto=full)
     unseen = "Die Bundesregierung veröffentlichte 2019 Quartalszahlen über Photovoltaik."
@@ -190,9 +190,10 @@ def test_zero_position_init(tmp_path, muse, small_corpus, teacher_vocab):
     cfg = _cfg("demo.yaml", teacher_vocab, files, ["model.position_init=zero"])
     trainer = dual_encoder.Trainer(cfg, str(tmp_path / "zero"), progress=False, teacher=muse)
     bert = trainer.encoder.bert
-    positions = bert._position_embedding_layer._position_embeddings
+    tables = bert_internals.embedding_variables(bert)
+    positions = tables["position_embeddings"]
     assert not np.any(positions.numpy())
-    assert not np.any(bert._type_embedding_layer.embeddings.numpy())
+    assert not np.any(tables["type_embeddings"].numpy())
     pre = sentencepiece.Preprocessor(teacher_vocab, 32)
     model = encoders.StringEncoder(pre, trainer.encoder)
     a, b = model(tf.constant(["Der Hund schläft heute", "heute schläft Der Hund"])).numpy()
@@ -202,7 +203,8 @@ def test_zero_position_init(tmp_path, muse, small_corpus, teacher_vocab):
     assert np.any(trained[:32]) and not np.any(trained[32:])  # only trained lengths move
     random_cfg = _cfg("demo.yaml", teacher_vocab, files, ["model.position_init=random"])
     other = dual_encoder.Trainer(random_cfg, str(tmp_path / "rand"), progress=False, teacher=muse)
-    assert np.std(other.encoder.bert._position_embedding_layer._position_embeddings.numpy()) > 0.01
+    other_tables = bert_internals.embedding_variables(other.encoder.bert)
+    assert np.std(other_tables["position_embeddings"].numpy()) > 0.01
     with pytest.raises(config.ConfigError, match="position_init"):
         config.load(None, ["model.position_init=sinusoid"])
 

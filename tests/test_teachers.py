@@ -368,7 +368,7 @@ def test_one_writer_per_directory(tmp_path):
     tsv = _write(tmp_path / "deu-eng.tsv", LINES)
     out = str(tmp_path / "emb")
     os.makedirs(out)
-    with store._exclusive(out):
+    with store.exclusive(out):
         with pytest.raises(ValueError, match="another process"):
             store.precompute(_counting_teacher()[0], [tsv], out, progress=False)
     store.precompute(_counting_teacher()[0], [tsv], out, progress=False)

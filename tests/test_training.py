@@ -236,4 +236,4 @@ def test_mixed_precision_trains_in_bfloat16_on_cpu(tmp_path, tiny_vocab, data_di
     result = trainer.run()
     assert np.isfinite(result.metrics["loss"])
     assert all(v.dtype == tf.float32 for v in trainer.encoder.trainable_variables)
-    assert trainer.encoder.bert._transformer_layers[0].compute_dtype == "bfloat16"
+    assert trainer.encoder.bert.transformer_layers[0].compute_dtype == "bfloat16"

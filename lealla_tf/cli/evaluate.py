@@ -129,7 +129,7 @@ def _run_eval(args, body, inputs=(), outputs=()) -> int:
         if path:
             common.check_input_file(path)
     common.check_outputs(*outputs)
-    from lealla_tf.evaluation.tatoeba import ChecksumError
+    from lealla_tf.data.datasets import ChecksumError
     with errors.user_errors(ValueError, ChecksumError, ConnectionError, ImportError):
         return body(_load_eval_model(args.model) if args.model else None)
 

@@ -94,61 +94,91 @@ def load_corpus(files: Sequence[str], max_pairs_per_language: int = 0,
         raise ValueError("load_corpus: no training files given")
     stats: Dict[str, corpus_lib.Stats] = {}
     languages: List[LanguageData] = []
-    teacher_dim = 0
-    teacher_dtype = "float16"
+    teacher = _TeacherFormat()
     for lang, lang_files in corpus_lib.group_by_language(files).items():
-        src: List[str] = []
-        tgt: List[str] = []
-        t_src: List[np.ndarray] = []
-        t_tgt: List[np.ndarray] = []
-        for path in lang_files:
-            st = stats[path] = corpus_lib.Stats()
-            rows = teacher_loader(path) if teacher_loader is not None else None
-            if rows is not None:
-                r_src, r_tgt, r_valid = rows
-                teacher_dim = teacher_dim or int(r_src.shape[1])
-                if np.asarray(r_src).dtype == np.float32:
-                    teacher_dtype = "float32"
-                if int(r_src.shape[1]) != teacher_dim:
-                    raise ValueError(f"teacher embeddings of {path} have dim {r_src.shape[1]}, "
-                                     f"others {teacher_dim}")
-            keep: List[int] = []
-            for index, s, t in corpus_lib.iter_tsv(path, st):
-                if max_pairs_per_language and len(src) >= max_pairs_per_language:
-                    break
-                if rows is not None:
-                    if index >= len(r_valid):
-                        raise ValueError(
-                            f"teacher embeddings of {path} have {len(r_valid)} rows but the "
-                            f"file has a line {index}: recompute them")
-                    if not r_valid[index]:
-                        st["teacher_invalid"] += 1
-                        continue
-                    keep.append(index)
-                src.append(s)
-                tgt.append(t)
-            if rows is not None and keep:
-                t_src.append(np.asarray(r_src[keep]))
-                t_tgt.append(np.asarray(r_tgt[keep]))
-            if st.malformed or st["teacher_invalid"]:
-                log.warning("%s: skipped %d malformed line(s) %s, %d without teacher rows",
-                            path, st.malformed,
-                            {r: st[r] for r in corpus_lib.MALFORMED_REASONS if st[r]},
-                            st["teacher_invalid"])
-        if not src:
-            continue
-        data = LanguageData(lang, np.array(src, dtype=object), np.array(tgt, dtype=object))
-        if teacher_loader is not None:
-            data.teacher_src = np.concatenate(t_src).astype(teacher_dtype) if t_src else None
-            data.teacher_tgt = np.concatenate(t_tgt).astype(teacher_dtype) if t_tgt else None
-        languages.append(data)
-    out = ParallelCorpus(languages, stats, teacher_dim, teacher_dtype)
+        data = _read_language(lang, lang_files, max_pairs_per_language, teacher_loader,
+                              stats, teacher)
+        if data is not None:
+            languages.append(data)
+    out = ParallelCorpus(languages, stats, teacher.dim, teacher.dtype)
     if not out.num_pairs:
         raise ValueError(f"no usable pairs in {len(files)} file(s): {out.total_stats()}")
     total = out.total_stats()
     log.info("corpus: %d pairs in %d languages from %d files; skipped %d malformed lines",
              out.num_pairs, len(languages), len(files), total.malformed)
     return out
+
+
+@dataclasses.dataclass
+class _TeacherFormat:
+    """Dimension and dtype of the teacher rows, as far as the files read so far tell."""
+
+    dim: int = 0
+    dtype: str = "float16"
+
+    def check(self, path: str, rows: np.ndarray) -> None:
+        """Takes in the teacher rows of ``path``; a dimension unlike the others' is an error."""
+        self.dim = self.dim or int(rows.shape[1])
+        if np.asarray(rows).dtype == np.float32:
+            self.dtype = "float32"
+        if int(rows.shape[1]) != self.dim:
+            raise ValueError(f"teacher embeddings of {path} have dim {rows.shape[1]}, "
+                             f"others {self.dim}")
+
+
+def _read_language(lang: str, files: Sequence[str], max_pairs: int,
+                   teacher_loader: Optional[TeacherLoader], stats: Dict[str, corpus_lib.Stats],
+                   teacher: _TeacherFormat) -> Optional[LanguageData]:
+    """The usable pairs of one language's files (None: none), their stats into ``stats``."""
+    src: List[str] = []
+    tgt: List[str] = []
+    t_src: List[np.ndarray] = []
+    t_tgt: List[np.ndarray] = []
+    for path in files:
+        st = stats[path] = corpus_lib.Stats()
+        rows = teacher_loader(path) if teacher_loader is not None else None
+        if rows is not None:
+            teacher.check(path, rows[0])
+        keep = _read_pairs(path, rows, st, max_pairs, src, tgt)
+        if rows is not None and keep:
+            t_src.append(np.asarray(rows[0][keep]))
+            t_tgt.append(np.asarray(rows[1][keep]))
+        if st.malformed or st["teacher_invalid"]:
+            log.warning("%s: skipped %d malformed line(s) %s, %d without teacher rows",
+                        path, st.malformed,
+                        {r: st[r] for r in corpus_lib.MALFORMED_REASONS if st[r]},
+                        st["teacher_invalid"])
+    if not src:
+        return None
+    data = LanguageData(lang, np.array(src, dtype=object), np.array(tgt, dtype=object))
+    if teacher_loader is not None:
+        data.teacher_src = np.concatenate(t_src).astype(teacher.dtype) if t_src else None
+        data.teacher_tgt = np.concatenate(t_tgt).astype(teacher.dtype) if t_tgt else None
+    return data
+
+
+def _read_pairs(path: str, rows, st: corpus_lib.Stats, max_pairs: int, src: List[str],
+                tgt: List[str]) -> List[int]:
+    """Appends the pairs of ``path`` to ``src``/``tgt`` (until they hold ``max_pairs``; 0:
+    all), skipping lines without valid teacher ``rows``; returns the line indices kept
+    (with ``rows``)."""
+    keep: List[int] = []
+    for index, s, t in corpus_lib.iter_tsv(path, st):
+        if max_pairs and len(src) >= max_pairs:
+            break
+        if rows is not None:
+            valid = rows[2]
+            if index >= len(valid):
+                raise ValueError(
+                    f"teacher embeddings of {path} have {len(valid)} rows but the "
+                    f"file has a line {index}: recompute them")
+            if not valid[index]:
+                st["teacher_invalid"] += 1
+                continue
+            keep.append(index)
+        src.append(s)
+        tgt.append(t)
+    return keep
 
 
 def data_files(patterns: Sequence[str], data_dir: str = "",
@@ -287,6 +317,11 @@ class GlobalBatchSampler:
         if self.pool:  # "drawn" is then the count before the batch's pool
             state["pool"] = self.pool
         return state
+
+    @property
+    def start_batch(self) -> int:
+        """The index of the first batch :meth:`batches` yields (0, or the restored state's)."""
+        return self._start["batch"]
 
     def restore(self, state: dict) -> None:
         """Makes the next :meth:`batches` iteration start at ``state``."""

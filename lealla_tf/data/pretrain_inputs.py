@@ -232,7 +232,7 @@ def text_batches(corpus: PretrainCorpus, sampler: data_lib.GlobalBatchSampler,
     """Yields ``(batch_index, is_tlm [B], a [B], b [B])`` global batches, from the
     sampler's (restored) position; each row's kind and side order drawn from
     ``(seed, batch_index)``."""
-    g = int(sampler._start["batch"])
+    g = int(sampler.start_batch)
     for langs, idx in sampler.batches():
         rng = np.random.default_rng([seed, 3, g])
         rows = [_row_plan(rng, corpus.monolingual[l], corpus.train.languages[l].src[i],

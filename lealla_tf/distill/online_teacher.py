@@ -61,7 +61,7 @@ class OnlineTeacher:
         self._preprocess = preprocess
         self._encode_fn = encode_fn
         self.variables = list(variables)
-        self._keep = list(keep)
+        self.keep = list(keep)
         self._dim: Optional[int] = None
 
     @property
@@ -103,8 +103,8 @@ def _import_tf_text():
 def _load_saved(handle: str, use_hub: bool):
     _import_tf_text()
     if use_hub or "://" in handle:
-        from lealla_tf.embedders.teachers import _import_hub
-        return _import_hub().load(handle)
+        from lealla_tf.embedders.teachers import import_hub
+        return import_hub().load(handle)
     return tf.saved_model.load(handle)
 
 
@@ -167,8 +167,8 @@ def load(spec: str, strategy: Optional[tf.distribute.Strategy] = None,
         from lealla_tf.embedders import teachers
         pre, enc = ((teachers.LABSE_PREPROCESSOR, teachers.LABSE_ENCODER) if kind == "labse"
                     else value.split("|"))
-        pre = teachers._check_handle(pre, "preprocessor")
-        enc = teachers._check_handle(enc, "encoder")
+        pre = teachers.check_handle(pre, "preprocessor")
+        enc = teachers.check_handle(enc, "encoder")
         preprocessor = _load_saved(pre, use_hub=True)  # host side: tables, no variables
         with scope:
             encoder = _load_saved(enc, use_hub=True)
@@ -184,7 +184,7 @@ def load(spec: str, strategy: Optional[tf.distribute.Strategy] = None,
         from lealla_tf.layout import LEALLA
         value = fileio.join(value, LEALLA)
     from lealla_tf.embedders import teachers
-    handle = teachers._check_handle(value, "SavedModel")
+    handle = teachers.check_handle(value, "SavedModel")
     with scope:
         obj = _load_saved(handle, use_hub=kind == "hub")
     return OnlineTeacher(spec, None, _string_model(obj, handle, output_key), _variables(obj),

@@ -68,7 +68,7 @@ def _encode_rows(rows: np.ndarray, dtype: str) -> Dict[str, np.ndarray]:
     return {"": rows.astype(dtype)}
 
 
-def _decode_rows(z, side: str) -> np.ndarray:
+def decode_rows(z, side: str) -> np.ndarray:
     """Stored rows of one side of a shard -> float32 (int8 rows times their scale)."""
     rows = z[side]
     if rows.dtype == np.int8:
@@ -206,7 +206,8 @@ def _load_npz(path: str):
     return np.load(io.BytesIO(fileio.read_bytes(path)))
 
 
-def _write_manifest(output_dir: str, manifest: dict) -> None:
+def write_manifest(output_dir: str, manifest: dict) -> None:
+    """Writes ``manifest`` as ``output_dir/manifest.json`` (atomically)."""
     data = json.dumps(manifest, indent=1, sort_keys=True).encode()
     _write_atomic(fileio.join(output_dir, MANIFEST), lambda f: f.write(data))
 
@@ -237,7 +238,7 @@ class _ShardCache:
             self._cache.move_to_end(path)
         else:
             with _load_npz(path) as z:
-                self._cache[path] = (_decode_rows(z, "src"), _decode_rows(z, "tgt"))
+                self._cache[path] = (decode_rows(z, "src"), decode_rows(z, "tgt"))
             if len(self._cache) > self._capacity:
                 self._cache.popitem(last=False)
         return self._cache[path]
@@ -282,13 +283,13 @@ def precompute(teacher: Teacher, inputs: Sequence[str], output_dir: str,
     check_args(shard_size, batch_size, dim, dtype, pca_sample)
     files = input_files(inputs)
     fileio.makedirs(output_dir)
-    with _exclusive(output_dir, force=overwrite):
+    with exclusive(output_dir, force=overwrite):
         return _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite,
                            progress, dim, dtype, pca_sample)
 
 
 @contextlib.contextmanager
-def _exclusive(output_dir: str, force: bool = False):
+def exclusive(output_dir: str, force: bool = False):
     """Makes this process the only writer of ``output_dir`` (:func:`fileio.writer_lock`: an
     OS lock on local disks; a checked single-writer marker on ``gs://`` and other stores)."""
     try:
@@ -350,10 +351,7 @@ def plan(teacher: Teacher, files: Sequence[str], output_dir: str, shard_size: in
     dict of :func:`load_projection` (None when rows are not reduced). Shared by the local
     job and the Beam pipeline (:mod:`lealla_tf.distill.store_beam`).
     """
-    for name in fileio.listdir(output_dir):  # leftovers of a killed manifest write
-        if ".tmp-" in name:
-            fileio.remove(fileio.join(output_dir, name))
-
+    _remove_partial_writes(output_dir)  # leftovers of a killed manifest write
     teacher_dim = int(teacher.dim)
     if dim > teacher_dim:
         raise ValueError(f"--dim {dim} exceeds the teacher's dimension {teacher_dim}")
@@ -366,20 +364,55 @@ def plan(teacher: Teacher, files: Sequence[str], output_dir: str, shard_size: in
               "shard_size": int(shard_size), "teacher_dim": teacher_dim, "projection": None}
     projection, projection_bytes = None, None
     if reduce:
-        old = _header(manifest) if manifest is not None and manifest.get("files") else None
-        same = old is not None and ({k: v for k, v in old.items() if k != "projection"}
-                                    == {k: v for k, v in header.items() if k != "projection"})
-        if same and old["projection"] and not overwrite:
-            projection = load_projection(output_dir, manifest)  # resume: the same PCA
-            header["projection"] = old["projection"]
-        elif old is not None and not same and not overwrite:
-            header["projection"] = "a new PCA"  # another layout: refused just below
-        else:
-            projection = _fit_projection(teacher, files, dim, pca_sample, batch_size)
-            buffer = io.BytesIO()
-            np.savez(buffer, **projection)
-            projection_bytes = buffer.getvalue()
-            header["projection"] = hashlib.sha256(projection_bytes).hexdigest()
+        projection, projection_bytes, header["projection"] = _plan_projection(
+            teacher, files, output_dir, manifest, header, overwrite, dim, pca_sample,
+            batch_size)
+    manifest = _manifest_for(output_dir, manifest, header, overwrite)
+    if projection_bytes is not None:  # only now: the old one is no longer referenced
+        fileio.atomic_write(fileio.join(output_dir, PROJECTION), projection_bytes)
+    write_manifest(output_dir, manifest)
+
+    # Hash and count every input; decide which shards are already done.
+    plans = [_plan_file(teacher.name, output_dir, manifest, header["projection"], file_index,
+                        path, shard_size, overwrite, dtype)
+             for file_index, path in enumerate(files)]
+    write_manifest(output_dir, manifest)
+    return manifest, plans, projection
+
+
+def _remove_partial_writes(folder: str) -> None:
+    """Deletes the temporary files of writes a killed run left in ``folder``."""
+    for name in fileio.listdir(folder):
+        if ".tmp-" in name:
+            fileio.remove(fileio.join(folder, name))
+
+
+def _plan_projection(teacher: Teacher, files: Sequence[str], output_dir: str,
+                     manifest: Optional[dict], header: dict, overwrite: bool, dim: int,
+                     pca_sample: int, batch_size: int
+                     ) -> Tuple[Optional[dict], Optional[bytes], str]:
+    """The PCA of a layout that reduces rows: ``(projection, projection.npz to write,
+    its sha256 for the header)``. Resuming the same layout keeps the directory's (nothing
+    to write); another layout without ``overwrite`` gets none (:func:`_manifest_for`
+    refuses it); else one is fitted."""
+    old = _header(manifest) if manifest is not None and manifest.get("files") else None
+    same = old is not None and ({k: v for k, v in old.items() if k != "projection"}
+                                == {k: v for k, v in header.items() if k != "projection"})
+    if same and old["projection"] and not overwrite:
+        return load_projection(output_dir, manifest), None, old["projection"]  # the same PCA
+    if old is not None and not same and not overwrite:
+        return None, None, "a new PCA"  # another layout: refused by _manifest_for
+    projection = _fit_projection(teacher, files, dim, pca_sample, batch_size)
+    buffer = io.BytesIO()
+    np.savez(buffer, **projection)
+    data = buffer.getvalue()
+    return projection, data, hashlib.sha256(data).hexdigest()
+
+
+def _manifest_for(output_dir: str, manifest: Optional[dict], header: dict,
+                  overwrite: bool) -> dict:
+    """The manifest to go on with: ``manifest`` when it holds the layout of ``header`` (or
+    nothing), else a new one after deleting its shards (``overwrite``) or a refusal."""
     if manifest is not None and manifest.get("files"):
         old = _header(manifest)
         if old != header:
@@ -394,43 +427,39 @@ def plan(teacher: Teacher, files: Sequence[str], output_dir: str, shard_size: in
             manifest = None
     if manifest is None or not manifest.get("files"):
         manifest = dict(header, files={})
-    if projection_bytes is not None:  # only now: the old one is no longer referenced
-        fileio.atomic_write(fileio.join(output_dir, PROJECTION), projection_bytes)
-    _write_manifest(output_dir, manifest)
+    return manifest
 
-    # Hash and count every input; decide which shards are already done.
-    plans = []
-    for file_index, path in enumerate(files):
-        scan = _scan(path, shard_size)
-        entry = manifest["files"].get(path)
-        if entry is not None and (entry["size"], entry["sha256"]) != (scan["size"],
-                                                                      scan["sha256"]):
-            if not overwrite:
-                raise ValueError(
-                    f"{path} changed since its teacher embeddings were computed in "
-                    f"{output_dir} (size {entry['size']} -> {scan['size']}, sha256 "
-                    f"{entry['sha256'][:12]}.. -> {scan['sha256'][:12]}..); rerun with "
-                    "--overwrite to recompute it, or use another output directory")
-        if entry is not None and overwrite:
-            fileio.rmtree(fileio.join(output_dir, entry["dir"]))
-            entry = None
-        folder = (entry["dir"] if entry is not None else
-                  f"{os.path.basename(path)}-{hashlib.sha256(path.encode()).hexdigest()[:8]}")
-        shard_dir = fileio.join(output_dir, folder)
-        fileio.makedirs(shard_dir)
-        for name in fileio.listdir(shard_dir):
-            if ".tmp-" in name:
-                fileio.remove(fileio.join(shard_dir, name))
-        done = shards_done(shard_dir, scan["shards"], teacher.name, header["projection"],
-                           dtype)
-        entry = {k: scan[k] for k in ("path", "size", "sha256", "num_lines", "stats")}
-        entry.update(dir=folder, num_shards=len(scan["shards"]),
-                     shards=[r for r, d in zip(scan["shards"], done) if d],
-                     complete=all(done))
-        manifest["files"][path] = entry
-        plans.append((file_index, path, shard_dir, scan["shards"], done))
-    _write_manifest(output_dir, manifest)
-    return manifest, plans, projection
+
+def _plan_file(teacher_name: str, output_dir: str, manifest: dict, projection: Optional[str],
+               file_index: int, path: str, shard_size: int, overwrite: bool,
+               dtype: str) -> tuple:
+    """Scans one input, checks it against its manifest entry (which it replaces) and finds
+    its finished shards: the plan of :func:`plan`."""
+    scan = _scan(path, shard_size)
+    entry = manifest["files"].get(path)
+    if entry is not None and (entry["size"], entry["sha256"]) != (scan["size"],
+                                                                  scan["sha256"]):
+        if not overwrite:
+            raise ValueError(
+                f"{path} changed since its teacher embeddings were computed in "
+                f"{output_dir} (size {entry['size']} -> {scan['size']}, sha256 "
+                f"{entry['sha256'][:12]}.. -> {scan['sha256'][:12]}..); rerun with "
+                "--overwrite to recompute it, or use another output directory")
+    if entry is not None and overwrite:
+        fileio.rmtree(fileio.join(output_dir, entry["dir"]))
+        entry = None
+    folder = (entry["dir"] if entry is not None else
+              f"{os.path.basename(path)}-{hashlib.sha256(path.encode()).hexdigest()[:8]}")
+    shard_dir = fileio.join(output_dir, folder)
+    fileio.makedirs(shard_dir)
+    _remove_partial_writes(shard_dir)
+    done = shards_done(shard_dir, scan["shards"], teacher_name, projection, dtype)
+    entry = {k: scan[k] for k in ("path", "size", "sha256", "num_lines", "stats")}
+    entry.update(dir=folder, num_shards=len(scan["shards"]),
+                 shards=[r for r, d in zip(scan["shards"], done) if d],
+                 complete=all(done))
+    manifest["files"][path] = entry
+    return (file_index, path, shard_dir, scan["shards"], done)
 
 
 def shards_done(shard_dir: str, records: Sequence[dict], teacher_name: str,
@@ -545,41 +574,8 @@ def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, p
                                        batch_size=batch_size)
     components = projection["components"] if projection is not None else None
     stored_dim = int(manifest["dim"])
-
     # Pass 2: index the sentences of finished shards, so repeats are copied, not encoded.
-    index: Dict[bytes, int] = {}  # digest -> (file_index << 41) | (line << 1) | side
-
-    def register(file_index, start, lines):
-        for i, raw in enumerate(lines):
-            pair, _ = corpus.parse_tsv_line(raw)
-            if pair is not None:
-                for side, sentence in enumerate(pair):
-                    index.setdefault(_digest(sentence), (file_index << 41) | ((start + i) << 1)
-                                     | side)
-
-    for file_index, path, _, records, done in plans:
-        if any(done):
-            for (start, _, lines), d in zip(_iter_shards(path, shard_size), done):
-                if d:
-                    register(file_index, start, lines)
-
-    reader = _ShardCache()
-
-    def copy_rows(keys: List[bytes]) -> Dict[bytes, np.ndarray]:
-        by_shard = collections.defaultdict(list)  # shard path -> [(digest, row, side)]
-        for key in keys:
-            loc = index.get(key)
-            if loc is not None:
-                f_i, line, s = loc >> 41, (loc >> 1) & ((1 << 40) - 1), loc & 1
-                p = plans[f_i]
-                rec = p[3][line // shard_size]
-                by_shard[fileio.join(p[2], rec["file"])].append((key, line - rec["start"], s))
-        found = {}
-        for shard_path, refs in by_shard.items():
-            stored = reader.rows(shard_path)
-            for key, row, s in refs:
-                found[key] = stored[s][row]
-        return found
+    repeats = _Repeats(plans, shard_size)
 
     # Pass 3: encode the missing shards.
     todo = sum(2 * r["num_valid"] for *_, records, done in plans
@@ -598,21 +594,64 @@ def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, p
                                                       done):
                 if d:
                     continue
-                src, tgt, valid, n = encode_shard(teacher, lines, batch_size, copy_rows, bar,
-                                                  components)
+                src, tgt, valid, n = encode_shard(teacher, lines, batch_size,
+                                                  repeats.copy_rows, bar, components)
                 n_encoded += n
                 write_shard(shard_dir, rec, teacher.name, stored_dim, entry["sha256"], src,
                             tgt, valid, dtype, manifest.get("projection"))
-                register(file_index, start, lines)
+                repeats.register(file_index, start, lines)
                 entry["shards"].append(rec)
                 entry["complete"] = len(entry["shards"]) == entry["num_shards"]
-                _write_manifest(output_dir, manifest)
+                write_manifest(output_dir, manifest)
     finally:
         if bar is not None:
             bar.close()
     manifest["last_run"] = {"sentences_encoded": n_encoded}
-    _write_manifest(output_dir, manifest)
+    write_manifest(output_dir, manifest)
     return manifest
+
+
+class _Repeats:
+    """Where each sentence stored so far is (the finished shards of ``plans``, then each
+    shard as it is written), so that a repeat is copied from there, not encoded again."""
+
+    def __init__(self, plans: list, shard_size: int):
+        self._plans, self._shard_size = plans, shard_size
+        self._index: Dict[bytes, int] = {}  # digest -> (file_index << 41) | (line << 1) | side
+        self._reader = _ShardCache()
+        for file_index, path, _, records, done in plans:
+            if any(done):
+                for (start, _, lines), d in zip(_iter_shards(path, shard_size), done):
+                    if d:
+                        self.register(file_index, start, lines)
+
+    def register(self, file_index: int, start: int, lines: Sequence[bytes]) -> None:
+        """Records the sentences of a stored shard (lines from ``start`` of input
+        ``file_index``), keeping the first place of each."""
+        for i, raw in enumerate(lines):
+            pair, _ = corpus.parse_tsv_line(raw)
+            if pair is not None:
+                for side, sentence in enumerate(pair):
+                    self._index.setdefault(_digest(sentence),
+                                           (file_index << 41) | ((start + i) << 1) | side)
+
+    def copy_rows(self, keys: List[bytes]) -> Dict[bytes, np.ndarray]:
+        """The stored rows of the sentences (digests) ``keys`` seen before (the
+        ``copy_rows`` of :func:`encode_shard`)."""
+        by_shard = collections.defaultdict(list)  # shard path -> [(digest, row, side)]
+        for key in keys:
+            loc = self._index.get(key)
+            if loc is not None:
+                f_i, line, s = loc >> 41, (loc >> 1) & ((1 << 40) - 1), loc & 1
+                p = self._plans[f_i]
+                rec = p[3][line // self._shard_size]
+                by_shard[fileio.join(p[2], rec["file"])].append((key, line - rec["start"], s))
+        found = {}
+        for shard_path, refs in by_shard.items():
+            stored = self._reader.rows(shard_path)
+            for key, row, s in refs:
+                found[key] = stored[s][row]
+        return found
 
 
 # ====================================================================== reading
@@ -686,7 +725,7 @@ def load_precomputed(embeddings_dir: str, tsv_path: str,
             meta = json.loads(str(z["meta"]))
             src, tgt, valid = z["src"], z["tgt"], z["valid"]
             if src.dtype == np.int8:
-                src, tgt = _decode_rows(z, "src"), _decode_rows(z, "tgt")
+                src, tgt = decode_rows(z, "src"), decode_rows(z, "tgt")
         n = rec["end"] - rec["start"]
         if (meta.get("lines_sha256") != rec["lines_sha256"] or src.shape != tgt.shape
                 or src.shape != (n, manifest["dim"]) or valid.shape != (n,)):
@@ -725,7 +764,6 @@ def verify(embeddings_dir: str) -> List[str]:
         raise FileNotFoundError(f"no {MANIFEST} in {embeddings_dir}")
     problems = []
     shard_size = manifest["shard_size"]
-    reduced = bool(manifest.get("projection"))
     try:
         load_projection(embeddings_dir, manifest)
     except ValueError as e:
@@ -744,38 +782,43 @@ def verify(embeddings_dir: str) -> List[str]:
             rec = recs.pop(start, None)
             if rec is None:
                 continue
-            where = f"{path} lines {start}-{start + len(lines)}"
-            h = hashlib.sha256(b"".join(lines)).hexdigest()
-            if rec["end"] != start + len(lines) or h != rec["lines_sha256"]:
-                problems.append(f"{where}: lines changed since the shard was written")
-                continue
-            shard_path = fileio.join(embeddings_dir, entry["dir"], rec["file"])
-            try:
-                with _load_npz(shard_path) as z:
-                    meta = json.loads(str(z["meta"]))
-                    src, tgt, valid = (_decode_rows(z, "src"), _decode_rows(z, "tgt"),
-                                       z["valid"])
-            except (OSError, ValueError, KeyError) as e:
-                problems.append(f"{where}: unreadable shard {shard_path} ({e})")
-                continue
-            if meta.get("lines_sha256") != h or len(valid) != len(lines):
-                problems.append(f"{where}: shard {shard_path} belongs to other lines")
-                continue
-            expect = np.array([corpus.parse_tsv_line(raw)[0] is not None for raw in lines])
-            if not np.array_equal(valid, expect):
-                problems.append(f"{where}: valid flags disagree with the corpus parser")
-            if meta.get("projection") != manifest.get("projection"):
-                problems.append(f"{where}: shard {shard_path} was made with another projection")
-            for side, emb in (("src", src), ("tgt", tgt)):
-                norms = np.linalg.norm(emb, axis=1)
-                # PCA-reduced rows keep at most their unit norm (they are not renormalised).
-                bad = (np.any(norms[expect] > 1 + 1e-2) or np.any(norms[expect] <= 0)
-                       if reduced else np.any(np.abs(norms[expect] - 1) > 1e-2))
-                if np.any(norms[~expect] != 0) or bad:
-                    problems.append(f"{where}: {side} rows are not zero (malformed lines) "
-                                    "and unit norm (others)")
+            problems += _verify_shard(fileio.join(embeddings_dir, entry["dir"], rec["file"]),
+                                      rec, f"{path} lines {start}-{start + len(lines)}",
+                                      start, lines, manifest.get("projection"))
         if n_lines != entry["num_lines"]:
             problems.append(f"{path}: has {n_lines} lines, manifest says {entry['num_lines']}")
         for start in recs:
             problems.append(f"{path}: shard at line {start} lies beyond the file")
+    return problems
+
+
+def _verify_shard(shard_path: str, rec: dict, where: str, start: int, lines: List[bytes],
+                  projection: Optional[str]) -> List[str]:
+    """The problems of one shard (record ``rec``) against the ``lines`` it was made of, in
+    a directory whose rows were reduced with the projection of sha256 ``projection``."""
+    h = hashlib.sha256(b"".join(lines)).hexdigest()
+    if rec["end"] != start + len(lines) or h != rec["lines_sha256"]:
+        return [f"{where}: lines changed since the shard was written"]
+    try:
+        with _load_npz(shard_path) as z:
+            meta = json.loads(str(z["meta"]))
+            src, tgt, valid = (decode_rows(z, "src"), decode_rows(z, "tgt"), z["valid"])
+    except (OSError, ValueError, KeyError) as e:
+        return [f"{where}: unreadable shard {shard_path} ({e})"]
+    if meta.get("lines_sha256") != h or len(valid) != len(lines):
+        return [f"{where}: shard {shard_path} belongs to other lines"]
+    problems = []
+    expect = np.array([corpus.parse_tsv_line(raw)[0] is not None for raw in lines])
+    if not np.array_equal(valid, expect):
+        problems.append(f"{where}: valid flags disagree with the corpus parser")
+    if meta.get("projection") != projection:
+        problems.append(f"{where}: shard {shard_path} was made with another projection")
+    for side, emb in (("src", src), ("tgt", tgt)):
+        norms = np.linalg.norm(emb, axis=1)
+        # PCA-reduced rows keep at most their unit norm (they are not renormalised).
+        bad = (np.any(norms[expect] > 1 + 1e-2) or np.any(norms[expect] <= 0)
+               if projection else np.any(np.abs(norms[expect] - 1) > 1e-2))
+        if np.any(norms[~expect] != 0) or bad:
+            problems.append(f"{where}: {side} rows are not zero (malformed lines) "
+                            "and unit norm (others)")
     return problems

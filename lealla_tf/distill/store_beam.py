@@ -121,7 +121,7 @@ def precompute(teacher_spec: str, inputs: Sequence[str], output_dir: str,
             self.shards.inc()
             yield task[2]["file"]
 
-    with te._exclusive(output_dir, force=overwrite):
+    with te.exclusive(output_dir, force=overwrite):
         manifest, plans, projection = te.plan(teacher, files, output_dir, shard_size,
                                               overwrite, dim=dim, dtype=dtype,
                                               pca_sample=pca_sample, batch_size=batch_size)
@@ -153,7 +153,7 @@ def precompute(teacher_spec: str, inputs: Sequence[str], output_dir: str,
             entry["complete"] = all(done)
         manifest["last_run"] = {"sentences_encoded": encoded, "runner": f"beam:{beam_runner}",
                                 "shards_submitted": len(tasks)}
-        te._write_manifest(output_dir, manifest)
+        te.write_manifest(output_dir, manifest)
     missing = [p for p, e in manifest["files"].items() if not e["complete"]]
     if missing:
         raise RuntimeError(f"the pipeline finished but shards of {missing} are missing; "

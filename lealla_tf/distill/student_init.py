@@ -29,11 +29,12 @@ from lealla_tf.text import sentencepiece
 
 INFO_FILE = "vocab_info.json"
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED = 1, 2, 3, 4
-_KEPT_TYPES = (_NORMAL, _USER_DEFINED)
+KEPT_TYPES = (_NORMAL, _USER_DEFINED)  # piece types a pruned vocabulary keeps
 WORD_BOUNDARY = "\u2581"
 
 
-def _model_proto(model_bytes: bytes):
+def model_proto(model_bytes: bytes):
+    """The ``ModelProto`` of a serialized SentencePiece model."""
     from sentencepiece import sentencepiece_model_pb2 as pb
     proto = pb.ModelProto()
     proto.ParseFromString(model_bytes)
@@ -55,7 +56,7 @@ def teacher_sentencepiece(teacher) -> bytes:
             "vocab.source: teacher cannot use its vocabulary; use vocab.source: train, or a "
             "teacher with a SentencePiece vocabulary (muse, or a SavedModel with a "
             "SentencePiece .model asset)")
-    proto = _model_proto(model)
+    proto = model_proto(model)
     if proto.trainer_spec.model_type != 1:
         raise ValueError(f"teacher {teacher.name!r}: its SentencePiece model is not unigram "
                          "(TF Text's FastSentencepieceTokenizer reproduces unigram models only)")
@@ -98,7 +99,7 @@ def prune_sentencepiece(model_bytes: bytes, sentences: Iterable[str], max_pieces
     import sentencepiece as spm
     from tqdm.auto import tqdm
 
-    proto = _model_proto(model_bytes)
+    proto = model_proto(model_bytes)
     sp = spm.SentencePieceProcessor(model_proto=model_bytes)
     counts: collections.Counter = collections.Counter()
     chars: set = set()
@@ -109,7 +110,7 @@ def prune_sentencepiece(model_bytes: bytes, sentences: Iterable[str], max_pieces
         chars.update(sp.normalize(sentence))
         n_sentences += 1
     piece_id = {p.piece: i for i, p in enumerate(proto.pieces)}
-    keepable = lambda i: i is not None and proto.pieces[i].type in _KEPT_TYPES
+    keepable = lambda i: i is not None and proto.pieces[i].type in KEPT_TYPES
     char_ids = {piece_id.get(c) for c in chars} | {piece_id.get(WORD_BOUNDARY + c) for c in chars}
     char_ids = sorted(i for i in char_ids if keepable(i))
     used = sorted((i for i in counts if keepable(i)), key=lambda i: (-counts[i], i))
@@ -197,8 +198,8 @@ def build_teacher_vocab(teacher, files: Sequence[str], output_dir: str, max_piec
 
 def piece_texts(model_bytes: bytes) -> List[str]:
     """The text each piece stands for (``▁`` as a space; special pieces give ``""``)."""
-    proto = _model_proto(model_bytes)
-    return [p.piece.replace(WORD_BOUNDARY, " ") if p.type in _KEPT_TYPES else ""
+    proto = model_proto(model_bytes)
+    return [p.piece.replace(WORD_BOUNDARY, " ") if p.type in KEPT_TYPES else ""
             for p in proto.pieces]
 
 

@@ -72,7 +72,7 @@ class SavedModelEmbedder(Embedder):
         self.handle = handle
         self._model = tf.saved_model.load(handle) if local else hub.load(handle)
 
-    def _encode_batch(self, batch):
+    def encode_batch(self, batch):
         out = self._model(tf.constant(batch, tf.string))
         return embedders.pick_output(out, what=f"SavedModel {self.handle}").numpy()
 
@@ -115,7 +115,7 @@ class TFLiteEmbedder(Embedder):
         shape = self._runner.get_input_details()[self._input]["shape_signature"]
         self.static_batch = int(shape[0]) if len(shape) and shape[0] > 0 else None
 
-    def _encode_batch(self, batch):
+    def encode_batch(self, batch):
         if self.static_batch is None:
             return self._runner(**{self._input: np.array(list(batch), dtype=object)})[
                 self._output]
@@ -148,7 +148,7 @@ class CheckpointEmbedder(Embedder):
         model = encoders.StringEncoder(preprocessor, encoder)
         self._fn = tf.function(lambda s: model(s, training=False), input_signature=[_STRINGS])
 
-    def _encode_batch(self, batch):
+    def encode_batch(self, batch):
         return self._fn(tf.constant(batch, tf.string)).numpy()
 
 

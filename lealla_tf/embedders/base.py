@@ -84,7 +84,7 @@ def batch_order(keys: Sequence[int], batch_size: int) -> List[np.ndarray]:
 class Embedder:
     """Base class: ``encode`` follows the batching policy and restores the input order.
 
-    Subclasses implement ``_encode_batch(list[bytes]) -> np.ndarray [n, D]``; those that
+    Subclasses implement ``encode_batch(list[bytes]) -> np.ndarray [n, D]``; those that
     know a SentencePiece vocabulary pass ``length_model`` or override ``_vocabulary``.
 
     Args:
@@ -132,10 +132,11 @@ class Embedder:
     def dim(self) -> int:
         """Embedding dimension."""
         if self._dim is None:
-            self._dim = int(self._encode_batch([b""]).shape[1])
+            self._dim = int(self.encode_batch([b""]).shape[1])
         return self._dim
 
-    def _encode_batch(self, batch: List[bytes]) -> np.ndarray:
+    def encode_batch(self, batch: List[bytes]) -> np.ndarray:
+        """One model call: float32 ``[len(batch), D]`` for UTF-8 sentences, in their order."""
         raise NotImplementedError
 
     def encode(self, sentences: Sequence[Union[str, bytes]],
@@ -157,7 +158,7 @@ class Embedder:
         batches = [np.arange(n)] if size >= n else batch_order(self.lengths(data), size)
         out = None
         for idx in batches:
-            vecs = np.asarray(self._encode_batch([data[i] for i in idx]), np.float32)
+            vecs = np.asarray(self.encode_batch([data[i] for i in idx]), np.float32)
             if out is None:
                 out = np.empty((n, vecs.shape[1]), np.float32)
                 self._dim = vecs.shape[1]

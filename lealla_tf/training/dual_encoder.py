@@ -232,7 +232,7 @@ class Trainer(loop.Job):
         return iter(dist)
 
     # -- the step
-    def _loss_and_gradients(self, batch):
+    def loss_and_gradients(self, batch):
         """This replica's loss terms and (unreduced) gradients for one batch."""
         teacher_src, teacher_tgt = batch.get("teacher_src"), batch.get("teacher_tgt")
         if self.online_teacher is not None:  # frozen: outside the tape, no gradient

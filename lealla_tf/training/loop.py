@@ -145,7 +145,7 @@ class Job:
 
     A subclass provides the model and data (:meth:`_load_data`, :meth:`_build`, which calls
     :meth:`_attach_checkpoint`), :meth:`make_iterator`, the loss of one step
-    (:meth:`_loss_and_gradients`), and ``encoder``, ``optimizer``, ``schedule``,
+    (:meth:`loss_and_gradients`), and ``encoder``, ``optimizer``, ``schedule``,
     ``variables``, ``sampler`` and :attr:`steps_done`. The loop trains in segments
     (:meth:`_segment_end`: one model and one iterator each) until ``train.steps``.
 
@@ -248,7 +248,7 @@ class Job:
         """A distributed iterator starting at the sampler's (restored) position."""
         raise NotImplementedError
 
-    def _loss_and_gradients(self, batch) -> Tuple[Dict[str, tf.Tensor], List[tf.Tensor]]:
+    def loss_and_gradients(self, batch) -> Tuple[Dict[str, tf.Tensor], List[tf.Tensor]]:
         """This replica's loss terms and (unreduced) gradients for one batch
         (:meth:`_tape_gradients`)."""
         raise NotImplementedError
@@ -398,7 +398,7 @@ class Job:
         global norm (``train.clip_norm``) and applied; returns the loss terms and
         ``grad_norm``."""
         ctx = tf.distribute.get_replica_context()
-        terms, grads = self._loss_and_gradients(batch)
+        terms, grads = self.loss_and_gradients(batch)
         grads = self._gradients_to_reduce(grads, ctx)
         grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         clip = self.cfg.train.clip_norm

@@ -358,7 +358,7 @@ class Pretrainer(loop.Job):
         return evaluate(self.pretrainer, self.eval_batches) if self.eval_batches else {}
 
     # -- the step
-    def _loss_and_gradients(self, feats):
+    def loss_and_gradients(self, feats):
         ctx = tf.distribute.get_replica_context()
         counts = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([
             tf.reduce_sum(feats["masked_lm_weights"]),
