@@ -31,6 +31,7 @@ $(BEAM_VENV)/.installed: pyproject.toml
 	touch $@
 
 test: venv beam-venv
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q --durations=15 -m "not beam" tests
 	$(BEAM_PY) -m pytest -q -m beam tests/test_teacher_embeddings_beam.py
 

@@ -2,7 +2,8 @@
 machine (bad flags, missing or malformed inputs, outputs that cannot be written, a full
 or read-only disk, Ctrl-C, SIGKILL) ends in one ``lealla: error:`` line naming the
 problem and where, with exit code 2 (130 for Ctrl-C), no traceback, and nothing the user
-had before is lost. docs/failures.md lists the cases and what the user sees.
+had before is lost. benchmarks/RESULTS.md ("Failures done on purpose") lists the cases and
+what the user sees.
 
 Models are ``py:test_faults:encode`` (a hash of each sentence, no TensorFlow), so the
 command-line runs in subprocesses take a fraction of a second.
