@@ -81,6 +81,28 @@ def test_vocab_trainer_errors(tmp_path):
         sentencepiece.train_vocab([str(cjk)], str(tmp_path), 50, progress=False)
 
 
+def test_vocab_is_replaced_only_when_complete(tmp_path, hermetic_files, monkeypatch):
+    """A vocabulary run that fails half way (here the trainer itself) leaves the earlier
+    vocabulary in place and no staging folder behind."""
+    out = str(tmp_path / "vocab")
+    first = sentencepiece.train_vocab(hermetic_files, out, vocab_size=120,
+                                      sentences_per_language=100, progress=False)
+    before = {n: open(os.path.join(out, n), "rb").read() for n in os.listdir(out)}
+    assert sorted(before) == ["spm.model", "spm.vocab", "vocab_info.json"]
+
+    def boom(**kwargs):
+        with open(kwargs["model_prefix"] + ".model", "wb") as f:
+            f.write(b"half a model")
+        raise RuntimeError("killed half way")
+
+    monkeypatch.setattr(spm.SentencePieceTrainer, "train", boom)
+    with pytest.raises(RuntimeError, match="killed half way"):
+        sentencepiece.train_vocab(hermetic_files, out, vocab_size=130,
+                                  sentences_per_language=100, progress=False)
+    assert {n: open(os.path.join(out, n), "rb").read() for n in os.listdir(out)} == before
+    assert spm.SentencePieceProcessor(model_file=first).get_piece_size() <= 120
+
+
 def test_fast_tokenizer_agrees_with_regular_on_many_scripts(tiny_vocab):
     model = open(tiny_vocab, "rb").read()
     fast = tf_text.FastSentencepieceTokenizer(model)

@@ -18,7 +18,7 @@ import random
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from lealla_tf import config, corpus
+from lealla_tf import config, corpus, fileio
 from lealla_tf.data import datasets
 
 # Tatoeba codes of the languages the offline teacher (multilingual USE v3) covers.
@@ -336,14 +336,13 @@ def _report(state: DemoState) -> DemoState:
         results["ntrex_retention"] = models["student"]["ntrex"]["average"]["mean"] / max(n_t, 1e-9)
         results["static_ntrex_retention"] = (models["static"]["ntrex"]["average"]["mean"]
                                              / max(n_t, 1e-9))
-    with open(os.path.join(output, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2, ensure_ascii=False)
+    fileio.atomic_write(os.path.join(output, "results.json"),
+                        json.dumps(results, indent=2, ensure_ascii=False))
     plots.bar_chart({lang: models["student"]["tatoeba"]["per_language"][lang]["mean"]
                      for lang in eval_langs}, os.path.join(output, "tatoeba.png"),
                     title="Student Tatoeba accuracy (mean of both directions)")
     table = format_table(results)
-    with open(os.path.join(output, "results.md"), "w", encoding="utf-8") as f:
-        f.write(table + "\n")
+    fileio.atomic_write(os.path.join(output, "results.md"), table + "\n")
     print(table)
     print("\nTFLite sizes: " + ", ".join(f"{k} {v}" for k, v in results["tflite_sizes"].items()))
     summary = (f"retention of the teacher's accuracy: Tatoeba {100 * results['retention']:.1f}% "

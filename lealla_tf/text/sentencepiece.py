@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import shutil
 import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -147,7 +148,6 @@ def train_vocab(files: Sequence[str], output_dir: str, vocab_size: int,
     Returns:
       Path of the trained ``spm.model``.
     """
-    import sentencepiece as spm
     from tqdm import tqdm
 
     if not fileio.is_local(output_dir):  # SentencePiece writes real files: stage them
@@ -177,7 +177,25 @@ def train_vocab(files: Sequence[str], output_dir: str, vocab_size: int,
     sample, reservoirs = _sample_sentences(files, counts, sizes, seed, progress)
 
     os.makedirs(output_dir, exist_ok=True)
-    prefix = os.path.join(output_dir, os.path.splitext(MODEL_FILE)[0])
+    # Trained in a hidden folder inside output_dir and renamed into place at the end: an
+    # interrupted run leaves the earlier vocabulary as it was.
+    staging = tempfile.mkdtemp(prefix=".vocab-staging-", dir=output_dir)
+    try:
+        return _train_into(staging, output_dir, files, sample, reservoirs, counts, stats,
+                           vocab_size, sampling_alpha, character_coverage,
+                           max_sentence_length, num_threads, progress)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _train_into(staging: str, output_dir: str, files, sample, reservoirs, counts, stats,
+                vocab_size: int, sampling_alpha: float, character_coverage: float,
+                max_sentence_length: int, num_threads: int, progress: bool) -> str:
+    """Trains the SentencePiece model in ``staging``, then moves ``spm.vocab``,
+    ``vocab_info.json`` and, last, ``spm.model`` into ``output_dir``."""
+    import sentencepiece as spm
+    stem = os.path.splitext(MODEL_FILE)[0]
+    prefix = os.path.join(staging, stem)
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".txt", delete=False) as tmp:
         for s in sample:
             tmp.write(s.replace("\n", " ") + "\n")
@@ -213,12 +231,14 @@ def train_vocab(files: Sequence[str], output_dir: str, vocab_size: int,
         "available_per_language": counts, "malformed_lines_skipped": stats.malformed,
         "special_pieces": list(SPECIAL_PIECES), "inputs": [os.path.abspath(f) for f in files],
     }
-    with open(os.path.join(output_dir, "vocab_info.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(staging, "vocab_info.json"), "w", encoding="utf-8") as f:
         json.dump(info, f, indent=2, ensure_ascii=False)
+    for name in (stem + ".vocab", "vocab_info.json", MODEL_FILE):  # the model last
+        os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
     if progress:
         print(f"vocabulary: {actual} pieces ({'as requested' if actual == vocab_size else 'fewer than requested: corpus too small'})",
               flush=True)
-    return model_path
+    return os.path.join(output_dir, MODEL_FILE)
 
 
 def read_model(sp_model: Union[str, bytes, os.PathLike]) -> bytes:
