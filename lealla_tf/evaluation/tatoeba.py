@@ -20,6 +20,7 @@ import numpy as np
 
 from lealla_tf import paths
 from lealla_tf.data import datasets
+from lealla_tf.data.datasets import ChecksumError as ChecksumError  # what evaluate() raises
 from lealla_tf.evaluation import retrieval, runner
 
 #: File name -> SHA-256 of the published files (from the package's data table).
