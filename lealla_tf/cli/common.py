@@ -69,6 +69,18 @@ def check_input_dir(path: str, what: str) -> None:
                                 f"{what} is a file, not a folder: {path}")
 
 
+def corpus_files(patterns) -> list:
+    """The files the patterns name, each checked to be a readable corpus file (a user
+    error names the first bad one)."""
+    from lealla_tf import corpus
+    from lealla_tf.cli import errors
+    files = corpus.find_files(patterns)
+    with errors.user_errors(corpus.CorpusError):
+        for path in files:
+            corpus.check_file(path)
+    return files
+
+
 def check_outputs(*paths: str, folder: bool = False) -> None:
     """Checks that each non-empty output path can be written, before the long work
     (see :func:`lealla_tf.fileio.check_writable`)."""

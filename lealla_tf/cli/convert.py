@@ -67,12 +67,8 @@ def _add_prune(sub) -> None:
 
 
 def _prune(args) -> int:
-    from lealla_tf import corpus
     common.check_positive(args, "max_tokens", zero_ok=True)
-    files = corpus.find_files(args.input)
-    with errors.user_errors(corpus.CorpusError):
-        for path in files:
-            corpus.check_file(path)
+    files = common.corpus_files(args.input)
     common.check_outputs(args.output, folder=True)
     from lealla_tf.convert import pruning
     with errors.user_errors(ValueError):

@@ -29,12 +29,8 @@ def _add_vocab(sub) -> None:
 
 
 def _vocab(args) -> int:
-    from lealla_tf import corpus
     common.check_positive(args, "vocab_size", "sentences_per_language")
-    files = corpus.find_files(args.input)
-    with errors.user_errors(corpus.CorpusError):
-        for path in files:
-            corpus.check_file(path)
+    files = common.corpus_files(args.input)
     common.check_outputs(args.output, folder=True)
     from lealla_tf.text import sentencepiece
     with errors.user_errors(ValueError):
@@ -143,20 +139,29 @@ def _check_vocabulary(cfg, model_dir: str) -> None:
             "`lealla vocab` writes)") from e
 
 
-def _train(args) -> int:
-    common.log_progress()
-    cfg = _checked_config(args)  # config and input errors first, before the model code loads
-    from lealla_tf.training import dual_encoder, loop
+def _run_job(job, cfg, args):
+    """Runs ``dual_encoder.train`` or ``pretraining.pretrain``; returns its result, or the
+    exit code of a stop the user is told about in one line (divergence 1, Ctrl-C 130)."""
+    from lealla_tf.training import loop
     try:
         with common.progress_logging():
-            result = dual_encoder.train(cfg, args.model_dir, progress=not args.no_progress,
-                                        recover=args.recover)
+            return job(cfg, args.model_dir, progress=not args.no_progress,
+                       recover=args.recover)
     except loop.TrainingDiverged as e:
         print(f"lealla: {e}", file=sys.stderr)
         return 1
     except loop.TrainingInterrupted as e:
         print(f"lealla: {e}", file=sys.stderr)
         return INTERRUPTED
+
+
+def _train(args) -> int:
+    common.log_progress()
+    cfg = _checked_config(args)  # config and input errors first, before the model code loads
+    from lealla_tf.training import dual_encoder
+    result = _run_job(dual_encoder.train, cfg, args)
+    if isinstance(result, int):
+        return result
     summary = ", ".join(f"{k} {result.metrics[k]:.4f}" for k in ("loss", "accuracy")
                         if k in result.metrics)
     print(f"step {result.step}: {summary}; checkpoint {result.checkpoint}; "
@@ -185,17 +190,10 @@ def _add_pretrain(sub) -> None:
 def _pretrain(args) -> int:
     common.log_progress()
     cfg = _checked_config(args)  # config and input errors first, before the model code loads
-    from lealla_tf.training import loop, pretraining
-    try:
-        with common.progress_logging():
-            result = pretraining.pretrain(cfg, args.model_dir, progress=not args.no_progress,
-                                          recover=args.recover)
-    except loop.TrainingDiverged as e:
-        print(f"lealla: {e}", file=sys.stderr)
-        return 1
-    except loop.TrainingInterrupted as e:
-        print(f"lealla: {e}", file=sys.stderr)
-        return INTERRUPTED
+    from lealla_tf.training import pretraining
+    result = _run_job(pretraining.pretrain, cfg, args)
+    if isinstance(result, int):
+        return result
     summary = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()
                         if k in ("loss", "accuracy") or k.startswith("eval/"))
     print(f"step {result.step}: {summary}; checkpoint {result.checkpoint}; "

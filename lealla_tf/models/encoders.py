@@ -37,6 +37,13 @@ _NOT_SHAPE = ("name", "architecture", "static_projection", "embedding_init",
               "position_init")
 
 
+def dummy_inputs(batch_size: int = 1, seq_length: int = 8) -> Dict[str, tf.Tensor]:
+    """Packed inputs of zeros (one [CLS]-like token per position), for building a model."""
+    ids = tf.zeros([batch_size, seq_length], tf.int32)
+    return {"input_word_ids": ids, "input_mask": tf.ones_like(ids),
+            "input_type_ids": tf.zeros_like(ids)}
+
+
 def mean_pool(sequence: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     """Mean of ``sequence`` ``[B, S, H]`` over the positions where ``mask`` ``[B, S]`` is 1
     (float32 ``[B, H]``; an all-padding row gives zeros)."""
@@ -204,9 +211,7 @@ class LeallaEncoder(tf_keras.Model):
             jit_compile=jit, autograph=False)
 
     def dummy_inputs(self, batch_size: int = 1, seq_length: int = 8) -> Dict[str, tf.Tensor]:
-        ids = tf.zeros([batch_size, seq_length], tf.int32)
-        return {"input_word_ids": ids, "input_mask": tf.ones_like(ids),
-                "input_type_ids": tf.zeros_like(ids)}
+        return dummy_inputs(batch_size, seq_length)
 
     def build_from_config(self, config):
         # Keras would build from float placeholders; token ids must be integers.
@@ -294,9 +299,7 @@ class StaticEncoder(tf_keras.Model):
         return self.embedding.embeddings
 
     def dummy_inputs(self, batch_size: int = 1, seq_length: int = 8) -> Dict[str, tf.Tensor]:
-        ids = tf.zeros([batch_size, seq_length], tf.int32)
-        return {"input_word_ids": ids, "input_mask": tf.ones_like(ids),
-                "input_type_ids": tf.zeros_like(ids)}
+        return dummy_inputs(batch_size, seq_length)
 
     def build_from_config(self, config):
         self(self.dummy_inputs())
