@@ -62,24 +62,6 @@ def _config(vocab_cfg, vocab, files, spec, mode, store="", *extra):
         "loss.feature_distill_weight=0.5", "loss.logit_distill_weight=2.0", *extra])
 
 
-def _step_one(trainer):
-    """Global loss and gradients (summed over replicas) of the run's first batch."""
-    batch = next(trainer.make_iterator())
-
-    def replica(b):
-        terms, grads = trainer.loss_and_gradients(b)
-        return terms["loss"], [tf.convert_to_tensor(g) for g in grads]
-
-    @tf.function
-    def run(b):
-        loss, grads = trainer.strategy.run(replica, args=(b,))
-        total = lambda x: trainer.strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None)
-        return total(loss), [total(g) for g in grads]
-
-    loss, grads = run(batch)
-    return float(loss), [g.numpy() for g in grads]
-
-
 def _checkpoint_keys(model_dir):
     path = tf.train.latest_checkpoint(os.path.join(model_dir, layout.CHECKPOINT_DIR))
     return {name: tuple(shape) for name, shape in tf.train.list_variables(path)}
@@ -108,7 +90,7 @@ def test_online_equals_precomputed_one_device_and_mirrored(
     runs = {"pair, 2 replicas": make("pair2", "pair", "online", two_cpu_strategy),
             "string-in SavedModel, one device": make("string1", "string", "online", one)}
     assert pre.online_teacher is None
-    loss_pre, grads_pre = _step_one(pre)
+    loss_pre, grads_pre = harness.first_step(pre)
     assert max(np.abs(g).max() for g in grads_pre) > 1e-3  # gradients are not all ~0
     start, start_loss = harness.snapshot(pre.encoder.weights), pre.loss_layer.get_weights()
     r_pre = pre.run()
@@ -124,7 +106,7 @@ def test_online_equals_precomputed_one_device_and_mirrored(
                                           & {w.ref() for w in on.variables})
         teacher_before = harness.snapshot(teacher.variables)
 
-        loss_on, grads_on = _step_one(on)
+        loss_on, grads_on = harness.first_step(on)
         np.testing.assert_allclose(loss_on, loss_pre, rtol=1e-5, err_msg=what)
         assert len(grads_on) == len(grads_pre) == len(pre.variables)
         for a, b in zip(grads_on, grads_pre):

@@ -7,7 +7,8 @@
 - :func:`export_embeddings`: the embeddings of an export folder's ``lealla/`` SavedModel
   and of its ``lealla-<variant>.tflite`` files, loaded as ``lealla embed --model`` loads
   them;
-- :func:`snapshot` and :func:`largest_change`: weights before and after training.
+- :func:`snapshot` and :func:`largest_change`: weights before and after training;
+- :func:`first_step`: a trainer's global loss and gradients on its first batch.
 """
 
 from __future__ import annotations
@@ -72,3 +73,21 @@ def snapshot(weights) -> List[np.ndarray]:
 def largest_change(before, after) -> float:
     """The largest absolute difference between two lists of weights, pair by pair."""
     return max(float(np.abs(a - b).max()) for a, b in zip(snapshot(before), snapshot(after)))
+
+
+def first_step(trainer):
+    """Global loss and gradients (summed over replicas) of a trainer's first batch."""
+    batch = next(trainer.make_iterator())
+
+    def replica(b):
+        terms, grads = trainer.loss_and_gradients(b)
+        return terms["loss"], [tf.convert_to_tensor(g) for g in grads]
+
+    @tf.function
+    def run(b):
+        loss, grads = trainer.strategy.run(replica, args=(b,))
+        total = lambda x: trainer.strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None)
+        return total(loss), [total(g) for g in grads]
+
+    loss, grads = run(batch)
+    return float(loss), [g.numpy() for g in grads]
