@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from lealla_tf import fileio
+from lealla_tf import corpus, fileio
 
 
 class ConfigError(ValueError):
@@ -33,6 +33,7 @@ EMBEDDING_INITS = ("random", "teacher", "teacher_table")
 VOCAB_SOURCES = ("train", "teacher")
 VOCAB_TYPES = ("sentencepiece", "wordpiece")
 TEACHER_MODES = ("precomputed", "online")
+ALL_LANGUAGES = "all"  # teacher.languages: [all]: the teacher covers every language
 
 
 @dataclasses.dataclass
@@ -236,10 +237,16 @@ class TeacherConfig:
     # TensorFlow teacher of teacher.spec runs inside the training step; see
     # lealla_tf.distill.online_teacher). Online ignores data.teacher_embeddings.
     mode: str = "precomputed"
+    # The languages the teacher covers, named like the training files (corpus.language_of:
+    # deu, cmn, or cmn_Hans for one script), or [all] (every language: LaBSE-like
+    # teachers). A pair of another language is distilled towards the teacher's embedding of
+    # its English side, on both sides (see docs/training.md, "Targets by language").
+    languages: List[str] = dataclasses.field(default_factory=lambda: [ALL_LANGUAGES])
 
     def validate(self) -> None:
         if self.dim < 0:
             raise ConfigError(f"teacher.dim must be >= 0, got {self.dim}")
+        check_teacher_languages(self.languages, "teacher.languages")
         if self.mode not in TEACHER_MODES:
             raise ConfigError(f"teacher.mode must be one of {', '.join(TEACHER_MODES)}, "
                               f"got {self.mode!r}")
@@ -248,6 +255,32 @@ class TeacherConfig:
                 "teacher.mode: online needs teacher.spec naming a TensorFlow teacher (labse, "
                 "hub:..., savedmodel:..., export:..., run:...); other teachers need "
                 "teacher.mode: precomputed")
+
+
+def check_teacher_languages(languages, key: str = "teacher.languages") -> List[str]:
+    """``languages`` as a list of codes, or a :class:`ConfigError` naming ``key``: a
+    non-empty list of language codes (no paths, no blanks), or ``[all]`` alone."""
+    if isinstance(languages, str) or not isinstance(languages, (list, tuple)):
+        raise ConfigError(f"{key} must be a list of language codes (e.g. [deu, fra]) or "
+                          f"[{ALL_LANGUAGES}], got {languages!r}")
+    bad = [x for x in languages if not isinstance(x, str) or not x or x != x.strip()
+           or any(c in x for c in "/\\ \t*?")]
+    if bad or not languages:
+        raise ConfigError(f"{key} must name languages like the training files (deu, cmn, "
+                          f"cmn_Hans) or be [{ALL_LANGUAGES}], got {list(languages)!r}")
+    if ALL_LANGUAGES in languages and len(languages) > 1:
+        raise ConfigError(f"{key}: [{ALL_LANGUAGES}] stands alone, got {list(languages)!r}")
+    return list(languages)
+
+
+def teacher_covers(languages: Sequence[str], path: str) -> bool:
+    """Whether a teacher covering ``languages`` (``teacher.languages``) knows the language
+    of the training file ``path`` (:func:`lealla_tf.corpus.language_of`, or its base
+    language: ``cmn`` covers ``cmn_Hans-eng.tsv``)."""
+    if ALL_LANGUAGES in languages:
+        return True
+    language = corpus.language_of(path)
+    return language in languages or language.split("_")[0] in languages
 
 
 OPTIMIZERS = ("adamw", "lazy_adamw")

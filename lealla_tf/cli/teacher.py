@@ -32,6 +32,10 @@ def add_commands(sub) -> None:
                    help="stored row type (int8: per-row scale)")
     e.add_argument("--pca-sample", type=int, default=20000,
                    help="sentences the PCA of --dim is fitted on")
+    e.add_argument("--teacher-languages", nargs="+", default=["all"], metavar="LANG",
+                   help="the languages the teacher covers, named like the input files "
+                        "(deu, cmn; teacher.languages); files of other languages get only "
+                        "their English sides embedded, stored for both sides (default: all)")
     e.add_argument("--runner", choices=("local", "beam"), default="local",
                    help="local: this process; beam: an Apache Beam pipeline (extra [beam]) "
                         "that writes the same shards; any further --option=value is passed "
@@ -56,7 +60,7 @@ def _teacher_embed(args) -> int:
         for path in files:
             corpus.check_file(path)
     common.check_outputs(args.output, folder=True)
-    from lealla_tf import embedders
+    from lealla_tf import config, embedders
     from lealla_tf.distill import store
     with errors.user_errors(ValueError, ImportError):
         if args.runner == "beam":
@@ -64,6 +68,11 @@ def _teacher_embed(args) -> int:
             store_beam.require_beam()  # before the teacher is loaded
         teacher = embedders.load(args.teacher, threads=args.threads or None)
         compact = dict(dim=args.dim, dtype=args.dtype, pca_sample=args.pca_sample)
+        languages = [x for arg in args.teacher_languages for x in arg.split(",") if x]
+        languages = config.check_teacher_languages(languages, "--teacher-languages")
+        if args.runner == "beam" and languages != [config.ALL_LANGUAGES]:
+            raise ValueError("--teacher-languages: the Beam runner embeds both sides of "
+                             "every file; use --runner local")
         if args.runner == "beam":
             manifest = store_beam.precompute(
                 args.teacher, files, args.output, shard_size=args.shard_size,
@@ -73,7 +82,8 @@ def _teacher_embed(args) -> int:
         else:
             manifest = store.precompute(
                 teacher, files, args.output, shard_size=args.shard_size,
-                batch_size=args.batch_size, overwrite=args.overwrite, **compact)
+                batch_size=args.batch_size, overwrite=args.overwrite, languages=languages,
+                **compact)
     entries = [manifest["files"][f] for f in files]
     lines = sum(e["num_lines"] for e in entries)
     malformed = sum(n for e in entries for k, n in e["stats"].items() if k != "ok")

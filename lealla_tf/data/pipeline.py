@@ -29,6 +29,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from lealla_tf import config as config_lib
 from lealla_tf import corpus as corpus_lib
 from lealla_tf import paths
 
@@ -47,6 +48,9 @@ class LanguageData:
     tgt: np.ndarray  # object [n] str
     teacher_src: Optional[np.ndarray] = None  # [n, D] float16, aligned to src
     teacher_tgt: Optional[np.ndarray] = None
+    # Per pair: whether the teacher covers its language (None: every pair). Stored teacher
+    # rows of the others already hold the English side's embedding on both sides.
+    covered: Optional[np.ndarray] = None  # bool [n]
 
     def __len__(self) -> int:
         return len(self.src)
@@ -67,6 +71,11 @@ class ParallelCorpus:
     def num_pairs(self) -> int:
         return sum(len(lang) for lang in self.languages)
 
+    @property
+    def all_covered(self) -> bool:
+        """Whether the teacher covers the language of every pair (``teacher.languages``)."""
+        return all(lang.covered is None for lang in self.languages)
+
     def total_stats(self) -> corpus_lib.Stats:
         total = corpus_lib.Stats()
         for s in self.stats.values():
@@ -75,7 +84,9 @@ class ParallelCorpus:
 
 
 def load_corpus(files: Sequence[str], max_pairs_per_language: int = 0,
-                teacher_loader: Optional[TeacherLoader] = None) -> ParallelCorpus:
+                teacher_loader: Optional[TeacherLoader] = None,
+                teacher_languages: Sequence[str] = (config_lib.ALL_LANGUAGES,)
+                ) -> ParallelCorpus:
     """Reads TSV pair files into a :class:`ParallelCorpus` (grouped by base language).
 
     Args:
@@ -85,6 +96,11 @@ def load_corpus(files: Sequence[str], max_pairs_per_language: int = 0,
       teacher_loader: ``tsv_path -> (src, tgt, valid)`` with one row per physical line
         (e.g. :func:`lealla_tf.distill.store.loader` of a precomputed store); None for
         no teacher rows.
+      teacher_languages: the languages the teacher covers (``teacher.languages``; see
+        :func:`lealla_tf.config.teacher_covers`). The pairs of a file of another language
+        take the teacher's row of their English side as the target of both sides (the
+        source rows of the store are not read), and are marked in ``LanguageData.covered``
+        (for an online teacher's step).
 
     Raises:
       FileNotFoundError: a file is missing.
@@ -97,7 +113,7 @@ def load_corpus(files: Sequence[str], max_pairs_per_language: int = 0,
     teacher = _TeacherFormat()
     for lang, lang_files in corpus_lib.group_by_language(files).items():
         data = _read_language(lang, lang_files, max_pairs_per_language, teacher_loader,
-                              stats, teacher)
+                              stats, teacher, teacher_languages)
         if data is not None:
             languages.append(data)
     out = ParallelCorpus(languages, stats, teacher.dim, teacher.dtype)
@@ -128,20 +144,26 @@ class _TeacherFormat:
 
 def _read_language(lang: str, files: Sequence[str], max_pairs: int,
                    teacher_loader: Optional[TeacherLoader], stats: Dict[str, corpus_lib.Stats],
-                   teacher: _TeacherFormat) -> Optional[LanguageData]:
+                   teacher: _TeacherFormat,
+                   teacher_languages: Sequence[str]) -> Optional[LanguageData]:
     """The usable pairs of one language's files (None: none), their stats into ``stats``."""
     src: List[str] = []
     tgt: List[str] = []
     t_src: List[np.ndarray] = []
     t_tgt: List[np.ndarray] = []
+    covered: List[np.ndarray] = []
     for path in files:
         st = stats[path] = corpus_lib.Stats()
         rows = teacher_loader(path) if teacher_loader is not None else None
         if rows is not None:
             teacher.check(path, rows[0])
+        before = len(src)
         keep = _read_pairs(path, rows, st, max_pairs, src, tgt)
+        known = config_lib.teacher_covers(teacher_languages, path)
+        covered.append(np.full(len(src) - before, known))
         if rows is not None and keep:
-            t_src.append(np.asarray(rows[0][keep]))
+            # A language the teacher does not cover: both sides learn its English row.
+            t_src.append(np.asarray(rows[0 if known else 1][keep]))
             t_tgt.append(np.asarray(rows[1][keep]))
         if st.malformed or st["teacher_invalid"]:
             log.warning("%s: skipped %d malformed line(s) %s, %d without teacher rows",
@@ -151,6 +173,8 @@ def _read_language(lang: str, files: Sequence[str], max_pairs: int,
     if not src:
         return None
     data = LanguageData(lang, np.array(src, dtype=object), np.array(tgt, dtype=object))
+    mask = np.concatenate(covered)
+    data.covered = None if mask.all() else mask
     if teacher_loader is not None:
         data.teacher_src = np.concatenate(t_src).astype(teacher.dtype) if t_src else None
         data.teacher_tgt = np.concatenate(t_tgt).astype(teacher.dtype) if t_tgt else None
@@ -204,12 +228,14 @@ def training_files(data_cfg) -> List[str]:
     return files
 
 
-def load_corpus_from_config(data_cfg, teacher_loader: Optional[TeacherLoader] = None
+def load_corpus_from_config(data_cfg, teacher_loader: Optional[TeacherLoader] = None,
+                            teacher_languages: Sequence[str] = (config_lib.ALL_LANGUAGES,)
                             ) -> ParallelCorpus:
     """:func:`load_corpus` for a :class:`lealla_tf.config.DataConfig` (its
-    ``teacher_embeddings`` are read by the caller's ``teacher_loader``)."""
+    ``teacher_embeddings`` are read by the caller's ``teacher_loader``; the teacher covers
+    ``teacher_languages``, ``teacher.languages``)."""
     return load_corpus(training_files(data_cfg), data_cfg.max_pairs_per_language,
-                       teacher_loader)
+                       teacher_loader, teacher_languages)
 
 
 # ---------------------------------------------------------------------------- sampler
@@ -430,18 +456,22 @@ class GlobalBatchSampler:
             first += k
             g = first
 
-    def text_batches(self) -> Iterator[Tuple[np.ndarray, ...]]:
-        """Yields ``(src, tgt[, teacher_src, teacher_tgt])`` global batches as arrays."""
+    def text_batches(self, covered: bool = False) -> Iterator[Tuple[np.ndarray, ...]]:
+        """Yields ``(src, tgt[, teacher_src, teacher_tgt][, covered])`` global batches as
+        arrays; ``covered`` (bool, with ``covered=True``) tells which pairs' language the
+        teacher covers (see :func:`load_corpus`)."""
         teacher = self.corpus.teacher_dim > 0
         for langs, idx in self.batches():
             rows = [(self.corpus.languages[l], i) for l, i in zip(langs, idx)]
             src = np.array([d.src[i].encode("utf-8") for d, i in rows], dtype=object)
             tgt = np.array([d.tgt[i].encode("utf-8") for d, i in rows], dtype=object)
+            out = (src, tgt)
             if teacher:
-                yield (src, tgt, np.stack([d.teacher_src[i] for d, i in rows]),
-                       np.stack([d.teacher_tgt[i] for d, i in rows]))
-            else:
-                yield src, tgt
+                out += (np.stack([d.teacher_src[i] for d, i in rows]),
+                        np.stack([d.teacher_tgt[i] for d, i in rows]))
+            if covered:
+                out += (np.array([d.covered is None or bool(d.covered[i]) for d, i in rows]),)
+            yield out
 
 
 class DataState(tf.train.experimental.PythonState):
@@ -516,7 +546,9 @@ def make_dataset(corpus: ParallelCorpus, sampler: GlobalBatchSampler, preprocess
       use_teacher: include teacher embeddings (default: when the corpus has them).
       teacher_inputs: an online teacher's host part (strings [b] -> its encoder's inputs,
         see :mod:`lealla_tf.distill.online_teacher`): adds ``teacher_inputs_src`` and
-        ``teacher_inputs_tgt``, made from the same per-replica rows as ``src``/``tgt``.
+        ``teacher_inputs_tgt``, made from the same per-replica rows as ``src``/``tgt``,
+        and, when the teacher does not cover every language of the corpus,
+        ``teacher_covered`` bool ``[b]`` (see :func:`load_corpus`).
       dynamic_length: pad to the global batch's longest sentence (either side, rounded up
         to ``length_multiple``, at most the preprocessor's ``seq_length``) instead of to
         ``seq_length``. One length for the whole global batch, so every replica's
@@ -535,15 +567,20 @@ def make_dataset(corpus: ParallelCorpus, sampler: GlobalBatchSampler, preprocess
     signature = [tf.TensorSpec([gbs], tf.string), tf.TensorSpec([gbs], tf.string)]
     if corpus.teacher_dim:
         signature += [tf.TensorSpec([gbs, dim], corpus.teacher_dtype)] * 2
+    with_covered = teacher_inputs is not None and not corpus.all_covered
+    if with_covered:
+        signature.append(tf.TensorSpec([gbs], tf.bool))
 
-    ds = tf.data.Dataset.from_generator(sampler.text_batches, output_signature=tuple(signature))
+    ds = tf.data.Dataset.from_generator(lambda: sampler.text_batches(covered=with_covered),
+                                        output_signature=tuple(signature))
 
     dynamic = bool(dynamic_length) and preprocessor is not None
     if dynamic and length_multiple < 1:
         raise ValueError(f"length_multiple must be positive, got {length_multiple}")
 
     def split(*parts):
-        rows = tuple(pipeline_rows(p, layout) for p in parts[:4 if use_teacher else 2])
+        kept = parts[:4 if use_teacher else 2] + (parts[-1:] if with_covered else ())
+        rows = tuple(pipeline_rows(p, layout) for p in kept)
         if not dynamic:
             return rows
         longest = tf.reduce_max(preprocessor.tokenize(tf.concat(parts[:2], 0)).row_lengths())
@@ -565,7 +602,9 @@ def make_dataset(corpus: ParallelCorpus, sampler: GlobalBatchSampler, preprocess
         if dynamic:
             *teacher, length = rest
         else:
-            teacher = rest
+            teacher = list(rest)
+        if with_covered:
+            feats["teacher_covered"] = teacher.pop()
         if teacher_inputs is not None:
             feats["teacher_inputs_src"] = teacher_inputs(src)
             feats["teacher_inputs_tgt"] = teacher_inputs(tgt)

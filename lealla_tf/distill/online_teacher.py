@@ -191,6 +191,16 @@ def load(spec: str, strategy: Optional[tf.distribute.Strategy] = None,
                          keep=(obj,))
 
 
+def english_targets(teacher_src: tf.Tensor, teacher_tgt: tf.Tensor,
+                    covered: Optional[tf.Tensor]) -> tf.Tensor:
+    """The teacher rows that source sides learn: ``teacher_src`` where the teacher covers
+    the pair's language (``covered`` bool ``[b]``, the batch's ``teacher_covered``), else
+    the English side's row ``teacher_tgt`` (``teacher.languages``; None: every pair)."""
+    if covered is None:
+        return teacher_src
+    return tf.where(tf.reshape(covered, [-1, 1]), teacher_src, teacher_tgt)
+
+
 def check_teacher(teacher) -> OnlineTeacher:
     """An :class:`OnlineTeacher` as it is, or a clear error for any other teacher object
     (a :class:`lealla_tf.embedders.teachers.Teacher` or Python callable given to the trainer)."""

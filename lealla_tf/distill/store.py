@@ -26,6 +26,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from lealla_tf import config as config_lib
 from lealla_tf import corpus, fileio
 from lealla_tf.embedders.teachers import Teacher
 
@@ -38,6 +39,11 @@ DTYPES = ("float32", "float16", "int8")
 DEFAULT_SHARD_SIZE = 5000
 PROJECTION = "projection.npz"
 DEFAULT_PCA_SAMPLE = 20000
+# What the rows of a file's shards are (manifest entry and shard meta ``sides``): both sides
+# embedded, or, for a language the teacher does not cover (``languages=``), the English
+# side's row stored as the row of both sides (the reader needs no change).
+BOTH_SIDES = "both"
+ENGLISH_SIDE = "english"
 
 
 _sha256_file = corpus.sha256_file
@@ -77,21 +83,25 @@ def decode_rows(z, side: str) -> np.ndarray:
 
 
 def _fit_projection(teacher: Teacher, files: Sequence[str], dim: int, sample: int,
-                    batch_size: int) -> dict:
+                    batch_size: int,
+                    languages: Sequence[str] = (config_lib.ALL_LANGUAGES,)) -> dict:
     """PCA of the teacher's embeddings of ~``sample`` sentences spread over ``files``.
 
     Not centred (the truncated SVD of the sample): projecting onto the top ``dim`` right
     singular vectors keeps the dot products, hence the cosines that distillation uses, as
-    well as ``dim`` dimensions can. Returns the arrays of ``projection.npz``.
+    well as ``dim`` dimensions can. Files of languages not in ``languages`` give their
+    English sides only (what their shards hold). Returns the arrays of ``projection.npz``.
     """
     lines = [corpus.count_lines(p) for p in files]
     stride = max(1, (2 * sum(lines)) // max(1, sample))
     sentences: Dict[str, None] = {}
     k = 0
     for path in files:
+        both = file_sides(languages, path) == BOTH_SIDES
         for _, s, t in corpus.iter_tsv(path):
             if k % stride == 0:
-                sentences.setdefault(s)
+                if both:
+                    sentences.setdefault(s)
                 sentences.setdefault(t)
             k += 1
     picked = list(sentences)[:sample]
@@ -247,7 +257,8 @@ class _ShardCache:
 def precompute(teacher: Teacher, inputs: Sequence[str], output_dir: str,
                shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = 64,
                overwrite: bool = False, progress: bool = True, dim: int = 0,
-               dtype: str = DTYPE, pca_sample: int = DEFAULT_PCA_SAMPLE) -> dict:
+               dtype: str = DTYPE, pca_sample: int = DEFAULT_PCA_SAMPLE,
+               languages: Sequence[str] = (config_lib.ALL_LANGUAGES,)) -> dict:
     """Embeds both sides of every line of TSV corpora with ``teacher`` into shards.
 
     Resumes where a previous (killed) run stopped. Each distinct sentence is encoded once.
@@ -270,6 +281,10 @@ def precompute(teacher: Teacher, inputs: Sequence[str], output_dir: str,
       dim: stored dimension (0 or the teacher's: no PCA).
       dtype: one of :data:`DTYPES`.
       pca_sample: sentences the PCA is fitted on (when ``dim`` reduces).
+      languages: the languages the teacher covers (``teacher.languages``; default all).
+        For a file of another language only the English sides are embedded, and each
+        line's English row is stored as its source row too (``sides: english`` in the
+        manifest entry and the shard meta): the target of both sides in training.
 
     Returns:
       The manifest (also written to ``output_dir/manifest.json``).
@@ -281,11 +296,12 @@ def precompute(teacher: Teacher, inputs: Sequence[str], output_dir: str,
       FileNotFoundError: for a missing input.
     """
     check_args(shard_size, batch_size, dim, dtype, pca_sample)
+    languages = config_lib.check_teacher_languages(list(languages), "languages")
     files = input_files(inputs)
     fileio.makedirs(output_dir)
     with exclusive(output_dir, force=overwrite):
         return _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite,
-                           progress, dim, dtype, pca_sample)
+                           progress, dim, dtype, pca_sample, languages)
 
 
 @contextlib.contextmanager
@@ -338,7 +354,8 @@ def check_args(shard_size: int, batch_size: int, dim: int = 0, dtype: str = DTYP
 def plan(teacher: Teacher, files: Sequence[str], output_dir: str, shard_size: int,
          overwrite: bool, dim: int = 0, dtype: str = DTYPE,
          pca_sample: int = DEFAULT_PCA_SAMPLE,
-         batch_size: int = 64) -> Tuple[dict, list, Optional[dict]]:
+         batch_size: int = 64, languages: Sequence[str] = (config_lib.ALL_LANGUAGES,)
+         ) -> Tuple[dict, list, Optional[dict]]:
     """Checks and updates the manifest, and finds the finished shards of every input.
 
     For compact shards that reduce the teacher's dimension (``0 < dim < teacher.dim``) it
@@ -349,7 +366,9 @@ def plan(teacher: Teacher, files: Sequence[str], output_dir: str, shard_size: in
     The caller holds the writer lock. Returns ``(manifest, plans, projection)``; each plan
     is ``(file_index, path, shard_dir, shard records, done flags)``; ``projection`` is the
     dict of :func:`load_projection` (None when rows are not reduced). Shared by the local
-    job and the Beam pipeline (:mod:`lealla_tf.distill.store_beam`).
+    job and the Beam pipeline (:mod:`lealla_tf.distill.store_beam`). A shard of a file
+    whose language is not in ``languages`` is done only when it holds English rows (see
+    :func:`precompute`), and the other way round.
     """
     _remove_partial_writes(output_dir)  # leftovers of a killed manifest write
     teacher_dim = int(teacher.dim)
@@ -366,7 +385,7 @@ def plan(teacher: Teacher, files: Sequence[str], output_dir: str, shard_size: in
     if reduce:
         projection, projection_bytes, header["projection"] = _plan_projection(
             teacher, files, output_dir, manifest, header, overwrite, dim, pca_sample,
-            batch_size)
+            batch_size, languages)
     manifest = _manifest_for(output_dir, manifest, header, overwrite)
     if projection_bytes is not None:  # only now: the old one is no longer referenced
         fileio.atomic_write(fileio.join(output_dir, PROJECTION), projection_bytes)
@@ -374,7 +393,7 @@ def plan(teacher: Teacher, files: Sequence[str], output_dir: str, shard_size: in
 
     # Hash and count every input; decide which shards are already done.
     plans = [_plan_file(teacher.name, output_dir, manifest, header["projection"], file_index,
-                        path, shard_size, overwrite, dtype)
+                        path, shard_size, overwrite, dtype, file_sides(languages, path))
              for file_index, path in enumerate(files)]
     write_manifest(output_dir, manifest)
     return manifest, plans, projection
@@ -389,7 +408,8 @@ def _remove_partial_writes(folder: str) -> None:
 
 def _plan_projection(teacher: Teacher, files: Sequence[str], output_dir: str,
                      manifest: Optional[dict], header: dict, overwrite: bool, dim: int,
-                     pca_sample: int, batch_size: int
+                     pca_sample: int, batch_size: int,
+                     languages: Sequence[str] = (config_lib.ALL_LANGUAGES,)
                      ) -> Tuple[Optional[dict], Optional[bytes], str]:
     """The PCA of a layout that reduces rows: ``(projection, projection.npz to write,
     its sha256 for the header)``. Resuming the same layout keeps the directory's (nothing
@@ -402,7 +422,7 @@ def _plan_projection(teacher: Teacher, files: Sequence[str], output_dir: str,
         return load_projection(output_dir, manifest), None, old["projection"]  # the same PCA
     if old is not None and not same and not overwrite:
         return None, None, "a new PCA"  # another layout: refused by _manifest_for
-    projection = _fit_projection(teacher, files, dim, pca_sample, batch_size)
+    projection = _fit_projection(teacher, files, dim, pca_sample, batch_size, languages)
     buffer = io.BytesIO()
     np.savez(buffer, **projection)
     data = buffer.getvalue()
@@ -430,9 +450,15 @@ def _manifest_for(output_dir: str, manifest: Optional[dict], header: dict,
     return manifest
 
 
+def file_sides(languages: Sequence[str], path: str) -> str:
+    """:data:`BOTH_SIDES` for a file whose language the teacher covers (``languages``),
+    else :data:`ENGLISH_SIDE`."""
+    return BOTH_SIDES if config_lib.teacher_covers(languages, path) else ENGLISH_SIDE
+
+
 def _plan_file(teacher_name: str, output_dir: str, manifest: dict, projection: Optional[str],
                file_index: int, path: str, shard_size: int, overwrite: bool,
-               dtype: str) -> tuple:
+               dtype: str, sides: str = BOTH_SIDES) -> tuple:
     """Scans one input, checks it against its manifest entry (which it replaces) and finds
     its finished shards: the plan of :func:`plan`."""
     scan = _scan(path, shard_size)
@@ -453,33 +479,38 @@ def _plan_file(teacher_name: str, output_dir: str, manifest: dict, projection: O
     shard_dir = fileio.join(output_dir, folder)
     fileio.makedirs(shard_dir)
     _remove_partial_writes(shard_dir)
-    done = shards_done(shard_dir, scan["shards"], teacher_name, projection, dtype)
+    done = shards_done(shard_dir, scan["shards"], teacher_name, projection, dtype, sides)
     entry = {k: scan[k] for k in ("path", "size", "sha256", "num_lines", "stats")}
     entry.update(dir=folder, num_shards=len(scan["shards"]),
                  shards=[r for r, d in zip(scan["shards"], done) if d],
                  complete=all(done))
+    if sides != BOTH_SIDES:  # (entries of both sides keep their original keys)
+        entry["sides"] = sides
     manifest["files"][path] = entry
     return (file_index, path, shard_dir, scan["shards"], done)
 
 
 def shards_done(shard_dir: str, records: Sequence[dict], teacher_name: str,
-                projection: Optional[str] = None, dtype: str = DTYPE) -> List[bool]:
+                projection: Optional[str] = None, dtype: str = DTYPE,
+                sides: str = BOTH_SIDES) -> List[bool]:
     """Whether each shard of ``records`` is written, by ``teacher_name``, for those lines,
-    with the projection of sha256 ``projection`` (None: not reduced) and ``dtype`` rows."""
+    with the projection of sha256 ``projection`` (None: not reduced), ``dtype`` rows and
+    the rows of ``sides`` (:data:`BOTH_SIDES` or :data:`ENGLISH_SIDE`)."""
     done = []
     for rec in records:
         meta = _shard_meta(fileio.join(shard_dir, rec["file"]))
         done.append(meta is not None and meta.get("teacher") == teacher_name and all(
             meta.get(k) == rec[k] for k in ("start", "end", "lines_sha256"))
             and meta.get("projection") == projection
-            and meta.get("dtype", DTYPE) == dtype)
+            and meta.get("dtype", DTYPE) == dtype
+            and meta.get("sides", BOTH_SIDES) == sides)
     return done
 
 
 def encode_shard(teacher: Teacher, lines: Sequence[bytes], batch_size: int,
                  copy_rows: Optional[Callable[[List[bytes]], Dict[bytes, np.ndarray]]] = None,
-                 bar=None, components: Optional[np.ndarray] = None
-                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+                 bar=None, components: Optional[np.ndarray] = None,
+                 sides: str = BOTH_SIDES) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """The rows of one shard: both sides of every physical line, encoded by ``teacher``.
 
     Malformed lines get zero rows and ``valid=False``. Each distinct sentence of the shard
@@ -495,6 +526,8 @@ def encode_shard(teacher: Teacher, lines: Sequence[bytes], batch_size: int,
       bar: optional tqdm bar counting sentences.
       components: optional PCA components ``[D, teacher dim]`` (see
         :func:`load_projection`); encoded rows become ``rows @ components.T``.
+      sides: :data:`ENGLISH_SIDE`: only the English sides are encoded, each line's row
+        stored as both its rows.
 
     Returns:
       ``(src float32 [n, D], tgt float32 [n, D], valid bool [n], sentences encoded)``;
@@ -511,6 +544,9 @@ def encode_shard(teacher: Teacher, lines: Sequence[bytes], batch_size: int,
         if pair is None:
             continue
         valid[i] = True
+        if sides == ENGLISH_SIDE:
+            new.setdefault(_digest(pair[1]), (pair[1], []))[1].extend([(i, 1), (i, 0)])
+            continue
         for side, sentence in enumerate(pair):
             new.setdefault(_digest(sentence), (sentence, []))[1].append((i, side))
     out = (src, tgt)
@@ -536,11 +572,14 @@ def encode_shard(teacher: Teacher, lines: Sequence[bytes], batch_size: int,
 
 def write_shard(shard_dir: str, rec: dict, teacher_name: str, dim: int, tsv_sha256: str,
                 src: np.ndarray, tgt: np.ndarray, valid: np.ndarray, dtype: str = DTYPE,
-                projection: Optional[str] = None) -> None:
+                projection: Optional[str] = None, sides: str = BOTH_SIDES) -> None:
     """Writes one shard (atomically: a temporary file renamed into place): the rows in
-    ``dtype`` (int8: with their scales) and the meta naming the projection's sha256."""
+    ``dtype`` (int8: with their scales) and the meta naming the projection's sha256 (and
+    ``sides: english`` for a shard of English rows only)."""
     meta = dict(rec, teacher=teacher_name, dim=int(dim), dtype=dtype, tsv_sha256=tsv_sha256,
                 projection=projection)
+    if sides != BOTH_SIDES:
+        meta["sides"] = sides
     arrays = {"valid": valid, "meta": np.array(json.dumps(meta))}
     for side, rows in (("src", src), ("tgt", tgt)):
         arrays.update({side + k: v for k, v in _encode_rows(rows, dtype).items()})
@@ -568,14 +607,16 @@ def read_shard_lines(path: str, rec: dict) -> List[bytes]:
 
 
 def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, progress,
-                dim=0, dtype=DTYPE, pca_sample=DEFAULT_PCA_SAMPLE):
+                dim=0, dtype=DTYPE, pca_sample=DEFAULT_PCA_SAMPLE,
+                languages=(config_lib.ALL_LANGUAGES,)):
     manifest, plans, projection = plan(teacher, files, output_dir, shard_size, overwrite,
                                        dim=dim, dtype=dtype, pca_sample=pca_sample,
-                                       batch_size=batch_size)
+                                       batch_size=batch_size, languages=languages)
     components = projection["components"] if projection is not None else None
     stored_dim = int(manifest["dim"])
+    sides = [file_sides(languages, path) for path in files]
     # Pass 2: index the sentences of finished shards, so repeats are copied, not encoded.
-    repeats = _Repeats(plans, shard_size)
+    repeats = _Repeats(plans, shard_size, sides)
 
     # Pass 3: encode the missing shards.
     todo = sum(2 * r["num_valid"] for *_, records, done in plans
@@ -595,10 +636,11 @@ def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, p
                 if d:
                     continue
                 src, tgt, valid, n = encode_shard(teacher, lines, batch_size,
-                                                  repeats.copy_rows, bar, components)
+                                                  repeats.copy_rows, bar, components,
+                                                  sides[file_index])
                 n_encoded += n
                 write_shard(shard_dir, rec, teacher.name, stored_dim, entry["sha256"], src,
-                            tgt, valid, dtype, manifest.get("projection"))
+                            tgt, valid, dtype, manifest.get("projection"), sides[file_index])
                 repeats.register(file_index, start, lines)
                 entry["shards"].append(rec)
                 entry["complete"] = len(entry["shards"]) == entry["num_shards"]
@@ -613,10 +655,12 @@ def _precompute(teacher, files, output_dir, shard_size, batch_size, overwrite, p
 
 class _Repeats:
     """Where each sentence stored so far is (the finished shards of ``plans``, then each
-    shard as it is written), so that a repeat is copied from there, not encoded again."""
+    shard as it is written), so that a repeat is copied from there, not encoded again.
+    ``sides`` gives each input's :func:`file_sides` (English-only files: only their English
+    sentences are stored)."""
 
-    def __init__(self, plans: list, shard_size: int):
-        self._plans, self._shard_size = plans, shard_size
+    def __init__(self, plans: list, shard_size: int, sides: Sequence[str]):
+        self._plans, self._shard_size, self._sides = plans, shard_size, list(sides)
         self._index: Dict[bytes, int] = {}  # digest -> (file_index << 41) | (line << 1) | side
         self._reader = _ShardCache()
         for file_index, path, _, records, done in plans:
@@ -632,6 +676,8 @@ class _Repeats:
             pair, _ = corpus.parse_tsv_line(raw)
             if pair is not None:
                 for side, sentence in enumerate(pair):
+                    if side == 0 and self._sides[file_index] == ENGLISH_SIDE:
+                        continue  # its row holds the English side's embedding
                     self._index.setdefault(_digest(sentence),
                                            (file_index << 41) | ((start + i) << 1) | side)
 

@@ -27,7 +27,7 @@ import tf_keras
 from lealla_tf import config as config_lib
 from lealla_tf import fileio, layout, runs
 from lealla_tf.data import pipeline as data_lib
-from lealla_tf.distill import store
+from lealla_tf.distill import online_teacher, store
 from lealla_tf.models import bert_internals, encoders
 from lealla_tf.training import distribute as distribute_lib
 from lealla_tf.training import initialization, loop, optimization
@@ -100,7 +100,7 @@ class Trainer(loop.Job):
                         cfg.data.teacher_embeddings)
         stored = "" if self.online else cfg.data.teacher_embeddings
         self.corpus = corpus or data_lib.load_corpus_from_config(
-            cfg.data, store.loader(stored) if stored else None)
+            cfg.data, store.loader(stored) if stored else None, cfg.teacher.languages)
         if cfg.teacher.dim and self.corpus.teacher_dim not in (0, cfg.teacher.dim) and (
                 _stored_teacher_dim(cfg.data.teacher_embeddings) != cfg.teacher.dim):
             raise config_lib.ConfigError(
@@ -124,7 +124,6 @@ class Trainer(loop.Job):
 
     def _load_online_teacher(self):
         """The frozen teacher of ``teacher.mode: online``, loaded under the strategy."""
-        from lealla_tf.distill import online_teacher
         if isinstance(self._teacher, online_teacher.OnlineTeacher):
             teacher = self._teacher
         elif self.cfg.teacher.spec:  # (a teacher object given too serves vocab/init only)
@@ -238,6 +237,9 @@ class Trainer(loop.Job):
         if self.online_teacher is not None:  # frozen: outside the tape, no gradient
             teacher_src = self.online_teacher.encode(batch["teacher_inputs_src"])
             teacher_tgt = self.online_teacher.encode(batch["teacher_inputs_tgt"])
+            # Pairs of languages the teacher does not cover learn the English side's row.
+            teacher_src = online_teacher.english_targets(teacher_src, teacher_tgt,
+                                                         batch.get("teacher_covered"))
 
         def terms():
             src = self.encoder(batch["src"], training=True)["default"]
