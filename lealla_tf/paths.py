@@ -6,7 +6,9 @@ See docs/data.md, "The data root", and docs/architecture.md, "Caches".
 from __future__ import annotations
 
 import os
+from typing import List, Sequence
 
+from lealla_tf import corpus, fileio
 from lealla_tf.config import ConfigError
 
 CACHE_ENV = "LEALLA_CACHE_DIR"
@@ -54,3 +56,27 @@ def data_dir(cfg_dir: str = "") -> str:
     if not os.path.isdir(root):
         raise ConfigError(f"data directory does not exist: {root}")
     return root
+
+
+def data_files(patterns: Sequence[str], cfg_dir: str = "",
+               languages: Sequence[str] = ()) -> List[str]:
+    """:func:`lealla_tf.corpus.find_files` with relative ``patterns`` read under the data
+    root (:func:`data_dir` of ``cfg_dir``)."""
+    relative = any(not os.path.isabs(p) for p in patterns)
+    root = data_dir(cfg_dir) if relative else ""
+    return corpus.find_files(patterns, root, languages)
+
+
+def vocab_model_file(name: str, model_dir: str) -> str:
+    """The file ``vocab.model_file`` names: an absolute or remote path as is, a relative
+    one against the working directory, then against the run directory ``model_dir``.
+
+    Raises:
+      FileNotFoundError: no such file.
+    """
+    absolute = os.path.isabs(name) or not fileio.is_local(name)
+    candidates = [name] if absolute else [name, fileio.join(model_dir, name)]
+    found = next((c for c in candidates if fileio.exists(c) and not fileio.isdir(c)), None)
+    if found is None:
+        raise FileNotFoundError(f"vocab.model_file not found: {name}")
+    return found

@@ -3,7 +3,6 @@ directory trained from a config."""
 
 from __future__ import annotations
 
-import os
 import sys
 
 from lealla_tf.cli import common, errors
@@ -59,15 +58,16 @@ def _add_train(sub) -> None:
                    help="start from the encoder weights and vocabulary of a run or "
                         "checkpoint, keeping this config's model shape (every tensor must "
                         "match)")
+    _job_args(p)
+    p.set_defaults(func=_train)
+
+
+def _job_args(p) -> None:
+    """The flags ``train`` and ``pretrain`` share after ``--model-dir``."""
     p.add_argument("--recover", action="store_true",
                    help="when the newest checkpoint is damaged, resume from the newest one that "
                         "reads (damaged files are moved to checkpoints/damaged/, nothing is "
                         "deleted); without it a damaged run is refused")
-    _data_dir_arg(p)
-    p.set_defaults(func=_train)
-
-
-def _data_dir_arg(p) -> None:
     p.add_argument("--data-dir", default="",
                    help="data root that relative data.train_files patterns are read from "
                         "(sets data.data_dir; default $LEALLA_DATA_DIR, else the cache that "
@@ -90,18 +90,12 @@ def _checked_config(args):
     return cfg
 
 
-def _find(patterns, data_dir: str, languages=()):
-    from lealla_tf import corpus, paths
-    relative = any(not os.path.isabs(p) for p in patterns)
-    return corpus.find_files(patterns, paths.data_dir(data_dir) if relative else "", languages)
-
-
 def _check_training_files(cfg) -> None:
     """Every training file (and pre-training text file) is a file with usable lines."""
-    from lealla_tf import corpus
-    files = _find(cfg.data.train_files, cfg.data.data_dir, cfg.data.languages)
+    from lealla_tf import corpus, paths
+    files = paths.data_files(cfg.data.train_files, cfg.data.data_dir, cfg.data.languages)
     if cfg.pretrain.text_files:
-        files += _find(cfg.pretrain.text_files, cfg.data.data_dir)
+        files += paths.data_files(cfg.pretrain.text_files, cfg.data.data_dir)
     with errors.user_errors(corpus.CorpusError):
         for path in files:
             corpus.check_file(path)
@@ -111,16 +105,11 @@ def _check_vocabulary(cfg, model_dir: str) -> None:
     """The SentencePiece model a run will use (the run's own, else ``vocab.model_file``,
     tried against the cwd, then the model dir) exists and is one, before it is copied
     into the run."""
-    from lealla_tf import fileio, layout
+    from lealla_tf import fileio, layout, paths
     own = fileio.join(model_dir, layout.run_vocab_file(cfg.vocab.type))
     source = own if fileio.exists(own) else ""
-    name = cfg.vocab.model_file
-    if not source and name:
-        absolute = os.path.isabs(name) or not fileio.is_local(name)
-        source = next((c for c in ([name] if absolute else [name, fileio.join(model_dir, name)])
-                       if fileio.exists(c) and not fileio.isdir(c)), "")
-        if not source:
-            raise FileNotFoundError(f"vocab.model_file not found: {name}")
+    if not source and cfg.vocab.model_file:
+        source = paths.vocab_model_file(cfg.vocab.model_file, model_dir)
     if not source or cfg.vocab.type != "sentencepiece":
         return
     import sentencepiece as spm
@@ -179,11 +168,7 @@ def _add_pretrain(sub) -> None:
                         "resumes, also across stage boundaries; `lealla train --init-from` "
                         "starts from it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--recover", action="store_true",
-                   help="when the newest checkpoint is damaged, resume from the newest one that "
-                        "reads (damaged files are moved to checkpoints/damaged/, nothing is "
-                        "deleted); without it a damaged run is refused")
-    _data_dir_arg(p)
+    _job_args(p)
     p.set_defaults(func=_pretrain)
 
 

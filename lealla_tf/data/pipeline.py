@@ -22,7 +22,6 @@ import collections
 import dataclasses
 import json
 import logging
-import os
 import threading
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -205,15 +204,6 @@ def _read_pairs(path: str, rows, st: corpus_lib.Stats, max_pairs: int, src: List
     return keep
 
 
-def data_files(patterns: Sequence[str], data_dir: str = "",
-               languages: Sequence[str] = ()) -> List[str]:
-    """:func:`lealla_tf.corpus.find_files` with relative ``patterns`` read under the data
-    root (:func:`lealla_tf.paths.data_dir` of ``data_dir``)."""
-    relative = any(not os.path.isabs(p) for p in patterns)
-    root = paths.data_dir(data_dir) if relative else ""
-    return corpus_lib.find_files(patterns, root, languages)
-
-
 def training_files(data_cfg) -> List[str]:
     """The training files of a :class:`lealla_tf.config.DataConfig`: ``train_files``
     (relative ones under the data root) of the languages in ``languages``.
@@ -221,7 +211,7 @@ def training_files(data_cfg) -> List[str]:
     Raises:
       FileNotFoundError: a pattern matches nothing, or no file is of those languages.
     """
-    files = data_files(data_cfg.train_files, data_cfg.data_dir, data_cfg.languages)
+    files = paths.data_files(data_cfg.train_files, data_cfg.data_dir, data_cfg.languages)
     if not files:
         raise FileNotFoundError(
             f"no training files for languages {data_cfg.languages} in {data_cfg.train_files}")

@@ -19,6 +19,7 @@ import tensorflow_text as tf_text
 
 from lealla_tf import config as config_lib
 from lealla_tf import corpus as corpus_lib
+from lealla_tf import paths
 from lealla_tf.data import pipeline as data_lib
 
 FEATURES = ("input_word_ids", "input_mask", "input_type_ids", "masked_lm_positions",
@@ -208,7 +209,7 @@ def load_corpus(cfg: config_lib.ExperimentConfig) -> PretrainCorpus:
     mono = [False] * len(languages)
     stats = dict(pairs.stats)
     if cfg.pretrain.text_files:
-        for path in data_lib.data_files(cfg.pretrain.text_files, cfg.data.data_dir):
+        for path in paths.data_files(cfg.pretrain.text_files, cfg.data.data_dir):
             st = stats[path] = corpus_lib.Stats()
             lines = list(dict.fromkeys(corpus_lib.iter_text(path, st)))
             if lines:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import signal
 import tempfile
 import threading
@@ -24,7 +23,7 @@ import tensorflow as tf
 import tf_keras
 
 from lealla_tf import config as config_lib
-from lealla_tf import fileio, layout, runs
+from lealla_tf import fileio, layout, paths, runs
 from lealla_tf.data import pipeline as data_lib
 from lealla_tf.distill import student_init
 from lealla_tf.text import sentencepiece, wordpiece
@@ -87,12 +86,7 @@ def resolve_vocab(cfg: config_lib.ExperimentConfig, model_dir: str,
     fileio.makedirs(fileio.dirname(target))
     source = cfg.vocab.model_file
     if source:
-        absolute = os.path.isabs(source) or not fileio.is_local(source)
-        candidates = [source] if absolute else [source, fileio.join(model_dir, source)]
-        found = next((c for c in candidates
-                      if fileio.exists(c) and not fileio.isdir(c)), None)
-        if found is None:
-            raise FileNotFoundError(f"vocab.model_file not found: {source}")
+        found = paths.vocab_model_file(source, model_dir)
         fileio.atomic_write(target, fileio.read_bytes(found))
         info = fileio.join(fileio.dirname(found), student_init.INFO_FILE)
         if fileio.exists(info):  # teacher ids, for model.embedding_init: teacher_table
