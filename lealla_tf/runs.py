@@ -330,16 +330,13 @@ def checkpoint_problem(prefix: str) -> Optional[str]:
     every tensor once, so a truncated or corrupt file is found before training starts.
     """
     directory, base = fileio.dirname(prefix), fileio.basename(prefix)
-    names = checkpoint_files(directory).get(int(base.rsplit("-", 1)[1]), []) \
-        if re.search(r"-\d+$", base) else []
-    names = [n for n in names if n.startswith(base + ".")]
+    names = ({n.rstrip("/") for n in fileio.listdir(directory)
+              if n.startswith(base + ".")} if fileio.isdir(directory) else set())
     if base + ".index" not in names:
         return f"{prefix}.index is missing"
-    shards = [n for n in names if ".data-" in n]
-    expected = {f"{base}.data-{k:05d}-of-{int(shards[0].rsplit('-', 1)[1]):05d}"
-                for k in range(int(shards[0].rsplit("-", 1)[1]))} if shards else {
-        f"{base}.data-00000-of-00001"}
-    missing = sorted(expected - set(shards))
+    shards = max((int(m.group("of")) for m in map(_CKPT.match, names)
+                  if m and m.group("of")), default=1)
+    missing = sorted({f"{base}.data-{k:05d}-of-{shards:05d}" for k in range(shards)} - names)
     if missing:
         return f"{fileio.join(directory, missing[0])} is missing"
     try:
