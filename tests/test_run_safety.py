@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from lealla_tf import fileio, runs
+from support import harness
 
 
 def _save_three(directory):
@@ -43,16 +44,7 @@ def test_new_and_intact_folders(tmp_path):
 def test_damaged_newest_is_refused_and_nothing_changes(tmp_path, damage, says):
     d = str(tmp_path)
     _save_three(d)
-    if damage == "state":
-        os.remove(os.path.join(d, "checkpoint"))
-    elif damage == "index":
-        os.remove(os.path.join(d, "ckpt-3.index"))
-    elif damage == "data":
-        os.remove(os.path.join(d, "ckpt-3.data-00000-of-00001"))
-    else:
-        path = os.path.join(d, "ckpt-3.data-00000-of-00001")
-        with open(path, "r+b") as f:
-            f.truncate(os.path.getsize(path) // 2)
+    harness.damage_checkpoint(d, 3, damage, keep=0.5)
     before = _listing(d)
     with pytest.raises(runs.DamagedRunError) as err:
         runs.resume_checkpoint(d)

@@ -58,15 +58,7 @@ def _more_steps(hermetic_config, hermetic_vocab, hermetic_files, steps=8):
 def test_train_refuses_a_damaged_run_and_keeps_every_file(
         tmp_path, trained, hermetic_config, hermetic_vocab, hermetic_files, damage):
     run = _copy(trained, tmp_path)
-    ckpts = os.path.join(run, "checkpoints")
-    if damage == "state":
-        os.remove(os.path.join(ckpts, "checkpoint"))
-    elif damage == "index":
-        os.remove(os.path.join(ckpts, "ckpt-6.index"))
-    else:
-        data = os.path.join(ckpts, "ckpt-6.data-00000-of-00001")
-        with open(data, "r+b") as f:
-            f.truncate(os.path.getsize(data) // 3)
+    harness.damage_checkpoint(os.path.join(run, "checkpoints"), 6, damage, keep=1 / 3)
     before = {p: open(os.path.join(run, p), "rb").read() for p in _files(run)}
     cfg = _more_steps(hermetic_config, hermetic_vocab, hermetic_files)
     with pytest.raises(runs.DamagedRunError, match="ckpt-2, ckpt-4"):

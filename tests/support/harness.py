@@ -91,3 +91,21 @@ def first_step(trainer):
 
     loss, grads = run(batch)
     return float(loss), [g.numpy() for g in grads]
+
+
+def damage_checkpoint(folder: str, step: int, how: str, keep: float = 0.5) -> None:
+    """Damages checkpoint ``ckpt-STEP`` of a checkpoint folder as users do: ``state``
+    removes the ``checkpoint`` state file, ``index`` the ``.index`` file, ``data`` the data
+    shard; ``truncate`` cuts the data shard to ``keep`` of its size."""
+    data = os.path.join(folder, f"ckpt-{step}.data-00000-of-00001")
+    if how == "state":
+        os.remove(os.path.join(folder, "checkpoint"))
+    elif how == "index":
+        os.remove(os.path.join(folder, f"ckpt-{step}.index"))
+    elif how == "data":
+        os.remove(data)
+    elif how == "truncate":
+        with open(data, "r+b") as f:
+            f.truncate(int(os.path.getsize(data) * keep))
+    else:
+        raise ValueError(f"unknown damage {how!r}")
