@@ -117,6 +117,11 @@ class VocabConfig:
     # source teacher: also keep the pieces the training files never use (the teacher's whole
     # vocabulary, or up to max_pieces ranked by the teacher's piece scores after the used ones).
     keep_unused: bool = False
+    # source teacher: learn up to this many extra pieces on the training words that hold
+    # characters the teacher's model cannot segment (unknown to it: Ethiopic, Bengali, Tamil,
+    # Vietnamese diacritics, ...) and append them after the teacher's pieces. Text the teacher
+    # can segment keeps its segmentation (every new piece holds such a character); 0 = none.
+    extend_pieces: int = 0
     # An existing SentencePiece model (spm.model) to use; empty: `lealla train` trains one
     # into the model dir. A relative path is tried against the cwd, then the model dir.
     model_file: str = ""
@@ -142,6 +147,12 @@ class VocabConfig:
                               f"got {self.source!r}")
         if self.max_pieces < 0:
             raise ConfigError(f"vocab.max_pieces must be >= 0, got {self.max_pieces}")
+        if self.extend_pieces < 0:
+            raise ConfigError(f"vocab.extend_pieces must be >= 0, got {self.extend_pieces}")
+        if self.extend_pieces and self.source != "teacher":
+            raise ConfigError("vocab.extend_pieces extends the teacher's vocabulary: it needs "
+                              "vocab.source: teacher (a vocabulary trained on the pairs "
+                              "already covers their characters)")
 
 
 @dataclasses.dataclass

@@ -150,8 +150,134 @@ def prune_sentencepiece(model_bytes: bytes, sentences: Iterable[str], max_pieces
     return proto.SerializeToString(), teacher_ids, stats
 
 
+def uncovered_characters(model_bytes: bytes, sentences: Iterable[str]) -> collections.Counter:
+    """The characters of ``sentences`` (after the model's normalisation) that the model can
+    only read as its unknown piece, with their counts."""
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_proto=model_bytes)
+    chars: collections.Counter = collections.Counter()
+    for sentence in sentences:
+        chars.update(sp.normalize(sentence))
+    chars.pop(WORD_BOUNDARY, None)
+    return collections.Counter({c: n for c, n in chars.items()
+                                if sp.unk_id() in sp.encode(c)})
+
+
+def _words_with(sp, sentences: Iterable[str], chars: set) -> collections.Counter:
+    words: collections.Counter = collections.Counter()
+    for sentence in sentences:
+        for word in sp.normalize(sentence).split(WORD_BOUNDARY):
+            if word and not chars.isdisjoint(word):
+                words[word] += 1
+    return words
+
+
+def extend_sentencepiece(model_bytes: bytes, sentences: Sequence[str], max_pieces: int
+                         ) -> Tuple[bytes, Dict[str, int]]:
+    """A unigram model that reads what ``model_bytes`` cannot: pieces learned on the words of
+    ``sentences`` that hold characters the model lacks, appended after its own pieces.
+
+    Every new piece holds at least one such character, so text the model could already
+    segment keeps its segmentation exactly (and its pieces keep their ids); every such
+    character of ``sentences`` becomes a piece, so none of them is unknown any more. The
+    pieces are learned with SentencePiece's unigram trainer on those words (with their
+    counts), and their scores are shifted so that their mean equals the mean score of the
+    model's own pieces.
+
+    Args:
+      model_bytes: a serialized unigram SentencePiece model (e.g. the teacher's, pruned).
+      sentences: the training text (both sides of the pairs).
+      max_pieces: at most this many new pieces (the learned model's size; its characters
+        always come in, even beyond it).
+
+    Returns:
+      ``(model, stats)``: the extended model and counts (``added_pieces``,
+      ``uncovered_characters``, ``uncovered_words``).
+    """
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_proto=model_bytes)
+    sentences = list(sentences)
+    chars = uncovered_characters(model_bytes, sentences)
+    stats = {"uncovered_characters": len(chars), "uncovered_words": 0, "added_pieces": 0}
+    if not chars or max_pieces <= 0:
+        return model_bytes, stats
+    words = _words_with(sp, sentences, set(chars))
+    stats["uncovered_words"] = len(words)
+    proto = model_proto(model_bytes)
+    learned = _learn_pieces(words, max_pieces, len(chars))
+    known = {p.piece for p in proto.pieces}
+    new = [(piece, score) for piece, score in learned
+           if piece not in known and not set(chars).isdisjoint(piece)]
+    have = {piece for piece, _ in new}
+    floor = min((score for _, score in new), default=0.0)
+    new += [(c, floor) for c in sorted(chars, key=lambda c: -chars[c]) if c not in have]
+    have.update(chars)
+    neighbours = [c for c in _script_neighbours(chars)
+                  if c not in have and c not in known and sp.normalize(c).lstrip(WORD_BOUNDARY) == c
+                  and sp.unk_id() in sp.encode(c)]
+    new += [(c, floor - 1.0) for c in neighbours]
+    stats["neighbour_characters"] = len(neighbours)
+    own = [p.score for p in proto.pieces if p.type == _NORMAL]
+    shift = (float(np.mean(own)) - float(np.mean([sc for _, sc in new]))) if own else 0.0
+    for piece, score in new:
+        added = proto.pieces.add()
+        added.piece, added.score, added.type = piece, score + shift, _NORMAL
+    proto.trainer_spec.vocab_size = len(proto.pieces)
+    stats["added_pieces"] = len(new)
+    return proto.SerializeToString(), stats
+
+
+# Scripts of thousands of characters (ideographs, syllables): their unseen characters are rare
+# ones, and their blocks would add thousands of rows.
+_LARGE_SCRIPTS = ("CJK", "HANGUL", "YI", "TANGUT")
+
+
+def _script_neighbours(chars) -> List[str]:
+    """The characters of the same script in the 128-code-point blocks of ``chars`` (an
+    alphabet or abugida, not :data:`_LARGE_SCRIPTS`): a language with few training pairs
+    still gets the letters its other sentences use."""
+    import unicodedata
+    out, seen = [], set()
+    for c in chars:
+        script = unicodedata.name(c, "").split(" ")[0]
+        block = ord(c) & ~0x7F
+        if not script or script in _LARGE_SCRIPTS or (script, block) in seen:
+            continue
+        seen.add((script, block))
+        for code in range(block, block + 0x80):
+            other = chr(code)
+            if unicodedata.name(other, "").split(" ")[0] == script and other not in chars:
+                out.append(other)
+    return sorted(set(out))
+
+
+def _learn_pieces(words: collections.Counter, max_pieces: int, n_chars: int
+                  ) -> List[Tuple[str, float]]:
+    """Unigram pieces (with scores) learned on ``words`` (word -> count)."""
+    import tempfile
+
+    import sentencepiece as spm
+    with tempfile.TemporaryDirectory(prefix="lealla-extend-") as tmp:
+        path = f"{tmp}/words.tsv"
+        with open(path, "w", encoding="utf-8") as f:
+            for word, n in words.most_common():
+                f.write(f"{word.replace(chr(9), ' ')}\t{n}\n")
+        size = max(max_pieces, n_chars + 4)
+        spm.SentencePieceTrainer.train(
+            input=path, input_format="tsv", model_prefix=f"{tmp}/ext", model_type="unigram",
+            vocab_size=size, hard_vocab_limit=False, character_coverage=1.0,
+            normalization_rule_name="identity", add_dummy_prefix=True,
+            max_sentencepiece_length=16, seed_sentencepiece_size=max(10 * size, 100000),
+            num_threads=2, minloglevel=2, bos_id=-1, eos_id=-1,
+            unk_id=0, pad_id=-1)
+        learned = model_proto(open(f"{tmp}/ext.model", "rb").read())
+    return [(p.piece, p.score) for p in learned.pieces if p.type == _NORMAL]
+
+
 def build_teacher_vocab(teacher, files: Sequence[str], output_dir: str, max_pieces: int = 0,
-                        progress: bool = True, keep_unused: bool = False) -> str:
+                        progress: bool = True, keep_unused: bool = False,
+                        extend_pieces: int = 0) -> str:
     """Writes the teacher's vocabulary pruned to ``files`` as ``output_dir/spm.model``.
 
     Also writes ``vocab_info.json`` (sizes, the teacher, ``teacher_ids``: the teacher id of
@@ -163,6 +289,9 @@ def build_teacher_vocab(teacher, files: Sequence[str], output_dir: str, max_piec
       output_dir: the vocabulary folder.
       max_pieces, keep_unused: see :func:`prune_sentencepiece`.
       progress: progress bar and a summary line.
+      extend_pieces: append up to this many pieces for the text of ``files`` that the
+        teacher cannot segment (:func:`extend_sentencepiece`); their ids follow the
+        teacher's pieces (``vocab_info.json``: ``added_from``).
 
     Returns:
       The path of ``spm.model``.
@@ -171,8 +300,10 @@ def build_teacher_vocab(teacher, files: Sequence[str], output_dir: str, max_piec
     info_path = fileio.join(output_dir, INFO_FILE)
     if fileio.exists(path) and fileio.exists(info_path):
         old = json.loads(fileio.read_text(info_path))
-        wanted = {"teacher": teacher.name, "max_pieces": max_pieces, "keep_unused": keep_unused}
-        got = {k: old.get(k, False if k == "keep_unused" else None) for k in wanted}
+        wanted = {"teacher": teacher.name, "max_pieces": max_pieces, "keep_unused": keep_unused,
+                  "extend_pieces": extend_pieces}
+        defaults = {"keep_unused": False, "extend_pieces": 0}
+        got = {k: old.get(k, defaults.get(k)) for k in wanted}
         if got != wanted:
             raise ValueError(f"{output_dir} holds a teacher vocabulary built with {got}, not "
                              f"{wanted}: use another folder or delete it")
@@ -181,9 +312,16 @@ def build_teacher_vocab(teacher, files: Sequence[str], output_dir: str, max_piec
     pruned, teacher_ids, stats = prune_sentencepiece(model, _corpus_sentences(files),
                                                      max_pieces, progress=progress,
                                                      keep_unused=keep_unused)
+    stats["added_from"] = len(teacher_ids)
+    if extend_pieces:
+        pruned, extension = extend_sentencepiece(pruned, list(_corpus_sentences(files)),
+                                                 extend_pieces)
+        teacher_ids = np.concatenate([teacher_ids,
+                                      np.full(extension["added_pieces"], -1, np.int64)])
+        stats.update(extension, vocab_size=len(teacher_ids))
     fileio.makedirs(output_dir)
     info = dict(stats, source="teacher", teacher=teacher.name, max_pieces=max_pieces,
-                keep_unused=keep_unused,
+                keep_unused=keep_unused, extend_pieces=extend_pieces,
                 special_pieces=list(sentencepiece.SPECIAL_PIECES),
                 inputs=[fileio.normpath(f) for f in files], teacher_ids=teacher_ids.tolist())
     fileio.atomic_write(info_path, json.dumps(info, indent=1, ensure_ascii=False))
@@ -191,8 +329,9 @@ def build_teacher_vocab(teacher, files: Sequence[str], output_dir: str, max_piec
     if progress:
         print(f"teacher vocabulary ({teacher.name}): {stats['vocab_size']:,} pieces kept of "
               f"{stats['teacher_pieces']:,} ({stats['used_pieces']:,} used by "
-              f"{stats['sentences']:,} sentences, {stats['character_pieces']:,} characters)",
-              flush=True)
+              f"{stats['sentences']:,} sentences, {stats['character_pieces']:,} characters)"
+              + (f", {stats['added_pieces']:,} pieces added for {stats['uncovered_characters']:,}"
+                 " characters it lacks" if extend_pieces else ""), flush=True)
     return path
 
 
@@ -208,10 +347,12 @@ def _slug(name: str) -> str:
 
 
 def teacher_piece_vectors(teacher, model_bytes: bytes, cache_dir: Optional[str] = None,
-                          batch_size: int = 512, progress: bool = True) -> np.ndarray:
+                          batch_size: int = 512, progress: bool = True,
+                          limit: Optional[int] = None) -> np.ndarray:
     """The teacher's embedding of every piece's text, float32 ``[vocab, teacher_dim]``.
 
-    Special pieces get zero rows. Cached in ``cache_dir`` (keyed by teacher and vocabulary).
+    Special pieces, and pieces from id ``limit`` on (added ones the teacher cannot read),
+    get zero rows. Cached in ``cache_dir`` (keyed by teacher and vocabulary).
     """
     from tqdm.auto import tqdm
 
@@ -221,7 +362,7 @@ def teacher_piece_vectors(teacher, model_bytes: bytes, cache_dir: Optional[str] 
     if cache and fileio.exists(cache):
         return np.load(io.BytesIO(fileio.read_bytes(cache)))
     texts = piece_texts(model_bytes)
-    rows = [i for i, t in enumerate(texts) if t.strip()]
+    rows = [i for i, t in enumerate(texts[:limit]) if t.strip()]
     out = np.zeros((len(texts), teacher.dim), np.float32)
     for start in tqdm(range(0, len(rows), batch_size), desc="embedding vocabulary pieces",
                       unit=" batch", disable=not progress, mininterval=1.0):
@@ -299,12 +440,49 @@ def initial_table(kind: str, teacher, vocab_path: str, dim: int, stddev: float,
       progress: progress bars.
     """
     model_bytes = sentencepiece.read_model(vocab_path)
+    info_path = fileio.join(fileio.dirname(vocab_path), INFO_FILE)
+    info = json.loads(fileio.read_text(info_path)) if fileio.exists(info_path) else {}
+    added_from = int(info["added_from"]) if info.get("added_pieces") else None
     if kind == "teacher":
         vectors = teacher_piece_vectors(teacher, model_bytes,
                                         cache_dir or fileio.dirname(vocab_path),
-                                        progress=progress)
+                                        progress=progress, limit=added_from)
     elif kind == "teacher_table":
         vectors = teacher_table_rows(teacher, fileio.dirname(vocab_path))
     else:
         raise ValueError(f"unknown embedding init {kind!r}: expected teacher or teacher_table")
-    return pca_table(vectors, dim, stddev)
+    table = pca_table(vectors, dim, stddev)
+    if added_from is not None:
+        table[added_from:] = character_rows(piece_texts(model_bytes), table, added_from, stddev)
+    return table
+
+
+def character_rows(texts: Sequence[str], table: np.ndarray, start: int,
+                   stddev: float) -> np.ndarray:
+    """Rows for the pieces ``texts[start:]`` (added to a teacher's vocabulary): the mean of
+    the rows of their characters, scaled to the norm of an ``N(0, stddev)`` row.
+
+    A character's row is its own piece's row in ``table`` when the piece is one of the first
+    ``start`` (teacher-made), else a normal row seeded by its code point (at that norm), so
+    pieces that share characters start close to each other and a one-character piece
+    starts at its character's row.
+    """
+    dim = table.shape[1]
+    ids = {t: i for i, t in enumerate(texts[:start]) if t}
+    norm = stddev * np.sqrt(dim)
+
+    def char_row(c: str) -> np.ndarray:
+        i = ids.get(c, ids.get(" " + c))
+        if i is not None and np.any(table[i]):
+            return table[i]
+        row = np.random.default_rng(ord(c)).normal(0.0, stddev, dim)
+        return row * (norm / max(float(np.linalg.norm(row)), 1e-12))
+
+    out = np.zeros((len(texts) - start, dim), np.float32)
+    for n, text in enumerate(texts[start:]):
+        chars = [c for c in text if not c.isspace()]
+        if not chars:
+            continue
+        row = np.mean([char_row(c) for c in chars], axis=0)
+        out[n] = row * (norm / max(float(np.linalg.norm(row)), 1e-12))
+    return out

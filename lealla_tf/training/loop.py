@@ -100,6 +100,7 @@ def resolve_vocab(cfg: config_lib.ExperimentConfig, model_dir: str,
         return student_init.build_teacher_vocab(teacher_fn(), files, fileio.dirname(target),
                                                 max_pieces=cfg.vocab.max_pieces,
                                                 keep_unused=cfg.vocab.keep_unused,
+                                                extend_pieces=cfg.vocab.extend_pieces,
                                                 progress=progress)
     with tempfile.TemporaryDirectory(prefix="lealla-vocab-") as tmp:  # SentencePiece: local
         path = sentencepiece.train_vocab(
