@@ -221,6 +221,9 @@ class DataConfig:
     languages: List[str] = dataclasses.field(default_factory=list)
     max_pairs_per_language: int = 0  # 0 = no limit
     sampling_alpha: float = 0.3
+    # Sampling weight of the languages the teacher covers (teacher.languages) against the
+    # others: p_l ∝ w_l * n_l^sampling_alpha, w_l this for the teacher's languages, else 1.
+    teacher_language_weight: float = 1.0
     # Directory of precomputed teacher embeddings (``lealla teacher embed``); empty = none.
     teacher_embeddings: str = ""
     seed: int = 0
@@ -232,6 +235,9 @@ class DataConfig:
     def validate(self) -> None:
         if self.bucket_pool < 0:
             raise ConfigError(f"data.bucket_pool must be >= 0, got {self.bucket_pool}")
+        if not self.teacher_language_weight > 0:
+            raise ConfigError("data.teacher_language_weight must be > 0, got "
+                              f"{self.teacher_language_weight}")
 
 
 @dataclasses.dataclass

@@ -162,6 +162,10 @@ def test_embed_with_languages_embeds_only_english_of_other_languages(files, stor
                                  teacher_languages=[COVERED]).languages[0]
         np.testing.assert_allclose(a.teacher_src, b.teacher_src, rtol=0, atol=1e-6)
         np.testing.assert_allclose(a.teacher_tgt, b.teacher_tgt, rtol=0, atol=1e-6)
+    # A training config that says the teacher covers fra cannot use those English-only rows.
+    with pytest.raises(ValueError, match="hold only its English sides"):
+        pipeline.load_corpus([files[1]], teacher_loader=teacher_store.loader(stores["deu"]),
+                             teacher_languages=["all"])
 
 
 def test_all_reproduces_todays_rows(files, stores):
@@ -254,8 +258,15 @@ def test_config_and_cli(tmp_path, files, capsys, monkeypatch):
     for bad in ("[all,deu]", "[]", "[train/deu]"):
         with pytest.raises(config.ConfigError, match="teacher.languages"):
             config.load("tiny", [f"teacher.languages={bad}"]).validate()
-    demo = config.load("demo")
-    assert set(demo.data.languages) <= set(demo.teacher.languages)
+    demo = config.load("demo")  # every language of train/, muse's 14 as its own
+    assert demo.data.languages == [] and len(demo.teacher.languages) == 14
+
+    # A plain Python function as the teacher: its size comes from its first output.
+    out = str(tmp_path / "py")
+    assert cli.main(["teacher", "embed", "--teacher", "py:support.hermetic:byte_counts",
+                     "--input", *files, "--output", out]) == 0
+    src, tgt, valid = teacher_store.load_precomputed(out, files[0])
+    assert src.shape[1] == 16 and valid.all()
 
     counting = _Counting()
     monkeypatch.setattr(embedders, "load", lambda spec, threads=None: counting.teacher)
@@ -271,3 +282,26 @@ def test_config_and_cli(tmp_path, files, capsys, monkeypatch):
                      str(tmp_path / "bad"),
                      "--teacher-languages", "all", "deu"]) == 2
     assert "--teacher-languages: [all] stands alone" in capsys.readouterr().err
+
+
+def test_teacher_language_weight_shifts_sampling(files, stores):
+    """data.teacher_language_weight: p_l ∝ w_l n_l^alpha, w = the weight for the teacher's
+    languages; the batches follow those probabilities."""
+    corpus = pipeline.load_corpus(files, teacher_loader=teacher_store.loader(stores["deu"]),
+                                  teacher_languages=[COVERED])
+    assert pipeline.teacher_weights(corpus, 1.0) is None
+    weights = pipeline.teacher_weights(corpus, 4.0)
+    assert weights == [4.0, 1.0]  # deu, fra
+    sizes = np.array([len(lang) for lang in corpus.languages], np.float64)
+    for w, alpha in ((None, 0.3), (weights, 0.3), (weights, 0.0)):
+        sampler = pipeline.GlobalBatchSampler(corpus, 16, alpha=alpha, seed=2, weights=w)
+        want = sizes ** alpha * (np.asarray(w) if w else 1.0)
+        np.testing.assert_allclose(sampler.probs, want / want.sum())
+        deu_sources = set(corpus.languages[0].src)
+        drawn = [s.decode() in deu_sources for _, (src, *_rest) in
+                 zip(range(60), sampler.text_batches()) for s in src]
+        assert abs(np.mean(drawn) - sampler.probs[0]) < 0.05
+    with pytest.raises(ValueError, match="positive weight"):
+        pipeline.GlobalBatchSampler(corpus, 16, weights=[1.0, 0.0])
+    with pytest.raises(config.ConfigError, match="teacher_language_weight"):
+        config.DataConfig(teacher_language_weight=0).validate()

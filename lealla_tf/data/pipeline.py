@@ -160,6 +160,8 @@ def _read_language(lang: str, files: Sequence[str], max_pairs: int,
         keep = _read_pairs(path, rows, st, max_pairs, src, tgt)
         known = config_lib.teacher_covers(teacher_languages, path)
         covered.append(np.full(len(src) - before, known))
+        if rows is not None and keep and known:
+            _check_both_sides(path, rows, keep, src[before:], tgt[before:])
         if rows is not None and keep:
             # A language the teacher does not cover: both sides learn its English row.
             t_src.append(np.asarray(rows[0 if known else 1][keep]))
@@ -178,6 +180,20 @@ def _read_language(lang: str, files: Sequence[str], max_pairs: int,
         data.teacher_src = np.concatenate(t_src).astype(teacher.dtype) if t_src else None
         data.teacher_tgt = np.concatenate(t_tgt).astype(teacher.dtype) if t_tgt else None
     return data
+
+
+def _check_both_sides(path: str, rows, keep: List[int], src: List[str],
+                      tgt: List[str]) -> None:
+    """Refuses stored rows that hold only English sides (embedded for other
+    ``teacher.languages``) for a language the training config says the teacher covers:
+    every pair whose two sides differ has the same row twice."""
+    differ = [i for i, (s, t) in zip(keep, zip(src, tgt)) if s != t]
+    if differ and np.array_equal(np.asarray(rows[0][differ]), np.asarray(rows[1][differ])):
+        raise ValueError(
+            f"the teacher embeddings of {path} hold only its English sides (embedded with "
+            "teacher languages that exclude it), but teacher.languages says the teacher "
+            "covers it: embed it again with its language among --teacher-languages, or "
+            "leave it out of teacher.languages")
 
 
 def _read_pairs(path: str, rows, st: corpus_lib.Stats, max_pairs: int, src: List[str],
@@ -229,13 +245,29 @@ def load_corpus_from_config(data_cfg, teacher_loader: Optional[TeacherLoader] = 
 
 
 # ---------------------------------------------------------------------------- sampler
-def language_probabilities(sizes: Sequence[int], alpha: float) -> np.ndarray:
-    """``p_l ∝ n_l^alpha`` (alpha 1: proportional; 0: uniform over languages)."""
+def language_probabilities(sizes: Sequence[int], alpha: float,
+                           weights: Optional[Sequence[float]] = None) -> np.ndarray:
+    """``p_l ∝ w_l n_l^alpha`` (alpha 1: proportional; 0: uniform over languages; the
+    weights ``w_l`` default to 1)."""
     sizes = np.asarray(sizes, dtype=np.float64)
     if np.any(sizes <= 0):
         raise ValueError(f"every language needs at least one pair, got sizes {sizes}")
     w = sizes ** alpha
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != sizes.shape or not np.all(weights > 0):
+            raise ValueError(f"need one positive weight per language, got {weights}")
+        w = w * weights
     return w / w.sum()
+
+
+def teacher_weights(corpus: "ParallelCorpus", weight: float) -> Optional[List[float]]:
+    """Per language: ``weight`` where the teacher covers every pair, else 1 (None when the
+    teacher covers every language, or ``weight`` is 1)."""
+    if weight == 1.0 or corpus.all_covered:
+        return None
+    return [weight if lang.covered is None or bool(np.all(lang.covered)) else 1.0
+            for lang in corpus.languages]
 
 
 def byte_lengths(data: LanguageData) -> np.ndarray:
@@ -281,6 +313,8 @@ class GlobalBatchSampler:
       global_batch_size: pairs per global batch.
       alpha: language sampling exponent.
       seed: seed of the whole stream.
+      weights: per language, a factor on its sampling probability (see
+        :func:`language_probabilities`; e.g. :func:`teacher_weights`).
       history: how many recent states to remember (must exceed how far the input
         pipeline runs ahead of training).
       bucket_pool: 0 or 1: every global batch is drawn on its own. ``K > 1``: length
@@ -295,7 +329,8 @@ class GlobalBatchSampler:
 
     def __init__(self, corpus: ParallelCorpus, global_batch_size: int, alpha: float = 0.3,
                  seed: int = 0, history: int = 4096, bucket_pool: int = 0,
-                 lengths: Optional[Sequence[np.ndarray]] = None):
+                 lengths: Optional[Sequence[np.ndarray]] = None,
+                 weights: Optional[Sequence[float]] = None):
         if global_batch_size <= 0:
             raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
         if bucket_pool < 0:
@@ -304,7 +339,7 @@ class GlobalBatchSampler:
         self.batch_size = int(global_batch_size)
         self.seed = int(seed)
         self.sizes = np.array([len(lang) for lang in corpus.languages], dtype=np.int64)
-        self.probs = language_probabilities(self.sizes, alpha)
+        self.probs = language_probabilities(self.sizes, alpha, weights)
         if bucket_pool > 1:
             # A pool holds at most half the corpus, so that it can be filled without
             # repeating a sentence; a smaller corpus gets smaller pools (none at all below

@@ -190,12 +190,26 @@ class CallableEmbedder:
             raise ValueError("CallableEmbedder needs a non-empty name (it keys the cache)")
         self._fn = fn
         self.name = name
+        self._dim: Optional[int] = None
 
     def encode(self, sentences: List[str]) -> np.ndarray:
         out = self._fn(list(sentences))
         if hasattr(out, "numpy"):
             out = out.numpy()
-        return np.asarray(out, dtype=np.float32)
+        out = np.asarray(out, dtype=np.float32)
+        if out.ndim == 2 and self._dim is None:
+            self._dim = int(out.shape[1])
+        return out
+
+    @property
+    def dim(self) -> int:
+        """The embedding size (learned from the first call; a probe sentence if none yet)."""
+        if self._dim is None:
+            out = self.encode(["dimension probe"])
+            if out.ndim != 2:
+                raise ValueError(f"model {self.name!r} returned shape {tuple(out.shape)} for "
+                                 "1 sentence; expected [N, D]")
+        return self._dim
 
     def __repr__(self) -> str:
         return f"CallableEmbedder(name={self.name!r})"

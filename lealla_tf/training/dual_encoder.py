@@ -120,7 +120,8 @@ class Trainer(loop.Job):
         self.sampler = data_lib.GlobalBatchSampler(
             self.corpus, cfg.train.global_batch_size, alpha=cfg.data.sampling_alpha,
             seed=cfg.data.seed, history=max(4096, 4 * cfg.train.steps_per_loop),
-            bucket_pool=cfg.data.bucket_pool, lengths=lengths)
+            bucket_pool=cfg.data.bucket_pool, lengths=lengths,
+            weights=data_lib.teacher_weights(self.corpus, cfg.data.teacher_language_weight))
 
     def _load_online_teacher(self):
         """The frozen teacher of ``teacher.mode: online``, loaded under the strategy."""

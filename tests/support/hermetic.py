@@ -119,3 +119,8 @@ def serve_directory(directory: str):
             server.server_close()
             thread.join(timeout=10)
     return serve()
+
+
+def byte_counts(sentences):
+    """:func:`byte_count_teacher`'s embeddings from a plain function (``py:`` specs)."""
+    return byte_count_teacher().encode(list(sentences))
