@@ -71,6 +71,22 @@ VARIANTS = {
     "bucketed": (DEMO, BUCKETED, "demo, length bucketing (pools of 16) + per-batch padding"),
     "small24_bucketed": (DEMO, ["model.num_layers=24", *BUCKETED],
                          "LEALLA-small shape, length bucketing"),
+    # Every language (the defaults since all-language training): vocabulary, targets, weights.
+    "static_noext": (STATIC, ["vocab.extend_pieces=0"],
+                     "static, the teacher's vocabulary without added pieces"),
+    "static_feat30": (STATIC, ["loss.feature_distill_weight=30"], "static, feature weight 30"),
+    "static_feat300": (STATIC, ["loss.feature_distill_weight=300"],
+                       "static, feature weight 300"),
+    "static_4000": (STATIC, ["train.steps=4000"], "static, 4000 x 256"),
+    "static_tw3": (STATIC, ["data.teacher_language_weight=3"],
+                   "static, teacher's languages sampled 3x"),
+    "demo_tw3": (DEMO, ["data.teacher_language_weight=3"],
+                 "demo, teacher's languages sampled 3x"),
+    "demo_noext": (DEMO, ["vocab.extend_pieces=0"],
+                   "demo, the teacher's vocabulary without added pieces"),
+    "demo_1200": (DEMO, ["train.steps=1200"], "demo, 1200 x 128"),
+    "demo_b256": (DEMO, ["train.global_batch_size=256"], "demo, 800 x 256"),
+    "demo_feat30": (DEMO, ["loss.feature_distill_weight=30"], "demo, feature weight 30"),
     # Grown from the trained `demo` student (train.init_from=@demo runs it first): its 4
     # layers plus 20 identity blocks, then trained further.
     "grown24@0": (SMALL, ["train.init_from=@demo"],
@@ -87,30 +103,38 @@ VARIANTS = {
 }
 
 
-def prepare(output, root, pairs_per_language, dev_pairs, spec, progress=True, sets=()):
+def prepare(output, root, pairs_per_language, dev_pairs, spec, progress=True, sets=(),
+            languages=()):
     """Training slice, development split, teacher vocabulary and teacher embeddings."""
-    from lealla_tf import corpus
-    from lealla_tf.distill import store, student_init
+    from lealla_tf import config, corpus
+    from lealla_tf.distill import store
     from lealla_tf.embedders import teachers
     from lealla_tf.recipes import demo
 
     teacher = teachers.load_teacher(spec)
     train_dir, dev_dir = os.path.join(output, "data"), os.path.join(output, "dev")
     if not os.path.isdir(train_dir):
-        source = corpus.find_files(["train/*-eng.tsv"], root, list(demo.DEMO_LANGUAGES))
+        source = corpus.find_files(["train/*-eng.tsv"], root, list(languages))
         demo.slice_pairs(source, train_dir, pairs_per_language, dev_dir=dev_dir,
                          dev_pairs_per_language=dev_pairs)
     files = sorted(os.path.join(train_dir, f) for f in os.listdir(train_dir))
     dev = sorted(os.path.join(dev_dir, f) for f in os.listdir(dev_dir))
-    from lealla_tf import config
-    vocab_cfg = config.load(DEMO, sets).vocab  # the demo's vocabulary settings
-    vocab = student_init.build_teacher_vocab(teacher, files, os.path.join(output, "vocab"),
-                                             max_pieces=vocab_cfg.max_pieces,
-                                             keep_unused=vocab_cfg.keep_unused,
-                                             progress=progress)
+    cfg = config.load(DEMO, sets)  # the demo's vocabulary and teacher settings
+    vocab = vocab_for(cfg, output, teacher, files, progress)
     emb = os.path.join(output, "teacher_embeddings")
-    store.precompute(teacher, files, emb, progress=progress)
-    return teacher, files, dev, vocab, emb
+    store.precompute(teacher, files, emb, progress=progress, languages=cfg.teacher.languages)
+    return teacher, files, dev, vocab, emb, list(cfg.teacher.languages)
+
+
+def vocab_for(cfg, output, teacher, files, progress=False):
+    """The teacher vocabulary of a recipe's ``vocab`` settings (one folder per setting)."""
+    from lealla_tf.distill import student_init
+    v = cfg.vocab
+    name = "vocab" + (f"_max{v.max_pieces}" if v.max_pieces else "") + (
+        "" if v.keep_unused else "_used") + (f"_ext{v.extend_pieces}" if v.extend_pieces else "")
+    return student_init.build_teacher_vocab(teacher, files, os.path.join(output, name),
+                                            max_pieces=v.max_pieces, keep_unused=v.keep_unused,
+                                            extend_pieces=v.extend_pieces, progress=progress)
 
 
 def trainer_embedder(trainer, cfg, name):
@@ -141,6 +165,8 @@ def run_variant(name, recipe, overrides, output, files, vocab, emb, teacher, dev
     # "@variant" in an override names that variant's run directory (e.g. train.init_from).
     overrides = [o.replace("=@", "=" + os.path.join(output, "runs", "")) for o in overrides]
     cfg = config.load(recipe, overrides)
+    if cfg.vocab.source == "teacher":
+        vocab = vocab_for(cfg, output, teacher, files)
     n = sentencepiece.Preprocessor(vocab, 2).vocab_size
     if cfg.vocab.source == "teacher":
         cfg.vocab.model_file = vocab
@@ -162,8 +188,8 @@ def run_variant(name, recipe, overrides, output, files, vocab, emb, teacher, dev
            "batch": cfg.train.global_batch_size, "seconds": seconds,
            "vocab_size": cfg.model.vocab_size, "dev": res}
     if ntrex_root:  # NTREX-128 is development data too: long news sentences
-        out["ntrex"] = pairs.evaluate_ntrex(embedder, ntrex_root, ntrex_languages,
-                                            use_cache=False, progress=False)
+        out["ntrex"] = pairs.evaluate_ntrex_retrieval(embedder, ntrex_root, ntrex_languages,
+                                                      use_cache=False, progress=False)
     return out
 
 
@@ -172,9 +198,11 @@ def main(argv=None):
     p.add_argument("--output", default="results/recipe_sweep")
     p.add_argument("--data-dir", default=os.environ.get("LEALLA_DATA_DIR", ""))
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--pairs-per-language", type=int, default=3000)
+    p.add_argument("--pairs-per-language", type=int, default=1500)
     p.add_argument("--dev-pairs-per-language", type=int, default=300)
     p.add_argument("--teacher", default="muse")
+    p.add_argument("--languages", default="",
+                   help="comma-separated training languages (default: every file of train/)")
     p.add_argument("--set", dest="sets", action="append", default=[],
                    help="an override applied to every variant and to the shared vocabulary, "
                         "e.g. vocab.keep_unused=false (use a separate --output)")
@@ -198,9 +226,10 @@ def main(argv=None):
     os.makedirs(output, exist_ok=True)
     cpu = cpu_line()
     print(f"# recipe sweep on {cpu}", flush=True)
-    teacher, files, dev, vocab, emb = prepare(output, root, args.pairs_per_language,
-                                              args.dev_pairs_per_language, args.teacher,
-                                              sets=args.sets)
+    languages = [x for x in args.languages.split(",") if x]
+    teacher, files, dev, vocab, emb, teacher_langs = prepare(
+        output, root, args.pairs_per_language, args.dev_pairs_per_language, args.teacher,
+        sets=args.sets, languages=languages)
     cache = os.path.join(output, "embedding_cache")
     results_path = os.path.join(output, "sweep.json")
     results = json.load(open(results_path)) if os.path.exists(results_path) else {}
@@ -209,8 +238,8 @@ def main(argv=None):
     if "teacher" not in results:
         results["teacher"] = pairs.evaluate_pair_files(teacher, dev, cache=cache)
     if args.ntrex and "ntrex" not in results["teacher"]:
-        results["teacher"]["ntrex"] = pairs.evaluate_ntrex(teacher, root, ntrex_langs,
-                                                           cache=cache, progress=False)
+        results["teacher"]["ntrex"] = pairs.evaluate_ntrex_retrieval(
+            teacher, root, ntrex_langs, cache=cache, progress=False)
     t_dev = results["teacher"]["average"]["mean"]
     print(f"teacher ({args.teacher}) dev: {t_dev:.1f}" + (
         f", NTREX {results['teacher']['ntrex']['average']['mean']:.1f}" if args.ntrex else ""),
@@ -230,9 +259,11 @@ def main(argv=None):
             os.replace(results_path + ".tmp", results_path)
         r = results[name]
         ntrex = f", NTREX {r['ntrex']['average']['mean']:.1f}" if "ntrex" in r else ""
-        print(f"  {name}: dev {r['dev']['average']['mean']:.1f}{ntrex} "
+        own, other = dev_groups(r["dev"], teacher_langs)
+        print(f"  {name}: dev {r['dev']['average']['mean']:.1f} (teacher's languages {own:.1f}, "
+              f"others {other:.1f}){ntrex} "
               f"({r['steps']} x {r['batch']}, {r['seconds']:.0f}s)", flush=True)
-    print(format_table(results, names, args.teacher, cpu))
+    print(format_table(results, names, args.teacher, cpu, teacher_langs))
     return 0
 
 
@@ -249,21 +280,35 @@ def cpu_line():
     return f"{model}, {os.cpu_count()} cores"
 
 
-def format_table(results, names, teacher, cpu):
+def dev_groups(result, teacher_langs):
+    """Dev accuracy averaged over the teacher's languages and over the others."""
+    per = result["per_language"]
+    every = "all" in teacher_langs
+    mean = lambda ls: sum(per[x]["mean"] for x in ls) / len(ls) if ls else float("nan")
+    return (mean([x for x in per if every or x in teacher_langs]),
+            mean([x for x in per if not every and x not in teacher_langs]))
+
+
+def format_table(results, names, teacher, cpu, teacher_langs=("all",)):
     t_dev = results["teacher"]["average"]["mean"]
+    t_own, t_other = dev_groups(results["teacher"], teacher_langs)
     t_ntrex = results["teacher"].get("ntrex", {}).get("average", {}).get("mean")
-    lines = [f"\nDevelopment pairs held out of train/ ({cpu}); teacher {teacher}: {t_dev:.1f}"
+    lines = [f"\nDevelopment pairs held out of train/ ({cpu}); teacher {teacher}: {t_dev:.1f} "
+             f"(its languages {t_own:.1f}, the others {t_other:.1f})"
              + (f", NTREX-128 {t_ntrex:.1f}" if t_ntrex else ""),
-             "", "| variant | what | steps x batch | train s | dev accuracy | retention | "
-             "NTREX | NTREX retention |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "", "| variant | what | steps x batch | train s | dev, all | dev, teacher's "
+             "languages | retention | dev, other languages | NTREX | NTREX retention |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name in names:
         r = results[name]
         acc = r["dev"]["average"]["mean"]
+        own, other = dev_groups(r["dev"], teacher_langs)
         ntrex = r.get("ntrex", {}).get("average", {}).get("mean")
         cells = (f"{ntrex:.1f} | {100 * ntrex / t_ntrex:.1f}%" if ntrex is not None and t_ntrex
                  else " | ")
         lines.append(f"| {name} | {VARIANTS[name][2]} | {r['steps']} x {r['batch']} | "
-                     f"{r['seconds']:.0f} | {acc:.1f} | {100 * acc / t_dev:.1f}% | {cells} |")
+                     f"{r['seconds']:.0f} | {acc:.1f} | {own:.1f} | {100 * own / t_own:.1f}% | "
+                     f"{other:.1f} | {cells} |")
     return "\n".join(lines)
 
 

@@ -26,6 +26,10 @@ DEMO_LANGUAGES = ("ara", "cmn", "deu", "fra", "ita", "jpn", "kor", "nld", "pol",
                   "rus", "spa", "tha", "tur")
 
 
+# A language with fewer training pairs than this holds none out for development.
+MIN_PAIRS_FOR_DEV = 100
+
+
 def _config_path(name: str) -> str:
     return config.resolve(name)  # a shipped recipe (package data) or a file
 
@@ -43,7 +47,8 @@ def slice_pairs(files: Sequence[str], output_dir: str, pairs_per_language: int,
       dev_dir: where a development split goes (``xxx-eng.tsv``, pairs never in the
         training sample, for choosing recipes without touching test sets).
       dev_pairs_per_language: pairs per language held out into ``dev_dir`` (at most a
-        fifth of a language's pairs).
+        fifth of a language's pairs; none from a language with fewer than
+        :data:`MIN_PAIRS_FOR_DEV` pairs, whose few pairs all train).
 
     Returns:
       The written training files.
@@ -57,13 +62,14 @@ def slice_pairs(files: Sequence[str], output_dir: str, pairs_per_language: int,
         # that no pair is both a training and a development pair.
         pairs = list(dict.fromkeys((s, t) for p in paths for _, s, t in corpus.iter_tsv(p)))
         random.Random(f"{seed}-{lang}").shuffle(pairs)
-        n_dev = min(dev_pairs_per_language, len(pairs) // 5) if dev_dir else 0
+        n_dev = (min(dev_pairs_per_language, len(pairs) // 5)
+                 if dev_dir and len(pairs) >= MIN_PAIRS_FOR_DEV else 0)
         dev, pairs = pairs[:n_dev], pairs[n_dev:]
         if pairs_per_language:
             pairs = pairs[:pairs_per_language]
         out = os.path.join(output_dir, f"{lang}-eng.tsv")
         _write_pairs(out, pairs)
-        if dev_dir:
+        if n_dev:
             _write_pairs(os.path.join(dev_dir, f"{lang}-eng.tsv"), dev)
         written.append(out)
     return written
@@ -199,7 +205,7 @@ def _pairs(state: DemoState) -> DemoState:
     files = sorted(os.path.join(train_dir, f) for f in os.listdir(train_dir)
                    if f.endswith(".tsv")) if os.path.isdir(train_dir) else []
     if not files:
-        source = corpus.find_files(["train/*-eng.tsv"], state.root, state.langs)
+        source = corpus.find_files(["train/*-eng.tsv"], state.root, state.langs)  # () = all
         files = slice_pairs(source, train_dir, state.pairs_per_language,
                             seed=state.cfg.data.seed, dev_dir=os.path.join(state.output, "dev"),
                             dev_pairs_per_language=state.dev_pairs_per_language)
@@ -222,6 +228,7 @@ def _vocab(state: DemoState) -> DemoState:
         student_init.build_teacher_vocab(teacher, state.files, vocab_dir,
                                          max_pieces=cfg.vocab.max_pieces,
                                          keep_unused=cfg.vocab.keep_unused,
+                                         extend_pieces=cfg.vocab.extend_pieces,
                                          progress=state.progress)
     elif not os.path.exists(vocab):
         sentencepiece.train_vocab(state.files, vocab_dir, cfg.vocab.vocab_size,
@@ -236,7 +243,8 @@ def _vocab(state: DemoState) -> DemoState:
 def _teacher_embeddings(state: DemoState) -> DemoState:
     from lealla_tf.distill import store
     emb_dir = os.path.join(state.output, "teacher_embeddings")
-    store.precompute(state.teacher, state.files, emb_dir, progress=state.progress)
+    store.precompute(state.teacher, state.files, emb_dir, progress=state.progress,
+                     languages=state.cfg.teacher.languages)
     print(f"  {state.teacher.name}: {state.teacher.dim}-d")
     return dataclasses.replace(state, emb_dir=emb_dir)
 
@@ -358,7 +366,8 @@ def _report(state: DemoState) -> DemoState:
 # interrupted demo resumes.
 STEPS: Tuple[Step, ...] = (
     Step("pairs", lambda s: (f"training pairs: {s.pairs_per_language or 'all'} per language, "
-                             f"{len(s.langs)} languages (+{s.dev_pairs_per_language} held out)"),
+                             f"{len(s.langs) or 'all'} languages (+{s.dev_pairs_per_language} "
+                             "held out)"),
          _pairs),
     Step("vocab", lambda s: f"vocabulary ({s.cfg.vocab.source})", _vocab),
     Step("teacher", lambda s: f"teacher embeddings ({s.spec})", _teacher_embeddings),
@@ -412,13 +421,13 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
         (never trained on; ``benchmarks/recipe_sweep.py`` chooses recipes on them).
     """
     started = time.perf_counter()
-    root = datasets.ensure_data(("train", "tatoeba", "ntrex"), DEMO_LANGUAGES, data_dir)
-    output = os.path.abspath(output)
-    os.makedirs(output, exist_ok=True)
     cfg = config.load(config_path or _config_path("demo.yaml"), overrides)
     static_cfg = config.load(static_config_path or _config_path("demo_static.yaml"),
                              overrides if static_overrides is None else static_overrides)
-    langs = list(cfg.data.languages or DEMO_LANGUAGES)
+    langs = list(cfg.data.languages)  # empty: every language of train/
+    root = datasets.ensure_data(("train", "tatoeba", "ntrex"), langs or "all", data_dir)
+    output = os.path.abspath(output)
+    os.makedirs(output, exist_ok=True)
     run_steps(DemoState(
         output=output, root=root, cfg=cfg, static_cfg=static_cfg,
         spec=teacher_spec or cfg.teacher.spec, langs=langs,
