@@ -2,9 +2,9 @@
 
 One module per command group declares its arguments (``add_commands``) and handlers that
 import the library lazily, so ``lealla --help`` and config errors stay fast:
-:mod:`~lealla_tf.cli.model` (model), :mod:`~lealla_tf.cli.train` (vocab, train, pretrain),
-:mod:`~lealla_tf.cli.convert` (import, prune), :mod:`~lealla_tf.cli.export` (export, publish,
-embed), :mod:`~lealla_tf.cli.evaluate` (eval, mine), :mod:`~lealla_tf.cli.teacher`,
+:mod:`~lealla_tf.cli.model` (model), :mod:`~lealla_tf.cli.train` (vocab, vocab-extend, train,
+pretrain), :mod:`~lealla_tf.cli.convert` (import, prune), :mod:`~lealla_tf.cli.export` (export,
+publish, embed), :mod:`~lealla_tf.cli.evaluate` (eval, mine), :mod:`~lealla_tf.cli.teacher`,
 :mod:`~lealla_tf.cli.demo` and :mod:`~lealla_tf.cli.data`. Every command runs through
 :func:`lealla_tf.cli.errors.run`: errors the user can fix (bad config, missing file) print
 one line and exit 2.

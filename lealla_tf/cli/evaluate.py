@@ -1,5 +1,6 @@
-"""``lealla eval`` (tatoeba, bucc, ntrex, un) and ``lealla mine``: a model's retrieval and
-mining accuracy, and bitext mined from two corpora."""
+"""``lealla eval`` (tatoeba, bucc, ntrex, un, vocab-coverage) and ``lealla mine``: a model's
+retrieval and mining accuracy, a vocabulary's unknown-token rates, and bitext mined from two
+corpora."""
 
 from __future__ import annotations
 
@@ -101,6 +102,30 @@ def add_commands(sub) -> None:
                    help="more target-side candidates (text or .npy files)")
     u.add_argument("--max-queries", type=int, default=None)
     u.set_defaults(func=_eval_un)
+
+    v = esub.add_parser("vocab-coverage",
+                        help="unknown-token rate of a vocabulary (spm.model or vocab.txt) "
+                             "per Tatoeba language, marking the languages with training pairs")
+    v.add_argument("--vocab", required=True,
+                   help="SentencePiece .model or WordPiece vocab.txt (or a folder with one)")
+    v.add_argument("--vocab-type", choices=("sentencepiece", "wordpiece"), default=None,
+                   help="default: from the file name (.model: sentencepiece, .txt: wordpiece)")
+    v.add_argument("--do-lower-case", action="store_true",
+                   help="WordPiece: BERT lower-casing and accent stripping (the model's flag)")
+    v.add_argument("--languages", default="all", help="all | xtreme36 | comma-separated codes")
+    v.add_argument("--data-dir", default="",
+                   help="folder of tatoeba.* files or a data root with tatoeba/v1 "
+                        "(default $LEALLA_DATA_DIR, else the cache `lealla data fetch` fills)")
+    v.add_argument("--train-dir", default="",
+                   help="folder (or glob) of xxx-eng.tsv training files: the languages that "
+                        "have pairs (default: the data root's train/, if it has one)")
+    v.add_argument("--max-rate", type=float, default=1.0,
+                   help="unknown %% no language with training pairs should exceed")
+    v.add_argument("--check", action="store_true",
+                   help="exit 1 when a language with training pairs exceeds --max-rate")
+    v.add_argument("--output", default="", help="results JSON file")
+    v.add_argument("--markdown", default="", help="also write the table to this file")
+    v.set_defaults(func=_eval_vocab_coverage)
 
     m = sub.add_parser("mine", help="mine bitext from two corpora (LASER margin scoring)")
     common(m, output_help="output TSV: score, source line, target line, source, target",
@@ -256,3 +281,31 @@ def _mine(args) -> int:
         print(f"{n} pairs written to {args.output}")
         return 0
     return _run_eval(args, body, inputs=(args.source, args.target), outputs=(args.output,))
+
+
+def _eval_vocab_coverage(args) -> int:
+    if not os.path.isdir(args.vocab):  # (a folder holding spm.model or vocab.txt is fine)
+        common.check_input_file(args.vocab, "vocabulary")
+    if args.max_rate < 0:
+        raise errors.UserError(f"--max-rate must be at least 0, got {args.max_rate}")
+    data_dir = paths.data_dir(args.data_dir)
+    if args.train_dir and not any(c in args.train_dir for c in "*?["):
+        common.check_input_dir(args.train_dir, "training folder")
+    common.check_outputs(args.output, args.markdown)
+    from lealla_tf.evaluation import vocab_coverage
+    with errors.user_errors(ValueError):
+        res = vocab_coverage.tatoeba_unknown_rates(
+            args.vocab, data_dir, args.languages, vocab_type=args.vocab_type,
+            do_lower_case=args.do_lower_case, train_languages=args.train_dir or None,
+            max_rate=args.max_rate)
+    table = vocab_coverage.format_table(res)
+    print(table)
+    _write_json(args.output, res)
+    if args.markdown:
+        from lealla_tf import fileio
+        with errors.writing(args.markdown):
+            fileio.atomic_write(args.markdown, table + "\n")
+        print(f"table written to {args.markdown}")
+    if args.check and res["summary"]["above_max_rate_with_pairs"]:
+        return 1
+    return 0

@@ -1,5 +1,6 @@
-"""``lealla vocab``, ``lealla train`` and ``lealla pretrain``: a vocabulary, then a run
-directory trained from a config."""
+"""``lealla vocab``, ``lealla vocab-extend``, ``lealla train`` and ``lealla pretrain``: a
+vocabulary (or a WordPiece one extended to cover a corpus), then a run directory trained
+from a config."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ INTERRUPTED = 130  # the shell's code for a command stopped by SIGINT
 
 def add_commands(sub) -> None:
     _add_vocab(sub)
+    _add_vocab_extend(sub)
     _add_train(sub)
     _add_pretrain(sub)
 
@@ -38,6 +40,58 @@ def _vocab(args) -> int:
             sentences_per_language=args.sentences_per_language,
             sampling_alpha=args.sampling_alpha, seed=args.seed)
     print(f"vocabulary written to {path}")
+    return 0
+
+
+def _add_vocab_extend(sub) -> None:
+    p = sub.add_parser("vocab-extend",
+                       help="extend a WordPiece vocab.txt so that a corpus has no [UNK] "
+                            "(original ids kept)")
+    p.add_argument("--vocab", required=True, help="WordPiece vocab.txt (or a folder with one)")
+    p.add_argument("--input", nargs="+", required=True,
+                   help="text or TSV files whose words must be segmentable (globs ok; both "
+                        "sides of a TSV)")
+    p.add_argument("--output", required=True, help="output directory (gets vocab.txt)")
+    p.add_argument("--max-new", type=int, default=1000, help="at most this many new tokens")
+    p.add_argument("--do-lower-case", action="store_true",
+                   help="BERT lower-casing and accent stripping (the model's flag)")
+    p.add_argument("--no-pieces", action="store_true",
+                   help="add only the missing characters (c and ##c), no learned pieces")
+    p.add_argument("--min-count", type=int, default=2,
+                   help="fewest occurrences of a learned piece")
+    p.set_defaults(func=_vocab_extend)
+
+
+def _vocab_extend(args) -> int:
+    common.check_positive(args, "min_count")
+    common.check_positive(args, "max_new", zero_ok=True)
+    import os
+    if not os.path.isdir(args.vocab):
+        common.check_input_file(args.vocab, "vocabulary")
+    files = common.corpus_files(args.input)
+    common.check_outputs(args.output, folder=True)
+    from lealla_tf import corpus
+    from lealla_tf.text import coverage, wordpiece
+
+    def sentences():
+        for path in files:
+            yield from corpus.iter_text(path)
+
+    with errors.user_errors(ValueError):
+        before = wordpiece.vocab_tokens(args.vocab)
+        extended = wordpiece.extend_vocab(
+            before, sentences(), max_new=args.max_new,
+            output=os.path.join(args.output, wordpiece.VOCAB_FILE),
+            do_lower_case=args.do_lower_case, learn_pieces=not args.no_pieces,
+            min_count=args.min_count)
+    new = extended[len(before):]
+    singles = sum(1 for t in new if len(t.removeprefix(wordpiece.SUFFIX_INDICATOR)) == 1)
+    print(f"{len(new)} tokens added ({singles} characters, {len(new) - singles} pieces): "
+          f"{len(before)} -> {len(extended)}")
+    for name, tokens in (("before", before), ("after", extended)):
+        c = coverage.make_counter(tokens, "wordpiece", args.do_lower_case)(sentences())
+        print(f"unknown {name}: {c['unknown']} of {c['tokens']} tokens ({c['rate']:.3f}%)")
+    print(f"vocabulary written to {os.path.join(args.output, wordpiece.VOCAB_FILE)}")
     return 0
 
 

@@ -9,13 +9,16 @@ text API), built on TF Text's ``FastBertTokenizer``::
     pre = wordpiece.WordpiecePreprocessor("runs/labse/vocab/vocab.txt", seq_length=128)
     pre(tf.constant(["Hello world", "Hallo Welt"]))["input_word_ids"].shape  # [2, 128]
 
-See docs/released_models.md, "WordPiece preprocessing".
+See docs/released_models.md, "WordPiece preprocessing". :func:`extend_vocab` appends
+tokens to a vocabulary so that text it turns into ``[UNK]`` can be segmented (see
+docs/training.md, "Extending a WordPiece vocabulary").
 """
 
 from __future__ import annotations
 
 import base64
-from typing import Dict, List, Optional, Sequence, Union
+import collections
+from typing import Counter, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
 import tensorflow_text as tf_text
@@ -26,6 +29,8 @@ from lealla_tf.text import packing, sentencepiece
 
 VOCAB_FILE = layout.WORDPIECE_VOCAB_FILE
 SUFFIX_INDICATOR = "##"
+UNKNOWN_TOKEN = packing.SPECIAL_TOKENS["unknown_id"]
+MAX_BYTES_PER_WORD = 100  # BERT's
 
 
 def read_vocab_bytes(vocab: Union[str, bytes, Sequence[str]]) -> bytes:
@@ -79,6 +84,31 @@ def vocab_tokens(vocab: Union[str, bytes, Sequence[str]]) -> List[str]:
     return tokens
 
 
+def make_tokenizer(tokens: Sequence[str], do_lower_case: bool = False,
+                   max_bytes_per_word: int = MAX_BYTES_PER_WORD) -> tf_text.FastBertTokenizer:
+    """The tokenizer :class:`WordpiecePreprocessor` runs: TF Text's ``FastBertTokenizer``
+    (strings -> int32 ids, one ``[UNK]`` for each word that cannot be segmented)."""
+    return tf_text.FastBertTokenizer(
+        vocab=list(tokens), suffix_indicator=SUFFIX_INDICATOR,
+        max_bytes_per_word=int(max_bytes_per_word), token_out_type=tf.int32,
+        unknown_token=UNKNOWN_TOKEN, lower_case_nfd_strip_accents=bool(do_lower_case))
+
+
+def tokenizer_stages(tokens: Sequence[str], do_lower_case: bool = False,
+                     max_bytes_per_word: int = MAX_BYTES_PER_WORD
+                     ) -> Tuple[tf_text.FastBertNormalizer, tf_text.FastWordpieceTokenizer]:
+    """:func:`make_tokenizer`'s two stages, as ``FastBertTokenizer`` chains them: the
+    normalizer (lower-casing or not, control characters to spaces), then WordPiece with
+    its own split into words. Their offsets point into the normalized text, so the words
+    that become ``[UNK]`` can be read back (:func:`unknown_words`)."""
+    normalizer = tf_text.FastBertNormalizer(lower_case_nfd_strip_accents=bool(do_lower_case))
+    wordpieces = tf_text.FastWordpieceTokenizer(
+        vocab=list(tokens), suffix_indicator=SUFFIX_INDICATOR,
+        max_bytes_per_word=int(max_bytes_per_word), token_out_type=tf.int32,
+        unknown_token=UNKNOWN_TOKEN, no_pretokenization=False)
+    return normalizer, wordpieces
+
+
 @tf_keras.utils.register_keras_serializable(package="lealla")
 class WordpiecePreprocessor(packing.PackingPreprocessor):
     """Strings -> ``input_word_ids``, ``input_mask``, ``input_type_ids`` (int32), WordPiece.
@@ -100,7 +130,8 @@ class WordpiecePreprocessor(packing.PackingPreprocessor):
 
     def __init__(self, vocab: Union[str, bytes, Sequence[str]], seq_length: int = 64,
                  do_lower_case: bool = False, dynamic_length: bool = False,
-                 length_multiple: int = 1, max_bytes_per_word: int = 100, **kwargs):
+                 length_multiple: int = 1, max_bytes_per_word: int = MAX_BYTES_PER_WORD,
+                 **kwargs):
         super().__init__(seq_length, dynamic_length, length_multiple, **kwargs)
         self._vocab_bytes = read_vocab_bytes(packing.config_bytes(vocab))
         self.tokens = vocab_tokens(self._vocab_bytes)
@@ -108,11 +139,8 @@ class WordpiecePreprocessor(packing.PackingPreprocessor):
         self.max_bytes_per_word = int(max_bytes_per_word)
         self.special_ids = packing.special_ids(self.tokens)
         self.vocab_size = len(self.tokens)
-        self.tokenizer = tf_text.FastBertTokenizer(
-            vocab=self.tokens, suffix_indicator=SUFFIX_INDICATOR,
-            max_bytes_per_word=self.max_bytes_per_word, token_out_type=tf.int32,
-            unknown_token=packing.SPECIAL_TOKENS["unknown_id"],
-            lower_case_nfd_strip_accents=self.do_lower_case)
+        self.tokenizer = make_tokenizer(self.tokens, self.do_lower_case,
+                                        self.max_bytes_per_word)
 
     @property
     def model_bytes(self) -> bytes:
@@ -175,3 +203,154 @@ def read_vocab(vocab_type: str, path: str) -> bytes:
     if vocab_type == "wordpiece":
         return read_vocab_bytes(path)
     return sentencepiece.read_model(path)
+
+
+# ----------------------------------------------------------------------------
+# Extending a vocabulary.
+
+
+def _batches(sentences: Iterable[str], size: int) -> Iterable[List[str]]:
+    batch: List[str] = []
+    for sentence in sentences:
+        batch.append(sentence)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def unknown_words(vocab: Union[str, bytes, Sequence[str]], sentences: Iterable[str],
+                  do_lower_case: bool = False, max_bytes_per_word: int = MAX_BYTES_PER_WORD,
+                  batch_size: int = 1024) -> Counter[str]:
+    """The words of ``sentences`` that the vocabulary turns into ``[UNK]``, with their
+    counts, spelled as WordPiece sees them (normalized, lower-cased with
+    ``do_lower_case``).
+
+    Raises:
+      ValueError: a bad vocabulary (see :func:`vocab_tokens`).
+    """
+    import numpy as np
+    tokens = vocab_tokens(vocab)
+    unk = tokens.index(UNKNOWN_TOKEN)
+    normalizer, wordpieces = tokenizer_stages(tokens, do_lower_case, max_bytes_per_word)
+    counts: Counter[str] = collections.Counter()
+    for batch in _batches(sentences, batch_size):
+        text = normalizer.normalize(tf.constant(batch, tf.string))
+        ids, starts, ends = wordpieces.tokenize_with_offsets(text)
+        flat = ids.flat_values.numpy()
+        where = np.flatnonzero(flat == unk)
+        if not where.size:
+            continue
+        rows = ids.value_rowids().numpy()[where]
+        starts, ends = starts.flat_values.numpy()[where], ends.flat_values.numpy()[where]
+        text = text.numpy()
+        for row, start, end in zip(rows, starts, ends):
+            counts[text[row][start:end].decode("utf-8", "replace")] += 1
+    return counts
+
+
+def _bare(token: str) -> str:
+    return token[len(SUFFIX_INDICATOR):] if token.startswith(SUFFIX_INDICATOR) else token
+
+
+def _learned_pieces(words: Dict[str, int], novel: set, known: set, budget: int,
+                    min_count: int) -> List[str]:
+    """Up to ``budget`` word pieces of ``words`` that TF Text's BERT vocabulary learner
+    finds at least ``min_count`` times, most frequent first, keeping only pieces longer
+    than one character that hold a character of ``novel`` and are not in ``known``."""
+    from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as learner
+    params = learner.Params(
+        upper_thresh=None, lower_thresh=min_count, num_iterations=4, max_input_tokens=-1,
+        max_token_length=50, max_unique_chars=0, vocab_size=0, slack_ratio=0.0,
+        include_joiner_token=True, joiner=SUFFIX_INDICATOR, reserved_tokens=[])
+    # (characters first, then the pieces by count: what generate_final_vocabulary gives)
+    learned = learner.learn_with_thresh(sorted(words.items()), max(1, int(min_count)), params)
+    out = []
+    for token in learned:
+        bare = _bare(token)
+        if len(bare) > 1 and token not in known and any(ch in novel for ch in bare):
+            out.append(token)
+            known.add(token)
+            if len(out) == budget:
+                break
+    return out
+
+
+def extend_vocab(vocab: Union[str, bytes, Sequence[str]], sentences: Iterable[str],
+                 max_new: int = 1000, output: Optional[str] = None,
+                 do_lower_case: bool = False, learn_pieces: bool = True, min_count: int = 2,
+                 max_bytes_per_word: int = MAX_BYTES_PER_WORD) -> List[str]:
+    """The vocabulary's tokens, unchanged and in order (every id keeps its embedding
+    row), followed by new tokens that let WordPiece segment the words of ``sentences`` it
+    turned into ``[UNK]``.
+
+    New tokens, in this order:
+
+    1. every character of those words that the vocabulary lacks as a word start (``c``)
+       or inside a word (``##c``), most frequent first. With both forms of each of its
+       characters in the vocabulary, every word can be segmented, so after this no word
+       of ``sentences`` is ``[UNK]`` except words longer than ``max_bytes_per_word``
+       bytes (which BERT always makes ``[UNK]``);
+    2. with ``learn_pieces``, frequent word pieces of those words (TF Text's BERT
+       vocabulary learner, pieces seen at least ``min_count`` times), so that new script
+       is not only read one character at a time. Only pieces holding a character that
+       no token of the vocabulary contains are added: text the vocabulary already
+       segmented has none of those, so its tokenization stays exactly as it was.
+
+    Args:
+      vocab: a ``vocab.txt`` (file, folder holding one, bytes, or a list of tokens).
+      sentences: the text the vocabulary should cover (e.g. both sides of the training
+        pairs); read once.
+      max_new: at most this many new tokens in all (characters first).
+      output: where to write the extended ``vocab.txt``, atomically: a file path, or an
+        existing folder (or a path ending in ``/``) that gets ``vocab.txt``; None writes
+        nothing.
+      do_lower_case: the model's BERT lower-casing flag (the text is normalized as the
+        preprocessor normalizes it).
+      learn_pieces: also add learned multi-character pieces (step 2).
+      min_count: step 2: the fewest occurrences of a piece.
+      max_bytes_per_word: the preprocessor's; longer words stay ``[UNK]``.
+
+    Returns:
+      The extended token list (the original tokens first).
+
+    Raises:
+      ValueError: a bad vocabulary, ``max_new`` < 0, or fewer than the characters that
+        are needed (the message says how many).
+    """
+    if max_new < 0:
+        raise ValueError(f"max_new must be >= 0, got {max_new}")
+    tokens = vocab_tokens(vocab)
+    known = set(tokens)
+    words = unknown_words(tokens, sentences, do_lower_case, max_bytes_per_word)
+    char_counts: Counter[str] = collections.Counter()
+    for word, n in words.items():
+        for ch in word:
+            char_counts[ch] += n
+    new: List[str] = []
+    for ch, _ in sorted(char_counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if ch in "\n\r":  # white space to the tokenizer: never inside a word
+            continue
+        for token in (ch, SUFFIX_INDICATOR + ch):
+            if token not in known:
+                new.append(token)
+                known.add(token)
+    if len(new) > max_new:
+        raise ValueError(f"the text needs {len(new)} new character tokens to be segmented "
+                         f"(each missing character as c and ##c); max_new is {max_new}")
+    if learn_pieces and len(new) < max_new:
+        vocab_chars = {ch for t in tokens for ch in _bare(t)}
+        novel = {ch for ch in char_counts if ch not in vocab_chars}
+        fixable = {w: n for w, n in words.items()
+                   if len(w.encode("utf-8")) <= max_bytes_per_word
+                   and any(ch in novel for ch in w)}
+        if fixable:
+            new += _learned_pieces(fixable, novel, known, max_new - len(new), min_count)
+    extended = tokens + new
+    if output:
+        from lealla_tf import fileio
+        path = fileio.join(output, VOCAB_FILE) if (
+            output.endswith("/") or fileio.isdir(output)) else output
+        fileio.atomic_write(path, "\n".join(extended) + "\n")
+    return extended
