@@ -1,11 +1,14 @@
 """Distillation quality: the demo recipe, longer, evaluated on all 112 Tatoeba languages.
 
 Runs the demo job (``lealla_tf.recipes.demo``: slice pairs, vocabulary, teacher embeddings,
-distillation, export, evaluation on the teacher's languages) with a longer recipe, then:
+distillation, export, evaluation of teacher and students on all 112 Tatoeba languages) with a
+longer recipe, then:
 
 - the Tatoeba learning curve: every kept checkpoint evaluated on the teacher's languages;
-- teacher and student on all 112 Tatoeba languages (zero-shot languages included);
-- retention (student / teacher) on both sets and the student's speed-up over the teacher.
+- LEALLA-small (SavedModel and int8 TFLite) on the same languages;
+- averages by language group (the teacher's languages, other languages with training pairs,
+  languages without pairs, all), each model's retention of the teacher's average, and the
+  student's speed-up over the teacher.
 
 Prints one table, writes ``distill_quality.json``, ``learning_curve.png`` and the demo's
 results into ``--output``. Resumable: rerun the same command after an interruption.
@@ -25,7 +28,7 @@ import tensorflow as tf  # noqa: E402
 
 from lealla_tf import config, export, layout, paths  # noqa: E402
 from lealla_tf.embedders import teachers
-from lealla_tf.evaluation import tatoeba  # noqa: E402
+from lealla_tf.evaluation import groups, tatoeba  # noqa: E402
 from lealla_tf.recipes import demo
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -66,17 +69,17 @@ def main(argv=None):
     start = time.perf_counter()
 
     demo.run(output, data_dir=root, config_path=args.config, overrides=args.overrides,
-             pairs_per_language=args.pairs_per_language)
+             pairs_per_language=args.pairs_per_language, eval_languages=args.all_languages)
     results = json.load(open(os.path.join(output, "results.json"), encoding="utf-8"))
     cfg = config.load(args.config, args.overrides)
-    own = results["languages"]
+    own = results["groups"]["teacher"]
     cache = os.path.join(output, "embedding_cache")
 
     print("\nlearning curve (Tatoeba average over the teacher's languages):")
     curve = learning_curve(os.path.join(output, "run"), own, root, cache)
 
     teacher = teachers.load_teacher(results["teacher"])
-    small = None
+    small = small_int8 = None
     if args.lealla_small_config:
         print("\nLEALLA-small shape (24 x 128) with the same recipe and data")
         scfg = config.load(args.lealla_small_config, args.overrides)
@@ -96,32 +99,29 @@ def main(argv=None):
         if not os.path.exists(os.path.join(small_export, export.LEALLA, "saved_model.pb")):
             export.export_run(small_run, small_export, tflite=("int8",), overwrite=True)
         small = export.load_embedder(small_export)
+        small_int8 = export.load_embedder(
+            os.path.join(small_export, export.tflite_file_name("int8")))
         print("learning curve of LEALLA-small:")
         small_curve = learning_curve(small_run, own, root, cache)
 
-    print(f"\nTatoeba, {args.all_languages} languages: teacher and students")
-    wide_models = [("teacher", teacher),
-                   ("student", export.load_embedder(os.path.join(output, "export"))),
-                   ("static", export.load_embedder(os.path.join(output, "static_export")))]
+    # The demo evaluated teacher, student (SavedModel, int8 TFLite) and static student on
+    # every language; LEALLA-small (SavedModel, int8 TFLite) on the same ones here.
+    models = results["models"]
+    languages = results["languages"]
+    wide = {name: models[name]["tatoeba"] for name in ("teacher", "student", "student_int8",
+                                                       "static")}
     if small is not None:
-        wide_models.append(("lealla_small", small))
-    wide = {name: tatoeba.evaluate(m, args.all_languages, data_dir=root, cache=cache)
-            for name, m in wide_models}
+        print(f"\nTatoeba, {len(languages)} languages: LEALLA-small (SavedModel, int8 TFLite)")
+        for name, m in (("lealla_small", small), ("lealla_small_int8", small_int8)):
+            wide[name] = tatoeba.evaluate(m, languages, data_dir=root, cache=cache)
     for name, res in wide.items():
         tatoeba.save(res, os.path.join(output, f"tatoeba_all_{name}.json"),
                      plot=os.path.join(output, f"tatoeba_all_{name}.png"))
-    zero_shot = [l for l in wide["student"]["languages"] if l not in own]
-
-    def avg(res, langs):
-        return sum(res["per_language"][l]["mean"] for l in langs) / max(len(langs), 1)
-
-    models = results["models"]
-    students = [n for n in wide if n != "teacher"]
-    rows = [(f"{label} ({student})", len(langs), avg(wide["teacher"], langs),
-             avg(wide[student], langs))
-            for student in students
-            for label, langs in (("teacher's languages", own), ("zero-shot languages", zero_shot),
-                                 ("all languages", wide["student"]["languages"]))]
+    language_groups = results["groups"]
+    scores = {name: {lang: r["mean"] for lang, r in res["per_language"].items()}
+              for name, res in wide.items()}
+    averages = {name: dict(groups.group_averages(per, language_groups))
+                for name, per in scores.items()}
     speedup = (models["student"]["sentences_per_second"]
                / models["teacher"]["sentences_per_second"])
     speedup_int8 = (models["student_int8"]["sentences_per_second"]
@@ -133,18 +133,24 @@ def main(argv=None):
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([c["step"] for c in curve], [c["tatoeba"] for c in curve], marker="o",
             label="student")
-    ax.axhline(models["teacher"]["tatoeba"]["average"]["mean"], ls="--", c="gray",
-               label="teacher")
+    ax.axhline(averages["teacher"]["teacher"], ls="--", c="gray", label="teacher")
     ax.set_xlabel("training step")
     ax.set_ylabel("Tatoeba accuracy (%)")
-    ax.set_title(f"Distillation on {len(own)} languages")
+    ax.set_title(f"Tatoeba on the teacher's {len(own)} languages")
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(output, "learning_curve.png"), dpi=120)
 
-    lines = ["| languages | n | teacher | student | retention |", "|---|---:|---:|---:|---:|"]
-    for name, n, t, s in rows:
-        lines.append(f"| {name} | {n} | {t:.1f} | {s:.1f} | {100 * s / t if t else 0:.1f}% |")
+    lines = [f"Tatoeba (mean of both directions, %), {len(languages)} languages by group",
+             "", groups.summary_table(scores, language_groups)]
+    if "ntrex_groups" in results:
+        ntrex = {n: {lang: r["mean"] for lang, r in m["ntrex"]["per_language"].items()}
+                 for n, m in models.items() if "ntrex" in m}
+        lines += ["", "NTREX-128 (xx <-> eng retrieval, %), every language with training pairs "
+                  "that NTREX-128 has", "",
+                  groups.summary_table(ntrex, results["ntrex_groups"],
+                                       all_title=f"all {len(results['ntrex_languages'])} "
+                                                 "with pairs")]
     lines += ["", "| step | Tatoeba (teacher's languages) |", "|---:|---:|"]
     lines += [f"| {c['step']} | {c['tatoeba']:.1f} |" for c in curve]
     if small is not None:
@@ -156,12 +162,17 @@ def main(argv=None):
                   f"student shape: {cfg.model.num_layers} layers, hidden {cfg.model.hidden_size}, "
                   f"{results['pairs']} training pairs, {results['train_steps']} steps, "
                   f"{results['train_seconds'] / 60:.0f} min of training"]
+    lines += ["", "Tatoeba per language (mean of both directions, %)", "",
+              groups.language_table(scores, language_groups)]
     table = "\n".join(lines)
     print("\n" + table)
     with open(os.path.join(output, "distill_quality.md"), "w", encoding="utf-8") as f:
         f.write(table + "\n")
     with open(os.path.join(output, "distill_quality.json"), "w", encoding="utf-8") as f:
-        json.dump({"rows": rows, "learning_curve": curve, "speedup": speedup,
+        json.dump({"groups": language_groups, "averages": averages,
+                   "retention": {n: dict(groups.retention(a, averages["teacher"]))
+                                 for n, a in averages.items() if n != "teacher"},
+                   "learning_curve": curve, "speedup": speedup,
                    "speedup_int8": speedup_int8, "config": cfg.to_dict(),
                    "seconds": time.perf_counter() - start}, f, indent=2)
 

@@ -448,7 +448,7 @@ class DistributeConfig:
 class EvalConfig:
     """Evaluation after training (``lealla demo``): languages and encode batch size."""
 
-    # Tatoeba languages to evaluate; empty = the training languages (data.languages).
+    # Tatoeba languages to evaluate (codes, or [all] / [xtreme36]); empty = all 112.
     tatoeba_languages: List[str] = dataclasses.field(default_factory=list)
     batch_size: int = 128
 

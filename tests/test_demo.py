@@ -69,32 +69,113 @@ def test_run_steps_runs_them_in_order_and_times_each(capsys):
     assert re.findall(r"^  \((\w+): \d+s\)$", printed, re.M) == ["b", "a", "c"]
 
 
+# The teacher "covers" three of the four training languages here, so that every group has
+# a language: deu, fra (the teacher's), rus (other languages with pairs), amh (no pairs).
+DEMO_OVERRIDES = OVERRIDES + ["teacher.languages=[deu, fra, spa]"]
+EVAL_LANGUAGES = ["deu", "fra", "rus", "amh"]
+
+
+def _mean(values):
+    return sum(values) / len(values)
+
+
+def _row(table_text, title):
+    """The cells of the Markdown row whose first cell is ``title``."""
+    for line in table_text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == title:
+            return cells[1:]
+    raise AssertionError(f"no row {title!r} in\n{table_text}")
+
+
+def _check_groups(results, out, printed):
+    """The report's groups and averages, recomputed from its per-language numbers."""
+    models = results["models"]
+    assert results["languages"] == EVAL_LANGUAGES
+    assert results["groups"] == {"teacher": ["deu", "fra"], "other_pairs": ["rus"],
+                                 "no_pairs": ["amh"]}  # amh has no training file
+    trained = sorted({corpus.language_of(f) for f in os.listdir(out / "data")})
+    assert trained == ["deu", "fra", "rus", "spa"]
+    assert sorted(results["ntrex_languages"]) == trained  # all four have NTREX-128 files
+    assert results["ntrex_groups"]["other_pairs"] == ["rus"]
+    assert sorted(results["ntrex_groups"]["teacher"]) == ["deu", "fra", "spa"]
+    assert results["ntrex_groups"]["no_pairs"] == []
+    for task, key, langs in (("tatoeba", "groups", EVAL_LANGUAGES),
+                             ("ntrex", "ntrex_groups", results["ntrex_languages"])):
+        for name, m in models.items():
+            if task not in m:
+                continue
+            per = {lang: r["mean"] for lang, r in m[task]["per_language"].items()}
+            assert sorted(per) == sorted(langs), (name, task)
+            averages = m[f"{task}_groups"]
+            for group, members in results[key].items():
+                expected = _mean([per[lang] for lang in members]) if members else None
+                assert averages[group] == pytest.approx(expected), (name, task, group)
+            assert averages["all"] == pytest.approx(_mean(list(per.values())))
+    tat = {n: m["tatoeba_groups"] for n, m in models.items()}
+    assert results["retention"] == pytest.approx(tat["student"]["teacher"]
+                                                 / tat["teacher"]["teacher"])
+    assert results["retention_groups"]["static"]["all"] == pytest.approx(
+        tat["static"]["all"] / tat["teacher"]["all"])
+    ntr = {n: m["ntrex_groups"] for n, m in models.items() if "ntrex" in m}
+    assert results["ntrex_retention"] == pytest.approx(ntr["student"]["teacher"]
+                                                       / ntr["teacher"]["teacher"])
+    # results.md: the summary by group, then per language, from the same numbers.
+    md = (out / "results.md").read_text()
+    names = ["teacher", "student", "student_int8", "static"]
+    assert "| languages | n | " + " | ".join(names) + " | student/teacher |" in md
+    for group, title in (("teacher", "the teacher's languages"),
+                         ("other_pairs", "other languages with pairs"),
+                         ("no_pairs", "languages without pairs")):
+        cells = _row(md, title)
+        assert cells[0] == str(len(results["groups"][group]))
+        assert cells[1:5] == [f"{tat[n][group]:.1f}" for n in names]
+        assert cells[5] == f"{100 * tat['student'][group] / tat['teacher'][group]:.1f}%"
+    assert _row(md, "**all 4 languages**")[1:5] == [f"**{tat[n]['all']:.1f}**" for n in names]
+    assert _row(md, "**all 4 with pairs**")[1] == (
+        f"**{models['teacher']['ntrex_groups']['all']:.1f}**")
+    amh = [models[n]["tatoeba"]["per_language"]["amh"]["mean"] for n in names]
+    assert _row(md, "amh")[:5] == ["no_pairs"] + [f"{v:.1f}" for v in amh]
+    assert _row(md, "rus")[0] == "other_pairs"
+    assert md in printed
+    # Each model's evaluation is timed; the headline retention is printed.
+    for name in names:
+        ntrex = r"; NTREX .*\(\d+s, 4 languages\)" if name != "student_int8" else ""
+        assert re.search(rf"^  {name}: Tatoeba teacher .*\(\d+s, 4 languages\){ntrex}$",
+                         printed, re.M), name
+    assert "retention of the teacher's accuracy: Tatoeba on the teacher's 2 languages " in printed
+    assert (out / "tatoeba_vs_teacher.png").stat().st_size > 1000
+
+
 def test_demo_pipeline_end_to_end(tmp_path, data_dir, capsys):
     out = tmp_path / "demo"
-    rc = demo.run(str(out), data_dir=data_dir, overrides=OVERRIDES, pairs_per_language=60,
-                  eval_languages=["deu", "fra"], progress=False)
+    rc = demo.run(str(out), data_dir=data_dir, overrides=DEMO_OVERRIDES, pairs_per_language=60,
+                  eval_languages=EVAL_LANGUAGES, progress=False)
     assert rc == 0
     printed = capsys.readouterr().out
     _assert_steps_ran_in_order(printed)
     results = json.load(open(out / "results.json"))
     assert results["pairs"] == 240 and results["train_steps"] == 40
     models = results["models"]
-    assert set(models) == {"teacher", "student", "student_int8", "static", "static_int8"}
+    assert set(models) == {"teacher", "student", "student_int8", "static"}
     for name, m in models.items():
         avg = m["tatoeba"]["average"]
         assert 0 <= avg["mean"] <= 100 and m["sentences_per_second"] > 0, name
-        assert set(m["tatoeba"]["per_language"]) == {"deu", "fra"}
+        assert set(m["tatoeba"]["per_language"]) == set(EVAL_LANGUAGES)
         if name in ("teacher", "student", "static"):  # NTREX-128 retrieval, long sentences
-            assert set(m["ntrex"]["per_language"]) == {"deu", "fra"}
+            assert set(m["ntrex"]["per_language"]) == {"deu", "fra", "rus", "spa"}
             assert m["ntrex"]["per_language"]["deu"]["n"] == 1997
-    assert models["teacher"]["ntrex"]["average"]["mean"] > 90
+        else:
+            assert "ntrex" not in m
+    _check_groups(results, out, printed)
+    assert models["teacher"]["ntrex_groups"]["teacher"] > 90
     # The students start from the teacher's vocabulary and token embeddings: far above chance
     # (1 in about 1,000 Tatoeba sentences) after 40 steps of a 32-wide model on 240 pairs.
-    assert models["static"]["tatoeba"]["average"]["mean"] > 5
-    assert models["student"]["tatoeba"]["average"]["mean"] > 5
+    assert models["static"]["tatoeba_groups"]["teacher"] > 5
+    assert models["student"]["tatoeba_groups"]["teacher"] > 5
     assert (out / "dev" / "deu-eng.tsv").exists()
     # The teacher is strong on its own languages; int8 TFLite tracks the fp32 student.
-    assert models["teacher"]["tatoeba"]["average"]["mean"] > 80
+    assert models["teacher"]["tatoeba_groups"]["teacher"] > 80
     assert abs(models["student_int8"]["tatoeba"]["average"]["mean"]
                - models["student"]["tatoeba"]["average"]["mean"]) < 10
     for name in ("lealla/saved_model.pb", "preprocessor/saved_model.pb",
@@ -102,11 +183,12 @@ def test_demo_pipeline_end_to_end(tmp_path, data_dir, capsys):
                  "README.md"):
         assert (out / "export" / name).exists(), name
     assert (out / "tatoeba.png").stat().st_size > 1000
-    assert "| **average** |" in printed and "retention" in printed and "NTREX" in printed
+    assert "retention" in printed and "NTREX" in printed
     assert (out / "static_export" / "lealla-int8.tflite").exists()
     # Rerunning resumes: every stage finds its output and nothing is recomputed.
-    assert demo.run(str(out), data_dir=data_dir, overrides=OVERRIDES, pairs_per_language=60,
-                    eval_languages=["deu", "fra"], progress=False) == 0
+    assert demo.run(str(out), data_dir=data_dir, overrides=DEMO_OVERRIDES, pairs_per_language=60,
+                    eval_languages=EVAL_LANGUAGES, progress=False) == 0
     _assert_steps_ran_in_order(capsys.readouterr().out)
     again = json.load(open(out / "results.json"))
     assert again["models"]["student"]["tatoeba"] == results["models"]["student"]["tatoeba"]
+    assert again["models"]["student"]["tatoeba_groups"] == models["student"]["tatoeba_groups"]

@@ -15,7 +15,8 @@ def add_commands(sub) -> None:
     p.add_argument("--pairs-per-language", type=int, default=3000,
                    help="training pairs sampled per language (0 = all)")
     p.add_argument("--languages", default=None,
-                   help="comma-separated Tatoeba languages to evaluate (default: the recipe's)")
+                   help="Tatoeba languages to evaluate: all (112), xtreme36 or comma-separated "
+                        "codes (default: the recipe's eval.tatoeba_languages, else all)")
     p.set_defaults(func=_demo)
 
 
@@ -26,4 +27,4 @@ def _demo(args) -> int:
     return demo.run(args.output, data_dir=args.data_dir, config_path=args.config,
                     overrides=args.overrides, teacher_spec=args.teacher,
                     pairs_per_language=args.pairs_per_language,
-                    eval_languages=args.languages.split(",") if args.languages else None)
+                    eval_languages=args.languages or None)

@@ -97,41 +97,57 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def _scores(results: Dict, task: str, names: Sequence[str]) -> Dict[str, Dict[str, float]]:
+    """model -> language -> mean accuracy of ``task`` (``tatoeba`` or ``ntrex``)."""
+    return {n: {lang: r["mean"] for lang, r in results["models"][n][task]["per_language"].items()}
+            for n in names}
+
+
+def _percent(value: Optional[float]) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
 def format_table(results: Dict) -> str:
-    """The demo's table: Tatoeba and NTREX accuracy per language, retention, size, speed."""
+    """The demo's tables: Tatoeba (and NTREX-128) accuracy by language group (the teacher's
+    languages, other languages with training pairs, languages without pairs, all) with each
+    model's retention of the teacher's accuracy; retention, size and speed per model; then
+    accuracy per language."""
+    from lealla_tf.evaluation import groups as lang_groups
     models = results["models"]
     names = list(models)
-    teacher = models["teacher"]
-    lines = ["Tatoeba (mean of xx->en and en->xx, %)", "",
-             "| language | " + " | ".join(names) + " | retention (student/teacher) |",
-             "|---|" + "---:|" * (len(names) + 1)]
-    for lang in results["languages"]:
-        cells = [f"{models[n]['tatoeba']['per_language'][lang]['mean']:.1f}" for n in names]
-        t = teacher["tatoeba"]["per_language"][lang]["mean"]
-        s = models["student"]["tatoeba"]["per_language"][lang]["mean"]
-        lines.append(f"| {lang} | " + " | ".join(cells) + f" | {100 * s / t if t else 0:.1f}% |")
-    avg = [f"**{models[n]['tatoeba']['average']['mean']:.1f}**" for n in names]
-    lines.append("| **average** | " + " | ".join(avg) +
-                 f" | **{100 * results['retention']:.1f}%** |")
+    tatoeba_groups = results["groups"]
+    n_all = len(results["languages"])
+    lines = ["Tatoeba (mean of xx->en and en->xx, %): averages by language group", "",
+             lang_groups.summary_table(_scores(results, "tatoeba", names), tatoeba_groups,
+                                       all_title=f"all {n_all} languages")]
     ntrex = [n for n in names if "ntrex" in models[n]]
+    ntrex_groups = results.get("ntrex_groups") or {}
+    n_ntrex = sum(len(v) for v in ntrex_groups.values())
     if ntrex:
         lines += ["", "NTREX-128 (1,997 news sentences, xx <-> eng retrieval, mean of both "
-                  "directions, %)", "", "| language | " + " | ".join(ntrex) + " |",
-                  "|---|" + "---:|" * len(ntrex)]
-        for lang in results["languages"]:
-            lines.append(f"| {lang} | " + " | ".join(
-                f"{models[n]['ntrex']['per_language'][lang]['mean']:.1f}" for n in ntrex) + " |")
-        lines.append("| **average** | " + " | ".join(
-            f"**{models[n]['ntrex']['average']['mean']:.1f}**" for n in ntrex) + " |")
-    lines += ["", "| model | what | Tatoeba retention | NTREX retention | size | sentences/s |",
-              "|---|---|---:|---:|---:|---:|"]
+                  "directions, %): averages by language group, every language with training "
+                  "pairs that NTREX-128 has", "",
+                  lang_groups.summary_table(_scores(results, "ntrex", ntrex), ntrex_groups,
+                                            all_title=f"all {n_ntrex} with pairs")]
+    lines += ["", "| model | what | Tatoeba retention, teacher's languages | Tatoeba "
+              f"retention, all {n_all} | NTREX retention, teacher's languages | NTREX "
+              f"retention, all {n_ntrex} | size | sentences/s | evaluation s |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    tat_ret, ntrex_ret = results["retention_groups"], results.get("ntrex_retention_groups", {})
     for n in names:
         m = models[n]
-        tat = m["tatoeba"]["average"]["mean"] / max(teacher["tatoeba"]["average"]["mean"], 1e-9)
-        ntr = (f"{100 * m['ntrex']['average']['mean'] / teacher['ntrex']['average']['mean']:.1f}%"
-               if "ntrex" in m and "ntrex" in teacher else "")
-        lines.append(f"| {n} | {m['what']} | {100 * tat:.1f}% | {ntr} | {m['size']} | "
-                     f"{m['sentences_per_second']:.0f} |")
+        t = tat_ret.get(n, {})
+        r = ntrex_ret.get(n, {})
+        lines.append(
+            f"| {n} | {m['what']} | {_percent(t.get('teacher'))} | {_percent(t.get('all'))} | "
+            f"{_percent(r.get('teacher')) if 'ntrex' in m else ''} | "
+            f"{_percent(r.get('all')) if 'ntrex' in m else ''} | {m['size']} | "
+            f"{m['sentences_per_second']:.0f} | {sum(m['seconds'].values()):.0f} |")
+    lines += ["", "Tatoeba per language (mean of both directions, %)", "",
+              lang_groups.language_table(_scores(results, "tatoeba", names), tatoeba_groups)]
+    if ntrex:
+        lines += ["", "NTREX-128 per language (mean of both directions, %)", "",
+                  lang_groups.language_table(_scores(results, "ntrex", ntrex), ntrex_groups)]
     return "\n".join(lines)
 
 
@@ -276,17 +292,40 @@ def _export(state: DemoState) -> DemoState:
     return dataclasses.replace(state, export_dir=export_dir, static_dir=static_dir)
 
 
+def _ntrex_languages(state: DemoState) -> List[str]:
+    """The training languages (Tatoeba codes, from ``state.files``) that NTREX-128 has."""
+    from lealla_tf.evaluation import groups as lang_groups
+    from lealla_tf.evaluation import pairs as pair_eval
+    if not state.ntrex:
+        return []
+    return pair_eval.languages_in_ntrex(state.root, lang_groups.trained_languages(state.files))
+
+
+def _language_groups(state: DemoState, languages: Sequence[str]) -> Dict[str, List[str]]:
+    """``languages`` split into the teacher's (``teacher.languages`` of the student's
+    recipe), the other languages of the training files and the rest
+    (:func:`lealla_tf.evaluation.groups.language_groups`)."""
+    from lealla_tf.evaluation import groups as lang_groups
+    return dict(lang_groups.language_groups(languages, state.cfg.teacher.languages,
+                                            state.files))
+
+
 def _evaluate(state: DemoState) -> DemoState:
-    """Tatoeba (and NTREX-128) accuracy, size and speed of the teacher and the students."""
+    """Tatoeba accuracy on every evaluation language (teacher, student SavedModel and int8
+    TFLite, static student), NTREX-128 on every language with training pairs it has (teacher
+    and both students' SavedModels), size and speed; each model's time is printed."""
     from lealla_tf import export
+    from lealla_tf.evaluation import groups as lang_groups
     from lealla_tf.evaluation import pairs as pair_eval
     from lealla_tf.evaluation import tatoeba
     cfg, spec, teacher, root, eval_langs = (state.cfg, state.spec, state.teacher, state.root,
                                             state.eval_langs)
-    ntrex, progress = state.ntrex, state.progress
+    progress = state.progress
     export_dir, static_dir = state.export_dir, state.static_dir
     int8 = os.path.join(export_dir, export.tflite_file_name("int8"))
-    static_int8 = os.path.join(static_dir, export.tflite_file_name("int8"))
+    tatoeba_groups = _language_groups(state, eval_langs)
+    ntrex_langs = _ntrex_languages(state)
+    ntrex_groups = _language_groups(state, ntrex_langs)
     candidates = {  # name: (embedder, what, path, evaluate on NTREX)
         "teacher": (teacher, f"{spec} (teacher)", None, True),
         "student": (export.load_embedder(export_dir),
@@ -295,70 +334,131 @@ def _evaluate(state: DemoState) -> DemoState:
         "student_int8": (export.load_embedder(int8), "TFLite int8", int8, False),
         "static": (export.load_embedder(static_dir), "static, SavedModel fp32",
                    os.path.join(static_dir, export.LEALLA), True),
-        "static_int8": (export.load_embedder(static_int8), "static, TFLite int8", static_int8,
-                        False),
     }
     cache = os.path.join(state.output, "embedding_cache")
     speed_sample = []
     directory = tatoeba.find_local_dir(root)
-    for lang in eval_langs[:4]:
+    for lang in (tatoeba_groups["teacher"] or list(eval_langs))[:4]:
         speed_sample.extend(tatoeba.load_pair(lang, directory)[0][:125])
     models: Dict[str, dict] = {}
     for name, (embedder, what, path, on_ntrex) in candidates.items():
+        start = time.perf_counter()
         res = tatoeba.evaluate(embedder, eval_langs, data_dir=root, cache=cache,
                                batch_size=cfg.eval.batch_size, progress=progress)
+        seconds = {"tatoeba": time.perf_counter() - start}
+        averages = lang_groups.group_averages(
+            {lang: r["mean"] for lang, r in res["per_language"].items()}, tatoeba_groups)
         size = _mb(export.disk_bytes(path)) if path else teacher_size(spec)
-        models[name] = {"what": what, "tatoeba": res, "size": size,
-                        "sentences_per_second": _speed(embedder, speed_sample)}
-        line = f"  {name}: Tatoeba {res['average']['mean']:.1f}"
-        if ntrex and on_ntrex:
-            models[name]["ntrex"] = pair_eval.evaluate_ntrex_retrieval(
-                embedder, root, eval_langs, batch_size=cfg.eval.batch_size, cache=cache,
+        start = time.perf_counter()
+        speed = _speed(embedder, speed_sample)
+        seconds["speed"] = time.perf_counter() - start
+        models[name] = {"what": what, "tatoeba": res, "tatoeba_groups": dict(averages),
+                        "size": size, "sentences_per_second": speed, "seconds": seconds}
+        line = (f"  {name}: Tatoeba {_group_line(averages)} ({seconds['tatoeba']:.0f}s, "
+                f"{len(eval_langs)} languages)")
+        if on_ntrex and ntrex_langs:
+            start = time.perf_counter()
+            ntr = pair_eval.evaluate_ntrex_retrieval(
+                embedder, root, ntrex_langs, batch_size=cfg.eval.batch_size, cache=cache,
                 progress=progress)
-            line += f", NTREX {models[name]['ntrex']['average']['mean']:.1f}"
+            seconds["ntrex"] = time.perf_counter() - start
+            ntrex_averages = lang_groups.group_averages(
+                {lang: r["mean"] for lang, r in ntr["per_language"].items()}, ntrex_groups)
+            models[name].update(ntrex=ntr, ntrex_groups=dict(ntrex_averages))
+            line += (f"; NTREX {_group_line(ntrex_averages)} ({seconds['ntrex']:.0f}s, "
+                     f"{len(ntrex_langs)} languages)")
         print(line, flush=True)
     return dataclasses.replace(state, models=models)
 
 
+def _group_line(averages: Dict[str, Optional[float]]) -> str:
+    """``teacher 90.5, other_pairs 20.1, no_pairs 5.0, all 30.1`` (empty groups left out)."""
+    return ", ".join(f"{g} {v:.1f}" for g, v in averages.items() if v is not None)
+
+
+def _retention(models: Dict[str, dict], key: str) -> Dict[str, Dict[str, Optional[float]]]:
+    """model -> group -> the model's average / the teacher's (``key``: ``tatoeba_groups`` or
+    ``ntrex_groups``), for every model but the teacher that has ``key``."""
+    from lealla_tf.evaluation import groups as lang_groups
+    teacher = models["teacher"][key]
+    return {n: dict(lang_groups.retention(m[key], teacher))
+            for n, m in models.items() if n != "teacher" and key in m}
+
+
+def _retention_summary(results: Dict) -> str:
+    """The retention line: student (and static) / teacher on the teacher's languages and on
+    all languages, Tatoeba and NTREX-128."""
+    parts = []
+    for task, key, all_what in (
+            ("Tatoeba", "retention_groups", f"all {len(results['languages'])}"),
+            ("NTREX", "ntrex_retention_groups",
+             f"all {len(results.get('ntrex_languages', ()))} with pairs")):
+        if key not in results:
+            continue
+        ret = results[key]
+        n_teacher = len((results["groups"] if task == "Tatoeba"
+                         else results["ntrex_groups"])["teacher"])
+        for group, what in (("teacher", f"the teacher's {n_teacher} languages"),
+                            ("all", all_what)):
+            parts.append(f"{task} on {what} {_percent(ret['student'][group])} (static "
+                         f"{_percent(ret['static'][group])})")
+    return "retention of the teacher's accuracy: " + "; ".join(parts)
+
+
 def _report(state: DemoState) -> DemoState:
-    """Writes ``results.json``, ``tatoeba.png`` and ``results.md``; prints the table."""
+    """Writes ``results.json``, ``results.md``, ``tatoeba.png`` (the student per language)
+    and ``tatoeba_vs_teacher.png`` (student against teacher per language, by group); prints
+    the tables."""
     from lealla_tf import export
+    from lealla_tf.evaluation import groups as lang_groups
     from lealla_tf.evaluation import plots
-    models, output, ntrex, eval_langs = state.models, state.output, state.ntrex, state.eval_langs
-    t_avg = models["teacher"]["tatoeba"]["average"]["mean"]
+    models, output, eval_langs = state.models, state.output, state.eval_langs
+    tatoeba_groups = _language_groups(state, eval_langs)
+    ntrex_langs = list(models["teacher"].get("ntrex", {}).get("languages", ()))
+    retention = _retention(models, "tatoeba_groups")
     results = {
-        "teacher": state.spec, "languages": list(eval_langs), "pairs": state.n_pairs,
+        "teacher": state.spec, "languages": list(eval_langs), "groups": tatoeba_groups,
+        "pairs": state.n_pairs,
         "config": state.cfg.to_dict(), "static_config": state.static_cfg.to_dict(),
         "train_steps": state.result.step, "train_seconds": state.train_seconds,
         "static_train_seconds": state.static_seconds, "train_metrics": state.result.metrics,
         "models": models,
-        "retention": models["student"]["tatoeba"]["average"]["mean"] / max(t_avg, 1e-9),
-        "static_retention": models["static"]["tatoeba"]["average"]["mean"] / max(t_avg, 1e-9),
+        # The headline: the student's (static student's) retention of the teacher's average
+        # on the teacher's languages; by group in retention_groups.
+        "retention": retention["student"]["teacher"],
+        "static_retention": retention["static"]["teacher"],
+        "retention_groups": retention,
         "tflite_sizes": {v: _mb(export.disk_bytes(
             os.path.join(state.export_dir, export.tflite_file_name(v))))
                          for v in ("fp32", "fp16", "int8")},
         "total_seconds": time.perf_counter() - state.started,
     }
-    if ntrex:
-        n_t = models["teacher"]["ntrex"]["average"]["mean"]
-        results["ntrex_retention"] = models["student"]["ntrex"]["average"]["mean"] / max(n_t, 1e-9)
-        results["static_ntrex_retention"] = (models["static"]["ntrex"]["average"]["mean"]
-                                             / max(n_t, 1e-9))
+    if ntrex_langs:
+        ntrex_retention = _retention(models, "ntrex_groups")
+        results.update(ntrex_languages=ntrex_langs,
+                       ntrex_groups=_language_groups(state, ntrex_langs),
+                       ntrex_retention=ntrex_retention["student"]["teacher"],
+                       static_ntrex_retention=ntrex_retention["static"]["teacher"],
+                       ntrex_retention_groups=ntrex_retention)
     fileio.atomic_write(os.path.join(output, "results.json"),
                         json.dumps(results, indent=2, ensure_ascii=False))
-    plots.bar_chart({lang: models["student"]["tatoeba"]["per_language"][lang]["mean"]
-                     for lang in eval_langs}, os.path.join(output, "tatoeba.png"),
+    student = {lang: r["mean"] for lang, r in
+               models["student"]["tatoeba"]["per_language"].items()}
+    teacher = {lang: r["mean"] for lang, r in
+               models["teacher"]["tatoeba"]["per_language"].items()}
+    plots.bar_chart({lang: student[lang] for lang in eval_langs},
+                    os.path.join(output, "tatoeba.png"), average=models["student"][
+                        "tatoeba_groups"][lang_groups.ALL],
                     title="Student Tatoeba accuracy (mean of both directions)")
+    plots.scatter_chart(teacher, student, os.path.join(output, "tatoeba_vs_teacher.png"),
+                        groups=tatoeba_groups, group_titles=lang_groups.TITLES,
+                        title=f"Tatoeba, {len(eval_langs)} languages: student against teacher")
     table = format_table(results)
     fileio.atomic_write(os.path.join(output, "results.md"), table + "\n")
     print(table)
     print("\nTFLite sizes: " + ", ".join(f"{k} {v}" for k, v in results["tflite_sizes"].items()))
-    summary = (f"retention of the teacher's accuracy: Tatoeba {100 * results['retention']:.1f}% "
-               f"(static {100 * results['static_retention']:.1f}%)")
-    if ntrex:
-        summary += (f", NTREX {100 * results['ntrex_retention']:.1f}% "
-                    f"(static {100 * results['static_ntrex_retention']:.1f}%)")
-    print(f"{summary}; total {results['total_seconds'] / 60:.1f} min; everything in {output}/")
+    print(f"{_retention_summary(results)}; total {results['total_seconds'] / 60:.1f} min; "
+          f"everything in {output}/")
     return dataclasses.replace(state, results=results)
 
 
@@ -376,9 +476,11 @@ STEPS: Tuple[Step, ...] = (
     Step("student", lambda s: "Transformer student", _student),
     Step("export", lambda s: "TF Hub SavedModels and TFLite (student fp32/fp16/int8, static "
                              "int8)", _export),
-    Step("evaluate", lambda s: (f"Tatoeba{' and NTREX-128' if s.ntrex else ''} on "
-                                f"{len(s.eval_langs)} languages"), _evaluate),
-    Step("report", lambda s: "results", _report),
+    Step("evaluate", lambda s: (f"Tatoeba on {len(s.eval_langs)} languages"
+                                + (f", NTREX-128 on {len(_ntrex_languages(s))} with training "
+                                   "pairs" if s.ntrex else "")), _evaluate),
+    Step("report", lambda s: "results by language group (the teacher's languages, other "
+                             "languages with pairs, languages without pairs)", _report),
 )
 
 
@@ -411,8 +513,10 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
       overrides: ``a.b=value`` overrides of that recipe.
       teacher_spec: teacher (default: the recipe's ``teacher.spec``).
       pairs_per_language: training pairs sampled per language (0 = all).
-      eval_languages: evaluation languages (default: the recipe's ``eval.tatoeba_languages``,
-        else its ``data.languages``).
+      eval_languages: Tatoeba languages to evaluate: ``all`` (112), ``xtreme36``, codes
+        (a list or comma-separated); default: the recipe's ``eval.tatoeba_languages``, else
+        all 112. Results are reported by group: the teacher's languages, the other languages
+        with training pairs, the languages without pairs.
       progress: show progress bars.
       static_config_path: the static student's recipe (default ``configs/demo_static.yaml``).
       static_overrides: its overrides (default: ``overrides``).
@@ -431,10 +535,19 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
     run_steps(DemoState(
         output=output, root=root, cfg=cfg, static_cfg=static_cfg,
         spec=teacher_spec or cfg.teacher.spec, langs=langs,
-        eval_langs=list(eval_languages or cfg.eval.tatoeba_languages or langs),
+        eval_langs=eval_language_list(eval_languages or cfg.eval.tatoeba_languages),
         pairs_per_language=pairs_per_language, dev_pairs_per_language=dev_pairs_per_language,
         ntrex=ntrex, progress=progress, started=started))
     return 0
+
+
+def eval_language_list(spec: Optional[Sequence[str]]) -> List[str]:
+    """The demo's Tatoeba languages: ``all`` (112; also for an empty ``spec``),
+    ``xtreme36``, or codes as a list or comma-separated (a ``ValueError`` names unknown
+    ones)."""
+    from lealla_tf.evaluation import tatoeba
+    spec = spec or "all"
+    return tatoeba.resolve_languages(spec if isinstance(spec, str) else ",".join(spec))
 
 
 def teacher_size(spec: str) -> str:
