@@ -19,8 +19,7 @@ import os
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from lealla_tf import corpus
-from lealla_tf.data import datasets
-from lealla_tf.evaluation import tatoeba
+from lealla_tf.evaluation import groups, tatoeba
 from lealla_tf.text import coverage
 from lealla_tf.text.coverage import format_table as format_table  # what callers print
 
@@ -31,9 +30,9 @@ def training_languages(train: Union[str, Sequence[str]]) -> Dict[str, int]:
     """Language -> lines of the ``xxx-eng.tsv`` files that hold its pairs: a folder of
     them, a glob pattern, or a list of files.
 
-    A file counts for the Tatoeba languages :func:`lealla_tf.data.datasets.test_languages`
-    gives it (``cmn_Hans`` -> ``cmn``; the Tatoeba Challenge's macro-language files count
-    for each member: ``swa`` -> ``swh``, ``lav`` -> ``lvs``, ``zho`` -> ``cmn, yue, wuu``),
+    A file counts for the Tatoeba languages it gives pairs for, by the rule of the language
+    groups (:func:`lealla_tf.evaluation.groups.tatoeba_codes`: ``cmn_Hans`` -> ``cmn``,
+    ``swa`` -> ``swh``, ``lav`` -> ``lvs``, ``zho`` -> ``cmn`` only: its pairs are Mandarin),
     any other for its base code (``chv``).
 
     Raises:
@@ -52,7 +51,7 @@ def training_languages(train: Union[str, Sequence[str]]) -> Dict[str, int]:
     for path in corpus.find_files(patterns):
         name = corpus.language_of(path)
         lines = corpus.count_lines(path)
-        for lang in datasets.test_languages(name) or [name.split("_")[0]]:
+        for lang in groups.tatoeba_codes(name):
             out[lang] = out.get(lang, 0) + lines
     return out
 
