@@ -150,7 +150,7 @@ def _check_groups(results, out, printed):
 def test_demo_pipeline_end_to_end(tmp_path, data_dir, capsys):
     out = tmp_path / "demo"
     rc = demo.run(str(out), data_dir=data_dir, overrides=DEMO_OVERRIDES, pairs_per_language=60,
-                  eval_languages=EVAL_LANGUAGES, progress=False)
+                  eval_languages=EVAL_LANGUAGES, progress=False, ntrex="pairs")
     assert rc == 0
     printed = capsys.readouterr().out
     _assert_steps_ran_in_order(printed)
@@ -192,3 +192,7 @@ def test_demo_pipeline_end_to_end(tmp_path, data_dir, capsys):
     again = json.load(open(out / "results.json"))
     assert again["models"]["student"]["tatoeba"] == results["models"]["student"]["tatoeba"]
     assert again["models"]["student"]["tatoeba_groups"] == models["student"]["tatoeba_groups"]
+    # The default NTREX-128 set is the teacher's languages only (rus is another with pairs).
+    assert sorted(again["ntrex_languages"]) == ["deu", "fra", "spa"]
+    assert again["models"]["student"]["ntrex"]["per_language"]["deu"] == (
+        models["student"]["ntrex"]["per_language"]["deu"])

@@ -188,7 +188,7 @@ class DemoState:
     eval_langs: Sequence[str]  # evaluation languages
     pairs_per_language: int
     dev_pairs_per_language: int
-    ntrex: bool
+    ntrex: str  # NTREX-128 languages: teacher, pairs or none (NTREX_CHOICES)
     progress: bool
     started: float  # time.perf_counter() at the start of the demo
     files: Sequence[str] = ()  # pairs: the training files
@@ -292,13 +292,21 @@ def _export(state: DemoState) -> DemoState:
     return dataclasses.replace(state, export_dir=export_dir, static_dir=static_dir)
 
 
+# ``ntrex`` of the demo: which of NTREX-128's languages to evaluate.
+NTREX_CHOICES = ("teacher", "pairs", "none")
+
+
 def _ntrex_languages(state: DemoState) -> List[str]:
-    """The training languages (Tatoeba codes, from ``state.files``) that NTREX-128 has."""
+    """The training languages (Tatoeba codes, from ``state.files``) that NTREX-128 has: all
+    of them (``ntrex: pairs``), the teacher's (``teacher``) or none."""
     from lealla_tf.evaluation import groups as lang_groups
     from lealla_tf.evaluation import pairs as pair_eval
-    if not state.ntrex:
+    if state.ntrex not in ("teacher", "pairs"):
         return []
-    return pair_eval.languages_in_ntrex(state.root, lang_groups.trained_languages(state.files))
+    langs = pair_eval.languages_in_ntrex(state.root, lang_groups.trained_languages(state.files))
+    if state.ntrex == "teacher":
+        langs = _language_groups(state, langs)["teacher"]
+    return langs
 
 
 def _language_groups(state: DemoState, languages: Sequence[str]) -> Dict[str, List[str]]:
@@ -478,7 +486,7 @@ STEPS: Tuple[Step, ...] = (
                              "int8)", _export),
     Step("evaluate", lambda s: (f"Tatoeba on {len(s.eval_langs)} languages"
                                 + (f", NTREX-128 on {len(_ntrex_languages(s))} with training "
-                                   "pairs" if s.ntrex else "")), _evaluate),
+                                   "pairs" if _ntrex_languages(s) else "")), _evaluate),
     Step("report", lambda s: "results by language group (the teacher's languages, other "
                              "languages with pairs, languages without pairs)", _report),
 )
@@ -501,7 +509,7 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
         overrides: Sequence[str] = (), teacher_spec: Optional[str] = None,
         pairs_per_language: int = 3000, eval_languages: Optional[Sequence[str]] = None,
         progress: bool = True, static_config_path: Optional[str] = None,
-        static_overrides: Optional[Sequence[str]] = None, ntrex: bool = True,
+        static_overrides: Optional[Sequence[str]] = None, ntrex: str = "teacher",
         dev_pairs_per_language: int = 300) -> int:
     """Runs the demo (:data:`STEPS`); returns a process exit code.
 
@@ -520,7 +528,9 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
       progress: show progress bars.
       static_config_path: the static student's recipe (default ``configs/demo_static.yaml``).
       static_overrides: its overrides (default: ``overrides``).
-      ntrex: also evaluate on NTREX-128.
+      ntrex: NTREX-128 retrieval on the training languages it has: ``teacher`` (the
+        teacher's languages), ``pairs`` (every one: about 7 more minutes on 2 cores for
+        muse's 73) or ``none``; True/False stand for ``teacher``/``none``.
       dev_pairs_per_language: pairs per language held out of the sample into ``dev/``
         (never trained on; ``benchmarks/recipe_sweep.py`` chooses recipes on them).
     """
@@ -528,6 +538,8 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
     cfg = config.load(config_path or _config_path("demo.yaml"), overrides)
     static_cfg = config.load(static_config_path or _config_path("demo_static.yaml"),
                              overrides if static_overrides is None else static_overrides)
+    if {True: "teacher", False: "none"}.get(ntrex, ntrex) not in NTREX_CHOICES:
+        raise ValueError(f"ntrex must be one of {', '.join(NTREX_CHOICES)}, got {ntrex!r}")
     langs = list(cfg.data.languages)  # empty: every language of train/
     root = datasets.ensure_data(("train", "tatoeba", "ntrex"), langs or "all", data_dir)
     output = os.path.abspath(output)
@@ -537,7 +549,8 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
         spec=teacher_spec or cfg.teacher.spec, langs=langs,
         eval_langs=eval_language_list(eval_languages or cfg.eval.tatoeba_languages),
         pairs_per_language=pairs_per_language, dev_pairs_per_language=dev_pairs_per_language,
-        ntrex=ntrex, progress=progress, started=started))
+        ntrex={True: "teacher", False: "none"}.get(ntrex, ntrex), progress=progress,
+        started=started))
     return 0
 
 
