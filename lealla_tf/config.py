@@ -340,7 +340,9 @@ class TrainConfig:
     # depth) by adding identity blocks (output projections zero, the neighbouring
     # LayerNorm's scale and shift moved to the last new block), so the grown encoder starts
     # with the source's exact outputs; grow_position puts them "top" (after the source's
-    # layers) or "bottom" (between the embeddings and the first layer).
+    # layers) or "bottom" (between the embeddings and the first layer). A static source
+    # grows into a Transformer of model's shape (same width, mean pooling) whose blocks are
+    # all identities over its table: it starts near the static student.
     grow_layers: int = 0
     grow_position: str = "top"
 

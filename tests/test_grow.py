@@ -146,3 +146,42 @@ def test_train_grows_the_init_from_run(tmp_path, hermetic_vocab, hermetic_files)
     cfg.train.init_from = src_dir
     with pytest.raises(config.ConfigError, match=r"below the depth .* \(2 layers\)"):
         dual_encoder.Trainer(cfg, str(tmp_path / "shallow"), progress=False)
+
+
+def test_transformer_grows_from_a_static_run(tmp_path, hermetic_vocab, hermetic_files):
+    """A static run grows into a Transformer whose blocks are identities: before its first
+    step it returns the mean of LayerNorm(row) over the tokens (the static student returns
+    the mean of the rows), then it trains."""
+    base = _args(hermetic_vocab, hermetic_files)
+    static_dir = str(tmp_path / "static")
+    static = base + ["model.architecture=static", "model.static_projection=true",
+                     "train.steps=3", "train.steps_per_loop=3"]
+    assert cli.main(["train", "--config", "tiny", "--model-dir", static_dir, "--no-progress",
+                     *sum((["--set", o] for o in static), [])]) == 0
+    _, _, source = runs.restore_encoder(static_dir)
+    cfg = config.load("tiny", base + ["train.steps=3", "train.steps_per_loop=3",
+                                      "train.grow_layers=3"])
+    cfg.train.init_from = static_dir
+    grown = dual_encoder.Trainer(cfg, str(tmp_path / "grown"), progress=False)
+    assert grown.cfg.model.architecture == "transformer" and grown.cfg.model.num_layers == 3
+    x = _inputs()
+    x = {k: tf.minimum(v, 40) if k == "input_word_ids" else v for k, v in x.items()}
+    # By hand: rows (times the static projection), LayerNorm per token, masked mean.
+    rows = source.word_embeddings.numpy() @ source.projection.kernel.numpy()
+    tokens = rows[x["input_word_ids"].numpy()]
+    normed = (tokens - tokens.mean(-1, keepdims=True)) / np.sqrt(
+        tokens.var(-1, keepdims=True) + 1e-12)
+    mask = x["input_mask"].numpy()[..., None]
+    mean = (normed * mask).sum(1) / mask.sum(1)
+    want = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    np.testing.assert_allclose(grown.encoder(x)["default"].numpy(), want, atol=2e-4)
+    result = grown.run()
+    assert result.step == 3 and np.isfinite(result.metrics["loss"])
+    # What cannot grow from a static model is refused, naming the setting.
+    for extra, match in ((["model.hidden_size=48"], "must be equal"),
+                         (["model.pooling=cls"], "model.pooling: mean"),
+                         (["model.architecture=static"], "model.architecture: transformer")):
+        bad = config.load("tiny", base + ["train.grow_layers=3", *extra])
+        bad.train.init_from = static_dir
+        with pytest.raises(config.ConfigError, match=match):
+            initialization.apply_init_from(bad)

@@ -217,6 +217,38 @@ def grow_encoder(target, source, position: str = "top") -> None:
     below.beta.assign(tf.zeros_like(below.beta))
 
 
+def grow_from_static(target, table: tf.Tensor) -> None:
+    """Makes the post-norm ``LeallaEncoder`` ``target`` (mean pooling) start as a static
+    student with word-embedding ``table``: the table copied, position and token-type tables
+    zero, every block an identity (as in :func:`grow_encoder`: output projections zero,
+    LayerNorms scale 1 and shift 0), and the embeddings' LayerNorm scale 1 and shift 0.
+
+    The encoder then returns the mean of ``LayerNorm(row)`` over the tokens, where the static
+    student returns the mean of the rows: the same up to each row's centring and scale, so
+    training starts near the static student instead of from noise.
+
+    Raises:
+      ValueError: the table's shape is not the target's.
+    """
+    bert = target.bert
+    words = bert.get_embedding_table()
+    if tuple(words.shape) != tuple(table.shape):
+        raise ValueError(f"the static table is {tuple(table.shape)}, the encoder's "
+                         f"{tuple(words.shape)}")
+    words.assign(tf.cast(table, words.dtype))
+    zero_position_and_type_tables(bert)
+    norms = [bert._embedding_norm_layer]
+    for layer in bert.transformer_layers:
+        att = layer._attention_layer
+        for v in (att._output_dense.kernel, att._output_dense.bias,
+                  layer._output_dense.kernel, layer._output_dense.bias):
+            v.assign(tf.zeros_like(v))
+        norms += [layer._attention_layer_norm, layer._output_layer_norm]
+    for norm in norms:
+        norm.gamma.assign(tf.ones_like(norm.gamma))
+        norm.beta.assign(tf.zeros_like(norm.beta))
+
+
 def embedding_variables(bert: networks.BertEncoderV2) -> Dict[str, tf.Variable]:
     """The variables of ``bert`` outside its Transformer blocks, by role:
     ``word_embeddings``, ``position_embeddings``, ``type_embeddings``,

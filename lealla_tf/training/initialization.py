@@ -2,7 +2,8 @@
 
 ``train.init_from`` takes another run's shape, vocabulary and encoder weights (fine-tuning an
 imported LaBSE/LEALLA); ``train.grow_layers`` adds identity blocks so the grown encoder starts
-with exactly the source's outputs::
+with exactly the source's outputs (a static source grows into a Transformer of the recipe's
+shape that starts near it)::
 
     lealla train --config train_tiny --init-from runs/lealla-small --model-dir runs/ft
 
@@ -44,7 +45,9 @@ def apply_init_from(cfg: config_lib.ExperimentConfig) -> config_lib.ExperimentCo
     model = dataclasses.replace(source.model, embedding_init="random",
                                 **{k: getattr(cfg.model, k) for k in _KEEP})
     grow = cfg.train.grow_layers
-    if grow and grow != source.model.num_layers:
+    if grow and source.model.architecture == "static":
+        model = _from_static(cfg, source, run_dir)
+    elif grow and grow != source.model.num_layers:
         if source.model.architecture != "transformer":
             raise config_lib.ConfigError(
                 f"train.grow_layers: {run_dir} holds a {source.model.architecture} model; "
@@ -61,6 +64,25 @@ def apply_init_from(cfg: config_lib.ExperimentConfig) -> config_lib.ExperimentCo
     return dataclasses.replace(cfg, model=model, vocab=vocab).validate()
 
 
+def _from_static(cfg: config_lib.ExperimentConfig, source: config_lib.ExperimentConfig,
+                 run_dir: str) -> config_lib.ModelConfig:
+    """The model of a Transformer grown from a static run: ``cfg.model``'s shape with
+    ``train.grow_layers`` layers, mean pooling, the source's vocabulary size."""
+    if cfg.model.architecture != "transformer":
+        raise config_lib.ConfigError(
+            f"train.grow_layers: {run_dir} holds a static model, which grows into a "
+            "Transformer: set model.architecture: transformer")
+    if cfg.model.hidden_size != source.model.hidden_size:
+        raise config_lib.ConfigError(
+            f"train.grow_layers: the static model of {run_dir} is {source.model.hidden_size} "
+            f"wide, model.hidden_size is {cfg.model.hidden_size}: they must be equal")
+    if cfg.model.pooling != "mean":
+        raise config_lib.ConfigError("a Transformer grown from a static model needs "
+                                     "model.pooling: mean (the static model's pooling)")
+    return dataclasses.replace(cfg.model, vocab_size=source.model.vocab_size,
+                               num_layers=cfg.train.grow_layers, embedding_init="random")
+
+
 def restore_init(encoder, run_dir: str, grow_position: str = "top") -> str:
     """Loads the encoder weights of ``run_dir``'s latest checkpoint into ``encoder``; an
     encoder deeper than the source is grown from it
@@ -74,6 +96,15 @@ def restore_init(encoder, run_dir: str, grow_position: str = "top") -> str:
     """
     source_cfg, checkpoint = runs.source_files(run_dir)
     bert = getattr(encoder, "bert", None)
+    if bert is not None and source_cfg.model.architecture == "static":
+        source = encoders.StaticEncoder.from_model_config(source_cfg.model)
+        source(source.dummy_inputs())
+        runs.restore_encoder_checkpoint(source, checkpoint, "train.init_from")
+        table = source.word_embeddings
+        if source.projection is not None:  # mean(rows) P = mean(rows P)
+            table = tf.matmul(table, source.projection.kernel)
+        bert_internals.grow_from_static(encoder, table)
+        return checkpoint
     if bert is not None and len(bert.transformer_layers) != source_cfg.model.num_layers:
         source = encoders.LeallaEncoder.from_model_config(source_cfg.model)
         source(source.dummy_inputs())
