@@ -191,6 +191,8 @@ class DemoState:
     ntrex: str  # NTREX-128 languages: teacher, pairs or none (NTREX_CHOICES)
     progress: bool
     started: float  # time.perf_counter() at the start of the demo
+    # The Transformer starts from the trained static student (see _student).
+    student_from_static: bool = True
     files: Sequence[str] = ()  # pairs: the training files
     n_pairs: int = 0
     teacher: Any = None  # vocab: the loaded teacher
@@ -273,6 +275,11 @@ def _static_student(state: DemoState) -> DemoState:
 
 
 def _student(state: DemoState) -> DemoState:
+    """The Transformer student; with ``student_from_static``, grown from the static one
+    (its trained table under identity blocks, ``train.init_from`` + ``train.grow_layers``)."""
+    if state.student_from_static:
+        state.cfg.train.init_from = os.path.join(state.output, "static_run")
+        state.cfg.train.grow_layers = state.cfg.model.num_layers
     result, seconds = train_student(
         state.cfg, os.path.join(state.output, "run"), state.vocab, state.files, state.emb_dir,
         state.spec, state.teacher, state.progress)
@@ -481,7 +488,8 @@ STEPS: Tuple[Step, ...] = (
     Step("teacher", lambda s: f"teacher embeddings ({s.spec})", _teacher_embeddings),
     Step("static", lambda s: "static student (bag of teacher-initialised token embeddings)",
          _static_student),
-    Step("student", lambda s: "Transformer student", _student),
+    Step("student", lambda s: "Transformer student" + (
+        ", grown from the static student" if s.student_from_static else ""), _student),
     Step("export", lambda s: "TF Hub SavedModels and TFLite (student fp32/fp16/int8, static "
                              "int8)", _export),
     Step("evaluate", lambda s: (f"Tatoeba on {len(s.eval_langs)} languages"
@@ -510,7 +518,7 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
         pairs_per_language: int = 3000, eval_languages: Optional[Sequence[str]] = None,
         progress: bool = True, static_config_path: Optional[str] = None,
         static_overrides: Optional[Sequence[str]] = None, ntrex: str = "teacher",
-        dev_pairs_per_language: int = 300) -> int:
+        dev_pairs_per_language: int = 300, student_from_static: bool = True) -> int:
     """Runs the demo (:data:`STEPS`); returns a process exit code.
 
     Args:
@@ -533,6 +541,8 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
         muse's 73) or ``none``; True/False stand for ``teacher``/``none``.
       dev_pairs_per_language: pairs per language held out of the sample into ``dev/``
         (never trained on; ``benchmarks/recipe_sweep.py`` chooses recipes on them).
+      student_from_static: start the Transformer student from the trained static student
+        (its table under identity blocks) instead of from the teacher-made table.
     """
     started = time.perf_counter()
     cfg = config.load(config_path or _config_path("demo.yaml"), overrides)
@@ -550,7 +560,7 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
         eval_langs=eval_language_list(eval_languages or cfg.eval.tatoeba_languages),
         pairs_per_language=pairs_per_language, dev_pairs_per_language=dev_pairs_per_language,
         ntrex={True: "teacher", False: "none"}.get(ntrex, ntrex), progress=progress,
-        started=started))
+        started=started, student_from_static=student_from_static))
     return 0
 
 
