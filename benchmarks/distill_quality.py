@@ -69,7 +69,7 @@ def main(argv=None):
     start = time.perf_counter()
 
     demo.run(output, data_dir=root, config_path=args.config, overrides=args.overrides,
-             pairs_per_language=args.pairs_per_language, ntrex="pairs",
+             pairs_per_language=args.pairs_per_language, ntrex="pairs", int8_languages="all",
              eval_languages=args.all_languages)
     results = json.load(open(os.path.join(output, "results.json"), encoding="utf-8"))
     cfg = config.load(args.config, args.overrides)

@@ -150,7 +150,8 @@ def _check_groups(results, out, printed):
 def test_demo_pipeline_end_to_end(tmp_path, data_dir, capsys):
     out = tmp_path / "demo"
     rc = demo.run(str(out), data_dir=data_dir, overrides=DEMO_OVERRIDES, pairs_per_language=60,
-                  eval_languages=EVAL_LANGUAGES, progress=False, ntrex="pairs")
+                  eval_languages=EVAL_LANGUAGES, progress=False, ntrex="pairs",
+                  int8_languages="all")
     assert rc == 0
     printed = capsys.readouterr().out
     _assert_steps_ran_in_order(printed)
@@ -192,7 +193,15 @@ def test_demo_pipeline_end_to_end(tmp_path, data_dir, capsys):
     again = json.load(open(out / "results.json"))
     assert again["models"]["student"]["tatoeba"] == results["models"]["student"]["tatoeba"]
     assert again["models"]["student"]["tatoeba_groups"] == models["student"]["tatoeba_groups"]
-    # The default NTREX-128 set is the teacher's languages only (rus is another with pairs).
+    # The default NTREX-128 set is the teacher's languages only (rus is another with pairs),
+    # and so is the int8 file's Tatoeba set: the other groups' cells are empty.
     assert sorted(again["ntrex_languages"]) == ["deu", "fra", "spa"]
+    int8 = again["models"]["student_int8"]
+    assert sorted(int8["tatoeba"]["per_language"]) == ["deu", "fra"]
+    assert int8["tatoeba_groups"]["teacher"] == pytest.approx(
+        models["student_int8"]["tatoeba_groups"]["teacher"])
+    assert int8["tatoeba_groups"]["other_pairs"] is None and int8["tatoeba_groups"]["all"] is None
+    md = (out / "results.md").read_text()
+    assert _row(md, "amh")[3] == "–"  # student_int8's cell
     assert again["models"]["student"]["ntrex"]["per_language"]["deu"] == (
         models["student"]["ntrex"]["per_language"]["deu"])

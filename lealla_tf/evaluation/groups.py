@@ -94,10 +94,15 @@ def _mean(values: Sequence[float]) -> Optional[float]:
 def group_averages(scores: Mapping[str, float], groups: Mapping[str, Sequence[str]]
                    ) -> "collections.OrderedDict[str, Optional[float]]":
     """The mean of ``scores`` (language -> value) over each group, then over all of the
-    groups' languages (key :data:`ALL`); None for an empty group."""
+    groups' languages (key :data:`ALL`); None for an empty group, and for a group some of
+    whose languages ``scores`` lacks (a model evaluated on fewer languages)."""
+    def mean(langs):
+        return None if any(lang not in scores for lang in langs) else _mean(
+            [scores[lang] for lang in langs])
+
     out: "collections.OrderedDict[str, Optional[float]]" = collections.OrderedDict(
-        (g, _mean([scores[lang] for lang in langs])) for g, langs in groups.items())
-    out[ALL] = _mean([scores[lang] for langs in groups.values() for lang in langs])
+        (g, mean(langs)) for g, langs in groups.items())
+    out[ALL] = mean([lang for langs in groups.values() for lang in langs])
     return out
 
 
@@ -124,7 +129,8 @@ def summary_table(scores: Mapping[str, Mapping[str, float]],
     of ``teacher``'s score (when ``teacher`` is one of the models).
 
     Args:
-      scores: model -> language -> score (every language of ``groups``).
+      scores: model -> language -> score (a model without some languages of a group gets
+        "–" there).
       groups: group -> languages (:func:`language_groups`).
       teacher: the model others are compared with.
       all_title: the last row's title (default: ``all N languages``).
@@ -160,9 +166,9 @@ def language_table(scores: Mapping[str, Mapping[str, float]],
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for g, langs in groups.items():
         for lang in langs:
-            cells = [_cell(scores[m][lang]) for m in names]
+            cells = [_cell(scores[m].get(lang)) for m in names]
             if ratio:
-                t = scores[teacher][lang]
-                cells.append(_cell(scores[student][lang] / t if t else None, percent=True))
+                t, v = scores[teacher].get(lang), scores[student].get(lang)
+                cells.append(_cell(v / t if t and v is not None else None, percent=True))
             lines.append(f"| {lang} | {g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
