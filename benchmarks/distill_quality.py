@@ -56,6 +56,9 @@ def main(argv=None):
     p.add_argument("--data-dir", default=os.environ.get("LEALLA_DATA_DIR", ""))
     p.add_argument("--config", default=os.path.join(HERE, "..", "configs",
                                                     "distill_quality.yaml"))
+    p.add_argument("--static-config", default=os.path.join(HERE, "..", "configs",
+                                                           "distill_quality_static.yaml"),
+                   help="the static student's recipe (the Transformer grows from it)")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--pairs-per-language", type=int, default=6000)
     p.add_argument("--lealla-small-config",
@@ -70,6 +73,7 @@ def main(argv=None):
 
     demo.run(output, data_dir=root, config_path=args.config, overrides=args.overrides,
              pairs_per_language=args.pairs_per_language, ntrex="pairs", int8_languages="all",
+             static_config_path=args.static_config,
              eval_languages=args.all_languages)
     results = json.load(open(os.path.join(output, "results.json"), encoding="utf-8"))
     cfg = config.load(args.config, args.overrides)
