@@ -36,6 +36,21 @@ def test_slice_pairs_samples_each_language(tmp_path):
     assert open(again[1]).read() == open(out[1]).read()
 
 
+def test_slice_pairs_holds_out_dev_pairs_only_from_languages_with_enough(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "deu-eng.tsv").write_text("".join(f"d{i}\te{i}\n" for i in range(150)))
+    (src / "tam-eng.tsv").write_text("".join(f"t{i}\te{i}\n" for i in range(10)))
+    files = corpus.find_files(["*.tsv"], str(src))
+    out = demo.slice_pairs(files, str(tmp_path / "out"), 0, dev_dir=str(tmp_path / "dev"),
+                           dev_pairs_per_language=100)
+    assert sorted(os.listdir(tmp_path / "dev")) == ["deu-eng.tsv"]  # tam: 10 < 100 pairs
+    dev = set(open(tmp_path / "dev" / "deu-eng.tsv").read().splitlines())
+    train = set(open(out[0]).read().splitlines())
+    assert len(dev) == 30 and len(train) == 120 and not dev & train  # a fifth held out
+    assert corpus.count_lines(out[1]) == 10
+
+
 def _assert_steps_ran_in_order(printed):
     """Each step of ``demo.STEPS`` printed its name before it ran and its time after."""
     names = [step.name for step in demo.STEPS]
