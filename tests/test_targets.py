@@ -164,8 +164,10 @@ def test_embed_with_languages_embeds_only_english_of_other_languages(files, stor
         np.testing.assert_allclose(a.teacher_tgt, b.teacher_tgt, rtol=0, atol=1e-6)
     # A training config that says the teacher covers fra cannot use those English-only rows.
     with pytest.raises(ValueError, match="hold only its English sides"):
-        pipeline.load_corpus([files[1]], teacher_loader=teacher_store.loader(stores["deu"]),
-                             teacher_languages=["all"])
+        pipeline.load_corpus([files[1]], teacher_loader=teacher_store.loader(
+            stores["deu"], ["all"]), teacher_languages=["all"])
+    pipeline.load_corpus([files[1]], teacher_loader=teacher_store.loader(
+        stores["deu"], [COVERED]), teacher_languages=[COVERED])  # as embedded: fine
 
 
 def test_all_reproduces_todays_rows(files, stores):

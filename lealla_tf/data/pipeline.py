@@ -160,8 +160,6 @@ def _read_language(lang: str, files: Sequence[str], max_pairs: int,
         keep = _read_pairs(path, rows, st, max_pairs, src, tgt)
         known = config_lib.teacher_covers(teacher_languages, path)
         covered.append(np.full(len(src) - before, known))
-        if rows is not None and keep and known:
-            _check_both_sides(path, rows, keep, src[before:], tgt[before:])
         if rows is not None and keep:
             # A language the teacher does not cover: both sides learn its English row.
             t_src.append(np.asarray(rows[0 if known else 1][keep]))
@@ -180,20 +178,6 @@ def _read_language(lang: str, files: Sequence[str], max_pairs: int,
         data.teacher_src = np.concatenate(t_src).astype(teacher.dtype) if t_src else None
         data.teacher_tgt = np.concatenate(t_tgt).astype(teacher.dtype) if t_tgt else None
     return data
-
-
-def _check_both_sides(path: str, rows, keep: List[int], src: List[str],
-                      tgt: List[str]) -> None:
-    """Refuses stored rows that hold only English sides (embedded for other
-    ``teacher.languages``) for a language the training config says the teacher covers:
-    every pair whose two sides differ has the same row twice."""
-    differ = [i for i, (s, t) in zip(keep, zip(src, tgt)) if s != t]
-    if differ and np.array_equal(np.asarray(rows[0][differ]), np.asarray(rows[1][differ])):
-        raise ValueError(
-            f"the teacher embeddings of {path} hold only its English sides (embedded with "
-            "teacher languages that exclude it), but teacher.languages says the teacher "
-            "covers it: embed it again with its language among --teacher-languages, or "
-            "leave it out of teacher.languages")
 
 
 def _read_pairs(path: str, rows, st: corpus_lib.Stats, max_pairs: int, src: List[str],

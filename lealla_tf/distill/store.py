@@ -715,20 +715,29 @@ def _find_entry(manifest: dict, path: str, embeddings_dir: str) -> dict:
     return entry
 
 
-def loader(embeddings_dir: str) -> Callable:
+def loader(embeddings_dir: str,
+           teacher_languages: Optional[Sequence[str]] = None) -> Callable:
     """``tsv_path -> (src, tgt, valid)`` over a precomputed store (what
-    :func:`lealla_tf.data.pipeline.load_corpus` takes as ``teacher_loader``)."""
-    return functools.partial(load_precomputed, embeddings_dir)
+    :func:`lealla_tf.data.pipeline.load_corpus` takes as ``teacher_loader``).
+
+    With ``teacher_languages`` (the training config's ``teacher.languages``), a file whose
+    store entry holds only English rows (``sides: english``, embedded for other teacher
+    languages) but whose language those cover is refused: its pairs would silently learn
+    the English row on both sides."""
+    return functools.partial(load_precomputed, embeddings_dir,
+                             teacher_languages=teacher_languages)
 
 
-def load_precomputed(embeddings_dir: str, tsv_path: str,
-                     check_sha: bool = True) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_precomputed(embeddings_dir: str, tsv_path: str, check_sha: bool = True,
+                     teacher_languages: Optional[Sequence[str]] = None
+                     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Teacher embeddings of one TSV file, one row per physical line.
 
     Args:
       embeddings_dir: output directory of :func:`precompute`.
       tsv_path: the TSV file (matched by absolute path, else by content).
       check_sha: verify the file's sha256 against the manifest (size is always checked).
+      teacher_languages: see :func:`loader`.
 
     Returns:
       ``(src, tgt, valid)``: ``[num_lines, dim]`` twice (float32 for a float32 directory,
@@ -751,6 +760,13 @@ def load_precomputed(embeddings_dir: str, tsv_path: str,
     load_projection(embeddings_dir, manifest)  # a mismatched projection is refused
     out_dtype = np.float32 if manifest.get("dtype") == "float32" else np.float16
     entry = _find_entry(manifest, path, embeddings_dir)
+    if (teacher_languages is not None and entry.get("sides") == ENGLISH_SIDE
+            and config_lib.teacher_covers(teacher_languages, path)):
+        raise ValueError(
+            f"the teacher embeddings of {path} in {embeddings_dir} hold only its English "
+            "sides (embedded with teacher languages that exclude it), but teacher.languages "
+            "says the teacher covers it: embed it again with its language among "
+            "--teacher-languages, or leave it out of teacher.languages")
     if not entry["complete"]:
         raise ValueError(f"teacher embeddings of {path} in {embeddings_dir} are incomplete "
                          f"({len(entry['shards'])} of {entry['num_shards']} shards); rerun "

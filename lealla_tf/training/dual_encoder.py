@@ -100,7 +100,8 @@ class Trainer(loop.Job):
                         cfg.data.teacher_embeddings)
         stored = "" if self.online else cfg.data.teacher_embeddings
         self.corpus = corpus or data_lib.load_corpus_from_config(
-            cfg.data, store.loader(stored) if stored else None, cfg.teacher.languages)
+            cfg.data, store.loader(stored, cfg.teacher.languages) if stored else None,
+            cfg.teacher.languages)
         if cfg.teacher.dim and self.corpus.teacher_dim not in (0, cfg.teacher.dim) and (
                 _stored_teacher_dim(cfg.data.teacher_embeddings) != cfg.teacher.dim):
             raise config_lib.ConfigError(
