@@ -19,7 +19,7 @@ import glob
 import hashlib
 import os
 import re
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 MALFORMED_REASONS = ("invalid_utf8", "wrong_fields", "empty_side")
 
@@ -193,6 +193,18 @@ def find_files(patterns: Sequence[str], root: str = "",
         files = [f for f in files
                  if language_of(f) in wanted or language_of(f).split("_")[0] in wanted]
     return files
+
+
+def batched(items: Iterable[str], size: int) -> Iterator[List[str]]:
+    """``items`` in lists of ``size`` (the last one shorter), read lazily."""
+    batch: List[str] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def group_by_language(files: Sequence[str]) -> Dict[str, List[str]]:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from lealla_tf import fileio
+from lealla_tf import corpus, fileio
 
 VOCAB_TYPES = ("sentencepiece", "wordpiece")
 DEFAULT_MAX_RATE = 1.0  # percent: the most unknown pieces a language with pairs should have
@@ -74,17 +74,6 @@ def _counts(sentences: int, tokens: int, unknown: int) -> Counts:
             "rate": _rate(unknown, tokens)}
 
 
-def _batches(sentences: Iterable[str], size: int) -> Iterable[List[str]]:
-    batch: List[str] = []
-    for s in sentences:
-        batch.append(s)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 # ----------------------------------------------------------------------------
 # SentencePiece (no TensorFlow).
 
@@ -119,7 +108,7 @@ def count_sentencepiece(processor, sentences: Iterable[str],
     ``unk_id``."""
     unk = processor.unk_id()
     n = tokens = unknown = 0
-    for batch in _batches(sentences, batch_size):
+    for batch in corpus.batched(sentences, batch_size):
         n += len(batch)
         for ids in processor.encode(batch):
             tokens += len(ids)
@@ -140,7 +129,7 @@ def count_wordpiece(tokenizer, unknown_id: int, sentences: Iterable[str],
     import numpy as np
     import tensorflow as tf
     n = tokens = unknown = 0
-    for batch in _batches(sentences, batch_size):
+    for batch in corpus.batched(sentences, batch_size):
         n += len(batch)
         ids = tokenizer.tokenize(tf.constant(batch, tf.string))
         flat = np.asarray(getattr(ids, "flat_values", ids)).reshape(-1)

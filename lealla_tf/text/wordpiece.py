@@ -24,7 +24,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 import tf_keras
 
-from lealla_tf import layout
+from lealla_tf import corpus, layout
 from lealla_tf.text import packing, sentencepiece
 
 VOCAB_FILE = layout.WORDPIECE_VOCAB_FILE
@@ -209,17 +209,6 @@ def read_vocab(vocab_type: str, path: str) -> bytes:
 # Extending a vocabulary.
 
 
-def _batches(sentences: Iterable[str], size: int) -> Iterable[List[str]]:
-    batch: List[str] = []
-    for sentence in sentences:
-        batch.append(sentence)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def unknown_words(vocab: Union[str, bytes, Sequence[str]], sentences: Iterable[str],
                   do_lower_case: bool = False, max_bytes_per_word: int = MAX_BYTES_PER_WORD,
                   batch_size: int = 1024) -> Counter[str]:
@@ -235,7 +224,7 @@ def unknown_words(vocab: Union[str, bytes, Sequence[str]], sentences: Iterable[s
     unk = tokens.index(UNKNOWN_TOKEN)
     normalizer, wordpieces = tokenizer_stages(tokens, do_lower_case, max_bytes_per_word)
     counts: Counter[str] = collections.Counter()
-    for batch in _batches(sentences, batch_size):
+    for batch in corpus.batched(sentences, batch_size):
         text = normalizer.normalize(tf.constant(batch, tf.string))
         ids, starts, ends = wordpieces.tokenize_with_offsets(text)
         flat = ids.flat_values.numpy()
