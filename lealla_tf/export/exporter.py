@@ -9,10 +9,12 @@ See docs/export.md, "The folder".
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import re
+import shutil
 import tempfile
 from typing import Any, Dict, Optional, Sequence, Union
 
@@ -182,9 +184,14 @@ def export_model(preprocessor, encoder, output_dir: str,
         del loaded
         bar.update()
 
+        tflite_source = os.path.join(tmp, "tflite_source")
+        if variants:
+            # TFLite converts the string-in model traced with mean/variance LayerNorms
+            # (the SavedModel's fused ones would come back as transposes).
+            _save_tflite_source(preprocessor, encoder, tflite_source, int8_embeddings)
         for variant in variants:
             bar.set_postfix_str("tflite " + variant)
-            content = formats.convert_tflite(os.path.join(tmp, LEALLA), variant)
+            content = formats.convert_tflite(tflite_source, variant)
             fname = tflite_file_name(variant)
             with open(os.path.join(tmp, fname), "wb") as f:
                 f.write(content)
@@ -209,6 +216,7 @@ def export_model(preprocessor, encoder, output_dir: str,
                 "path": fname, "bytes": len(content), "min_cosine": min_cos}
             bar.update()
 
+        shutil.rmtree(tflite_source, ignore_errors=True)
         info["files_total_bytes"] = sum(e["bytes"] for e in info["files"].values())
         with open(os.path.join(tmp, INFO_FILE), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=1, ensure_ascii=False)
@@ -219,6 +227,21 @@ def export_model(preprocessor, encoder, output_dir: str,
     if progress:
         print(format_sizes(info, output_dir), flush=True)
     return info
+
+
+def _save_tflite_source(preprocessor, encoder, path: str, int8_embeddings: bool) -> None:
+    """The end-to-end model as TFLite conversion reads it: LayerNorms as mean/variance
+    ops (``LeallaEncoder.layer_norm_for_tflite``), the int8 rows when asked for."""
+    switch = getattr(encoder, "layer_norm_for_tflite", None)
+    with switch() if switch else contextlib.nullcontext():
+        if int8_embeddings:
+            encoder.set_int8_word_embeddings(True)
+        try:
+            obj, signatures = formats.build_lealla_module(preprocessor, encoder)
+            tf.saved_model.save(obj, path, signatures=signatures)
+        finally:
+            if int8_embeddings:
+                encoder.set_int8_word_embeddings(False)
 
 
 def format_sizes(info: Dict[str, Any], output_dir: str = "") -> str:

@@ -20,10 +20,12 @@ import tensorflow as tf
 import tf_keras
 from official.nlp.modeling import networks
 
+LAYER_NORMS = ("fused", "moments")
+
 
 def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor],
-                      int8_rows: Optional[Tuple[tf.Tensor, tf.Tensor]] = None
-                      ) -> Dict[str, Any]:
+                      int8_rows: Optional[Tuple[tf.Tensor, tf.Tensor]] = None,
+                      layer_norm: str = "fused") -> Dict[str, Any]:
     """Inference forward pass of a ``BertEncoderV2`` with plain ``tf.nn`` ops.
 
     Reads the weights of ``bert`` (so checkpoints and parameter counts are those of
@@ -35,76 +37,110 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
     layers (hidden 128-256) spend most of their time outside the matrix products, which
     is what this removes. Dropout is not applied: use it with ``training=False`` only.
 
+    Every stage runs under a name scope that profiles group by: ``embeddings``,
+    ``layer_<i>/attention`` (QKV, scores, softmax, context, output projection and the
+    residual add), ``layer_<i>/attention_norm``, ``layer_<i>/ffn`` (both projections,
+    activation, residual add), ``layer_<i>/ffn_norm``.
+
     Args:
       bert: a built ``BertEncoderV2`` (post-norm, no embedding projection).
       inputs: dict of int32 ``[batch, seq]`` ``input_word_ids``, ``input_mask``,
         ``input_type_ids``.
-
       int8_rows: optional ``(values, scales)`` of
         :func:`lealla_tf.models.encoders.quantize_rows_int8` used
         instead of the word-embedding table (gathered rows are dequantised).
+      layer_norm: ``"fused"`` computes each LayerNorm with one ``FusedBatchNormV3``
+        over the rows (oneDNN runs it as one kernel: about 10% of a thin model's time
+        on CPU); ``"moments"`` with mean/variance ops, which the TFLite converter maps
+        to builtins XNNPACK runs without transposes (what TFLite conversion uses).
 
     Returns:
       dict with ``sequence_output``, ``pooled_output`` and ``encoder_outputs`` as
       ``BertEncoderV2`` returns them.
     """
+    if layer_norm not in LAYER_NORMS:
+        raise ValueError(f"layer_norm must be one of {LAYER_NORMS}, got {layer_norm!r}")
+    norm_fn = _fused_layer_norm if layer_norm == "fused" else _layer_norm
     ids = inputs["input_word_ids"]
     shape = tf.shape(ids)
     batch, seq = shape[0], shape[1]
     table = bert.get_embedding_table()
     hidden = int(table.shape[-1])
-    positions = bert._position_embedding_layer._position_embeddings
-    if int8_rows is not None:
-        words = tf.cast(tf.gather(int8_rows[0], ids), tf.float32) * tf.gather(int8_rows[1], ids)
-    else:
-        words = tf.gather(table, ids)
-    x = words + tf.expand_dims(tf.slice(positions, [0, 0], [seq, hidden]), 0)
-    x += tf.gather(bert._type_embedding_layer.embeddings, inputs["input_type_ids"])
-    x = _layer_norm(tf.reshape(x, [-1, hidden]), bert._embedding_norm_layer)
-    # Additive mask as in Keras' masked softmax: 0 for tokens, -1e9 for padding.
-    mask_bias = (1.0 - tf.cast(inputs["input_mask"], x.dtype)) * -1e9
-    mask_bias = tf.reshape(mask_bias, [batch, 1, 1, seq])  # (no new-axis slices: TFLite)
+    with tf.name_scope("embeddings"):
+        positions = bert._position_embedding_layer._position_embeddings
+        if int8_rows is not None:
+            words = (tf.cast(tf.gather(int8_rows[0], ids), tf.float32)
+                     * tf.gather(int8_rows[1], ids))
+        else:
+            words = tf.gather(table, ids)
+        x = words + tf.expand_dims(tf.slice(positions, [0, 0], [seq, hidden]), 0)
+        x += tf.gather(bert._type_embedding_layer.embeddings, inputs["input_type_ids"])
+        x = norm_fn(tf.reshape(x, [-1, hidden]), bert._embedding_norm_layer)
+        # Additive mask as in Keras' masked softmax: 0 for tokens, -1e9 for padding.
+        mask_bias = (1.0 - tf.cast(inputs["input_mask"], x.dtype)) * -1e9
+        mask_bias = tf.reshape(mask_bias, [batch, 1, 1, seq])  # (no new-axis slices: TFLite)
     outputs = []
-    for layer in bert.transformer_layers:
-        att = layer._attention_layer
-        heads, head_dim = att._num_heads, att._key_dim
-        width = heads * head_dim
-        scale = 1.0 / math.sqrt(float(head_dim))
-        kernel = tf.concat([tf.reshape(att._query_dense.kernel, [hidden, width]) * scale,
-                            tf.reshape(att._key_dense.kernel, [hidden, width]),
-                            tf.reshape(att._value_dense.kernel, [hidden, width])], axis=1)
-        bias = tf.concat([tf.reshape(att._query_dense.bias, [-1]) * scale,
-                          tf.reshape(att._key_dense.bias, [-1]),
-                          tf.reshape(att._value_dense.bias, [-1])], axis=0)
-        qkv = tf.nn.bias_add(tf.matmul(x, kernel), bias)  # [B*S, 3*N*d]
-        q, k, v = [tf.reshape(t, [batch, seq, heads, head_dim])
-                   for t in tf.split(qkv, 3, axis=1)]
-        q = tf.transpose(q, [0, 2, 1, 3])  # [B, N, S, d]
-        k = tf.transpose(k, [0, 2, 3, 1])  # [B, N, d, S]
-        v = tf.transpose(v, [0, 2, 1, 3])  # [B, N, S, d]
-        probs = tf.nn.softmax(tf.matmul(q, k) + mask_bias, axis=-1)
-        context = tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3])  # [B, S, N, d]
-        context = tf.reshape(context, [-1, width])
-        attended = tf.nn.bias_add(
-            tf.matmul(context, tf.reshape(att._output_dense.kernel, [width, hidden])),
-            att._output_dense.bias)
-        x = _layer_norm(x + attended, layer._attention_layer_norm)
-        inner = tf.nn.bias_add(tf.matmul(x, layer._intermediate_dense.kernel),
-                               layer._intermediate_dense.bias)
-        inner = layer._intermediate_activation_layer(inner)
-        out = tf.nn.bias_add(tf.matmul(inner, layer._output_dense.kernel),
-                             layer._output_dense.bias)
-        x = _layer_norm(x + out, layer._output_layer_norm)
+    for i, layer in enumerate(bert.transformer_layers):
+        with tf.name_scope(f"layer_{i}/attention"):
+            x = x + _attention(x, layer._attention_layer, mask_bias, batch, seq, hidden)
+        with tf.name_scope(f"layer_{i}/attention_norm"):
+            x = norm_fn(x, layer._attention_layer_norm)
+        with tf.name_scope(f"layer_{i}/ffn"):
+            inner = tf.nn.bias_add(tf.matmul(x, layer._intermediate_dense.kernel),
+                                   layer._intermediate_dense.bias)
+            inner = layer._intermediate_activation_layer(inner)
+            x = x + tf.nn.bias_add(tf.matmul(inner, layer._output_dense.kernel),
+                                   layer._output_dense.bias)
+        with tf.name_scope(f"layer_{i}/ffn_norm"):
+            x = norm_fn(x, layer._output_layer_norm)
         outputs.append(x)
     outputs = [tf.reshape(o, [batch, seq, hidden]) for o in outputs]
-    pooled = bert.pooler_layer(outputs[-1][:, 0, :])
+    with tf.name_scope("pooler"):
+        pooled = bert.pooler_layer(outputs[-1][:, 0, :])
     return {"sequence_output": outputs[-1], "pooled_output": pooled,
             "encoder_outputs": outputs}
+
+
+def _attention(x: tf.Tensor, att, mask_bias: tf.Tensor, batch, seq, hidden: int) -> tf.Tensor:
+    """Multi-head self-attention of ``x`` ``[batch * seq, hidden]``, output projection
+    included (``[batch * seq, hidden]``)."""
+    heads, head_dim = att._num_heads, att._key_dim
+    width = heads * head_dim
+    scale = 1.0 / math.sqrt(float(head_dim))
+    kernel = tf.concat([tf.reshape(att._query_dense.kernel, [hidden, width]) * scale,
+                        tf.reshape(att._key_dense.kernel, [hidden, width]),
+                        tf.reshape(att._value_dense.kernel, [hidden, width])], axis=1)
+    bias = tf.concat([tf.reshape(att._query_dense.bias, [-1]) * scale,
+                      tf.reshape(att._key_dense.bias, [-1]),
+                      tf.reshape(att._value_dense.bias, [-1])], axis=0)
+    qkv = tf.nn.bias_add(tf.matmul(x, kernel), bias)  # [B*S, 3*N*d]
+    q, k, v = [tf.reshape(t, [batch, seq, heads, head_dim])
+               for t in tf.split(qkv, 3, axis=1)]
+    q = tf.transpose(q, [0, 2, 1, 3])  # [B, N, S, d]
+    k = tf.transpose(k, [0, 2, 3, 1])  # [B, N, d, S]
+    v = tf.transpose(v, [0, 2, 1, 3])  # [B, N, S, d]
+    probs = tf.nn.softmax(tf.matmul(q, k) + mask_bias, axis=-1)
+    context = tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3])  # [B, S, N, d]
+    context = tf.reshape(context, [-1, width])
+    return tf.nn.bias_add(
+        tf.matmul(context, tf.reshape(att._output_dense.kernel, [width, hidden])),
+        att._output_dense.bias)
 
 
 def _layer_norm(x: tf.Tensor, norm: tf_keras.layers.LayerNormalization) -> tf.Tensor:
     mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
     return tf.nn.batch_normalization(x, mean, var, norm.beta, norm.gamma, norm.epsilon)
+
+
+def _fused_layer_norm(x: tf.Tensor, norm: tf_keras.layers.LayerNormalization) -> tf.Tensor:
+    """LayerNorm of the rows of ``x`` ``[rows, hidden]`` as one batch norm in training
+    mode over an ``NCHW`` view with the rows as channels (how Keras fuses LayerNorm)."""
+    rows, hidden = tf.shape(x)[0], int(x.shape[-1])
+    ones = tf.ones([rows], x.dtype)
+    y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+        tf.reshape(x, [1, rows, hidden, 1]), ones, tf.zeros_like(ones),
+        epsilon=norm.epsilon, data_format="NCHW")
+    return tf.reshape(y, [rows, hidden]) * norm.gamma + norm.beta
 
 
 def depth_pairs(source, target, source_layer, what: str):
