@@ -99,6 +99,56 @@ def test_batch_order_is_longest_first_and_complete():
         embedders.batch_order(keys, 0)
 
 
+def test_batch_order_keeps_each_batch_under_the_token_budget():
+    rng = np.random.default_rng(0)
+    keys = rng.integers(1, 120, size=500).tolist() + [5000]  # one longer than the budget
+    budget = 1024
+    batches = embedders.batch_order(keys, 300, batch_tokens=budget)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(len(keys)))
+    assert [keys[i] for i in flat] == sorted(keys, reverse=True)
+    assert batches[0].tolist() == [500]  # over the budget alone: a batch of its own
+    special = embedders.base.SPECIAL_TOKENS
+    for batch in batches[1:]:
+        padded = len(batch) * (max(keys[i] for i in batch) + special)
+        assert padded <= budget and len(batch) <= 300
+        # Greedy: one more sentence would break the budget or the cap.
+        assert (len(batch) + 1) * (max(keys[i] for i in batch) + special) > budget \
+            or len(batch) == 300 or batch is batches[-1]
+    # Short sentences go in large batches, long ones in small.
+    assert max(len(b) for b in batches) > 4 * len(batches[1])
+    unlimited = embedders.batch_order(keys, 300, 0)
+    assert [len(b) for b in unlimited] == [300, 201]
+    with pytest.raises(ValueError, match="batch_tokens"):
+        embedders.batch_order(keys, 3, -1)
+
+
+def test_encode_is_the_same_under_any_batching(hermetic_vocab):
+    """Token budgets, sentence caps and one call give the same rows in input order."""
+    class Lengths(embedders.Embedder):
+        def __init__(self):
+            super().__init__("lengths", length_model=hermetic_vocab)
+            self.calls = []
+
+        def encode_batch(self, batch):
+            self.calls.append(len(batch))
+            return np.array([[len(s), s.count(b"e")] for s in batch], np.float32)
+
+    sentences = [("ledoge " * (i % 7)) + "x" * (i % 5) for i in range(50)]
+    model = Lengths()
+    one = model.encode(sentences, batch_size=0, batch_tokens=0)
+    assert model.calls == [50]
+    for size, tokens in ((7, 0), (512, 64), (3, 40), (512, 1)):
+        model.calls = []
+        np.testing.assert_array_equal(model.encode(sentences, size, tokens), one)
+        assert max(model.calls) <= size and (tokens != 1 or max(model.calls) == 1)
+    # The runner cuts by the embedder's budget and calls the model once per batch.
+    model.calls, model.batch_tokens = [], 64
+    np.testing.assert_array_equal(
+        runner.embed_sentences(model, sentences, batch_size=512, progress=False), one)
+    assert len(model.calls) > 1 and sum(model.calls) == 50
+
+
 class _Recorder(embedders.Embedder):
     """Counts tokens with a vocabulary and records the batches it is given."""
 

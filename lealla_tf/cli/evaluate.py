@@ -20,7 +20,11 @@ def add_commands(sub) -> None:
         s.add_argument("--model", required=model_required, default="",
                        help=model_help + ("" if model_required else
                                           " (not needed when every input is a .npy file)"))
-        s.add_argument("--batch-size", type=int, default=64, help="sentences per encode call")
+        s.add_argument("--batch-size", type=int, default=512,
+                       help="most sentences per model call")
+        s.add_argument("--batch-tokens", type=int, default=None,
+                       help="most padded tokens per model call (default: the model's own, "
+                            "4096, or 2048 for a .tflite file; 0: no limit)")
         s.add_argument("--cache-dir", default="",
                        help="embedding cache (default $LEALLA_CACHE_DIR/embeddings)")
         s.add_argument("--no-cache", action="store_true", help="do not read/write the cache")
@@ -139,15 +143,19 @@ def add_commands(sub) -> None:
     m.set_defaults(func=_mine)
 
 
-def _load_eval_model(spec: str):
+def _load_eval_model(spec: str, batch_tokens=None):
     from lealla_tf import embedders
-    return embedders.load(spec)
+    model = embedders.load(spec)
+    if batch_tokens is not None and hasattr(model, "batch_tokens"):
+        model.batch_tokens = batch_tokens
+    return model
 
 
 def _run_eval(args, body, inputs=(), outputs=()) -> int:
     """Checks the flags, the ``inputs`` (files read) and the ``outputs`` (files written),
     then loads the model and runs ``body(model)``."""
     common.check_positive(args, "batch_size", *[n for n in ("memory_mb",) if hasattr(args, n)])
+    common.check_positive(args, "batch_tokens", zero_ok=True)
     if getattr(args, "k", 1) < 1:
         raise errors.UserError(f"-k/--neighbourhood must be at least 1, got {args.k}")
     for path in inputs:
@@ -156,7 +164,7 @@ def _run_eval(args, body, inputs=(), outputs=()) -> int:
     common.check_outputs(*outputs)
     from lealla_tf.data.datasets import ChecksumError
     with errors.user_errors(ValueError, ChecksumError, ConnectionError, ImportError):
-        return body(_load_eval_model(args.model) if args.model else None)
+        return body(_load_eval_model(args.model, args.batch_tokens) if args.model else None)
 
 
 def _write_json(path: str, result: dict) -> None:

@@ -47,7 +47,11 @@ def add_commands(sub) -> None:
     e.add_argument("--input", default="-", help="text file, one sentence per line "
                                                 "(default: stdin)")
     e.add_argument("--output", default="", help=".npy file (default: TSV on stdout)")
-    e.add_argument("--batch-size", type=int, default=64, help="sentences per model call")
+    e.add_argument("--batch-size", type=int, default=512, help="most sentences per model call")
+    e.add_argument("--batch-tokens", type=int, default=None,
+                   help="most padded tokens per model call (sentences are sorted by length "
+                        "and cut into batches under this budget; default: the model's own, "
+                        "4096, or 2048 for a .tflite file; 0: no limit)")
     e.add_argument("--threads", type=int, default=0, help="TFLite interpreter threads")
     e.set_defaults(func=_embed)
 
@@ -137,6 +141,8 @@ def _embed(args) -> int:
     # Everything the user gives is checked before a model loads or a file is created.
     common.check_positive(args, "batch_size")
     common.check_positive(args, "threads", zero_ok=True)
+    if args.batch_tokens is not None:
+        common.check_positive(args, "batch_tokens", zero_ok=True)
     if args.input != "-":
         common.check_input_file(args.input)
     if args.output:
@@ -149,6 +155,8 @@ def _embed(args) -> int:
     with errors.user_errors(ValueError):
         embedder = embedders.load(args.model, batch_size=args.batch_size,
                                   num_threads=args.threads or None)
+    if args.batch_tokens is not None and hasattr(embedder, "batch_tokens"):
+        embedder.batch_tokens = args.batch_tokens
     sentences = _read_sentences(args.input)
     if not args.output:
         if sentences:

@@ -8,8 +8,10 @@ class and the batching policy are in :mod:`~lealla_tf.embedders.base`, teachers 
 
 from lealla_tf.embedders.base import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_BATCH_TOKENS,
     CallableEmbedder,
     Embedder,
+    as_bytes,
     as_embedder,
     batch_order,
     pick_output,
@@ -25,6 +27,6 @@ from lealla_tf.embedders.spec import (
     register,
 )
 
-__all__ = ["DEFAULT_BATCH_SIZE", "RUN_CONFIG_FILE", "SPEC_HELP", "CallableEmbedder", "Embedder",
-           "Spec", "as_embedder", "batch_order", "load", "load_callable", "parse_spec",
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_BATCH_TOKENS", "RUN_CONFIG_FILE", "SPEC_HELP", "CallableEmbedder", "Embedder",
+           "Spec", "as_bytes", "as_embedder", "batch_order", "load", "load_callable", "parse_spec",
            "pick_output", "register", "sort_keys"]

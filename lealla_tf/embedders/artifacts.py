@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from lealla_tf import embedders, fileio, layout, runs
-from lealla_tf.embedders import Embedder
+from lealla_tf.embedders import DEFAULT_BATCH_SIZE, Embedder
 from lealla_tf.layout import ASSET_VOCAB, INPUT_KEY, LEALLA, OUTPUT_KEY, SIGNATURE
 from lealla_tf.models import encoders
 
@@ -51,10 +51,13 @@ class SavedModelEmbedder(Embedder):
 
     Args:
       handle: a SavedModel folder, or a URL / TF Hub handle.
-      batch_size: default sentences per call.
+      batch_size: most sentences per call.
+      batch_tokens: most padded tokens per call (default
+        :data:`~lealla_tf.embedders.DEFAULT_BATCH_TOKENS`; 0: no limit).
     """
 
-    def __init__(self, handle: str, batch_size: int = 64):
+    def __init__(self, handle: str, batch_size: int = DEFAULT_BATCH_SIZE,
+                 batch_tokens: Optional[int] = None):
         import tensorflow_hub as hub
         import tensorflow_text  # noqa: F401
         local = fileio.isdir(handle)
@@ -68,7 +71,8 @@ class SavedModelEmbedder(Embedder):
         else:
             name = f"hub:{handle}"
         super().__init__(name, batch_size,
-                         length_model=_existing(fileio.join(folder, ASSET_VOCAB)))
+                         length_model=_existing(fileio.join(folder, ASSET_VOCAB)),
+                         batch_tokens=batch_tokens)
         self.handle = handle
         self._model = tf.saved_model.load(handle) if local else hub.load(handle)
 
@@ -87,21 +91,26 @@ class TFLiteEmbedder(Embedder):
 
     Args:
       path: the ``.tflite`` file.
-      batch_size: default sentences per call.
+      batch_size: most sentences per call.
       num_threads: interpreter threads (default: LiteRT's).
       length_model: SentencePiece model to order sentences by token count (default:
         the one of the export folder holding ``path``, if any).
+      batch_tokens: most padded tokens per call (default 2,048: XNNPACK's best on thin
+        encoders; 0: no limit).
     """
 
-    def __init__(self, path: str, batch_size: int = 64, num_threads: Optional[int] = None,
-                 length_model: Optional[str] = None):
+    default_batch_tokens = 2048
+
+    def __init__(self, path: str, batch_size: int = DEFAULT_BATCH_SIZE,
+                 num_threads: Optional[int] = None, length_model: Optional[str] = None,
+                 batch_tokens: Optional[int] = None):
         path = fileio.normpath(path)
         length_model = length_model or _existing(
             fileio.join(fileio.dirname(path), LEALLA, ASSET_VOCAB))
         content = fileio.read_bytes(path)
         import hashlib
         super().__init__(f"tflite:{path}@{hashlib.sha256(content).hexdigest()[:16]}",
-                         batch_size, length_model=length_model)
+                         batch_size, length_model=length_model, batch_tokens=batch_tokens)
         self.path = path
         self._interpreter = tflite_interpreter(model_content=content, num_threads=num_threads)
         signatures = self._interpreter.get_signature_list()
@@ -136,7 +145,8 @@ class CheckpointEmbedder(Embedder):
       batch_size: default sentences per call.
     """
 
-    def __init__(self, model_dir: str, checkpoint: Optional[str] = None, batch_size: int = 64):
+    def __init__(self, model_dir: str, checkpoint: Optional[str] = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE, batch_tokens: Optional[int] = None):
         model_dir = fileio.normpath(model_dir)
         checkpoint = checkpoint or runs.latest_checkpoint(model_dir)
         _, preprocessor, encoder = runs.restore_encoder(model_dir, checkpoint)
@@ -144,7 +154,8 @@ class CheckpointEmbedder(Embedder):
         index = checkpoint + ".index"
         super().__init__(name, batch_size, fingerprint=name + (
             f"@{_digest(index)[:16]}" if fileio.exists(index) else ""),
-            length_model=_existing(fileio.join(model_dir, layout.VOCAB_FILE)))
+            length_model=_existing(fileio.join(model_dir, layout.VOCAB_FILE)),
+            batch_tokens=batch_tokens)
         model = encoders.StringEncoder(preprocessor, encoder)
         self._fn = tf.function(lambda s: model(s, training=False), input_signature=[_STRINGS])
 
@@ -152,7 +163,8 @@ class CheckpointEmbedder(Embedder):
         return self._fn(tf.constant(batch, tf.string)).numpy()
 
 
-def load_embedder(source: str, batch_size: int = 64, num_threads: Optional[int] = None
+def load_embedder(source: str, batch_size: int = DEFAULT_BATCH_SIZE,
+                  num_threads: Optional[int] = None, batch_tokens: Optional[int] = None
                   ) -> Embedder:
     """An embedder for any model spec: :func:`lealla_tf.embedders.load` (an export folder,
     a ``.tflite`` file, a run's model dir, a SavedModel folder, a TF Hub handle/URL, a
@@ -162,17 +174,21 @@ def load_embedder(source: str, batch_size: int = 64, num_threads: Optional[int] 
       source: the spec (see :mod:`lealla_tf.embedders`).
       batch_size: default sentences per model call.
       num_threads: TFLite interpreter threads.
+      batch_tokens: most padded tokens per model call (default: the embedder's own).
 
     Raises:
       FileNotFoundError: ``source`` looks like a path that does not exist.
       ValueError: ``source`` exists but is none of the known kinds.
     """
-    return embedders.load(source, batch_size=batch_size, num_threads=num_threads)
+    embedder = embedders.load(source, batch_size=batch_size, num_threads=num_threads)
+    if batch_tokens is not None and hasattr(embedder, "batch_tokens"):
+        embedder.batch_tokens = int(batch_tokens)
+    return embedder
 
 
 # Loaders of the export kinds of the spec registry (lealla_tf.embedders.spec):
 # loader(value, **options).
-def load_export(value: str, batch_size: int = 64, **_options) -> Embedder:
+def load_export(value: str, batch_size: int = DEFAULT_BATCH_SIZE, **_options) -> Embedder:
     """``export:<path>``: the :class:`SavedModelEmbedder` of an export's ``lealla/``."""
     folder = fileio.join(value, LEALLA)
     if not fileio.exists(fileio.join(folder, "saved_model.pb")):
@@ -180,7 +196,7 @@ def load_export(value: str, batch_size: int = 64, **_options) -> Embedder:
     return SavedModelEmbedder(folder, batch_size)
 
 
-def load_tflite(value: str, batch_size: int = 64, num_threads: Optional[int] = None,
+def load_tflite(value: str, batch_size: int = DEFAULT_BATCH_SIZE, num_threads: Optional[int] = None,
                 **_options) -> Embedder:
     """``tflite:<path>``: :class:`TFLiteEmbedder`."""
     if not fileio.exists(value):
@@ -188,6 +204,6 @@ def load_tflite(value: str, batch_size: int = 64, num_threads: Optional[int] = N
     return TFLiteEmbedder(value, batch_size, num_threads)
 
 
-def load_run(value: str, batch_size: int = 64, **_options) -> Embedder:
+def load_run(value: str, batch_size: int = DEFAULT_BATCH_SIZE, **_options) -> Embedder:
     """``run:<path>``: :class:`CheckpointEmbedder` of the latest checkpoint."""
     return CheckpointEmbedder(value, batch_size=batch_size)

@@ -2,7 +2,9 @@
 
 An embedder has a ``name``, a ``fingerprint`` (what caches key on), a ``dim`` and
 ``encode(sentences) -> float32 [N, dim]``. :func:`batch_order` sorts sentences longest first
-by token count (by UTF-8 length without a vocabulary); embeddings come back in input order.
+by token count (by UTF-8 length without a vocabulary) and cuts batches of at most
+``batch_size`` sentences and ``batch_tokens`` padded tokens, so short sentences go in large
+batches and long ones in small; embeddings come back in input order.
 
 See docs/evaluation.md, "Models".
 """
@@ -15,12 +17,20 @@ import numpy as np
 
 from lealla_tf import fileio, layout
 
-DEFAULT_BATCH_SIZE = 64
+# Most sentences per model call, and most padded tokens per call (sentences x the longest
+# one's tokens): about 4,096 tokens keep a thin encoder's activations in the CPU's caches
+# (benchmarks/RESULTS.md, "Inference speed"); TFLite files run best near 2,048.
+DEFAULT_BATCH_SIZE = 512
+DEFAULT_BATCH_TOKENS = 4096
+# Tokens a sequence carries beside its pieces ([CLS] and [SEP]).
+SPECIAL_TOKENS = 2
 # What a model's dict of outputs gives as the embedding when no key is named, in order.
 OUTPUT_PREFERENCE = (layout.OUTPUT_KEY, "pooled_output")
 
 
-def _as_bytes(s: Union[str, bytes]) -> bytes:
+def as_bytes(s: Union[str, bytes]) -> bytes:
+    """UTF-8 bytes of a sentence (bytes pass unchanged; lone surrogates kept as
+    ``surrogateescape`` bytes)."""
     if isinstance(s, bytes):
         return s
     try:
@@ -63,22 +73,37 @@ def pick_output(out, key: Optional[str] = None, what: str = "the model"):
 def sort_keys(model, sentences: Sequence[Union[str, bytes]]) -> List[int]:
     """The batching sort keys of any embedder: its ``lengths`` (token counts when it knows
     its vocabulary), else UTF-8 lengths."""
-    data = [_as_bytes(s) for s in sentences]
+    data = [as_bytes(s) for s in sentences]
     lengths = getattr(model, "lengths", None)
     return list(lengths(data)) if callable(lengths) else [len(s) for s in data]
 
 
-def batch_order(keys: Sequence[int], batch_size: int) -> List[np.ndarray]:
-    """Index batches: longest first (stable among equals), ``batch_size`` at a time.
+def batch_order(keys: Sequence[int], batch_size: int,
+                batch_tokens: Optional[int] = None) -> List[np.ndarray]:
+    """Index batches: longest first (stable among equals), each of at most
+    ``batch_size`` sentences and, with ``batch_tokens``, at most that many padded tokens
+    (sentences x (the first one's key + :data:`SPECIAL_TOKENS`); a sentence longer than
+    the budget goes alone).
 
     Args:
       keys: one sort key per sentence (see :func:`sort_keys`).
-      batch_size: sentences per batch (positive).
+      batch_size: most sentences per batch (positive).
+      batch_tokens: most padded tokens per batch (None or 0: no limit).
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if batch_tokens is not None and batch_tokens < 0:
+        raise ValueError(f"batch_tokens must be positive (0: no limit), got {batch_tokens}")
     order = np.argsort([-k for k in keys], kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if not batch_tokens:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches, start = [], 0
+    while start < len(order):
+        longest = int(keys[order[start]]) + SPECIAL_TOKENS
+        size = max(1, min(batch_size, batch_tokens // longest))
+        batches.append(order[start:start + size])
+        start += size
+    return batches
 
 
 class Embedder:
@@ -89,17 +114,24 @@ class Embedder:
 
     Args:
       name: stable model name.
-      batch_size: default sentences per model call (0: everything in one call).
+      batch_size: most sentences per model call (0: everything in one call).
       fingerprint: what caches key on (default ``name``).
       length_model: SentencePiece model (file path or serialized bytes) for token counts.
+      batch_tokens: most padded tokens per model call (0: no limit; default
+        :data:`DEFAULT_BATCH_TOKENS`, or the class's ``default_batch_tokens``).
     """
+
+    default_batch_tokens = DEFAULT_BATCH_TOKENS
 
     def __init__(self, name: str, batch_size: int = DEFAULT_BATCH_SIZE,
                  fingerprint: Optional[str] = None,
-                 length_model: Optional[Union[str, bytes]] = None):
+                 length_model: Optional[Union[str, bytes]] = None,
+                 batch_tokens: Optional[int] = None):
         self.name = name
         self.fingerprint = fingerprint or name
         self.batch_size = int(batch_size or 0)
+        self.batch_tokens = int(self.default_batch_tokens if batch_tokens is None
+                                else batch_tokens)
         self._dim: Optional[int] = None
         self._length_model = length_model
         self._sp = None
@@ -140,22 +172,29 @@ class Embedder:
         raise NotImplementedError
 
     def encode(self, sentences: Sequence[Union[str, bytes]],
-               batch_size: Optional[int] = None) -> np.ndarray:
+               batch_size: Optional[int] = None,
+               batch_tokens: Optional[int] = None) -> np.ndarray:
         """Float32 ``[len(sentences), D]`` embeddings (str or UTF-8 bytes in).
 
         Args:
           sentences: the sentences; bytes are passed on unchanged (invalid UTF-8 included).
-          batch_size: sentences per model call (default ``self.batch_size``; 0: one call).
+          batch_size: most sentences per model call (default ``self.batch_size``; 0: one
+            call).
+          batch_tokens: most padded tokens per model call (default ``self.batch_tokens``;
+            0: no limit).
         """
-        data = [_as_bytes(s) for s in sentences]
+        data = [as_bytes(s) for s in sentences]
         n = len(data)
         if n == 0:
             return np.zeros((0, self._dim if self._dim is not None else self.dim), np.float32)
         size = int(batch_size if batch_size is not None else self.batch_size) or n
         if size < 0:
             raise ValueError(f"batch_size must be positive, got {size}")
-        # One call needs no order; several follow the batching policy.
-        batches = [np.arange(n)] if size >= n else batch_order(self.lengths(data), size)
+        tokens = int(batch_tokens if batch_tokens is not None else self.batch_tokens)
+        if size >= n and (not tokens or self._one_call_fits(data, tokens)):
+            batches = [np.arange(n)]  # one call needs no order
+        else:
+            batches = batch_order(self.lengths(data), size, tokens)
         out = None
         for idx in batches:
             vecs = np.asarray(self.encode_batch([data[i] for i in idx]), np.float32)
@@ -164,6 +203,15 @@ class Embedder:
                 self._dim = vecs.shape[1]
             out[idx] = vecs
         return out
+
+    def _one_call_fits(self, data: Sequence[bytes], tokens: int) -> bool:
+        """Whether ``data`` fits one call of ``tokens`` padded tokens, judged by UTF-8
+        lengths first (an upper bound of token counts) so that small inputs, such as the
+        batches :func:`lealla_tf.evaluation.runner.embed_sentences` already cut, are not
+        tokenized a second time."""
+        if len(data) * (max(len(s) for s in data) + SPECIAL_TOKENS) <= tokens:
+            return True
+        return len(data) * (max(self.lengths(data)) + SPECIAL_TOKENS) <= tokens
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

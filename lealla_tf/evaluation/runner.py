@@ -24,7 +24,7 @@ import numpy as np
 from lealla_tf import embedders, fileio, paths
 from lealla_tf.embedders import CallableEmbedder, as_embedder, load_callable  # noqa: F401
 
-DEFAULT_BATCH_SIZE = 64
+DEFAULT_BATCH_SIZE = embedders.DEFAULT_BATCH_SIZE
 CACHE_ENV = paths.CACHE_ENV
 
 
@@ -78,12 +78,15 @@ def embed_sentences(embedder: embedders.Embedder, sentences: Sequence[str],
                     batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
                     desc: str = "embedding", out: Optional[np.ndarray] = None) -> np.ndarray:
     """Embeds sentences in batches of the batching policy (:func:`lealla_tf.embedders.
-    batch_order` over :func:`lealla_tf.embedders.sort_keys`); rows come back in input order.
+    batch_order` over :func:`lealla_tf.embedders.sort_keys`, with the embedder's
+    ``batch_tokens`` budget); rows come back in input order. An
+    :class:`~lealla_tf.embedders.Embedder` gets one ``encode_batch`` call per batch (the
+    model call alone: sentences are ordered and tokenized for their lengths once).
 
     Args:
       embedder: object with ``encode(list[str]) -> [N, D]`` and ``name``.
       sentences: the sentences.
-      batch_size: sentences per ``encode`` call.
+      batch_size: most sentences per ``encode`` call.
       progress: show a tqdm progress bar.
       desc: label of the progress bar.
       out: optional preallocated float32 ``[N, D]`` array (e.g. an ``.npy`` memmap from
@@ -103,13 +106,19 @@ def embed_sentences(embedder: embedders.Embedder, sentences: Sequence[str],
             return out
         return np.zeros((0, 0), dtype=np.float32)
     # Longest first: the slowest batch runs first and the bar's estimate is honest.
-    batches = embedders.batch_order(embedders.sort_keys(embedder, sentences), batch_size)
+    batches = embedders.batch_order(embedders.sort_keys(embedder, sentences), batch_size,
+                                    getattr(embedder, "batch_tokens", None))
+    if isinstance(embedder, embedders.Embedder):
+        def encode(batch):
+            return embedder.encode_batch([embedders.as_bytes(s) for s in batch])
+    else:
+        encode = embedder.encode
     from tqdm.auto import tqdm
     bar = tqdm(total=n, desc=desc, unit="sent", disable=not progress, leave=False)
     try:
         for idx in batches:
             idx = idx.tolist()
-            vecs = _check_output(embedder.encode([sentences[i] for i in idx]), len(idx), name)
+            vecs = _check_output(encode([sentences[i] for i in idx]), len(idx), name)
             if out is None:
                 out = np.empty((n, vecs.shape[1]), dtype=np.float32)
             elif out.shape[0] != n or out.shape[1] != vecs.shape[1]:

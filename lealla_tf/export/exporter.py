@@ -184,14 +184,18 @@ def export_model(preprocessor, encoder, output_dir: str,
         del loaded
         bar.update()
 
-        tflite_source = os.path.join(tmp, "tflite_source")
-        if variants:
-            # TFLite converts the string-in model traced with mean/variance LayerNorms
-            # (the SavedModel's fused ones would come back as transposes).
-            _save_tflite_source(preprocessor, encoder, tflite_source, int8_embeddings)
+        # TFLite converts the string-in model traced with mean/variance LayerNorms (the
+        # SavedModel's fused ones would come back as transposes). The int8 file quantizes
+        # the float table itself: int8 rows there would have their per-row scales
+        # quantized a second time, per tensor, which breaks them.
+        sources: Dict[bool, str] = {}
         for variant in variants:
             bar.set_postfix_str("tflite " + variant)
-            content = formats.convert_tflite(tflite_source, variant)
+            rows8 = bool(int8_embeddings) and variant != "int8"
+            if rows8 not in sources:
+                sources[rows8] = os.path.join(tmp, f"tflite_source_{int(rows8)}")
+                _save_tflite_source(preprocessor, encoder, sources[rows8], rows8)
+            content = formats.convert_tflite(sources[rows8], variant)
             fname = tflite_file_name(variant)
             with open(os.path.join(tmp, fname), "wb") as f:
                 f.write(content)
@@ -216,7 +220,8 @@ def export_model(preprocessor, encoder, output_dir: str,
                 "path": fname, "bytes": len(content), "min_cosine": min_cos}
             bar.update()
 
-        shutil.rmtree(tflite_source, ignore_errors=True)
+        for source in sources.values():
+            shutil.rmtree(source, ignore_errors=True)
         info["files_total_bytes"] = sum(e["bytes"] for e in info["files"].values())
         with open(os.path.join(tmp, INFO_FILE), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=1, ensure_ascii=False)
