@@ -83,16 +83,6 @@ def _write_pairs(path: str, pairs) -> None:
     os.replace(tmp, path)
 
 
-def _speed(embedder, sentences: Sequence[str], repeats: int = 2) -> float:
-    embedder.encode(list(sentences[:64]))  # warm up / trace
-    best = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        embedder.encode(list(sentences))
-        best = max(best, len(sentences) / (time.perf_counter() - start))
-    return best
-
-
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
@@ -131,8 +121,8 @@ def format_table(results: Dict) -> str:
                                             all_title=f"all {n_ntrex} with pairs")]
     lines += ["", "| model | what | Tatoeba retention, teacher's languages | Tatoeba "
               f"retention, all {n_all} | NTREX retention, teacher's languages | NTREX "
-              f"retention, all {n_ntrex} | size | sentences/s | evaluation s |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+              f"retention, all {n_ntrex} | size | evaluation s |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
     tat_ret, ntrex_ret = results["retention_groups"], results.get("ntrex_retention_groups", {})
     for n in names:
         m = models[n]
@@ -142,12 +132,38 @@ def format_table(results: Dict) -> str:
             f"| {n} | {m['what']} | {_percent(t.get('teacher'))} | {_percent(t.get('all'))} | "
             f"{_percent(r.get('teacher')) if 'ntrex' in m else ''} | "
             f"{_percent(r.get('all')) if 'ntrex' in m else ''} | {m['size']} | "
-            f"{m['sentences_per_second']:.0f} | {sum(m['seconds'].values()):.0f} |")
+            f"{sum(m['seconds'].values()):.0f} |")
+    lines += ["", speed_table(models)]
     lines += ["", "Tatoeba per language (mean of both directions, %)", "",
               lang_groups.language_table(_scores(results, "tatoeba", names), tatoeba_groups)]
     if ntrex:
         lines += ["", "NTREX-128 per language (mean of both directions, %)", "",
                   lang_groups.language_table(_scores(results, "ntrex", ntrex), ntrex_groups)]
+    return "\n".join(lines)
+
+
+def speed_table(models: Dict[str, dict]) -> str:
+    """Every model's speed on the same sentences, threads and batching: through
+    ``lealla embed``'s path and as direct model calls, against the teacher, and as a share
+    of the machine's fp32 matrix-product rate (Transformer students)."""
+    rows = {n: m["speed"] for n, m in models.items() if "speed" in m}
+    if not rows:
+        return ""
+    first = next(iter(rows.values()))
+    lines = [f"Speed: the same {first['sentences']:,} Tatoeba sentences (20 languages) for "
+             f"every model, {first['threads']} threads each, sorted by token count and cut "
+             "into batches of at most 4,096 padded tokens (2,048 for TFLite files), best of "
+             f"3; fp32 matrix product on this machine: {first['limit_gflops']:.0f} GFLOP/s "
+             "(the limit). GFLOP/s counts the encoder's matrix products on the real tokens.",
+             "", "| model | size | sentences/s, `lealla embed` path | sentences/s, direct "
+             "calls | × teacher | GFLOP/s | share of the limit |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, row in rows.items():
+        ratio = f"{row['vs_teacher']:.2f}×" if row.get("vs_teacher") else ""
+        gflops = f"{row['gflops']:.0f}" if row.get("gflops") else ""
+        lines.append(f"| {name} | {models[name]['size']} | {row['embed']:,.0f} | "
+                     f"{row['direct']:,.0f} | {ratio} | {gflops} | "
+                     f"{_percent(row.get('limit_share')) if gflops else ''} |")
     return "\n".join(lines)
 
 
@@ -354,10 +370,7 @@ def _evaluate(state: DemoState) -> DemoState:
                    os.path.join(static_dir, export.LEALLA), True),
     }
     cache = os.path.join(state.output, "embedding_cache")
-    speed_sample = []
-    directory = tatoeba.find_local_dir(root)
-    for lang in (tatoeba_groups["teacher"] or list(eval_langs))[:4]:
-        speed_sample.extend(tatoeba.load_pair(lang, directory)[0][:125])
+    timing = _speed_setup(state, tatoeba_groups, eval_langs)
     models: Dict[str, dict] = {}
     for name, (embedder, what, path, on_ntrex) in candidates.items():
         start = time.perf_counter()
@@ -371,10 +384,12 @@ def _evaluate(state: DemoState) -> DemoState:
             {lang: r["mean"] for lang, r in res["per_language"].items()}, tatoeba_groups)
         size = _mb(export.disk_bytes(path)) if path else teacher_size(spec)
         start = time.perf_counter()
-        speed = _speed(embedder, speed_sample)
+        speed = _speed_of(name, embedder, path, timing, models)
         seconds["speed"] = time.perf_counter() - start
         models[name] = {"what": what, "tatoeba": res, "tatoeba_groups": dict(averages),
-                        "size": size, "sentences_per_second": speed, "seconds": seconds}
+                        "size": size, "bytes": export.disk_bytes(path) if path else None,
+                        "sentences_per_second": speed["embed"], "speed": speed,
+                        "seconds": seconds}
         line = (f"  {name}: Tatoeba {_group_line(averages)} ({seconds['tatoeba']:.0f}s, "
                 f"{len(langs)} languages)")
         if on_ntrex and ntrex_langs:
@@ -390,6 +405,47 @@ def _evaluate(state: DemoState) -> DemoState:
                      f"{len(ntrex_langs)} languages)")
         print(line, flush=True)
     return dataclasses.replace(state, models=models)
+
+
+def _speed_setup(state: DemoState, tatoeba_groups, eval_langs) -> Dict[str, object]:
+    """What every model is timed on: 200 sentences of each of 20 Tatoeba languages (the
+    teacher's first), the machine's cores, and its fp32 matrix-product rate."""
+    from lealla_tf.evaluation import speed, tatoeba
+    langs = list(tatoeba_groups.get("teacher") or [])
+    langs += [lang for lang in eval_langs if lang not in langs]
+    sentences = speed.sample_sentences(tatoeba.find_local_dir(state.root), langs[:20])
+    limit = speed.matmul_gflops()
+    print(f"  speed: {len(sentences)} sentences of {min(20, len(langs))} languages, "
+          f"{speed.cores()} threads for every model, fp32 matmul {limit:.0f} GFLOP/s",
+          flush=True)
+    return {"sentences": sentences, "limit": limit, "threads": speed.cores()}
+
+
+def _speed_of(name: str, embedder, path: Optional[str], timing: Dict[str, object],
+              models: Dict[str, dict]) -> Dict[str, Optional[float]]:
+    """One model's speed row (:func:`lealla_tf.evaluation.speed.speed_row`) with the same
+    threads as every other: TFLite interpreters and the muse teacher get one per core."""
+    from lealla_tf import export
+    from lealla_tf.embedders import teachers
+    from lealla_tf.evaluation import speed
+    threads = int(timing["threads"])
+    if path and path.endswith(".tflite"):
+        embedder = export.load_embedder(path, num_threads=threads)
+    elif name == "teacher" and embedder.name == "muse":
+        embedder = teachers.load_teacher("muse", threads=threads)
+    shape = None
+    if path:
+        info = os.path.join(os.path.dirname(path.rstrip("/")), export.INFO_FILE)
+        if os.path.exists(info):
+            with open(info, encoding="utf-8") as f:
+                shape = json.load(f)["model"]
+    teacher_rate = models["teacher"]["speed"]["embed"] if "teacher" in models else None
+    row = speed.speed_row(embedder, timing["sentences"], shape, float(timing["limit"]),
+                          teacher_rate)
+    row.update(sentences=len(timing["sentences"]), threads=threads,
+               limit_gflops=float(timing["limit"]),
+               batch_tokens=getattr(embedder, "batch_tokens", None))
+    return row
 
 
 def _group_line(averages: Dict[str, Optional[float]]) -> str:
