@@ -100,8 +100,17 @@ def test_export_with_int8_rows(big_vocab, tmp_path):
         export.OUTPUT_KEY].numpy()
     np.testing.assert_allclose(saved, in_memory_int8, atol=1e-5)
 
-    # The fp32 TFLite file loses 3/4 of the table's bytes, and stays close to the float model.
+    # The end-to-end SavedModel holds the int8 rows instead of the float table (it serves
+    # only: no training call), and hub.KerasLayer runs it.
     table = ROWS * encoder.hidden_size
+    saved_bytes = plain["files"][export.LEALLA]["bytes"] - small["files"][export.LEALLA]["bytes"]
+    assert saved_bytes > 0.7 * 3 * table, (saved_bytes, table)
+    assert len(loaded.__call__.concrete_functions) == 1
+    import tensorflow_hub as hub
+    layer = hub.KerasLayer(str(tmp_path / "int8rows" / export.LEALLA))
+    np.testing.assert_allclose(layer(tf.constant(SENTENCES)).numpy(), in_memory_int8, atol=1e-5)
+
+    # The fp32 TFLite file loses 3/4 of the table's bytes, and stays close to the float model.
     saved_bytes = plain["files"]["tflite-fp32"]["bytes"] - small["files"]["tflite-fp32"]["bytes"]
     assert saved_bytes > 0.7 * 3 * table, (saved_bytes, table)
     for variant, gate in (("fp32", export.INT8_EMBEDDINGS_MIN_COSINE),

@@ -20,8 +20,10 @@ def add_commands(sub) -> None:
                    help="comma-separated TFLite variants: fp32, fp16, int8 (dynamic range); "
                         "'none' for none")
     p.add_argument("--int8-embeddings", action="store_true",
-                   help="the end-to-end model and the TFLite files read int8 word-embedding "
-                        "rows with per-row scales (a 128k x 128 table: 16 MiB instead of 64)")
+                   help="the end-to-end model and the fp32/fp16 TFLite files hold int8 "
+                        "word-embedding rows with per-row scales instead of the float table "
+                        "(a 128k x 128 table: 16 MiB instead of 64); the end-to-end model "
+                        "then serves only (fine-tune through encoder/)")
     p.add_argument("--checkpoint", default="", help="checkpoint path (default: the latest)")
     p.add_argument("--metrics", nargs="*", default=[],
                    help="`lealla eval` result JSON files to quote in the model card")

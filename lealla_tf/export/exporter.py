@@ -97,9 +97,11 @@ def export_model(preprocessor, encoder, output_dir: str,
       int8_embeddings: the end-to-end ``lealla`` SavedModel and every TFLite file read
         an int8 copy of the word-embedding table with one scale per row
         (``LeallaEncoder.set_int8_word_embeddings``): a 128k x 128 table takes 16 MiB
-        instead of 64 in the fp32/fp16 files. The ``encoder`` SavedModel (for
-        fine-tuning) keeps the float table. Checked: min cosine to the float model on
-        the probe sentences >= ``INT8_EMBEDDINGS_MIN_COSINE``.
+        instead of 64 in the end-to-end model and the fp32/fp16 files. The end-to-end
+        model then holds no float table and serves only (its ``__call__`` has no
+        training trace); the ``encoder`` SavedModel (for fine-tuning) keeps the float
+        table. The int8 TFLite file quantizes the float table itself. Checked: min
+        cosine to the float model on the probe sentences >= ``INT8_EMBEDDINGS_MIN_COSINE``.
 
     Returns:
       The ``export_info.json`` dict (file sizes, parity checks, ...).

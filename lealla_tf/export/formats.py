@@ -98,12 +98,20 @@ def build_lealla_module(preprocessor, encoder) -> Tuple[tf.train.Checkpoint, Dic
     model = encoders.StringEncoder(preprocessor, encoder)
     model(tf.constant([""]))
     obj = _reusable(model)
+    # With int8 word embeddings the model serves only: the float table is neither read nor
+    # saved (a 128k x 128 table: 16 MiB of int8 rows instead of 64 MiB of floats), so it
+    # has no training call to fine-tune through.
+    serving_only = bool(getattr(encoder, "int8_word_embeddings", False))
+    if serving_only:
+        table = encoder.word_embeddings
+        obj.variables = [v for v in obj.variables if v is not table]
+        obj.trainable_variables = [v for v in obj.trainable_variables if v is not table]
 
     @tf.function
     def call(sentences, training=False):
         return model(sentences, training=training)
 
-    for training in (False, True):
+    for training in (False,) if serving_only else (False, True):
         call.get_concrete_function(_STRINGS, training=training)
     obj.__call__ = call
 
