@@ -5,12 +5,15 @@ decides token lengths, the embedding table keeps the released 501,153 rows). Col
 each runtime, sentences/s strings -> embeddings on
 
 - real Tatoeba sentences (their real length distribution, all 112 languages; the same
-  sentences for every shape), in batches of ``--batch-size`` after sorting by token
-  count, as ``lealla_tf.export.load_embedder`` batches them;
+  sentences for every shape), sorted by token count and cut into batches of at most
+  ``--batch-size`` sentences and ``--batch-tokens`` padded tokens, as
+  ``lealla_tf.embedders`` batches them (by default each runtime's own budget: 4,096
+  tokens, 2,048 for TFLite files);
 - the first ``--single`` of them one per call (the latency setting of an app);
 - a fixed batch of 256 sentences of exactly 32 tokens;
 
-then achieved GFLOP/s on the fixed batch, the peak resident memory of the process that ran
+then achieved GFLOP/s on the real sentences (matrix products on their real tokens, no
+padding) and on the fixed batch, the peak resident memory of the process that ran
 it, the artefact's size and the smallest cosine to the reference embeddings.
 
 Runtimes (each in its own process, so that peak memory is its own):
@@ -495,11 +498,29 @@ def _head(batch, n):
     return batch[:n]
 
 
+def batch_tokens(runtime: str, value: int) -> int:
+    """The token budget of a runtime's real batches: ``value``, or (-1) the one
+    ``lealla_tf.embedders`` gives its embedder."""
+    if value >= 0:
+        return value
+    from lealla_tf.embedders import DEFAULT_BATCH_TOKENS, artifacts
+    return (artifacts.TFLiteEmbedder.default_batch_tokens if runtime.startswith("tflite")
+            else DEFAULT_BATCH_TOKENS)
+
+
+def real_batches(sentences, keys, batch_size: int, tokens: int):
+    """The real sentences in the batches of ``lealla_tf.embedders.batch_order``."""
+    from lealla_tf import embedders
+    return [[sentences[i] for i in idx]
+            for idx in embedders.batch_order(keys, batch_size, tokens)]
+
+
 def worker(args) -> None:
     """Runs one runtime on one shape; prints one JSON line."""
     with open(args.inputs, encoding="utf-8") as f:
         data = json.load(f)
-    real = batches_of(data["real"], args.batch_size, token_counts(data["real"], args.vocab))
+    real = real_batches(data["real"], token_counts(data["real"], args.vocab), args.batch_size,
+                        batch_tokens(args.runtime, args.batch_tokens))
     single = [[s] for s in data["single"]]  # one at a time, in sample order
     fixed = batches_of(data["fixed"], FIXED_BATCH)
     rss_before = _peak_rss_mib()
@@ -510,11 +531,12 @@ def worker(args) -> None:
     # Warm-up: traces, allocations and (XLA) one compilation per batch shape.
     warm = real_in + single_in + fixed_in[:1] if args.runtime == "tf-xla" else \
         real_in[:1] + single_in[:8] + [_head(fixed_in[0], 8)]
-    for i, x in enumerate(warm):
-        out = np.asarray(fn(x), np.float64)
-        if i == 0:  # first (shortest) real batch, kept to compare runtimes
-            out /= np.linalg.norm(out, axis=1, keepdims=True)
-            np.save(os.path.join(args.work, f"out-{args.runtime}.npy"), out)
+    for x in warm:
+        fn(x)
+    # The single sentences' embeddings, kept to compare runtimes (the same inputs for all).
+    out = np.concatenate([np.asarray(fn(x), np.float64) for x in single_in[:8]])
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    np.save(os.path.join(args.work, f"out-{args.runtime}.npy"), out)
     load_s = time.perf_counter() - t0
     result = {"real_s": [], "fixed_s": [], "real_cpu_s": [], "single_s": []}
     for _ in range(args.inner_repeats):
@@ -608,6 +630,7 @@ def _run_worker(args, shape, runtime, work, inputs):
     cmd = [sys.executable, "-m", "benchmarks.inference_speed", "--worker", "--runtime", runtime,
            "--shape", shape, "--work", work, "--vocab", args.vocab, "--inputs", inputs,
            "--threads", str(args.threads), "--batch-size", str(args.batch_size),
+           "--batch-tokens", str(args.batch_tokens),
            "--inner-repeats", str(args.inner_repeats)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
@@ -639,9 +662,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="runtimes for the LaBSE shape (default: --runtimes)")
     p.add_argument("--fixed-batches", type=int, default=2,
                    help="batches of 256 x 32 tokens (LaBSE: 1)")
-    p.add_argument("--batch-size", type=int, default=64,
-                   help="real sentences per call, after sorting by token count (as "
-                        "lealla_tf.export.load_embedder does)")
+    p.add_argument("--batch-size", type=int, default=512,
+                   help="most real sentences per call, after sorting by token count (as "
+                        "lealla_tf.embedders does)")
+    p.add_argument("--batch-tokens", type=int, default=-1,
+                   help="most padded tokens per real batch (default -1: each runtime's "
+                        "embedder default, 4096 or 2048 for TFLite; 0: no limit)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--vocab-rows", type=int, default=0,
                    help="word-embedding rows of every shape (default: the configs' 501,153; "
@@ -747,10 +773,8 @@ def _measure_shape(args, shape, runtimes, sentences, fixed, lengths, raw_lengths
         if name.startswith("out-") and name.endswith(".npy"):
             os.remove(os.path.join(work, name))
     cfg = vars(model_cfg(shape))
-    # Padded lengths of the real batches, batched as the workers batch them.
-    real_lengths = [max(b) for b in batches_of(list(lengths[:n]), args.batch_size,
-                                               raw_lengths[:n]) for _ in b]
-    flops_real = encoder_flops(cfg, real_lengths)
+    # The real sentences' own lengths (no padding): the useful work of every runtime.
+    flops_real = encoder_flops(cfg, list(lengths[:n]))
     flops_fixed = encoder_flops(cfg, [FIXED_TOKENS] * nf)
     for rep in range(args.repeats):
         for runtime in shape_runtimes:
@@ -775,7 +799,7 @@ def _measure_shape(args, shape, runtimes, sentences, fixed, lengths, raw_lengths
 def _print_table(args, shapes, runtimes, results, gflops_peak) -> dict:
     """Prints the table of medians; returns them per ``(shape, runtime)``."""
     header = ["shape", "runtime", "real sent/s", "real sent/CPU-s", "1-by-1 sent/s",
-              "256x32 sent/s",
+              "256x32 sent/s", "real GFLOP/s", "real % matmul",
               "GFLOP/s", "% matmul",
               "peak MiB", "size MiB", "min cos", "gate"]
     rows = []
@@ -788,9 +812,11 @@ def _print_table(args, shapes, runtimes, results, gflops_peak) -> dict:
             real = statistics.median(e["real"])
             fixedv = statistics.median(e["fixed"])
             gf = e["flops_fixed"] / (e["nf"] / fixedv) / 1e9
+            gf_real = e["flops_real"] / (e["n"] / real) / 1e9
             size = _artefact_mib(_shape_work(args, shape), runtime)
             cos = _min_cosine(_shape_work(args, shape), runtime)
             summary[(shape, runtime)] = dict(real=real, fixed=fixedv, gflops=gf,
+                                             gflops_real=gf_real,
                                              rss=max(e["rss"]), size=size, cos=cos)
             cpu = statistics.median(e["cpu"])
             single = statistics.median(e["single"]) if e["single"] else None
@@ -799,6 +825,7 @@ def _print_table(args, shapes, runtimes, results, gflops_peak) -> dict:
                                                 if args.vocab_rows else "")
             rows.append([label, runtime, _fmt(real, 1), _fmt(cpu, 1),
                          _fmt(single, 1), _fmt(fixedv, 1),
+                         _fmt(gf_real, 1), _fmt(100 * gf_real / gflops_peak, 0),
                          _fmt(gf, 1), _fmt(100 * gf / gflops_peak, 0), _fmt(max(e["rss"])),
                          _fmt(size), _fmt(cos, 5), gate_text(runtime, cos)])
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
@@ -841,9 +868,11 @@ def main(argv=None) -> int:
     print(machine)
     print(f"Inference speed, {args.threads} CPU threads, median of "
           f"{args.repeats}x{args.inner_repeats} passes (sentences/s: real = {len(sentences)} Tatoeba "
-          f"sentences sorted by token count in batches of {args.batch_size}, 1-by-1 = {args.single} "
+          f"sentences sorted by token count in batches of at most {args.batch_size} sentences "
+          f"and {args.batch_tokens if args.batch_tokens >= 0 else '4096 (TFLite 2048)'} "
+          f"tokens, 1-by-1 = {args.single} "
           f"of them one per call; GFLOP/s on the 256x32 batch; peak RSS of the process; size "
-          f"of the artefact; min cosine to the reference on the shortest real batch). "
+          f"of the artefact; min cosine to the reference on 8 single sentences). "
           f"Matmul: {gflops_peak:.1f} GFLOP/s.")
     summary = _print_table(args, shapes, runtimes, results, gflops_peak)
     _print_targets(summary, gflops_peak, gemm)
@@ -919,6 +948,13 @@ def _print_targets(s, peak, gemm):
             if labse.get(b, {}).get(col):
                 parts.append(f"{small[b][col] / labse[b][col]:.1f}x LaBSE shape {b}")
         print("  " + ", ".join(parts))
+    shares = ", ".join(f"{r} {100 * small[r]['gflops_real'] / peak:.0f}%"
+                       for r in ("tf", "tflite-fp32", "tflite-int8") if r in small)
+    print(f"  real sentences, share of the fp32 matmul limit ({peak:.1f} GFLOP/s): {shares}")
+    if "tflite-int8" in small and "tflite-int8" in labse:
+        print(f"  real sentences, int8 against int8: LEALLA-small "
+              f"{small['tflite-int8']['real'] / labse['tflite-int8']['real']:.1f}x the "
+              "LaBSE shape")
     bf = best(small, "fixed")
     print(f"  GFLOP/s of {bf} on 256x32: {small[bf]['gflops']:.1f} = "
           f"{100 * small[bf]['gflops'] / peak:.0f}% of the practical matmul's {peak:.1f}")

@@ -162,11 +162,32 @@ def _check_groups(results, out, printed):
     assert (out / "tatoeba_vs_teacher.png").stat().st_size > 1000
 
 
+def _check_speed(models, md):
+    """Every model is timed on the same sentences and threads, both paths; the ratios and
+    GFLOP/s in the table are those of the measurements."""
+    rows = {n: m["speed"] for n, m in models.items()}
+    assert len({(r["sentences"], r["threads"]) for r in rows.values()}) == 1
+    assert rows["teacher"]["sentences"] == 25 * len(EVAL_LANGUAGES)
+    teacher = rows["teacher"]["embed"]
+    for name, row in rows.items():
+        assert row["embed"] > 0 and row["direct"] > 0, name
+        cells = _row(md, name)
+        assert cells[1].replace(",", "") == f"{row['embed']:.0f}", name
+        if name != "teacher":
+            assert row["vs_teacher"] == pytest.approx(row["embed"] / teacher)
+            assert cells[3] == f"{row['vs_teacher']:.2f}×"
+    # Transformer students (the SavedModel and the int8 file) have FLOPs; static has none.
+    for name in ("student", "student_int8"):
+        assert rows[name]["gflops"] > 0 and rows[name]["limit_share"] > 0
+    assert rows["static"]["gflops"] is None
+    assert rows["student_int8"]["batch_tokens"] == 2048 and rows["student"]["batch_tokens"] == 4096
+
+
 def test_demo_pipeline_end_to_end(tmp_path, data_dir, capsys):
     out = tmp_path / "demo"
     rc = demo.run(str(out), data_dir=data_dir, overrides=DEMO_OVERRIDES, pairs_per_language=60,
                   eval_languages=EVAL_LANGUAGES, progress=False, ntrex="pairs",
-                  int8_languages="all")
+                  int8_languages="all", speed_per_language=25)
     assert rc == 0
     printed = capsys.readouterr().out
     _assert_steps_ran_in_order(printed)
@@ -184,6 +205,7 @@ def test_demo_pipeline_end_to_end(tmp_path, data_dir, capsys):
         else:
             assert "ntrex" not in m
     _check_groups(results, out, printed)
+    _check_speed(models, (out / "results.md").read_text().split("\nSpeed: ")[1])
     assert models["teacher"]["ntrex_groups"]["teacher"] > 90
     # The students start from the teacher's vocabulary and token embeddings: far above chance
     # (1 in about 1,000 Tatoeba sentences) after 40 steps of a 32-wide model on 240 pairs.

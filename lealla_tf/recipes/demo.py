@@ -212,6 +212,7 @@ class DemoState:
     # Tatoeba languages of the student's int8 TFLite file: "teacher" (the teacher's
     # languages) or "all" (every evaluation language).
     int8_languages: str = "teacher"
+    speed_per_language: int = 200  # Tatoeba sentences per language (of 20) timed
     files: Sequence[str] = ()  # pairs: the training files
     n_pairs: int = 0
     teacher: Any = None  # vocab: the loaded teacher
@@ -408,12 +409,14 @@ def _evaluate(state: DemoState) -> DemoState:
 
 
 def _speed_setup(state: DemoState, tatoeba_groups, eval_langs) -> Dict[str, object]:
-    """What every model is timed on: 200 sentences of each of 20 Tatoeba languages (the
-    teacher's first), the machine's cores, and its fp32 matrix-product rate."""
+    """What every model is timed on: ``speed_per_language`` sentences of each of 20
+    Tatoeba languages (the teacher's first), the machine's cores, and its fp32
+    matrix-product rate."""
     from lealla_tf.evaluation import speed, tatoeba
     langs = list(tatoeba_groups.get("teacher") or [])
     langs += [lang for lang in eval_langs if lang not in langs]
-    sentences = speed.sample_sentences(tatoeba.find_local_dir(state.root), langs[:20])
+    sentences = speed.sample_sentences(tatoeba.find_local_dir(state.root), langs[:20],
+                                       state.speed_per_language)
     limit = speed.matmul_gflops()
     print(f"  speed: {len(sentences)} sentences of {min(20, len(langs))} languages, "
           f"{speed.cores()} threads for every model, fp32 matmul {limit:.0f} GFLOP/s",
@@ -581,7 +584,7 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
         progress: bool = True, static_config_path: Optional[str] = None,
         static_overrides: Optional[Sequence[str]] = None, ntrex: str = "teacher",
         dev_pairs_per_language: int = 300, student_from_static: bool = True,
-        int8_languages: str = "teacher") -> int:
+        int8_languages: str = "teacher", speed_per_language: int = 200) -> int:
     """Runs the demo (:data:`STEPS`); returns a process exit code.
 
     Args:
@@ -609,6 +612,8 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
       int8_languages: evaluate the student's int8 TFLite file on Tatoeba in the teacher's
         languages (``teacher``, what fits the demo's 15 minutes) or in all of
         ``eval_languages`` (``all``: about 75 s more for 112 on 2 cores).
+      speed_per_language: Tatoeba sentences per language (of 20) that every model is
+        timed on.
     """
     started = time.perf_counter()
     cfg = config.load(config_path or _config_path("demo.yaml"), overrides)
@@ -629,7 +634,7 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
         pairs_per_language=pairs_per_language, dev_pairs_per_language=dev_pairs_per_language,
         ntrex={True: "teacher", False: "none"}.get(ntrex, ntrex), progress=progress,
         started=started, student_from_static=student_from_static,
-        int8_languages=int8_languages))
+        int8_languages=int8_languages, speed_per_language=speed_per_language))
     return 0
 
 
