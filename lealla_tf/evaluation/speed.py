@@ -92,12 +92,13 @@ def measure(embedder, sentences: Sequence[str], repeats: int = 3) -> Dict[str, f
         raise ValueError("no sentences to time")
     n = len(sentences)
 
+    size = getattr(embedder, "batch_size", 0) or runner.DEFAULT_BATCH_SIZE
+
     def embed():
-        runner.embed_sentences(embedder, sentences, progress=False)
+        runner.embed_sentences(embedder, sentences, batch_size=size, progress=False)
 
     if isinstance(embedder, embedders.Embedder):
         keys = embedders.sort_keys(embedder, sentences)
-        size = embedder.batch_size or runner.DEFAULT_BATCH_SIZE
         batches = [[embedders.as_bytes(sentences[i]) for i in idx]
                    for idx in embedders.batch_order(keys, size, embedder.batch_tokens)]
 
