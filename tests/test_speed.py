@@ -39,6 +39,10 @@ def test_both_paths_make_the_same_model_calls(hermetic_vocab):
     passes = [model.calls[i * per_pass:(i + 1) * per_pass] for i in range(6)]
     assert per_pass > 1 and sum(passes[0]) == 120
     assert all(p == passes[0] for p in passes)
+    # The embedder's own cap holds on both paths.
+    model.calls, model.batch_size = [], 7
+    speed.measure(model, sentences, repeats=1)
+    assert max(model.calls) == 7 and sum(model.calls) == 4 * 120
     with pytest.raises(ValueError, match="no sentences"):
         speed.measure(model, [])
 
