@@ -439,8 +439,6 @@ def cut_encoder(encoder, num_layers: int = 1):
     config.pop("name", None)
     cut = encoders.LeallaEncoder(**config)
     cut(cut.dummy_inputs())
-    if getattr(encoder, "int8_word_embeddings", False):
-        cut.set_int8_word_embeddings(True)
     return cut
 
 
@@ -537,17 +535,21 @@ class TFLiteTimer:
         return total
 
 
-def tflite_models(pre, encoder, variants=VARIANTS) -> Dict[str, bytes]:
-    """The LiteRT models the stages are measured with (see the module docstring)."""
+def tflite_models(pre, encoder, variants=VARIANTS,
+                  int8_rows: bool = False) -> Dict[str, bytes]:
+    """The LiteRT models the stages are measured with (see the module docstring).
+    ``int8_rows``: the export's float TFLite files read int8 word-embedding rows (its
+    int8 file quantizes the float table itself, as ``lealla export`` does)."""
     shape = encoder.get_config()
     models = {"tokenizer": preprocessor_tflite(pre, tokenize_only=True),
               "preprocessor": preprocessor_tflite(pre)}
     cut = cut_encoder(encoder, 1) if shape["num_layers"] > 1 else None
     for v in variants:
         int8 = v == "int8"
-        models[f"encoder-{v}"] = encoder_tflite(encoder, int8)
-        if cut is not None:
-            models[f"encoder1-{v}"] = encoder_tflite(cut, int8)
+        for name, enc in (("encoder", encoder), ("encoder1", cut)):
+            if enc is not None:
+                enc.set_int8_word_embeddings(int8_rows and not int8)
+                models[f"{name}-{v}"] = encoder_tflite(enc, int8)
         models[f"matmul-{v}"] = matmul_tflite(shape["hidden_size"], shape["intermediate_size"],
                                               shape["num_attention_heads"], int8)
     return models
@@ -651,6 +653,9 @@ def print_tf(r, n, top_ops: int = 10) -> None:
           f"untraced, {r['session_traced_ms']:,.0f} traced; TF2 loop {r['wall_ms']:,.0f} ms. "
           f"Unclassified "
           f"{100 * r['unclassified_share']:.1f}%; layer scopes seen: {len(r['layers'])}.")
+    if not r["layers"]:
+        print("No layer_<i> scopes in this export: it was written before the forward pass "
+              "ran under stage name scopes; re-export it (lealla export) to split the layers.")
     top = ", ".join(f"{op} in {stage} {1e3 * ms / n:,.1f}" for stage, op, ms in
                     r["op_types_ms"][:top_ops])
     print(f"Largest (stage, op type) cells, ms / 1k: {top}.")
@@ -757,7 +762,8 @@ def profile(export_dir: str, batches, threads: int = 2, repeats: int = 3,
                 if os.path.exists(os.path.join(export_dir, export.tflite_file_name(v)))]
     if variants:
         t = time.time()
-        models = tflite_models(pre, encoder, variants)
+        models = tflite_models(pre, encoder, variants,
+                               bool(info["model"].get("int8_word_embeddings")))
         print(f"TFLite pieces converted ({time.time() - t:.0f}s)", flush=True)
         for v in variants:
             t = time.time()
