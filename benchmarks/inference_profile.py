@@ -788,12 +788,14 @@ def _export_dir(p, args):
         if not os.path.isdir(args.export):
             p.error(f"--export {args.export}: no such folder")
         return os.path.abspath(args.export), None
-    vocab = args.vocab or export_vocab(args.export)
     tmp = None if args.work else tempfile.mkdtemp(prefix=f"profile-{args.shape}-")
     out = os.path.join(args.work or tmp, "export")
     if not os.path.exists(out):
+        if not args.vocab and not os.path.isdir(args.export):
+            p.error(f"--shape needs a vocabulary: --vocab, or --export {args.export} (no "
+                    "such folder) to take its vocabulary")
         t = time.time()
-        write_shape_export(args.shape, vocab, out)
+        write_shape_export(args.shape, args.vocab or export_vocab(args.export), out)
         print(f"{args.shape}: random-weight export written ({time.time() - t:.0f}s)",
               flush=True)
     return out, tmp
