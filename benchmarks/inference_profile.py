@@ -19,8 +19,8 @@ scope, then, within attention and FFN, matrix products (2-D ``MatMul`` /
 ``_MklNativeFusedMatMul``; ``BatchMatMul`` for attention scores and context) against the
 rest. Nodes whose value does not depend on the input (variable reads, the QKV weight
 concatenation recomputed per call) form their own row. *Outside the graph* is the wall time
-of a plain TF2 call loop (``tf.saved_model.load``, one signature call per batch, best of
-``--repeats``) minus the summed op times: Python, dispatch, string conversion and the
+of a plain TF2 call loop (``tf.saved_model.load``, one signature call per batch) minus the
+summed op times: Python, dispatch, string conversion and the
 executor's own overhead (negative where tracing lengthens the op times by more than that;
 the untraced and traced session loops are printed to judge it).
 
@@ -48,6 +48,11 @@ here from the export's own vocabulary and weights:
 
 *Outside the graph* there is the Python loop (strings to a NumPy array, resize, allocate,
 set and get tensors) minus the ``invoke`` times.
+
+Every measurement is the best of ``--repeats`` passes over all batches, after a warm-up
+pass, and the passes run round-robin (TF: untraced session, traced session, TF2 loop;
+TFLite: every model above in turn), so that load from elsewhere on a shared machine falls
+on all of them alike: stages are differences of these times.
 
 FLOPs per sentence come from the shape and the real (padded) batch shapes: projections
 ``2 (4 h^2 + 2 h f)`` per token and layer, attention scores and context ``4 S h`` per token
@@ -304,37 +309,21 @@ def _traced_pass(sess, fetch, feed, batches, facts):
     return stages, split, layers, cells
 
 
-def tf_op_profile(saved_model_dir: str, batches, threads: int = 2, passes: int = 2) -> dict:
-    """Op time per stage of the SavedModel's ``serving_default`` from TF step stats, over
-    all ``batches`` (after an untraced warm-up pass; the traced pass with the least total
-    op time of ``passes``). Returns ``{"stages_us", "matmul_split_us", "layers",
-    "ops_us", "session_s", "session_traced_s"}`` (the untraced and traced session loops'
-    seconds, best of ``passes``)."""
+def _tf2_loop(saved_model_dir: str, batches):
+    """A function timing one TF2 call loop over ``batches``: ``tf.saved_model.load``, one
+    signature call per batch, the strings converted per call (as an embedder does)."""
     import tensorflow as tf
-    import tensorflow_text  # noqa: F401  (the tokenizer's ops)
+    import tensorflow_text  # noqa: F401
 
     from lealla_tf import export
-    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads,
-                                      inter_op_parallelism_threads=1)
-    graph = tf.Graph()
-    with graph.as_default(), tf.compat.v1.Session(graph=graph, config=config) as sess:
-        meta = tf.compat.v1.saved_model.load(sess, ["serve"], saved_model_dir)
-        sig = meta.signature_def[export.SIGNATURE]
-        feed = sig.inputs[export.INPUT_KEY].name
-        fetch = sig.outputs[export.OUTPUT_KEY].name
-        untraced = min(_session_loop(sess, fetch, feed, batches) for _ in range(passes + 1))
-        facts, best, traced = {}, None, []
-        for _ in range(passes):
-            t = time.perf_counter()
-            one = _traced_pass(sess, fetch, feed, batches, facts)
-            traced.append(time.perf_counter() - t)
-            if best is None or sum(one[0].values()) < sum(best[0].values()):
-                best = one
-    stages, split, layers, cells = best
-    return {"stages_us": dict(stages), "matmul_split_us": dict(split),
-            "layers": sorted(layers), "ops_us": float(sum(stages.values())),
-            "op_types_us": [[k[0], k[1], us] for k, us in cells.most_common()],
-            "session_s": untraced, "session_traced_s": min(traced)}
+    sig = tf.saved_model.load(saved_model_dir).signatures[export.SIGNATURE]
+
+    def loop() -> float:
+        t = time.perf_counter()
+        for b in batches:
+            sig(**{export.INPUT_KEY: tf.constant(b)})[export.OUTPUT_KEY].numpy()
+        return time.perf_counter() - t
+    return loop
 
 
 def _session_loop(sess, fetch, feed, batches) -> float:
@@ -344,26 +333,54 @@ def _session_loop(sess, fetch, feed, batches) -> float:
     return time.perf_counter() - t
 
 
-def tf_wall(saved_model_dir: str, batches, repeats: int = 3) -> float:
-    """Seconds of a TF2 call loop over ``batches`` (``tf.saved_model.load``, one signature
-    call per batch, strings converted per call; best of ``repeats`` after a warm-up)."""
+def tf_op_profile(saved_model_dir: str, batches, threads: int = 2, repeats: int = 3) -> dict:
+    """Op time per stage of the SavedModel's ``serving_default`` from TF step stats, and
+    the wall times it is set against, over all ``batches``.
+
+    After a warm-up, each of ``repeats`` rounds runs, in turn, an untraced pass through a
+    ``tf.compat.v1.Session``, a traced pass (``FULL_TRACE``) and a TF2 call loop (the
+    rounds interleave them, so that load from elsewhere on a shared machine falls on all
+    three alike); the best of each is kept (the traced pass with the least op time).
+
+    Returns ``{"stages_us", "matmul_split_us", "layers", "ops_us", "op_types_us",
+    "session_s", "session_traced_s", "wall_s"}``.
+    """
     import tensorflow as tf
-    import tensorflow_text  # noqa: F401
+    import tensorflow_text  # noqa: F401  (the tokenizer's ops)
 
     from lealla_tf import export
-    sig = tf.saved_model.load(saved_model_dir).signatures[export.SIGNATURE]
+    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads,
+                                      inter_op_parallelism_threads=1)
+    graph = tf.Graph()
+    with graph.as_default():
+        sess = tf.compat.v1.Session(graph=graph, config=config)
+        meta = tf.compat.v1.saved_model.load(sess, ["serve"], saved_model_dir)
+    try:
+        sig = meta.signature_def[export.SIGNATURE]
+        feed = sig.inputs[export.INPUT_KEY].name
+        fetch = sig.outputs[export.OUTPUT_KEY].name
+        tf2 = _tf2_loop(saved_model_dir, batches)
+        _session_loop(sess, fetch, feed, batches)
+        tf2()
+        facts, best, untraced, traced, wall = {}, None, [], [], []
+        for _ in range(repeats):
+            untraced.append(_session_loop(sess, fetch, feed, batches))
+            t = time.perf_counter()
+            one = _traced_pass(sess, fetch, feed, batches, facts)
+            traced.append(time.perf_counter() - t)
+            if best is None or sum(one[0].values()) < sum(best[0].values()):
+                best = one
+            wall.append(tf2())
+    finally:
+        sess.close()
+    stages, split, layers, cells = best
+    return {"stages_us": dict(stages), "matmul_split_us": dict(split),
+            "layers": sorted(layers), "ops_us": float(sum(stages.values())),
+            "op_types_us": [[k[0], k[1], us] for k, us in cells.most_common()],
+            "session_s": min(untraced), "session_traced_s": min(traced), "wall_s": min(wall)}
 
-    def loop():
-        t = time.perf_counter()
-        for b in batches:
-            sig(**{export.INPUT_KEY: tf.constant(b)})[export.OUTPUT_KEY].numpy()
-        return time.perf_counter() - t
-    loop()
-    return min(loop() for _ in range(repeats))
 
-
-def tf_profile(saved_model_dir: str, batches, threads: int = 2, repeats: int = 3,
-               passes: int = 2) -> dict:
+def tf_profile(saved_model_dir: str, batches, threads: int = 2, repeats: int = 3) -> dict:
     """Stages of the TensorFlow path: op times (step stats) and the TF2 wall time.
 
     Returns ``{"stages_ms": {stage: ms}, "total_ms", "ops_ms", "wall_ms", "session_ms"
@@ -372,8 +389,8 @@ def tf_profile(saved_model_dir: str, batches, threads: int = 2, repeats: int = 3
     wall - ops, so the stages sum to ``total_ms`` = the wall time (``outside`` is negative
     where tracing lengthens the op times by more than the overhead outside the graph).
     """
-    ops = tf_op_profile(saved_model_dir, batches, threads, passes)
-    wall_ms = 1e3 * tf_wall(saved_model_dir, batches, repeats)
+    ops = tf_op_profile(saved_model_dir, batches, threads, repeats)
+    wall_ms = 1e3 * ops["wall_s"]
     stages = {k: ops["stages_us"].get(k, 0) / 1e3 for k, _ in TF_STAGES if k != "outside"}
     ops_ms = ops["ops_us"] / 1e3
     stages["outside"] = wall_ms - ops_ms
@@ -517,25 +534,32 @@ class TFLiteTimer:
             self.interp.get_tensor(i)
         return dt
 
-    def times(self, feeds, repeats: int = 3):
-        """``(loop seconds, invoke seconds)`` of the best of ``repeats`` passes over
-        ``feeds`` after a warm-up pass; the loop includes building the inputs."""
-        best = None
-        for r in range(repeats + 1):
-            t = time.perf_counter()
-            invoke = sum(self._one(f) for f in feeds)
-            loop = time.perf_counter() - t
-            if r and (best is None or loop < best[0]):
-                best = (loop, invoke)
-        return best
+    def run(self, feeds):
+        """One pass: ``(loop seconds, invoke seconds per feed)``; the loop includes
+        building the inputs, resizing, allocating and reading the outputs."""
+        t = time.perf_counter()
+        invoke = [self._one(f) for f in feeds]
+        return time.perf_counter() - t, np.array(invoke)
 
-    def per_feed(self, feeds, repeats: int = 3) -> float:
-        """Sum over ``feeds`` of each feed's fastest invoke (of ``repeats``, warm)."""
-        total = 0.0
-        for f in feeds:
-            self._one(f)
-            total += min(self._one(f) for _ in range(repeats))
-        return total
+
+def time_round_robin(jobs: Dict[str, tuple], repeats: int = 3) -> Dict[str, tuple]:
+    """``{name: (loop seconds, invoke seconds)}`` of ``{name: (TFLiteTimer, feeds)}``.
+
+    After a warm-up pass of each, ``repeats`` rounds run one pass of every model in turn
+    (so that load from elsewhere on a shared machine falls on all models alike). Kept:
+    the pass with the shortest loop; for names starting with ``matmul``, each feed's
+    fastest invoke (the products are timed shape by shape)."""
+    for timer, feeds in jobs.values():
+        timer.run(feeds)
+    best: Dict[str, tuple] = {}
+    for _ in range(repeats):
+        for name, (timer, feeds) in jobs.items():
+            loop, invoke = timer.run(feeds)
+            if name.startswith("matmul") and name in best:
+                best[name] = (min(loop, best[name][0]), np.minimum(invoke, best[name][1]))
+            elif name not in best or loop < best[name][0]:
+                best[name] = (loop, invoke)
+    return {k: (loop, float(invoke.sum())) for k, (loop, invoke) in best.items()}
 
 
 def tflite_models(pre, encoder, variants=VARIANTS,
@@ -559,33 +583,47 @@ def tflite_models(pre, encoder, variants=VARIANTS,
 
 
 def tflite_profile(export_dir: str, models: Dict[str, bytes], batches, packed, shape: dict,
-                   variant: str, threads: int = 2, repeats: int = 3) -> dict:
-    """Stages of one TFLite file by differences of ``invoke`` times (milliseconds)."""
+                   variants=VARIANTS, threads: int = 2, repeats: int = 3) -> Dict[str, dict]:
+    """Stages of the TFLite files of ``variants`` by differences of ``invoke`` times
+    (milliseconds; every model timed round-robin, see :func:`time_round_robin`).
+
+    Returns ``{variant: {"stages_ms", "total_ms", "invoke_ms", "encoder_ms",
+    "preprocessor_ms", "encoder_1_layer_ms", "matmul_ms"}}``.
+    """
     from lealla_tf import export
     layers = shape["num_layers"]
-    loop, e2e = TFLiteTimer(path=os.path.join(export_dir, export.tflite_file_name(variant)),
-                            threads=threads).times(batches, repeats)
-    tok = TFLiteTimer(models["tokenizer"], threads=threads).times(batches, repeats)[1]
-    pre = TFLiteTimer(models["preprocessor"], threads=threads).times(batches, repeats)[1]
-    enc = TFLiteTimer(models[f"encoder-{variant}"], threads=threads).times(packed, repeats)[1]
-    if f"encoder1-{variant}" in models:
-        enc1 = TFLiteTimer(models[f"encoder1-{variant}"], threads=threads).times(
-            packed, repeats)[1]
-        per_layer = (enc - enc1) / (layers - 1)
-    else:  # one layer: no cut, everything is "the layer"
-        enc1, per_layer = enc, enc
     shapes = [tuple(p["input_word_ids"].shape) for p in packed]
-    feeds = matmul_feeds(shapes, shape["hidden_size"], shape["intermediate_size"],
-                         shape["num_attention_heads"])
-    mm = layers * TFLiteTimer(models[f"matmul-{variant}"], threads=threads).per_feed(
-        feeds, repeats)
-    stages = {"tokenize": tok, "pack": pre - tok, "emb_pool": enc1 - per_layer,
-              "layer_mm": mm, "layer_other": layers * per_layer - mm,
-              "boundary": e2e - pre - enc, "outside": loop - e2e}
-    stages = {k: 1e3 * v for k, v in stages.items()}
-    return {"stages_ms": stages, "total_ms": 1e3 * loop, "invoke_ms": 1e3 * e2e,
-            "encoder_ms": 1e3 * enc, "preprocessor_ms": 1e3 * pre,
-            "encoder_1_layer_ms": 1e3 * enc1, "matmul_ms": 1e3 * mm}
+    mm_feeds = matmul_feeds(shapes, shape["hidden_size"], shape["intermediate_size"],
+                            shape["num_attention_heads"])
+    jobs = {"tokenizer": (TFLiteTimer(models["tokenizer"], threads=threads), batches),
+            "preprocessor": (TFLiteTimer(models["preprocessor"], threads=threads), batches)}
+    for v in variants:
+        jobs[f"e2e-{v}"] = (TFLiteTimer(path=os.path.join(export_dir,
+                                                          export.tflite_file_name(v)),
+                                        threads=threads), batches)
+        for name in (f"encoder-{v}", f"encoder1-{v}"):
+            if name in models:
+                jobs[name] = (TFLiteTimer(models[name], threads=threads), packed)
+        jobs[f"matmul-{v}"] = (TFLiteTimer(models[f"matmul-{v}"], threads=threads), mm_feeds)
+    t = time_round_robin(jobs, repeats)
+    tok, pre = t["tokenizer"][1], t["preprocessor"][1]
+    out = {}
+    for v in variants:
+        loop, e2e = t[f"e2e-{v}"]
+        enc = t[f"encoder-{v}"][1]
+        if f"encoder1-{v}" in t:
+            enc1 = t[f"encoder1-{v}"][1]
+            per_layer = (enc - enc1) / (layers - 1)
+        else:  # one layer: no cut, everything is "the layer"
+            enc1, per_layer = enc, enc
+        mm = layers * t[f"matmul-{v}"][1]
+        stages = {"tokenize": tok, "pack": pre - tok, "emb_pool": enc1 - per_layer,
+                  "layer_mm": mm, "layer_other": layers * per_layer - mm,
+                  "boundary": e2e - pre - enc, "outside": loop - e2e}
+        out[v] = {"stages_ms": {k: 1e3 * x for k, x in stages.items()}, "total_ms": 1e3 * loop,
+                  "invoke_ms": 1e3 * e2e, "encoder_ms": 1e3 * enc, "preprocessor_ms": 1e3 * pre,
+                  "encoder_1_layer_ms": 1e3 * enc1, "matmul_ms": 1e3 * mm}
+    return out
 
 
 # ----------------------------------------------------------------------------- FLOPs
@@ -774,11 +812,11 @@ def profile(export_dir: str, batches, threads: int = 2, repeats: int = 3,
         models = tflite_models(pre, encoder, variants,
                                bool(info["model"].get("int8_word_embeddings")))
         print(f"TFLite pieces converted ({time.time() - t:.0f}s)", flush=True)
-        for v in variants:
-            t = time.time()
-            out[f"tflite-{v}"] = tflite_profile(export_dir, models, batches, packed, shape, v,
-                                                threads, repeats)
-            print(f"TFLite {v} profiled ({time.time() - t:.0f}s)", flush=True)
+        t = time.time()
+        for v, r in tflite_profile(export_dir, models, batches, packed, shape, variants,
+                                   threads, repeats).items():
+            out[f"tflite-{v}"] = r
+        print(f"TFLite profiled ({time.time() - t:.0f}s)", flush=True)
     return out
 
 

@@ -141,3 +141,19 @@ def test_stage_table_rows():
     assert rows[0] == ["tokenize (TF Text op)", "0.5", "25.0%"]
     assert rows[-1] == ["total", "2.0", "100.0%"]
     assert os.path.basename(prof.DEFAULT_EXPORT) == "export"
+
+
+def test_round_robin_keeps_the_best_pass():
+    class Fake:
+        def __init__(self, passes):
+            self.passes = iter(passes)
+
+        def run(self, feeds):
+            return next(self.passes)
+    jobs = {"e2e-fp32": (Fake([(1, np.array([0.5])), (5, np.array([4.0])),
+                               (6, np.array([1.0]))]), None),
+            "matmul-fp32": (Fake([(0, np.zeros(2)), (3, np.array([2.0, 1.0])),
+                                  (3, np.array([1.0, 2.0]))]), None)}
+    t = prof.time_round_robin(jobs, repeats=2)
+    assert t["e2e-fp32"] == (5, 4.0)  # the timed pass with the shortest loop (no warm-up)
+    assert t["matmul-fp32"] == (3, 2.0)  # each shape's fastest invoke
