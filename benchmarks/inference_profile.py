@@ -704,8 +704,8 @@ def print_tf(r, n, top_ops: int = 10) -> None:
         print(f"Outside the graph < 0: tracing lengthens the session loop by "
               f"{100 * (r['session_traced_ms'] / r['session_ms'] - 1):.0f}%, part of it inside"
               f" the op times; the overhead outside the graph is below that resolution (the "
-              f"TF2 loop takes {100 * (r['wall_ms'] / r['session_ms'] - 1):+.1f}% of the "
-              f"untraced session loop's time).")
+              f"TF2 loop's wall time is {100 * (r['wall_ms'] / r['session_ms'] - 1):+.1f}% off "
+              f"the untraced session loop's).")
 
 
 def print_tflite(variant, r, n) -> None:
