@@ -269,7 +269,7 @@ def classify_node(name: str, op: str, input_dependent: bool = True,
     m = _SCOPE.search(name)
     if m:
         scope = m.group(1)
-        if scope == "embeddings" and ("BatchNorm" in op or "/moments/" in name):
+        if scope == "embeddings" and ("/moments/" in name or "/batchnorm/" in name):
             return "norms"
         return "pooling" if scope == "pooler" else scope
     if _PREPROCESSOR.search(name):
@@ -435,20 +435,20 @@ def preprocessor_tflite(pre, tokenize_only: bool = False) -> bytes:
 
 def encoder_tflite(encoder, int8: bool = False) -> bytes:
     """The encoder alone (token ids in, normalised embedding out), traced as the TFLite
-    export traces it (mean/variance LayerNorms)."""
+    export traces it."""
     import tensorflow as tf
 
     from lealla_tf import export
     from lealla_tf.models import encoders
     specs = [tf.TensorSpec([None, None], tf.int32, name=k) for k in encoders.INPUT_KEYS]
-    with encoder.layer_norm_for_tflite():
-        @tf.function(input_signature=specs)
-        def serve(input_word_ids, input_mask, input_type_ids):
-            out = encoder({"input_word_ids": input_word_ids, "input_mask": input_mask,
-                           "input_type_ids": input_type_ids}, training=False)
-            return {export.OUTPUT_KEY: out["default"]}
-        serve.get_concrete_function()
-        return _convert(serve, encoder, int8=int8)
+
+    @tf.function(input_signature=specs)
+    def serve(input_word_ids, input_mask, input_type_ids):
+        out = encoder({"input_word_ids": input_word_ids, "input_mask": input_mask,
+                       "input_type_ids": input_type_ids}, training=False)
+        return {export.OUTPUT_KEY: out["default"]}
+    serve.get_concrete_function()
+    return _convert(serve, encoder, int8=int8)
 
 
 def cut_encoder(encoder, num_layers: int = 1):

@@ -70,8 +70,9 @@ def test_classify_node():
     assert c(base + "layer_0/attention/MatMul_1", "_MklBatchMatMulV2") == "attn_core"
     assert c(base + "layer_0/attention/add_1", "AddV2", residual=True) == "attn_residual"
     assert c(base + "layer_0/attention/add", "AddV2") == "attn_core"
-    assert c(base + "layer_12/attention_norm/FusedBatchNormV3", "FusedBatchNormV3") == "norms"
-    assert c(base + "embeddings/FusedBatchNormV3", "_MklNativeFusedBatchNormV3") == "norms"
+    assert c(base + "layer_12/attention_norm/moments/mean", "Mean") == "norms"
+    assert c(base + "embeddings/batchnorm/mul_1", "Mul") == "norms"
+    assert c(base + "embeddings/moments/SquaredDifference", "SquaredDifference") == "norms"
     assert c(base + "embeddings/Gather", "ResourceGather") == "embeddings"
     assert c(base + "layer_0/attention/concat", "ConcatV2", input_dependent=False) == "weights"
     assert c("S/string_encoder/preprocessor/TFText>FastSentencepieceTokenize",

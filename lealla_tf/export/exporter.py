@@ -9,7 +9,6 @@ See docs/export.md, "The folder".
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
@@ -186,18 +185,19 @@ def export_model(preprocessor, encoder, output_dir: str,
         del loaded
         bar.update()
 
-        # TFLite converts the string-in model traced with mean/variance LayerNorms (the
-        # SavedModel's fused ones would come back as transposes). The int8 file quantizes
-        # the float table itself: int8 rows there would have their per-row scales
-        # quantized a second time, per tensor, which breaks them.
+        # The int8 file quantizes the float table itself: int8 rows there would have their
+        # per-row scales quantized a second time, per tensor, which breaks them.
         sources: Dict[bool, str] = {}
         for variant in variants:
             bar.set_postfix_str("tflite " + variant)
             rows8 = bool(int8_embeddings) and variant != "int8"
-            if rows8 not in sources:
-                sources[rows8] = os.path.join(tmp, f"tflite_source_{int(rows8)}")
-                _save_tflite_source(preprocessor, encoder, sources[rows8], rows8)
-            content = formats.convert_tflite(sources[rows8], variant)
+            source = os.path.join(tmp, LEALLA)  # what lealla/ holds, unless:
+            if rows8 != bool(int8_embeddings):
+                if rows8 not in sources:
+                    sources[rows8] = os.path.join(tmp, f"tflite_source_{int(rows8)}")
+                    _save_tflite_source(preprocessor, encoder, sources[rows8], rows8)
+                source = sources[rows8]
+            content = formats.convert_tflite(source, variant)
             fname = tflite_file_name(variant)
             with open(os.path.join(tmp, fname), "wb") as f:
                 f.write(content)
@@ -237,18 +237,15 @@ def export_model(preprocessor, encoder, output_dir: str,
 
 
 def _save_tflite_source(preprocessor, encoder, path: str, int8_embeddings: bool) -> None:
-    """The end-to-end model as TFLite conversion reads it: LayerNorms as mean/variance
-    ops (``LeallaEncoder.layer_norm_for_tflite``), the int8 rows when asked for."""
-    switch = getattr(encoder, "layer_norm_for_tflite", None)
-    with switch() if switch else contextlib.nullcontext():
-        if int8_embeddings:
-            encoder.set_int8_word_embeddings(True)
-        try:
-            obj, signatures = formats.build_lealla_module(preprocessor, encoder)
-            tf.saved_model.save(obj, path, signatures=signatures)
-        finally:
-            if int8_embeddings:
-                encoder.set_int8_word_embeddings(False)
+    """The end-to-end model as TFLite conversion reads it, with the int8 rows or the float
+    table (a serving-only int8 ``lealla/`` cannot give the int8 file its float table)."""
+    encoder.set_int8_word_embeddings(int8_embeddings)
+    try:
+        obj, signatures = formats.build_lealla_module(preprocessor, encoder)
+        tf.saved_model.save(obj, path, signatures=signatures)
+    finally:
+        # A fresh inference function: the caller's encoder computes as before the export.
+        encoder.set_int8_word_embeddings(False)
 
 
 def format_sizes(info: Dict[str, Any], output_dir: str = "") -> str:

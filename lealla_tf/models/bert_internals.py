@@ -20,12 +20,10 @@ import tensorflow as tf
 import tf_keras
 from official.nlp.modeling import networks
 
-LAYER_NORMS = ("fused", "moments")
-
 
 def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor],
-                      int8_rows: Optional[Tuple[tf.Tensor, tf.Tensor]] = None,
-                      layer_norm: str = "fused") -> Dict[str, Any]:
+                      int8_rows: Optional[Tuple[tf.Tensor, tf.Tensor]] = None
+                      ) -> Dict[str, Any]:
     """Inference forward pass of a ``BertEncoderV2`` with plain ``tf.nn`` ops.
 
     Reads the weights of ``bert`` (so checkpoints and parameter counts are those of
@@ -49,18 +47,12 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
       int8_rows: optional ``(values, scales)`` of
         :func:`lealla_tf.models.encoders.quantize_rows_int8` used
         instead of the word-embedding table (gathered rows are dequantised).
-      layer_norm: ``"fused"`` computes each LayerNorm with one ``FusedBatchNormV3``
-        over the rows (oneDNN runs it as one kernel: about 10% of a thin model's time
-        on CPU); ``"moments"`` with mean/variance ops, which the TFLite converter maps
-        to builtins XNNPACK runs without transposes (what TFLite conversion uses).
 
     Returns:
       dict with ``sequence_output``, ``pooled_output`` and ``encoder_outputs`` as
       ``BertEncoderV2`` returns them.
     """
-    if layer_norm not in LAYER_NORMS:
-        raise ValueError(f"layer_norm must be one of {LAYER_NORMS}, got {layer_norm!r}")
-    norm_fn = _fused_layer_norm if layer_norm == "fused" else _layer_norm
+    norm_fn = _layer_norm
     ids = inputs["input_word_ids"]
     shape = tf.shape(ids)
     batch, seq = shape[0], shape[1]
@@ -130,17 +122,6 @@ def _attention(x: tf.Tensor, att, mask_bias: tf.Tensor, batch, seq, hidden: int)
 def _layer_norm(x: tf.Tensor, norm: tf_keras.layers.LayerNormalization) -> tf.Tensor:
     mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
     return tf.nn.batch_normalization(x, mean, var, norm.beta, norm.gamma, norm.epsilon)
-
-
-def _fused_layer_norm(x: tf.Tensor, norm: tf_keras.layers.LayerNormalization) -> tf.Tensor:
-    """LayerNorm of the rows of ``x`` ``[rows, hidden]`` as one batch norm in training
-    mode over an ``NCHW`` view with the rows as channels (how Keras fuses LayerNorm)."""
-    rows, hidden = tf.shape(x)[0], int(x.shape[-1])
-    ones = tf.ones([rows], x.dtype)
-    y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-        tf.reshape(x, [1, rows, hidden, 1]), ones, tf.zeros_like(ones),
-        epsilon=norm.epsilon, data_format="NCHW")
-    return tf.reshape(y, [rows, hidden]) * norm.gamma + norm.beta
 
 
 def depth_pairs(source, target, source_layer, what: str):

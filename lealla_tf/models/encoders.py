@@ -18,7 +18,6 @@ See docs/training.md, "Vocabulary and encoder", and docs/export.md, "Fast infere
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -144,7 +143,6 @@ class LeallaEncoder(tf_keras.Model):
                              f"got {implementation!r}")
         self.implementation = implementation
         object.__setattr__(self, "_int8_rows", None)  # (not a Keras-tracked attribute)
-        self._layer_norm = "fused"
         self._fast_forward = self._make_fast_forward()
         self.bert = networks.BertEncoderV2(
             vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers,
@@ -205,42 +203,10 @@ class LeallaEncoder(tf_keras.Model):
         object.__setattr__(self, "_int8_rows", rows)
         self._fast_forward = self._make_fast_forward()
 
-    @property
-    def inference_layer_norm(self) -> str:
-        """How the fast forward pass computes LayerNorm: ``"fused"`` (the default, one
-        oneDNN kernel per norm in TensorFlow) or ``"moments"`` (mean/variance ops: what
-        TFLite conversion wants). See :func:`bert_internals.fast_bert_forward`."""
-        return self._layer_norm
-
-    def set_inference_layer_norm(self, mode: str) -> None:
-        """Sets :attr:`inference_layer_norm` for graphs traced from here on (the same
-        function to float rounding either way).
-
-        Raises:
-          ValueError: ``mode`` is not one of ``bert_internals.LAYER_NORMS``.
-        """
-        if mode not in bert_internals.LAYER_NORMS:
-            raise ValueError(f"layer norm must be one of {bert_internals.LAYER_NORMS}, "
-                             f"got {mode!r}")
-        self._layer_norm = mode
-        self._fast_forward = self._make_fast_forward()
-
-    @contextlib.contextmanager
-    def layer_norm_for_tflite(self):
-        """Within the block, traced graphs use ``"moments"`` LayerNorms (TFLite
-        conversion); the previous mode comes back after it."""
-        before = self._layer_norm
-        self.set_inference_layer_norm("moments")
-        try:
-            yield self
-        finally:
-            self.set_inference_layer_norm(before)
-
     def _make_fast_forward(self):
-        int8_rows, layer_norm = self._int8_rows, self._layer_norm
+        int8_rows = self._int8_rows
         return tf.function(
-            lambda inputs: bert_internals.fast_bert_forward(self.bert, inputs, int8_rows,
-                                                            layer_norm=layer_norm),
+            lambda inputs: bert_internals.fast_bert_forward(self.bert, inputs, int8_rows),
             jit_compile=bool(self._shape_config["jit_compile"]), autograph=False)
 
     def dummy_inputs(self, batch_size: int = 1, seq_length: int = 8) -> Dict[str, tf.Tensor]:
