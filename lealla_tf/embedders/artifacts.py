@@ -95,11 +95,11 @@ class TFLiteEmbedder(Embedder):
       num_threads: interpreter threads (default: LiteRT's).
       length_model: SentencePiece model to order sentences by token count (default:
         the one of the export folder holding ``path``, if any).
-      batch_tokens: most padded tokens per call (default 2,048: XNNPACK's best on thin
+      batch_tokens: most padded tokens per call (default 1,024: XNNPACK's best on thin
         encoders; 0: no limit).
     """
 
-    default_batch_tokens = 2048
+    default_batch_tokens = 1024
 
     def __init__(self, path: str, batch_size: int = DEFAULT_BATCH_SIZE,
                  num_threads: Optional[int] = None, length_model: Optional[str] = None,

@@ -19,7 +19,8 @@ from lealla_tf import fileio, layout
 
 # Most sentences per model call, and most padded tokens per call (sentences x the longest
 # one's tokens): about 4,096 tokens keep a thin encoder's activations in the CPU's caches
-# (benchmarks/RESULTS.md, "Inference speed"); TFLite files run best near 2,048.
+# (benchmarks/RESULTS.md, "Inference speed"); TFLite files run best near 1,024 (512 to
+# 1,024 on LEALLA-small, 1,024 to 2,048 on a 4-layer student).
 DEFAULT_BATCH_SIZE = 512
 DEFAULT_BATCH_TOKENS = 4096
 # Tokens a sequence carries beside its pieces ([CLS] and [SEP]).

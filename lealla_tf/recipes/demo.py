@@ -152,7 +152,7 @@ def speed_table(models: Dict[str, dict]) -> str:
     first = next(iter(rows.values()))
     lines = [f"Speed: the same {first['sentences']:,} Tatoeba sentences (20 languages) for "
              f"every model, {first['threads']} threads each, sorted by token count and cut "
-             "into batches of at most 4,096 padded tokens (2,048 for TFLite files), best of "
+             "into batches of at most 4,096 padded tokens (1,024 for TFLite files), best of "
              f"3; fp32 matrix product on this machine: {first['limit_gflops']:.0f} GFLOP/s "
              "(the limit). GFLOP/s counts the encoder's matrix products on the real tokens.",
              "", "| model | size | sentences/s, `lealla embed` path | sentences/s, direct "
