@@ -153,7 +153,7 @@ def speed_table(models: Dict[str, dict]) -> str:
     lines = [f"Speed: the same {first['sentences']:,} Tatoeba sentences (20 languages) for "
              f"every model, {first['threads']} threads each, sorted by token count and cut "
              "into batches of at most 4,096 padded tokens (1,024 for TFLite files), best of "
-             f"3; fp32 matrix product on this machine: {first['limit_gflops']:.0f} GFLOP/s "
+             f"{SPEED_REPEATS} passes; fp32 matrix product on this machine: {first['limit_gflops']:.0f} GFLOP/s "
              "(the limit). GFLOP/s counts the encoder's matrix products on the real tokens.",
              "", "| model | size | sentences/s, `lealla embed` path | sentences/s, direct "
              "calls | × teacher | GFLOP/s | share of the limit |",
@@ -212,7 +212,7 @@ class DemoState:
     # Tatoeba languages of the student's int8 TFLite file: "teacher" (the teacher's
     # languages) or "all" (every evaluation language).
     int8_languages: str = "teacher"
-    speed_per_language: int = 200  # Tatoeba sentences per language (of 20) timed
+    speed_per_language: int = 100  # Tatoeba sentences per language (of 20) timed
     files: Sequence[str] = ()  # pairs: the training files
     n_pairs: int = 0
     teacher: Any = None  # vocab: the loaded teacher
@@ -408,6 +408,9 @@ def _evaluate(state: DemoState) -> DemoState:
     return dataclasses.replace(state, models=models)
 
 
+SPEED_REPEATS = 2  # timed passes per model and path (the best counts)
+
+
 def _speed_setup(state: DemoState, tatoeba_groups, eval_langs) -> Dict[str, object]:
     """What every model is timed on: ``speed_per_language`` sentences of each of 20
     Tatoeba languages (the teacher's first), the machine's cores, and its fp32
@@ -444,7 +447,7 @@ def _speed_of(name: str, embedder, path: Optional[str], timing: Dict[str, object
                 shape = json.load(f)["model"]
     teacher_rate = models["teacher"]["speed"]["embed"] if "teacher" in models else None
     row = speed.speed_row(embedder, timing["sentences"], shape, float(timing["limit"]),
-                          teacher_rate)
+                          teacher_rate, repeats=SPEED_REPEATS)
     row.update(sentences=len(timing["sentences"]), threads=threads,
                limit_gflops=float(timing["limit"]),
                batch_tokens=getattr(embedder, "batch_tokens", None))
@@ -584,7 +587,7 @@ def run(output: str, data_dir: str = "", config_path: Optional[str] = None,
         progress: bool = True, static_config_path: Optional[str] = None,
         static_overrides: Optional[Sequence[str]] = None, ntrex: str = "teacher",
         dev_pairs_per_language: int = 300, student_from_static: bool = True,
-        int8_languages: str = "teacher", speed_per_language: int = 200) -> int:
+        int8_languages: str = "teacher", speed_per_language: int = 100) -> int:
     """Runs the demo (:data:`STEPS`); returns a process exit code.
 
     Args:
