@@ -436,17 +436,8 @@ def preprocessor_tflite(pre, tokenize_only: bool = False) -> bytes:
 def encoder_tflite(encoder, int8: bool = False) -> bytes:
     """The encoder alone (token ids in, normalised embedding out), traced as the TFLite
     export traces it."""
-    import tensorflow as tf
-
-    from lealla_tf import export
-    from lealla_tf.models import encoders
-    specs = [tf.TensorSpec([None, None], tf.int32, name=k) for k in encoders.INPUT_KEYS]
-
-    @tf.function(input_signature=specs)
-    def serve(input_word_ids, input_mask, input_type_ids):
-        out = encoder({"input_word_ids": input_word_ids, "input_mask": input_mask,
-                       "input_type_ids": input_type_ids}, training=False)
-        return {export.OUTPUT_KEY: out["default"]}
+    from benchmarks.inference_speed import token_id_serving
+    serve = token_id_serving(encoder)
     serve.get_concrete_function()
     return _convert(serve, encoder, int8=int8)
 
@@ -748,7 +739,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --shape: SentencePiece model (default: --export's vocabulary)")
     p.add_argument("--work", default="", help="with --shape: keep the export here")
     p.add_argument("--sentences", type=int, default=4000)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=512, help="most sentences per batch")
     p.add_argument("--batch-tokens", type=int, default=4096,
                    help="padded tokens per batch, where embedders.batch_order takes a budget")
     p.add_argument("--threads", type=int, default=2)

@@ -242,12 +242,8 @@ def prepare(shape: str, work: str, vocab: str, runtimes, seed: int = 0) -> None:
         _prepare_peers(encoder, cfg, work, runtimes)
 
 
-def full_integer_encoder(encoder, pre) -> bytes:
-    """The encoder alone (token ids in, normalised embeddings out) as a full-integer
-    TFLite file: int8 weights and int8 activations, calibrated on the export's
-    multilingual probe sentences. The end-to-end string model cannot be calibrated (the
-    converter's calibration interpreter lacks TF Text's SentencePiece ops), so this
-    variant gets token ids like the peers (tokenization excluded)."""
+def token_id_serving(encoder):
+    """``tf.function`` token ids -> ``{default: embedding}`` of ``encoder`` (inference)."""
     import tensorflow as tf
 
     from lealla_tf import export
@@ -259,6 +255,20 @@ def full_integer_encoder(encoder, pre) -> bytes:
         out = encoder({"input_word_ids": input_word_ids, "input_mask": input_mask,
                        "input_type_ids": input_type_ids}, training=False)
         return {export.OUTPUT_KEY: out["default"]}
+    return serve
+
+
+def full_integer_encoder(encoder, pre) -> bytes:
+    """The encoder alone (token ids in, normalised embeddings out) as a full-integer
+    TFLite file: int8 weights and int8 activations, calibrated on the export's
+    multilingual probe sentences. The end-to-end string model cannot be calibrated (the
+    converter's calibration interpreter lacks TF Text's SentencePiece ops), so this
+    variant gets token ids like the peers (tokenization excluded)."""
+    import tensorflow as tf
+
+    from lealla_tf import export
+    from lealla_tf.models import encoders
+    serve = token_id_serving(encoder)
 
     def representative():
         for s in export.PROBE_SENTENCES:
