@@ -47,23 +47,17 @@ def load(spec: str, threads: int):
 
 
 def shape_of(spec: str):
-    """The model entry of an export's ``export_info.json`` (an export folder, its
-    ``lealla/`` or one of its TFLite files), else None."""
-    from lealla_tf import export
-    path = spec.split(":", 1)[1] if spec.split(":", 1)[0] in ("export", "tflite") else spec
-    for folder in (path, os.path.dirname(path.rstrip("/"))):
-        info = os.path.join(folder, export.INFO_FILE)
-        if os.path.isfile(info):
-            with open(info, encoding="utf-8") as f:
-                return json.load(f)["model"]
-    return None
+    """The encoder shape of an export spec (``export:``/``tflite:`` prefixes allowed)."""
+    from lealla_tf.evaluation import speed
+    kind, _, rest = spec.partition(":")
+    return speed.export_shape(rest if kind in ("export", "tflite") and rest else spec)
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     from lealla_tf import hardware, paths
     from lealla_tf.evaluation import speed, tatoeba
-    threads = args.threads or speed.cores()
+    threads = args.threads or hardware.cores()
     sentences = speed.sample_sentences(tatoeba.find_local_dir(paths.data_dir(args.data_dir)),
                                        LANGUAGES, args.per_language)
     print(hardware.isa_line(hardware.cpu_info()), flush=True)

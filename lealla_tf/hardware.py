@@ -58,11 +58,16 @@ def cpu_info(cpuinfo_path: str = "/proc/cpuinfo") -> Dict[str, object]:
     except OSError:
         info = parse_cpuinfo("")
         info["model"] = platform.processor() or "unknown"
-    try:
-        info["cores"] = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        info["cores"] = os.cpu_count()
+    info["cores"] = cores()
     return info
+
+
+def cores() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def isa_line(info: Dict[str, object]) -> str:

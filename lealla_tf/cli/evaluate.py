@@ -145,10 +145,7 @@ def add_commands(sub) -> None:
 
 def _load_eval_model(spec: str, batch_tokens=None):
     from lealla_tf import embedders
-    model = embedders.load(spec)
-    if batch_tokens is not None and hasattr(model, "batch_tokens"):
-        model.batch_tokens = batch_tokens
-    return model
+    return embedders.load(spec, batch_tokens=batch_tokens)
 
 
 def _run_eval(args, body, inputs=(), outputs=()) -> int:

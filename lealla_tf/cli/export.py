@@ -143,8 +143,7 @@ def _embed(args) -> int:
     # Everything the user gives is checked before a model loads or a file is created.
     common.check_positive(args, "batch_size")
     common.check_positive(args, "threads", zero_ok=True)
-    if args.batch_tokens is not None:
-        common.check_positive(args, "batch_tokens", zero_ok=True)
+    common.check_positive(args, "batch_tokens", zero_ok=True)
     if args.input != "-":
         common.check_input_file(args.input)
     if args.output:
@@ -156,9 +155,8 @@ def _embed(args) -> int:
     from lealla_tf.evaluation import runner
     with errors.user_errors(ValueError):
         embedder = embedders.load(args.model, batch_size=args.batch_size,
-                                  num_threads=args.threads or None)
-    if args.batch_tokens is not None and hasattr(embedder, "batch_tokens"):
-        embedder.batch_tokens = args.batch_tokens
+                                  num_threads=args.threads or None,
+                                  batch_tokens=args.batch_tokens)
     sentences = _read_sentences(args.input)
     if not args.output:
         if sentences:

@@ -180,10 +180,8 @@ def load_embedder(source: str, batch_size: int = DEFAULT_BATCH_SIZE,
       FileNotFoundError: ``source`` looks like a path that does not exist.
       ValueError: ``source`` exists but is none of the known kinds.
     """
-    embedder = embedders.load(source, batch_size=batch_size, num_threads=num_threads)
-    if batch_tokens is not None and hasattr(embedder, "batch_tokens"):
-        embedder.batch_tokens = int(batch_tokens)
-    return embedder
+    return embedders.load(source, batch_size=batch_size, num_threads=num_threads,
+                          batch_tokens=batch_tokens)
 
 
 # Loaders of the export kinds of the spec registry (lealla_tf.embedders.spec):

@@ -207,9 +207,8 @@ class Embedder:
 
     def _one_call_fits(self, data: Sequence[bytes], tokens: int) -> bool:
         """Whether ``data`` fits one call of ``tokens`` padded tokens, judged by UTF-8
-        lengths first (an upper bound of token counts) so that small inputs, such as the
-        batches :func:`lealla_tf.evaluation.runner.embed_sentences` already cut, are not
-        tokenized a second time."""
+        lengths first (an upper bound of token counts) so that small inputs are not
+        tokenized just to find that they fit."""
         if len(data) * (max(len(s) for s in data) + SPECIAL_TOKENS) <= tokens:
             return True
         return len(data) * (max(self.lengths(data)) + SPECIAL_TOKENS) <= tokens

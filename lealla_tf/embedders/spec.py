@@ -120,6 +120,8 @@ def load(spec: str, **options) -> Embedder:
       spec: a model spec (docs/evaluation.md, "Models"; :data:`SPEC_HELP`).
       **options: passed to the loader; ``batch_size`` and ``num_threads`` are understood
         by every kind that can use them (others ignore them), ``threads`` by ``muse``.
+        ``batch_tokens`` (not None) sets the loaded embedder's token budget, whatever its
+        kind (:func:`lealla_tf.embedders.batch_order`).
 
     Raises:
       ValueError: a malformed or unknown spec.
@@ -130,7 +132,11 @@ def load(spec: str, **options) -> Embedder:
     if isinstance(loader, str):
         module, _, attr = loader.partition(":")
         loader = getattr(importlib.import_module(module), attr)
-    return loader(value, **options)
+    batch_tokens = options.pop("batch_tokens", None)
+    embedder = loader(value, **options)
+    if batch_tokens is not None and hasattr(embedder, "batch_tokens"):
+        embedder.batch_tokens = int(batch_tokens)
+    return embedder
 
 
 def load_callable(spec: str, **_options):

@@ -74,6 +74,14 @@ def _check_output(out, n: int, name: str) -> np.ndarray:
     return out
 
 
+def batches(embedder, sentences: Sequence[str], batch_size: int) -> List[np.ndarray]:
+    """The index batches :func:`embed_sentences` gives ``embedder``: longest first (the
+    slowest batch runs first and a progress bar's estimate is honest), at most
+    ``batch_size`` sentences and the embedder's ``batch_tokens`` padded tokens each."""
+    return embedders.batch_order(embedders.sort_keys(embedder, sentences), batch_size,
+                                 getattr(embedder, "batch_tokens", None))
+
+
 def embed_sentences(embedder: embedders.Embedder, sentences: Sequence[str],
                     batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
                     desc: str = "embedding", out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -105,9 +113,6 @@ def embed_sentences(embedder: embedders.Embedder, sentences: Sequence[str],
         if out is not None:
             return out
         return np.zeros((0, 0), dtype=np.float32)
-    # Longest first: the slowest batch runs first and the bar's estimate is honest.
-    batches = embedders.batch_order(embedders.sort_keys(embedder, sentences), batch_size,
-                                    getattr(embedder, "batch_tokens", None))
     if isinstance(embedder, embedders.Embedder):
         def encode(batch):
             return embedder.encode_batch([embedders.as_bytes(s) for s in batch])
@@ -116,7 +121,7 @@ def embed_sentences(embedder: embedders.Embedder, sentences: Sequence[str],
     from tqdm.auto import tqdm
     bar = tqdm(total=n, desc=desc, unit="sent", disable=not progress, leave=False)
     try:
-        for idx in batches:
+        for idx in batches(embedder, sentences, batch_size):
             idx = idx.tolist()
             vecs = _check_output(encode([sentences[i] for i in idx]), len(idx), name)
             if out is None:

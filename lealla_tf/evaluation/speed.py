@@ -14,22 +14,15 @@ See docs/evaluation.md, "Speed".
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from lealla_tf import embedders
+from lealla_tf import embedders, layout
 from lealla_tf.evaluation import runner
-
-
-def cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def matmul_gflops(n: int = 1536, repeats: int = 5) -> float:
@@ -99,9 +92,8 @@ def measure(embedder, sentences: Sequence[str], repeats: int = 3) -> Dict[str, f
         runner.embed_sentences(embedder, sentences, batch_size=size, progress=False)
 
     if isinstance(embedder, embedders.Embedder):
-        keys = embedders.sort_keys(embedder, sentences)
         batches = [[embedders.as_bytes(sentences[i]) for i in idx]
-                   for idx in embedders.batch_order(keys, size, embedder.batch_tokens)]
+                   for idx in runner.batches(embedder, sentences, size)]
 
         def direct():
             for batch in batches:
@@ -115,6 +107,18 @@ def measure(embedder, sentences: Sequence[str], repeats: int = 3) -> Dict[str, f
         for name, fn in (("embed", embed), ("direct", direct)):
             best[name] = min(best[name], _best(fn, 1))
     return {name: n / seconds for name, seconds in best.items()}
+
+
+def export_shape(path: str) -> Optional[Dict[str, int]]:
+    """The ``model`` entry (the encoder's shape) of the ``export_info.json`` of an export
+    folder, or of the folder holding ``path`` (its ``lealla/`` or a TFLite file); None
+    where there is none (a teacher, a plain SavedModel)."""
+    for folder in (path, os.path.dirname(path.rstrip("/"))):
+        info = os.path.join(folder, layout.INFO_FILE)
+        if os.path.isfile(info):
+            with open(info, encoding="utf-8") as f:
+                return json.load(f)["model"]
+    return None
 
 
 def sample_sentences(directory: str, languages: Sequence[str],

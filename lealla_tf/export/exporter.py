@@ -186,17 +186,16 @@ def export_model(preprocessor, encoder, output_dir: str,
         bar.update()
 
         # The int8 file quantizes the float table itself: int8 rows there would have their
-        # per-row scales quantized a second time, per tensor, which breaks them.
-        sources: Dict[bool, str] = {}
+        # per-row scales quantized a second time, per tensor, which breaks them. So with
+        # int8 embeddings it is converted from a float model beside lealla/.
+        float_source = os.path.join(tmp, "tflite_float_source")
         for variant in variants:
             bar.set_postfix_str("tflite " + variant)
-            rows8 = bool(int8_embeddings) and variant != "int8"
-            source = os.path.join(tmp, LEALLA)  # what lealla/ holds, unless:
-            if rows8 != bool(int8_embeddings):
-                if rows8 not in sources:
-                    sources[rows8] = os.path.join(tmp, f"tflite_source_{int(rows8)}")
-                    _save_tflite_source(preprocessor, encoder, sources[rows8], rows8)
-                source = sources[rows8]
+            source = os.path.join(tmp, LEALLA)
+            if int8_embeddings and variant == "int8":
+                if not os.path.exists(float_source):
+                    _save_float_model(preprocessor, encoder, float_source)
+                source = float_source
             content = formats.convert_tflite(source, variant)
             fname = tflite_file_name(variant)
             with open(os.path.join(tmp, fname), "wb") as f:
@@ -222,8 +221,7 @@ def export_model(preprocessor, encoder, output_dir: str,
                 "path": fname, "bytes": len(content), "min_cosine": min_cos}
             bar.update()
 
-        for source in sources.values():
-            shutil.rmtree(source, ignore_errors=True)
+        shutil.rmtree(float_source, ignore_errors=True)
         info["files_total_bytes"] = sum(e["bytes"] for e in info["files"].values())
         with open(os.path.join(tmp, INFO_FILE), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=1, ensure_ascii=False)
@@ -236,10 +234,9 @@ def export_model(preprocessor, encoder, output_dir: str,
     return info
 
 
-def _save_tflite_source(preprocessor, encoder, path: str, int8_embeddings: bool) -> None:
-    """The end-to-end model as TFLite conversion reads it, with the int8 rows or the float
-    table (a serving-only int8 ``lealla/`` cannot give the int8 file its float table)."""
-    encoder.set_int8_word_embeddings(int8_embeddings)
+def _save_float_model(preprocessor, encoder, path: str) -> None:
+    """The end-to-end model with the float table, for TFLite conversion (a serving-only
+    int8 ``lealla/`` has no float table to give the int8 file)."""
     try:
         obj, signatures = formats.build_lealla_module(preprocessor, encoder)
         tf.saved_model.save(obj, path, signatures=signatures)

@@ -52,7 +52,6 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
       dict with ``sequence_output``, ``pooled_output`` and ``encoder_outputs`` as
       ``BertEncoderV2`` returns them.
     """
-    norm_fn = _layer_norm
     ids = inputs["input_word_ids"]
     shape = tf.shape(ids)
     batch, seq = shape[0], shape[1]
@@ -67,7 +66,7 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
             words = tf.gather(table, ids)
         x = words + tf.expand_dims(tf.slice(positions, [0, 0], [seq, hidden]), 0)
         x += tf.gather(bert._type_embedding_layer.embeddings, inputs["input_type_ids"])
-        x = norm_fn(tf.reshape(x, [-1, hidden]), bert._embedding_norm_layer)
+        x = _layer_norm(tf.reshape(x, [-1, hidden]), bert._embedding_norm_layer)
         # Additive mask as in Keras' masked softmax: 0 for tokens, -1e9 for padding.
         mask_bias = (1.0 - tf.cast(inputs["input_mask"], x.dtype)) * -1e9
         mask_bias = tf.reshape(mask_bias, [batch, 1, 1, seq])  # (no new-axis slices: TFLite)
@@ -76,7 +75,7 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
         with tf.name_scope(f"layer_{i}/attention"):
             x = x + _attention(x, layer._attention_layer, mask_bias, batch, seq, hidden)
         with tf.name_scope(f"layer_{i}/attention_norm"):
-            x = norm_fn(x, layer._attention_layer_norm)
+            x = _layer_norm(x, layer._attention_layer_norm)
         with tf.name_scope(f"layer_{i}/ffn"):
             inner = tf.nn.bias_add(tf.matmul(x, layer._intermediate_dense.kernel),
                                    layer._intermediate_dense.bias)
@@ -84,7 +83,7 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
             x = x + tf.nn.bias_add(tf.matmul(inner, layer._output_dense.kernel),
                                    layer._output_dense.bias)
         with tf.name_scope(f"layer_{i}/ffn_norm"):
-            x = norm_fn(x, layer._output_layer_norm)
+            x = _layer_norm(x, layer._output_layer_norm)
         outputs.append(x)
     outputs = [tf.reshape(o, [batch, seq, hidden]) for o in outputs]
     with tf.name_scope("pooler"):

@@ -388,8 +388,7 @@ def _evaluate(state: DemoState) -> DemoState:
         speed = _speed_of(name, embedder, path, timing, models)
         seconds["speed"] = time.perf_counter() - start
         models[name] = {"what": what, "tatoeba": res, "tatoeba_groups": dict(averages),
-                        "size": size, "bytes": export.disk_bytes(path) if path else None,
-                        "sentences_per_second": speed["embed"], "speed": speed,
+                        "size": size, "sentences_per_second": speed["embed"], "speed": speed,
                         "seconds": seconds}
         line = (f"  {name}: Tatoeba {_group_line(averages)} ({seconds['tatoeba']:.0f}s, "
                 f"{len(langs)} languages)")
@@ -415,6 +414,7 @@ def _speed_setup(state: DemoState, tatoeba_groups, eval_langs) -> Dict[str, obje
     """What every model is timed on: ``speed_per_language`` sentences of each of 20
     Tatoeba languages (the teacher's first), the machine's cores, and its fp32
     matrix-product rate."""
+    from lealla_tf import hardware
     from lealla_tf.evaluation import speed, tatoeba
     langs = list(tatoeba_groups.get("teacher") or [])
     langs += [lang for lang in eval_langs if lang not in langs]
@@ -422,9 +422,9 @@ def _speed_setup(state: DemoState, tatoeba_groups, eval_langs) -> Dict[str, obje
                                        state.speed_per_language)
     limit = speed.matmul_gflops()
     print(f"  speed: {len(sentences)} sentences of {min(20, len(langs))} languages, "
-          f"{speed.cores()} threads for every model, fp32 matmul {limit:.0f} GFLOP/s",
+          f"{hardware.cores()} threads for every model, fp32 matmul {limit:.0f} GFLOP/s",
           flush=True)
-    return {"sentences": sentences, "limit": limit, "threads": speed.cores()}
+    return {"sentences": sentences, "limit": limit, "threads": hardware.cores()}
 
 
 def _speed_of(name: str, embedder, path: Optional[str], timing: Dict[str, object],
@@ -439,12 +439,7 @@ def _speed_of(name: str, embedder, path: Optional[str], timing: Dict[str, object
         embedder = export.load_embedder(path, num_threads=threads)
     elif name == "teacher" and embedder.name == "muse":
         embedder = teachers.load_teacher("muse", threads=threads)
-    shape = None
-    if path:
-        info = os.path.join(os.path.dirname(path.rstrip("/")), export.INFO_FILE)
-        if os.path.exists(info):
-            with open(info, encoding="utf-8") as f:
-                shape = json.load(f)["model"]
+    shape = speed.export_shape(path) if path else None
     teacher_rate = models["teacher"]["speed"]["embed"] if "teacher" in models else None
     row = speed.speed_row(embedder, timing["sentences"], shape, float(timing["limit"]),
                           teacher_rate, repeats=SPEED_REPEATS)
