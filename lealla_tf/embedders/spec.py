@@ -14,6 +14,7 @@ See docs/evaluation.md, "Models" (the grammar).
 from __future__ import annotations
 
 import importlib
+import json
 import re
 from typing import Callable, Dict, NamedTuple, Optional, Union
 
@@ -32,11 +33,18 @@ LOADERS: Dict[str, Union[str, Callable]] = {
     "tflite": "lealla_tf.embedders.artifacts:load_tflite",
     "run": "lealla_tf.embedders.artifacts:load_run",
     "py": "lealla_tf.embedders.spec:load_callable",
+    # Other libraries' formats (`lealla export --format ...`), run by those libraries.
+    "st": "lealla_tf.embedders.interop:load_sentence_transformers",
+    "onnx": "lealla_tf.embedders.interop:load_onnx",
+    "mediapipe": "lealla_tf.embedders.mediapipe:load_mediapipe",
 }
-_PREFIXES = ("hub", "savedmodel", "export", "tflite", "run", "py")
+_PREFIXES = ("hub", "savedmodel", "export", "tflite", "run", "py", "st", "onnx", "mediapipe")
 SPEC_HELP = ("muse | labse | hub:<handle> | 'hub:<preprocessor>|<encoder>' | savedmodel:<path> "
-             "| export:<path> | tflite:<path> | run:<path> | py:<module>:<function> | an "
-             "export folder, .tflite file, run dir, SavedModel folder or TF Hub URL")
+             "| export:<path> | tflite:<path> | run:<path> | py:<module>:<function> | "
+             "st:<path> | onnx:<path> | mediapipe:<path> | an export folder (any format), "
+             ".tflite or .onnx file, run dir, SavedModel folder or TF Hub URL")
+# export_info.json "format" -> spec kind, for the folders of `lealla export --format F`.
+_FORMAT_KINDS = {"sentence-transformers": "st", "onnx": "onnx", "mediapipe": "mediapipe"}
 
 
 class Spec(NamedTuple):
@@ -56,16 +64,35 @@ def _detect_path(path: str) -> Optional[Spec]:
     if not fileio.isdir(path):
         if path.endswith(".tflite"):
             return Spec("tflite", path)
-        raise ValueError(f"{path} is a file but not a .tflite model")
+        if path.endswith(".onnx"):
+            return Spec("onnx", path)
+        raise ValueError(f"{path} is a file but not a .tflite or .onnx model")
     if fileio.exists(fileio.join(path, "lealla", "saved_model.pb")):
         return Spec("export", path)
+    if fileio.exists(fileio.join(path, layout.ST_MODULES_FILE)):
+        return Spec("st", path)
+    kind = _FORMAT_KINDS.get(_export_format(path))
+    if kind:
+        return Spec(kind, path)
     if fileio.exists(fileio.join(path, "saved_model.pb")):
         return Spec("savedmodel", path)
     if fileio.exists(fileio.join(path, RUN_CONFIG_FILE)):
         return Spec("run", path)
     raise ValueError(
-        f"{path} is a folder but not an export folder (lealla/saved_model.pb), a "
-        f"SavedModel (saved_model.pb) or a training model dir ({RUN_CONFIG_FILE})")
+        f"{path} is a folder but not an export folder (lealla/saved_model.pb, or an "
+        f"{layout.INFO_FILE} naming its format), a sentence-transformers folder "
+        f"({layout.ST_MODULES_FILE}), a SavedModel (saved_model.pb) or a training model dir ({RUN_CONFIG_FILE})")
+
+
+def _export_format(path: str) -> Optional[str]:
+    """The ``format`` an export folder's export_info.json names (None: none)."""
+    info = fileio.join(path, layout.INFO_FILE)
+    if not fileio.exists(info):
+        return None
+    try:
+        return json.loads(fileio.read_text(info)).get("format")
+    except (ValueError, AttributeError):
+        return None
 
 
 def parse_spec(spec: str) -> Spec:

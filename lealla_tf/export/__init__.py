@@ -52,9 +52,10 @@ from lealla_tf.export.formats import (
     tflite_interpreter,
 )
 from lealla_tf.export.publish import make_hub_archive, publish
+from lealla_tf.export.targets import FORMATS, export_format
 
 __all__ = [
-    "CARD_FILE", "DEFAULT_CARD_TEMPLATE", "ENCODER", "ENCODER_OUTPUTS", "INFO_FILE",
+    "FORMATS", "export_format", "CARD_FILE", "DEFAULT_CARD_TEMPLATE", "ENCODER", "ENCODER_OUTPUTS", "INFO_FILE",
     "INPUT_KEY", "INT8_EMBEDDINGS_MIN_COSINE", "LEALLA", "OUTPUT_KEY", "PREPROCESSOR", "PROBE_SENTENCES", "SAVED_MODELS",
     "SIGNATURE", "TFLITE_MIN_COSINE", "TFLITE_VARIANTS", "CheckpointEmbedder", "disk_bytes",
     "SavedModelEmbedder", "TFLiteEmbedder", "build_encoder_module", "build_lealla_module",
