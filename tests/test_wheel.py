@@ -24,7 +24,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 def _build_wheel(dist: str, src: str) -> str:
     shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "dist", "*.egg-info", "results", "runs", "__pycache__",
+        ".git", ".venv*", "build", "dist", "*.egg-info", "results", "runs", "__pycache__",
         ".pytest_cache"))
     import setuptools
     offline = int(setuptools.__version__.split(".")[0]) >= 77  # pyproject's build requirement
