@@ -282,78 +282,20 @@ def full_integer_encoder(encoder, pre) -> bytes:
     return conv.convert()
 
 
-def _hf_config(cfg):
-    from transformers import BertConfig
-    return BertConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
-                      num_hidden_layers=cfg.num_layers,
-                      num_attention_heads=cfg.num_attention_heads,
-                      intermediate_size=cfg.intermediate_size,
-                      max_position_embeddings=cfg.max_position_embeddings,
-                      type_vocab_size=cfg.type_vocab_size, hidden_act="gelu_pytorch_tanh",
-                      layer_norm_eps=1e-12, hidden_dropout_prob=0.0,
-                      attention_probs_dropout_prob=0.0)
-
-
-def _torch_state(encoder, cfg):
-    """transformers.BertModel state dict holding the weights of our ``BertEncoderV2``."""
-    import torch
-
-    from lealla_tf.models import bert_internals
-    bert = encoder.bert
-    h = cfg.hidden_size
-
-    def t(x, transpose=False, shape=None):
-        a = np.asarray(x.numpy() if hasattr(x, "numpy") else x, np.float32)
-        a = a if shape is None else np.reshape(a, shape)
-        return torch.from_numpy(np.ascontiguousarray(a.T if transpose else a))
-
-    emb = bert_internals.embedding_variables(bert)
-    sd = {
-        "embeddings.word_embeddings.weight": t(emb["word_embeddings"]),
-        "embeddings.position_embeddings.weight": t(emb["position_embeddings"]),
-        "embeddings.token_type_embeddings.weight": t(emb["type_embeddings"]),
-        "embeddings.LayerNorm.weight": t(emb["embedding_norm/gamma"]),
-        "embeddings.LayerNorm.bias": t(emb["embedding_norm/beta"]),
-        "pooler.dense.weight": t(emb["pooler/kernel"], True),
-        "pooler.dense.bias": t(emb["pooler/bias"]),
-    }
-    for i, layer in enumerate(bert.transformer_layers):
-        w = bert_internals.block_variables(layer)
-        p = f"encoder.layer.{i}."
-        for name in ("query", "key", "value"):
-            sd[p + f"attention.self.{name}.weight"] = t(w[name + "/kernel"], True, [h, h])
-            sd[p + f"attention.self.{name}.bias"] = t(w[name + "/bias"], shape=[h])
-        sd[p + "attention.output.dense.weight"] = t(w["attention_output/kernel"], True, [h, h])
-        sd[p + "attention.output.dense.bias"] = t(w["attention_output/bias"])
-        sd[p + "attention.output.LayerNorm.weight"] = t(w["attention_norm/gamma"])
-        sd[p + "attention.output.LayerNorm.bias"] = t(w["attention_norm/beta"])
-        sd[p + "intermediate.dense.weight"] = t(w["intermediate/kernel"], True)
-        sd[p + "intermediate.dense.bias"] = t(w["intermediate/bias"])
-        sd[p + "output.dense.weight"] = t(w["output/kernel"], True)
-        sd[p + "output.dense.bias"] = t(w["output/bias"])
-        sd[p + "output.LayerNorm.weight"] = t(w["output_norm/gamma"])
-        sd[p + "output.LayerNorm.bias"] = t(w["output_norm/beta"])
-    return sd
-
-
 def _prepare_peers(encoder, cfg, work, runtimes):
     try:
         import torch
-        from transformers import BertModel
+        import transformers  # noqa: F401
     except ImportError:
         print("peers skipped: torch/transformers not installed", flush=True)
         return
+    from lealla_tf.export import torch_weights
     state = os.path.join(work, "torch_state.pt")
     onnx_path = os.path.join(work, "bert.onnx")
     if os.path.exists(state) and (os.path.exists(onnx_path) or
                                   not any(r.startswith("ort") for r in runtimes)):
         return
-    model = BertModel(_hf_config(cfg), add_pooling_layer=True).eval()
-    sd = _torch_state(encoder, cfg)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [m for m in missing if "position_ids" not in m and "token_type_ids" not in m]
-    if missing or unexpected:
-        raise RuntimeError(f"weight transfer incomplete: missing {missing}, extra {unexpected}")
+    model = torch_weights.bert_model(encoder, cfg, check=False)
     # Same function: compare pooled outputs on one batch.
     rng = np.random.default_rng(0)
     ids = rng.integers(5, cfg.vocab_size, (4, 12)).astype(np.int32)
@@ -489,8 +431,10 @@ def make_runner(runtime: str, work: str, shape: str, vocab: str, threads: int, r
     if runtime == "torch":
         import torch
         from transformers import BertModel
+
+        from lealla_tf.export import torch_weights
         torch.set_num_threads(threads)
-        model = BertModel(_hf_config(model_cfg(shape))).eval()
+        model = BertModel(torch_weights.hf_config(model_cfg(shape))).eval()
         model.load_state_dict(torch.load(os.path.join(work, "torch_state.pt")))
         conv = lambda x: tuple(torch.from_numpy(a.astype(np.int64)) for a in x)  # noqa: E731
 

@@ -1,0 +1,231 @@
+"""A Hugging Face ``tokenizers`` tokenizer giving a run's token ids, and the check that it
+does.
+
+- SentencePiece (unigram ``spm.model``): a ``Unigram`` model with the pieces' scores, the
+  model's own precompiled normalizer (e.g. ``nmt_nfkc``), SentencePiece's whitespace rules
+  (strip, collapse runs of spaces, a ``▁`` before the text) and its user-defined symbols
+  as added tokens. Control pieces ([PAD] [CLS] [SEP] [MASK]) and [UNK] keep their ids but
+  get a score no segmentation takes, so text spelling ``[CLS]`` is segmented as text, as
+  SentencePiece does.
+- WordPiece (``vocab.txt``): BERT's pipeline as ``BertTokenizerFast`` builds it
+  (``BertNormalizer`` with the run's lower-casing, ``BertPreTokenizer``, ``WordPiece``).
+
+Both pack ``[CLS] ids [SEP]`` and truncate to the run's packed length, like
+:class:`lealla_tf.text.packing.PackingPreprocessor`. :func:`compare_ids` measures how often
+the ids equal the TF preprocessor's.
+
+See docs/export.md, "sentence-transformers and ONNX Runtime".
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from lealla_tf import fileio
+from lealla_tf.embedders.interop import INVALID_UTF8_CHAR, decode_text
+
+# Stand-ins for invalid UTF-8 bytes, in order of preference: a private-use character, then
+# letters of historic scripts (BERT's normalizer drops private-use characters).
+INVALID_CANDIDATES = (INVALID_UTF8_CHAR, "\U00010C00", "\U0001E800", "\U00016A40",
+                      "\U00011700")
+# The score of pieces no segmentation may use (control pieces, [UNK]).
+_NEVER = -1e9
+# ... and of user-defined symbols, which SentencePiece always segments as one piece.
+_ALWAYS = 1e6
+# Mismatching sentences quoted in export_info.json.
+_QUOTED = 10
+
+
+def _unigram(model_bytes: bytes):
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import Unigram
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model_bytes)
+    if proto.trainer_spec.model_type != 1:
+        raise ValueError("only unigram SentencePiece models convert (this one is type "
+                         f"{proto.trainer_spec.model_type})")
+    if proto.trainer_spec.byte_fallback:
+        raise ValueError("SentencePiece byte fallback has no tokenizers twin")
+    normal, user = 1, 4  # SentencePiece piece types
+
+    def score(piece) -> float:  # as SentencePiece's lattice scores them
+        if piece.type == normal:
+            return piece.score
+        if piece.type == user:  # always one piece wherever it occurs, as SentencePiece
+            return _ALWAYS
+        return _NEVER
+
+    vocab = [(p.piece, score(p)) for p in proto.pieces]
+    tok = Tokenizer(Unigram(vocab, unk_id=proto.trainer_spec.unk_id, byte_fallback=False))
+    spec = proto.normalizer_spec
+    steps = [normalizers.Precompiled(spec.precompiled_charsmap)] \
+        if spec.precompiled_charsmap else []
+    if spec.remove_extra_whitespaces:
+        steps += [normalizers.Strip(), normalizers.Replace(Regex(" {2,}"), " ")]
+    if steps:
+        tok.normalizer = normalizers.Sequence(steps)
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="▁", prepend_scheme="always" if spec.add_dummy_prefix else "never",
+        split=proto.trainer_spec.split_by_whitespace)
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always"
+                                     if spec.add_dummy_prefix else "never")
+    return tok
+
+
+def _wordpiece(tokens: Sequence[str], do_lower_case: bool, max_chars: int):
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import WordPiece
+    tok = Tokenizer(WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]",
+                              max_input_chars_per_word=max_chars))
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=bool(do_lower_case),
+        lowercase=bool(do_lower_case))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
+def build_tokenizer(preprocessor):
+    """The ``tokenizers.Tokenizer`` giving ``preprocessor``'s packed ids: ``[CLS] ids
+    [SEP]``, truncated to its ``seq_length`` (padding off).
+
+    Args:
+      preprocessor: a SentencePiece ``Preprocessor`` or a ``WordpiecePreprocessor``.
+
+    Raises:
+      ValueError: a vocabulary the library cannot reproduce (not unigram, byte fallback).
+    """
+    from tokenizers import processors
+    if getattr(preprocessor, "vocab_type", "sentencepiece") == "wordpiece":
+        tok = _wordpiece(preprocessor.tokens, preprocessor.do_lower_case,
+                         preprocessor.max_bytes_per_word)
+    else:
+        tok = _unigram(preprocessor.model_bytes)
+    ids = preprocessor.special_ids
+    cls_id, sep_id = ids["start_of_sequence_id"], ids["end_of_segment_id"]
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    tok.enable_truncation(int(preprocessor.seq_length))
+    return tok
+
+
+def special_tokens(preprocessor) -> Dict[str, Any]:
+    """The special tokens and ids (``tokenizer_config.json`` names and the pad id)."""
+    ids = preprocessor.special_ids
+    return {"pad_id": ids["padding_id"], "cls_id": ids["start_of_sequence_id"],
+            "sep_id": ids["end_of_segment_id"], "unk_id": ids["unknown_id"]}
+
+
+def transformers_tokenizer(tokenizer, preprocessor):
+    """``tokenizer`` as a ``transformers.PreTrainedTokenizerFast`` (what
+    sentence-transformers loads): the special tokens named, ``model_max_length`` the packed
+    length, and ``split_special_tokens`` so that text spelling ``[CLS]`` stays text."""
+    from transformers import PreTrainedTokenizerFast
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer.__class__.from_str(tokenizer.to_str()),
+        unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", model_max_length=int(preprocessor.seq_length),
+        split_special_tokens=True, do_lower_case=bool(getattr(preprocessor, "do_lower_case",
+                                                              False)))
+    fast.backend_tokenizer.no_truncation()
+    return fast
+
+
+def tf_ids(preprocessor, sentences: Sequence[bytes], batch: int = 512) -> List[List[int]]:
+    """The ids our TF preprocessor packs for each sentence ([CLS] ... [SEP], no padding)."""
+    out: List[List[int]] = []
+    for start in range(0, len(sentences), batch):
+        part = list(sentences[start:start + batch])
+        packed = preprocessor(tf.constant(part, tf.string), dynamic_length=True)
+        ids = packed["input_word_ids"].numpy()
+        lengths = packed["input_mask"].numpy().sum(axis=1)
+        out.extend(row[:n].tolist() for row, n in zip(ids, lengths))
+    return out
+
+
+def invalid_char(tokenizer, preprocessor) -> str:
+    """The first of :data:`INVALID_CANDIDATES` that ``tokenizer`` turns into ``[UNK]``, alone
+    and inside a word (what the TF preprocessor makes of invalid UTF-8).
+
+    Raises:
+      ValueError: the vocabulary holds every candidate.
+    """
+    unk_id = preprocessor.special_ids["unknown_id"]
+    for char in INVALID_CANDIDATES:
+        if all(unk_id in tokenizer.encode(text).ids for text in (char, f"x{char}x")):
+            return char
+    raise ValueError("the vocabulary holds every stand-in for invalid UTF-8 bytes "
+                     f"{[hex(ord(c)) for c in INVALID_CANDIDATES]}")
+
+
+def hf_ids(tokenizer, sentences: Sequence[bytes],
+           invalid: str = INVALID_UTF8_CHAR) -> List[List[int]]:
+    """The ids ``tokenizer`` gives each sentence (decoded by
+    :func:`lealla_tf.embedders.interop.decode_text` with ``invalid``)."""
+    return [e.ids for e in tokenizer.encode_batch([decode_text(s, invalid)
+                                                   for s in sentences])]
+
+
+def compare_ids(preprocessor, tokenizer, sentences: Sequence[bytes],
+                invalid: str = INVALID_UTF8_CHAR) -> Dict[str, Any]:
+    """How many sentences get the same ids from ``tokenizer`` as from ``preprocessor``.
+
+    Returns:
+      ``{"sentences", "equal", "agreement", "mismatches"}``; ``mismatches`` quotes up to
+      ten sentences (their first 80 characters) with the first differing position.
+    """
+    ours, theirs = tf_ids(preprocessor, sentences), hf_ids(tokenizer, sentences, invalid)
+    bad = []
+    for s, a, b in zip(sentences, ours, theirs):
+        if a != b:
+            at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            bad.append({"sentence": decode_text(s, invalid)[:80], "position": at,
+                        "ours": a[max(at - 2, 0):at + 4], "tokenizers": b[max(at - 2, 0):at + 4]})
+    n = len(sentences)
+    return {"sentences": n, "equal": n - len(bad),
+            "agreement": (n - len(bad)) / n if n else 1.0, "mismatches": bad[:_QUOTED]}
+
+
+def sample_sentences(train_files: Sequence[str], limit: int = 2000) -> List[bytes]:
+    """Up to ``limit`` sentences from the first lines of a run's training files (both sides
+    of ``.tsv`` pairs), spread over the files that still exist; empty when none does."""
+    files = [f for f in train_files if fileio.exists(f) and not fileio.isdir(f)]
+    if not files:
+        return []
+    per_file = max(1, math.ceil(limit / len(files)))
+    out: List[bytes] = []
+    for path in files:
+        with fileio.open(path, "rb") as f:
+            for line in itertools.islice(f, math.ceil(per_file / 2) + 1):
+                fields = line.rstrip(b"\r\n").split(b"\t") if path.endswith(".tsv") \
+                    else [line.rstrip(b"\r\n")]
+                out.extend(x for x in fields[:2] if x)
+    step = max(1, len(out) // limit)
+    return out[::step][:limit]
+
+
+def check_summary(checks: Dict[str, Dict[str, Any]]) -> Optional[str]:
+    """A warning naming every check set whose ids are not all equal (None: all equal)."""
+    parts = [f"{name}: {c['equal']}/{c['sentences']}" for name, c in checks.items()
+             if c["sentences"] and c["equal"] < c["sentences"]]
+    if not parts:
+        return None
+    return ("the Hugging Face tokenizer's ids differ from the TF preprocessor's on some "
+            "sentences (" + ", ".join(parts) + "; see export_info.json, checks.token_ids)")
+
+
+def as_array(rows: List[List[int]], pad_id: int) -> np.ndarray:
+    """Rows of ids padded into an int64 ``[N, longest]`` array."""
+    width = max((len(r) for r in rows), default=0)
+    out = np.full((len(rows), width), pad_id, np.int64)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
+

@@ -1,0 +1,283 @@
+"""``lealla export --format sentence-transformers``: a folder ``SentenceTransformer(path)``
+loads offline with no custom code.
+
+Modules: ``0_Transformer`` (a ``transformers.BertModel`` with the run's weights as
+``model.safetensors``, and a Hugging Face tokenizer giving the run's ids: ``[CLS] pieces
+[SEP]``, ``max_seq_length`` the run's packed length), ``1_Pooling`` (mean over the real
+tokens, [CLS] and [SEP] included, or the [CLS] token), for ``cls`` pooling ``2_Dense`` (the
+pooler: dense + tanh), then ``Normalize``. Checked before the folder is committed: the
+loaded model's embeddings of the probe sentences, from the TF preprocessor's ids, reach
+cosine :data:`FLOAT_MIN_COSINE` to the TF model's; the tokenizer's ids are compared with
+the TF preprocessor's on the probe sentences and on up to 2,000 lines of the run's training
+files (``export_info.json``, ``checks.token_ids``).
+
+See docs/export.md, "sentence-transformers and ONNX Runtime".
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from lealla_tf import fileio, layout, runs
+from lealla_tf.embedders.interop import decode_text
+from lealla_tf.export import hf_tokenizer, torch_weights
+from lealla_tf.export.card import human_bytes
+from lealla_tf.export.formats import PROBE_SENTENCES, cosine_rows
+from lealla_tf.models import encoders
+
+FORMAT = "sentence-transformers"
+# Cosine the exported float model must reach to the TF model on every probe sentence.
+FLOAT_MIN_COSINE = 0.99999
+SAMPLE_SENTENCES = 2000
+
+
+class Prepared:
+    """What both the sentence-transformers and the ONNX export start from: the restored
+    run, its ``transformers.BertModel``, the Hugging Face tokenizer, the TF model's probe
+    embeddings and the token-id checks."""
+
+    def __init__(self, model_dir: str, checkpoint: Optional[str], fmt: str,
+                 model_card_info: Optional[Dict[str, Any]] = None):
+        from lealla_tf.export.exporter import run_card_info
+        self.checkpoint = checkpoint or runs.latest_checkpoint(model_dir)
+        self.cfg, self.preprocessor, self.encoder = runs.restore_encoder(model_dir,
+                                                                         self.checkpoint)
+        if not hasattr(self.encoder, "bert"):
+            raise ValueError(f"--format {fmt} exports Transformer encoders; {model_dir} is a "
+                             f"{type(self.encoder).__name__} (export it with --format hub)")
+        self.model = torch_weights.bert_model(self.encoder, self.cfg.model)
+        self.pooling = self.encoder.pooling
+        self.seq_length = int(self.preprocessor.seq_length)
+        self.tokenizer = hf_tokenizer.build_tokenizer(self.preprocessor)
+        self.invalid = hf_tokenizer.invalid_char(self.tokenizer, self.preprocessor)
+        string_model = encoders.StringEncoder(self.preprocessor, self.encoder)
+        self.reference = string_model(tf.constant(list(PROBE_SENTENCES)), training=False).numpy()
+        self.probe_ids = hf_tokenizer.tf_ids(self.preprocessor, PROBE_SENTENCES)
+        sample = hf_tokenizer.sample_sentences(self.cfg.data.train_files, SAMPLE_SENTENCES)
+        self.id_checks = {"probe": hf_tokenizer.compare_ids(self.preprocessor, self.tokenizer,
+                                                            PROBE_SENTENCES, self.invalid)}
+        if sample:
+            self.id_checks["training_sample"] = hf_tokenizer.compare_ids(
+                self.preprocessor, self.tokenizer, sample, self.invalid)
+        self.card = run_card_info(model_dir, self.cfg, self.checkpoint)
+        self.card.update(model_card_info or {})
+
+    def info(self, fmt: str) -> Dict[str, Any]:
+        """The ``export_info.json`` dict's common part."""
+        import torch
+        import transformers
+        m = self.cfg.model
+        return {
+            "format": fmt, "format_version": 1,
+            "created": datetime.datetime.now(datetime.timezone.utc).strftime(
+                "%Y-%m-%d %H:%M UTC"),
+            "lealla_tf_version": _version(), "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "model": {"name": m.name, "hidden_size": m.hidden_size, "num_layers": m.num_layers,
+                      "num_attention_heads": m.num_attention_heads,
+                      "intermediate_size": m.intermediate_size, "pooling": self.pooling,
+                      "embedding_dim": m.hidden_size, "seq_length": self.seq_length,
+                      "vocab_pieces": int(self.preprocessor.vocab_size),
+                      "vocab_type": getattr(self.preprocessor, "vocab_type", "sentencepiece"),
+                      "parameters": int(sum(p.numel() for p in self.model.parameters())),
+                      "checkpoint": self.checkpoint},
+            "tokenizer": dict(hf_tokenizer.special_tokens(self.preprocessor),
+                              type=("wordpiece" if self.cfg.vocab.type == "wordpiece"
+                                    else "unigram"),
+                              invalid_utf8_char=self.invalid),
+            "files": {}, "checks": {"token_ids": self.id_checks},
+            "card": {k: v for k, v in self.card.items() if isinstance(v, (str, dict))},
+        }
+
+    def warn_ids(self, progress: bool) -> Optional[str]:
+        """Prints (and returns) the token-id disagreement, if any."""
+        note = hf_tokenizer.check_summary(self.id_checks)
+        if note and progress:
+            print(f"warning: {note}", flush=True)
+        return note
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("lealla_tf")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        return "unknown"
+
+
+def _save_hf(prep: Prepared, folder: str) -> None:
+    """``config.json``, ``model.safetensors`` and the tokenizer files of ``0_Transformer``."""
+    prep.model.save_pretrained(folder, safe_serialization=True)
+    fast = hf_tokenizer.transformers_tokenizer(prep.tokenizer, prep.preprocessor)
+    fast.save_pretrained(folder)
+
+
+def _st_model(prep: Prepared, folder: str):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as models
+    h = prep.cfg.model.hidden_size
+    modules: List[Any] = [
+        models.Transformer(folder, max_seq_length=prep.seq_length,
+                           do_lower_case=False),
+        models.Pooling(h, pooling_mode="cls" if prep.pooling == "cls" else "mean")]
+    if prep.pooling == "cls":
+        import torch
+        state = prep.model.pooler.dense.state_dict()
+        modules.append(models.Dense(h, h, bias=True, activation_function=torch.nn.Tanh(),
+                                    init_weight=state["weight"].clone(),
+                                    init_bias=state["bias"].clone()))
+    modules.append(models.Normalize())
+    return SentenceTransformer(modules=modules, device="cpu")
+
+
+def st_embeddings_from_ids(model, ids: List[List[int]], pad_id: int) -> np.ndarray:
+    """A loaded ``SentenceTransformer``'s embeddings of given token ids (the tokenizer left
+    out)."""
+    import torch
+    batch = torch.from_numpy(hf_tokenizer.as_array(ids, pad_id))
+    mask = torch.from_numpy((hf_tokenizer.as_array([[1] * len(r) for r in ids], 0)))
+    with torch.inference_mode():
+        out = model({"input_ids": batch, "attention_mask": mask,
+                     "token_type_ids": torch.zeros_like(batch)})
+    return out["sentence_embedding"].numpy().astype(np.float32)
+
+
+def _readme(info: Dict[str, Any], output_dir: str) -> str:
+    m, checks = info["model"], info["checks"]
+    title = info["card"].get("title") or f"LEALLA {m['name']}"
+    ids = "; ".join(f"{k}: {v['equal']:,}/{v['sentences']:,} sentences"
+                    for k, v in checks["token_ids"].items())
+    files = "\n".join(f"| `{e['path']}` | {human_bytes(e['bytes'])} |"
+                      for e in info["files"].values())
+    return f"""---
+library_name: sentence-transformers
+pipeline_tag: sentence-similarity
+tags: [sentence-transformers, feature-extraction, sentence-similarity, lealla]
+---
+
+# {title} (sentence-transformers)
+
+{info["card"].get("description", "")}
+
+A LEALLA-style multilingual sentence encoder: {m['num_layers']} layers, hidden size
+{m['hidden_size']}, {m['vocab_pieces']:,}-token {m['vocab_type']} vocabulary, {m['pooling']}
+pooling, L2-normalised {m['embedding_dim']}-dimensional embeddings (dot product = cosine).
+Sentences are packed as `[CLS] tokens [SEP]` and truncated to {m['seq_length']} tokens.
+
+```python
+from sentence_transformers import SentenceTransformer
+model = SentenceTransformer("{output_dir}")
+embeddings = model.encode(["dog", "Hund"])   # float32 [2, {m['embedding_dim']}], unit rows
+```
+
+| file | size |
+|---|---|
+{files}
+
+Checks at export (`export_info.json`, `checks`): the model reproduces the TensorFlow model
+it was exported from (min cosine {checks['model_min_cosine']:.7f} on the probe sentences, from
+the same token ids; {checks['min_cosine']:.7f} with this folder's own tokenizer). The
+tokenizer gives the TensorFlow preprocessor's token ids on {ids}.
+"""
+
+
+def export_run(model_dir: str, output_dir: str, *, checkpoint: Optional[str] = None,
+               overwrite: bool = False, int8: bool = True, progress: bool = True,
+               model_card_info: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Exports a run (or a ``lealla import`` run) as a sentence-transformers folder.
+
+    Args:
+      model_dir: the run's model dir.
+      output_dir: the folder (written atomically).
+      checkpoint: a checkpoint path (default: the latest).
+      overwrite: replace an existing ``output_dir``.
+      int8: not used (sentence-transformers folders hold float weights).
+      progress: print progress and the checks.
+      model_card_info: ``title`` / ``description`` for the README.
+
+    Returns:
+      the ``export_info.json`` dict.
+
+    Raises:
+      FileExistsError: ``output_dir`` exists and ``overwrite`` is False.
+      ValueError: a static encoder, or a vocabulary the tokenizers library cannot
+        reproduce.
+      RuntimeError: the exported model differs from the TF model (min cosine below
+        :data:`FLOAT_MIN_COSINE`).
+    """
+    from tqdm.auto import tqdm
+    del int8
+    output_dir = fileio.normpath(output_dir)
+    fileio.check_target(output_dir, overwrite)
+    bar = tqdm(total=3, desc="export", unit="step", disable=not progress)
+    bar.set_postfix_str("restore")
+    prep = Prepared(model_dir, checkpoint, FORMAT, model_card_info)
+    bar.update()
+    with fileio.atomic_dir(output_dir, overwrite, bar, last=layout.INFO_FILE) as tmp:
+        bar.set_postfix_str("save")
+        info = prep.info(FORMAT)
+        import sentence_transformers
+        info["sentence_transformers"] = sentence_transformers.__version__
+        staging = os.path.join(tmp, ".hf")
+        _save_hf(prep, staging)
+        _st_model(prep, staging).save(tmp)
+        shutil.rmtree(staging)
+        bar.update()
+        bar.set_postfix_str("check")
+        info["checks"].update(check_folder(tmp, prep))
+        bar.update()
+        note = prep.warn_ids(progress)
+        if note:
+            info["checks"]["token_ids_note"] = note
+        for name in sorted(os.listdir(tmp)):
+            path = os.path.join(tmp, name)
+            info["files"][name] = {"path": name + ("/" if os.path.isdir(path) else ""),
+                                   "bytes": fileio.tree_bytes(path)}
+        info["files_total_bytes"] = sum(e["bytes"] for e in info["files"].values())
+        with open(os.path.join(tmp, layout.CARD_FILE), "w", encoding="utf-8") as f:
+            f.write(_readme(info, output_dir))
+        with open(os.path.join(tmp, layout.INFO_FILE), "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=1, ensure_ascii=False)
+    if progress:
+        print(f"exported to {output_dir} ({human_bytes(info['files_total_bytes'])}): min cosine "
+              f"{info['checks']['min_cosine']:.7f} to the TF model on the probe sentences",
+              flush=True)
+    return info
+
+
+def check_folder(folder: str, prep: Prepared) -> Dict[str, Any]:
+    """Loads the written folder with ``SentenceTransformer`` and compares it with the TF
+    model on the probe sentences.
+
+    Raises:
+      RuntimeError: from the TF model's own ids, a min cosine below
+        :data:`FLOAT_MIN_COSINE`; or a tokenizer that does not give the ids of
+        :func:`hf_tokenizer.build_tokenizer`.
+    """
+    from sentence_transformers import SentenceTransformer
+    model = SentenceTransformer(folder, device="cpu", local_files_only=True)
+    pad_id = hf_tokenizer.special_tokens(prep.preprocessor)["pad_id"]
+    same_ids = st_embeddings_from_ids(model, prep.probe_ids, pad_id)
+    model_min = float(cosine_rows(same_ids, prep.reference).min())
+    if model_min < FLOAT_MIN_COSINE:
+        raise RuntimeError(f"the sentence-transformers model differs from the TF model: min "
+                           f"cosine {model_min:.7f} < {FLOAT_MIN_COSINE} on the probe "
+                           "sentences (same token ids)")
+    texts = [decode_text(s, prep.invalid) for s in PROBE_SENTENCES]
+    loaded_ids = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)[
+        "input_ids"]
+    built_ids = hf_tokenizer.hf_ids(prep.tokenizer, PROBE_SENTENCES, prep.invalid)
+    if [list(x) for x in loaded_ids] != built_ids:
+        raise RuntimeError("the saved tokenizer does not give the ids of the tokenizer built "
+                           "for it (tokenizer_config.json / special tokens)")
+    got = model.encode(texts, convert_to_numpy=True, show_progress_bar=False)
+    cos = cosine_rows(got, prep.reference)
+    return {"model_min_cosine": model_min, "min_cosine": float(cos.min()),
+            "max_abs_diff": float(np.abs(got - prep.reference).max())}

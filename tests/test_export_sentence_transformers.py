@@ -1,0 +1,177 @@
+"""`lealla export --format sentence-transformers`: SentenceTransformer(path) loads the folder
+offline with no custom code and reproduces the TF model (mean and cls pooling,
+SentencePiece and WordPiece runs); the tokenizer gives the TF preprocessor's ids; the
+``st:`` embedder and bare-path detection."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lealla_tf import cli, embedders, layout
+from lealla_tf.embedders import interop, spec
+from lealla_tf.export import PROBE_SENTENCES, cosine_rows, hf_tokenizer
+from lealla_tf.export import to_sentence_transformers as st_export
+from support import interop_runs
+
+pytest.importorskip("sentence_transformers")
+
+MIN_COSINE = 0.99999
+def _valid(s: bytes) -> bool:
+    try:
+        s.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+VALID = [s for s in PROBE_SENTENCES if _valid(s)]
+# TF Text's lower-casing case-folds (final sigma becomes sigma), BERT's normalizer lower-cases.
+FINAL_SIGMA = "ς".encode("utf-8")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, hermetic_vocab, hermetic_files):
+    root = tmp_path_factory.mktemp("st_runs")
+    return {"mean": interop_runs.sentencepiece_run(str(root / "mean"), hermetic_vocab,
+                                                   hermetic_files, "mean"),
+            "cls": interop_runs.sentencepiece_run(str(root / "cls"), hermetic_vocab,
+                                                  hermetic_files, "cls"),
+            "wordpiece": interop_runs.wordpiece_run(str(root / "wordpiece"), hermetic_files)}
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, runs):
+    root = tmp_path_factory.mktemp("st_exports")
+    out = {name: str(root / name) for name in runs}
+    rc = cli.main(["export", "--model-dir", runs["mean"], "--output", out["mean"],
+                   "--format", "sentence-transformers", "--title", "Tiny ST"])
+    assert rc == 0
+    for name in ("cls", "wordpiece"):
+        st_export.export_run(runs[name], out[name], progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(runs):
+    """The TF model's embeddings of the probe sentences (the run's checkpoint)."""
+    return {name: embedders.load(f"run:{path}").encode(list(PROBE_SENTENCES))
+            for name, path in runs.items()}
+
+
+def _info(folder):
+    with open(os.path.join(folder, layout.INFO_FILE), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_the_folder_has_the_modules_and_records_its_checks(exports):
+    folder = exports["mean"]
+    modules = json.load(open(os.path.join(folder, layout.ST_MODULES_FILE)))
+    kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
+    assert kinds == ["Transformer", "Pooling", "Normalize"]
+    pooling = json.load(open(os.path.join(folder, modules[1]["path"], "config.json")))
+    assert pooling["pooling_mode"] == "mean"
+    for name in ("config.json", "model.safetensors", "tokenizer.json",
+                 "config_sentence_transformers.json", layout.CARD_FILE):
+        assert os.path.isfile(os.path.join(folder, name)), name
+    assert json.load(open(os.path.join(folder, "config.json")))["model_type"] == "bert"
+    info = _info(folder)
+    assert info["format"] == "sentence-transformers" and info["model"]["pooling"] == "mean"
+    assert info["checks"]["model_min_cosine"] >= MIN_COSINE
+    ids = info["checks"]["token_ids"]
+    assert ids["probe"]["equal"] == ids["probe"]["sentences"] == len(PROBE_SENTENCES)
+    assert ids["training_sample"]["sentences"] > 500
+    assert ids["training_sample"]["equal"] == ids["training_sample"]["sentences"]
+    assert "Tiny ST" in open(os.path.join(folder, layout.CARD_FILE), encoding="utf-8").read()
+
+    cls_modules = json.load(open(os.path.join(exports["cls"], layout.ST_MODULES_FILE)))
+    assert [m["type"].rsplit(".", 1)[-1] for m in cls_modules] == [
+        "Transformer", "Pooling", "Dense", "Normalize"]
+    dense = json.load(open(os.path.join(exports["cls"], cls_modules[2]["path"], "config.json")))
+    assert dense["activation_function"].endswith("Tanh")
+
+
+def test_sentence_transformer_loads_it_offline_and_matches_the_tf_model(exports, reference,
+                                                                         tmp_path):
+    # A fresh process, offline, as a user loads it: no lealla_tf, no custom code.
+    texts = [interop.decode_text(s) for s in PROBE_SENTENCES]
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    script = ("import json, sys, numpy as np\n"
+              "from sentence_transformers import SentenceTransformer\n"
+              "m = SentenceTransformer(sys.argv[1])\n"
+              "t = json.load(open(sys.argv[2]))\n"
+              "np.save(sys.argv[3], m.encode(t))\n"
+              "print(m.max_seq_length)\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.pop("PYTHONPATH", None)
+    out = tmp_path / "emb.npy"
+    proc = subprocess.run([sys.executable, "-c", script, exports["cls"],
+                           str(tmp_path / "texts.json"), str(out)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1] == "32"  # the run's packed length
+    got = np.load(out)
+    assert got.dtype == np.float32 and got.shape == reference["cls"].shape
+    assert cosine_rows(got, reference["cls"]).min() >= MIN_COSINE
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mean", "cls"])
+def test_st_embedder_matches_the_tf_model_on_the_probe_sentences(exports, reference, name):
+    model = embedders.load(f"st:{exports[name]}")
+    assert isinstance(model, interop.SentenceTransformersEmbedder)
+    got = model.encode(list(PROBE_SENTENCES))  # invalid UTF-8 and a 100k-character string
+    assert got.dtype == np.float32
+    assert cosine_rows(got, reference[name]).min() >= MIN_COSINE
+    # Bare path: a folder holding modules.json.
+    assert spec.parse_spec(exports[name]).kind == "st"
+    bare = embedders.load(exports[name], batch_size=4)
+    assert cosine_rows(bare.encode(list(PROBE_SENTENCES)), got).min() >= MIN_COSINE
+
+
+def test_mean_and_cls_exports_differ(exports):
+    # The pooling is what the run says (the runs share weights' shapes, not values).
+    a = embedders.load(f"st:{exports['mean']}").encode(["dog", "the red house"])
+    b = embedders.load(f"st:{exports['cls']}").encode(["dog", "the red house"])
+    assert cosine_rows(a, b).max() < 0.999
+
+
+def test_the_tokenizer_gives_the_tf_ids(runs, exports):
+    from sentence_transformers import SentenceTransformer
+
+    from lealla_tf import runs as runs_lib
+    for name in ("mean", "wordpiece"):
+        _, pre, _ = runs_lib.restore_encoder(runs[name])
+        tokenizer = SentenceTransformer(exports[name], device="cpu").tokenizer
+        sentences = [s for s in VALID if name != "wordpiece" or FINAL_SIGMA not in s]
+        sentences += [b"Big DOG, small cat!"]
+        if name == "wordpiece":  # text spelling a special token stays text
+            sentences += [b"[CLS] the dog [SEP]"]
+        texts = [s.decode("utf-8") for s in sentences]
+        theirs = tokenizer(texts, truncation=True, max_length=pre.seq_length)["input_ids"]
+        assert [list(t) for t in theirs] == hf_tokenizer.tf_ids(pre, sentences), name
+
+
+def test_wordpiece_export_records_where_its_ids_differ(runs, exports, reference):
+    info = _info(exports["wordpiece"])
+    assert info["model"]["vocab_type"] == "wordpiece" and info["model"]["pooling"] == "cls"
+    assert info["checks"]["model_min_cosine"] >= MIN_COSINE
+    probe = info["checks"]["token_ids"]["probe"]
+    differ = [s for s in PROBE_SENTENCES if FINAL_SIGMA in s]
+    assert probe["equal"] == len(PROBE_SENTENCES) - len(differ)
+    assert [m["sentence"] for m in probe["mismatches"]] == [s.decode() for s in differ]
+    assert "token_ids_note" in info["checks"]
+    got = embedders.load(exports["wordpiece"]).encode(list(PROBE_SENTENCES))
+    same = [i for i, s in enumerate(PROBE_SENTENCES) if FINAL_SIGMA not in s]
+    assert cosine_rows(got[same], reference["wordpiece"][same]).min() >= MIN_COSINE
+
+
+def test_export_refuses_an_existing_folder(exports, runs):
+    with pytest.raises(FileExistsError):
+        st_export.export_run(runs["mean"], exports["mean"], progress=False)
+    rc = cli.main(["export", "--model-dir", runs["mean"], "--output", exports["mean"],
+                   "--format", "sentence-transformers"])
+    assert rc != 0
