@@ -29,8 +29,6 @@ def _valid(s: bytes) -> bool:
 
 
 VALID = [s for s in PROBE_SENTENCES if _valid(s)]
-# TF Text's lower-casing case-folds (final sigma becomes sigma), BERT's normalizer lower-cases.
-FINAL_SIGMA = "ς".encode("utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +144,7 @@ def test_the_tokenizer_gives_the_tf_ids(runs, exports):
     for name in ("mean", "wordpiece"):
         _, pre, _ = runs_lib.restore_encoder(runs[name])
         tokenizer = SentenceTransformer(exports[name], device="cpu").tokenizer
-        sentences = [s for s in VALID if name != "wordpiece" or FINAL_SIGMA not in s]
-        sentences += [b"Big DOG, small cat!"]
+        sentences = VALID + [b"Big DOG, small cat!", "Straße ΟΔΌΣ ﬁn ？".encode()]
         if name == "wordpiece":  # text spelling a special token stays text
             sentences += [b"[CLS] the dog [SEP]"]
         texts = [s.decode("utf-8") for s in sentences]
@@ -155,18 +152,34 @@ def test_the_tokenizer_gives_the_tf_ids(runs, exports):
         assert [list(t) for t in theirs] == hf_tokenizer.tf_ids(pre, sentences), name
 
 
-def test_wordpiece_export_records_where_its_ids_differ(runs, exports, reference):
+def test_wordpiece_export_reproduces_tf_texts_normalization(runs, exports, reference):
     info = _info(exports["wordpiece"])
     assert info["model"]["vocab_type"] == "wordpiece" and info["model"]["pooling"] == "cls"
     assert info["checks"]["model_min_cosine"] >= MIN_COSINE
-    probe = info["checks"]["token_ids"]["probe"]
-    differ = [s for s in PROBE_SENTENCES if FINAL_SIGMA in s]
-    assert probe["equal"] == len(PROBE_SENTENCES) - len(differ)
-    assert [m["sentence"] for m in probe["mismatches"]] == [s.decode() for s in differ]
-    assert "token_ids_note" in info["checks"]
+    ids = info["checks"]["token_ids"]
+    assert ids["probe"]["equal"] == len(PROBE_SENTENCES)  # invalid UTF-8 included
+    assert ids["training_sample"]["equal"] == ids["training_sample"]["sentences"] > 500
+    assert "token_ids_note" not in info["checks"]
     got = embedders.load(exports["wordpiece"]).encode(list(PROBE_SENTENCES))
-    same = [i for i, s in enumerate(PROBE_SENTENCES) if FINAL_SIGMA not in s]
-    assert cosine_rows(got[same], reference["wordpiece"][same]).min() >= MIN_COSINE
+    assert cosine_rows(got, reference["wordpiece"]).min() >= MIN_COSINE
+
+
+def test_a_tokenizer_difference_is_counted_and_quoted(runs):
+    from lealla_tf import runs as runs_lib
+    _, pre, _ = runs_lib.restore_encoder(runs["wordpiece"])
+    tok = hf_tokenizer.build_tokenizer(pre)
+    # TF Text makes a word of more than 100 UTF-8 bytes [UNK]; tokenizers counts characters.
+    long_word = "ο" * 60  # 120 bytes
+    sentences = [b"the dog", f"the {long_word} dog".encode(), "ΜΕΓΑΛΟΣ σκύλος ß".encode()]
+    check = hf_tokenizer.compare_ids(pre, tok, sentences)
+    assert (check["sentences"], check["equal"]) == (3, 2)
+    (bad,) = check["mismatches"]
+    assert bad["sentence"].startswith("the ο") and bad["position"] == 2
+    unk = pre.special_ids["unknown_id"]
+    assert bad["ours"][2] == unk and bad["tokenizers"][2] != unk
+    assert "probe: 2/3" in hf_tokenizer.check_summary({"probe": check})
+    assert hf_tokenizer.check_summary({"probe": hf_tokenizer.compare_ids(
+        pre, tok, sentences[:1])}) is None
 
 
 def test_export_refuses_an_existing_folder(exports, runs):

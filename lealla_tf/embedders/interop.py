@@ -8,11 +8,9 @@ run by those libraries: the ``st:`` and ``onnx:`` specs.
   ``tokenizers`` library), as the folder's README shows.
 
 Both take sentences as str or UTF-8 bytes. Bytes that are not UTF-8 are decoded by
-:func:`decode_text`: each run of invalid bytes becomes one character no vocabulary holds
-(U+E000), so the tokenizer gives ``[UNK]`` there, as the TF preprocessor's SentencePiece
-tokenizer does for invalid bytes; the embeddings then equal the TF model's for SentencePiece
-runs. (WordPiece: TF Text's tokenizer drops invalid bytes where this gives ``[UNK]``; see
-docs/export.md, "sentence-transformers and ONNX Runtime".)
+:func:`decode_text`: each run of invalid bytes becomes one character the vocabulary lacks
+(the folder's ``export_info.json`` names it), so the tokenizer gives ``[UNK]`` there, as the
+TF preprocessor does for invalid bytes (SentencePiece and WordPiece alike).
 
 Needs the ``interop`` extra (torch, transformers, sentence-transformers, onnxruntime,
 tokenizers), imported when a model loads::
@@ -35,9 +33,9 @@ from lealla_tf import fileio, layout
 from lealla_tf.embedders.base import DEFAULT_BATCH_SIZE, SPECIAL_TOKENS, Embedder
 
 # What a run of bytes that are not UTF-8 becomes before tokenization (by default): a
-# private-use character SentencePiece vocabularies lack, so the tokenizer gives one [UNK]
-# there. An export names its own in export_info.json (tokenizer.invalid_utf8_char): BERT's
-# normalizer drops private-use characters, so WordPiece exports use a rare letter.
+# private-use character vocabularies lack, so the tokenizer gives [UNK] there. An export
+# names its own in export_info.json (tokenizer.invalid_utf8_char): the first stand-in its
+# vocabulary lacks.
 INVALID_UTF8_CHAR = "\ue000"
 # The model inputs and output of `lealla export --format onnx`.
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")

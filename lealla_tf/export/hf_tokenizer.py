@@ -8,7 +8,9 @@ does.
   get a score no segmentation takes, so text spelling ``[CLS]`` is segmented as text, as
   SentencePiece does.
 - WordPiece (``vocab.txt``): BERT's pipeline as ``BertTokenizerFast`` builds it
-  (``BertNormalizer`` with the run's lower-casing, ``BertPreTokenizer``, ``WordPiece``).
+  (``BertPreTokenizer``, ``WordPiece``), with normalizer steps that reproduce TF Text's
+  (control and format characters, and lower-casing as NFKD + case folding + removal of
+  non-spacing marks, where ``BertNormalizer`` lower-cases and strips accents after NFD).
 
 Both pack ``[CLS] ids [SEP]`` and truncate to the run's packed length, like
 :class:`lealla_tf.text.packing.PackingPreprocessor`. :func:`compare_ids` measures how often
@@ -78,14 +80,42 @@ def _unigram(model_bytes: bytes):
     return tok
 
 
+def _case_folds() -> Dict[str, str]:
+    """Characters (after NFKD and lower-casing) that Unicode case folding maps elsewhere:
+    final sigma to sigma, sharp s to ss, Cherokee small letters to capitals, ..."""
+    import sys
+    import unicodedata
+    folds = {}
+    for code in range(0x20, sys.maxunicode + 1):
+        if 0xD800 <= code < 0xE000:
+            continue
+        low = unicodedata.normalize("NFKD", chr(code)).lower()
+        if len(low) == 1 and low.casefold() != low:
+            folds[low] = low.casefold()
+    return folds
+
+
 def _wordpiece(tokens: Sequence[str], do_lower_case: bool, max_chars: int):
-    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
+    """BERT's WordPiece pipeline, with TF Text's ``FastBertNormalizer`` reproduced:
+    control characters become spaces (format characters too; with lower-casing they are
+    dropped), nothing else changes; lower-casing is NFKD, Unicode case folding (not plain
+    lower-casing: final sigma becomes sigma) and the removal of non-spacing marks."""
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import WordPiece
     tok = Tokenizer(WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]",
                               max_input_chars_per_word=max_chars))
-    tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=bool(do_lower_case),
-        lowercase=bool(do_lower_case))
+    if do_lower_case:
+        steps = [normalizers.Replace(Regex(r"\p{Cf}"), ""),
+                 normalizers.Replace(Regex(r"\p{Cc}"), " "),
+                 normalizers.NFKD(), normalizers.Lowercase()]
+        steps += [normalizers.Replace(k, v) for k, v in sorted(_case_folds().items())]
+        steps += [normalizers.NFKD(), normalizers.Replace(Regex(r"\p{Mn}"), "")]
+    else:
+        steps = [normalizers.Replace(Regex(r"[\p{Cc}\p{Cf}]"), " ")]
+    # Chinese characters become words of their own (FastBertTokenizer splits them too).
+    steps.append(normalizers.BertNormalizer(clean_text=False, handle_chinese_chars=True,
+                                            strip_accents=False, lowercase=False))
+    tok.normalizer = normalizers.Sequence(steps)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
     return tok
