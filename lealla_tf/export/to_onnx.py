@@ -28,7 +28,7 @@ from lealla_tf.embedders.interop import ONNX_INPUTS, ONNX_OUTPUT, decode_text
 from lealla_tf.export import hf_tokenizer
 from lealla_tf.export.card import human_bytes
 from lealla_tf.export.formats import PROBE_SENTENCES, cosine_rows
-from lealla_tf.export.to_sentence_transformers import FLOAT_MIN_COSINE, Prepared
+from lealla_tf.export.to_sentence_transformers import FLOAT_MIN_COSINE, Prepared, readable
 
 FORMAT = "onnx"
 # The int8 file is kept only if every probe sentence reaches this cosine to the TF model
@@ -197,6 +197,7 @@ def export_run(model_dir: str, output_dir: str, *, checkpoint: Optional[str] = N
         note = prep.warn_ids(progress)
         if note:
             info["checks"]["token_ids_note"] = note
+        readable(tmp)
         info["files_total_bytes"] = sum(e["bytes"] for e in info["files"].values())
         with open(os.path.join(tmp, layout.CARD_FILE), "w", encoding="utf-8") as f:
             f.write(_readme(info))

@@ -112,6 +112,16 @@ def _version() -> str:
         return "unknown"
 
 
+def readable(folder: str) -> None:
+    """Gives every file below ``folder`` the modes the umask allows (some writers create
+    files readable by their owner only)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for root, _, files in os.walk(folder):
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
 def _save_hf(prep: Prepared, folder: str) -> None:
     """``config.json``, ``model.safetensors`` and the tokenizer files of ``0_Transformer``."""
     prep.model.save_pretrained(folder, safe_serialization=True)
@@ -236,7 +246,10 @@ def export_run(model_dir: str, output_dir: str, *, checkpoint: Optional[str] = N
         note = prep.warn_ids(progress)
         if note:
             info["checks"]["token_ids_note"] = note
+        readable(tmp)
         for name in sorted(os.listdir(tmp)):
+            if name == layout.CARD_FILE:  # sentence-transformers' card, replaced below
+                continue
             path = os.path.join(tmp, name)
             info["files"][name] = {"path": name + ("/" if os.path.isdir(path) else ""),
                                    "bytes": fileio.tree_bytes(path)}
