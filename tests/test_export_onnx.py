@@ -1,7 +1,7 @@
 """`lealla export --format onnx`: model.onnx (token ids in, pooling and L2 normalisation
 inside, dynamic batch and length) reproduces the TF model with ONNX Runtime, the int8 file
 passes its gate, tokenizer.json gives the TF preprocessor's ids; the ``onnx:`` embedder and
-bare-path detection (mean and cls pooling)."""
+bare-path detection (mean and cls pooling, SentencePiece and WordPiece)."""
 
 import json
 import os
@@ -22,9 +22,11 @@ MIN_COSINE = 0.99999
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, hermetic_vocab, hermetic_files):
     root = tmp_path_factory.mktemp("onnx_runs")
-    return {pooling: interop_runs.sentencepiece_run(str(root / pooling), hermetic_vocab,
-                                                    hermetic_files, pooling)
-            for pooling in ("mean", "cls")}
+    out = {pooling: interop_runs.sentencepiece_run(str(root / pooling), hermetic_vocab,
+                                                   hermetic_files, pooling)
+           for pooling in ("mean", "cls")}
+    out["wordpiece"] = interop_runs.wordpiece_run(str(root / "wordpiece"), hermetic_files)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +37,7 @@ def exports(tmp_path_factory, runs):
                      "--format", "onnx"]) == 0
     assert cli.main(["export", "--model-dir", runs["cls"], "--output", out["cls"],
                      "--format", "onnx", "--no-int8"]) == 0
+    to_onnx.export_run(runs["wordpiece"], out["wordpiece"], int8=False, progress=False)
     return out
 
 
@@ -76,7 +79,7 @@ def test_the_folder_holds_the_files_and_a_graph_with_dynamic_inputs(exports):
     assert "model-int8.onnx" in open(os.path.join(folder, layout.CARD_FILE)).read()
 
 
-@pytest.mark.parametrize("name", ["mean", "cls"])
+@pytest.mark.parametrize("name", ["mean", "cls", "wordpiece"])
 def test_onnx_embedder_matches_the_tf_model(exports, reference, name):
     model = embedders.load(f"onnx:{exports[name]}", batch_size=3, num_threads=1)
     assert isinstance(model, interop.OnnxEmbedder)

@@ -15,7 +15,7 @@ from lealla_tf import cli, embedders, layout
 from lealla_tf.embedders import interop, spec
 from lealla_tf.export import PROBE_SENTENCES, cosine_rows, hf_tokenizer
 from lealla_tf.export import to_sentence_transformers as st_export
-from support import interop_runs
+from support import interop_runs, standins
 
 pytest.importorskip("sentence_transformers")
 
@@ -188,3 +188,36 @@ def test_export_refuses_an_existing_folder(exports, runs):
     rc = cli.main(["export", "--model-dir", runs["mean"], "--output", exports["mean"],
                    "--format", "sentence-transformers"])
     assert rc != 0
+
+
+@pytest.fixture(scope="module")
+def imported_labse(tmp_path_factory, hermetic_files):
+    """`lealla import` of a LaBSE stand-in (cased WordPiece with LaBSE's reserved tokens:
+    [CLS] is id 4) and its source SavedModels."""
+    from lealla_tf.convert import importing
+    root = tmp_path_factory.mktemp("labse")
+    lines = standins.corpus_lines(hermetic_files, per_file=100)
+    vocab = standins.make_vocab(lines, str(root / "vocab.txt"), lower_case=False)
+    n = len(open(vocab, encoding="utf-8").read().splitlines())
+    encoder = standins.save_encoder(standins.bert_encoder(n, seed=1), vocab, False,
+                                    str(root / "encoder"))
+    pre = standins.save_preprocessor(vocab, False, 32, str(root / "preprocessor"))
+    run = importing.import_model(encoder, str(root / "run"), preprocessor=pre,
+                                 seq_length=32).run_dir
+    out = str(root / "st")
+    assert cli.main(["export", "--model-dir", run, "--output", out,
+                     "--format", "sentence-transformers"]) == 0
+    return {"encoder": encoder, "preprocessor": pre, "st": out}
+
+
+def test_an_imported_labse_exports_like_its_source(imported_labse):
+    import tensorflow as tf
+    source_pre = tf.saved_model.load(imported_labse["preprocessor"])
+    source_enc = tf.saved_model.load(imported_labse["encoder"])
+    want = tf.math.l2_normalize(source_enc(source_pre(tf.constant(VALID)), training=False)[
+        "default"], -1).numpy()
+    info = _info(imported_labse["st"])
+    assert info["tokenizer"]["cls_id"] == 4 and info["model"]["vocab_type"] == "wordpiece"
+    assert info["checks"]["token_ids"]["probe"]["equal"] == len(PROBE_SENTENCES)
+    got = embedders.load(imported_labse["st"]).encode(VALID)
+    assert cosine_rows(got, want).min() >= MIN_COSINE
