@@ -3,10 +3,11 @@ does.
 
 - SentencePiece (unigram ``spm.model``): a ``Unigram`` model with the pieces' scores, the
   model's own precompiled normalizer (e.g. ``nmt_nfkc``), SentencePiece's whitespace rules
-  (strip, collapse runs of spaces, a ``▁`` before the text) and its user-defined symbols
-  as added tokens. Control pieces ([PAD] [CLS] [SEP] [MASK]) and [UNK] keep their ids but
-  get a score no segmentation takes, so text spelling ``[CLS]`` is segmented as text, as
-  SentencePiece does.
+  (strip, collapse runs of spaces, a ``▁`` before the text); user-defined symbols get a
+  score that makes them one piece wherever they occur. Control pieces ([PAD] [CLS] [SEP]
+  [MASK]) and [UNK] keep their ids but get a score no segmentation takes, so text spelling
+  ``[CLS]`` is segmented as text, as SentencePiece does (except next to characters the
+  vocabulary lacks: the unknown-character score is the lowest score minus 10).
 - WordPiece (``vocab.txt``): BERT's pipeline as ``BertTokenizerFast`` builds it
   (``BertPreTokenizer``, ``WordPiece``), with normalizer steps that reproduce TF Text's
   (control and format characters, and lower-casing as NFKD + case folding + removal of
@@ -32,7 +33,7 @@ from lealla_tf import fileio
 from lealla_tf.embedders.interop import INVALID_UTF8_CHAR, decode_text
 
 # Stand-ins for invalid UTF-8 bytes, in order of preference: a private-use character, then
-# letters of historic scripts (BERT's normalizer drops private-use characters).
+# letters of historic scripts (for a vocabulary that holds the first).
 INVALID_CANDIDATES = (INVALID_UTF8_CHAR, "\U00010C00", "\U0001E800", "\U00016A40",
                       "\U00011700")
 # The score of pieces no segmentation may use (control pieces, [UNK]).
@@ -158,12 +159,14 @@ def transformers_tokenizer(tokenizer, preprocessor):
     sentence-transformers loads): the special tokens named, ``model_max_length`` the packed
     length, and ``split_special_tokens`` so that text spelling ``[CLS]`` stays text."""
     from transformers import PreTrainedTokenizerFast
+    names = {"unk_token": "[UNK]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+             "sep_token": "[SEP]"}
+    if preprocessor.special_ids.get("mask_id", -1) >= 0:
+        names["mask_token"] = "[MASK]"
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer.__class__.from_str(tokenizer.to_str()),
-        unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_max_length=int(preprocessor.seq_length),
-        split_special_tokens=True, do_lower_case=bool(getattr(preprocessor, "do_lower_case",
-                                                              False)))
+        model_max_length=int(preprocessor.seq_length), split_special_tokens=True,
+        do_lower_case=bool(getattr(preprocessor, "do_lower_case", False)), **names)
     fast.backend_tokenizer.no_truncation()
     return fast
 

@@ -63,9 +63,9 @@ def _module(model, pooling: str):
 def _export_onnx(prep: Prepared, path: str) -> None:
     import torch
     module = _module(prep.model, prep.pooling)
-    ids = torch.from_numpy(hf_tokenizer.as_array(prep.probe_ids[:4], 0))
-    mask = (ids != 0).long()
-    mask[:, 0] = 1
+    rows = prep.probe_ids[:4]
+    ids = torch.from_numpy(hf_tokenizer.as_array(rows, 0))
+    mask = torch.from_numpy(hf_tokenizer.as_array([[1] * len(r) for r in rows], 0))
     example = (ids, mask, torch.zeros_like(ids))
     axes = {n: {0: "batch", 1: "length"} for n in ONNX_INPUTS}
     axes[ONNX_OUTPUT] = {0: "batch"}

@@ -20,6 +20,7 @@ import datetime
 import json
 import os
 import shutil
+import sys
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -27,7 +28,7 @@ import tensorflow as tf
 
 from lealla_tf import fileio, layout, runs
 from lealla_tf.embedders.interop import decode_text
-from lealla_tf.export import hf_tokenizer, torch_weights
+from lealla_tf.export import exporter, hf_tokenizer, torch_weights
 from lealla_tf.export.card import human_bytes
 from lealla_tf.export.formats import PROBE_SENTENCES, cosine_rows
 from lealla_tf.models import encoders
@@ -45,7 +46,6 @@ class Prepared:
 
     def __init__(self, model_dir: str, checkpoint: Optional[str], fmt: str,
                  model_card_info: Optional[Dict[str, Any]] = None):
-        from lealla_tf.export.exporter import run_card_info
         self.checkpoint = checkpoint or runs.latest_checkpoint(model_dir)
         self.cfg, self.preprocessor, self.encoder = runs.restore_encoder(model_dir,
                                                                          self.checkpoint)
@@ -66,7 +66,7 @@ class Prepared:
         if sample:
             self.id_checks["training_sample"] = hf_tokenizer.compare_ids(
                 self.preprocessor, self.tokenizer, sample, self.invalid)
-        self.card = run_card_info(model_dir, self.cfg, self.checkpoint)
+        self.card = exporter.run_card_info(model_dir, self.cfg, self.checkpoint)
         self.card.update(model_card_info or {})
 
     def info(self, fmt: str) -> Dict[str, Any]:
@@ -100,15 +100,15 @@ class Prepared:
         """Prints (and returns) the token-id disagreement, if any."""
         note = hf_tokenizer.check_summary(self.id_checks)
         if note and progress:
-            print(f"warning: {note}", flush=True)
+            print(f"warning: {note}", file=sys.stderr, flush=True)
         return note
 
 
 def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
     try:
-        from importlib.metadata import version
         return version("lealla_tf")
-    except Exception:  # noqa: BLE001 - not installed as a distribution
+    except PackageNotFoundError:
         return "unknown"
 
 
