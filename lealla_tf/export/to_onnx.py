@@ -94,7 +94,8 @@ def _readme(info: Dict[str, Any]) -> str:
                     for k, v in checks["token_ids"].items())
     int8 = checks.get("int8")
     int8_text = "" if not int8 else (
-        f"\nThe int8 file (weights of the matrix products quantized per tensor) reached a min "
+        f"\n`model-int8.onnx` (ONNX Runtime's dynamic quantization: int8 weights, the word "
+        f"embeddings included; activations quantized per batch) reached a min "
         f"cosine of {int8['min_cosine']:.6f} (gate {INT8_MIN_COSINE})"
         + (" and is included." if int8["kept"] else ", so it was left out.") + "\n")
     invalid = info["tokenizer"]["invalid_utf8_char"]

@@ -162,6 +162,7 @@ def st_embeddings_from_ids(model, ids: List[List[int]], pad_id: int) -> np.ndarr
 def _readme(info: Dict[str, Any], output_dir: str) -> str:
     m, checks = info["model"], info["checks"]
     title = info["card"].get("title") or f"LEALLA {m['name']}"
+    name = os.path.basename(output_dir.rstrip("/"))
     ids = "; ".join(f"{k}: {v['equal']:,}/{v['sentences']:,} sentences"
                     for k, v in checks["token_ids"].items())
     files = "\n".join(f"| `{e['path']}` | {human_bytes(e['bytes'])} |"
@@ -183,7 +184,7 @@ Sentences are packed as `[CLS] tokens [SEP]` and truncated to {m['seq_length']} 
 
 ```python
 from sentence_transformers import SentenceTransformer
-model = SentenceTransformer("{output_dir}")
+model = SentenceTransformer("{name}")   # this folder
 embeddings = model.encode(["dog", "Hund"])   # float32 [2, {m['embedding_dim']}], unit rows
 ```
 
