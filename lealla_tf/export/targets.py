@@ -6,7 +6,8 @@ Every writer of another library's format has one signature::
     export_run(model_dir, output_dir, *, checkpoint=None, overwrite=False, int8=True,
                progress=True, model_card_info=None) -> dict   # the export_info.json dict
 
-and writes its folder atomically (docs/export.md, "Other libraries").
+and writes its folder atomically (docs/export.md, "sentence-transformers and ONNX Runtime",
+"MediaPipe").
 """
 
 from __future__ import annotations
