@@ -168,3 +168,95 @@ def test_missing_mediapipe_python_is_a_clear_error(monkeypatch, tmp_path):
         mp_embedder.mediapipe_python()
     with pytest.raises(FileNotFoundError, match="make mediapipe-venv"):
         to_mediapipe.export_run(str(tmp_path / "run"), str(tmp_path / "out"), progress=False)
+
+
+# --------------------------------------------------------------------------- WordPiece
+RESERVED = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _cased_wordpiece(files):
+    """A cased WordPiece vocabulary of the hermetic corpus (as LaBSE's is cased): its 150
+    most frequent words, every character alone and as a ``##`` suffix, punctuation."""
+    import collections
+    words, chars = collections.Counter(), set()
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                for w in line.replace(".", " ").split():
+                    words[w] += 1
+                    chars.update(w)
+    tokens = RESERVED + list(".,!?-'") + sorted(chars) + [f"##{c}" for c in sorted(chars)]
+    return tokens + [w for w, _ in words.most_common(150) if w not in tokens]
+
+
+@pytest.fixture(scope="session")
+def wp_run(tmp_path_factory, hermetic_files):
+    """A tiny cased WordPiece run (an imported LaBSE's layout) and its MediaPipe export."""
+    import dataclasses
+
+    import tf_keras
+
+    from lealla_tf import config
+    root = tmp_path_factory.mktemp("mediapipe_wordpiece")
+    run_dir, out = str(root / "run"), str(root / "export")
+    tokens = _cased_wordpiece(hermetic_files)
+    cfg = config.load("tiny", [f"model.vocab_size={len(tokens)}", "model.pooling=cls",
+                               "vocab.type=wordpiece", "vocab.do_lower_case=false",
+                               "vocab.model_file=vocab/vocab.txt"])
+    cfg = dataclasses.replace(cfg, vocab=dataclasses.replace(
+        cfg.vocab, model_file=runs.vocab_file(cfg)))
+    tf_keras.utils.set_random_seed(7)
+    encoder = encoders.LeallaEncoder.from_model_config(cfg.model)
+    encoder(encoder.dummy_inputs())
+    runs.write_run(run_dir, cfg, ("\n".join(tokens) + "\n").encode("utf-8"), encoder,
+                   "data_stats.json", {"pairs": 1200})
+    info = to_mediapipe.export_run(run_dir, out, progress=False)
+    _, pre, enc = runs.restore_encoder(run_dir)
+    return {"run": run_dir, "out": out, "info": info, "pre": pre, "enc": enc}
+
+
+def test_wordpiece_bert_layout(wp_run):
+    """A WordPiece run: a plain .tflite with MediaPipe's BERT inputs and tokenizer.
+    MediaPipe lower-cases ASCII letters first, so with a cased vocabulary its ids differ
+    exactly on the texts with ASCII capitals: measured and recorded, and the embeddings
+    match the TF model wherever the ids agree."""
+    out, pre = wp_run["out"], wp_run["pre"]
+    content = open(os.path.join(out, layout.mediapipe_file_name("fp32")), "rb").read()
+    assert to_mediapipe.tflite_of(content) == content  # no bundle
+    assert mediapipe_metadata.associated_files(content) == {"vocab.txt": pre.model_bytes}
+    checks = wp_run["info"]["checks"]["mediapipe"]
+    sentences = list(PROBE_SENTENCES)
+    capitals = [s for s in sentences if any(65 <= c <= 90 for c in s)]
+    assert 0 < len(checks["ids_differ"]) <= len(capitals)
+    assert checks["ids_differ_without_ascii_capitals"] == 0
+    assert checks["ids_equal"] + len(checks["ids_differ"]) + len(checks["refused"]) == \
+        len(sentences)
+    assert checks["fp32_min_cosine"] >= 0.99999 and checks["int8_min_cosine"] >= 0.99
+    card = open(os.path.join(out, layout.CARD_FILE), encoding="utf-8").read()
+    assert "lower-cases ASCII letters" in card
+
+    # Independently of the export's own check: ids through an ids probe, then embeddings.
+    probe = os.path.join(os.path.dirname(out), "ids.tflite")
+    with open(probe, "wb") as f:
+        f.write(to_mediapipe.build_file(wp_run["enc"], pre, ids_only=True))
+    worker = mp_embedder.MediaPipeWorker(probe)
+    try:
+        got_ids = worker.embed(sentences).astype(np.int64)
+    finally:
+        worker.close()
+    ours = to_mediapipe.our_ids(pre, sentences)
+    same = [i for i, s in enumerate(sentences) if np.array_equal(got_ids[i], ours[i])]
+    for i, s in enumerate(sentences):
+        if _valid_utf8(s) and s not in capitals:
+            assert i in same, repr(s[:60])
+        if s in capitals and i not in same:  # what MediaPipe tokenized: the lower-cased text
+            lower = bytes(c + 32 if 65 <= c <= 90 else c for c in s)
+            np.testing.assert_array_equal(got_ids[i], to_mediapipe.our_ids(pre, [lower])[0])
+    want = encoders.StringEncoder(pre, wp_run["enc"])(
+        tf.constant([sentences[i] for i in same])).numpy()
+    model = embedders.load("mediapipe:" + out)
+    try:
+        got = model.encode([sentences[i] for i in same])
+    finally:
+        model.close()
+    assert cosine_rows(got, want).min() >= 0.99999

@@ -18,10 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 import struct
 import subprocess
 import tempfile
 import threading
+import time
 from typing import List, Optional
 
 import numpy as np
@@ -76,17 +78,24 @@ class MediaPipeWorker:
         inside the model already).
       python: the interpreter (default :func:`mediapipe_python`).
 
+    A worker that does not answer in time (``timeout_s`` plus ``timeout_per_text_s`` per
+    text) is killed and :class:`MediaPipeError` raised.
+
     Raises:
       FileNotFoundError: no MediaPipe interpreter.
       MediaPipeError: MediaPipe cannot load the model.
     """
+
+    # Most seconds a reply may take: loading, plus this much per text.
+    timeout_s = 300.0
+    timeout_per_text_s = 2.0
 
     def __init__(self, model: str, l2_normalize: bool = False, python: Optional[str] = None):
         python = python or mediapipe_python()
         self._log = tempfile.TemporaryFile()
         self._lock = threading.Lock()
         self._proc = subprocess.Popen([python, WORKER], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=self._log)
+                                      stdout=subprocess.PIPE, stderr=self._log, bufsize=0)
         try:
             self._send(json.dumps({"model": os.path.abspath(model),
                                    "l2_normalize": bool(l2_normalize)}).encode("utf-8"))
@@ -96,18 +105,29 @@ class MediaPipeWorker:
             raise
 
     def _send(self, payload: bytes) -> None:
-        self._proc.stdin.write(struct.pack(">I", len(payload)) + payload)
-        self._proc.stdin.flush()
+        data = memoryview(struct.pack(">I", len(payload)) + payload)
+        while len(data):  # an unbuffered pipe may take part of it per call
+            data = data[self._proc.stdin.write(data):]
 
-    def _read(self, n: int) -> bytes:
-        data = self._proc.stdout.read(n)
-        if len(data) < n:
-            raise MediaPipeError(f"the MediaPipe worker ({WORKER}) stopped:\n{self.log()}")
-        return data
+    def _read(self, n: int, deadline: float) -> bytes:
+        fd, parts, got = self._proc.stdout.fileno(), [], 0
+        while got < n:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+                self._proc.kill()
+                raise MediaPipeError(f"the MediaPipe worker ({WORKER}) gave no answer in time "
+                                     f"(stopped):\n{self.log()}")
+            chunk = os.read(fd, n - got)
+            if not chunk:
+                raise MediaPipeError(f"the MediaPipe worker ({WORKER}) stopped:\n{self.log()}")
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
 
-    def _reply(self, what: str) -> bytes:
-        (size,) = struct.unpack(">I", self._read(4))
-        payload = self._read(size)
+    def _reply(self, what: str, texts: int = 0) -> bytes:
+        deadline = time.monotonic() + self.timeout_s + self.timeout_per_text_s * texts
+        (size,) = struct.unpack(">I", self._read(4, deadline))
+        payload = self._read(size, deadline)
         if payload[:1] == b"O":
             return payload[1:]
         error = json.loads(payload[1:].decode("utf-8"))
@@ -130,7 +150,7 @@ class MediaPipeWorker:
         with self._lock:
             self._send(payload)
             try:
-                body = self._reply("embedding a text")
+                body = self._reply("embedding a text", len(texts))
             except MediaPipeError as e:
                 if len(e.args) > 1 and 0 <= e.args[1] < len(texts):
                     text = texts[e.args[1]]

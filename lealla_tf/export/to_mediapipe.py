@@ -21,7 +21,9 @@ the run's on every text with an ASCII capital. So the layout depends on the voca
 
 Either way the ``.tflite`` carries TFLite metadata for MediaPipe (tensor names, the
 tokenizer, its file packed in; :mod:`lealla_tf.export.mediapipe_metadata`). The model
-holds the encoder, pooling and L2 normalisation; the output is float32 ``[1, D]``.
+holds the encoder, pooling and L2 normalisation and runs only the text's own tokens (the
+inputs are cut to the text's length inside: MediaPipe always pads to the input length);
+the output is float32 ``[1, D]``.
 ``embedder-fp32.tflite`` always, ``embedder-int8.tflite`` (dynamic-range int8 weights)
 when it stays within the int8 cosine gate.
 
@@ -97,17 +99,22 @@ def mediapipe_sentencepiece(model_bytes: bytes) -> bytes:
 
 # ------------------------------------------------------------------------------- models
 def _pack_in_graph(ids: tf.Tensor, seq_length: int, sep_id: int, pad_id: int):
-    """MediaPipe's ``bos pieces eos pad...`` [1, INPUT_LENGTH] -> the run's packing at
-    ``seq_length``: ``[CLS]`` + the first seq_length - 2 pieces + ``[SEP]``."""
-    n = tf.reduce_sum(tf.cast(tf.not_equal(ids, pad_id), tf.int32), axis=1, keepdims=True)
-    n = tf.minimum(n, seq_length)
-    head = ids[:, :seq_length]
-    positions = tf.range(seq_length, dtype=tf.int32)[None, :]
-    mask = tf.cast(positions < n, tf.int32)
+    """MediaPipe's ``bos pieces eos pad...`` [1, INPUT_LENGTH] -> the run's packing:
+    ``[CLS]`` + the first seq_length - 2 pieces + ``[SEP]``, cut to the text's own length
+    (at most ``seq_length``): the encoder computes only the text's tokens, padding changes
+    nothing (it is masked)."""
+    n = tf.minimum(tf.reduce_sum(tf.cast(tf.not_equal(ids, pad_id), tf.int32)), seq_length)
+    head = tf.slice(ids, [0, 0], tf.stack([1, n]))
+    positions = tf.range(n, dtype=tf.int32)[None, :]
     word_ids = tf.where(tf.equal(positions, n - 1), tf.fill(tf.shape(head), sep_id), head)
-    word_ids = word_ids * mask + pad_id * (1 - mask)
-    return {"input_word_ids": word_ids, "input_mask": mask,
+    return {"input_word_ids": word_ids, "input_mask": tf.ones_like(word_ids),
             "input_type_ids": tf.zeros_like(word_ids)}
+
+
+def _cut_to_text(inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """BERT inputs [1, seq_length] cut to the text's tokens (the mask's ones)."""
+    n = tf.reduce_sum(inputs["input_mask"])
+    return {k: tf.slice(v, [0, 0], tf.stack([1, n])) for k, v in inputs.items()}
 
 
 def model_function(encoder, preprocessor, ids_only: bool = False):
@@ -118,7 +125,12 @@ def model_function(encoder, preprocessor, ids_only: bool = False):
     special = preprocessor.special_ids
 
     def finish(inputs):
-        if ids_only:
+        if ids_only:  # padded back to seq_length, to compare with the run's packing
+            ids = inputs["input_word_ids"]
+            tail = seq_length - tf.shape(ids)[1]
+            ids = tf.pad(ids, [[0, 0], [0, tail]], constant_values=special["padding_id"])
+            # A static output shape, as MediaPipe's embedding postprocessing wants.
+            inputs = {"input_word_ids": tf.reshape(ids, [1, seq_length])}
             return {OUTPUT_NAME: tf.cast(inputs["input_word_ids"], tf.float32)}
         return {OUTPUT_NAME: encoder(inputs, training=False)["default"]}
 
@@ -133,8 +145,8 @@ def model_function(encoder, preprocessor, ids_only: bool = False):
 
     @tf.function(input_signature=[spec, spec, spec])
     def bert(ids, mask, segment_ids):
-        return finish({"input_word_ids": ids, "input_mask": mask,
-                       "input_type_ids": segment_ids})
+        return finish(_cut_to_text({"input_word_ids": ids, "input_mask": mask,
+                                    "input_type_ids": segment_ids}))
     return bert.get_concrete_function()
 
 
@@ -277,6 +289,9 @@ def mediapipe_checks(files: Dict[str, str], probe_file: str, preprocessor,
         "ids_equal": len(same),
         "ids_differ": [_show(sentences[i]) for i in differ],
         "ids_differ_valid_utf8": sum(1 for i in differ if i in valid),
+        # MediaPipe's BERT preprocessing lower-cases ASCII letters: the differences it causes.
+        "ids_differ_without_ascii_capitals": sum(
+            1 for i in differ if i in valid and not _ascii_capitals(sentences[i])),
         "refused": [_show(sentences[i]) + f": {refused[i]}" for i in sorted(refused)],
     }
     for variant, path in files.items():
@@ -303,10 +318,16 @@ def _mediapipe_rows(worker, sentences: Sequence[bytes]) -> Tuple[Dict[int, np.nd
             try:
                 rows[i] = worker.embed([s])[0]
             except MediaPipeError as e:
-                refused[i] = str(e.args[0]).split("\n")[0][:200]
+                message = " ".join(str(e.args[0]).split())
+                too_long = message.find("Input text is too long")
+                refused[i] = message[too_long:too_long + 120] if too_long >= 0 else message[-200:]
     finally:
         worker.close()
     return rows, refused
+
+
+def _ascii_capitals(s: bytes) -> bool:
+    return any(65 <= c <= 90 for c in s)
 
 
 def _valid_utf8(s: bytes) -> bool:
@@ -319,7 +340,7 @@ def _valid_utf8(s: bytes) -> bool:
 
 def _show(s: bytes, limit: int = 40) -> str:
     text = s.decode("utf-8", errors="backslashreplace")
-    return repr(text if len(text) <= limit else text[:limit] + f"... ({len(s)} bytes)")
+    return text if len(text) <= limit else text[:limit] + f"... ({len(s)} bytes)"
 
 
 # ------------------------------------------------------------------------------- export
