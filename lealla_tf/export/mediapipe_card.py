@@ -68,7 +68,8 @@ def _tokenization(info: Dict[str, Any]) -> List[str]:
             "`[PAD]`. These are the encoder's own ids. The model reads the first "
             f"{lay['read_pieces']} pieces, as the encoder's own preprocessing does; MediaPipe "
             f"refuses a text of more than {lay['longest_text_pieces']:,} pieces with an "
-            "error (\"Input text is too long\").",
+            "error (\"Input text is too long\"), after which that TextEmbedder fails every "
+            "call: create it again (or cut such texts before embedding them).",
         ]
     else:
         lines = [

@@ -320,7 +320,9 @@ def _mediapipe_rows(worker, sentences: Sequence[bytes]) -> Tuple[Dict[int, np.nd
             except MediaPipeError as e:
                 message = " ".join(str(e.args[0]).split())
                 too_long = message.find("Input text is too long")
-                refused[i] = message[too_long:too_long + 120] if too_long >= 0 else message[-200:]
+                end = message.find("required", too_long)
+                refused[i] = (message[too_long:end + len("required")] if too_long >= 0 <= end
+                              else message[-200:])
     finally:
         worker.close()
     return rows, refused
