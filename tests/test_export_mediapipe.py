@@ -24,12 +24,15 @@ pytestmark = pytest.mark.mediapipe
 
 
 @pytest.fixture(scope="session")
-def mp_run(tmp_path_factory, hermetic_vocab, hermetic_config):
+def mp_run(tmp_path_factory, hermetic_vocab, hermetic_config, hermetic_files):
     """A tiny SentencePiece run, its `lealla export --format mediapipe` folder, and the
     TF model's embeddings and ids of the probe sentences."""
+    import dataclasses
     root = tmp_path_factory.mktemp("mediapipe")
     run_dir, out = str(root / "run"), str(root / "export")
-    _tiny_run(run_dir, hermetic_vocab, hermetic_config)
+    cfg = dataclasses.replace(hermetic_config, data=dataclasses.replace(
+        hermetic_config.data, train_files=list(hermetic_files)))
+    _tiny_run(run_dir, hermetic_vocab, cfg)
     assert cli.main(["export", "--model-dir", run_dir, "--output", out,
                      "--format", "mediapipe"]) == 0
     _, pre, enc = runs.restore_encoder(run_dir)
@@ -68,6 +71,8 @@ def test_export_folder_and_info(mp_run):
     assert checks["litert_fp32_min_cosine"] >= 0.9999
     assert checks["mediapipe"]["fp32_min_cosine"] >= 0.99999
     assert checks["mediapipe"]["int8_min_cosine"] >= 0.99
+    sample = checks["mediapipe"]["training_sample"]  # lines of the run's training files
+    assert sample["sentences"] > 500 and sample["ids_equal"] == sample["sentences"]
     card = open(os.path.join(mp_run["out"], layout.CARD_FILE), encoding="utf-8").read()
     for needle in ("TextEmbedder.createFromOptions", "@mediapipe/tasks-text",
                    "create_from_options", "mediapipe:"):
@@ -204,7 +209,8 @@ def wp_run(tmp_path_factory, hermetic_files):
                                "vocab.type=wordpiece", "vocab.do_lower_case=false",
                                "vocab.model_file=vocab/vocab.txt"])
     cfg = dataclasses.replace(cfg, vocab=dataclasses.replace(
-        cfg.vocab, model_file=runs.vocab_file(cfg)))
+        cfg.vocab, model_file=runs.vocab_file(cfg)), data=dataclasses.replace(
+        cfg.data, train_files=list(hermetic_files)))
     tf_keras.utils.set_random_seed(7)
     encoder = encoders.LeallaEncoder.from_model_config(cfg.model)
     encoder(encoder.dummy_inputs())
@@ -232,6 +238,10 @@ def test_wordpiece_bert_layout(wp_run):
     assert checks["ids_equal"] + len(checks["ids_differ"]) + len(checks["refused"]) == \
         len(sentences)
     assert checks["fp32_min_cosine"] >= 0.99999 and checks["int8_min_cosine"] >= 0.99
+    sample = checks["training_sample"]
+    assert sample["sentences"] > 500 and sample["refused"] == 0
+    assert sample["ids_equal"] + sample["ids_differ"] == sample["sentences"]
+    assert sample["ids_differ_without_ascii_capitals"] == 0
     card = open(os.path.join(out, layout.CARD_FILE), encoding="utf-8").read()
     assert "lower-cases ASCII letters" in card
 

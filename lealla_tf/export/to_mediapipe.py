@@ -59,6 +59,8 @@ SENTENCEPIECE_SPECIALS = {"bos_piece": "[CLS]", "eos_piece": "[SEP]", "pad_piece
 OUTPUT_NAME = "embedding"
 # The members of a model bundle (the names MediaPipe's TextEmbedder looks for).
 BUNDLE_MODEL, BUNDLE_SENTENCEPIECE = "embedder.tflite", "sentencepiece.model"
+# Lines of the run's training files whose MediaPipe ids are checked against ours.
+SAMPLE_SENTENCES = 2000
 # Cosine of MediaPipe's embeddings to the TF model's, where their ids agree.
 MEDIAPIPE_MIN_COSINE = {"fp32": 0.99999, "int8": TFLITE_MIN_COSINE["int8"]}
 
@@ -268,32 +270,38 @@ def run_litert(tflite_model: bytes, preprocessor, sentences: Sequence[bytes]) ->
 
 
 def mediapipe_checks(files: Dict[str, str], probe_file: str, preprocessor,
-                     expected: np.ndarray, sentences: Sequence[bytes]) -> Dict[str, Any]:
-    """Runs MediaPipe's TextEmbedder on the files: where its ids equal ours (read through
-    the ids probe model), min cosine of its embeddings to the TF model's; the texts it
-    refuses and those whose ids differ.
+                     expected: np.ndarray, sentences: Sequence[bytes],
+                     sample: Sequence[bytes] = ()) -> Dict[str, Any]:
+    """Runs MediaPipe's TextEmbedder on the files: its ids against ours (read through the
+    ids probe model) on the probe ``sentences`` and on a ``sample`` of real text, and where
+    they agree the min cosine of its embeddings to the TF model's (``expected``).
 
     Raises:
       FileNotFoundError: no Python with MediaPipe (``make mediapipe-venv``).
+      RuntimeError: MediaPipe cannot run a file.
     """
     from lealla_tf.embedders.mediapipe import MediaPipeError, MediaPipeWorker
 
-    ids, refused = _mediapipe_rows(MediaPipeWorker(probe_file), sentences)
-    ours = our_ids(preprocessor, sentences)
-    same = [i for i in range(len(sentences)) if i not in refused and
-            np.array_equal(ids[i].astype(np.int64), ours[i])]
-    differ = [i for i in range(len(sentences)) if i not in refused and i not in same]
-    valid = [i for i, s in enumerate(sentences) if _valid_utf8(s)]
+    worker = MediaPipeWorker(probe_file)
+    try:
+        same, differ, refused = _compare_ids(worker, preprocessor, sentences)
+        real = _compare_ids(worker, preprocessor, sample) if sample else None
+    finally:
+        worker.close()
     out: Dict[str, Any] = {
         "probe_sentences": len(sentences),
         "ids_equal": len(same),
         "ids_differ": [_show(sentences[i]) for i in differ],
-        "ids_differ_valid_utf8": sum(1 for i in differ if i in valid),
+        "ids_differ_valid_utf8": sum(1 for i in differ if _valid_utf8(sentences[i])),
         # MediaPipe's BERT preprocessing lower-cases ASCII letters: the differences it causes.
-        "ids_differ_without_ascii_capitals": sum(
-            1 for i in differ if i in valid and not _ascii_capitals(sentences[i])),
+        "ids_differ_without_ascii_capitals": _without_capitals(sentences, differ),
         "refused": [_show(sentences[i]) + f": {refused[i]}" for i in sorted(refused)],
     }
+    if real is not None:
+        out["training_sample"] = {
+            "sentences": len(sample), "ids_equal": len(real[0]), "ids_differ": len(real[1]),
+            "ids_differ_without_ascii_capitals": _without_capitals(sample, real[1]),
+            "refused": len(real[2]), "examples": [_show(sample[i], 80) for i in real[1][:10]]}
     for variant, path in files.items():
         worker = MediaPipeWorker(path)
         try:
@@ -308,24 +316,50 @@ def mediapipe_checks(files: Dict[str, str], probe_file: str, preprocessor,
     return out
 
 
-def _mediapipe_rows(worker, sentences: Sequence[bytes]) -> Tuple[Dict[int, np.ndarray],
-                                                                  Dict[int, str]]:
-    """Embeds sentences one at a time (MediaPipe may refuse some): rows and refusals."""
+def _without_capitals(sentences: Sequence[bytes], indices: Sequence[int]) -> int:
+    return sum(1 for i in indices if _valid_utf8(sentences[i]) and
+               not _ascii_capitals(sentences[i]))
+
+
+def _compare_ids(worker, preprocessor, sentences: Sequence[bytes]
+                 ) -> Tuple[List[int], List[int], Dict[int, str]]:
+    """Indices whose MediaPipe ids equal ours, those that differ, and refusals."""
+    rows, refused = _mediapipe_rows(worker, sentences)
+    ours = np.concatenate([our_ids(preprocessor, sentences[i:i + 1024])
+                           for i in range(0, len(sentences), 1024)])
+    same = [i for i in sorted(rows) if np.array_equal(rows[i].astype(np.int64), ours[i])]
+    agree = set(same)
+    differ = [i for i in sorted(rows) if i not in agree]
+    return same, differ, refused
+
+
+def _mediapipe_rows(worker, sentences: Sequence[bytes], batch: int = 256
+                    ) -> Tuple[Dict[int, np.ndarray], Dict[int, str]]:
+    """Embeds sentences (MediaPipe may refuse some): rows and refusals by index."""
     from lealla_tf.embedders.mediapipe import MediaPipeError
-    rows, refused = {}, {}
-    try:
-        for i, s in enumerate(sentences):
-            try:
-                rows[i] = worker.embed([s])[0]
-            except MediaPipeError as e:
-                message = " ".join(str(e.args[0]).split())
-                too_long = message.find("Input text is too long")
-                end = message.find("required", too_long)
-                refused[i] = (message[too_long:end + len("required")] if too_long >= 0 <= end
-                              else message[-200:])
-    finally:
-        worker.close()
+    rows, refused, start = {}, {}, 0
+    while start < len(sentences):
+        chunk = list(sentences[start:start + batch])
+        try:
+            got = worker.embed(chunk)
+        except MediaPipeError as e:
+            if len(e.args) < 2:
+                raise
+            j = int(e.args[1])  # the first refused text; the ones before it went through
+            refused[start + j] = _refusal(str(e.args[0]))
+            got = worker.embed(chunk[:j]) if j else []
+            chunk = chunk[:j + 1]
+        for k, row in enumerate(got):
+            rows[start + k] = row
+        start += len(chunk)
     return rows, refused
+
+
+def _refusal(message: str) -> str:
+    message = " ".join(message.split())
+    too_long = message.find("Input text is too long")
+    end = message.find("required", too_long)
+    return message[too_long:end + len("required")] if too_long >= 0 <= end else message[-200:]
 
 
 def _ascii_capitals(s: bytes) -> bool:
@@ -423,7 +457,9 @@ def export_run(model_dir: str, output_dir: str, *, checkpoint: Optional[str] = N
         with open(probe_file, "wb") as f:
             f.write(build_file(encoder, preprocessor, title=card["title"],
                                description="ids probe", ids_only=True))
-        checks = mediapipe_checks(files, probe_file, preprocessor, expected, sentences)
+        from lealla_tf.export.hf_tokenizer import sample_sentences
+        checks = mediapipe_checks(files, probe_file, preprocessor, expected, sentences,
+                                  sample_sentences(cfg.data.train_files, SAMPLE_SENTENCES))
         info["checks"]["mediapipe"] = checks
         _gate(checks, files, info)
         bar.update()
