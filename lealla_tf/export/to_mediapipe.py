@@ -260,8 +260,8 @@ def run_litert(tflite_model: bytes, preprocessor, sentences: Sequence[bytes]) ->
     from ai_edge_litert.interpreter import Interpreter
     interpreter = Interpreter(model_content=tflite_model)
     runner = interpreter.get_signature_runner()
-    names = {d: d for d in interpreter.get_signature_list()[
-        next(iter(interpreter.get_signature_list()))]["inputs"]}
+    (signature,) = interpreter.get_signature_list().values()
+    names = signature["inputs"]
     rows = []
     for s in sentences:
         inputs = litert_inputs(preprocessor, s)
