@@ -28,6 +28,7 @@ def mp_run(tmp_path_factory, hermetic_vocab, hermetic_config, hermetic_files):
     """A tiny SentencePiece run, its `lealla export --format mediapipe` folder, and the
     TF model's embeddings and ids of the probe sentences."""
     import dataclasses
+    mp_embedder.mediapipe_python()  # without it: the error saying how to make it
     root = tmp_path_factory.mktemp("mediapipe")
     run_dir, out = str(root / "run"), str(root / "export")
     cfg = dataclasses.replace(hermetic_config, data=dataclasses.replace(
@@ -165,6 +166,20 @@ def test_embedder_matches_the_tf_model(mp_run):
         assert fp32.encode(["dog"]).shape == (1, want.shape[1])  # the worker goes on
     finally:
         fp32.close()
+
+
+def test_no_int8_and_card_facts(mp_run, tmp_path):
+    out = str(tmp_path / "fp32-only")
+    assert cli.main(["export", "--model-dir", mp_run["run"], "--output", out, "--format",
+                     "mediapipe", "--no-int8", "--title", "Tiny MP",
+                     "--description", "A tiny test encoder."]) == 0
+    assert sorted(os.listdir(out)) == sorted([layout.CARD_FILE, layout.INFO_FILE,
+                                              layout.mediapipe_file_name("fp32")])
+    info = json.load(open(os.path.join(out, layout.INFO_FILE)))
+    assert list(info["files"]) == ["fp32"] and "int8_min_cosine" not in info["checks"]["mediapipe"]
+    card = open(os.path.join(out, layout.CARD_FILE), encoding="utf-8").read()
+    assert card.startswith("# Tiny MP for MediaPipe Tasks") and "A tiny test encoder." in card
+    assert "embedder-fp32.tflite" in card and "embedder-int8" not in card
 
 
 def test_missing_mediapipe_python_is_a_clear_error(monkeypatch, tmp_path):

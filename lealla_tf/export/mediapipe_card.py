@@ -129,6 +129,10 @@ def render(info: Dict[str, Any]) -> str:
         f"{model['vocab_pieces']:,} pieces, up to {model['seq_length'] - 2} pieces read per "
         "text.",
         "",
+    ]
+    if info.get("card", {}).get("description"):
+        lines += [info["card"]["description"], ""]
+    lines += [
         "| file | size |",
         "|---|---|",
     ]

@@ -434,7 +434,7 @@ def export_run(model_dir: str, output_dir: str, *, checkpoint: Optional[str] = N
         for variant in variants:
             bar.set_postfix_str(variant)
             content = build_file(encoder, preprocessor, variant, card["title"],
-                                 _description(cfg, preprocessor))
+                                 card.get("description") or _description(cfg, preprocessor))
             got = run_litert(tflite_of(content), preprocessor, sentences)
             cos = float(cosine_rows(got, expected).min())
             info["checks"][f"litert_{variant}_min_cosine"] = cos
