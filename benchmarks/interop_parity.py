@@ -50,7 +50,7 @@ def artefacts(output: str):
         "mediapipe": ("mediapipe", os.path.join(mp, layout.mediapipe_file_name("fp32")),
                       "float"),
         "mediapipe-int8": ("mediapipe", os.path.join(mp, layout.mediapipe_file_name("int8")),
-                           "int8"),
+                           "int8"),  # (.task bundles: the run has a SentencePiece vocabulary)
     }
     return {name: (f"{kind}:{path}", path, precision)
             for name, (kind, path, precision) in files.items()}

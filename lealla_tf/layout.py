@@ -62,6 +62,11 @@ ONNX_INT8_FILE = "model-int8.onnx"     # its dynamic int8 quantization,
 ONNX_TOKENIZER_FILE = "tokenizer.json"  # and the Hugging Face tokenizer giving our ids
 
 
-def mediapipe_file_name(variant: str) -> str:
-    """``embedder-<variant>.tflite``: a MediaPipe TextEmbedder model (fp32 or int8)."""
-    return f"embedder-{variant}.tflite"
+MEDIAPIPE_SUFFIXES = (".task", ".tflite")
+
+
+def mediapipe_file_name(variant: str, bundle: bool = True) -> str:
+    """A MediaPipe TextEmbedder model (fp32 or int8): ``embedder-<variant>.task`` for a model
+    bundle (a zip of the model and its SentencePiece model), ``embedder-<variant>.tflite``
+    for a plain TFLite file (WordPiece runs)."""
+    return f"embedder-{variant}{MEDIAPIPE_SUFFIXES[0] if bundle else MEDIAPIPE_SUFFIXES[1]}"

@@ -179,7 +179,7 @@ def test_no_int8_and_card_facts(mp_run, tmp_path):
     assert list(info["files"]) == ["fp32"] and "int8_min_cosine" not in info["checks"]["mediapipe"]
     card = open(os.path.join(out, layout.CARD_FILE), encoding="utf-8").read()
     assert card.startswith("# Tiny MP for MediaPipe Tasks") and "A tiny test encoder." in card
-    assert "embedder-fp32.tflite" in card and "embedder-int8" not in card
+    assert "embedder-fp32.task" in card and "embedder-int8" not in card
 
 
 def test_missing_mediapipe_python_is_a_clear_error(monkeypatch, tmp_path):
@@ -242,7 +242,8 @@ def test_wordpiece_bert_layout(wp_run):
     exactly on the texts with ASCII capitals: measured and recorded, and the embeddings
     match the TF model wherever the ids agree."""
     out, pre = wp_run["out"], wp_run["pre"]
-    content = open(os.path.join(out, layout.mediapipe_file_name("fp32")), "rb").read()
+    content = open(os.path.join(out, layout.mediapipe_file_name("fp32", bundle=False)),
+                   "rb").read()
     assert to_mediapipe.tflite_of(content) == content  # no bundle
     assert mediapipe_metadata.associated_files(content) == {"vocab.txt": pre.model_bytes}
     checks = wp_run["info"]["checks"]["mediapipe"]
@@ -285,3 +286,16 @@ def test_wordpiece_bert_layout(wp_run):
     finally:
         model.close()
     assert cosine_rows(got, want).min() >= 0.99999
+
+
+def test_spec_grammar_finds_mediapipe_exports(mp_run):
+    """A bare export folder (its export_info.json's format) or ``.task`` bundle is the
+    ``mediapipe`` kind; a folder's model is its fp32 bundle."""
+    out = mp_run["out"]
+    bundle = os.path.join(out, layout.mediapipe_file_name("int8"))
+    assert bundle.endswith(".task")
+    assert embedders.parse_spec(out) == ("mediapipe", out)
+    assert embedders.parse_spec(bundle) == ("mediapipe", bundle)
+    assert mp_embedder.model_file(out) == os.path.join(out, layout.mediapipe_file_name("fp32"))
+    with pytest.raises(FileNotFoundError, match="MediaPipe model not found"):
+        mp_embedder.model_file(os.path.join(out, "missing.task"))

@@ -7,7 +7,7 @@ at the repository root; ``make mediapipe-venv`` makes it). MediaPipe embeds one 
 call and tokenizes it itself, with the tokenizer the model file carries::
 
     from lealla_tf import embedders
-    model = embedders.load("mediapipe:exports/mp")   # the folder, or a .tflite file
+    model = embedders.load("mediapipe:exports/mp")   # the folder, or a .task / .tflite file
     model.encode(["dog", "Hund"])                     # float32 [2, D]
 
 See docs/export.md, "MediaPipe".
@@ -61,9 +61,12 @@ def mediapipe_python() -> str:
 
 
 def model_file(path: str) -> str:
-    """The ``.tflite`` file of ``path``: the file itself, or an export folder's fp32 file."""
+    """The model file of ``path``: the file itself, or an export folder's fp32 file (the
+    ``.task`` bundle, or the plain ``.tflite`` of a WordPiece run)."""
     if fileio.isdir(path):
-        path = fileio.join(path, layout.mediapipe_file_name("fp32"))
+        names = [layout.mediapipe_file_name("fp32", bundle) for bundle in (True, False)]
+        found = [n for n in names if fileio.exists(fileio.join(path, n))]
+        path = fileio.join(path, found[0] if found else names[0])
     if not fileio.exists(path):
         raise FileNotFoundError(f"MediaPipe model not found: {path}")
     return path
@@ -189,7 +192,7 @@ class MediaPipeEmbedder(Embedder):
     each). ``num_threads`` has no MediaPipe equivalent in the TextEmbedder's options.
 
     Args:
-      path: the export folder (its fp32 file) or a ``.tflite`` file.
+      path: the export folder (its fp32 file), a ``.task`` bundle or a ``.tflite`` file.
       batch_size: most texts per round trip to the worker.
     """
 
@@ -204,7 +207,7 @@ class MediaPipeEmbedder(Embedder):
         self._tmp = None
         local = path
         if not fileio.is_local(path):
-            self._tmp = tempfile.NamedTemporaryFile(suffix=".tflite")
+            self._tmp = tempfile.NamedTemporaryFile(suffix=os.path.splitext(path)[1])
             self._tmp.write(content)
             self._tmp.flush()
             local = self._tmp.name
@@ -220,6 +223,7 @@ class MediaPipeEmbedder(Embedder):
 
 def load_mediapipe(value: str, batch_size: int = DEFAULT_BATCH_SIZE,
                    num_threads: Optional[int] = None, **_options) -> Embedder:
-    """``mediapipe:<path>``: :class:`MediaPipeEmbedder` (an export folder or a ``.tflite``)."""
+    """``mediapipe:<path>``: :class:`MediaPipeEmbedder` (an export folder, a ``.task`` or a
+    ``.tflite`` file)."""
     del num_threads  # the TextEmbedder's options have no thread count
     return MediaPipeEmbedder(value, batch_size)

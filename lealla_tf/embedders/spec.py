@@ -66,7 +66,9 @@ def _detect_path(path: str) -> Optional[Spec]:
             return Spec("tflite", path)
         if path.endswith(".onnx"):
             return Spec("onnx", path)
-        raise ValueError(f"{path} is a file but not a .tflite or .onnx model")
+        if path.endswith(layout.MEDIAPIPE_SUFFIXES[0]):
+            return Spec("mediapipe", path)
+        raise ValueError(f"{path} is a file but not a .tflite, .onnx or MediaPipe .task model")
     if fileio.exists(fileio.join(path, "lealla", "saved_model.pb")):
         return Spec("export", path)
     if fileio.exists(fileio.join(path, layout.ST_MODULES_FILE)):

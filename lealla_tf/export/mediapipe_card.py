@@ -26,8 +26,8 @@ val similarity = TextEmbedder.cosineSimilarity(a, b)
 _JAVASCRIPT = """```js
 import {{ FilesetResolver, TextEmbedder }} from "@mediapipe/tasks-text";
 
-const text = await FilesetResolver.forTextTasks(
-    "https://cdn.jsdelivr.net/npm/@mediapipe/tasks-text/wasm");
+// The wasm folder of the @mediapipe/tasks-text package, served with the page.
+const text = await FilesetResolver.forTextTasks("/mediapipe/tasks-text/wasm");
 const embedder = await TextEmbedder.createFromOptions(text, {{
   baseOptions: {{ modelAssetPath: "{file}" }},
 }});

@@ -446,7 +446,8 @@ def export_run(model_dir: str, output_dir: str, *, checkpoint: Optional[str] = N
                     f"min cosine {cos:.6f} < {TFLITE_MIN_COSINE['int8']} on the probe sentences")
                 bar.update()
                 continue
-            fname = layout.mediapipe_file_name(variant)
+            fname = layout.mediapipe_file_name(
+                variant, bundle=info["layout"]["tokenizer"] == "sentencepiece")
             with open(os.path.join(tmp, fname), "wb") as f:
                 f.write(content)
             files[variant] = os.path.join(tmp, fname)
