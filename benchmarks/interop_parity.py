@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def artefacts(output: str):
-    """``name -> (spec, file or folder, precision)`` of every artefact of the four exports."""
+    """``name -> (spec, file or folder, precision)`` of every artefact of the four exports
+    (the SavedModel through the export folder's embedder, as ``lealla eval`` loads it)."""
     from lealla_tf import layout
     hub, st, onnx, mp = (os.path.join(output, f) for f in layout.EXPORT_FORMATS)
     files = {
@@ -52,8 +53,10 @@ def artefacts(output: str):
         "mediapipe-int8": ("mediapipe", os.path.join(mp, layout.mediapipe_file_name("int8")),
                            "int8"),  # (.task bundles: the run has a SentencePiece vocabulary)
     }
-    return {name: (f"{kind}:{path}", path, precision)
-            for name, (kind, path, precision) in files.items()}
+    out = {name: (f"{kind}:{path}", path, precision)
+           for name, (kind, path, precision) in files.items()}
+    out["savedmodel"] = (f"export:{hub}",) + out["savedmodel"][1:]
+    return out
 
 
 def _export_all(run: str, output: str):
@@ -109,6 +112,7 @@ def main(argv=None) -> int:
             print(f"  {name}: not written ({path})", flush=True)
             continue
         model = embedders.load(spec)
+        model.encode(["warm-up", "Aufwärmen"])  # first-call costs (tracing, the worker's start)
         start = time.perf_counter()
         res = tatoeba.evaluate(model, languages, data_dir=data_dir, use_cache=False,
                                progress=False)
@@ -124,8 +128,9 @@ def main(argv=None) -> int:
             close()
     base = rows["savedmodel"]["tatoeba"]
     lines = [f"Tatoeba accuracy (mean of both directions, %) over {len(languages)} languages "
-             f"of each artefact, through the library that loads it ({hardware.describe()}); "
-             "sentences/s include tokenization, batches as each embedder makes them.", "",
+             "of each artefact, through the library that loads it; sentences/s: the whole "
+             "evaluation's embedding, tokenization included, batches as each embedder makes "
+             "them (MediaPipe: one text per call).", "", "```", hardware.describe(), "```", "",
              "| artefact | size | Tatoeba | change | gate | within | sentences/s |",
              "|---|---:|---:|---:|---:|---|---:|"]
     lines += [_row_line(name, row, base) for name, row in rows.items()]

@@ -67,7 +67,8 @@ def test_registry_names_public_loaders():
         assert not attr.startswith("_"), f"{kind}: {loader}"
         assert callable(getattr(importlib.import_module(module), attr)), f"{kind}: {loader}"
     assert set(embedders.spec.LOADERS) == {"muse", "labse", "hub", "hub_pair", "savedmodel",
-                                            "export", "tflite", "run", "py"}
+                                            "export", "tflite", "run", "py", "st", "onnx",
+                                            "mediapipe"}
 
 
 def test_pick_output_finds_the_embedding_or_says_which_outputs_there_are():

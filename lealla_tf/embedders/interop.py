@@ -116,9 +116,10 @@ class SentenceTransformersEmbedder(Embedder):
     def lengths(self, data: Sequence[bytes]) -> List[int]:
         """Token counts (without [CLS]/[SEP], capped at the packed length)."""
         tokenizer = self._model.tokenizer
-        ids = tokenizer([self._text(s) for s in data], add_special_tokens=False)["input_ids"]
         cap = self._max_tokens - SPECIAL_TOKENS if self._max_tokens else None
-        return [min(len(i), cap) if cap else len(i) for i in ids]
+        ids = tokenizer([self._text(s) for s in data], add_special_tokens=False,
+                        truncation=bool(cap), max_length=cap)["input_ids"]
+        return [len(i) for i in ids]
 
     def encode_batch(self, batch: List[bytes]) -> np.ndarray:
         out = self._model.encode([self._text(s) for s in batch], batch_size=max(len(batch), 1),
