@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from lealla_tf import embedders, fileio, layout, runs
 from lealla_tf.embedders import DEFAULT_BATCH_SIZE, Embedder
+from lealla_tf.embedders.teachers import string_function
 from lealla_tf.layout import ASSET_VOCAB, INPUT_KEY, LEALLA, OUTPUT_KEY, SIGNATURE
 from lealla_tf.models import encoders
 
@@ -75,12 +76,7 @@ class SavedModelEmbedder(Embedder):
                          batch_tokens=batch_tokens)
         self.handle = handle
         self._model = tf.saved_model.load(handle) if local else hub.load(handle)
-        # Called through a function of our own with a fixed signature: a restored function
-        # called eagerly is optimised again for every new batch shape (about 80 ms each for
-        # the demo student: a first pass over new text ran at 40% of the speed of a second).
-        model = self._model
-        self._call = tf.function(lambda strings: model(strings),
-                                 input_signature=[tf.TensorSpec([None], tf.string)])
+        self._call = string_function(self._model)  # no re-optimisation per batch shape
 
     def encode_batch(self, batch):
         out = self._call(tf.constant(batch, tf.string))
