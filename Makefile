@@ -19,7 +19,7 @@ LEALLA_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 export LEALLA_DATA_DIR
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv beam-venv mediapipe-venv test test-hermetic demo bench distill-quality clean
+.PHONY: venv beam-venv mediapipe-venv interop test test-hermetic demo bench distill-quality clean
 
 venv: $(VENV)/.installed
 
@@ -54,8 +54,14 @@ test: venv beam-venv mediapipe-venv
 test-hermetic: venv
 	$(PY) -m pytest -q -m "not data" tests
 
-demo: venv mediapipe-venv
+demo: venv
 	$(VENV)/bin/lealla demo --output results/demo
+
+# The demo's student exported for sentence-transformers, ONNX Runtime and MediaPipe, each
+# evaluated on Tatoeba through the library that loads it (after `make demo`; about 2 minutes).
+interop: venv mediapipe-venv
+	test -f results/demo/run/config.yaml || $(MAKE) demo
+	$(PY) -m benchmarks.interop_parity --run results/demo/run --output results/interop
 
 # The quick benchmarks (minutes each); every script prints its own table.
 bench: venv
