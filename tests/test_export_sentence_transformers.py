@@ -221,3 +221,120 @@ def test_an_imported_labse_exports_like_its_source(imported_labse):
     assert info["checks"]["token_ids"]["probe"]["equal"] == len(PROBE_SENTENCES)
     got = embedders.load(imported_labse["st"]).encode(VALID)
     assert cosine_rows(got, want).min() >= MIN_COSINE
+
+
+# ----------------------------------------------------------------------- static students
+@pytest.fixture(scope="module")
+def static_exports(tmp_path_factory, hermetic_vocab, hermetic_files):
+    """Static students (with and without the projection), their sentence-transformers
+    folders (one through the CLI) and the TF model's probe embeddings."""
+    root = tmp_path_factory.mktemp("st_static")
+    out = {}
+    for projection in (False, True):
+        name = "projection" if projection else "plain"
+        run = interop_runs.static_run(str(root / f"run_{name}"), hermetic_vocab, hermetic_files,
+                                      projection)
+        folder = str(root / name)
+        if projection:
+            assert cli.main(["export", "--model-dir", run, "--output", folder,
+                             "--format", "sentence-transformers", "--title", "Tiny static"]) == 0
+        else:
+            st_export.export_run(run, folder, progress=False)
+        out[name] = {"run": run, "folder": folder,
+                     "reference": embedders.load(f"run:{run}").encode(list(PROBE_SENTENCES))}
+    return out
+
+
+def test_a_static_student_exports_as_a_static_embedding_folder(static_exports):
+    for name, kinds in (("plain", ["StaticEmbedding", "Normalize"]),
+                        ("projection", ["StaticEmbedding", "Dense", "Normalize"])):
+        folder = static_exports[name]["folder"]
+        modules = json.load(open(os.path.join(folder, layout.ST_MODULES_FILE)))
+        assert [m["type"].rsplit(".", 1)[-1] for m in modules] == kinds, name
+        for file in ("model.safetensors", "tokenizer.json", layout.CARD_FILE):
+            assert os.path.isfile(os.path.join(folder, modules[0]["path"], file)), file
+        info = _info(folder)
+        assert info["model"]["architecture"] == "static"
+        assert info["model"]["projection"] == (name == "projection")
+        checks = info["checks"]
+        assert checks["model_min_cosine"] >= MIN_COSINE and checks["min_cosine"] >= MIN_COSINE
+        ids = checks["token_ids"]
+        # Every probe sentence but the empty string; the training sample entirely.
+        assert ids["probe"]["equal"] == len(PROBE_SENTENCES) - 1
+        assert [m["sentence"] for m in ids["probe"]["mismatches"]] == [""]
+        assert ids["training_sample"]["equal"] == ids["training_sample"]["sentences"] > 500
+        (empty,) = checks["differing"]
+        assert empty["sentence"] == "" and empty["norm"] == 0.0 and "zero vector" in empty["why"]
+        assert info["tokenizer"]["static_markers"] == {"cls": "U+F0001", "sep": "U+F0002"}
+    dense = [m for m in json.load(open(os.path.join(static_exports["projection"]["folder"],
+                                                    layout.ST_MODULES_FILE)))
+             if m["type"].endswith("Dense")][0]
+    config = json.load(open(os.path.join(static_exports["projection"]["folder"], dense["path"],
+                                         "config.json")))
+    assert config["bias"] is False and config["activation_function"].endswith("Identity")
+    card = open(os.path.join(static_exports["projection"]["folder"], layout.CARD_FILE),
+                encoding="utf-8").read()
+    assert "Tiny static" in card and "zero vector" in card
+
+
+def test_static_folder_loads_offline_and_matches_the_tf_model(static_exports, tmp_path):
+    # A fresh process, offline, no lealla_tf: the StaticEmbedding's own tokenizer.json.
+    texts = [interop.decode_text(s) for s in VALID]
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    script = ("import json, sys, numpy as np\n"
+              "from sentence_transformers import SentenceTransformer\n"
+              "m = SentenceTransformer(sys.argv[1])\n"
+              "np.save(sys.argv[3], m.encode(json.load(open(sys.argv[2]))))\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.pop("PYTHONPATH", None)
+    entry = static_exports["projection"]
+    proc = subprocess.run([sys.executable, "-c", script, entry["folder"],
+                           str(tmp_path / "texts.json"), str(tmp_path / "emb.npy")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = np.load(tmp_path / "emb.npy")
+    want = entry["reference"][[PROBE_SENTENCES.index(s) for s in VALID]]
+    cos = cosine_rows(got, want)
+    empty = VALID.index(b"")
+    assert np.delete(cos, empty).min() >= MIN_COSINE  # the long string: same truncation
+    assert np.linalg.norm(got[empty]) == 0.0  # the measured difference: no ids, zero vector
+
+
+@pytest.mark.parametrize("name", ["plain", "projection"])
+def test_st_embedder_runs_a_static_folder(static_exports, name):
+    entry = static_exports[name]
+    model = embedders.load(f"st:{entry['folder']}")
+    got = model.encode(list(PROBE_SENTENCES))  # invalid UTF-8 included
+    cos = cosine_rows(got, entry["reference"])
+    empty = PROBE_SENTENCES.index(b"")
+    assert np.delete(cos, empty).min() >= MIN_COSINE and cos[empty] == 0.0
+    # Pieces without the markers, capped like the packed input (seq_length - 2).
+    texts = [b"", b" ", b"dog", b"the red house", b"Wort " * 20000]
+    pieces = embedders.load(f"run:{entry['run']}").lengths(texts)
+    assert model.lengths(texts) == [min(n, 30) for n in pieces] and pieces[-1] > 30
+
+
+def test_static_tokenizer_gives_the_tf_ids_as_a_bag(static_exports):
+    from sentence_transformers import SentenceTransformer
+
+    from lealla_tf import runs as runs_lib
+    _, pre, _ = runs_lib.restore_encoder(static_exports["plain"]["run"])
+    tokenizer = SentenceTransformer(static_exports["plain"]["folder"], device="cpu").tokenizer
+    sentences = [s for s in VALID if s] + [b"Big DOG, small cat!", b"  two   spaces  ",
+                                           b"[CLS] spelled [SEP]", "\u200b".encode(),
+                                           " \u0301ab".encode()]
+    theirs = [e.ids for e in tokenizer.encode_batch([s.decode("utf-8") for s in sentences],
+                                                    add_special_tokens=False)]
+    want = [hf_tokenizer.as_bag(a) for a in hf_tokenizer.tf_ids(pre, sentences)]
+    assert theirs == want
+    assert len(theirs[sentences.index(b"Wort " * 20000)]) == pre.seq_length
+
+
+def test_onnx_still_refuses_a_static_student(static_exports, tmp_path):
+    from lealla_tf.export import to_onnx
+    with pytest.raises(ValueError, match="static student.*--format sentence-transformers"):
+        to_onnx.export_run(static_exports["plain"]["run"], str(tmp_path / "onnx"),
+                           progress=False)
+    assert cli.main(["export", "--model-dir", static_exports["plain"]["run"], "--output",
+                     str(tmp_path / "onnx"), "--format", "onnx"]) != 0
+    assert not os.path.exists(tmp_path / "onnx")

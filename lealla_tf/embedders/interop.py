@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from typing import List, Optional, Sequence, Union
 
@@ -108,7 +109,11 @@ class SentenceTransformersEmbedder(Embedder):
         self.path = path
         self._model = SentenceTransformer(path, device="cpu", local_files_only=True)
         self._invalid = invalid_utf8_char(path)
-        self._max_tokens = int(self._model.max_seq_length or 0)
+        # A StaticEmbedding folder (a static student): its tokenizer.json inserts [CLS] and
+        # [SEP] and truncates; sentence-transformers reports no length limit (inf).
+        self._static = not callable(self._model.tokenizer)
+        limit = self._model.max_seq_length
+        self._max_tokens = int(limit) if limit and math.isfinite(limit) else 0
 
     def _text(self, sentence: Union[str, bytes]) -> str:
         return decode_text(sentence, self._invalid)
@@ -116,6 +121,10 @@ class SentenceTransformersEmbedder(Embedder):
     def lengths(self, data: Sequence[bytes]) -> List[int]:
         """Token counts (without [CLS]/[SEP], capped at the packed length)."""
         tokenizer = self._model.tokenizer
+        if self._static:
+            encs = tokenizer.encode_batch([self._text(s) for s in data],
+                                          add_special_tokens=False)
+            return [max(len(e.ids) - SPECIAL_TOKENS, 0) for e in encs]
         cap = self._max_tokens - SPECIAL_TOKENS if self._max_tokens else None
         ids = tokenizer([self._text(s) for s in data], add_special_tokens=False,
                         truncation=bool(cap), max_length=cap)["input_ids"]

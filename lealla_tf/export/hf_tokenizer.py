@@ -15,7 +15,8 @@ does.
 
 Both pack ``[CLS] ids [SEP]`` and truncate to the run's packed length, like
 :class:`lealla_tf.text.packing.PackingPreprocessor`. :func:`compare_ids` measures how often
-the ids equal the TF preprocessor's.
+the ids equal the TF preprocessor's. :func:`static_tokenizer` is the variant for a static
+student's ``StaticEmbedding`` (the markers inserted by the normalizer, no post-processor).
 
 See docs/export.md, "sentence-transformers and ONNX Runtime".
 """
@@ -23,6 +24,7 @@ See docs/export.md, "sentence-transformers and ONNX Runtime".
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -198,23 +200,30 @@ def invalid_char(tokenizer, preprocessor) -> str:
                      f"{[hex(ord(c)) for c in INVALID_CANDIDATES]}")
 
 
-def hf_ids(tokenizer, sentences: Sequence[bytes],
-           invalid: str = INVALID_UTF8_CHAR) -> List[List[int]]:
+def hf_ids(tokenizer, sentences: Sequence[bytes], invalid: str = INVALID_UTF8_CHAR,
+           add_special_tokens: bool = True) -> List[List[int]]:
     """The ids ``tokenizer`` gives each sentence (decoded by
     :func:`lealla_tf.embedders.interop.decode_text` with ``invalid``)."""
-    return [e.ids for e in tokenizer.encode_batch([decode_text(s, invalid)
-                                                   for s in sentences])]
+    return [e.ids for e in tokenizer.encode_batch([decode_text(s, invalid) for s in sentences],
+                                                  add_special_tokens=add_special_tokens)]
 
 
 def compare_ids(preprocessor, tokenizer, sentences: Sequence[bytes],
-                invalid: str = INVALID_UTF8_CHAR) -> Dict[str, Any]:
+                invalid: str = INVALID_UTF8_CHAR, static: bool = False) -> Dict[str, Any]:
     """How many sentences get the same ids from ``tokenizer`` as from ``preprocessor``.
+
+    Args:
+      static: ``tokenizer`` is a :func:`static_tokenizer` (called without special tokens;
+        compared with the TF ids in :func:`as_bag` order).
 
     Returns:
       ``{"sentences", "equal", "agreement", "mismatches"}``; ``mismatches`` quotes up to
       ten sentences (their first 80 characters) with the first differing position.
     """
-    ours, theirs = tf_ids(preprocessor, sentences), hf_ids(tokenizer, sentences, invalid)
+    ours = tf_ids(preprocessor, sentences)
+    theirs = hf_ids(tokenizer, sentences, invalid, add_special_tokens=not static)
+    if static:
+        ours = [as_bag(a) for a in ours]
     bad = []
     for s, a, b in zip(sentences, ours, theirs):
         if a != b:
@@ -262,3 +271,98 @@ def as_array(rows: List[List[int]], pad_id: int) -> np.ndarray:
         out[i, :len(r)] = r
     return out
 
+
+
+# Stand-ins for [CLS] and [SEP] in a static tokenizer (see :func:`static_tokenizer`), in order
+# of preference: supplementary private-use characters.
+MARKER_CANDIDATES = tuple(chr(c) for c in range(0xF0001, 0xF0041))
+
+
+def static_tokenizer(preprocessor, invalid: str = INVALID_UTF8_CHAR):
+    """The tokenizer of a static student's sentence-transformers ``StaticEmbedding``: the
+    ids of :func:`build_tokenizer` as a bag (``[CLS] [SEP] pieces``), with no special tokens
+    added by the caller.
+
+    ``StaticEmbedding`` tokenizes with ``add_special_tokens=False`` (no post-processor) and
+    takes the mean of the rows of the ids. So the normalizer inserts the markers itself: two
+    private-use characters that neither the vocabulary nor the invalid-UTF-8 stand-in use;
+    the vocabulary's ``[CLS]``/``[SEP]`` entries are renamed to them (unigram: with score 0,
+    so that each is always one piece), and the model segments them as those ids (text
+    spelling ``[CLS]`` stays text; text holding the two characters gets those ids). They
+    are not added tokens: a ``normalized`` added token is itself run through the normalizer,
+    which then prepends the markers to it. Both go in front (a mean does not depend on the
+    order), so the tokenizer's truncation to the packed length keeps ``[CLS]``, ``[SEP]``
+    and the first ``seq_length - 2`` pieces, as the TF preprocessor packs them.
+    The markers are prepended first, so text that normalises to nothing (whitespace-only,
+    format characters) gets both. SentencePiece: the text's leading whitespace is removed
+    after them at the end, as its ``Strip`` did, and the dummy prefix ``▁`` comes from a space
+    after them. WordPiece: each followed by a space (words of their own). The empty string
+    stays empty (the normalizer does not run on it): no ids, a zero embedding.
+
+    Returns:
+      ``(tokenizer, (cls_marker, sep_marker))``.
+
+    Raises:
+      ValueError: the vocabulary holds every candidate marker.
+    """
+    from tokenizers import Tokenizer
+    base = json.loads(build_tokenizer(preprocessor).to_str())
+    ids = special_tokens(preprocessor)
+    model = base["model"]
+    if model["type"] == "Unigram":
+        names = [p for p, _ in model["vocab"]]
+    else:
+        names = sorted(model["vocab"], key=model["vocab"].get)
+    used = {ch for name in names for ch in name} | {invalid}
+    free = [c for c in MARKER_CANDIDATES if c not in used]
+    if len(free) < 2:
+        raise ValueError("the vocabulary holds every stand-in for [CLS]/[SEP] "
+                         f"{[hex(ord(c)) for c in MARKER_CANDIDATES]}")
+    markers = (free[0], free[1])
+    for marker, key in zip(markers, ("cls_id", "sep_id")):
+        if model["type"] == "Unigram":
+            model["vocab"][ids[key]] = [marker, 0.0]
+        else:
+            model["vocab"] = {(marker if i == ids[key] else t): i
+                              for t, i in model["vocab"].items()}
+    prefix = "".join(markers)
+    # SentencePiece's dummy prefix ("▁" before the text) goes after the markers.
+    space = ""
+    pre_tok = base.get("pre_tokenizer") or {}
+    if pre_tok.get("type") == "Metaspace" and pre_tok.get("prepend_scheme") == "always":
+        pre_tok["prepend_scheme"] = "never"
+        space = " "
+    steps = base["normalizer"] or {"type": "Sequence", "normalizers": []}
+    if steps["type"] != "Sequence":
+        steps = {"type": "Sequence", "normalizers": [steps]}
+    seq = steps["normalizers"]
+    strip = next((i for i, s in enumerate(seq) if s["type"] == "Strip"), None)
+    # First: text that normalises to nothing (whitespace, format characters) keeps them.
+    if model["type"] != "Unigram":  # WordPiece: each marker a word of its own
+        seq.insert(0, {"type": "Prepend", "prepend": f"{markers[0]} {markers[1]} "})
+    elif strip is None:
+        seq.append({"type": "Prepend", "prepend": prefix + space})
+    else:  # the space keeps the text's first character apart from the markers; the
+        # text's own leading whitespace is stripped at the end, as Strip did
+        seq.insert(0, {"type": "Prepend", "prepend": prefix + " "})
+        seq.append({"type": "Replace", "pattern": {"Regex": f"^{prefix}\\s*(?=\\S)"},
+                    "content": prefix + space})
+    base["normalizer"] = steps
+    base["post_processor"] = None
+    base["added_tokens"] = []
+    tok = Tokenizer.from_str(json.dumps(base))
+    for text in ("x", " "):
+        got = tok.encode(text, add_special_tokens=False).ids[:2]
+        if got != [ids["cls_id"], ids["sep_id"]]:
+            raise ValueError(f"the static tokenizer begins {text!r} with {got}, not the "
+                             f"[CLS]/[SEP] ids {[ids['cls_id'], ids['sep_id']]}")
+    tok.no_padding()
+    tok.enable_truncation(int(preprocessor.seq_length))
+    return tok, markers
+
+
+def as_bag(ids: Sequence[int]) -> List[int]:
+    """TF packed ids ``[CLS] pieces [SEP]`` in the static tokenizer's order: ``[CLS] [SEP]
+    pieces``."""
+    ids = list(ids)
+    return ids[:1] + ids[-1:] + ids[1:-1] if len(ids) >= 2 else ids

@@ -8,6 +8,7 @@ import dataclasses
 import os
 from typing import Dict, List
 
+import numpy as np
 import tf_keras
 
 from lealla_tf import config, runs
@@ -22,8 +23,12 @@ def _write(run_dir: str, cfg, vocab_bytes: bytes, files: List[str], seed: int) -
         cfg, vocab=dataclasses.replace(cfg.vocab, model_file=runs.vocab_file(cfg)),
         data=dataclasses.replace(cfg.data, train_files=list(files)))
     tf_keras.utils.set_random_seed(seed)
-    encoder = encoders.LeallaEncoder.from_model_config(cfg.model)
+    encoder = encoders.build_encoder(cfg.model)
     encoder(encoder.dummy_inputs())
+    if getattr(encoder, "projection", None) is not None:  # not the identity it starts as
+        kernel = encoder.projection.kernel
+        noise = np.random.default_rng(seed).normal(0.0, 0.3, kernel.shape)
+        kernel.assign(kernel + noise.astype(np.float32))
     runs.write_run(run_dir, cfg, vocab_bytes, encoder, "data_stats.json", {"pairs": 1200})
     return run_dir
 
@@ -36,6 +41,18 @@ def sentencepiece_run(run_dir: str, vocab: str, files: List[str], pooling: str) 
                                "model.initializer_range=0.2"])
     with open(vocab, "rb") as f:
         return _write(run_dir, cfg, f.read(), files, seed=5)
+
+
+def static_run(run_dir: str, vocab: str, files: List[str], projection: bool) -> str:
+    """A static student (``model.architecture=static``) with the hermetic SentencePiece
+    vocabulary, with or without the bias-free projection (random, not the identity)."""
+    import sentencepiece as spm
+    n = spm.SentencePieceProcessor(model_file=vocab).get_piece_size()
+    cfg = config.load("tiny", [f"model.vocab_size={n}", "model.architecture=static",
+                               "model.pooling=mean", f"model.static_projection={projection}",
+                               "model.initializer_range=0.2"])
+    with open(vocab, "rb") as f:
+        return _write(run_dir, cfg, f.read(), files, seed=11)
 
 
 def wordpiece_tokens(files: List[str]) -> List[str]:
