@@ -3,7 +3,6 @@ inside, dynamic batch and length) reproduces the TF model with ONNX Runtime, the
 passes its gate, tokenizer.json gives the TF preprocessor's ids; the ``onnx:`` embedder and
 bare-path detection (mean and cls pooling, SentencePiece and WordPiece)."""
 
-import json
 import os
 
 import numpy as np
@@ -13,8 +12,6 @@ from lealla_tf import cli, embedders, layout
 from lealla_tf.embedders import interop, spec
 from lealla_tf.export import PROBE_SENTENCES, cosine_rows, hf_tokenizer, to_onnx
 from support import interop_runs
-
-pytest.importorskip("onnxruntime")
 
 MIN_COSINE = 0.99999
 
@@ -43,13 +40,7 @@ def exports(tmp_path_factory, runs):
 
 @pytest.fixture(scope="module")
 def reference(runs):
-    return {name: embedders.load(f"run:{path}").encode(list(PROBE_SENTENCES))
-            for name, path in runs.items()}
-
-
-def _info(folder):
-    with open(os.path.join(folder, layout.INFO_FILE), encoding="utf-8") as f:
-        return json.load(f)
+    return interop_runs.probe_reference(runs)
 
 
 def test_the_folder_holds_the_files_and_a_graph_with_dynamic_inputs(exports):
@@ -69,7 +60,7 @@ def test_the_folder_holds_the_files_and_a_graph_with_dynamic_inputs(exports):
     (output,) = model.graph.output
     assert output.name == interop.ONNX_OUTPUT
     assert output.type.tensor_type.shape.dim[0].dim_param == "batch"
-    info = _info(folder)
+    info = interop_runs.read_info(folder)
     assert info["format"] == "onnx" and spec.parse_spec(folder).kind == "onnx"
     assert info["checks"]["model_min_cosine"] >= MIN_COSINE
     assert info["checks"]["int8"]["kept"] and info["checks"]["int8"]["min_cosine"] >= 0.99
@@ -98,7 +89,7 @@ def test_int8_file_passes_the_gate(exports, reference):
     cos = cosine_rows(got, reference["mean"])
     assert cos.min() >= to_onnx.INT8_MIN_COSINE
     assert cos.min() < 1 - 1e-7  # really quantized
-    assert abs(cos.min() - _info(exports["mean"])["checks"]["int8"]["min_cosine"]) < 1e-4
+    assert abs(cos.min() - interop_runs.read_info(exports["mean"])["checks"]["int8"]["min_cosine"]) < 1e-4
     assert os.path.getsize(os.path.join(exports["mean"], layout.ONNX_INT8_FILE)) < \
         os.path.getsize(os.path.join(exports["mean"], layout.ONNX_FILE))
 

@@ -17,18 +17,8 @@ from lealla_tf.export import PROBE_SENTENCES, cosine_rows, hf_tokenizer
 from lealla_tf.export import to_sentence_transformers as st_export
 from support import interop_runs, standins
 
-pytest.importorskip("sentence_transformers")
-
 MIN_COSINE = 0.99999
-def _valid(s: bytes) -> bool:
-    try:
-        s.decode("utf-8")
-        return True
-    except UnicodeDecodeError:
-        return False
-
-
-VALID = [s for s in PROBE_SENTENCES if _valid(s)]
+VALID = [s for s in PROBE_SENTENCES if interop_runs.valid_utf8(s)]
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +46,7 @@ def exports(tmp_path_factory, runs):
 @pytest.fixture(scope="module")
 def reference(runs):
     """The TF model's embeddings of the probe sentences (the run's checkpoint)."""
-    return {name: embedders.load(f"run:{path}").encode(list(PROBE_SENTENCES))
-            for name, path in runs.items()}
-
-
-def _info(folder):
-    with open(os.path.join(folder, layout.INFO_FILE), encoding="utf-8") as f:
-        return json.load(f)
+    return interop_runs.probe_reference(runs)
 
 
 def test_the_folder_has_the_modules_and_records_its_checks(exports):
@@ -76,7 +60,7 @@ def test_the_folder_has_the_modules_and_records_its_checks(exports):
                  "config_sentence_transformers.json", layout.CARD_FILE):
         assert os.path.isfile(os.path.join(folder, name)), name
     assert json.load(open(os.path.join(folder, "config.json")))["model_type"] == "bert"
-    info = _info(folder)
+    info = interop_runs.read_info(folder)
     assert info["format"] == "sentence-transformers" and info["model"]["pooling"] == "mean"
     assert info["checks"]["model_min_cosine"] >= MIN_COSINE
     ids = info["checks"]["token_ids"]
@@ -153,7 +137,7 @@ def test_the_tokenizer_gives_the_tf_ids(runs, exports):
 
 
 def test_wordpiece_export_reproduces_tf_texts_normalization(runs, exports, reference):
-    info = _info(exports["wordpiece"])
+    info = interop_runs.read_info(exports["wordpiece"])
     assert info["model"]["vocab_type"] == "wordpiece" and info["model"]["pooling"] == "cls"
     assert info["checks"]["model_min_cosine"] >= MIN_COSINE
     ids = info["checks"]["token_ids"]
@@ -216,7 +200,7 @@ def test_an_imported_labse_exports_like_its_source(imported_labse):
     source_enc = tf.saved_model.load(imported_labse["encoder"])
     want = tf.math.l2_normalize(source_enc(source_pre(tf.constant(VALID)), training=False)[
         "default"], -1).numpy()
-    info = _info(imported_labse["st"])
+    info = interop_runs.read_info(imported_labse["st"])
     assert info["tokenizer"]["cls_id"] == 4 and info["model"]["vocab_type"] == "wordpiece"
     assert info["checks"]["token_ids"]["probe"]["equal"] == len(PROBE_SENTENCES)
     got = embedders.load(imported_labse["st"]).encode(VALID)
@@ -253,7 +237,7 @@ def test_a_static_student_exports_as_a_static_embedding_folder(static_exports):
         assert [m["type"].rsplit(".", 1)[-1] for m in modules] == kinds, name
         for file in ("model.safetensors", "tokenizer.json", layout.CARD_FILE):
             assert os.path.isfile(os.path.join(folder, modules[0]["path"], file)), file
-        info = _info(folder)
+        info = interop_runs.read_info(folder)
         assert info["model"]["architecture"] == "static"
         assert info["model"]["projection"] == (name == "projection")
         checks = info["checks"]

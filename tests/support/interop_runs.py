@@ -5,6 +5,7 @@ initializer, so that sentences get clearly different vectors)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Dict, List
 
@@ -83,3 +84,27 @@ def wordpiece_run(run_dir: str, files: List[str]) -> str:
 
 def corpus(directory: str) -> List[str]:
     return hermetic.write_corpus(os.path.join(directory, "corpus"))
+
+
+def valid_utf8(s: bytes) -> bool:
+    """Whether ``s`` decodes as UTF-8 (the probe set has three that do not)."""
+    try:
+        s.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def read_info(folder: str) -> Dict:
+    """An export folder's ``export_info.json``."""
+    from lealla_tf import layout
+    with open(os.path.join(folder, layout.INFO_FILE), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def probe_reference(run_dirs: Dict[str, str]) -> Dict[str, np.ndarray]:
+    """The TF model's embeddings of the probe sentences, per run (its latest checkpoint)."""
+    from lealla_tf import embedders
+    from lealla_tf.export import PROBE_SENTENCES
+    return {name: embedders.load(f"run:{path}").encode(list(PROBE_SENTENCES))
+            for name, path in run_dirs.items()}
