@@ -119,9 +119,13 @@ def test_two_replicas_train_like_one_device(tmp_path, tiny_vocab, data_dir, two_
     r1, r2 = one.run(), two.run()
     # (Not accuracy: at initialisation all cosines are within rounding of each other, so
     # its argmax is decided by rounding.)
-    for key in ("loss", "ams", "feature_distill", "logit_distill", "grad_norm"):
+    for key in ("loss", "ams", "feature_distill", "logit_distill"):
         np.testing.assert_allclose(r2.metrics[key], r1.metrics[key], rtol=1e-5, atol=1e-6,
                                    err_msg=key)
+    # The gradient norm sums the squares of every gradient, added up per replica and then
+    # across replicas: float32 in another order (2.5e-5 apart in one full-suite run). A
+    # mis-scaled cross-replica sum would be a factor of 2 off.
+    np.testing.assert_allclose(r2.metrics["grad_norm"], r1.metrics["grad_norm"], rtol=1e-4)
     assert (r1.metrics["feature_distill"] > 0) == distill
     _assert_same(harness.snapshot(two.encoder.weights), harness.snapshot(one.encoder.weights),
                  atol=1e-5)
