@@ -214,14 +214,22 @@ def st_embeddings_from_ids(model, ids: List[List[int]], pad_id: int) -> np.ndarr
     return out["sentence_embedding"].numpy().astype(np.float32)
 
 
-def _static_readme(info: Dict[str, Any], output_dir: str) -> str:
-    m, checks, tok = info["model"], info["checks"], info["tokenizer"]
+def _card_facts(info: Dict[str, Any], output_dir: str):
+    """What both READMEs quote: the model, the checks, the title, the folder's name, the
+    token-id agreement and the file table."""
+    m, checks = info["model"], info["checks"]
     title = info["card"].get("title") or f"LEALLA {m['name']}"
     name = os.path.basename(output_dir.rstrip("/"))
     ids = "; ".join(f"{k}: {v['equal']:,}/{v['sentences']:,} sentences"
                     for k, v in checks["token_ids"].items())
     files = "\n".join(f"| `{e['path']}` | {human_bytes(e['bytes'])} |"
                       for e in info["files"].values())
+    return m, checks, title, name, ids, files
+
+
+def _static_readme(info: Dict[str, Any], output_dir: str) -> str:
+    m, checks, title, name, ids, files = _card_facts(info, output_dir)
+    tok = info["tokenizer"]
     projection = ", a bias-free linear projection" if m["projection"] else ""
     differing = "".join(f"\n- `{d['sentence']!r}`: cosine {d['cosine']:.4f} ({d['why']})"
                         for d in checks["differing"])
@@ -266,13 +274,7 @@ sentences whose ids agree). The tokenizer gives the TensorFlow preprocessor's to
 
 
 def _readme(info: Dict[str, Any], output_dir: str) -> str:
-    m, checks = info["model"], info["checks"]
-    title = info["card"].get("title") or f"LEALLA {m['name']}"
-    name = os.path.basename(output_dir.rstrip("/"))
-    ids = "; ".join(f"{k}: {v['equal']:,}/{v['sentences']:,} sentences"
-                    for k, v in checks["token_ids"].items())
-    files = "\n".join(f"| `{e['path']}` | {human_bytes(e['bytes'])} |"
-                      for e in info["files"].values())
+    m, checks, title, name, ids, files = _card_facts(info, output_dir)
     return f"""---
 library_name: sentence-transformers
 pipeline_tag: sentence-similarity
