@@ -53,7 +53,7 @@ def tflite_file_name(variant: str) -> str:
 
 
 # ------------------------------------------------------------------ other libraries' formats
-# `lealla export --format F` (lealla_tf.export.FORMATS); each folder's export_info.json names
+# `lealla export --format F` (hub, then lealla_tf.export.FORMATS); each folder's export_info.json names
 # its format under "format" (the embedders' spec grammar reads it).
 EXPORT_FORMATS = ("hub", "sentence-transformers", "onnx", "mediapipe")
 ST_MODULES_FILE = "modules.json"       # what marks a sentence-transformers folder

@@ -17,22 +17,26 @@ from typing import Any, Dict
 
 from lealla_tf import layout
 
-# Format -> "module:function" (imported on first use: each needs its own libraries).
+# Format -> "module:function" of the writers with the signature above (imported on first
+# use: each needs its own libraries). The TF Hub folder (``hub``) has options of its own:
+# :func:`lealla_tf.export.export_run`.
 FORMATS: Dict[str, str] = {
-    "hub": "lealla_tf.export.exporter:export_run",
     "sentence-transformers": "lealla_tf.export.to_sentence_transformers:export_run",
     "onnx": "lealla_tf.export.to_onnx:export_run",
     "mediapipe": "lealla_tf.export.to_mediapipe:export_run",
 }
-assert tuple(FORMATS) == layout.EXPORT_FORMATS
+assert ("hub",) + tuple(FORMATS) == layout.EXPORT_FORMATS
 
 
 def export_format(fmt: str, model_dir: str, output_dir: str, **options) -> Dict[str, Any]:
-    """Exports a training model dir (or an imported LaBSE/LEALLA run) in format ``fmt``.
+    """Exports a training model dir (or an imported LaBSE/LEALLA run) in format ``fmt``
+    (one of :data:`FORMATS`).
 
     Raises:
       ValueError: an unknown format.
     """
+    if fmt == "hub":
+        raise ValueError("the hub format takes its own options: call export.export_run")
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: choose from {list(FORMATS)}")
     module, _, attr = FORMATS[fmt].partition(":")
