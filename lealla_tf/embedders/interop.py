@@ -23,15 +23,15 @@ tokenizers), imported when a model loads::
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from lealla_tf import fileio, layout
+from lealla_tf import corpus, fileio, layout
 from lealla_tf.embedders.base import DEFAULT_BATCH_SIZE, SPECIAL_TOKENS, Embedder
+from lealla_tf.embedders.spec import read_export_info
 
 # What a run of bytes that are not UTF-8 becomes before tokenization (by default): a
 # private-use character vocabularies lack, so the tokenizer gives [UNK] there. An export
@@ -60,26 +60,20 @@ def decode_text(sentence: Union[str, bytes], invalid_char: str = INVALID_UTF8_CH
 def invalid_utf8_char(folder: str) -> str:
     """The character an export folder's tokenizer takes for invalid UTF-8 (its
     ``export_info.json``; :data:`INVALID_UTF8_CHAR` when it names none)."""
-    return _read_info(folder).get("tokenizer", {}).get("invalid_utf8_char") \
+    return read_export_info(folder).get("tokenizer", {}).get("invalid_utf8_char") \
         or INVALID_UTF8_CHAR
 
 
-def _digest(path: str) -> str:
-    h = hashlib.sha256()
-    with fileio.open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
-def _read_info(folder: str) -> dict:
-    path = fileio.join(folder, layout.INFO_FILE)
-    if not fileio.exists(path):
-        return {}
-    try:
-        return json.loads(fileio.read_text(path))
-    except ValueError:
-        return {}
+def padded_ids(rows: Sequence[Sequence[int]], pad_id: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Rows of token ids as int64 ``[N, longest]`` ids (padded with ``pad_id``) and their
+    attention mask (1 on tokens)."""
+    width = max((len(r) for r in rows), default=0)
+    ids = np.full((len(rows), width), pad_id, np.int64)
+    mask = np.zeros((len(rows), width), np.int64)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = r
+        mask[i, :len(r)] = 1
+    return ids, mask
 
 
 class SentenceTransformersEmbedder(Embedder):
@@ -101,7 +95,8 @@ class SentenceTransformersEmbedder(Embedder):
                              f"{layout.ST_MODULES_FILE})")
         weights = sorted(fileio.glob(fileio.join(path, "*", "model.safetensors"))
                          + fileio.glob(fileio.join(path, "model.safetensors")))
-        digest = _digest(weights[0]) if weights else "nodigest"
+        # (SentenceTransformer reads local folders only.)
+        digest = corpus.sha256_file(weights[0])[:16] if weights else "nodigest"
         super().__init__(f"st:{path}@{digest}", batch_size, batch_tokens=batch_tokens)
         if num_threads:
             import torch
@@ -163,7 +158,7 @@ class OnnxEmbedder(Embedder):
         self.path = path
         self._tokenizer = Tokenizer.from_str(fileio.read_text(tokenizer_path))
         self._tokenizer.no_padding()
-        self._pad_id = int(_read_info(folder).get("tokenizer", {}).get("pad_id", 0))
+        self._pad_id = int(read_export_info(folder).get("tokenizer", {}).get("pad_id", 0))
         self._invalid = invalid_utf8_char(folder)
         options = ort.SessionOptions()
         if num_threads:
@@ -190,18 +185,10 @@ class OnnxEmbedder(Embedder):
         return [e.ids for e in self._tokenizer.encode_batch([self._text(s) for s in batch])]
 
     def encode_batch(self, batch: List[bytes]) -> np.ndarray:
-        encs = self._tokenizer.encode_batch([self._text(s) for s in batch])
-        width = max(len(e.ids) for e in encs)
-        ids = np.full((len(encs), width), self._pad_id, np.int64)
-        mask = np.zeros((len(encs), width), np.int64)
-        types = np.zeros((len(encs), width), np.int64)
-        for row, e in enumerate(encs):
-            n = len(e.ids)
-            ids[row, :n] = e.ids
-            mask[row, :n] = 1
-            types[row, :n] = e.type_ids
+        ids, mask = padded_ids(self.token_ids(batch), self._pad_id)
+        # One segment: every token type is 0 (the tokenizer's template gives 0 too).
         out = self._session.run([self._output], {"input_ids": ids, "attention_mask": mask,
-                                                 "token_type_ids": types})[0]
+                                                 "token_type_ids": np.zeros_like(ids)})[0]
         return np.asarray(out, np.float32)
 
 

@@ -76,7 +76,8 @@ class MediaPipeWorker:
     """A subprocess running MediaPipe's TextEmbedder on one model file.
 
     Args:
-      model: a local ``.tflite`` file with MediaPipe metadata.
+      model: a local ``.task`` bundle or ``.tflite`` file of ``lealla export --format
+        mediapipe``.
       l2_normalize: the TextEmbedder's own L2 normalisation (the exports normalise
         inside the model already).
       python: the interpreter (default :func:`mediapipe_python`).

@@ -73,7 +73,7 @@ def _detect_path(path: str) -> Optional[Spec]:
         return Spec("export", path)
     if fileio.exists(fileio.join(path, layout.ST_MODULES_FILE)):
         return Spec("st", path)
-    kind = _FORMAT_KINDS.get(_export_format(path))
+    kind = _FORMAT_KINDS.get(read_export_info(path).get("format"))
     if kind:
         return Spec(kind, path)
     if fileio.exists(fileio.join(path, "saved_model.pb")):
@@ -86,15 +86,17 @@ def _detect_path(path: str) -> Optional[Spec]:
         f"({layout.ST_MODULES_FILE}), a SavedModel (saved_model.pb) or a training model dir ({RUN_CONFIG_FILE})")
 
 
-def _export_format(path: str) -> Optional[str]:
-    """The ``format`` an export folder's export_info.json names (None: none)."""
-    info = fileio.join(path, layout.INFO_FILE)
-    if not fileio.exists(info):
-        return None
+def read_export_info(folder: str) -> dict:
+    """An export folder's export_info.json ({} when it has none or it is not a JSON
+    object)."""
+    path = fileio.join(folder, layout.INFO_FILE)
+    if not fileio.exists(path):
+        return {}
     try:
-        return json.loads(fileio.read_text(info)).get("format")
-    except (ValueError, AttributeError):
-        return None
+        info = json.loads(fileio.read_text(path))
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def parse_spec(spec: str) -> Spec:

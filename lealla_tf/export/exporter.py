@@ -75,6 +75,12 @@ def _version() -> str:
         return "unknown"
 
 
+def provenance() -> Dict[str, str]:
+    """What every export_info.json starts with: when it was made, and by which lealla_tf."""
+    return {"created": datetime.datetime.now(datetime.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M UTC"), "lealla_tf_version": _version()}
+
+
 def export_model(preprocessor, encoder, output_dir: str,
                  tflite: Union[str, Sequence[str], None] = TFLITE_VARIANTS,
                  model_card_info: Optional[Dict[str, Any]] = None, overwrite: bool = False,
@@ -129,9 +135,7 @@ def export_model(preprocessor, encoder, output_dir: str,
     bar = tqdm(total=len(steps), desc="export", unit="step", disable=not progress)
     with fileio.atomic_dir(output_dir, overwrite, bar, last=INFO_FILE) as tmp:
         info: Dict[str, Any] = {
-            "format_version": 1,
-            "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "lealla_tf_version": _version(), "tensorflow": tf.__version__,
+            "format_version": 1, **provenance(), "tensorflow": tf.__version__,
             "model": _shape_info(encoder, preprocessor), "files": {}, "checks": {},
             "card": dict(model_card_info or {}),
         }

@@ -28,7 +28,6 @@ import json
 import math
 from typing import Any, Dict, List, Optional, Sequence
 
-import numpy as np
 import tensorflow as tf
 
 from lealla_tf import fileio
@@ -261,15 +260,6 @@ def check_summary(checks: Dict[str, Dict[str, Any]]) -> Optional[str]:
         return None
     return ("the Hugging Face tokenizer's ids differ from the TF preprocessor's on some "
             "sentences (" + ", ".join(parts) + "; see export_info.json, checks.token_ids)")
-
-
-def as_array(rows: List[List[int]], pad_id: int) -> np.ndarray:
-    """Rows of ids padded into an int64 ``[N, longest]`` array."""
-    width = max((len(r) for r in rows), default=0)
-    out = np.full((len(rows), width), pad_id, np.int64)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = r
-    return out
 
 
 

@@ -24,15 +24,15 @@ tokenizer, its file packed in; :mod:`lealla_tf.export.mediapipe_metadata`). The 
 holds the encoder, pooling and L2 normalisation and runs only the text's own tokens (the
 inputs are cut to the text's length inside: MediaPipe always pads to the input length);
 the output is float32 ``[1, D]``.
-``embedder-fp32.tflite`` always, ``embedder-int8.tflite`` (dynamic-range int8 weights)
-when it stays within the int8 cosine gate.
+``embedder-fp32.task`` always, ``embedder-int8.task`` (dynamic-range int8 weights) when it
+stays within the int8 cosine gate (``.tflite`` for WordPiece runs:
+:func:`lealla_tf.layout.mediapipe_file_name`).
 
 See docs/export.md, "MediaPipe".
 """
 
 from __future__ import annotations
 
-import datetime
 import io
 import json
 import os
@@ -44,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from lealla_tf import fileio, layout, runs
+from lealla_tf.export import exporter
 from lealla_tf.export import mediapipe_metadata as md
 from lealla_tf.export.card import human_bytes
 from lealla_tf.export.formats import PROBE_SENTENCES, TFLITE_MIN_COSINE, cosine_rows
@@ -176,21 +177,29 @@ def _input_names(tflite_model: bytes) -> List[str]:
     return names
 
 
-def with_metadata(tflite_model: bytes, preprocessor, title: str, description: str) -> bytes:
-    """The converted model with MediaPipe's metadata and its tokenizer file packed in."""
+def tokenizer_file(preprocessor) -> bytes:
+    """The tokenizer file MediaPipe reads: :func:`mediapipe_sentencepiece` of the run's
+    SentencePiece model, or the WordPiece vocabulary as it is."""
+    if vocab_type(preprocessor) == "sentencepiece":
+        return mediapipe_sentencepiece(preprocessor.model_bytes)
+    return preprocessor.model_bytes
+
+
+def with_metadata(tflite_model: bytes, preprocessor, content: bytes, title: str,
+                  description: str) -> bytes:
+    """The converted model with MediaPipe's metadata and its tokenizer file (``content``,
+    :func:`tokenizer_file`) packed in."""
     kind = vocab_type(preprocessor)
     fname = TOKENIZER_FILES[kind]
     if kind == "sentencepiece":
         tokenizer = md.Tokenizer("sentencepiece", fname, "SentencePiece model of the encoder "
                                  "([CLS]/[SEP]/[PAD] as bos/eos/pad).")
-        content = mediapipe_sentencepiece(preprocessor.model_bytes)
         inputs = [md.Tensor("ids", f"Token ids: [CLS] pieces [SEP] then [PAD] (0), at most "
                             f"{INPUT_LENGTH - 2} pieces; the model reads the first "
                             f"{int(preprocessor.seq_length)}.", tokenizer=tokenizer)]
         subgraph_tokenizer = None
     else:
         tokenizer = md.Tokenizer("bert", fname, "WordPiece vocabulary of the encoder.")
-        content = preprocessor.model_bytes
         descriptions = {"ids": "Token ids: [CLS] pieces [SEP] then [PAD].",
                         "mask": "1 on tokens, 0 on padding.",
                         "segment_ids": "Segment ids (all 0)."}
@@ -225,10 +234,11 @@ def build_file(encoder, preprocessor, variant: str = "fp32", title: str = "LEALL
                description: str = "", ids_only: bool = False) -> bytes:
     """The content of a MediaPipe file: the converted model with its metadata, bundled
     with its SentencePiece model for SentencePiece runs; ``ids_only``: the ids probe."""
+    content = tokenizer_file(preprocessor)
     model = with_metadata(convert(model_function(encoder, preprocessor, ids_only), encoder,
-                                  variant), preprocessor, title, description)
+                                  variant), preprocessor, content, title, description)
     if vocab_type(preprocessor) == "sentencepiece":
-        return bundle(model, mediapipe_sentencepiece(preprocessor.model_bytes))
+        return bundle(model, content)
     return model
 
 
@@ -384,7 +394,7 @@ def export_run(model_dir: str, output_dir: str, *, checkpoint: Optional[str] = N
                overwrite: bool = False, int8: bool = True, progress: bool = True,
                model_card_info: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Writes a MediaPipe TextEmbedder folder for a run's encoder (docs/export.md,
-    "MediaPipe"): ``embedder-fp32.tflite``, ``embedder-int8.tflite`` (with ``int8``,
+    "MediaPipe"): ``embedder-fp32.task``, ``embedder-int8.task`` (with ``int8``,
     kept when it passes the int8 cosine gate), README.md and export_info.json.
 
     The files are checked with LiteRT on the run's own ids (fp32 and int8 gates of the
@@ -419,8 +429,7 @@ def export_run(model_dir: str, output_dir: str, *, checkpoint: Optional[str] = N
     expected = encoders.StringEncoder(preprocessor, encoder)(
         tf.constant(sentences), training=False).numpy()
     info: Dict[str, Any] = {
-        "format": FORMAT, "format_version": 1,
-        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "format": FORMAT, "format_version": 1, **exporter.provenance(),
         "tensorflow": tf.__version__, "checkpoint": checkpoint,
         "model": {"embedding_dim": int(expected.shape[1]),
                   "seq_length": int(preprocessor.seq_length), "vocab_type": kind,

@@ -17,18 +17,17 @@ See docs/export.md, "sentence-transformers and ONNX Runtime".
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from lealla_tf import fileio, layout
-from lealla_tf.embedders.interop import ONNX_INPUTS, ONNX_OUTPUT, decode_text
+from lealla_tf.embedders.interop import ONNX_INPUTS, ONNX_OUTPUT, decode_text, padded_ids
 from lealla_tf.export import hf_tokenizer
 from lealla_tf.export.card import human_bytes
 from lealla_tf.export.formats import PROBE_SENTENCES, cosine_rows
-from lealla_tf.export.to_sentence_transformers import FLOAT_MIN_COSINE, Prepared, readable
+from lealla_tf.export.to_sentence_transformers import Prepared, same_ids_min_cosine, write_folder
 
 FORMAT = "onnx"
 # The int8 file is kept only if every probe sentence reaches this cosine to the TF model
@@ -63,9 +62,7 @@ def _module(model, pooling: str):
 def _export_onnx(prep: Prepared, path: str) -> None:
     import torch
     module = _module(prep.model, prep.pooling)
-    rows = prep.probe_ids[:4]
-    ids = torch.from_numpy(hf_tokenizer.as_array(rows, 0))
-    mask = torch.from_numpy(hf_tokenizer.as_array([[1] * len(r) for r in rows], 0))
+    ids, mask = (torch.from_numpy(a) for a in padded_ids(prep.probe_ids[:4], 0))
     example = (ids, mask, torch.zeros_like(ids))
     axes = {n: {0: "batch", 1: "length"} for n in ONNX_INPUTS}
     axes[ONNX_OUTPUT] = {0: "batch"}
@@ -78,8 +75,7 @@ def run_onnx(path: str, ids: List[List[int]], pad_id: int) -> np.ndarray:
     """Embeddings of given token ids by an ONNX file (ONNX Runtime, CPU)."""
     import onnxruntime as ort
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    batch = hf_tokenizer.as_array(ids, pad_id)
-    mask = hf_tokenizer.as_array([[1] * len(r) for r in ids], 0)
+    batch, mask = padded_ids(ids, pad_id)
     return session.run([ONNX_OUTPUT], {"input_ids": batch, "attention_mask": mask,
                                        "token_type_ids": np.zeros_like(batch)})[0]
 
@@ -177,8 +173,7 @@ def export_run(model_dir: str, output_dir: str, *, checkpoint: Optional[str] = N
         bar.set_postfix_str("onnx")
         float_path = os.path.join(tmp, layout.ONNX_FILE)
         _export_onnx(prep, float_path)
-        tokenizer = hf_tokenizer.build_tokenizer(prep.preprocessor)
-        tokenizer.save(os.path.join(tmp, layout.ONNX_TOKENIZER_FILE))
+        prep.tokenizer.save(os.path.join(tmp, layout.ONNX_TOKENIZER_FILE))
         bar.update()
         bar.set_postfix_str("check")
         info["checks"].update(_check_float(float_path, tmp, prep, pad_id))
@@ -195,15 +190,8 @@ def export_run(model_dir: str, output_dir: str, *, checkpoint: Optional[str] = N
             if entry:
                 info["files"]["model-int8"] = entry
             bar.update()
-        note = prep.warn_ids(progress)
-        if note:
-            info["checks"]["token_ids_note"] = note
-        readable(tmp)
-        info["files_total_bytes"] = sum(e["bytes"] for e in info["files"].values())
-        with open(os.path.join(tmp, layout.CARD_FILE), "w", encoding="utf-8") as f:
-            f.write(_readme(info))
-        with open(os.path.join(tmp, layout.INFO_FILE), "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=1, ensure_ascii=False)
+        prep.note_ids(info["checks"], progress)
+        write_folder(tmp, info, _readme)
     if progress:
         lines = [f"exported to {output_dir}"] + [
             f"  {e['path']:<18} {human_bytes(e['bytes']):>10}"
@@ -221,10 +209,7 @@ def _check_float(path: str, folder: str, prep: Prepared, pad_id: int) -> Dict[st
       RuntimeError: a min cosine below :data:`FLOAT_MIN_COSINE` from the TF ids.
     """
     same_ids = run_onnx(path, prep.probe_ids, pad_id)
-    model_min = float(cosine_rows(same_ids, prep.reference).min())
-    if model_min < FLOAT_MIN_COSINE:
-        raise RuntimeError(f"model.onnx differs from the TF model: min cosine {model_min:.7f} "
-                           f"< {FLOAT_MIN_COSINE} on the probe sentences (same token ids)")
+    model_min = same_ids_min_cosine(layout.ONNX_FILE, same_ids, prep)
     from tokenizers import Tokenizer
     tok = Tokenizer.from_file(os.path.join(folder, layout.ONNX_TOKENIZER_FILE))
     ids = [e.ids for e in tok.encode_batch([decode_text(s, prep.invalid)

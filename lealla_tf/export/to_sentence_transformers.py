@@ -22,18 +22,17 @@ See docs/export.md, "sentence-transformers and ONNX Runtime".
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import shutil
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
 
 from lealla_tf import fileio, layout, runs
-from lealla_tf.embedders.interop import decode_text
+from lealla_tf.embedders.interop import decode_text, padded_ids
 from lealla_tf.export import exporter, hf_tokenizer, torch_weights
 from lealla_tf.export.card import human_bytes
 from lealla_tf.export.formats import PROBE_SENTENCES, cosine_rows
@@ -112,30 +111,47 @@ class Prepared:
             tokenizer["static_markers"] = {"cls": f"U+{ord(self.markers[0]):04X}",
                                            "sep": f"U+{ord(self.markers[1]):04X}"}
         return {
-            "format": fmt, "format_version": 1,
-            "created": datetime.datetime.now(datetime.timezone.utc).strftime(
-                "%Y-%m-%d %H:%M UTC"),
-            "lealla_tf_version": _version(), "torch": torch.__version__,
+            "format": fmt, "format_version": 1, **exporter.provenance(),
+            "torch": torch.__version__,
             "transformers": transformers.__version__,
             "model": model, "tokenizer": tokenizer,
             "files": {}, "checks": {"token_ids": self.id_checks},
             "card": {k: v for k, v in self.card.items() if isinstance(v, (str, dict))},
         }
 
-    def warn_ids(self, progress: bool) -> Optional[str]:
-        """Prints (and returns) the token-id disagreement, if any."""
+    def note_ids(self, checks: Dict[str, Any], progress: bool) -> None:
+        """Records (``checks["token_ids_note"]``) and prints the token-id disagreement, if
+        any."""
         note = hf_tokenizer.check_summary(self.id_checks)
-        if note and progress:
-            print(f"warning: {note}", file=sys.stderr, flush=True)
-        return note
+        if note:
+            checks["token_ids_note"] = note
+            if progress:
+                print(f"warning: {note}", file=sys.stderr, flush=True)
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("lealla_tf")
-    except PackageNotFoundError:
-        return "unknown"
+def same_ids_min_cosine(what: str, same_ids: np.ndarray, prep: Prepared) -> float:
+    """Min cosine to the TF model of an exported model's embeddings of the probe sentences
+    from the TF preprocessor's own ids.
+
+    Raises:
+      RuntimeError: below :data:`FLOAT_MIN_COSINE` (``what`` names the model).
+    """
+    model_min = float(cosine_rows(same_ids, prep.reference).min())
+    if model_min < FLOAT_MIN_COSINE:
+        raise RuntimeError(f"{what} differs from the TF model: min cosine {model_min:.7f} < "
+                           f"{FLOAT_MIN_COSINE} on the probe sentences (same token ids)")
+    return model_min
+
+
+def write_folder(folder: str, info: Dict[str, Any], readme: Callable[[Dict], str]) -> None:
+    """The last step of a sentence-transformers or ONNX folder: file modes, the total
+    size, README.md (``readme(info)``) and export_info.json."""
+    readable(folder)
+    info["files_total_bytes"] = sum(e["bytes"] for e in info["files"].values())
+    with open(os.path.join(folder, layout.CARD_FILE), "w", encoding="utf-8") as f:
+        f.write(readme(info))
+    with open(os.path.join(folder, layout.INFO_FILE), "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=1, ensure_ascii=False)
 
 
 def readable(folder: str) -> None:
@@ -206,8 +222,7 @@ def st_embeddings_from_ids(model, ids: List[List[int]], pad_id: int) -> np.ndarr
     """A loaded ``SentenceTransformer``'s embeddings of given token ids (the tokenizer left
     out)."""
     import torch
-    batch = torch.from_numpy(hf_tokenizer.as_array(ids, pad_id))
-    mask = torch.from_numpy((hf_tokenizer.as_array([[1] * len(r) for r in ids], 0)))
+    batch, mask = (torch.from_numpy(a) for a in padded_ids(ids, pad_id))
     with torch.inference_mode():
         out = model({"input_ids": batch, "attention_mask": mask,
                      "token_type_ids": torch.zeros_like(batch)})
@@ -355,21 +370,15 @@ def export_run(model_dir: str, output_dir: str, *, checkpoint: Optional[str] = N
         info["checks"].update(check_static_folder(tmp, prep) if prep.static
                               else check_folder(tmp, prep))
         bar.update()
-        note = prep.warn_ids(progress)
-        if note:
-            info["checks"]["token_ids_note"] = note
-        readable(tmp)
+        prep.note_ids(info["checks"], progress)
         for name in sorted(os.listdir(tmp)):
             if name == layout.CARD_FILE:  # sentence-transformers' card, replaced below
                 continue
             path = os.path.join(tmp, name)
             info["files"][name] = {"path": name + ("/" if os.path.isdir(path) else ""),
                                    "bytes": fileio.tree_bytes(path)}
-        info["files_total_bytes"] = sum(e["bytes"] for e in info["files"].values())
-        with open(os.path.join(tmp, layout.CARD_FILE), "w", encoding="utf-8") as f:
-            f.write((_static_readme if prep.static else _readme)(info, output_dir))
-        with open(os.path.join(tmp, layout.INFO_FILE), "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=1, ensure_ascii=False)
+        write_folder(tmp, info, lambda i: (_static_readme if prep.static else _readme)(
+            i, output_dir))
     if progress:
         print(f"exported to {output_dir} ({human_bytes(info['files_total_bytes'])}): min cosine "
               f"{info['checks']['min_cosine']:.7f} to the TF model on the probe sentences",
@@ -390,11 +399,7 @@ def check_folder(folder: str, prep: Prepared) -> Dict[str, Any]:
     model = SentenceTransformer(folder, device="cpu", local_files_only=True)
     pad_id = hf_tokenizer.special_tokens(prep.preprocessor)["pad_id"]
     same_ids = st_embeddings_from_ids(model, prep.probe_ids, pad_id)
-    model_min = float(cosine_rows(same_ids, prep.reference).min())
-    if model_min < FLOAT_MIN_COSINE:
-        raise RuntimeError(f"the sentence-transformers model differs from the TF model: min "
-                           f"cosine {model_min:.7f} < {FLOAT_MIN_COSINE} on the probe "
-                           "sentences (same token ids)")
+    model_min = same_ids_min_cosine("the sentence-transformers model", same_ids, prep)
     texts = [decode_text(s, prep.invalid) for s in PROBE_SENTENCES]
     loaded_ids = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)[
         "input_ids"]
@@ -429,11 +434,7 @@ def check_static_folder(folder: str, prep: Prepared) -> Dict[str, Any]:
     model = SentenceTransformer(folder, device="cpu", local_files_only=True)
     same_ids = static_embeddings_from_ids(model, [hf_tokenizer.as_bag(r)
                                                   for r in prep.probe_ids])
-    model_min = float(cosine_rows(same_ids, prep.reference).min())
-    if model_min < FLOAT_MIN_COSINE:
-        raise RuntimeError(f"the sentence-transformers model differs from the TF model: min "
-                           f"cosine {model_min:.7f} < {FLOAT_MIN_COSINE} on the probe "
-                           "sentences (same token ids)")
+    model_min = same_ids_min_cosine("the sentence-transformers model", same_ids, prep)
     texts = [decode_text(s, prep.invalid) for s in PROBE_SENTENCES]
     loaded_ids = [e.ids for e in model[0].tokenizer.encode_batch(texts,
                                                                  add_special_tokens=False)]
