@@ -437,9 +437,10 @@ def encoder_tflite(encoder, int8: bool = False) -> bytes:
     """The encoder alone (token ids in, normalised embedding out), traced as the TFLite
     export traces it."""
     from benchmarks.inference_speed import token_id_serving
-    serve = token_id_serving(encoder)
-    serve.get_concrete_function()
-    return _convert(serve, encoder, int8=int8)
+    with encoder.tflite_forward():
+        serve = token_id_serving(encoder)
+        serve.get_concrete_function()
+        return _convert(serve, encoder, int8=int8)
 
 
 def cut_encoder(encoder, num_layers: int = 1):

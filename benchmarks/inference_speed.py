@@ -212,27 +212,10 @@ def prepare(shape: str, work: str, vocab: str, runtimes, seed: int = 0) -> None:
         os.rename(path + ".tmp", path)
         return path
 
-    if any(r in ("tf", "tf-bf16") or r.startswith("tflite") for r in runtimes):
-        sm = save("lealla", encoder)
-        if any(r.endswith("-emb8") for r in runtimes):
-            encoder.set_int8_word_embeddings(True)
-            sm8 = save("lealla-emb8", encoder)
-            encoder.set_int8_word_embeddings(False)
-        for r in runtimes:
-            if r == "tflite-int8-full":
-                path = os.path.join(work, tflite_file(r))
-                if not os.path.exists(path):
-                    with open(path + ".tmp", "wb") as f:
-                        f.write(full_integer_encoder(encoder, pre))
-                    os.rename(path + ".tmp", path)
-            elif r.startswith("tflite"):
-                variant = r.split("-")[1]
-                path = os.path.join(work, tflite_file(r))
-                if not os.path.exists(path):
-                    content = export.convert_tflite(sm8 if r.endswith("-emb8") else sm, variant)
-                    with open(path + ".tmp", "wb") as f:
-                        f.write(content)
-                    os.rename(path + ".tmp", path)
+    if any(r in ("tf", "tf-bf16") for r in runtimes):
+        save("lealla", encoder)
+    if any(r.startswith("tflite") for r in runtimes):
+        _write_tflite_files(encoder, pre, runtimes, work, save)
     if "tf-xla" in runtimes:
         xla = encoders.LeallaEncoder.from_model_config(cfg, jit_compile=True)
         xla(xla.dummy_inputs())
@@ -240,6 +223,29 @@ def prepare(shape: str, work: str, vocab: str, runtimes, seed: int = 0) -> None:
         save("lealla-xla", xla, length_multiple=8)
     if any(r.startswith("ort") or r == "torch" for r in runtimes):
         _prepare_peers(encoder, cfg, work, runtimes)
+
+
+def _write_tflite_files(encoder, pre, runtimes, work: str, save) -> None:
+    """The TFLite files of ``runtimes``, converted as the export converts them: from
+    end-to-end models traced with the forward pass written for TFLite converters."""
+    from lealla_tf import export
+    with encoder.tflite_forward():
+        sources = {False: save("lealla-tflite", encoder)}
+        if any(r.endswith("-emb8") for r in runtimes):
+            encoder.set_int8_word_embeddings(True)
+            sources[True] = save("lealla-tflite-emb8", encoder)
+            encoder.set_int8_word_embeddings(False)
+        for r in runtimes:
+            path = os.path.join(work, tflite_file(r))
+            if not r.startswith("tflite") or os.path.exists(path):
+                continue
+            if r == "tflite-int8-full":
+                content = full_integer_encoder(encoder, pre)
+            else:
+                content = export.convert_tflite(sources[r.endswith("-emb8")], r.split("-")[1])
+            with open(path + ".tmp", "wb") as f:
+                f.write(content)
+            os.rename(path + ".tmp", path)
 
 
 def token_id_serving(encoder):
@@ -268,18 +274,19 @@ def full_integer_encoder(encoder, pre) -> bytes:
 
     from lealla_tf import export
     from lealla_tf.models import encoders
-    serve = token_id_serving(encoder)
-
     def representative():
         for s in export.PROBE_SENTENCES:
             d = pre(tf.constant([s]))
             yield {k: d[k] for k in encoders.INPUT_KEYS}
 
-    conv = tf.lite.TFLiteConverter.from_concrete_functions(
-        [serve.get_concrete_function()], encoder)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = representative
-    return conv.convert()
+    # The forward pass written for TFLite (the TensorFlow one scales LayerNorm inputs by
+    # up to 3e4, which int8 activations cannot hold).
+    with encoder.tflite_forward():
+        conv = tf.lite.TFLiteConverter.from_concrete_functions(
+            [token_id_serving(encoder).get_concrete_function()], encoder)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = representative
+        return conv.convert()
 
 
 def _prepare_peers(encoder, cfg, work, runtimes):

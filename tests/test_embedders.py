@@ -104,7 +104,7 @@ def test_batch_order_keeps_each_batch_under_the_token_budget():
     rng = np.random.default_rng(0)
     keys = rng.integers(1, 120, size=500).tolist() + [5000]  # one longer than the budget
     budget = 1024
-    batches = embedders.batch_order(keys, 300, batch_tokens=budget)
+    batches = embedders.batch_order(keys, 300, batch_tokens=budget, max_padding=1)
     flat = np.concatenate(batches)
     assert sorted(flat.tolist()) == list(range(len(keys)))
     assert [keys[i] for i in flat] == sorted(keys, reverse=True)
@@ -122,6 +122,40 @@ def test_batch_order_keeps_each_batch_under_the_token_budget():
     assert [len(b) for b in unlimited] == [300, 201]
     with pytest.raises(ValueError, match="batch_tokens"):
         embedders.batch_order(keys, 3, -1)
+
+
+def test_batch_order_caps_the_padding_of_each_sentence():
+    rng = np.random.default_rng(1)
+    # A corpus's shape: many short sentences and a long tail.
+    keys = (rng.integers(5, 20, size=900).tolist() + rng.integers(20, 200, size=100).tolist())
+    special = embedders.base.SPECIAL_TOKENS
+
+    def padding(batches):
+        padded = sum(len(b) * (max(keys[i] for i in b) + special) for b in batches)
+        return padded / sum(k + special for k in keys)
+
+    uncapped = embedders.batch_order(keys, 512, 4096, max_padding=1)
+    capped = embedders.batch_order(keys, 512, 4096)  # DEFAULT_MAX_PADDING
+    cap = embedders.base.DEFAULT_MAX_PADDING
+    flat = np.concatenate(capped)
+    assert sorted(flat.tolist()) == list(range(len(keys)))
+    assert [keys[i] for i in flat] == sorted(keys, reverse=True)
+    for n, batch in enumerate(capped):
+        longest = keys[batch[0]] + special
+        assert all(keys[i] + special >= (1 - cap) * longest for i in batch)
+        assert len(batch) * longest <= 4096 and len(batch) <= 512
+        if n + 1 < len(capped):  # it ended for the budget, the cap or the next's padding
+            following = keys[capped[n + 1][0]] + special
+            assert ((len(batch) + 1) * longest > 4096 or len(batch) == 512
+                    or following < (1 - cap) * longest)
+    assert padding(capped) < padding(uncapped)
+    assert len(capped) > len(uncapped)
+    # 0: equal lengths only.
+    assert all(len({keys[i] for i in b}) == 1 for b in embedders.batch_order(keys, 512, 4096, 0))
+    # Without a token budget the cap does not apply (fixed-size batches).
+    assert [len(b) for b in embedders.batch_order(keys, 300, 0)] == [300, 300, 300, 100]
+    with pytest.raises(ValueError, match="max_padding"):
+        embedders.batch_order(keys, 3, 4096, -0.1)
 
 
 def test_encode_is_the_same_under_any_batching(hermetic_vocab):

@@ -6,6 +6,8 @@ packed to a fixed ``seq_length``. Speed-ups: the fused ``tf.nn`` forward pass
 sentence (``dynamic_length``), and all of them through a TFLite export.
 """
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -131,3 +133,82 @@ def test_tflite_of_fast_dynamic_model_equals_reference(reference, pre, tiny_conf
     for batch in ([0, 1], [5, 6], list(range(len(SENTENCES)))):
         got = encode(texts[batch])
         np.testing.assert_allclose(got, want[batch], atol=1e-5)
+
+
+def test_tflite_forward_equals_reference_and_is_restored(reference, pre, tiny_config):
+    fast = _copy(reference, tiny_config.model)
+    inputs = pre(tf.constant(SENTENCES))
+    want = reference(inputs, training=False)["default"].numpy()
+    with fast.tflite_forward():
+        assert fast.forward_target == "tflite"
+        got = fast(inputs, training=False)["default"].numpy()
+    assert fast.forward_target == "tensorflow"
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(fast(inputs, training=False)["default"].numpy(), want, atol=1e-5)
+
+
+def _executed_ops(fetch, feed=None):
+    sess = tf.compat.v1.get_default_session()
+    meta = tf.compat.v1.RunMetadata()
+    value = sess.run(fetch, feed, run_metadata=meta, options=tf.compat.v1.RunOptions(
+        output_partition_graphs=True))
+    return value, {n.op for g in meta.partition_graphs for n in g.node}
+
+
+@pytest.mark.parametrize("offset", [0.0, 3.0])
+def test_layer_norm_is_one_onednn_kernel_with_the_layers_epsilon(offset):
+    """TensorFlow fuses the "tensorflow" LayerNorm into _MklLayerNorm, whose kernel uses
+    epsilon 1e-3 whatever the graph says: on rows of standard deviation 0.002 (a demo
+    student's embedding LayerNorm) that epsilon alone would halve the output. The result
+    must be LayerNorm with the layer's own epsilon (1e-12) all the same."""
+    from types import SimpleNamespace
+
+    from tensorflow.python.util import _pywrap_util_port
+
+    from lealla_tf.models import bert_internals
+    rng = np.random.default_rng(0)
+    x = (offset + 0.002 * rng.standard_normal((64, 128))).astype(np.float32)
+    gamma = (1 + 0.1 * rng.standard_normal(128)).astype(np.float32)
+    beta = (0.1 * rng.standard_normal(128)).astype(np.float32)
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    want = (x - mean) / np.sqrt(var + 1e-12) * gamma + beta
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph).as_default() as sess:
+        norm = SimpleNamespace(epsilon=1e-12,
+                               gamma=tf.compat.v1.Variable(gamma, use_resource=True),
+                               beta=tf.compat.v1.Variable(beta, use_resource=True))
+        feed = tf.compat.v1.placeholder(tf.float32, [None, 128])
+        outputs = {t: bert_internals.layer_norm(feed, norm, t) for t in bert_internals.TARGETS}
+        sess.run(tf.compat.v1.global_variables_initializer())
+        for target, y in outputs.items():
+            got, ops = _executed_ops(y, {feed: x})
+            np.testing.assert_allclose(got, want, atol=2e-3 if offset else 2e-4)
+            fused = "_MklLayerNorm" in ops
+            assert fused == (target == "tensorflow" and _pywrap_util_port.IsMklEnabled()), ops
+
+
+def _op_counts(content: bytes):
+    import collections
+
+    from tensorflow.lite.tools import flatbuffer_utils
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    return collections.Counter(flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
+                               for graph in model.subgraphs for op in graph.operators)
+
+
+def test_export_converts_tflite_from_the_tflite_forward(reference, pre, tiny_config, tmp_path):
+    from lealla_tf import export
+    fast = _copy(reference, tiny_config.model)
+    export.export_model(pre, fast, str(tmp_path / "export"), tflite="fp32", progress=False)
+    with open(tmp_path / "export" / "lealla-fp32.tflite", "rb") as f:
+        shipped = _op_counts(f.read())
+    # Converting the TensorFlow-target SavedModel gives the longer LayerNorm.
+    from_tensorflow = _op_counts(export.convert_tflite(str(tmp_path / "export" / "lealla")))
+    with fast.tflite_forward():
+        obj, signatures = export.build_lealla_module(pre, fast)
+        tf.saved_model.save(obj, str(tmp_path / "lite"), signatures=signatures)
+    assert shipped == _op_counts(export.convert_tflite(str(tmp_path / "lite")))
+    assert sum(shipped.values()) < sum(from_tensorflow.values())
+    assert sorted(os.listdir(tmp_path / "export")) == sorted(
+        ["README.md", "encoder", "export_info.json", "lealla", "lealla-fp32.tflite",
+         "preprocessor"])

@@ -23,6 +23,8 @@ from lealla_tf import fileio, layout
 # 1,024 on LEALLA-small, 1,024 to 2,048 on a 4-layer student).
 DEFAULT_BATCH_SIZE = 512
 DEFAULT_BATCH_TOKENS = 4096
+# Largest share of a row that batch_order lets be padding when it cuts by a token budget.
+DEFAULT_MAX_PADDING = 0.25
 # Tokens a sequence carries beside its pieces ([CLS] and [SEP]).
 SPECIAL_TOKENS = 2
 # What a model's dict of outputs gives as the embedding when no key is named, in order.
@@ -80,28 +82,46 @@ def sort_keys(model, sentences: Sequence[Union[str, bytes]]) -> List[int]:
 
 
 def batch_order(keys: Sequence[int], batch_size: int,
-                batch_tokens: Optional[int] = None) -> List[np.ndarray]:
+                batch_tokens: Optional[int] = None,
+                max_padding: float = DEFAULT_MAX_PADDING) -> List[np.ndarray]:
     """Index batches: longest first (stable among equals), each of at most
     ``batch_size`` sentences and, with ``batch_tokens``, at most that many padded tokens
     (sentences x (the first one's key + :data:`SPECIAL_TOKENS`); a sentence longer than
     the budget goes alone).
 
+    With a budget, a batch also ends before a sentence that would be padded by more than
+    ``max_padding`` of the batch's length (its key + :data:`SPECIAL_TOKENS` below
+    ``(1 - max_padding)`` x the first one's): the long tail of a corpus, where a budget of
+    few sentences spans very different lengths, then goes in smaller batches of similar
+    lengths instead of computing padding.
+
     Args:
       keys: one sort key per sentence (see :func:`sort_keys`).
       batch_size: most sentences per batch (positive).
       batch_tokens: most padded tokens per batch (None or 0: no limit).
+      max_padding: with ``batch_tokens``, the largest share of a sentence's row that may be
+        padding, in [0, 1) (0: equal lengths only); 1 or more: no such limit.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if batch_tokens is not None and batch_tokens < 0:
         raise ValueError(f"batch_tokens must be positive (0: no limit), got {batch_tokens}")
+    if max_padding < 0:
+        raise ValueError(f"max_padding must be at least 0, got {max_padding}")
     order = np.argsort([-k for k in keys], kind="stable")
     if not batch_tokens:
         return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    lengths = np.asarray(keys, dtype=np.int64)[order] + SPECIAL_TOKENS
     batches, start = [], 0
     while start < len(order):
-        longest = int(keys[order[start]]) + SPECIAL_TOKENS
+        longest = int(lengths[start])
         size = max(1, min(batch_size, batch_tokens // longest))
+        if max_padding < 1:
+            # lengths[start:] descend: the first sentence below the floor ends the batch.
+            floor = (1.0 - max_padding) * longest
+            below = np.flatnonzero(lengths[start:start + size] < floor)
+            if below.size:
+                size = max(1, int(below[0]))
         batches.append(order[start:start + size])
         start += size
     return batches

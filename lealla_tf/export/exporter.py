@@ -9,6 +9,7 @@ See docs/export.md, "The folder".
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -189,18 +190,47 @@ def export_model(preprocessor, encoder, output_dir: str,
         del loaded
         bar.update()
 
-        # The int8 file quantizes the float table itself: int8 rows there would have their
-        # per-row scales quantized a second time, per tensor, which breaks them. So with
-        # int8 embeddings it is converted from a float model beside lealla/.
-        float_source = os.path.join(tmp, "tflite_float_source")
+        _write_tflite_files(preprocessor, encoder, tmp, variants, bool(int8_embeddings),
+                            exported, info, bar)
+        info["files_total_bytes"] = sum(e["bytes"] for e in info["files"].values())
+        with open(os.path.join(tmp, INFO_FILE), "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=1, ensure_ascii=False)
+        card = render_model_card(info, local_handles(output_dir, info), template)
+        with open(os.path.join(tmp, CARD_FILE), "w", encoding="utf-8") as f:
+            f.write(card)
+        bar.update()
+    if progress:
+        print(format_sizes(info, output_dir), flush=True)
+    return info
+
+
+def _write_tflite_files(preprocessor, encoder, tmp: str, variants, int8_embeddings: bool,
+                        exported: np.ndarray, info: Dict[str, Any], bar) -> None:
+    """Converts, writes and checks each TFLite variant (min cosine to the SavedModel's
+    ``exported`` probe embeddings), recording it in ``info["files"]``.
+
+    TFLite files are converted from end-to-end models saved beside ``lealla/`` with the
+    forward pass written for TFLite converters (``LeallaEncoder.tflite_forward``). The
+    int8 file quantizes the float table itself: int8 rows there would have their per-row
+    scales quantized a second time, per tensor, which breaks them. So with int8
+    embeddings it is converted from a model with the float table.
+    """
+    sources: Dict[bool, str] = {}
+
+    def tflite_source(int8_rows: bool) -> str:
+        if not int8_rows and not hasattr(encoder, "tflite_forward"):
+            return os.path.join(tmp, LEALLA)  # (one forward pass for every runtime)
+        if int8_rows not in sources:
+            sources[int8_rows] = os.path.join(
+                tmp, "tflite_source_" + ("int8_rows" if int8_rows else "float"))
+            _save_tflite_source(preprocessor, encoder, sources[int8_rows], int8_rows)
+        return sources[int8_rows]
+
+    try:
         for variant in variants:
             bar.set_postfix_str("tflite " + variant)
-            source = os.path.join(tmp, LEALLA)
-            if int8_embeddings and variant == "int8":
-                if not os.path.exists(float_source):
-                    _save_float_model(preprocessor, encoder, float_source)
-                source = float_source
-            content = formats.convert_tflite(source, variant)
+            content = formats.convert_tflite(
+                tflite_source(int8_embeddings and variant != "int8"), variant)
             fname = tflite_file_name(variant)
             with open(os.path.join(tmp, fname), "wb") as f:
                 f.write(content)
@@ -224,29 +254,25 @@ def export_model(preprocessor, encoder, output_dir: str,
             info["files"][f"tflite-{variant}"] = {
                 "path": fname, "bytes": len(content), "min_cosine": min_cos}
             bar.update()
-
-        shutil.rmtree(float_source, ignore_errors=True)
-        info["files_total_bytes"] = sum(e["bytes"] for e in info["files"].values())
-        with open(os.path.join(tmp, INFO_FILE), "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=1, ensure_ascii=False)
-        card = render_model_card(info, local_handles(output_dir, info), template)
-        with open(os.path.join(tmp, CARD_FILE), "w", encoding="utf-8") as f:
-            f.write(card)
-        bar.update()
-    if progress:
-        print(format_sizes(info, output_dir), flush=True)
-    return info
-
-
-def _save_float_model(preprocessor, encoder, path: str) -> None:
-    """The end-to-end model with the float table, for TFLite conversion (a serving-only
-    int8 ``lealla/`` has no float table to give the int8 file)."""
-    try:
-        obj, signatures = formats.build_lealla_module(preprocessor, encoder)
-        tf.saved_model.save(obj, path, signatures=signatures)
     finally:
-        # A fresh inference function: the caller's encoder computes as before the export.
-        encoder.set_int8_word_embeddings(False)
+        for source in sources.values():
+            shutil.rmtree(source, ignore_errors=True)
+
+
+def _save_tflite_source(preprocessor, encoder, path: str, int8_rows: bool) -> None:
+    """The end-to-end model that TFLite files are converted from: the forward pass written
+    for TFLite converters, with int8 word-embedding rows or the float table."""
+    tflite_forward = getattr(encoder, "tflite_forward", contextlib.nullcontext)
+    try:
+        if int8_rows:
+            encoder.set_int8_word_embeddings(True)
+        with tflite_forward():
+            obj, signatures = formats.build_lealla_module(preprocessor, encoder)
+            tf.saved_model.save(obj, path, signatures=signatures)
+    finally:
+        if int8_rows:
+            # A fresh inference function: the caller's encoder computes as before.
+            encoder.set_int8_word_embeddings(False)
 
 
 def format_sizes(info: Dict[str, Any], output_dir: str = "") -> str:

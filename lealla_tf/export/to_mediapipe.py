@@ -33,6 +33,7 @@ See docs/export.md, "MediaPipe".
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -235,8 +236,11 @@ def build_file(encoder, preprocessor, variant: str = "fp32", title: str = "LEALL
     """The content of a MediaPipe file: the converted model with its metadata, bundled
     with its SentencePiece model for SentencePiece runs; ``ids_only``: the ids probe."""
     content = tokenizer_file(preprocessor)
-    model = with_metadata(convert(model_function(encoder, preprocessor, ids_only), encoder,
-                                  variant), preprocessor, content, title, description)
+    # Traced with the forward pass written for TFLite converters.
+    with getattr(encoder, "tflite_forward", contextlib.nullcontext)():
+        function = model_function(encoder, preprocessor, ids_only)
+    model = with_metadata(convert(function, encoder, variant), preprocessor, content, title,
+                          description)
     if vocab_type(preprocessor) == "sentencepiece":
         return bundle(model, content)
     return model

@@ -20,20 +20,25 @@ import tensorflow as tf
 import tf_keras
 from official.nlp.modeling import networks
 
+# What the fast forward pass is written for: TensorFlow (its oneDNN fusions) or TFLite
+# converters (LiteRT/XNNPACK run the plain form of LayerNorm faster).
+TARGETS = ("tensorflow", "tflite")
+
 
 def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor],
-                      int8_rows: Optional[Tuple[tf.Tensor, tf.Tensor]] = None
-                      ) -> Dict[str, Any]:
+                      int8_rows: Optional[Tuple[tf.Tensor, tf.Tensor]] = None,
+                      target: str = "tensorflow") -> Dict[str, Any]:
     """Inference forward pass of a ``BertEncoderV2`` with plain ``tf.nn`` ops.
 
     Reads the weights of ``bert`` (so checkpoints and parameter counts are those of
     ``BertEncoderV2``) and computes the same function without Keras layer calls:
     tokens are kept as one ``[batch * seq, hidden]`` matrix, so every projection is a
     single 2-D ``MatMul`` + ``BiasAdd`` (which oneDNN and XNNPACK fuse), Q, K and V come
-    from one fused ``[hidden, 3 * hidden]`` matrix with the 1/sqrt(d) scale folded in,
-    and heads are split with reshapes/transposes TFLite and XNNPACK run natively. Thin
-    layers (hidden 128-256) spend most of their time outside the matrix products, which
-    is what this removes. Dropout is not applied: use it with ``training=False`` only.
+    from one fused ``[hidden, 3 * hidden]`` matrix and are split into heads by one
+    transpose, and the scores are ``matmul(q, k^T) * scale + mask`` (one oneDNN kernel in
+    TensorFlow). Thin layers (hidden 128-256) spend most of their time outside the matrix
+    products, which is what this removes. Dropout is not applied: use it with
+    ``training=False`` only.
 
     Every stage runs under a name scope that profiles group by: ``embeddings``,
     ``layer_<i>/attention`` (QKV, scores, softmax, context, output projection and the
@@ -47,11 +52,17 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
       int8_rows: optional ``(values, scales)`` of
         :func:`lealla_tf.models.encoders.quantize_rows_int8` used
         instead of the word-embedding table (gathered rows are dequantised).
+      target: ``"tensorflow"``: LayerNorms in the form TensorFlow fuses into one oneDNN
+        kernel (:func:`fusable_layer_norm`); ``"tflite"``: the plain form, for graphs
+        that TFLite converters read (LiteRT runs it about 3% faster end to end). Both
+        compute the same function.
 
     Returns:
       dict with ``sequence_output``, ``pooled_output`` and ``encoder_outputs`` as
       ``BertEncoderV2`` returns them.
     """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     ids = inputs["input_word_ids"]
     shape = tf.shape(ids)
     batch, seq = shape[0], shape[1]
@@ -66,7 +77,7 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
             words = tf.gather(table, ids)
         x = words + tf.expand_dims(tf.slice(positions, [0, 0], [seq, hidden]), 0)
         x += tf.gather(bert._type_embedding_layer.embeddings, inputs["input_type_ids"])
-        x = _layer_norm(tf.reshape(x, [-1, hidden]), bert._embedding_norm_layer)
+        x = layer_norm(tf.reshape(x, [-1, hidden]), bert._embedding_norm_layer, target)
         # Additive mask as in Keras' masked softmax: 0 for tokens, -1e9 for padding.
         mask_bias = (1.0 - tf.cast(inputs["input_mask"], x.dtype)) * -1e9
         mask_bias = tf.reshape(mask_bias, [batch, 1, 1, seq])  # (no new-axis slices: TFLite)
@@ -75,7 +86,7 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
         with tf.name_scope(f"layer_{i}/attention"):
             x = x + _attention(x, layer._attention_layer, mask_bias, batch, seq, hidden)
         with tf.name_scope(f"layer_{i}/attention_norm"):
-            x = _layer_norm(x, layer._attention_layer_norm)
+            x = layer_norm(x, layer._attention_layer_norm, target)
         with tf.name_scope(f"layer_{i}/ffn"):
             inner = tf.nn.bias_add(tf.matmul(x, layer._intermediate_dense.kernel),
                                    layer._intermediate_dense.bias)
@@ -83,7 +94,7 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
             x = x + tf.nn.bias_add(tf.matmul(inner, layer._output_dense.kernel),
                                    layer._output_dense.bias)
         with tf.name_scope(f"layer_{i}/ffn_norm"):
-            x = _layer_norm(x, layer._output_layer_norm)
+            x = layer_norm(x, layer._output_layer_norm, target)
         outputs.append(x)
     outputs = [tf.reshape(o, [batch, seq, hidden]) for o in outputs]
     with tf.name_scope("pooler"):
@@ -98,19 +109,16 @@ def _attention(x: tf.Tensor, att, mask_bias: tf.Tensor, batch, seq, hidden: int)
     heads, head_dim = att._num_heads, att._key_dim
     width = heads * head_dim
     scale = 1.0 / math.sqrt(float(head_dim))
-    kernel = tf.concat([tf.reshape(att._query_dense.kernel, [hidden, width]) * scale,
+    kernel = tf.concat([tf.reshape(att._query_dense.kernel, [hidden, width]),
                         tf.reshape(att._key_dense.kernel, [hidden, width]),
                         tf.reshape(att._value_dense.kernel, [hidden, width])], axis=1)
-    bias = tf.concat([tf.reshape(att._query_dense.bias, [-1]) * scale,
+    bias = tf.concat([tf.reshape(att._query_dense.bias, [-1]),
                       tf.reshape(att._key_dense.bias, [-1]),
                       tf.reshape(att._value_dense.bias, [-1])], axis=0)
     qkv = tf.nn.bias_add(tf.matmul(x, kernel), bias)  # [B*S, 3*N*d]
-    q, k, v = [tf.reshape(t, [batch, seq, heads, head_dim])
-               for t in tf.split(qkv, 3, axis=1)]
-    q = tf.transpose(q, [0, 2, 1, 3])  # [B, N, S, d]
-    k = tf.transpose(k, [0, 2, 3, 1])  # [B, N, d, S]
-    v = tf.transpose(v, [0, 2, 1, 3])  # [B, N, S, d]
-    probs = tf.nn.softmax(tf.matmul(q, k) + mask_bias, axis=-1)
+    qkv = tf.transpose(tf.reshape(qkv, [batch, seq, 3, heads, head_dim]), [2, 0, 3, 1, 4])
+    q, k, v = tf.unstack(qkv, 3)  # each [B, N, S, d]
+    probs = tf.nn.softmax(tf.matmul(q, k, transpose_b=True) * scale + mask_bias, axis=-1)
     context = tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3])  # [B, S, N, d]
     context = tf.reshape(context, [-1, width])
     return tf.nn.bias_add(
@@ -118,9 +126,46 @@ def _attention(x: tf.Tensor, att, mask_bias: tf.Tensor, batch, seq, hidden: int)
         att._output_dense.bias)
 
 
-def _layer_norm(x: tf.Tensor, norm: tf_keras.layers.LayerNormalization) -> tf.Tensor:
+def layer_norm(x: tf.Tensor, norm: tf_keras.layers.LayerNormalization,
+               target: str = "tensorflow") -> tf.Tensor:
+    """``norm`` (its ``gamma``, ``beta``, ``epsilon``) over the last axis of ``x``, in the
+    form for ``target`` (see :func:`fast_bert_forward`)."""
+    if target == "tensorflow" and norm.epsilon > 0:
+        return fusable_layer_norm(x, norm)
     mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
     return tf.nn.batch_normalization(x, mean, var, norm.beta, norm.gamma, norm.epsilon)
+
+
+# The epsilon TensorFlow's fused oneDNN LayerNorm kernel computes with (see below).
+ONEDNN_LAYER_NORM_EPSILON = 1e-3
+
+
+def fusable_layer_norm(x: tf.Tensor, norm: tf_keras.layers.LayerNormalization) -> tf.Tensor:
+    """LayerNorm in the exact subgraph TensorFlow's oneDNN remapper fuses into one
+    ``_MklLayerNorm`` kernel (about 4x faster than the ops it replaces at ``[4096, 128]``;
+    the graph stays correct, a few ops longer, wherever it is not fused).
+
+    The remapper matches ``x * inv + (beta - inv * mean)`` with ``inv = rsqrt(var + eps)
+    * gamma``, ``mean``/``var`` reduced over the last axis written as a non-negative index,
+    and constant ``gamma``/``beta``. Two catches:
+
+    - it fuses constant scale and offset only, so the kernel runs with scale 1 and offset
+      1 (an offset of 0 is folded into a ``Neg`` first, which breaks the pattern) and the
+      layer's own scale and offset, variables, follow: ``y * gamma + (beta - gamma)``;
+    - the fused kernel computes with epsilon 1e-3 whatever the graph's epsilon (TF 2.20;
+      with LaBSE's 1e-12 and rows of standard deviation 0.002, as a demo student's
+      embedding LayerNorm sees, its output was off by up to 3.8). So the input is scaled
+      by ``c = sqrt(1e-3 / epsilon)`` and the graph says 1e-3:
+      ``LN(c x; 1e-3) = LN(x; epsilon)`` whichever epsilon the kernel uses.
+    """
+    axis = len(x.shape) - 1
+    one = tf.ones([x.shape[-1]], x.dtype)
+    x = x * math.sqrt(ONEDNN_LAYER_NORM_EPSILON / norm.epsilon)
+    mean = tf.reduce_mean(x, axis, keepdims=True)
+    var = tf.reduce_mean(tf.math.squared_difference(x, mean), axis, keepdims=True)
+    inv = tf.math.rsqrt(var + ONEDNN_LAYER_NORM_EPSILON) * one
+    normalized_plus_one = x * inv + (one - inv * mean)
+    return normalized_plus_one * norm.gamma + (norm.beta - norm.gamma)
 
 
 def depth_pairs(source, target, source_layer, what: str):

@@ -18,6 +18,7 @@ See docs/training.md, "Vocabulary and encoder", and docs/export.md, "Fast infere
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -143,6 +144,7 @@ class LeallaEncoder(tf_keras.Model):
                              f"got {implementation!r}")
         self.implementation = implementation
         object.__setattr__(self, "_int8_rows", None)  # (not a Keras-tracked attribute)
+        self._forward_target = "tensorflow"
         self._fast_forward = self._make_fast_forward()
         self.bert = networks.BertEncoderV2(
             vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers,
@@ -203,10 +205,31 @@ class LeallaEncoder(tf_keras.Model):
         object.__setattr__(self, "_int8_rows", rows)
         self._fast_forward = self._make_fast_forward()
 
+    @property
+    def forward_target(self) -> str:
+        """What the inference forward pass is written for (``bert_internals.TARGETS``)."""
+        return self._forward_target
+
+    @contextlib.contextmanager
+    def tflite_forward(self):
+        """Within it, inference (``implementation="fast"``, ``training=False``) runs the
+        forward pass written for TFLite converters (``fast_bert_forward(target="tflite")``:
+        the same function, in the ops LiteRT runs fastest); graphs traced there (models
+        saved for conversion, concrete functions) keep it."""
+        previous = self._forward_target
+        self._forward_target = "tflite"
+        self._fast_forward = self._make_fast_forward()
+        try:
+            yield self
+        finally:
+            self._forward_target = previous
+            self._fast_forward = self._make_fast_forward()
+
     def _make_fast_forward(self):
-        int8_rows = self._int8_rows
+        int8_rows, target = self._int8_rows, self._forward_target
         return tf.function(
-            lambda inputs: bert_internals.fast_bert_forward(self.bert, inputs, int8_rows),
+            lambda inputs: bert_internals.fast_bert_forward(self.bert, inputs, int8_rows,
+                                                            target),
             jit_compile=bool(self._shape_config["jit_compile"]), autograph=False)
 
     def dummy_inputs(self, batch_size: int = 1, seq_length: int = 8) -> Dict[str, tf.Tensor]:
