@@ -269,7 +269,8 @@ def classify_node(name: str, op: str, input_dependent: bool = True,
     m = _SCOPE.search(name)
     if m:
         scope = m.group(1)
-        if scope == "embeddings" and ("/moments/" in name or "/batchnorm/" in name):
+        if scope == "embeddings" and any(f"/{part}/" in name for part in
+                                         ("moments", "batchnorm", "layer_norm")):
             return "norms"
         return "pooling" if scope == "pooler" else scope
     if _PREPROCESSOR.search(name):
@@ -676,7 +677,7 @@ def print_tf(r, n, top_ops: int = 10) -> None:
           "ms per 1,000 sentences")
     print(_table(["stage", "ms / 1k", "share"], stage_rows(r["stages_ms"], TF_STAGES, n)))
     split = r["matmul_split_ms"]
-    inside = sum(split.values())
+    inside = sum(split.values()) or 1.0  # (0 without layer scopes: see below)
     print(f"Within attention + FFN: 2-D matrix products {1e3 * split.get('matmul', 0) / n:,.1f}"
           f" ms/1k ({100 * split.get('matmul', 0) / inside:.0f}%), batched (scores, context) "
           f"{1e3 * split.get('batch_matmul', 0) / n:,.1f} "

@@ -73,6 +73,8 @@ def test_classify_node():
     assert c(base + "layer_12/attention_norm/moments/mean", "Mean") == "norms"
     assert c(base + "embeddings/batchnorm/mul_1", "Mul") == "norms"
     assert c(base + "embeddings/moments/SquaredDifference", "SquaredDifference") == "norms"
+    assert c(base + "embeddings/layer_norm/add_1", "_MklLayerNorm") == "norms"
+    assert c(base + "embeddings/layer_norm/mul_2", "Mul") == "norms"
     assert c(base + "embeddings/Gather", "ResourceGather") == "embeddings"
     assert c(base + "layer_0/attention/concat", "ConcatV2", input_dependent=False) == "weights"
     assert c("S/string_encoder/preprocessor/TFText>FastSentencepieceTokenize",

@@ -130,10 +130,11 @@ def layer_norm(x: tf.Tensor, norm: tf_keras.layers.LayerNormalization,
                target: str = "tensorflow") -> tf.Tensor:
     """``norm`` (its ``gamma``, ``beta``, ``epsilon``) over the last axis of ``x``, in the
     form for ``target`` (see :func:`fast_bert_forward`)."""
-    if target == "tensorflow" and norm.epsilon > 0:
-        return fusable_layer_norm(x, norm)
-    mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
-    return tf.nn.batch_normalization(x, mean, var, norm.beta, norm.gamma, norm.epsilon)
+    with tf.name_scope("layer_norm"):  # (profiles find the embeddings' LayerNorm by it)
+        if target == "tensorflow" and norm.epsilon > 0:
+            return fusable_layer_norm(x, norm)
+        mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
+        return tf.nn.batch_normalization(x, mean, var, norm.beta, norm.gamma, norm.epsilon)
 
 
 # The epsilon TensorFlow's fused oneDNN LayerNorm kernel computes with (see below).
