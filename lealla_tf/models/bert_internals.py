@@ -34,9 +34,8 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
     ``BertEncoderV2``) and computes the same function without Keras layer calls:
     tokens are kept as one ``[batch * seq, hidden]`` matrix, so every projection is a
     single 2-D ``MatMul`` + ``BiasAdd`` (which oneDNN and XNNPACK fuse), Q, K and V come
-    from one fused ``[hidden, 3 * hidden]`` matrix and are split into heads by one
-    transpose, and the scores are ``matmul(q, k^T) * scale + mask`` (one oneDNN kernel in
-    TensorFlow). Thin layers (hidden 128-256) spend most of their time outside the matrix
+    from one fused ``[hidden, 3 * hidden]`` matrix (see :func:`_attention` for the
+    split into heads). Thin layers (hidden 128-256) spend most of their time outside the matrix
     products, which is what this removes. Dropout is not applied: use it with
     ``training=False`` only.
 
@@ -52,10 +51,11 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
       int8_rows: optional ``(values, scales)`` of
         :func:`lealla_tf.models.encoders.quantize_rows_int8` used
         instead of the word-embedding table (gathered rows are dequantised).
-      target: ``"tensorflow"``: LayerNorms in the form TensorFlow fuses into one oneDNN
-        kernel (:func:`fusable_layer_norm`); ``"tflite"``: the plain form, for graphs
-        that TFLite converters read (LiteRT runs it about 3% faster end to end). Both
-        compute the same function.
+      target: ``"tensorflow"``: LayerNorms and attention scores in the forms TensorFlow
+        fuses into single oneDNN kernels (:func:`fusable_layer_norm`); ``"tflite"``: the
+        plain forms, for graphs that TFLite converters read (LiteRT runs them about 3%
+        faster end to end, and XNNPACK delegates every op of a layer in one partition).
+        Both compute the same function.
 
     Returns:
       dict with ``sequence_output``, ``pooled_output`` and ``encoder_outputs`` as
@@ -84,7 +84,8 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
     outputs = []
     for i, layer in enumerate(bert.transformer_layers):
         with tf.name_scope(f"layer_{i}/attention"):
-            x = x + _attention(x, layer._attention_layer, mask_bias, batch, seq, hidden)
+            x = x + _attention(x, layer._attention_layer, mask_bias, batch, seq, hidden,
+                               target)
         with tf.name_scope(f"layer_{i}/attention_norm"):
             x = layer_norm(x, layer._attention_layer_norm, target)
         with tf.name_scope(f"layer_{i}/ffn"):
@@ -103,22 +104,38 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
             "encoder_outputs": outputs}
 
 
-def _attention(x: tf.Tensor, att, mask_bias: tf.Tensor, batch, seq, hidden: int) -> tf.Tensor:
+def _attention(x: tf.Tensor, att, mask_bias: tf.Tensor, batch, seq, hidden: int,
+               target: str = "tensorflow") -> tf.Tensor:
     """Multi-head self-attention of ``x`` ``[batch * seq, hidden]``, output projection
-    included (``[batch * seq, hidden]``)."""
+    included (``[batch * seq, hidden]``).
+
+    ``"tensorflow"``: Q/K/V split into heads by one transpose and an unstack, scores as
+    ``matmul(q, k^T) * scale + mask`` (one oneDNN kernel). ``"tflite"``: the scale folded
+    into Q's weights, a split and one transpose each, as XNNPACK delegates them all
+    (it does not take ``UNPACK``, which would cut its partition in every layer)."""
     heads, head_dim = att._num_heads, att._key_dim
     width = heads * head_dim
     scale = 1.0 / math.sqrt(float(head_dim))
-    kernel = tf.concat([tf.reshape(att._query_dense.kernel, [hidden, width]),
+    q_scale = scale if target == "tflite" else 1.0
+    kernel = tf.concat([tf.reshape(att._query_dense.kernel, [hidden, width]) * q_scale,
                         tf.reshape(att._key_dense.kernel, [hidden, width]),
                         tf.reshape(att._value_dense.kernel, [hidden, width])], axis=1)
-    bias = tf.concat([tf.reshape(att._query_dense.bias, [-1]),
+    bias = tf.concat([tf.reshape(att._query_dense.bias, [-1]) * q_scale,
                       tf.reshape(att._key_dense.bias, [-1]),
                       tf.reshape(att._value_dense.bias, [-1])], axis=0)
     qkv = tf.nn.bias_add(tf.matmul(x, kernel), bias)  # [B*S, 3*N*d]
-    qkv = tf.transpose(tf.reshape(qkv, [batch, seq, 3, heads, head_dim]), [2, 0, 3, 1, 4])
-    q, k, v = tf.unstack(qkv, 3)  # each [B, N, S, d]
-    probs = tf.nn.softmax(tf.matmul(q, k, transpose_b=True) * scale + mask_bias, axis=-1)
+    if target == "tflite":
+        q, k, v = [tf.reshape(t, [batch, seq, heads, head_dim])
+                   for t in tf.split(qkv, 3, axis=1)]
+        q = tf.transpose(q, [0, 2, 1, 3])  # [B, N, S, d]
+        k = tf.transpose(k, [0, 2, 3, 1])  # [B, N, d, S]
+        v = tf.transpose(v, [0, 2, 1, 3])  # [B, N, S, d]
+        probs = tf.nn.softmax(tf.matmul(q, k) + mask_bias, axis=-1)
+    else:
+        qkv = tf.transpose(tf.reshape(qkv, [batch, seq, 3, heads, head_dim]),
+                           [2, 0, 3, 1, 4])
+        q, k, v = tf.unstack(qkv, 3)  # each [B, N, S, d]
+        probs = tf.nn.softmax(tf.matmul(q, k, transpose_b=True) * scale + mask_bias, axis=-1)
     context = tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3])  # [B, S, N, d]
     context = tf.reshape(context, [-1, width])
     return tf.nn.bias_add(
