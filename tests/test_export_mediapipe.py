@@ -16,10 +16,10 @@ from test_run_export import _tiny_run
 
 from lealla_tf import cli, embedders, layout, runs
 from lealla_tf.embedders import mediapipe as mp_embedder
+from lealla_tf.embedders.interop import valid_utf8
 from lealla_tf.export import PROBE_SENTENCES, mediapipe_metadata, to_mediapipe
 from lealla_tf.export.formats import cosine_rows
 from lealla_tf.models import encoders
-from support import interop_runs
 
 pytestmark = pytest.mark.mediapipe
 
@@ -127,7 +127,7 @@ def test_mediapipe_ids_equal_ours(mp_run):
                     worker.embed([s])
                 continue
             got = worker.embed([s])[0].astype(np.int64)
-            if not interop_runs.valid_utf8(s):
+            if not valid_utf8(s):
                 continue  # MediaPipe receives U+FFFD for the invalid bytes
             np.testing.assert_array_equal(got, ours[i], err_msg=repr(s[:60]))
             checked += 1
@@ -141,7 +141,7 @@ def test_embedder_matches_the_tf_model(mp_run):
     pre, sentences = mp_run["pre"], mp_run["sentences"]
     # Where MediaPipe's ids are ours (test_mediapipe_ids_equal_ours): valid UTF-8 texts it
     # takes.
-    keep = [i for i, s in enumerate(sentences) if interop_runs.valid_utf8(s) and
+    keep = [i for i, s in enumerate(sentences) if valid_utf8(s) and
             not _refused_by_length(s, pre)]
     texts = [sentences[i] for i in keep]
     want = mp_run["expected"][keep]
@@ -266,7 +266,7 @@ def test_wordpiece_bert_layout(wp_run):
     ours = to_mediapipe.our_ids(pre, sentences)
     same = [i for i, s in enumerate(sentences) if np.array_equal(got_ids[i], ours[i])]
     for i, s in enumerate(sentences):
-        if interop_runs.valid_utf8(s) and s not in capitals:
+        if valid_utf8(s) and s not in capitals:
             assert i in same, repr(s[:60])
         if s in capitals and i not in same:  # what MediaPipe tokenized: the lower-cased text
             lower = bytes(c + 32 if 65 <= c <= 90 else c for c in s)

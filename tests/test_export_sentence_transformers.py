@@ -18,7 +18,7 @@ from lealla_tf.export import to_sentence_transformers as st_export
 from support import interop_runs, standins
 
 MIN_COSINE = 0.99999
-VALID = [s for s in PROBE_SENTENCES if interop_runs.valid_utf8(s)]
+VALID = [s for s in PROBE_SENTENCES if interop.valid_utf8(s)]
 
 
 @pytest.fixture(scope="module")

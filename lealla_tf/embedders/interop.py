@@ -57,6 +57,15 @@ def decode_text(sentence: Union[str, bytes], invalid_char: str = INVALID_UTF8_CH
         return _INVALID_RUN.sub(invalid_char, text)
 
 
+def valid_utf8(sentence: bytes) -> bool:
+    """Whether ``sentence`` decodes as UTF-8."""
+    try:
+        sentence.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 def invalid_utf8_char(folder: str) -> str:
     """The character an export folder's tokenizer takes for invalid UTF-8 (its
     ``export_info.json``; :data:`INVALID_UTF8_CHAR` when it names none)."""

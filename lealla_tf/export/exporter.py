@@ -9,7 +9,6 @@ See docs/export.md, "The folder".
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
@@ -261,12 +260,12 @@ def _write_tflite_files(preprocessor, encoder, tmp: str, variants, int8_embeddin
 
 def _save_tflite_source(preprocessor, encoder, path: str, int8_rows: bool) -> None:
     """The end-to-end model that TFLite files are converted from: the forward pass written
-    for TFLite converters, with int8 word-embedding rows or the float table."""
-    tflite_forward = getattr(encoder, "tflite_forward", contextlib.nullcontext)
+    for TFLite converters (a ``LeallaEncoder``'s), with int8 word-embedding rows or the
+    float table."""
     try:
         if int8_rows:
             encoder.set_int8_word_embeddings(True)
-        with tflite_forward():
+        with encoder.tflite_forward():
             obj, signatures = formats.build_lealla_module(preprocessor, encoder)
             tf.saved_model.save(obj, path, signatures=signatures)
     finally:

@@ -45,6 +45,7 @@ import numpy as np
 import tensorflow as tf
 
 from lealla_tf import fileio, layout, runs
+from lealla_tf.embedders.interop import valid_utf8
 from lealla_tf.export import exporter
 from lealla_tf.export import mediapipe_metadata as md
 from lealla_tf.export.card import human_bytes
@@ -306,7 +307,7 @@ def mediapipe_checks(files: Dict[str, str], probe_file: str, preprocessor,
         "probe_sentences": len(sentences),
         "ids_equal": len(same),
         "ids_differ": [_show(sentences[i]) for i in differ],
-        "ids_differ_valid_utf8": sum(1 for i in differ if _valid_utf8(sentences[i])),
+        "ids_differ_valid_utf8": sum(1 for i in differ if valid_utf8(sentences[i])),
         # MediaPipe's BERT preprocessing lower-cases ASCII letters: the differences it causes.
         "ids_differ_without_ascii_capitals": _without_capitals(sentences, differ),
         "refused": [_show(sentences[i]) + f": {refused[i]}" for i in sorted(refused)],
@@ -331,7 +332,7 @@ def mediapipe_checks(files: Dict[str, str], probe_file: str, preprocessor,
 
 
 def _without_capitals(sentences: Sequence[bytes], indices: Sequence[int]) -> int:
-    return sum(1 for i in indices if _valid_utf8(sentences[i]) and
+    return sum(1 for i in indices if valid_utf8(sentences[i]) and
                not _ascii_capitals(sentences[i]))
 
 
@@ -378,14 +379,6 @@ def _refusal(message: str) -> str:
 
 def _ascii_capitals(s: bytes) -> bool:
     return any(65 <= c <= 90 for c in s)
-
-
-def _valid_utf8(s: bytes) -> bool:
-    try:
-        s.decode("utf-8")
-        return True
-    except UnicodeDecodeError:
-        return False
 
 
 def _show(s: bytes, limit: int = 40) -> str:

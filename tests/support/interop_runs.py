@@ -86,13 +86,6 @@ def corpus(directory: str) -> List[str]:
     return hermetic.write_corpus(os.path.join(directory, "corpus"))
 
 
-def valid_utf8(s: bytes) -> bool:
-    """Whether ``s`` decodes as UTF-8 (the probe set has three that do not)."""
-    try:
-        s.decode("utf-8")
-        return True
-    except UnicodeDecodeError:
-        return False
 
 
 def read_info(folder: str) -> Dict:
