@@ -6,6 +6,7 @@ packed to a fixed ``seq_length``. Speed-ups: the fused ``tf.nn`` forward pass
 sentence (``dynamic_length``), and all of them through a TFLite export.
 """
 
+import contextlib
 import os
 
 import numpy as np
@@ -145,6 +146,73 @@ def test_tflite_forward_equals_reference_and_is_restored(reference, pre, tiny_co
     assert fast.forward_target == "tensorflow"
     np.testing.assert_allclose(got, want, atol=1e-5)
     np.testing.assert_allclose(fast(inputs, training=False)["default"].numpy(), want, atol=1e-5)
+
+
+def _bert_with_output_range(reference, inputs):
+    """Model Garden's own ``BertEncoderV2(output_range=1)`` with the weights of
+    ``reference``'s."""
+    from official.nlp.modeling import networks
+    bert = networks.BertEncoderV2(**dict(reference.bert.get_config(), output_range=1))
+    bert(inputs)
+    bert.set_weights(reference.bert.get_weights())
+    return bert
+
+
+@pytest.mark.parametrize("target", ["tensorflow", "tflite", "keras"])
+def test_output_range_equals_bert_encoder_v2_output_range(reference, pre, tiny_config,
+                                                          target):
+    """``output_range=1`` computes the last layer for [CLS] alone: what Model Garden's
+    encoder built with ``output_range=1`` gives, every layer's output included, and the
+    same embedding as the full call."""
+    inputs = pre(tf.constant(SENTENCES))
+    want = _bert_with_output_range(reference, inputs)(inputs)
+    assert want["sequence_output"].shape[1] == 1
+    full = reference(inputs, training=False)
+    if target == "keras":
+        model = reference
+    else:
+        model = _copy(reference, tiny_config.model)
+    context = model.tflite_forward() if target == "tflite" else contextlib.nullcontext()
+    with context:
+        got = model(inputs, training=False, output_range=1)
+    for key in ("sequence_output", "pooled_output"):
+        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), atol=1e-5, rtol=1e-5)
+    assert len(got["encoder_outputs"]) == len(want["encoder_outputs"])
+    for a, b in zip(got["encoder_outputs"], want["encoder_outputs"]):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(got["default"].numpy(), full["default"].numpy(), atol=1e-5)
+
+
+def _last_layer_ops(fn, spec, last: int):
+    """Op types under ``layer_<last>/attention`` in the graph of ``fn`` and the functions
+    it calls."""
+    graph = tf.function(fn).get_concrete_function(spec).graph.as_graph_def()
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    return {n.op for n in nodes if f"layer_{last}/attention/" in n.name}
+
+
+def test_string_encoder_runs_the_last_layer_for_cls_alone(reference, pre, tiny_config):
+    """The end-to-end model (what ``lealla/``, the TFLite files and MediaPipe's file are
+    saved from) asks a [CLS]-pooled encoder for ``output_range=1``, a mean-pooled one for
+    every position; ``output_range`` is refused where it cannot hold."""
+    last = tiny_config.model.num_layers - 1
+    strings = tf.TensorSpec([None], tf.string)
+    fast = _copy(reference, tiny_config.model)
+    cls_ops = _last_layer_ops(lambda s: encoders.StringEncoder(pre, fast)(s, training=False),
+                              strings, last)
+    mean = harness.build_encoder(tiny_config.model, seed=1, pooling="mean")
+    mean_ops = _last_layer_ops(lambda s: encoders.StringEncoder(pre, mean)(s, training=False),
+                               strings, last)
+    # The [CLS] rows are cut out before the last layer's query projection.
+    assert "StridedSlice" in cls_ops and "StridedSlice" not in mean_ops, (cls_ops, mean_ops)
+    inputs = pre(tf.constant(SENTENCES))
+    with pytest.raises(ValueError, match="mean pooling needs every position"):
+        mean(inputs, training=False, output_range=1)
+    with pytest.raises(ValueError, match="output_range must be None or 1"):
+        fast(inputs, training=False, output_range=2)
+    np.testing.assert_allclose(
+        encoders.StringEncoder(pre, mean)(tf.constant(SENTENCES), training=False).numpy(),
+        mean(inputs, training=False)["default"].numpy(), atol=1e-6)
 
 
 def _executed_ops(fetch, feed=None):

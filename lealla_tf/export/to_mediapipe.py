@@ -50,6 +50,7 @@ from lealla_tf.export import exporter
 from lealla_tf.export import mediapipe_metadata as md
 from lealla_tf.export.card import human_bytes
 from lealla_tf.export.formats import PROBE_SENTENCES, TFLITE_MIN_COSINE, cosine_rows
+from lealla_tf.models import encoders
 
 FORMAT = "mediapipe"
 VARIANTS = ("fp32", "int8")
@@ -137,7 +138,7 @@ def model_function(encoder, preprocessor, ids_only: bool = False):
             # A static output shape, as MediaPipe's embedding postprocessing wants.
             inputs = {"input_word_ids": tf.reshape(ids, [1, seq_length])}
             return {OUTPUT_NAME: tf.cast(inputs["input_word_ids"], tf.float32)}
-        return {OUTPUT_NAME: encoder(inputs, training=False)["default"]}
+        return {OUTPUT_NAME: encoders.sentence_embedding(encoder, inputs, training=False)}
 
     if vocab_type(preprocessor) == "sentencepiece":
         @tf.function(input_signature=[tf.TensorSpec([1, INPUT_LENGTH], tf.int32, name="ids")])
@@ -409,7 +410,6 @@ def export_run(model_dir: str, output_dir: str, *, checkpoint: Optional[str] = N
     from tqdm.auto import tqdm
 
     from lealla_tf.embedders.mediapipe import mediapipe_python
-    from lealla_tf.models import encoders
 
     started = time.time()
     output_dir = fileio.normpath(output_dir)

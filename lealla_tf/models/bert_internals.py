@@ -27,7 +27,8 @@ TARGETS = ("tensorflow", "tflite")
 
 def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor],
                       int8_rows: Optional[Tuple[tf.Tensor, tf.Tensor]] = None,
-                      target: str = "tensorflow") -> Dict[str, Any]:
+                      target: str = "tensorflow",
+                      output_range: Optional[int] = None) -> Dict[str, Any]:
     """Inference forward pass of a ``BertEncoderV2`` with plain ``tf.nn`` ops.
 
     Reads the weights of ``bert`` (so checkpoints and parameter counts are those of
@@ -56,6 +57,12 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
         plain forms, for graphs that TFLite converters read (LiteRT runs them about 3%
         faster end to end, and XNNPACK delegates every op of a layer in one partition).
         Both compute the same function.
+      output_range: as ``BertEncoderV2``'s: the last layer computes only the first
+        ``output_range`` positions (at most the inputs' length) as queries, over every
+        position's keys and values, so ``sequence_output`` and the last of
+        ``encoder_outputs`` are ``[batch, output_range, hidden]``. With 1, what [CLS]
+        pooling needs: the last layer's projections, FFN and norms run on one row per
+        sentence instead of all of them.
 
     Returns:
       dict with ``sequence_output``, ``pooled_output`` and ``encoder_outputs`` as
@@ -63,6 +70,8 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if output_range is not None and int(output_range) < 1:
+        raise ValueError(f"output_range must be at least 1, got {output_range}")
     ids = inputs["input_word_ids"]
     shape = tf.shape(ids)
     batch, seq = shape[0], shape[1]
@@ -81,11 +90,15 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
         # Additive mask as in Keras' masked softmax: 0 for tokens, -1e9 for padding.
         mask_bias = (1.0 - tf.cast(inputs["input_mask"], x.dtype)) * -1e9
         mask_bias = tf.reshape(mask_bias, [batch, 1, 1, seq])  # (no new-axis slices: TFLite)
-    outputs = []
+    outputs, lengths = [], []
+    last = len(bert.transformer_layers) - 1
     for i, layer in enumerate(bert.transformer_layers):
         with tf.name_scope(f"layer_{i}/attention"):
-            x = x + _attention(x, layer._attention_layer, mask_bias, batch, seq, hidden,
-                               target)
+            queries = None  # every position
+            if i == last and output_range is not None:
+                queries = int(output_range)  # (static: TFLite delegates static slices)
+            x = _attention(x, layer._attention_layer, mask_bias, batch, seq, hidden,
+                           target, queries)
         with tf.name_scope(f"layer_{i}/attention_norm"):
             x = layer_norm(x, layer._attention_layer_norm, target)
         with tf.name_scope(f"layer_{i}/ffn"):
@@ -97,7 +110,8 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
         with tf.name_scope(f"layer_{i}/ffn_norm"):
             x = layer_norm(x, layer._output_layer_norm, target)
         outputs.append(x)
-    outputs = [tf.reshape(o, [batch, seq, hidden]) for o in outputs]
+        lengths.append(seq if queries is None else queries)
+    outputs = [tf.reshape(o, [batch, n, hidden]) for o, n in zip(outputs, lengths)]
     with tf.name_scope("pooler"):
         pooled = bert.pooler_layer(outputs[-1][:, 0, :])
     return {"sequence_output": outputs[-1], "pooled_output": pooled,
@@ -105,14 +119,19 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
 
 
 def _attention(x: tf.Tensor, att, mask_bias: tf.Tensor, batch, seq, hidden: int,
-               target: str = "tensorflow") -> tf.Tensor:
+               target: str = "tensorflow", queries=None) -> tf.Tensor:
     """Multi-head self-attention of ``x`` ``[batch * seq, hidden]``, output projection
-    included (``[batch * seq, hidden]``).
+    and residual included (``[batch * seq, hidden]``).
 
     ``"tensorflow"``: Q/K/V split into heads by one transpose and an unstack, scores as
     ``matmul(q, k^T) * scale + mask`` (one oneDNN kernel). ``"tflite"``: the scale folded
     into Q's weights, a split and one transpose each, as XNNPACK delegates them all
-    (it does not take ``UNPACK``, which would cut its partition in every layer)."""
+    (it does not take ``UNPACK``, which would cut its partition in every layer).
+
+    ``queries``: only the first ``queries`` positions of each sentence attend (Model
+    Garden's ``output_range``); the result is then ``[batch * queries, hidden]``."""
+    if queries is not None:
+        return _attention_range(x, att, mask_bias, batch, seq, hidden, target, queries)
     heads, head_dim = att._num_heads, att._key_dim
     width = heads * head_dim
     scale = 1.0 / math.sqrt(float(head_dim))
@@ -138,7 +157,41 @@ def _attention(x: tf.Tensor, att, mask_bias: tf.Tensor, batch, seq, hidden: int,
         probs = tf.nn.softmax(tf.matmul(q, k, transpose_b=True) * scale + mask_bias, axis=-1)
     context = tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3])  # [B, S, N, d]
     context = tf.reshape(context, [-1, width])
-    return tf.nn.bias_add(
+    return x + tf.nn.bias_add(
+        tf.matmul(context, tf.reshape(att._output_dense.kernel, [width, hidden])),
+        att._output_dense.bias)
+
+
+def _attention_range(x: tf.Tensor, att, mask_bias: tf.Tensor, batch, seq, hidden: int,
+                     target: str, queries) -> tf.Tensor:
+    """:func:`_attention` for the first ``queries`` positions of each sentence as queries
+    (keys and values: every position): ``[batch * queries, hidden]``."""
+    heads, head_dim = att._num_heads, att._key_dim
+    width = heads * head_dim
+    scale = 1.0 / math.sqrt(float(head_dim))
+    q_scale = scale if target == "tflite" else 1.0
+    first = tf.reshape(tf.reshape(x, [batch, seq, hidden])[:, :queries], [-1, hidden])
+    q = tf.nn.bias_add(
+        tf.matmul(first, tf.reshape(att._query_dense.kernel, [hidden, width]) * q_scale),
+        tf.reshape(att._query_dense.bias, [-1]) * q_scale)
+    q = tf.transpose(tf.reshape(q, [batch, queries, heads, head_dim]), [0, 2, 1, 3])
+    kernel = tf.concat([tf.reshape(att._key_dense.kernel, [hidden, width]),
+                        tf.reshape(att._value_dense.kernel, [hidden, width])], axis=1)
+    bias = tf.concat([tf.reshape(att._key_dense.bias, [-1]),
+                      tf.reshape(att._value_dense.bias, [-1])], axis=0)
+    kv = tf.nn.bias_add(tf.matmul(x, kernel), bias)  # [B*S, 2*N*d]
+    if target == "tflite":
+        k, v = [tf.reshape(t, [batch, seq, heads, head_dim]) for t in tf.split(kv, 2, axis=1)]
+        probs = tf.nn.softmax(tf.matmul(q, tf.transpose(k, [0, 2, 3, 1])) + mask_bias,
+                              axis=-1)
+        v = tf.transpose(v, [0, 2, 1, 3])
+    else:
+        kv = tf.transpose(tf.reshape(kv, [batch, seq, 2, heads, head_dim]), [2, 0, 3, 1, 4])
+        k, v = tf.unstack(kv, 2)  # each [B, N, S, d]
+        probs = tf.nn.softmax(tf.matmul(q, k, transpose_b=True) * scale + mask_bias, axis=-1)
+    context = tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3])  # [B, queries, N, d]
+    context = tf.reshape(context, [-1, width])
+    return first + tf.nn.bias_add(
         tf.matmul(context, tf.reshape(att._output_dense.kernel, [width, hidden])),
         att._output_dense.bias)
 

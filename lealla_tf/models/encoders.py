@@ -145,7 +145,7 @@ class LeallaEncoder(tf_keras.Model):
         self.implementation = implementation
         object.__setattr__(self, "_int8_rows", None)  # (not a Keras-tracked attribute)
         self._forward_target = "tensorflow"
-        self._fast_forward = self._make_fast_forward()
+        object.__setattr__(self, "_fast_forward", self._make_fast_forward())
         self.bert = networks.BertEncoderV2(
             vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers,
             num_attention_heads=num_attention_heads, max_sequence_length=max_position_embeddings,
@@ -203,7 +203,7 @@ class LeallaEncoder(tf_keras.Model):
             values, scales = quantize_rows_int8(self.word_embeddings.numpy())
             rows = (tf.constant(values), tf.constant(scales))
         object.__setattr__(self, "_int8_rows", rows)
-        self._fast_forward = self._make_fast_forward()
+        object.__setattr__(self, "_fast_forward", self._make_fast_forward())
 
     @property
     def forward_target(self) -> str:
@@ -218,19 +218,25 @@ class LeallaEncoder(tf_keras.Model):
         saved for conversion, concrete functions) keep it."""
         previous = self._forward_target
         self._forward_target = "tflite"
-        self._fast_forward = self._make_fast_forward()
+        object.__setattr__(self, "_fast_forward", self._make_fast_forward())
         try:
             yield self
         finally:
             self._forward_target = previous
-            self._fast_forward = self._make_fast_forward()
+            object.__setattr__(self, "_fast_forward", self._make_fast_forward())
 
     def _make_fast_forward(self):
+        """The inference forward passes, by ``output_range``: 0 for the full sequence, 1
+        for the [CLS] position's last layer alone."""
         int8_rows, target = self._int8_rows, self._forward_target
-        return tf.function(
-            lambda inputs: bert_internals.fast_bert_forward(self.bert, inputs, int8_rows,
-                                                            target),
-            jit_compile=bool(self._shape_config["jit_compile"]), autograph=False)
+
+        def forward(output_range):
+            return tf.function(
+                lambda inputs: bert_internals.fast_bert_forward(
+                    self.bert, inputs, int8_rows, target, output_range or None),
+                jit_compile=bool(self._shape_config["jit_compile"]), autograph=False)
+
+        return {0: forward(0), 1: forward(1)}
 
     def dummy_inputs(self, batch_size: int = 1, seq_length: int = 8) -> Dict[str, tf.Tensor]:
         return dummy_inputs(batch_size, seq_length)
@@ -239,14 +245,34 @@ class LeallaEncoder(tf_keras.Model):
         # Keras would build from float placeholders; token ids must be integers.
         self(self.dummy_inputs())
 
-    def call(self, inputs: Dict[str, tf.Tensor], training=None) -> Dict[str, Any]:
+    def call(self, inputs: Dict[str, tf.Tensor], training=None,
+             output_range: Optional[int] = None) -> Dict[str, Any]:
+        """The outputs listed in the class docstring.
+
+        ``output_range``: ``None`` or 1. With 1 (``[CLS]`` pooling only), ``sequence_output``
+        and the last of ``encoder_outputs`` hold the first position alone (``[batch, 1,
+        hidden]``; Model Garden's ``BertEncoderV2(output_range=1)``), and the fast
+        inference pass computes the last layer for that position only: the same
+        ``default`` and ``pooled_output`` for a layer's less work (what
+        :class:`StringEncoder` asks for).
+        """
+        if output_range is not None:
+            if output_range != 1:
+                raise ValueError(f"output_range must be None or 1, got {output_range!r}")
+            if self.pooling != "cls":
+                raise ValueError(f"output_range=1 keeps the [CLS] position only; "
+                                 f"{self.pooling} pooling needs every position")
         inputs = {k: inputs[k] for k in INPUT_KEYS}
         inference = training is None or training is False
         if (self.implementation == "fast" and inference and self.bert.built
                 and self.bert.compute_dtype == "float32"):
-            outputs = self._fast_forward(inputs)
+            outputs = self._fast_forward[output_range or 0](inputs)
         else:
             outputs = self.bert(inputs, training=training)
+            if output_range is not None:  # the same values, cut as the fast pass cuts them
+                first = [o[:, :output_range] for o in outputs["encoder_outputs"][-1:]]
+                outputs = dict(outputs, sequence_output=first[0],
+                               encoder_outputs=outputs["encoder_outputs"][:-1] + first)
         with tf.name_scope("pooling"):
             if self.pooling == "mean":
                 pooled = mean_pool(outputs["sequence_output"], inputs["input_mask"])
@@ -354,6 +380,15 @@ def build_encoder(cfg: ModelConfig, **kwargs):
     return LeallaEncoder.from_model_config(cfg, **kwargs)
 
 
+def sentence_embedding(encoder, inputs: Dict[str, tf.Tensor], training=None) -> tf.Tensor:
+    """``encoder(inputs, training=training)["default"]``, computing only what it needs: a
+    [CLS]-pooled :class:`LeallaEncoder` runs its last layer for the [CLS] position alone
+    (``output_range=1``), any other encoder its full call."""
+    if isinstance(encoder, LeallaEncoder) and encoder.pooling == "cls":
+        return encoder(inputs, training=training, output_range=1)["default"]
+    return encoder(inputs, training=training)["default"]
+
+
 @tf_keras.utils.register_keras_serializable(package="lealla")
 class StringEncoder(tf_keras.Model):
     """Strings -> L2-normalised embeddings: a :class:`Preprocessor` then an encoder.
@@ -386,7 +421,7 @@ class StringEncoder(tf_keras.Model):
                                        length_multiple=self.length_multiple)
         else:
             inputs = self.preprocessor(strings)
-        return self.encoder(inputs, training=training)["default"]
+        return sentence_embedding(self.encoder, inputs, training)
 
     def get_config(self) -> Dict[str, Any]:
         return {
