@@ -624,17 +624,14 @@ def tflite_profile(export_dir: str, models: Dict[str, bytes], batches, packed, s
 
 def flops(shape: dict, packed) -> dict:
     """Encoder FLOPs of the batches: ``executed`` (every sentence padded to its batch's
-    length, what runs) and ``useful`` (each sentence at its own length)."""
-    h, f, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_layers"]
-
-    def per_token(s):
-        return layers * (2 * (4 * h * h + 2 * h * f) + 4 * s * h)
+    length, what runs) and ``useful`` (each sentence at its own length), as
+    ``lealla_tf.evaluation.speed.encoder_flops`` counts them."""
+    from lealla_tf.evaluation import speed
     executed = useful = 0.0
     for p in packed:
         b, s = p["input_word_ids"].shape
-        executed += b * s * per_token(s)
-        for n in p["input_mask"].sum(axis=1):
-            useful += n * per_token(n)
+        executed += speed.encoder_flops(shape, [s] * b)
+        useful += speed.encoder_flops(shape, p["input_mask"].sum(axis=1))
     return {"executed": executed, "useful": float(useful)}
 
 

@@ -156,13 +156,12 @@ def batches_of(sentences, batch_size: int, keys=None):
 
 
 def encoder_flops(cfg, lengths) -> float:
-    """Multiply-adds x 2 of the encoder (+ pooler) for sentences padded to ``lengths``."""
-    h, f, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_layers"]
-    total = 0.0
-    for s in lengths:
-        per_layer = 2 * s * (4 * h * h + 2 * h * f) + 2 * 2 * s * s * h
-        total += layers * per_layer + 2 * h * h
-    return total
+    """Multiply-adds x 2 of the encoder (+ pooler) for sentences padded to ``lengths``
+    (``lealla_tf.evaluation.speed.encoder_flops``: a [CLS]-pooled shape's last layer as
+    the exports run it, for [CLS] alone)."""
+    from lealla_tf.evaluation import speed
+    h = cfg["hidden_size"]
+    return speed.encoder_flops(cfg, lengths) + len(lengths) * 2.0 * h * h
 
 
 # ----------------------------------------------------------------------------- artefacts

@@ -13,6 +13,15 @@ def test_encoder_flops_is_the_hand_count():
     expected = 3 * sum(n * 256 + 16 * n * n for n in (2, 5))
     assert speed.encoder_flops(shape, [2, 5]) == expected
     assert speed.encoder_flops(shape, []) == 0
+    assert speed.encoder_flops(dict(shape, pooling="mean"), [2, 5]) == expected
+
+
+def test_encoder_flops_of_cls_pooling_count_the_last_layer_for_cls_alone():
+    shape = {"hidden_size": 4, "num_layers": 3, "intermediate_size": 8, "pooling": "cls"}
+    # Two full layers; the last: keys and values of every token, 2 n (2 h^2) = 64 n,
+    # queries, output and FFN for [CLS], 2 (2 h^2 + 2 h f) = 192, its attention 4 n h = 16 n.
+    expected = sum(2 * (n * 256 + 16 * n * n) + 64 * n + 192 + 16 * n for n in (2, 5))
+    assert speed.encoder_flops(shape, [2, 5]) == expected
 
 
 class _Counting(embedders.Embedder):

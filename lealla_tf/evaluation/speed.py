@@ -50,16 +50,24 @@ def encoder_flops(shape: Mapping[str, int], lengths: Sequence[int]) -> float:
     context over the sentence's ``n`` tokens. Embedding lookups, norms and activations
     are left out (they are not matrix products).
 
+    With ``shape["pooling"] == "cls"`` the last layer counts as the embedding models run
+    it (``output_range=1``): keys and values ``2 n (2 h^2)`` for every token, the rest for
+    [CLS] alone (``2 (2 h^2 + 2 h f) + 4 n h``).
+
     Args:
-      shape: ``hidden_size``, ``num_layers``, ``intermediate_size`` (an export's
-        ``export_info.json`` ``model`` entry has them).
+      shape: ``hidden_size``, ``num_layers``, ``intermediate_size``, optionally
+        ``pooling`` (an export's ``export_info.json`` ``model`` entry has them).
       lengths: tokens per sentence.
     """
     h, layers, f = (int(shape["hidden_size"]), int(shape["num_layers"]),
                     int(shape["intermediate_size"]))
     n = np.asarray(lengths, np.float64)
     per_layer = n * 2.0 * (4 * h * h + 2 * h * f) + 4.0 * n * n * h
-    return float(layers * per_layer.sum())
+    total = float(layers * per_layer.sum())
+    if layers and shape.get("pooling") == "cls":
+        last_cls = n * 2.0 * (2 * h * h) + 2.0 * (2 * h * h + 2 * h * f) + 4.0 * n * h
+        total -= float((per_layer - last_cls).sum())
+    return total
 
 
 def _best(fn, repeats: int) -> float:

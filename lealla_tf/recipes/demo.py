@@ -407,7 +407,7 @@ def _evaluate(state: DemoState) -> DemoState:
     return dataclasses.replace(state, models=models)
 
 
-SPEED_REPEATS = 2  # timed passes per model and path (the best counts)
+SPEED_REPEATS = 3  # timed passes per model and path, interleaved (the best counts)
 
 
 def _speed_setup(state: DemoState, tatoeba_groups, eval_langs) -> Dict[str, object]:
