@@ -715,3 +715,16 @@ def test_check_positive_names_the_flag():
     common.check_positive(args, "threads", zero_ok=True)
     with pytest.raises(errors.UserError, match="--batch-size must be at least 1, got 0"):
         common.check_positive(args, "batch_size")
+
+
+def test_demo_without_data_or_network_is_one_error_line(tmp_path, monkeypatch, capsys):
+    """No data folder and a mirror that cannot be read (as on a machine without network):
+    the demo says which file it could not download, in one line, and writes no output."""
+    from lealla_tf.data import datasets
+    monkeypatch.delenv("LEALLA_DATA_DIR", raising=False)
+    monkeypatch.setenv("LEALLA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv(datasets.MIRROR_ENV, (tmp_path / "no-mirror").as_uri())
+    assert cli.main(["demo", "--output", str(tmp_path / "out")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith("lealla: error: could not download ") and "no-mirror" in line
+    assert not (tmp_path / "out").exists()

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from lealla_tf.cli import common
+from lealla_tf.cli import common, errors
 
 
 def add_commands(sub) -> None:
@@ -31,8 +31,9 @@ def _demo(args) -> int:
     common.check_positive(args, "pairs_per_language", zero_ok=True)
     common.check_outputs(args.output, folder=True)
     from lealla_tf.recipes import demo
-    return demo.run(args.output, data_dir=args.data_dir, config_path=args.config,
-                    overrides=args.overrides, teacher_spec=args.teacher,
-                    pairs_per_language=args.pairs_per_language,
-                    eval_languages=args.languages or None, ntrex=args.ntrex,
-                    int8_languages=args.int8_languages)
+    with errors.user_errors(ConnectionError):  # (public data or a teacher not downloadable)
+        return demo.run(args.output, data_dir=args.data_dir, config_path=args.config,
+                        overrides=args.overrides, teacher_spec=args.teacher,
+                        pairs_per_language=args.pairs_per_language,
+                        eval_languages=args.languages or None, ntrex=args.ntrex,
+                        int8_languages=args.int8_languages)
