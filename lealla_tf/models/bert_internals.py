@@ -90,7 +90,7 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
         # Additive mask as in Keras' masked softmax: 0 for tokens, -1e9 for padding.
         mask_bias = (1.0 - tf.cast(inputs["input_mask"], x.dtype)) * -1e9
         mask_bias = tf.reshape(mask_bias, [batch, 1, 1, seq])  # (no new-axis slices: TFLite)
-    outputs, lengths = [], []
+    outputs = []
     last = len(bert.transformer_layers) - 1
     for i, layer in enumerate(bert.transformer_layers):
         with tf.name_scope(f"layer_{i}/attention"):
@@ -110,8 +110,8 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
         with tf.name_scope(f"layer_{i}/ffn_norm"):
             x = layer_norm(x, layer._output_layer_norm, target)
         outputs.append(x)
-        lengths.append(seq if queries is None else queries)
-    outputs = [tf.reshape(o, [batch, n, hidden]) for o, n in zip(outputs, lengths)]
+    outputs = [tf.reshape(o, [batch, seq, hidden]) for o in outputs[:-1]] + [
+        tf.reshape(outputs[-1], [batch, seq if output_range is None else output_range, hidden])]
     with tf.name_scope("pooler"):
         pooled = bert.pooler_layer(outputs[-1][:, 0, :])
     return {"sequence_output": outputs[-1], "pooled_output": pooled,
@@ -129,71 +129,57 @@ def _attention(x: tf.Tensor, att, mask_bias: tf.Tensor, batch, seq, hidden: int,
     (it does not take ``UNPACK``, which would cut its partition in every layer).
 
     ``queries``: only the first ``queries`` positions of each sentence attend (Model
-    Garden's ``output_range``); the result is then ``[batch * queries, hidden]``."""
-    if queries is not None:
-        return _attention_range(x, att, mask_bias, batch, seq, hidden, target, queries)
+    Garden's ``output_range``: Q and the residual from those rows, K and V from every
+    row); the result is then ``[batch * queries, hidden]``."""
     heads, head_dim = att._num_heads, att._key_dim
     width = heads * head_dim
     scale = 1.0 / math.sqrt(float(head_dim))
     q_scale = scale if target == "tflite" else 1.0
-    kernel = tf.concat([tf.reshape(att._query_dense.kernel, [hidden, width]) * q_scale,
-                        tf.reshape(att._key_dense.kernel, [hidden, width]),
-                        tf.reshape(att._value_dense.kernel, [hidden, width])], axis=1)
-    bias = tf.concat([tf.reshape(att._query_dense.bias, [-1]) * q_scale,
-                      tf.reshape(att._key_dense.bias, [-1]),
-                      tf.reshape(att._value_dense.bias, [-1])], axis=0)
-    qkv = tf.nn.bias_add(tf.matmul(x, kernel), bias)  # [B*S, 3*N*d]
+    kernels = [tf.reshape(att._query_dense.kernel, [hidden, width]) * q_scale,
+               tf.reshape(att._key_dense.kernel, [hidden, width]),
+               tf.reshape(att._value_dense.kernel, [hidden, width])]
+    biases = [tf.reshape(att._query_dense.bias, [-1]) * q_scale,
+              tf.reshape(att._key_dense.bias, [-1]),
+              tf.reshape(att._value_dense.bias, [-1])]
+
+    def heads_of(rows, parts, length):
+        """``rows @ [W_part ...] + b`` (one 2-D MatMul + BiasAdd) split into heads."""
+        kernel = tf.concat([kernels[i] for i in parts], axis=1)
+        bias = tf.concat([biases[i] for i in parts], axis=0)
+        return _split_heads(tf.nn.bias_add(tf.matmul(rows, kernel), bias), parts, batch,
+                            length, heads, head_dim, target)
+
+    if queries is None:
+        q, k, v = heads_of(x, (0, 1, 2), seq)  # [B*S, 3*N*d] from one product
+    else:
+        k, v = heads_of(x, (1, 2), seq)
+        x = tf.reshape(tf.reshape(x, [batch, seq, hidden])[:, :queries], [-1, hidden])
+        (q,) = heads_of(x, (0,), queries)
     if target == "tflite":
-        q, k, v = [tf.reshape(t, [batch, seq, heads, head_dim])
-                   for t in tf.split(qkv, 3, axis=1)]
-        q = tf.transpose(q, [0, 2, 1, 3])  # [B, N, S, d]
-        k = tf.transpose(k, [0, 2, 3, 1])  # [B, N, d, S]
-        v = tf.transpose(v, [0, 2, 1, 3])  # [B, N, S, d]
         probs = tf.nn.softmax(tf.matmul(q, k) + mask_bias, axis=-1)
     else:
-        qkv = tf.transpose(tf.reshape(qkv, [batch, seq, 3, heads, head_dim]),
-                           [2, 0, 3, 1, 4])
-        q, k, v = tf.unstack(qkv, 3)  # each [B, N, S, d]
         probs = tf.nn.softmax(tf.matmul(q, k, transpose_b=True) * scale + mask_bias, axis=-1)
-    context = tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3])  # [B, S, N, d]
+    context = tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3])  # [B, S or queries, N, d]
     context = tf.reshape(context, [-1, width])
     return x + tf.nn.bias_add(
         tf.matmul(context, tf.reshape(att._output_dense.kernel, [width, hidden])),
         att._output_dense.bias)
 
 
-def _attention_range(x: tf.Tensor, att, mask_bias: tf.Tensor, batch, seq, hidden: int,
-                     target: str, queries) -> tf.Tensor:
-    """:func:`_attention` for the first ``queries`` positions of each sentence as queries
-    (keys and values: every position): ``[batch * queries, hidden]``."""
-    heads, head_dim = att._num_heads, att._key_dim
-    width = heads * head_dim
-    scale = 1.0 / math.sqrt(float(head_dim))
-    q_scale = scale if target == "tflite" else 1.0
-    first = tf.reshape(tf.reshape(x, [batch, seq, hidden])[:, :queries], [-1, hidden])
-    q = tf.nn.bias_add(
-        tf.matmul(first, tf.reshape(att._query_dense.kernel, [hidden, width]) * q_scale),
-        tf.reshape(att._query_dense.bias, [-1]) * q_scale)
-    q = tf.transpose(tf.reshape(q, [batch, queries, heads, head_dim]), [0, 2, 1, 3])
-    kernel = tf.concat([tf.reshape(att._key_dense.kernel, [hidden, width]),
-                        tf.reshape(att._value_dense.kernel, [hidden, width])], axis=1)
-    bias = tf.concat([tf.reshape(att._key_dense.bias, [-1]),
-                      tf.reshape(att._value_dense.bias, [-1])], axis=0)
-    kv = tf.nn.bias_add(tf.matmul(x, kernel), bias)  # [B*S, 2*N*d]
+def _split_heads(t: tf.Tensor, parts, batch, length, heads: int, head_dim: int,
+                 target: str) -> List[tf.Tensor]:
+    """The ``len(parts)`` projections side by side in ``t`` ``[batch * length, parts * N *
+    d]`` as ``[batch, N, length, d]`` each (``parts``: 0 Q, 1 K, 2 V). ``"tensorflow"``:
+    one transpose and an unstack; ``"tflite"``: a split and one transpose each, K
+    transposed to ``[batch, N, d, length]`` for the scores' product."""
+    n = len(parts)
     if target == "tflite":
-        k, v = [tf.reshape(t, [batch, seq, heads, head_dim]) for t in tf.split(kv, 2, axis=1)]
-        probs = tf.nn.softmax(tf.matmul(q, tf.transpose(k, [0, 2, 3, 1])) + mask_bias,
-                              axis=-1)
-        v = tf.transpose(v, [0, 2, 1, 3])
-    else:
-        kv = tf.transpose(tf.reshape(kv, [batch, seq, 2, heads, head_dim]), [2, 0, 3, 1, 4])
-        k, v = tf.unstack(kv, 2)  # each [B, N, S, d]
-        probs = tf.nn.softmax(tf.matmul(q, k, transpose_b=True) * scale + mask_bias, axis=-1)
-    context = tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3])  # [B, queries, N, d]
-    context = tf.reshape(context, [-1, width])
-    return first + tf.nn.bias_add(
-        tf.matmul(context, tf.reshape(att._output_dense.kernel, [width, hidden])),
-        att._output_dense.bias)
+        pieces = tf.split(t, n, axis=1) if n > 1 else [t]
+        return [tf.transpose(tf.reshape(piece, [batch, length, heads, head_dim]),
+                             [0, 2, 3, 1] if part == 1 else [0, 2, 1, 3])
+                for part, piece in zip(parts, pieces)]
+    t = tf.transpose(tf.reshape(t, [batch, length, n, heads, head_dim]), [2, 0, 3, 1, 4])
+    return tf.unstack(t, n)
 
 
 def layer_norm(x: tf.Tensor, norm: tf_keras.layers.LayerNormalization,

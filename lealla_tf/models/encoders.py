@@ -270,9 +270,9 @@ class LeallaEncoder(tf_keras.Model):
         else:
             outputs = self.bert(inputs, training=training)
             if output_range is not None:  # the same values, cut as the fast pass cuts them
-                first = [o[:, :output_range] for o in outputs["encoder_outputs"][-1:]]
-                outputs = dict(outputs, sequence_output=first[0],
-                               encoder_outputs=outputs["encoder_outputs"][:-1] + first)
+                last = outputs["encoder_outputs"][-1][:, :output_range]
+                outputs = dict(outputs, sequence_output=last,
+                               encoder_outputs=outputs["encoder_outputs"][:-1] + [last])
         with tf.name_scope("pooling"):
             if self.pooling == "mean":
                 pooled = mean_pool(outputs["sequence_output"], inputs["input_mask"])

@@ -86,8 +86,6 @@ def corpus(directory: str) -> List[str]:
     return hermetic.write_corpus(os.path.join(directory, "corpus"))
 
 
-
-
 def read_info(folder: str) -> Dict:
     """An export folder's ``export_info.json``."""
     from lealla_tf import layout
