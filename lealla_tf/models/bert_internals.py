@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import tensorflow as tf
 import tf_keras
@@ -86,9 +86,9 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
             words = tf.gather(table, ids)
         x = words + tf.expand_dims(tf.slice(positions, [0, 0], [seq, hidden]), 0)
         x += tf.gather(bert._type_embedding_layer.embeddings, inputs["input_type_ids"])
-        x = layer_norm(tf.reshape(x, [-1, hidden]), bert._embedding_norm_layer, target)
+        x = _normed(tf.reshape(x, [-1, hidden]), bert._embedding_norm_layer, target)
         # Additive mask as in Keras' masked softmax: 0 for tokens, -1e9 for padding.
-        mask_bias = (1.0 - tf.cast(inputs["input_mask"], x.dtype)) * -1e9
+        mask_bias = (1.0 - tf.cast(inputs["input_mask"], tf.float32)) * -1e9
         mask_bias = tf.reshape(mask_bias, [batch, 1, 1, seq])  # (no new-axis slices: TFLite)
     outputs = []
     last = len(bert.transformer_layers) - 1
@@ -97,31 +97,85 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
             queries = None  # every position
             if i == last and output_range is not None:
                 queries = int(output_range)  # (static: TFLite delegates static slices)
-            x = _attention(x, layer._attention_layer, mask_bias, batch, seq, hidden,
-                           target, queries)
+            x, context, wo, bo = _attention(x, layer._attention_layer, mask_bias, batch, seq,
+                                            hidden, target, queries)
+            x = _residual(x, context, wo, bo)
         with tf.name_scope(f"layer_{i}/attention_norm"):
-            x = layer_norm(x, layer._attention_layer_norm, target)
+            x = _normed(x, layer._attention_layer_norm, target)
         with tf.name_scope(f"layer_{i}/ffn"):
-            inner = tf.nn.bias_add(tf.matmul(x, layer._intermediate_dense.kernel),
-                                   layer._intermediate_dense.bias)
+            inner = _project(x, layer._intermediate_dense.kernel, layer._intermediate_dense.bias)
             inner = layer._intermediate_activation_layer(inner)
-            x = x + tf.nn.bias_add(tf.matmul(inner, layer._output_dense.kernel),
-                                   layer._output_dense.bias)
+            x = _residual(x, inner, layer._output_dense.kernel, layer._output_dense.bias)
         with tf.name_scope(f"layer_{i}/ffn_norm"):
-            x = layer_norm(x, layer._output_layer_norm, target)
+            x = _normed(x, layer._output_layer_norm, target)
         outputs.append(x)
-    outputs = [tf.reshape(o, [batch, seq, hidden]) for o in outputs[:-1]] + [
-        tf.reshape(outputs[-1], [batch, seq if output_range is None else output_range, hidden])]
+    outputs = [tf.reshape(o.value(), [batch, seq, hidden]) for o in outputs[:-1]] + [
+        tf.reshape(outputs[-1].value(),
+                   [batch, seq if output_range is None else output_range, hidden])]
     with tf.name_scope("pooler"):
         pooled = bert.pooler_layer(outputs[-1][:, 0, :])
     return {"sequence_output": outputs[-1], "pooled_output": pooled,
             "encoder_outputs": outputs}
 
 
-def _attention(x: tf.Tensor, att, mask_bias: tf.Tensor, batch, seq, hidden: int,
-               target: str = "tensorflow", queries=None) -> tf.Tensor:
-    """Multi-head self-attention of ``x`` ``[batch * seq, hidden]``, output projection
-    and residual included (``[batch * seq, hidden]``).
+class _Normed(NamedTuple):
+    """A LayerNorm's output ``rows * scale + shift`` (``[tokens, hidden]``), its affine
+    step not yet applied (``scale`` ``None``: ``rows`` is the output itself).
+
+    The ``"tflite"`` forward pass keeps every LayerNorm in this form: ``gamma`` and
+    ``beta`` are folded into what reads the output, the next projection's weights and
+    bias (:func:`_project`) and the residual add (:func:`_residual`), which the TFLite
+    converter computes once, into constants. Per LayerNorm that is two passes over the
+    tokens fewer (the ``[tokens, hidden]`` scale and shift), for one multiply in the
+    residual add. The ``"tensorflow"`` pass applies them (its weights are variables,
+    and folding them there costs weight-sized ops in every call: a one-sentence call
+    of a 4-layer model took 15% longer)."""
+    rows: tf.Tensor
+    scale: Optional[tf.Tensor] = None
+    shift: Optional[tf.Tensor] = None
+
+    def value(self) -> tf.Tensor:
+        if self.scale is None:
+            return self.rows
+        return self.rows * self.scale + self.shift
+
+    def take(self, fn) -> "_Normed":
+        """The same affine over ``fn(rows)`` (row selections)."""
+        return _Normed(fn(self.rows), self.scale, self.shift)
+
+
+def _normed(x: tf.Tensor, norm: tf_keras.layers.LayerNormalization, target: str) -> _Normed:
+    """LayerNorm ``norm`` of ``x`` as a :class:`_Normed`: for ``"tflite"`` the normalised
+    rows, ``gamma`` and ``beta`` left to the readers; for ``"tensorflow"`` applied."""
+    if target == "tensorflow":
+        return _Normed(layer_norm(x, norm, target))
+    with tf.name_scope("layer_norm"):  # (profiles find the embeddings' LayerNorm by it)
+        mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
+        return _Normed((x - mean) * tf.math.rsqrt(var + norm.epsilon), norm.gamma, norm.beta)
+
+
+def _project(x: _Normed, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
+    """``x.value() @ kernel + bias`` as one 2-D ``MatMul`` + ``BiasAdd`` on ``x.rows``."""
+    if x.scale is not None:
+        bias = bias + tf.linalg.matvec(kernel, x.shift, transpose_a=True)
+        kernel = kernel * tf.expand_dims(x.scale, 1)
+    return tf.nn.bias_add(tf.matmul(x.rows, kernel), bias)
+
+
+def _residual(x: _Normed, rows: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
+    """The residual sum ``x.value() + rows @ kernel + bias``, ``x``'s shift folded into
+    the bias: one multiply and one add over the tokens."""
+    product = tf.matmul(rows, kernel)
+    if x.scale is None:
+        return x.rows + tf.nn.bias_add(product, bias)
+    return x.rows * x.scale + tf.nn.bias_add(product, bias + x.shift)
+
+
+def _attention(x: _Normed, att, mask_bias: tf.Tensor, batch, seq, hidden: int,
+               target: str = "tensorflow", queries=None):
+    """Multi-head self-attention of ``x`` (``[batch * seq, hidden]`` rows) up to the output
+    projection: ``(x, context, output_kernel, output_bias)``, ``x`` cut to the query rows,
+    for :func:`_residual`.
 
     ``"tensorflow"``: Q/K/V split into heads by one transpose and an unstack, scores as
     ``matmul(q, k^T) * scale + mask`` (one oneDNN kernel). ``"tflite"``: the scale folded
@@ -130,7 +184,7 @@ def _attention(x: tf.Tensor, att, mask_bias: tf.Tensor, batch, seq, hidden: int,
 
     ``queries``: only the first ``queries`` positions of each sentence attend (Model
     Garden's ``output_range``: Q and the residual from those rows, K and V from every
-    row); the result is then ``[batch * queries, hidden]``."""
+    row); the context is then ``[batch * queries, width]``."""
     heads, head_dim = att._num_heads, att._key_dim
     width = heads * head_dim
     scale = 1.0 / math.sqrt(float(head_dim))
@@ -142,18 +196,19 @@ def _attention(x: tf.Tensor, att, mask_bias: tf.Tensor, batch, seq, hidden: int,
               tf.reshape(att._key_dense.bias, [-1]),
               tf.reshape(att._value_dense.bias, [-1])]
 
-    def heads_of(rows, parts, length):
+    def heads_of(rows: _Normed, parts, length):
         """``rows @ [W_part ...] + b`` (one 2-D MatMul + BiasAdd) split into heads."""
         kernel = tf.concat([kernels[i] for i in parts], axis=1)
         bias = tf.concat([biases[i] for i in parts], axis=0)
-        return _split_heads(tf.nn.bias_add(tf.matmul(rows, kernel), bias), parts, batch,
-                            length, heads, head_dim, target)
+        return _split_heads(_project(rows, kernel, bias), parts, batch, length, heads,
+                            head_dim, target)
 
     if queries is None:
         q, k, v = heads_of(x, (0, 1, 2), seq)  # [B*S, 3*N*d] from one product
     else:
         k, v = heads_of(x, (1, 2), seq)
-        x = tf.reshape(tf.reshape(x, [batch, seq, hidden])[:, :queries], [-1, hidden])
+        x = x.take(lambda r: tf.reshape(tf.reshape(r, [batch, seq, hidden])[:, :queries],
+                                        [-1, hidden]))
         (q,) = heads_of(x, (0,), queries)
     if target == "tflite":
         probs = tf.nn.softmax(tf.matmul(q, k) + mask_bias, axis=-1)
@@ -161,9 +216,8 @@ def _attention(x: tf.Tensor, att, mask_bias: tf.Tensor, batch, seq, hidden: int,
         probs = tf.nn.softmax(tf.matmul(q, k, transpose_b=True) * scale + mask_bias, axis=-1)
     context = tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3])  # [B, S or queries, N, d]
     context = tf.reshape(context, [-1, width])
-    return x + tf.nn.bias_add(
-        tf.matmul(context, tf.reshape(att._output_dense.kernel, [width, hidden])),
-        att._output_dense.bias)
+    return (x, context, tf.reshape(att._output_dense.kernel, [width, hidden]),
+            att._output_dense.bias)
 
 
 def _split_heads(t: tf.Tensor, parts, batch, length, heads: int, head_dim: int,
