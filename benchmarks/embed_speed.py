@@ -5,7 +5,7 @@ same Tatoeba sentences and threads, under several batchings; the first model is 
         results/demo/export/lealla-int8.tflite --batching 64:0 128:0 default
 
 A batching is ``SIZE:TOKENS`` (most sentences and most padded tokens per call; 0 tokens: no
-limit) or ``default`` (each embedder's own: 512 sentences, 4,096 tokens, 1,024 for TFLite).
+limit) or ``default`` (each embedder's own: 512 sentences, 8,192 tokens, 1,024 for TFLite).
 The muse teacher and TFLite interpreters get ``--threads`` threads (default: one per core),
 like TensorFlow. Export folders with ``export_info.json`` also get GFLOP/s on the real tokens
 against the fp32 matrix-product rate measured in the same run.

@@ -739,8 +739,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default="", help="with --shape: keep the export here")
     p.add_argument("--sentences", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=512, help="most sentences per batch")
-    p.add_argument("--batch-tokens", type=int, default=4096,
-                   help="padded tokens per batch, where embedders.batch_order takes a budget")
+    p.add_argument("--batch-tokens", type=int, default=8192,
+                   help="padded tokens per batch, where embedders.batch_order takes a budget "
+                        "(default: the SavedModel embedders' own)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="timed passes (best is kept)")
     p.add_argument("--tflite", default=",".join(VARIANTS), help="TFLite files to profile")

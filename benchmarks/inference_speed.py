@@ -7,7 +7,7 @@ each runtime, sentences/s strings -> embeddings on
 - real Tatoeba sentences (their real length distribution, all 112 languages; the same
   sentences for every shape), sorted by token count and cut into batches of at most
   ``--batch-size`` sentences and ``--batch-tokens`` padded tokens, as
-  ``lealla_tf.embedders`` batches them (by default each runtime's own budget: 4,096
+  ``lealla_tf.embedders`` batches them (by default each runtime's own budget: 8,192
   tokens, 1,024 for TFLite files);
 - the first ``--single`` of them one per call (the latency setting of an app);
 - a fixed batch of 256 sentences of exactly 32 tokens;
@@ -627,7 +627,7 @@ def _parser() -> argparse.ArgumentParser:
                         "lealla_tf.embedders does)")
     p.add_argument("--batch-tokens", type=int, default=-1,
                    help="most padded tokens per real batch (default -1: each runtime's "
-                        "embedder default, 4096 or 1024 for TFLite; 0: no limit)")
+                        "embedder default, 8192 or 1024 for TFLite; 0: no limit)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--vocab-rows", type=int, default=0,
                    help="word-embedding rows of every shape (default: the configs' 501,153; "
@@ -829,7 +829,7 @@ def main(argv=None) -> int:
     print(f"Inference speed, {args.threads} CPU threads, median of "
           f"{args.repeats}x{args.inner_repeats} passes (sentences/s: real = {len(sentences)} Tatoeba "
           f"sentences sorted by token count in batches of at most {args.batch_size} sentences "
-          f"and {args.batch_tokens if args.batch_tokens >= 0 else '4096 (TFLite 1024)'} "
+          f"and {args.batch_tokens if args.batch_tokens >= 0 else '8192 (TFLite 1024)'} "
           f"tokens, 1-by-1 = {args.single} "
           f"of them one per call; GFLOP/s on the 256x32 batch; peak RSS of the process; size "
           f"of the artefact; min cosine to the reference on 8 single sentences). "

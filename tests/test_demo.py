@@ -180,7 +180,7 @@ def _check_speed(models, md):
     for name in ("student", "student_int8"):
         assert rows[name]["gflops"] > 0 and rows[name]["limit_share"] > 0
     assert rows["static"]["gflops"] is None
-    assert rows["student_int8"]["batch_tokens"] == 1024 and rows["student"]["batch_tokens"] == 4096
+    assert rows["student_int8"]["batch_tokens"] == 1024 and rows["student"]["batch_tokens"] == 8192
 
 
 def test_demo_pipeline_end_to_end(tmp_path, data_dir, capsys):

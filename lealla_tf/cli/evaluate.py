@@ -24,7 +24,7 @@ def add_commands(sub) -> None:
                        help="most sentences per model call")
         s.add_argument("--batch-tokens", type=int, default=None,
                        help="most padded tokens per model call (default: the model's own, "
-                            "4096, or 1024 for a .tflite file; 0: no limit)")
+                            "8192, or 1024 for a .tflite file; 0: no limit)")
         s.add_argument("--cache-dir", default="",
                        help="embedding cache (default $LEALLA_CACHE_DIR/embeddings)")
         s.add_argument("--no-cache", action="store_true", help="do not read/write the cache")

@@ -64,7 +64,7 @@ def add_commands(sub) -> None:
     e.add_argument("--batch-tokens", type=int, default=None,
                    help="most padded tokens per model call (sentences are sorted by length "
                         "and cut into batches under this budget; default: the model's own, "
-                        "4096, or 1024 for a .tflite file; 0: no limit)")
+                        "8192, or 1024 for a .tflite file; 0: no limit)")
     e.add_argument("--threads", type=int, default=0, help="TFLite interpreter threads")
     e.set_defaults(func=_embed)
 

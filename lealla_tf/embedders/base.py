@@ -18,11 +18,12 @@ import numpy as np
 from lealla_tf import fileio, layout
 
 # Most sentences per model call, and most padded tokens per call (sentences x the longest
-# one's tokens): about 4,096 tokens keep a thin encoder's activations in the CPU's caches
-# (benchmarks/RESULTS.md, "Inference speed"); TFLite files run best near 1,024 (512 to
+# one's tokens). TensorFlow: 8,192 (the demo student 1.04x of 4,096 on a Xeon with 2 MB of
+# L2 per core, equal on an EPYC; LEALLA-small equal on both; 2,048 slower everywhere:
+# benchmarks/RESULTS.md, "Inference speed"). TFLite files run best near 1,024 (512 to
 # 1,024 on LEALLA-small, 1,024 to 2,048 on a 4-layer student).
 DEFAULT_BATCH_SIZE = 512
-DEFAULT_BATCH_TOKENS = 4096
+DEFAULT_BATCH_TOKENS = 8192
 # Largest share of a row that batch_order lets be padding when it cuts by a token budget.
 DEFAULT_MAX_PADDING = 0.25
 # Tokens a sequence carries beside its pieces ([CLS] and [SEP]).

@@ -146,13 +146,16 @@ def speed_table(models: Dict[str, dict]) -> str:
     """Every model's speed on the same sentences, threads and batching: through
     ``lealla embed``'s path and as direct model calls, against the teacher, and as a share
     of the machine's fp32 matrix-product rate (Transformer students)."""
+    from lealla_tf import embedders
+    from lealla_tf.embedders import artifacts
     rows = {n: m["speed"] for n, m in models.items() if "speed" in m}
     if not rows:
         return ""
     first = next(iter(rows.values()))
     lines = [f"Speed: the same {first['sentences']:,} Tatoeba sentences (20 languages) for "
              f"every model, {first['threads']} threads each, sorted by token count and cut "
-             "into batches of at most 4,096 padded tokens (1,024 for TFLite files), best of "
+             f"into batches of at most {embedders.DEFAULT_BATCH_TOKENS:,} padded tokens "
+             f"({artifacts.TFLiteEmbedder.default_batch_tokens:,} for TFLite files), best of "
              f"{SPEED_REPEATS} passes; fp32 matrix product on this machine: {first['limit_gflops']:.0f} GFLOP/s "
              "(the limit). GFLOP/s counts the encoder's matrix products on the real tokens.",
              "", "| model | size | sentences/s, `lealla embed` path | sentences/s, direct "
