@@ -73,3 +73,30 @@ def test_speed_row_counts_flops_on_real_tokens(hermetic_vocab):
 
 def test_matmul_rate_is_measured():
     assert speed.matmul_gflops(n=128, repeats=2) > 0.01
+
+
+class _Logging(embedders.Embedder):
+    """Appends its name to a shared log at every model call."""
+
+    def __init__(self, name, vocab, log):
+        super().__init__(name, length_model=vocab, batch_tokens=64)
+        self.log = log
+
+    def encode_batch(self, batch):
+        self.log.append(self.name)
+        return np.ones((len(batch), 3), np.float32)
+
+
+def test_measure_all_interleaves_the_models(hermetic_vocab):
+    """Every round times every model in turn (so that load from elsewhere falls on all of
+    them alike), after a warm-up of each; the rates are per model."""
+    log = []
+    models = {n: _Logging(n, hermetic_vocab, log) for n in ("a", "b")}
+    sentences = ["ledoge lecate"]  # one batch: one call per pass
+    rates = speed.measure_all(models, sentences, repeats=2)
+    # warm-up a, b; then per round: a (embed, direct), b (embed, direct)
+    assert log == ["a", "b"] + ["a", "a", "b", "b"] * 2
+    assert set(rates) == {"a", "b"} and all(r["embed"] > 0 and r["direct"] > 0
+                                            for r in rates.values())
+    with pytest.raises(ValueError, match="repeats"):
+        speed.measure_all(models, sentences, repeats=0)

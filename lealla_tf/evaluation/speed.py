@@ -89,11 +89,39 @@ def measure(embedder, sentences: Sequence[str], repeats: int = 3) -> Dict[str, f
       beforehand. For an object that is not an :class:`~lealla_tf.embedders.Embedder`
       both are its ``encode`` on all sentences.
     """
+    return measure_all({"model": embedder}, sentences, repeats)["model"]
+
+
+def measure_all(models: Mapping[str, object], sentences: Sequence[str],
+                repeats: int = 3) -> Dict[str, Dict[str, float]]:
+    """:func:`measure` of several embedders in interleaved rounds: every model warms up,
+    then each round times every model once each way, in turn, and the best of
+    ``repeats`` rounds counts. A busy moment of a shared machine then falls on all of
+    them alike, so their ratios hold even where the absolute rates drift.
+
+    Returns:
+      ``{name: {"embed": ..., "direct": ...}}`` sentences/s.
+    """
     sentences = list(sentences)
     if not sentences:
         raise ValueError("no sentences to time")
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
     n = len(sentences)
+    paths = {name: _paths(embedder, sentences) for name, embedder in models.items()}
+    for embed, _ in paths.values():
+        embed()  # warm-up: traces, delegates, caches (the direct calls use the same batches)
+    best = {name: {"embed": float("inf"), "direct": float("inf")} for name in models}
+    for _ in range(repeats):
+        for name, (embed, direct) in paths.items():
+            for way, fn in (("embed", embed), ("direct", direct)):
+                best[name][way] = min(best[name][way], _best(fn, 1))
+    return {name: {way: n / seconds for way, seconds in ways.items()}
+            for name, ways in best.items()}
 
+
+def _paths(embedder, sentences: List[str]):
+    """``(embed, direct)``: the two ways :func:`measure` times ``embedder``."""
     size = getattr(embedder, "batch_size", 0) or runner.DEFAULT_BATCH_SIZE
 
     def embed():
@@ -109,12 +137,7 @@ def measure(embedder, sentences: Sequence[str], repeats: int = 3) -> Dict[str, f
     else:
         def direct():
             embedder.encode(sentences)
-    embed()  # warm-up: traces, delegates, caches (the direct calls use the same batches)
-    best = {"embed": float("inf"), "direct": float("inf")}
-    for _ in range(repeats):  # interleaved, so that a busy moment falls on both alike
-        for name, fn in (("embed", embed), ("direct", direct)):
-            best[name] = min(best[name], _best(fn, 1))
-    return {name: n / seconds for name, seconds in best.items()}
+    return embed, direct
 
 
 def export_shape(path: str) -> Optional[Dict[str, int]]:
@@ -145,10 +168,13 @@ def sample_sentences(directory: str, languages: Sequence[str],
 
 def speed_row(embedder, sentences: Sequence[str], shape: Optional[Mapping[str, int]],
               limit_gflops: float, teacher_rate: Optional[float] = None,
-              repeats: int = 3) -> Dict[str, Optional[float]]:
+              repeats: int = 3, rates: Optional[Mapping[str, float]] = None
+              ) -> Dict[str, Optional[float]]:
     """:func:`measure` plus the ratio to a teacher's rate and, for a Transformer
-    ``shape``, achieved GFLOP/s and its share of ``limit_gflops`` (on the direct calls)."""
-    rates = measure(embedder, sentences, repeats)
+    ``shape``, achieved GFLOP/s and its share of ``limit_gflops`` (on the direct calls).
+    ``rates``: the :func:`measure` result when already timed (e.g. by
+    :func:`measure_all`)."""
+    rates = dict(rates) if rates is not None else measure(embedder, sentences, repeats)
     row: Dict[str, Optional[float]] = dict(rates)
     row["vs_teacher"] = rates["embed"] / teacher_rate if teacher_rate else None
     row["gflops"] = row["limit_share"] = None

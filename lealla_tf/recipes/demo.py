@@ -155,8 +155,8 @@ def speed_table(models: Dict[str, dict]) -> str:
     lines = [f"Speed: the same {first['sentences']:,} Tatoeba sentences (20 languages) for "
              f"every model, {first['threads']} threads each, sorted by token count and cut "
              f"into batches of at most {embedders.DEFAULT_BATCH_TOKENS:,} padded tokens "
-             f"({artifacts.TFLiteEmbedder.default_batch_tokens:,} for TFLite files), best of "
-             f"{SPEED_REPEATS} passes; fp32 matrix product on this machine: {first['limit_gflops']:.0f} GFLOP/s "
+             f"({artifacts.TFLiteEmbedder.default_batch_tokens:,} for TFLite files), all models "
+             f"timed in turn in {SPEED_REPEATS} rounds (the best counts); fp32 matrix product on this machine: {first['limit_gflops']:.0f} GFLOP/s "
              "(the limit). GFLOP/s counts the encoder's matrix products on the real tokens.",
              "", "| model | size | sentences/s, `lealla embed` path | sentences/s, direct "
              "calls | × teacher | GFLOP/s | share of the limit |",
@@ -387,12 +387,8 @@ def _evaluate(state: DemoState) -> DemoState:
         averages = lang_groups.group_averages(
             {lang: r["mean"] for lang, r in res["per_language"].items()}, tatoeba_groups)
         size = _mb(export.disk_bytes(path)) if path else teacher_size(spec)
-        start = time.perf_counter()
-        speed = _speed_of(name, embedder, path, timing, models)
-        seconds["speed"] = time.perf_counter() - start
         models[name] = {"what": what, "tatoeba": res, "tatoeba_groups": dict(averages),
-                        "size": size, "sentences_per_second": speed["embed"], "speed": speed,
-                        "seconds": seconds}
+                        "size": size, "seconds": seconds}
         line = (f"  {name}: Tatoeba {_group_line(averages)} ({seconds['tatoeba']:.0f}s, "
                 f"{len(langs)} languages)")
         if on_ntrex and ntrex_langs:
@@ -407,10 +403,16 @@ def _evaluate(state: DemoState) -> DemoState:
             line += (f"; NTREX {_group_line(ntrex_averages)} ({seconds['ntrex']:.0f}s, "
                      f"{len(ntrex_langs)} languages)")
         print(line, flush=True)
+    start = time.perf_counter()
+    rows = _speed_rows({name: (c[0], c[2]) for name, c in candidates.items()}, timing)
+    print(f"  speed: {len(rows)} models timed in {SPEED_REPEATS} interleaved rounds "
+          f"({time.perf_counter() - start:.0f}s)", flush=True)
+    for name, row in rows.items():
+        models[name].update(sentences_per_second=row["embed"], speed=row)
     return dataclasses.replace(state, models=models)
 
 
-SPEED_REPEATS = 3  # timed passes per model and path, interleaved (the best counts)
+SPEED_REPEATS = 3  # rounds that time every model once each way, in turn (the best counts)
 
 
 def _speed_setup(state: DemoState, tatoeba_groups, eval_langs) -> Dict[str, object]:
@@ -430,26 +432,36 @@ def _speed_setup(state: DemoState, tatoeba_groups, eval_langs) -> Dict[str, obje
     return {"sentences": sentences, "limit": limit, "threads": hardware.cores()}
 
 
-def _speed_of(name: str, embedder, path: Optional[str], timing: Dict[str, object],
-              models: Dict[str, dict]) -> Dict[str, Optional[float]]:
-    """One model's speed row (:func:`lealla_tf.evaluation.speed.speed_row`) with the same
-    threads as every other: TFLite interpreters and the muse teacher get one per core."""
+def _speed_rows(candidates: Dict[str, Tuple[object, Optional[str]]],
+                timing: Dict[str, object]) -> Dict[str, Dict[str, Optional[float]]]:
+    """Every model's speed row (:func:`lealla_tf.evaluation.speed.speed_row`), all of them
+    timed together in interleaved rounds (:func:`lealla_tf.evaluation.speed.measure_all`)
+    with the same threads: TFLite interpreters and the muse teacher get one per core.
+    ``candidates``: name -> (embedder, export path or None)."""
     from lealla_tf import export
     from lealla_tf.embedders import teachers
     from lealla_tf.evaluation import speed
     threads = int(timing["threads"])
-    if path and path.endswith(".tflite"):
-        embedder = export.load_embedder(path, num_threads=threads)
-    elif name == "teacher" and embedder.name == "muse":
-        embedder = teachers.load_teacher("muse", threads=threads)
-    shape = speed.export_shape(path) if path else None
-    teacher_rate = models["teacher"]["speed"]["embed"] if "teacher" in models else None
-    row = speed.speed_row(embedder, timing["sentences"], shape, float(timing["limit"]),
-                          teacher_rate, repeats=SPEED_REPEATS)
-    row.update(sentences=len(timing["sentences"]), threads=threads,
-               limit_gflops=float(timing["limit"]),
-               batch_tokens=getattr(embedder, "batch_tokens", None))
-    return row
+    timed = {}
+    for name, (embedder, path) in candidates.items():
+        if path and path.endswith(".tflite"):
+            embedder = export.load_embedder(path, num_threads=threads)
+        elif name == "teacher" and embedder.name == "muse":
+            embedder = teachers.load_teacher("muse", threads=threads)
+        timed[name] = embedder
+    rates = speed.measure_all(timed, timing["sentences"], SPEED_REPEATS)
+    teacher_rate = rates["teacher"]["embed"] if "teacher" in rates else None
+    rows = {}
+    for name, embedder in timed.items():
+        path = candidates[name][1]
+        row = speed.speed_row(embedder, timing["sentences"],
+                              speed.export_shape(path) if path else None,
+                              float(timing["limit"]), teacher_rate, rates=rates[name])
+        row.update(sentences=len(timing["sentences"]), threads=threads,
+                   limit_gflops=float(timing["limit"]),
+                   batch_tokens=getattr(embedder, "batch_tokens", None))
+        rows[name] = row
+    return rows
 
 
 def _group_line(averages: Dict[str, Optional[float]]) -> str:
