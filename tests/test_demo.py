@@ -176,6 +176,8 @@ def _check_speed(models, md):
         if name != "teacher":
             assert row["vs_teacher"] == pytest.approx(row["embed"] / teacher)
             assert cells[3] == f"{row['vs_teacher']:.2f}×"
+        else:
+            assert row["vs_teacher"] is None and cells[3] == ""
     # Transformer students (the SavedModel and the int8 file) have FLOPs; static has none.
     for name in ("student", "student_int8"):
         assert rows[name]["gflops"] > 0 and rows[name]["limit_share"] > 0

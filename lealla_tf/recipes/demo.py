@@ -456,7 +456,8 @@ def _speed_rows(candidates: Dict[str, Tuple[object, Optional[str]]],
         path = candidates[name][1]
         row = speed.speed_row(embedder, timing["sentences"],
                               speed.export_shape(path) if path else None,
-                              float(timing["limit"]), teacher_rate, rates=rates[name])
+                              float(timing["limit"]),
+                              teacher_rate if name != "teacher" else None, rates=rates[name])
         row.update(sentences=len(timing["sentences"]), threads=threads,
                    limit_gflops=float(timing["limit"]),
                    batch_tokens=getattr(embedder, "batch_tokens", None))
