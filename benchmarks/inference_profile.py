@@ -739,9 +739,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default="", help="with --shape: keep the export here")
     p.add_argument("--sentences", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=512, help="most sentences per batch")
-    p.add_argument("--batch-tokens", type=int, default=8192,
+    p.add_argument("--batch-tokens", type=int, default=None,
                    help="padded tokens per batch, where embedders.batch_order takes a budget "
-                        "(default: the SavedModel embedders' own)")
+                        "(default: the SavedModel embedders' own, DEFAULT_BATCH_TOKENS)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="timed passes (best is kept)")
     p.add_argument("--tflite", default=",".join(VARIANTS), help="TFLite files to profile")
@@ -837,7 +837,9 @@ def main(argv=None) -> int:
         p.error("--data-dir or LEALLA_DATA_DIR is required (Tatoeba sentences)")
     _set_tf_threads(args.threads)
     from benchmarks import inference_speed
-    from lealla_tf import hardware
+    from lealla_tf import embedders, hardware
+    if args.batch_tokens is None:
+        args.batch_tokens = embedders.DEFAULT_BATCH_TOKENS
     export_dir, tmp = _export_dir(p, args)
     try:
         vocab = export_vocab(export_dir)

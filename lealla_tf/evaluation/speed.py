@@ -174,7 +174,8 @@ def speed_row(embedder, sentences: Sequence[str], shape: Optional[Mapping[str, i
     ``shape``, achieved GFLOP/s and its share of ``limit_gflops`` (on the direct calls).
     ``rates``: the :func:`measure` result when already timed (e.g. by
     :func:`measure_all`)."""
-    rates = dict(rates) if rates is not None else measure(embedder, sentences, repeats)
+    if rates is None:
+        rates = measure(embedder, sentences, repeats)
     row: Dict[str, Optional[float]] = dict(rates)
     row["vs_teacher"] = rates["embed"] / teacher_rate if teacher_rate else None
     row["gflops"] = row["limit_share"] = None

@@ -97,9 +97,8 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
             queries = None  # every position
             if i == last and output_range is not None:
                 queries = int(output_range)  # (static: TFLite delegates static slices)
-            x, context, wo, bo = _attention(x, layer._attention_layer, mask_bias, batch, seq,
-                                            hidden, target, queries)
-            x = _residual(x, context, wo, bo)
+            x = _attention(x, layer._attention_layer, mask_bias, batch, seq, hidden, target,
+                           queries)
         with tf.name_scope(f"layer_{i}/attention_norm"):
             x = _normed(x, layer._attention_layer_norm, target)
         with tf.name_scope(f"layer_{i}/ffn"):
@@ -175,10 +174,9 @@ def _residual(x: _Normed, rows: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -
 
 
 def _attention(x: _Normed, att, mask_bias: tf.Tensor, batch, seq, hidden: int,
-               target: str = "tensorflow", queries=None):
-    """Multi-head self-attention of ``x`` (``[batch * seq, hidden]`` rows) up to the output
-    projection: ``(x, context, output_kernel, output_bias)``, ``x`` cut to the query rows,
-    for :func:`_residual`.
+               target: str = "tensorflow", queries=None) -> tf.Tensor:
+    """Multi-head self-attention of ``x`` (``[batch * seq, hidden]`` rows), output
+    projection and residual included (:func:`_residual`): ``[batch * seq, hidden]``.
 
     ``"tensorflow"``: Q/K/V split into heads by one transpose and an unstack, scores as
     ``matmul(q, k^T) * scale + mask`` (one oneDNN kernel). ``"tflite"``: the scale folded
@@ -187,7 +185,7 @@ def _attention(x: _Normed, att, mask_bias: tf.Tensor, batch, seq, hidden: int,
 
     ``queries``: only the first ``queries`` positions of each sentence attend (Model
     Garden's ``output_range``: Q and the residual from those rows, K and V from every
-    row); the context is then ``[batch * queries, width]``."""
+    row); the result is then ``[batch * queries, hidden]``."""
     heads, head_dim = att._num_heads, att._key_dim
     width = heads * head_dim
     scale = 1.0 / math.sqrt(float(head_dim))
@@ -219,8 +217,8 @@ def _attention(x: _Normed, att, mask_bias: tf.Tensor, batch, seq, hidden: int,
         probs = tf.nn.softmax(tf.matmul(q, k, transpose_b=True) * scale + mask_bias, axis=-1)
     context = tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3])  # [B, S or queries, N, d]
     context = tf.reshape(context, [-1, width])
-    return (x, context, tf.reshape(att._output_dense.kernel, [width, hidden]),
-            att._output_dense.bias)
+    return _residual(x, context, tf.reshape(att._output_dense.kernel, [width, hidden]),
+                     att._output_dense.bias)
 
 
 def _split_heads(t: tf.Tensor, parts, batch, length, heads: int, head_dim: int,
