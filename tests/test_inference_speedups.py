@@ -157,6 +157,73 @@ def test_tflite_forward_equals_reference_and_is_restored(reference, pre, tiny_co
     np.testing.assert_allclose(fast(inputs, training=False)["default"].numpy(), want, atol=1e-5)
 
 
+@pytest.mark.parametrize("output_range", [None, 1])
+def test_few_token_form_equals_bert_encoder_v2(reference, pre, tiny_config, output_range):
+    """The form TensorFlow runs on few tokens ("tensorflow-small": no oneDNN LayerNorm,
+    transpose, batched product or softmax) is BertEncoderV2's function, padding masked,
+    every layer's output included, with and without ``output_range``."""
+    from lealla_tf.models import bert_internals
+    inputs = pre(tf.constant(SENTENCES))
+    want = (_bert_with_output_range(reference, inputs)(inputs) if output_range
+            else reference.bert(inputs, training=False))
+    fast = _copy(reference, tiny_config.model)
+    got = tf.function(lambda x: bert_internals.fast_bert_forward(
+        fast.bert, x, target="tensorflow-small", output_range=output_range))(inputs)
+    for key in ("sequence_output", "pooled_output"):
+        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), atol=1e-5, rtol=1e-5)
+    assert len(got["encoder_outputs"]) == len(want["encoder_outputs"])
+    for a, b in zip(got["encoder_outputs"], want["encoder_outputs"]):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, rtol=1e-5)
+
+
+def _traced_op_types(saved_model_dir: str, sentences) -> set:
+    """Op types of the nodes that ran (TF step stats) in one call of a string-in
+    SavedModel's serving signature."""
+    import re
+
+    from lealla_tf import export
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        meta = tf.compat.v1.saved_model.load(sess, ["serve"], saved_model_dir)
+        sig = meta.signature_def[export.SIGNATURE]
+        run_metadata = tf.compat.v1.RunMetadata()
+        sess.run(sig.outputs[export.OUTPUT_KEY].name,
+                 {sig.inputs[export.INPUT_KEY].name: sentences},
+                 options=tf.compat.v1.RunOptions(
+                     trace_level=tf.compat.v1.RunOptions.FULL_TRACE),
+                 run_metadata=run_metadata)
+    return {m.group(1) for dev in run_metadata.step_stats.dev_stats for node in dev.node_stats
+            for m in [re.search(r"= (\S+)\(", node.timeline_label or "")] if m}
+
+
+def test_tensorflow_switches_forms_by_the_number_of_scores(reference, pre, tiny_config,
+                                                           tmp_path):
+    """The SavedModel runs one sentence without oneDNN's per-call kernels and a batch of
+    more than SMALL_INPUT_SCORES attention scores with its fused ones; both give the
+    reference's embeddings."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    from lealla_tf import export
+    from lealla_tf.models import bert_internals
+    fast = _copy(reference, tiny_config.model)
+    obj, signatures = export.build_lealla_module(pre, fast)
+    tf.saved_model.save(obj, str(tmp_path / "lealla"), signatures=signatures)
+    one, batch = ["Hello world"], SENTENCES * 4
+    assert len(batch) * 32 ** 2 > bert_internals.SMALL_INPUT_SCORES  # (the long one: 32)
+    few, many = (_traced_op_types(str(tmp_path / "lealla"), s) for s in (one, batch))
+    onednn = {"_MklLayerNorm", "_MklTranspose", "_MklSoftmax", "_MklBatchMatMulV2",
+              "_MklFusedBatchMatMulV2"}
+    assert "BatchMatMulV3" in few and not few & onednn, few
+    assert "BatchMatMulV3" not in many
+    if _pywrap_util_port.IsMklEnabled():
+        assert "_MklLayerNorm" in many and "_MklFusedBatchMatMulV2" in many, many
+    loaded = tf.saved_model.load(str(tmp_path / "lealla")).signatures[export.SIGNATURE]
+    for sentences in (one, batch):
+        got = loaded(sentences=tf.constant(sentences))[export.OUTPUT_KEY].numpy()
+        want = harness.embed(pre, reference, sentences, dynamic_length=False)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def _bert_with_output_range(reference, inputs):
     """Model Garden's own ``BertEncoderV2(output_range=1)`` with the weights of
     ``reference``'s."""

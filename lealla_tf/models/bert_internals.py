@@ -20,9 +20,14 @@ import tensorflow as tf
 import tf_keras
 from official.nlp.modeling import networks
 
-# What the fast forward pass is written for: TensorFlow (its oneDNN fusions) or TFLite
-# converters (LiteRT/XNNPACK run the plain form of LayerNorm faster).
-TARGETS = ("tensorflow", "tflite")
+# What the fast forward pass is written for: TensorFlow (oneDNN's fused kernels on large
+# batches, its plain kernels on few tokens, switched per call), TFLite converters
+# (LiteRT/XNNPACK run the plain form of LayerNorm faster), or TensorFlow's few-token form
+# alone.
+TARGETS = ("tensorflow", "tflite", "tensorflow-small")
+# Attention scores per head (batch x seq x seq) up to which "tensorflow" runs the few-token
+# form: the measured crossover on LEALLA-small (benchmarks/RESULTS.md, "Inference speed").
+SMALL_INPUT_SCORES = 4096
 
 
 def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor],
@@ -52,11 +57,15 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
       int8_rows: optional ``(values, scales)`` of
         :func:`lealla_tf.models.encoders.quantize_rows_int8` used
         instead of the word-embedding table (gathered rows are dequantised).
-      target: ``"tensorflow"``: LayerNorms and attention scores in the forms TensorFlow
-        fuses into single oneDNN kernels (:func:`fusable_layer_norm`); ``"tflite"``: the
-        plain forms, for graphs that TFLite converters read (LiteRT runs them about 3%
-        faster end to end, and XNNPACK delegates every op of a layer in one partition).
-        Both compute the same function.
+      target: ``"tensorflow"``: for more than :data:`SMALL_INPUT_SCORES` attention
+        scores (``batch x seq x seq``), LayerNorms and attention scores in the forms
+        TensorFlow fuses into single oneDNN kernels (:func:`fusable_layer_norm`), else
+        the ``"tensorflow-small"`` form (ops that stay off oneDNN, whose kernels cost
+        40-110 us a call whatever their size: see :func:`_gather_transpose`); one
+        ``tf.cond`` per call picks the form. ``"tflite"``: the plain forms, for graphs
+        that TFLite converters read (LiteRT runs them about 3% faster end to end, and
+        XNNPACK delegates every op of a layer in one partition). All compute the same
+        function.
       output_range: as ``BertEncoderV2``'s: the last layer computes only the first
         ``output_range`` positions (at most the inputs' length) as queries, over every
         position's keys and values, so ``sequence_output`` and the last of
@@ -72,6 +81,17 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     if output_range is not None and int(output_range) < 1:
         raise ValueError(f"output_range must be at least 1, got {output_range}")
+    if target != "tensorflow":
+        return _forward(bert, inputs, int8_rows, target, output_range)
+    seq = tf.shape(inputs["input_word_ids"])[1]
+    scores = tf.shape(inputs["input_word_ids"])[0] * seq * seq
+    return tf.cond(scores <= SMALL_INPUT_SCORES,
+                   lambda: _forward(bert, inputs, int8_rows, "tensorflow-small", output_range),
+                   lambda: _forward(bert, inputs, int8_rows, "tensorflow", output_range))
+
+
+def _forward(bert, inputs, int8_rows, target, output_range):
+    """:func:`fast_bert_forward` in one form (``"tensorflow"``: the oneDNN one)."""
     ids = inputs["input_word_ids"]
     shape = tf.shape(ids)
     batch, seq = shape[0], shape[1]
@@ -146,7 +166,7 @@ class _Normed(NamedTuple):
 def _normed(x: tf.Tensor, norm: tf_keras.layers.LayerNormalization, target: str) -> _Normed:
     """LayerNorm ``norm`` of ``x`` as a :class:`_Normed`: for ``"tflite"`` the normalised
     rows, ``gamma`` and ``beta`` left to the readers; for ``"tensorflow"`` applied."""
-    if target == "tensorflow":
+    if target != "tflite":
         return _Normed(layer_norm(x, norm, target))
     with tf.name_scope("layer_norm"):  # (profiles find the embeddings' LayerNorm by it)
         # (batch_normalization's x * inv - mean * inv: written as (x - mean) * inv, int8
@@ -179,7 +199,8 @@ def _attention(x: _Normed, att, mask_bias: tf.Tensor, batch, seq, hidden: int,
     projection and residual included (:func:`_residual`): ``[batch * seq, hidden]``.
 
     ``"tensorflow"``: Q/K/V split into heads by one transpose and an unstack, scores as
-    ``matmul(q, k^T) * scale + mask`` (one oneDNN kernel). ``"tflite"``: the scale folded
+    ``matmul(q, k^T) * scale + mask`` (one oneDNN kernel); ``"tensorflow-small"``: the
+    same off oneDNN (:func:`_gather_transpose`). ``"tflite"``: the scale folded
     into Q's weights, a split and one transpose each, as XNNPACK delegates them all
     (it does not take ``UNPACK``, which would cut its partition in every layer).
 
@@ -211,11 +232,18 @@ def _attention(x: _Normed, att, mask_bias: tf.Tensor, batch, seq, hidden: int,
         x = x.take(lambda r: tf.reshape(tf.reshape(r, [batch, seq, hidden])[:, :queries],
                                         [-1, hidden]))
         (q,) = heads_of(x, (0,), queries)
-    if target == "tflite":
-        probs = tf.nn.softmax(tf.matmul(q, k) + mask_bias, axis=-1)
+    length = seq if queries is None else queries
+    if target == "tensorflow-small":  # (see _gather_transpose)
+        probs = _softmax(_batch_matmul(q, k, adjoint_b=True) * scale + mask_bias)
+        context = _gather_transpose(_batch_matmul(probs, v), [0, 2, 1, 3],
+                                    [batch, heads, length])
     else:
-        probs = tf.nn.softmax(tf.matmul(q, k, transpose_b=True) * scale + mask_bias, axis=-1)
-    context = tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3])  # [B, S or queries, N, d]
+        if target == "tflite":
+            probs = tf.nn.softmax(tf.matmul(q, k) + mask_bias, axis=-1)
+        else:
+            probs = tf.nn.softmax(tf.matmul(q, k, transpose_b=True) * scale + mask_bias,
+                                  axis=-1)
+        context = tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3])  # [B, length, N, d]
     context = tf.reshape(context, [-1, width])
     return _residual(x, context, tf.reshape(att._output_dense.kernel, [width, hidden]),
                      att._output_dense.bias)
@@ -225,9 +253,14 @@ def _split_heads(t: tf.Tensor, parts, batch, length, heads: int, head_dim: int,
                  target: str) -> List[tf.Tensor]:
     """The ``len(parts)`` projections side by side in ``t`` ``[batch * length, parts * N *
     d]`` as ``[batch, N, length, d]`` each (``parts``: 0 Q, 1 K, 2 V). ``"tensorflow"``:
-    one transpose and an unstack; ``"tflite"``: a split and one transpose each, K
-    transposed to ``[batch, N, d, length]`` for the scores' product."""
+    one transpose and an unstack (``"tensorflow-small"``: the transpose as a row gather);
+    ``"tflite"``: a split and one transpose each, K transposed to ``[batch, N, d, length]``
+    for the scores' product."""
     n = len(parts)
+    if target == "tensorflow-small":
+        t = _gather_transpose(tf.reshape(t, [batch, length, n, heads, head_dim]),
+                              [2, 0, 3, 1, 4], [batch, length, n, heads])
+        return tf.unstack(t, n)
     if target == "tflite":
         pieces = tf.split(t, n, axis=1) if n > 1 else [t]
         return [tf.transpose(tf.reshape(piece, [batch, length, heads, head_dim]),
@@ -235,6 +268,46 @@ def _split_heads(t: tf.Tensor, parts, batch, length, heads: int, head_dim: int,
                 for part, piece in zip(parts, pieces)]
     t = tf.transpose(tf.reshape(t, [batch, length, n, heads, head_dim]), [2, 0, 3, 1, 4])
     return tf.unstack(t, n)
+
+
+# ---------------------------------------------------------------- the few-token form
+# TensorFlow runs float32 LayerNorm (fused), Transpose, BatchMatMul(V2) and Softmax on
+# oneDNN kernels, which cost 40-110 us a call whatever their size: most of a one-sentence
+# call (LEALLA-small, 24 layers: 12 of its 19 ms). The "tensorflow-small" form computes the
+# same function with ops that stay on TensorFlow's own kernels (a few us each there):
+# LayerNorm from moments, transposes as row gathers, BatchMatMulV3 (which the oneDNN
+# rewrite leaves alone), softmax from exp. From about 16 sentences of 16 tokens the oneDNN
+# kernels win: fast_bert_forward switches per call (SMALL_INPUT_SCORES).
+def _gather_transpose(x: tf.Tensor, perm, dims) -> tf.Tensor:
+    """``tf.transpose(x, perm)`` for a ``perm`` that keeps the last axis last, as one
+    ``tf.gather`` of ``x``'s rows (TensorFlow's Transpose runs on oneDNN for float32, at
+    about 60 us a call; gathering the rows costs a few).
+
+    ``dims``: the sizes of ``x``'s axes but the last (ints or scalar tensors); the row
+    indices depend on them alone, the same in every layer."""
+    strides = [1] * len(dims)
+    for i in range(len(dims) - 2, -1, -1):
+        strides[i] = strides[i + 1] * dims[i + 1]
+    out = [dims[p] for p in perm[:-1]]
+    rows = 0
+    for axis, p in enumerate(perm[:-1]):
+        shape = [1] * len(out)
+        shape[axis] = -1
+        rows += tf.reshape(tf.range(out[axis]) * strides[p], shape)
+    width = x.shape[-1]
+    picked = tf.gather(tf.reshape(x, [-1, width]), tf.reshape(rows, [-1]))
+    return tf.reshape(picked, out + [width])
+
+
+def _batch_matmul(a: tf.Tensor, b: tf.Tensor, adjoint_b: bool = False) -> tf.Tensor:
+    """``tf.matmul`` of two float32 batches of matrices as ``BatchMatMulV3``."""
+    return tf.raw_ops.BatchMatMulV3(x=a, y=b, Tout=a.dtype, adj_y=adjoint_b)
+
+
+def _softmax(scores: tf.Tensor) -> tf.Tensor:
+    """Softmax over the last axis from ``exp`` (equal to ``tf.nn.softmax``)."""
+    e = tf.exp(scores - tf.reduce_max(scores, axis=-1, keepdims=True))
+    return e / tf.reduce_sum(e, axis=-1, keepdims=True)
 
 
 def layer_norm(x: tf.Tensor, norm: tf_keras.layers.LayerNormalization,
