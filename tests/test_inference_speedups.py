@@ -196,10 +196,10 @@ def _traced_op_types(saved_model_dir: str, sentences) -> set:
             for m in [re.search(r"= (\S+)\(", node.timeline_label or "")] if m}
 
 
-def test_tensorflow_switches_forms_by_the_number_of_scores(reference, pre, tiny_config,
+def test_tensorflow_switches_forms_by_the_number_of_tokens(reference, pre, tiny_config,
                                                            tmp_path):
     """The SavedModel runs one sentence without oneDNN's per-call kernels and a batch of
-    more than SMALL_INPUT_SCORES attention scores with its fused ones; both give the
+    more than SMALL_INPUT_TOKENS padded tokens with its fused ones; both give the
     reference's embeddings."""
     from tensorflow.python.util import _pywrap_util_port
 
@@ -209,7 +209,7 @@ def test_tensorflow_switches_forms_by_the_number_of_scores(reference, pre, tiny_
     obj, signatures = export.build_lealla_module(pre, fast)
     tf.saved_model.save(obj, str(tmp_path / "lealla"), signatures=signatures)
     one, batch = ["Hello world"], SENTENCES * 4
-    assert len(batch) * 32 ** 2 > bert_internals.SMALL_INPUT_SCORES  # (the long one: 32)
+    assert len(batch) * 32 > bert_internals.SMALL_INPUT_TOKENS  # (the long one: 32)
     few, many = (_traced_op_types(str(tmp_path / "lealla"), s) for s in (one, batch))
     onednn = {"_MklLayerNorm", "_MklTranspose", "_MklSoftmax", "_MklBatchMatMulV2",
               "_MklFusedBatchMatMulV2"}

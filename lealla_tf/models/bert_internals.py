@@ -25,9 +25,9 @@ from official.nlp.modeling import networks
 # (LiteRT/XNNPACK run the plain form of LayerNorm faster), or TensorFlow's few-token form
 # alone.
 TARGETS = ("tensorflow", "tflite", "tensorflow-small")
-# Attention scores per head (batch x seq x seq) up to which "tensorflow" runs the few-token
-# form: the measured crossover on LEALLA-small (benchmarks/RESULTS.md, "Inference speed").
-SMALL_INPUT_SCORES = 4096
+# Padded tokens per call (batch x seq) up to which "tensorflow" runs the few-token form:
+# the measured crossover on LEALLA-small (benchmarks/RESULTS.md, "Inference speed").
+SMALL_INPUT_TOKENS = 256
 
 
 def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor],
@@ -57,8 +57,8 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
       int8_rows: optional ``(values, scales)`` of
         :func:`lealla_tf.models.encoders.quantize_rows_int8` used
         instead of the word-embedding table (gathered rows are dequantised).
-      target: ``"tensorflow"``: for more than :data:`SMALL_INPUT_SCORES` attention
-        scores (``batch x seq x seq``), LayerNorms and attention scores in the forms
+      target: ``"tensorflow"``: for more than :data:`SMALL_INPUT_TOKENS` padded tokens
+        (``batch x seq``), LayerNorms and attention scores in the forms
         TensorFlow fuses into single oneDNN kernels (:func:`fusable_layer_norm`), else
         the ``"tensorflow-small"`` form (ops that stay off oneDNN, whose kernels cost
         40-110 us a call whatever their size: see :func:`_gather_transpose`); one
@@ -83,9 +83,8 @@ def fast_bert_forward(bert: networks.BertEncoderV2, inputs: Dict[str, tf.Tensor]
         raise ValueError(f"output_range must be at least 1, got {output_range}")
     if target != "tensorflow":
         return _forward(bert, inputs, int8_rows, target, output_range)
-    seq = tf.shape(inputs["input_word_ids"])[1]
-    scores = tf.shape(inputs["input_word_ids"])[0] * seq * seq
-    return tf.cond(scores <= SMALL_INPUT_SCORES,
+    tokens = tf.reduce_prod(tf.shape(inputs["input_word_ids"]))
+    return tf.cond(tokens <= SMALL_INPUT_TOKENS,
                    lambda: _forward(bert, inputs, int8_rows, "tensorflow-small", output_range),
                    lambda: _forward(bert, inputs, int8_rows, "tensorflow", output_range))
 
@@ -276,8 +275,8 @@ def _split_heads(t: tf.Tensor, parts, batch, length, heads: int, head_dim: int,
 # call (LEALLA-small, 24 layers: 12 of its 19 ms). The "tensorflow-small" form computes the
 # same function with ops that stay on TensorFlow's own kernels (a few us each there):
 # LayerNorm from moments, transposes as row gathers, BatchMatMulV3 (which the oneDNN
-# rewrite leaves alone), softmax from exp. From about 16 sentences of 16 tokens the oneDNN
-# kernels win: fast_bert_forward switches per call (SMALL_INPUT_SCORES).
+# rewrite leaves alone), softmax from exp. From about 300 tokens a call (20 sentences of 16
+# tokens) the oneDNN kernels win: fast_bert_forward switches per call (SMALL_INPUT_TOKENS).
 def _gather_transpose(x: tf.Tensor, perm, dims) -> tf.Tensor:
     """``tf.transpose(x, perm)`` for a ``perm`` that keeps the last axis last, as one
     ``tf.gather`` of ``x``'s rows (TensorFlow's Transpose runs on oneDNN for float32, at
