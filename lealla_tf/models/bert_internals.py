@@ -164,7 +164,7 @@ class _Normed(NamedTuple):
 
 def _normed(x: tf.Tensor, norm: tf_keras.layers.LayerNormalization, target: str) -> _Normed:
     """LayerNorm ``norm`` of ``x`` as a :class:`_Normed`: for ``"tflite"`` the normalised
-    rows, ``gamma`` and ``beta`` left to the readers; for ``"tensorflow"`` applied."""
+    rows, ``gamma`` and ``beta`` left to the readers; for the TensorFlow forms applied."""
     if target != "tflite":
         return _Normed(layer_norm(x, norm, target))
     with tf.name_scope("layer_norm"):  # (profiles find the embeddings' LayerNorm by it)
