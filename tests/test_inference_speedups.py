@@ -179,21 +179,9 @@ def test_few_token_form_equals_bert_encoder_v2(reference, pre, tiny_config, outp
 def _traced_op_types(saved_model_dir: str, sentences) -> set:
     """Op types of the nodes that ran (TF step stats) in one call of a string-in
     SavedModel's serving signature."""
-    import re
-
-    from lealla_tf import export
-    graph = tf.Graph()
-    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
-        meta = tf.compat.v1.saved_model.load(sess, ["serve"], saved_model_dir)
-        sig = meta.signature_def[export.SIGNATURE]
-        run_metadata = tf.compat.v1.RunMetadata()
-        sess.run(sig.outputs[export.OUTPUT_KEY].name,
-                 {sig.inputs[export.INPUT_KEY].name: sentences},
-                 options=tf.compat.v1.RunOptions(
-                     trace_level=tf.compat.v1.RunOptions.FULL_TRACE),
-                 run_metadata=run_metadata)
-    return {m.group(1) for dev in run_metadata.step_stats.dev_stats for node in dev.node_stats
-            for m in [re.search(r"= (\S+)\(", node.timeline_label or "")] if m}
+    from benchmarks import inference_profile
+    traced = inference_profile.tf_op_profile(saved_model_dir, [sentences], repeats=1)
+    return {op for _, op, _ in traced["op_types_us"]}
 
 
 def test_tensorflow_switches_forms_by_the_number_of_tokens(reference, pre, tiny_config,

@@ -256,16 +256,16 @@ def _split_heads(t: tf.Tensor, parts, batch, length, heads: int, head_dim: int,
     ``"tflite"``: a split and one transpose each, K transposed to ``[batch, N, d, length]``
     for the scores' product."""
     n = len(parts)
-    if target == "tensorflow-small":
-        t = _gather_transpose(tf.reshape(t, [batch, length, n, heads, head_dim]),
-                              [2, 0, 3, 1, 4], [batch, length, n, heads])
-        return tf.unstack(t, n)
     if target == "tflite":
         pieces = tf.split(t, n, axis=1) if n > 1 else [t]
         return [tf.transpose(tf.reshape(piece, [batch, length, heads, head_dim]),
                              [0, 2, 3, 1] if part == 1 else [0, 2, 1, 3])
                 for part, piece in zip(parts, pieces)]
-    t = tf.transpose(tf.reshape(t, [batch, length, n, heads, head_dim]), [2, 0, 3, 1, 4])
+    t = tf.reshape(t, [batch, length, n, heads, head_dim])
+    if target == "tensorflow-small":
+        t = _gather_transpose(t, [2, 0, 3, 1, 4], [batch, length, n, heads])
+    else:
+        t = tf.transpose(t, [2, 0, 3, 1, 4])
     return tf.unstack(t, n)
 
 
